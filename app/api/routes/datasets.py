@@ -1,0 +1,102 @@
+"""Target/source datasets: upload an archive of class folders, list, get, delete."""
+
+from pathlib import PurePath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+
+from app.api.deps import SessionDep, StateDep, WriteAccess
+from app.api.problems import problem_responses
+from app.datasets import service
+from app.models import Dataset
+from app.schemas import DatasetCreated, DatasetOut, Page, SignatureOut
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    """Response view of a dataset row."""
+    return DatasetOut(
+        id=dataset.id,
+        name=dataset.name,
+        created_at=dataset.created_at,
+        num_images=dataset.num_images,
+        num_classes=len(dataset.class_counts),
+        classes=[{"name": c, "count": n} for c, n in dataset.class_counts.items()],
+        signature={
+            "n": dataset.num_images,
+            "feature_dim": dataset.feature_dim,
+            "reference_sha256": dataset.reference_sha256,
+        },
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetCreated,
+    dependencies=[WriteAccess],
+    summary="Upload a dataset archive (one folder per class)",
+    responses=problem_responses(
+        _413="Upload above P2L_MAX_UPLOAD_BYTES; nothing is stored",
+        _422="Unusable archive (bomb, layout, < 2 classes); nothing is stored",
+    ),
+)
+def upload_dataset(
+    state: StateDep,
+    session: SessionDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of <class>/<image>")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> DatasetCreated:
+    """Validate every image, compute the signature, and store the dataset.
+
+    The answer lists classes and counts, and every rejected file with its reason.
+    """
+    default_name = PurePath(file.filename or "dataset").name.split(".")[0] or "dataset"
+    result = service.ingest_dataset(
+        session, state.store, state.reference, state.settings, file.file, name or default_name
+    )
+    response.headers["Location"] = f"/v1/datasets/{result.dataset.id}"
+    return DatasetCreated(
+        **dataset_out(result.dataset).model_dump(),
+        rejected=result.dataset.rejected,
+    )
+
+
+@router.get("", response_model=Page[DatasetOut], summary="List datasets, newest first")
+def list_datasets(
+    session: SessionDep,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_token: str | None = None,
+) -> Page[DatasetOut]:
+    """One page of datasets; follow ``next_page_token`` for more."""
+    rows, next_token = service.list_datasets(session, page_size, page_token)
+    return Page[DatasetOut](items=[dataset_out(r) for r in rows], next_page_token=next_token)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, summary="Get one dataset")
+def get_dataset(session: SessionDep, dataset_id: str) -> DatasetOut:
+    """Classes, counts and signature summary of a dataset."""
+    return dataset_out(service.get_dataset(session, dataset_id))
+
+
+@router.get(
+    "/{dataset_id}/signature", response_model=SignatureOut, summary="Get a dataset's signature"
+)
+def get_signature(state: StateDep, session: SessionDep, dataset_id: str) -> dict[str, object]:
+    """Mean, per-class means and per-dimension variance in reference-feature space."""
+    dataset = service.get_dataset(session, dataset_id)
+    return service.dataset_signature(state.store, dataset).to_json()
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[WriteAccess],
+    summary="Delete a dataset and its files",
+)
+def delete_dataset(state: StateDep, session: SessionDep, dataset_id: str) -> Response:
+    """Remove the dataset's row, images and signature."""
+    service.delete_dataset(session, state.store, dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

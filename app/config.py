@@ -1,0 +1,69 @@
+"""Service settings: one class, read from the environment (prefix ``P2L_``) or a ``.env`` file."""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README lists them with their defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="P2L_", env_file=".env", extra="ignore")
+
+    # Storage
+    data_dir: Path = Field(
+        Path("models_store"), description="Root of the artifact store and default SQLite file."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/p2l.db (WAL mode)."
+    )
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys; when set, state-changing /v1 routes need X-API-Key.",
+    )
+
+    # Compute
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'…")
+    reference_arch: str = Field(
+        "compact_cnn", description="Reference network: a compact CNN or a torchvision name."
+    )
+    reference_weights: Path | None = Field(
+        None, description="Safetensors file for the reference network (local path)."
+    )
+    embed_batch_size: int = Field(128, ge=1)
+    loader_threads: int = Field(
+        0, ge=0, description="Image-decoding threads for embedding; 0 picks from the CPU count."
+    )
+
+    # Upload limits
+    max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Whole request body cap.")
+    max_archive_members: int = Field(50_000, ge=1)
+    max_uncompressed_bytes: int = Field(2 * 1024**3, ge=1)
+    max_compression_ratio: float = Field(
+        200.0, gt=1, description="Expanded size / archive size above which an archive is a bomb."
+    )
+    max_image_bytes: int = Field(32 * 1024**2, ge=1)
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Decompression-bomb guard: larger images are rejected."
+    )
+    min_images_per_class: int = Field(1, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL in force (SQLite inside the data dir unless overridden)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'p2l.db').resolve()}"

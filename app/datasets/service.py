@@ -1,0 +1,152 @@
+"""Dataset use cases: ingest an upload, read, list and delete, keeping DB and files in step."""
+
+import uuid
+from dataclasses import dataclass
+from typing import IO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.datasets.archive import ArchiveError, ArchiveLimits, ImageFolder, extract_image_folder
+from app.errors import InvalidInput, NotFound
+from app.models import Dataset
+from app.p2l.reference import ReferenceNetwork
+from app.p2l.signature import DatasetSignature, compute_signature, load_signature
+from app.pagination import paginate
+from app.store import LocalArtifactStore
+
+SIGNATURE_FILE = "signature.safetensors"
+IMAGES_DIR = "images"
+MIN_CLASSES = 2
+
+
+@dataclass
+class IngestResult:
+    """A freshly stored dataset, with what was rejected on the way."""
+
+    dataset: Dataset
+    folder: ImageFolder
+
+
+def archive_limits(settings: Settings) -> ArchiveLimits:
+    """The extraction caps in force."""
+    return ArchiveLimits(
+        max_members=settings.max_archive_members,
+        max_uncompressed_bytes=settings.max_uncompressed_bytes,
+        max_compression_ratio=settings.max_compression_ratio,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
+def ingest_dataset(
+    session: Session,
+    store: LocalArtifactStore,
+    reference: ReferenceNetwork,
+    settings: Settings,
+    archive: IO[bytes],
+    name: str,
+) -> IngestResult:
+    """Validate an archive, compute its signature and store both; all or nothing.
+
+    Files are built in a staging dir and published with one rename; the row is committed
+    after that, and the files are removed again if the commit fails.
+    """
+    staging = store.new_staging_dir()
+    try:
+        folder = _extract(archive, staging, settings)
+        signature = compute_signature(
+            reference,
+            folder.files_by_class,
+            batch_size=settings.embed_batch_size,
+            threads=settings.loader_threads,
+        )
+        (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
+        dataset_id = uuid.uuid4().hex
+        key = f"datasets/{dataset_id}"
+        store.publish(staging, key)
+    except BaseException:
+        store.discard(staging)
+        raise
+
+    dataset = Dataset(
+        id=dataset_id,
+        name=name,
+        num_images=signature.n,
+        class_counts=folder.class_counts,
+        rejected=[{"path": r.path, "reason": r.reason} for r in folder.rejected],
+        feature_dim=signature.feature_dim,
+        reference_sha256=signature.reference_sha256,
+        artifact_key=key,
+    )
+    try:
+        session.add(dataset)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        store.delete(key)
+        raise
+    folder.root = store.path(key) / IMAGES_DIR
+    return IngestResult(dataset, folder)
+
+
+def _extract(archive: IO[bytes], staging, settings: Settings) -> ImageFolder:
+    try:
+        folder = extract_image_folder(archive, staging / IMAGES_DIR, archive_limits(settings))
+    except ArchiveError as exc:
+        raise InvalidInput(str(exc)) from None
+    rejected = [{"path": r.path, "reason": r.reason} for r in folder.rejected]
+    usable = {c: n for c, n in folder.class_counts.items() if n >= settings.min_images_per_class}
+    if len(usable) < MIN_CLASSES:
+        found = ", ".join(f"{c} ({n})" for c, n in folder.class_counts.items()) or "none"
+        raise InvalidInput(
+            f"archive needs at least {MIN_CLASSES} class folders with usable images, laid out "
+            f"as <class>/<image> (optionally inside one top folder); found: {found}",
+            rejected=rejected,
+        )
+    if len(usable) < len(folder.class_counts):
+        raise InvalidInput(
+            f"every class needs at least {settings.min_images_per_class} usable images; "
+            f"counts: {folder.class_counts}",
+            rejected=rejected,
+        )
+    return folder
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset:
+    """The dataset with this id, or NotFound."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset with id {dataset_id!r}")
+    return dataset
+
+
+def list_datasets(
+    session: Session, page_size: int, page_token: str | None
+) -> tuple[list[Dataset], str | None]:
+    """Newest first, one page at a time."""
+    return paginate(session, select(Dataset), Dataset, page_size, page_token)
+
+
+def dataset_signature(store: LocalArtifactStore, dataset: Dataset) -> DatasetSignature:
+    """The stored signature of a dataset."""
+    return load_signature(store.path(dataset.artifact_key) / SIGNATURE_FILE)
+
+
+def delete_dataset(session: Session, store: LocalArtifactStore, dataset_id: str) -> None:
+    """Remove the row, then the files (a crash in between leaves only unreachable files)."""
+    dataset = get_dataset(session, dataset_id)
+    key = dataset.artifact_key
+    session.delete(dataset)
+    session.commit()
+    store.delete(key)
+
+
+def remove_orphans(session: Session, store: LocalArtifactStore) -> int:
+    """Delete dataset folders no row points to (left by a crash); returns how many."""
+    known = set(session.scalars(select(Dataset.artifact_key)))
+    orphans = store.keys_under("datasets") - known
+    for key in orphans:
+        store.delete(key)
+    return len(orphans)

@@ -1,0 +1,43 @@
+"""Domain errors, free of web imports; app.main renders them as RFC 9457 problem+json."""
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of errors a client caused; ``status`` is the HTTP status they map to."""
+
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extensions = extensions
+
+
+class NotFound(ServiceError):
+    """An id that names nothing."""
+
+    status = 404
+    title = "Not found"
+
+
+class InvalidInput(ServiceError):
+    """Well-formed request whose content cannot be used (bad archive, wrong weights...)."""
+
+    status = 422
+    title = "Unprocessable content"
+
+
+class TooLarge(ServiceError):
+    """Input above a configured size limit."""
+
+    status = 413
+    title = "Content too large"
+
+
+class Conflict(ServiceError):
+    """The request clashes with the current state (e.g. deleting something in use)."""
+
+    status = 409
+    title = "Conflict"

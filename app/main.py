@@ -1,0 +1,73 @@
+"""App factory: settings -> storage -> reference network -> routers, error handlers, docs."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from app.api.deps import ServiceState
+from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
+from app.api.routes import datasets, health, reference
+from app.config import Settings
+from app.datasets.service import remove_orphans
+from app.db import make_engine, migrate, session_factory
+from app.p2l.reference import load_reference
+from app.store import LocalArtifactStore
+
+logger = logging.getLogger("p2l")
+
+DESCRIPTION = """
+Pick the best pretrained **source** model for a small **target** dataset from one forward
+pass of the target through a reference network (P2L), then fine-tune it.
+
+State-changing routes need an `X-API-Key` header when the service runs with `P2L_API_KEYS`
+set (use *Authorize*); otherwise the service is open.
+"""
+
+
+def build_state(settings: Settings) -> ServiceState:
+    """Open the database (migrated), the artifact store (cleaned) and the reference network."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    store = LocalArtifactStore(settings.data_dir)
+    store.sweep_tmp()
+    with sessions() as session:
+        if removed := remove_orphans(session, store):
+            logger.warning("removed %d dataset folders left by an interrupted upload", removed)
+    reference_net = load_reference(
+        settings.reference_arch, settings.reference_weights, settings.device
+    )
+    return ServiceState(settings, engine, sessions, store, reference_net)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app; state is built in the lifespan so importing stays cheap."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.service = build_state(settings)
+        yield
+        app.state.service.engine.dispose()
+
+    app = FastAPIOffline(
+        title="P2L transfer-learning service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+        responses=DEFAULT_PROBLEMS,
+    )
+    app.include_router(health.router)
+    app.include_router(reference.router)
+    app.include_router(datasets.router)
+    add_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,190 @@
+"""The reference network: one fixed feature extractor that embeds every dataset the same way.
+
+``ReferenceNetwork.embed`` is the single entry point: image files in, pooled features out,
+one batch at a time, with image decoding done by a thread pool ahead of the model.
+"""
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save
+
+from app.architectures import build_model, feature_dim, feature_extractor, get_spec, head_attribute
+from app.datasets.images import open_rgb
+
+# Images larger than this are not decoded for embedding (upload validation enforces it too).
+EMBED_MAX_PIXELS = 100_000_000
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' means CUDA when present, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class ReferenceNetwork:
+    """A loaded feature extractor plus everything needed to feed it and describe it."""
+
+    architecture: str
+    extractor: torch.nn.Module
+    input_size: int
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_sha256: str
+    weights_source: str
+    device: torch.device
+
+    def embed(
+        self, paths: Sequence[Path], batch_size: int = 128, threads: int = 0
+    ) -> Iterator[torch.Tensor]:
+        """Yield float32 CPU features ``(batch, feature_dim)`` for the images, in order."""
+        use_cuda = self.device.type == "cuda"
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255
+        for pixels in _prefetched_batches(paths, self.input_size, batch_size, threads):
+            batch = torch.from_numpy(pixels).to(self.device, non_blocking=use_cuda)
+            batch = batch.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
+            if use_cuda:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with (
+                torch.inference_mode(),
+                torch.autocast(self.device.type, dtype=torch.float16, enabled=use_cuda),
+            ):
+                features = self.extractor(batch)
+            yield features.float().cpu()
+
+    def describe(self) -> dict[str, object]:
+        """Public facts about this network (what ``GET /v1/reference`` shows)."""
+        return {
+            "architecture": self.architecture,
+            "input_size": self.input_size,
+            "feature_dim": self.feature_dim,
+            "weights_sha256": self.weights_sha256,
+            "weights_source": self.weights_source,
+            "device": str(self.device),
+        }
+
+
+def load_reference(
+    architecture: str, weights: Path | None, device: str = "auto", seed: int = 0
+) -> ReferenceNetwork:
+    """Build the reference network from a local safetensors file.
+
+    Without a file, a compact CNN is initialised from ``seed`` (random conv features: a weak
+    but deterministic reference, reported as such in ``weights_source``).
+    """
+    spec = get_spec(architecture)
+    if weights is not None:
+        state = load_file(weights)
+        model = build_model(architecture, num_classes=_head_classes(architecture, state))
+        load_backbone(model, state)
+        digest = _file_sha256(weights)
+        source = f"file:{weights}"
+    elif architecture.startswith("compact"):
+        torch.manual_seed(seed)
+        model = build_model(architecture, num_classes=1)
+        digest = hashlib.sha256(save(_contiguous(model.state_dict()))).hexdigest()
+        source = f"seeded-random-init:{seed}"
+    else:
+        raise ValueError(
+            f"reference architecture {architecture!r} needs a weights file "
+            "(set P2L_REFERENCE_WEIGHTS to a local .safetensors file)"
+        )
+    extractor = feature_extractor(model).eval()
+    dim = feature_dim(extractor, spec.default_input_size)
+    torch_device = resolve_device(device)
+    extractor = extractor.to(torch_device)
+    if torch_device.type == "cuda":
+        extractor = extractor.to(memory_format=torch.channels_last)
+    return ReferenceNetwork(
+        architecture=architecture,
+        extractor=extractor,
+        input_size=spec.default_input_size,
+        feature_dim=dim,
+        mean=spec.mean,
+        std=spec.std,
+        weights_sha256=digest,
+        weights_source=source,
+        device=torch_device,
+    )
+
+
+def load_backbone(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load every non-head weight strictly; ValueError names the first mismatch."""
+    head = head_attribute(model) + "."
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+    given = {k: v for k, v in state.items() if not k.startswith(head)}
+    check_state_dict(expected, given)
+    model.load_state_dict(given, strict=False)
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> None:
+    """Raise ValueError describing the first missing, unexpected or mis-shaped tensor."""
+    for key, tensor in expected.items():
+        if key not in given:
+            raise ValueError(f"weights lack {key!r} (shape {tuple(tensor.shape)})")
+        if given[key].shape != tensor.shape:
+            raise ValueError(
+                f"weights {key!r} have shape {tuple(given[key].shape)}, "
+                f"the architecture expects {tuple(tensor.shape)}"
+            )
+    for key in given:
+        if key not in expected:
+            raise ValueError(f"weights hold {key!r}, which the architecture does not have")
+
+
+def _head_classes(architecture: str, state: dict[str, torch.Tensor]) -> int:
+    probe = build_model(architecture, num_classes=1)
+    head = head_attribute(probe) + "."
+    head_biases = [v for k, v in state.items() if k.startswith(head) and k.endswith("bias")]
+    return int(head_biases[-1].shape[0]) if head_biases else 1
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _prefetched_batches(
+    paths: Sequence[Path], size: int, batch_size: int, threads: int
+) -> Iterator[np.ndarray]:
+    """Decode+resize images on a thread pool, keeping at most two batches in flight."""
+    workers = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p2l-decode") as pool:
+        pending: deque[Future[np.ndarray]] = deque()
+        next_index = 0
+        for start in range(0, len(paths), batch_size):
+            end = min(start + batch_size, len(paths))
+            while next_index < min(len(paths), end + batch_size):
+                pending.append(pool.submit(_load_pixels, paths[next_index], size))
+                next_index += 1
+            yield np.stack([pending.popleft().result() for _ in range(end - start)])
+
+
+def _load_pixels(path: Path, size: int) -> np.ndarray:
+    """One image as ``size x size x 3`` uint8: shorter side resized to ``size``, centre crop."""
+    image = open_rgb(Path(path), EMBED_MAX_PIXELS, draft_size=size)
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -1,0 +1,150 @@
+"""Dataset signatures: the few statistics of a dataset in reference-feature space that P2L needs."""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load, save
+
+from app.p2l.reference import ReferenceNetwork
+
+
+@dataclass(frozen=True)
+class DatasetSignature:
+    """``n`` images, per-class counts, mean feature, per-class means, per-dimension variance."""
+
+    class_names: list[str]
+    class_counts: np.ndarray  # (C,) int64
+    mean: np.ndarray  # (d,) float32
+    class_means: np.ndarray  # (C, d) float32
+    variance: np.ndarray  # (d,) float32
+    reference_sha256: str
+
+    @property
+    def n(self) -> int:
+        """Number of images the signature summarises."""
+        return int(self.class_counts.sum())
+
+    @property
+    def feature_dim(self) -> int:
+        """Dimension of the reference feature space."""
+        return int(self.mean.shape[0])
+
+    def to_bytes(self) -> bytes:
+        """Serialise as safetensors (class names and reference digest in the metadata)."""
+        tensors = {
+            "class_counts": self.class_counts.astype(np.int64),
+            "mean": self.mean.astype(np.float32),
+            "class_means": self.class_means.astype(np.float32),
+            "variance": self.variance.astype(np.float32),
+        }
+        metadata = {
+            "class_names": json.dumps(self.class_names),
+            "reference_sha256": self.reference_sha256,
+        }
+        return save(tensors, metadata=metadata)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "DatasetSignature":
+        """Inverse of ``to_bytes``; ValueError if the data is not a signature."""
+        try:
+            tensors = load(data)
+            metadata = _safetensors_metadata(data)
+            signature = cls(
+                class_names=json.loads(metadata["class_names"]),
+                class_counts=tensors["class_counts"],
+                mean=tensors["mean"],
+                class_means=tensors["class_means"],
+                variance=tensors["variance"],
+                reference_sha256=metadata.get("reference_sha256", ""),
+            )
+        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a dataset signature: {exc}") from None
+        signature.validate()
+        return signature
+
+    def validate(self) -> None:
+        """Check shapes agree with each other; ValueError says what is off."""
+        n_classes, dim = len(self.class_names), self.mean.shape[0]
+        if self.mean.ndim != 1 or self.variance.shape != (dim,):
+            raise ValueError("mean and variance must be vectors of the same length")
+        if self.class_means.shape != (n_classes, dim):
+            raise ValueError(
+                f"class_means has shape {self.class_means.shape}, expected ({n_classes}, {dim})"
+            )
+        if self.class_counts.shape != (n_classes,) or (self.class_counts < 1).any():
+            raise ValueError("class_counts must hold one positive count per class")
+
+    def to_json(self) -> dict[str, object]:
+        """Plain-JSON view with every vector (for ``GET /v1/datasets/{id}/signature``)."""
+        return {
+            "n": self.n,
+            "feature_dim": self.feature_dim,
+            "reference_sha256": self.reference_sha256,
+            "classes": [
+                {"name": name, "count": int(count), "mean": mean.tolist()}
+                for name, count, mean in zip(
+                    self.class_names, self.class_counts, self.class_means, strict=True
+                )
+            ],
+            "mean": self.mean.tolist(),
+            "variance": self.variance.tolist(),
+        }
+
+
+def compute_signature(
+    reference: ReferenceNetwork,
+    files_by_class: dict[str, Sequence[Path]],
+    batch_size: int = 128,
+    threads: int = 0,
+) -> DatasetSignature:
+    """Embed every image once and accumulate the signature batch by batch.
+
+    Memory stays at one batch of images plus O(C x d) running sums, whatever the dataset size.
+    """
+    class_names = sorted(files_by_class)
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(class_names):
+        paths.extend(files_by_class[name])
+        labels.extend([index] * len(files_by_class[name]))
+    if not paths:
+        raise ValueError("cannot compute the signature of an empty dataset")
+
+    dim = reference.feature_dim
+    class_sums = torch.zeros(len(class_names), dim, dtype=torch.float64)
+    square_sum = torch.zeros(dim, dtype=torch.float64)
+    label_tensor = torch.tensor(labels)
+    done = 0
+    for features in reference.embed(paths, batch_size=batch_size, threads=threads):
+        batch = features.double()
+        batch_labels = label_tensor[done : done + len(batch)]
+        class_sums.index_add_(0, batch_labels, batch)
+        square_sum += (batch * batch).sum(0)
+        done += len(batch)
+
+    counts = torch.bincount(label_tensor, minlength=len(class_names)).double()
+    mean = class_sums.sum(0) / done
+    variance = (square_sum / done - mean * mean).clamp_min(0)
+    return DatasetSignature(
+        class_names=class_names,
+        class_counts=counts.long().numpy(),
+        mean=mean.float().numpy(),
+        class_means=(class_sums / counts[:, None]).float().numpy(),
+        variance=variance.float().numpy(),
+        reference_sha256=reference.weights_sha256,
+    )
+
+
+def load_signature(path: Path) -> DatasetSignature:
+    """Read a signature file written by ``DatasetSignature.to_bytes``."""
+    return DatasetSignature.from_bytes(path.read_bytes())
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    return header.get("__metadata__", {})

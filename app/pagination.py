@@ -1,0 +1,56 @@
+"""Keyset pagination over (created_at, id), newest first, with opaque page tokens."""
+
+import base64
+import json
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import Session
+
+from app.errors import ServiceError
+
+Row = TypeVar("Row")
+
+
+class InvalidPageToken(ServiceError):
+    """A page token this service did not issue."""
+
+    title = "Invalid page token"
+
+
+def paginate(
+    session: Session, query: Select[Any], model: Any, page_size: int, page_token: str | None
+) -> tuple[list[Any], str | None]:
+    """One page of ``query``'s rows and the token of the next page (None on the last)."""
+    if page_token:
+        created_at, row_id = _decode(page_token)
+        query = query.where(
+            or_(
+                model.created_at < created_at,
+                and_(model.created_at == created_at, model.id < row_id),
+            )
+        )
+    rows = list(
+        session.scalars(
+            query.order_by(model.created_at.desc(), model.id.desc()).limit(page_size + 1)
+        )
+    )
+    if len(rows) <= page_size:
+        return rows, None
+    last = rows[page_size - 1]
+    return rows[:page_size], _encode(last.created_at, last.id)
+
+
+def _encode(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(token: str) -> tuple[datetime, str]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        created_at, row_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created_at), str(row_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidPageToken(f"page_token {token!r} is not a token this service issued") from exc

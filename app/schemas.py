@@ -1,0 +1,105 @@
+"""Request and response bodies of the HTTP API (separate from the tables)."""
+
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """One page of a listing; pass ``next_page_token`` back as ``page_token`` for the next."""
+
+    items: list[Item]
+    next_page_token: str | None = None
+
+
+class RejectedFileOut(BaseModel):
+    """An archive member that was not kept."""
+
+    path: str
+    reason: str
+
+
+class ClassCount(BaseModel):
+    """One class of a dataset and how many images it holds."""
+
+    name: str
+    count: int
+
+
+class SignatureSummary(BaseModel):
+    """The shape of a dataset's signature (the vectors are at ``/signature``)."""
+
+    n: int
+    feature_dim: int
+    reference_sha256: str
+
+
+class DatasetOut(BaseModel):
+    """A stored dataset."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    created_at: datetime
+    num_images: int
+    num_classes: int
+    classes: list[ClassCount]
+    signature: SignatureSummary
+
+
+class DatasetCreated(DatasetOut):
+    """Answer to an upload: the dataset plus every file that was left out, with its reason."""
+
+    rejected: list[RejectedFileOut]
+
+
+class SignatureClass(BaseModel):
+    """Per-class part of a signature."""
+
+    name: str
+    count: int
+    mean: list[float]
+
+
+class SignatureOut(BaseModel):
+    """Every vector of a dataset signature, in reference-feature space."""
+
+    n: int
+    feature_dim: int
+    reference_sha256: str
+    classes: list[SignatureClass]
+    mean: list[float]
+    variance: list[float]
+
+
+class ReferenceOut(BaseModel):
+    """The active reference network."""
+
+    architecture: str
+    input_size: int
+    feature_dim: int
+    weights_sha256: str = Field(description="sha256 of the weights file (or of the init).")
+    weights_source: str
+    device: str
+
+
+class HealthOut(BaseModel):
+    """Liveness and readiness."""
+
+    status: str
+    database: str
+    version: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every 4xx/5xx body (``application/problem+json``)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str

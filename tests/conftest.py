@@ -1,0 +1,82 @@
+"""Fixtures: a real service over a temporary data dir, on SQLite and on real PostgreSQL."""
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.main import create_app
+
+POSTGRES_URL = os.environ.get(
+    "P2L_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """URL of a reachable PostgreSQL server, or skip the test with the reason."""
+    engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} ({type(exc).__name__})")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A brand-new, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"p2l_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each storage test runs on the default SQLite file and on a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """The service's data dir, inside a sandbox folder tests can inspect around it."""
+    return tmp_path / "sandbox" / "data"
+
+
+@pytest.fixture
+def make_client(data_dir: Path) -> Iterator[Callable[..., TestClient]]:
+    """Factory of started services over ``data_dir``; settings overrides as keywords."""
+    clients: list[TestClient] = []
+
+    def start(**overrides: object) -> TestClient:
+        settings = Settings(_env_file=None, data_dir=data_dir, **overrides)
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    """A service on the embedded default (SQLite in the data dir)."""
+    return make_client()

@@ -1,0 +1,272 @@
+"""Dataset upload, validation, listing and deletion through HTTP, on SQLite and PostgreSQL."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.archives import (
+    clipart_images,
+    fashion_mnist_images,
+    huge_png,
+    image_folder_entries,
+    png_bytes,
+    tar_bytes,
+    zip_bomb,
+    zip_bytes,
+)
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def service(make_client: Callable[..., TestClient], database_url: str | None) -> TestClient:
+    """The service on each storage backend."""
+    return make_client(database_url=database_url)
+
+
+def upload(client: TestClient, data: bytes, filename: str = "data.zip", **form: str):
+    """POST an archive to /v1/datasets."""
+    return client.post("/v1/datasets", files={"file": (filename, data)}, data=form)
+
+
+def stored_files(data_dir: Path) -> list[Path]:
+    """Every artifact file in the store (the database files aside)."""
+    return sorted(p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith("p2l.db"))
+
+
+def assert_nothing_stored(client: TestClient, data_dir: Path) -> None:
+    """No dataset row and no artifact file (staging included) exist."""
+    assert client.get("/v1/datasets").json()["items"] == []
+    assert stored_files(data_dir) == []
+
+
+def test_upload_real_five_class_archive(service: TestClient) -> None:
+    images = fashion_mnist_images(per_class=50)
+    response = upload(service, zip_bytes(image_folder_entries(images)), name="garments")
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert response.headers["location"] == f"/v1/datasets/{body['id']}"
+    assert body["name"] == "garments"
+    assert body["num_images"] == 250 and body["num_classes"] == 5
+    assert body["classes"] == [{"name": n, "count": 50} for n in sorted(images)]
+    assert body["rejected"] == []
+    reference = service.get("/v1/reference").json()
+    assert body["signature"]["feature_dim"] == reference["feature_dim"]
+    assert body["signature"]["reference_sha256"] == reference["weights_sha256"]
+
+    signature = service.get(f"/v1/datasets/{body['id']}/signature").json()
+    dim = reference["feature_dim"]
+    assert signature["n"] == 250
+    assert len(signature["mean"]) == dim and len(signature["variance"]) == dim
+    assert [c["count"] for c in signature["classes"]] == [50] * 5
+    class_means = np.array([c["mean"] for c in signature["classes"]])
+    # The overall mean is the count-weighted mean of the class means; features are post-ReLU.
+    assert np.allclose(class_means.mean(0), signature["mean"], atol=1e-5)
+    assert (np.array(signature["mean"]) >= 0).all()
+    assert (np.array(signature["variance"]) >= 0).all()
+    # Different garments land in different places of feature space.
+    assert np.linalg.norm(class_means[0] - class_means[1]) > 1e-3
+
+    assert service.get(f"/v1/datasets/{body['id']}").json()["num_images"] == 250
+
+
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_tar_archives_with_one_top_folder(client: TestClient, compression: str) -> None:
+    images = fashion_mnist_images(per_class=4)
+    archive = tar_bytes(image_folder_entries(images, top="garments"), compression)
+    response = upload(client, archive, filename=f"garments.tar.{compression}")
+    assert response.status_code == 201, response.text
+    assert [c["count"] for c in response.json()["classes"]] == [4] * 5
+
+
+def test_transparent_clipart_is_composited_and_kept(client: TestClient) -> None:
+    images = clipart_images()
+    response = upload(client, zip_bytes(image_folder_entries(images)))
+    assert response.status_code == 201, response.text
+    assert {c["name"]: c["count"] for c in response.json()["classes"]} == {
+        name: len(files) for name, files in images.items()
+    }
+
+
+def test_hostile_archive_keeps_good_images_and_explains_the_rest(
+    service: TestClient, data_dir: Path
+) -> None:
+    good = image_folder_entries(fashion_mnist_images(per_class=3))
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    whole = png_bytes(Image.fromarray(noise))
+    corrupt = whole[: len(whole) // 2]
+    members = {
+        **good,
+        "../evil.png": good["dress/0000.png"],
+        "tshirt/corrupt.png": corrupt,
+        "tshirt/notes.txt": b"just some text, not an image",
+        "trouser/huge.png": huge_png(100_000_000),
+    }
+    archive = zip_bytes(members, symlinks={"dress/link.png": "/etc/passwd"})
+
+    response = upload(service, archive)
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["num_images"] == 15
+    reasons = {r["path"]: r["reason"] for r in body["rejected"]}
+    assert set(reasons) == {
+        "../evil.png",
+        "tshirt/corrupt.png",
+        "tshirt/notes.txt",
+        "trouser/huge.png",
+        "dress/link.png",
+    }
+    assert "path traversal" in reasons["../evil.png"]
+    assert "link" in reasons["dress/link.png"]
+    assert "corrupt" in reasons["tshirt/corrupt.png"]
+    assert "not a decodable image" in reasons["tshirt/notes.txt"]
+    assert "decompression-bomb" in reasons["trouser/huge.png"]
+    # Nothing escaped the data dir; only the good images and the signature were written.
+    sandbox = data_dir.parent
+    assert sorted(p.name for p in sandbox.iterdir()) == ["data"]
+    names = [p.name for p in stored_files(data_dir)]
+    assert len(names) == 16 and "signature.safetensors" in names
+    assert not {"evil.png", "link.png", "corrupt.png", "notes.txt", "huge.png"} & set(names)
+
+
+def test_tar_links_are_never_followed(client: TestClient, data_dir: Path) -> None:
+    good = image_folder_entries(fashion_mnist_images(per_class=2))
+    archive = tar_bytes(
+        good,
+        symlinks={"tshirt/sym.png": "/etc/passwd", "../up.png": "x"},
+        hardlinks={"dress/hard.png": "/etc/shadow"},
+    )
+    response = upload(client, archive, filename="x.tar.gz")
+    assert response.status_code == 201, response.text
+    reasons = {r["path"]: r["reason"] for r in response.json()["rejected"]}
+    assert set(reasons) == {"tshirt/sym.png", "dress/hard.png", "../up.png"}
+    assert all(p.is_file() and not p.is_symlink() for p in stored_files(data_dir))
+
+
+def test_zip_bomb_is_refused_and_leaves_nothing(service: TestClient, data_dir: Path) -> None:
+    bomb = zip_bomb(300 * 1024**2)
+    assert len(bomb) < 2 * 1024**2
+    response = upload(service, bomb)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    assert "compression bomb" in response.json()["detail"]
+    assert_nothing_stored(service, data_dir)
+
+
+def test_expansion_cap_applies_to_honest_archives_too(
+    make_client: Callable[..., TestClient], data_dir: Path
+) -> None:
+    client = make_client(max_uncompressed_bytes=10_000)
+    archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=20)))
+    response = upload(client, archive)
+    assert response.status_code == 422
+    assert "expands to more than 10,000 bytes" in response.json()["detail"]
+    assert_nothing_stored(client, data_dir)
+
+
+def test_oversize_upload_is_413_and_leaves_nothing(
+    make_client: Callable[..., TestClient], database_url: str | None, data_dir: Path
+) -> None:
+    client = make_client(database_url=database_url, max_upload_bytes=100_000)
+    archive = tar_bytes(image_folder_entries(fashion_mnist_images(per_class=50)), compression="")
+    assert len(archive) > 100_000
+    response = upload(client, archive, filename="big.tar")
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM
+    assert "100,000 bytes" in response.json()["detail"]
+    assert_nothing_stored(client, data_dir)
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected", "rejected"),
+    [
+        ({"only/a.png": png_bytes(Image.new("RGB", (8, 8)))}, "at least 2 class folders", set()),
+        ({"a.png": png_bytes(Image.new("RGB", (8, 8)))}, "found: none", {"a.png"}),
+        (
+            {"cats/x.txt": b"text", "dogs/y.txt": b"text"},
+            "found: none",
+            {"cats/x.txt", "dogs/y.txt"},
+        ),
+    ],
+    ids=["one-class", "no-folders", "no-images"],
+)
+def test_unusable_layouts_are_422_with_nothing_left(
+    service: TestClient, data_dir: Path, entries: dict[str, bytes], expected: str, rejected: set
+) -> None:
+    response = upload(service, zip_bytes(entries))
+    assert response.status_code == 422
+    body = response.json()
+    assert response.headers["content-type"] == PROBLEM
+    assert expected in body["detail"]
+    assert {r["path"] for r in body["rejected"]} == rejected
+    assert_nothing_stored(service, data_dir)
+
+
+def test_not_an_archive_is_422(client: TestClient, data_dir: Path) -> None:
+    response = upload(client, b"this is not an archive at all", filename="data.zip")
+    assert response.status_code == 422
+    assert "not a readable archive" in response.json()["detail"]
+    assert_nothing_stored(client, data_dir)
+
+
+def test_missing_file_field_is_a_problem(client: TestClient) -> None:
+    response = client.post("/v1/datasets", data={"name": "x"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    assert "file" in response.json()["detail"]
+
+
+def test_list_paginates_newest_first(service: TestClient) -> None:
+    archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
+    ids = [upload(service, archive, name=f"d{i}").json()["id"] for i in range(3)]
+
+    first = service.get("/v1/datasets", params={"page_size": 2}).json()
+    assert [d["id"] for d in first["items"]] == ids[::-1][:2]
+    assert first["next_page_token"]
+    second = service.get(
+        "/v1/datasets", params={"page_size": 2, "page_token": first["next_page_token"]}
+    ).json()
+    assert [d["id"] for d in second["items"]] == [ids[0]]
+    assert second["next_page_token"] is None
+
+    bad = service.get("/v1/datasets", params={"page_token": "garbage!"})
+    assert bad.status_code == 400 and bad.headers["content-type"] == PROBLEM
+
+
+def test_delete_removes_row_and_files(service: TestClient, data_dir: Path) -> None:
+    archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
+    dataset_id = upload(service, archive).json()["id"]
+    assert stored_files(data_dir)
+
+    assert service.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+    missing = service.get(f"/v1/datasets/{dataset_id}")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == PROBLEM
+    assert dataset_id in missing.json()["detail"]
+    assert service.delete(f"/v1/datasets/{dataset_id}").status_code == 404
+    assert_nothing_stored(service, data_dir)
+
+
+def test_restart_clears_interrupted_writes(
+    make_client: Callable[..., TestClient], data_dir: Path
+) -> None:
+    client = make_client()
+    archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
+    kept = upload(client, archive).json()["id"]
+    # What a crash mid-upload leaves: a staging dir, and a published folder with no row.
+    (data_dir / "tmp" / "stage-crashed" / "images").mkdir(parents=True)
+    orphan = data_dir / "datasets" / ("0" * 32)
+    orphan.mkdir()
+    (orphan / "signature.safetensors").write_bytes(b"partial")
+
+    restarted = make_client()
+
+    assert not orphan.exists()
+    assert list((data_dir / "tmp").iterdir()) == []
+    assert [d["id"] for d in restarted.get("/v1/datasets").json()["items"]] == [kept]

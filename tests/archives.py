@@ -100,3 +100,26 @@ def zip_bomb(expanded_bytes: int = 300 * 1024**2) -> bytes:
                 member.write(chunk)
         archive.writestr("cats/a.png", png_bytes(Image.new("RGB", (8, 8))))
     return buffer.getvalue()
+
+
+def tar_bomb(expanded_bytes: int = 300 * 1024**2) -> bytes:
+    """A small tar.gz whose single member expands to ``expanded_bytes`` of zeros."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
+        info = tarfile.TarInfo("bomb/zeros.png")
+        info.size = expanded_bytes
+        archive.addfile(info, _Zeros(expanded_bytes))
+    return buffer.getvalue()
+
+
+class _Zeros(io.RawIOBase):
+    """A readable stream of ``size`` zero bytes, without holding them in memory."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count

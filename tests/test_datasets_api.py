@@ -14,6 +14,7 @@ from tests.archives import (
     huge_png,
     image_folder_entries,
     png_bytes,
+    tar_bomb,
     tar_bytes,
     zip_bomb,
     zip_bytes,
@@ -149,8 +150,11 @@ def test_tar_links_are_never_followed(client: TestClient, data_dir: Path) -> Non
     assert all(p.is_file() and not p.is_symlink() for p in stored_files(data_dir))
 
 
-def test_zip_bomb_is_refused_and_leaves_nothing(service: TestClient, data_dir: Path) -> None:
-    bomb = zip_bomb(300 * 1024**2)
+@pytest.mark.parametrize("make_bomb", [zip_bomb, tar_bomb], ids=["zip", "tar.gz"])
+def test_compression_bomb_is_refused_and_leaves_nothing(
+    service: TestClient, data_dir: Path, make_bomb: Callable[[int], bytes]
+) -> None:
+    bomb = make_bomb(300 * 1024**2)
     assert len(bomb) < 2 * 1024**2
     response = upload(service, bomb)
     assert response.status_code == 422

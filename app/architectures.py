@@ -13,11 +13,11 @@ from torch import nn
 
 
 class CompactCNN(nn.Module):
-    """Small VGG-style CNN for 32-64 px images: stem, pooled conv stages, GAP, linear head."""
+    """Small VGG-style CNN for 32-64 px images: strided stem, pooled conv stages, GAP, head."""
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128)) -> None:
         super().__init__()
-        self.stem = _conv_bn_relu(3, widths[0])
+        self.stem = _conv_bn_relu(3, widths[0], stride=2)
         stages = []
         in_ch = widths[0]
         for width in widths:
@@ -40,9 +40,9 @@ class CompactCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
+def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
     )
@@ -65,12 +65,16 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 _HALF = (0.5, 0.5, 0.5)
 
 COMPACT_ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    "compact_cnn": ArchitectureSpec(
-        "compact_cnn", lambda n: CompactCNN(n, (32, 64, 128)), 32, _HALF, _HALF
-    ),
-    "compact_cnn_wide": ArchitectureSpec(
-        "compact_cnn_wide", lambda n: CompactCNN(n, (48, 96, 192, 256)), 64, _HALF, _HALF
-    ),
+    spec.name: spec
+    for spec in (
+        ArchitectureSpec("compact_cnn", lambda n: CompactCNN(n, (32, 64, 128)), 32, _HALF, _HALF),
+        ArchitectureSpec(
+            "compact_cnn_small", lambda n: CompactCNN(n, (16, 32, 64)), 32, _HALF, _HALF
+        ),
+        ArchitectureSpec(
+            "compact_cnn_wide", lambda n: CompactCNN(n, (32, 64, 128, 256)), 64, _HALF, _HALF
+        ),
+    )
 }
 
 # torchvision families whose layer structure the service knows (feature extractor + head).

@@ -1,7 +1,7 @@
 """Service settings: one class, read from the environment (prefix ``P2L_``) or a ``.env`` file."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,8 +34,19 @@ class Settings(BaseSettings):
         "compact_cnn", description="Reference network: a compact CNN or a torchvision name."
     )
     reference_weights: Path | None = Field(
-        None, description="Safetensors file for the reference network (local path)."
+        None,
+        description="Safetensors file for the reference network; default: the bundled one "
+        "(compact_cnn), or a seeded random init if it is missing.",
     )
+    import_bundled_zoo: bool = Field(
+        True, description="On first start with an empty zoo, import the bundled demo sources."
+    )
+
+    # P2L score (provisional defaults: see README, "Calibration")
+    p2l_measure: Literal["kl", "js", "cosine", "emd"] = "kl"
+    p2l_lambda: float = Field(0.01, ge=0, description="Weight of log(source size) in the score.")
+    p2l_eps: float = Field(1e-3, gt=0, description="Added to mean features before normalising.")
+    emd_gamma: float = Field(0.01, gt=0, description="gamma of exp(-gamma * EMD).")
     embed_batch_size: int = Field(128, ge=1)
     loader_threads: int = Field(
         0, ge=0, description="Image-decoding threads for embedding; 0 picks from the CPU count."

@@ -9,12 +9,14 @@ from fastapi_offline import FastAPIOffline
 
 from app.api.deps import ServiceState
 from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
-from app.api.routes import datasets, health, reference
+from app.api.routes import datasets, health, rankings, reference, sources
 from app.config import Settings
 from app.datasets.service import remove_orphans
 from app.db import make_engine, migrate, session_factory
 from app.p2l.reference import load_reference
 from app.store import LocalArtifactStore
+from app.zoo.bundled import bundled_reference_weights, import_bundled_zoo
+from app.zoo.sources import load_index
 
 logger = logging.getLogger("p2l")
 
@@ -28,20 +30,22 @@ set (use *Authorize*); otherwise the service is open.
 
 
 def build_state(settings: Settings) -> ServiceState:
-    """Open the database (migrated), the artifact store (cleaned) and the reference network."""
+    """Open the database (migrated), the store (cleaned), the reference network and the zoo."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     sessions = session_factory(engine)
     store = LocalArtifactStore(settings.data_dir)
     store.sweep_tmp()
+    weights = settings.reference_weights or bundled_reference_weights(settings.reference_arch)
+    reference_net = load_reference(settings.reference_arch, weights, settings.device)
     with sessions() as session:
         if removed := remove_orphans(session, store):
             logger.warning("removed %d dataset folders left by an interrupted upload", removed)
-    reference_net = load_reference(
-        settings.reference_arch, settings.reference_weights, settings.device
-    )
-    return ServiceState(settings, engine, sessions, store, reference_net)
+        index = load_index(session, store, reference_net, settings.p2l_eps)
+        if settings.import_bundled_zoo:
+            import_bundled_zoo(session, store, index, reference_net)
+    return ServiceState(settings, engine, sessions, store, reference_net, index)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -65,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(reference.router)
     app.include_router(datasets.router)
+    app.include_router(sources.router)
+    app.include_router(rankings.router)
     add_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app

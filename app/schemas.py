@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (separate from the tables)."""
 
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -103,3 +103,76 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str
+
+
+class SourceOut(BaseModel):
+    """A source model in the zoo."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    created_at: datetime
+    architecture: str
+    num_classes: int
+    input_size: int
+    class_names: list[str]
+    num_images: int = Field(description="Size of the dataset the source was trained on (n_s).")
+    class_counts: dict[str, int]
+    feature_dim: int
+    reference_sha256: str
+    weights_sha256: str
+    dataset_id: str | None
+    origin: str = Field(description="bundled, upload or finetune")
+
+
+class RankingRequest(BaseModel):
+    """What to rank, and how."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    target_dataset_id: str
+    method: Literal["p2l", "distance", "largest"] = "p2l"
+    measure: Literal["kl", "js", "cosine", "emd"] | None = Field(
+        None, description="Distance measure; default P2L_P2L_MEASURE (kl)."
+    )
+    source_ids: list[str] | None = Field(None, description="Rank only these sources.")
+    top_k: int | None = Field(None, ge=1)
+    lam: float | None = Field(
+        None, alias="lambda", ge=0, description="Override lambda for this ranking."
+    )
+
+
+class RankedSource(BaseModel):
+    """One source in a ranking, with the parts of its score."""
+
+    rank: int
+    source_id: str
+    name: str
+    score: float
+    distance: float = Field(description="D(target, source) under the measure.")
+    similarity: float = Field(description="exp(-distance).")
+    size_term: float = Field(description="lambda * log(n_source).")
+    num_images: int
+
+
+class ExcludedSource(BaseModel):
+    """A source left out of a ranking, and why."""
+
+    source_id: str
+    name: str
+    reason: str
+
+
+class RankingOut(BaseModel):
+    """A stored ranking."""
+
+    id: str
+    created_at: datetime
+    target_dataset_id: str
+    method: str
+    measure: str
+    params: dict[str, float]
+    results: list[RankedSource]
+    excluded: list[ExcludedSource]
+    elapsed_ms: float | None = Field(None, description="Time of the scoring itself.")

@@ -123,3 +123,16 @@ class _Zeros(io.RawIOBase):
         buffer[:count] = bytes(count)
         self.left -= count
         return count
+
+
+BUNDLED_TARGETS = Path(__file__).parents[1] / "app" / "zoo" / "bundled" / "targets"
+
+
+def bundled_target_images(name: str) -> dict[str, list[bytes]]:
+    """A held-out target shipped with the bundled zoo (never used in training), as PNGs."""
+    target = np.load(BUNDLED_TARGETS / f"{name}.npz")
+    names = [str(n) for n in target["class_names"]]
+    return {
+        cls: [png_bytes(Image.fromarray(img)) for img in target["images"][target["labels"] == i]]
+        for i, cls in enumerate(names)
+    }

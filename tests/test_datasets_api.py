@@ -35,8 +35,10 @@ def upload(client: TestClient, data: bytes, filename: str = "data.zip", **form: 
 
 
 def stored_files(data_dir: Path) -> list[Path]:
-    """Every artifact file in the store (the database files aside)."""
-    return sorted(p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith("p2l.db"))
+    """Every dataset artifact file, staging included (the bundled zoo's sources aside)."""
+    return sorted(
+        p for folder in ("datasets", "tmp") for p in (data_dir / folder).rglob("*") if p.is_file()
+    )
 
 
 def assert_nothing_stored(client: TestClient, data_dir: Path) -> None:
@@ -131,6 +133,7 @@ def test_hostile_archive_keeps_good_images_and_explains_the_rest(
     # Nothing escaped the data dir; only the good images and the signature were written.
     sandbox = data_dir.parent
     assert sorted(p.name for p in sandbox.iterdir()) == ["data"]
+    assert not list(sandbox.rglob("evil.png"))
     names = [p.name for p in stored_files(data_dir)]
     assert len(names) == 16 and "signature.safetensors" in names
     assert not {"evil.png", "link.png", "corrupt.png", "notes.txt", "huge.png"} & set(names)

@@ -57,8 +57,8 @@ def test_torchvision_reference_without_weights_is_refused() -> None:
 
 def test_mismatched_reference_weights_name_the_first_bad_tensor(tmp_path: Path) -> None:
     weights = tmp_path / "wrong.safetensors"
-    save_file(build_model("compact_cnn_wide", num_classes=3).state_dict(), weights)
-    with pytest.raises(ValueError, match=r"stem\.0\.weight.*shape \(48, 3, 3, 3\)"):
+    save_file(build_model("compact_cnn_small", num_classes=3).state_dict(), weights)
+    with pytest.raises(ValueError, match=r"stem\.0\.weight.*shape \(16, 3, 3, 3\)"):
         load_reference("compact_cnn", weights)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.p2l.reference import ReferenceNetwork
+from app.p2l.scoring import ScoringParams, SignatureIndex
 from app.store import LocalArtifactStore
 
 
@@ -24,6 +25,16 @@ class ServiceState:
     sessions: sessionmaker[Session]
     store: LocalArtifactStore
     reference: ReferenceNetwork
+    index: SignatureIndex
+
+    def scoring_params(self, lam: float | None = None) -> ScoringParams:
+        """The score constants in force (``lam`` overrides lambda for one request)."""
+        settings = self.settings
+        return ScoringParams(
+            lam=settings.p2l_lambda if lam is None else lam,
+            eps=settings.p2l_eps,
+            emd_gamma=settings.emd_gamma,
+        )
 
 
 def get_state(request: Request) -> ServiceState:

@@ -4,6 +4,7 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 # Formats with mature, widely-fuzzed decoders; anything else is refused rather than parsed.
@@ -69,3 +70,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode != "RGB":
         return image.convert("RGB")
     return image
+
+
+def square_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """``size x size x 3`` uint8 pixels: shorter side resized to ``size``, centre crop.
+
+    The one geometric preprocessing of the service: signatures, training and prediction
+    all see images through it.
+    """
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -7,18 +7,17 @@ one batch at a time, with image decoding done by a thread pool ahead of the mode
 import hashlib
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save
 
 from app.architectures import build_model, feature_dim, feature_extractor, get_spec, head_attribute
-from app.datasets.images import open_rgb
+from app.datasets.images import open_rgb, square_pixels
 
 # Images larger than this are not decoded for embedding (upload validation enforces it too).
 EMBED_MAX_PIXELS = 100_000_000
@@ -48,12 +47,26 @@ class ReferenceNetwork:
     def embed(
         self, paths: Sequence[Path], batch_size: int = 128, threads: int = 0
     ) -> Iterator[torch.Tensor]:
-        """Yield float32 CPU features ``(batch, feature_dim)`` for the images, in order."""
+        """Yield float32 CPU features ``(batch, feature_dim)`` for image files, in order."""
+        yield from self.embed_pixels(
+            _prefetched_batches(paths, self.input_size, batch_size, threads)
+        )
+
+    def embed_array(self, images: np.ndarray, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """Features of in-memory ``(N, size, size, 3)`` uint8 images, batch by batch."""
+        yield from self.embed_pixels(
+            images[first : first + batch_size] for first in range(0, len(images), batch_size)
+        )
+
+    def embed_pixels(self, batches: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Features of batches of ``(B, size, size, 3)`` uint8 pixels (already resized)."""
         use_cuda = self.device.type == "cuda"
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255
-        for pixels in _prefetched_batches(paths, self.input_size, batch_size, threads):
-            batch = torch.from_numpy(pixels).to(self.device, non_blocking=use_cuda)
+        for pixels in batches:
+            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(
+                self.device, non_blocking=use_cuda
+            )
             batch = batch.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
             if use_cuda:
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -180,11 +193,4 @@ def _prefetched_batches(
 
 
 def _load_pixels(path: Path, size: int) -> np.ndarray:
-    """One image as ``size x size x 3`` uint8: shorter side resized to ``size``, centre crop."""
-    image = open_rgb(Path(path), EMBED_MAX_PIXELS, draft_size=size)
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return square_pixels(open_rgb(Path(path), EMBED_MAX_PIXELS, draft_size=size), size)

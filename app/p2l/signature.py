@@ -95,48 +95,74 @@ class DatasetSignature:
         }
 
 
+class SignatureAccumulator:
+    """Running sums from which a signature is finished: O(C x d) memory, any number of images."""
+
+    def __init__(self, class_names: list[str], feature_dim: int, reference_sha256: str) -> None:
+        self.class_names = class_names
+        self.reference_sha256 = reference_sha256
+        self.class_sums = torch.zeros(len(class_names), feature_dim, dtype=torch.float64)
+        self.square_sum = torch.zeros(feature_dim, dtype=torch.float64)
+        self.counts = torch.zeros(len(class_names), dtype=torch.float64)
+
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fold in one batch of features with their class indices."""
+        batch = features.double()
+        self.class_sums.index_add_(0, labels, batch)
+        self.square_sum += (batch * batch).sum(0)
+        self.counts += torch.bincount(labels, minlength=len(self.class_names)).double()
+
+    def finish(self) -> DatasetSignature:
+        """The signature of everything added so far."""
+        total = self.counts.sum()
+        if total == 0:
+            raise ValueError("cannot compute the signature of an empty dataset")
+        mean = self.class_sums.sum(0) / total
+        variance = (self.square_sum / total - mean * mean).clamp_min(0)
+        return DatasetSignature(
+            class_names=self.class_names,
+            class_counts=self.counts.long().numpy(),
+            mean=mean.float().numpy(),
+            class_means=(self.class_sums / self.counts.clamp_min(1)[:, None]).float().numpy(),
+            variance=variance.float().numpy(),
+            reference_sha256=self.reference_sha256,
+        )
+
+
 def compute_signature(
     reference: ReferenceNetwork,
     files_by_class: dict[str, Sequence[Path]],
     batch_size: int = 128,
     threads: int = 0,
 ) -> DatasetSignature:
-    """Embed every image once and accumulate the signature batch by batch.
+    """Embed every image file once and accumulate the signature batch by batch.
 
     Memory stays at one batch of images plus O(C x d) running sums, whatever the dataset size.
     """
     class_names = sorted(files_by_class)
-    paths: list[Path] = []
-    labels: list[int] = []
-    for index, name in enumerate(class_names):
-        paths.extend(files_by_class[name])
-        labels.extend([index] * len(files_by_class[name]))
-    if not paths:
-        raise ValueError("cannot compute the signature of an empty dataset")
-
-    dim = reference.feature_dim
-    class_sums = torch.zeros(len(class_names), dim, dtype=torch.float64)
-    square_sum = torch.zeros(dim, dtype=torch.float64)
-    label_tensor = torch.tensor(labels)
+    paths = [path for name in class_names for path in files_by_class[name]]
+    labels = torch.tensor(
+        [i for i, name in enumerate(class_names) for _ in files_by_class[name]], dtype=torch.long
+    )
+    accumulator = SignatureAccumulator(class_names, reference.feature_dim, reference.weights_sha256)
     done = 0
     for features in reference.embed(paths, batch_size=batch_size, threads=threads):
-        batch = features.double()
-        batch_labels = label_tensor[done : done + len(batch)]
-        class_sums.index_add_(0, batch_labels, batch)
-        square_sum += (batch * batch).sum(0)
-        done += len(batch)
+        accumulator.add(features, labels[done : done + len(features)])
+        done += len(features)
+    return accumulator.finish()
 
-    counts = torch.bincount(label_tensor, minlength=len(class_names)).double()
-    mean = class_sums.sum(0) / done
-    variance = (square_sum / done - mean * mean).clamp_min(0)
-    return DatasetSignature(
-        class_names=class_names,
-        class_counts=counts.long().numpy(),
-        mean=mean.float().numpy(),
-        class_means=(class_sums / counts[:, None]).float().numpy(),
-        variance=variance.float().numpy(),
-        reference_sha256=reference.weights_sha256,
-    )
+
+def signature_of_array(
+    reference: ReferenceNetwork, images: np.ndarray, labels: np.ndarray, class_names: list[str]
+) -> DatasetSignature:
+    """Signature of in-memory uint8 images (already at the reference's input size)."""
+    accumulator = SignatureAccumulator(class_names, reference.feature_dim, reference.weights_sha256)
+    label_tensor = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    done = 0
+    for features in reference.embed_array(images):
+        accumulator.add(features, label_tensor[done : done + len(features)])
+        done += len(features)
+    return accumulator.finish()
 
 
 def load_signature(path: Path) -> DatasetSignature:

@@ -1,7 +1,7 @@
 """Target/source datasets: upload an archive of class folders, list, get, delete."""
 
 from pathlib import PurePath
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
@@ -82,12 +82,30 @@ def get_dataset(session: SessionDep, dataset_id: str) -> DatasetOut:
 
 
 @router.get(
-    "/{dataset_id}/signature", response_model=SignatureOut, summary="Get a dataset's signature"
+    "/{dataset_id}/signature",
+    response_model=SignatureOut,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+    summary="Get a dataset's signature",
 )
-def get_signature(state: StateDep, session: SessionDep, dataset_id: str) -> dict[str, object]:
-    """Mean, per-class means and per-dimension variance in reference-feature space."""
+def get_signature(
+    state: StateDep,
+    session: SessionDep,
+    dataset_id: str,
+    format: Literal["json", "safetensors"] = "json",
+) -> Response | dict[str, object]:
+    """Mean, per-class means and per-dimension variance in reference-feature space.
+
+    ``format=safetensors`` gives the file ``POST /v1/sources`` accepts as ``signature``.
+    """
     dataset = service.get_dataset(session, dataset_id)
-    return service.dataset_signature(state.store, dataset).to_json()
+    signature = service.dataset_signature(state.store, dataset)
+    if format == "safetensors":
+        return Response(
+            signature.to_bytes(),
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{dataset_id}.signature"'},
+        )
+    return signature.to_json()
 
 
 @router.delete(

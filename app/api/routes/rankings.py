@@ -1,0 +1,76 @@
+"""Rankings: order the zoo for a target dataset by P2L or a baseline."""
+
+from fastapi import APIRouter, Response, status
+
+from app.api.deps import SessionDep, StateDep, WriteAccess
+from app.models import Ranking
+from app.schemas import RankingOut, RankingRequest
+from app.zoo import plots
+from app.zoo import rankings as service
+
+router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
+
+
+def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut:
+    """Response view of a stored ranking."""
+    return RankingOut(
+        id=ranking.id,
+        created_at=ranking.created_at,
+        target_dataset_id=ranking.target_dataset_id,
+        method=ranking.method,
+        measure=ranking.measure,
+        params=ranking.params,
+        results=ranking.results,
+        excluded=ranking.excluded,
+        elapsed_ms=elapsed_ms,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RankingOut,
+    dependencies=[WriteAccess],
+    summary="Rank the sources for a target dataset",
+)
+def create_ranking(
+    state: StateDep, session: SessionDep, request: RankingRequest, response: Response
+) -> RankingOut:
+    """One vectorised scoring pass over the in-memory signature matrix; parts of every score."""
+    ranking, elapsed_ms = service.rank_sources(
+        session,
+        state.store,
+        state.index,
+        state.reference,
+        state.scoring_params(request.lam),
+        target_dataset_id=request.target_dataset_id,
+        method=request.method,
+        measure=request.measure or state.settings.p2l_measure,
+        source_ids=request.source_ids,
+        top_k=request.top_k,
+    )
+    response.headers["Location"] = f"/v1/rankings/{ranking.id}"
+    return ranking_out(ranking, elapsed_ms)
+
+
+@router.get("/{ranking_id}", response_model=RankingOut, summary="Get a ranking")
+def get_ranking(session: SessionDep, ranking_id: str) -> RankingOut:
+    """A ranking as it was computed."""
+    return ranking_out(service.get_ranking(session, ranking_id))
+
+
+@router.get(
+    "/{ranking_id}/plot.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "PNG image"}},
+    summary="Bar chart of a ranking's score parts",
+)
+def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
+    """-distance and size term per source, with the final score marked."""
+    ranking = service.get_ranking(session, ranking_id)
+    title = (
+        f"{ranking.method} ({ranking.measure}, lambda={ranking.params['lambda']:g}) "
+        f"for target {ranking.target_dataset_id[:8]}"
+    )
+    png = plots.ranking_plot(title, ranking.results, ranking.method)
+    return Response(png, media_type="image/png")

@@ -1,0 +1,159 @@
+"""The source zoo: register pretrained models with their training data's signature."""
+
+import json
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi.responses import FileResponse
+
+from app.api.deps import SessionDep, StateDep, WriteAccess
+from app.api.problems import problem_responses
+from app.datasets.service import get_dataset
+from app.errors import InvalidInput
+from app.models import Source
+from app.schemas import Page, SourceOut
+from app.zoo import plots
+from app.zoo import sources as service
+
+router = APIRouter(prefix="/v1/sources", tags=["sources"])
+
+PNG = {"content": {"image/png": {}}, "description": "PNG image"}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SourceOut,
+    dependencies=[WriteAccess],
+    summary="Register a pretrained source model",
+    responses=problem_responses(_422="Weights do not fit the architecture, or bad signature"),
+)
+def register_source(
+    state: StateDep,
+    session: SessionDep,
+    response: Response,
+    weights: Annotated[UploadFile, File(description="Model weights (.safetensors)")],
+    architecture: Annotated[str, Form(description="compact_cnn_small, resnet18, …")],
+    num_classes: Annotated[int, Form(ge=1, description="Outputs of the classifier head")],
+    name: Annotated[str, Form(min_length=1, max_length=200)],
+    dataset_id: Annotated[
+        str | None, Form(description="Dataset the model was trained on (signature from it)")
+    ] = None,
+    signature: Annotated[
+        UploadFile | None,
+        File(description="Or: its signature (.safetensors from /v1/datasets/{id}/signature)"),
+    ] = None,
+    input_size: Annotated[int | None, Form(ge=8, le=1024)] = None,
+    class_names: Annotated[
+        str | None, Form(description="JSON list or comma-separated names, one per class")
+    ] = None,
+) -> Source:
+    """Check the weights load into the architecture, attach the signature, add to the zoo."""
+    if (dataset_id is None) == (signature is None):
+        raise InvalidInput("give exactly one of dataset_id or signature")
+    if dataset_id is not None:
+        sig = service.signature_for_dataset(session, state.store, state.reference, dataset_id)
+    else:
+        sig = service.parse_signature(signature.file.read())
+    source = service.register_source(
+        session,
+        state.store,
+        state.index,
+        state.reference,
+        name=name,
+        architecture=architecture,
+        num_classes=num_classes,
+        weights_data=weights.file.read(),
+        signature=sig,
+        class_names=_parse_names(class_names),
+        input_size=input_size,
+        dataset_id=dataset_id,
+    )
+    response.headers["Location"] = f"/v1/sources/{source.id}"
+    return source
+
+
+def _parse_names(raw: str | None) -> list[str] | None:
+    if raw is None or not raw.strip():
+        return None
+    if raw.lstrip().startswith("["):
+        try:
+            names = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"class_names is not valid JSON: {exc}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InvalidInput("class_names must be a list of strings")
+        return names
+    return [name.strip() for name in raw.split(",")]
+
+
+@router.get("", response_model=Page[SourceOut], summary="List sources, newest first")
+def list_sources(
+    session: SessionDep,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_token: str | None = None,
+) -> Page[SourceOut]:
+    """One page of the zoo; follow ``next_page_token`` for more."""
+    rows, next_token = service.list_sources(session, page_size, page_token)
+    return Page[SourceOut](
+        items=[SourceOut.model_validate(r) for r in rows], next_page_token=next_token
+    )
+
+
+@router.get(
+    "/map.png",
+    response_class=Response,
+    responses={200: PNG},
+    summary="Map of the zoo (and a target) in feature space",
+)
+def zoo_map(state: StateDep, session: SessionDep, target_dataset_id: str | None = None) -> Response:
+    """MDS of the Jensen-Shannon distances between signatures; marker size ~ log(n)."""
+    rows = [s for s in service.all_sources(session) if s.id in state.index]
+    if not rows:
+        raise InvalidInput("the zoo holds no rankable source to draw")
+    means = np.stack([state.index.signature(s.id).mean for s in rows])
+    target = None
+    if target_dataset_id is not None:
+        sig = service.signature_for_dataset(
+            session, state.store, state.reference, target_dataset_id
+        )
+        target = (f"target: {get_dataset(session, target_dataset_id).name}", sig.mean)
+    png = plots.zoo_map(
+        [s.name for s in rows], means, [s.num_images for s in rows], state.settings.p2l_eps, target
+    )
+    return Response(png, media_type="image/png")
+
+
+@router.get("/{source_id}", response_model=SourceOut, summary="Get one source")
+def get_source(session: SessionDep, source_id: str) -> Source:
+    """Architecture, classes, training-set size and signature summary of a source."""
+    return service.get_source(session, source_id)
+
+
+@router.get(
+    "/{source_id}/weights",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+    summary="Download a source's weights (safetensors)",
+)
+def download_weights(state: StateDep, session: SessionDep, source_id: str) -> FileResponse:
+    """The weights file exactly as registered."""
+    source = service.get_source(session, source_id)
+    return FileResponse(
+        service.weights_path(state.store, source),
+        media_type="application/octet-stream",
+        filename=f"{source.name}.safetensors",
+    )
+
+
+@router.delete(
+    "/{source_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[WriteAccess],
+    summary="Delete a source",
+)
+def delete_source(state: StateDep, session: SessionDep, source_id: str) -> Response:
+    """Remove the source from the zoo, its files and the ranking index."""
+    service.delete_source(session, state.store, state.index, source_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

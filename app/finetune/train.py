@@ -1,0 +1,181 @@
+"""Training and evaluation of classifiers on in-memory uint8 images (no web imports)."""
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and schedule of one training run."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    augment: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EpochResult:
+    """Metrics after one epoch."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch history and the best validation accuracy reached."""
+
+    history: list[EpochResult] = field(default_factory=list)
+    best_val_accuracy: float | None = None
+
+
+class ImageTensors:
+    """Images as one NCHW uint8 tensor with their labels, normalised batch by batch."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        mean: Iterable[float],
+        std: Iterable[float],
+    ) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.mean = torch.tensor(list(mean)).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(list(std)).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(
+        self, index: torch.Tensor, device: torch.device, augment: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float images and labels for ``index``, optionally augmented."""
+        images = self.images[index].float()
+        if augment:
+            images = _random_shift(images, pad=3)
+        images = (images - self.mean) / self.std
+        return images.to(device, non_blocking=True), self.labels[index].to(device)
+
+
+def _random_shift(images: torch.Tensor, pad: int, chunks: int = 8) -> torch.Tensor:
+    """Random translation by up to ``pad`` pixels (edge-replicated), one shift per chunk.
+
+    Per-chunk rather than per-image shifts keep this a cheap slice on the CPU.
+    """
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    parts = []
+    for part in padded.chunk(chunks):
+        dy, dx = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+        parts.append(part[..., dy : dy + h, dx : dx + w])
+    return torch.cat(parts)
+
+
+def train_classifier(
+    model: nn.Module,
+    train: ImageTensors,
+    config: TrainConfig,
+    val: ImageTensors | None = None,
+    param_groups: list[dict] | None = None,
+    device: torch.device | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> TrainResult:
+    """SGD with Nesterov momentum and a cosine schedule; keeps the best-validation weights."""
+    device = device or torch.device("cpu")
+    torch.manual_seed(config.seed)
+    model.to(device)
+    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    optimizer = torch.optim.SGD(
+        groups,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g.get("lr", config.lr) for g in optimizer.param_groups],
+        total_steps=max(1, config.epochs * steps_per_epoch),
+        pct_start=0.15,
+    )
+    result = TrainResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train))
+        total_loss, correct = 0.0, 0
+        for first in range(0, len(train), config.batch_size):
+            images, labels = train.batch(
+                order[first : first + config.batch_size], device, config.augment
+            )
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+        val_accuracy = evaluate(model, val, device).accuracy if val is not None else None
+        epoch_result = EpochResult(
+            epoch,
+            total_loss / len(train),
+            correct / len(train),
+            val_accuracy,
+            time.perf_counter() - start,
+        )
+        result.history.append(epoch_result)
+        if val_accuracy is not None and (
+            result.best_val_accuracy is None or val_accuracy > result.best_val_accuracy
+        ):
+            result.best_val_accuracy = val_accuracy
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch:
+            on_epoch(epoch_result)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result
+
+
+@dataclass
+class Evaluation:
+    """Accuracy and predictions on a labelled set."""
+
+    accuracy: float
+    predictions: np.ndarray
+    labels: np.ndarray
+
+
+def evaluate(
+    model: nn.Module, data: ImageTensors, device: torch.device | None = None, batch_size: int = 256
+) -> Evaluation:
+    """Top-1 accuracy of ``model`` on ``data``."""
+    device = device or torch.device("cpu")
+    model.eval()
+    predictions = []
+    with torch.inference_mode():
+        for first in range(0, len(data), batch_size):
+            index = torch.arange(first, min(first + batch_size, len(data)))
+            images, _ = data.batch(index, device)
+            predictions.append(model(images).argmax(1).cpu())
+    predicted = torch.cat(predictions).numpy()
+    labels = data.labels.numpy()
+    return Evaluation(float((predicted == labels).mean()), predicted, labels)

@@ -1,0 +1,234 @@
+"""P2L scoring: distances between signatures, the size term, and vectorised ranking.
+
+``score(s, t) = -D(t, s) + lambda * log(n_s)`` with ``D`` one of:
+
+- ``kl``: ``KL(p_t || p_s)``, ``p = (mu + eps) / sum(mu + eps)`` over mean features. With
+  ``log p_s`` stored per source the whole ranking is one matrix-vector product.
+- ``js``: Jensen-Shannon divergence between the same distributions.
+- ``cosine``: ``1 - cos(mu_t, mu_s)``.
+- ``emd``: ``gamma * EMD`` between class-mean "histograms" weighted by class counts
+  (Euclidean ground distance; Cui et al. 2018, whose similarity is ``exp(-gamma * EMD)``).
+
+Every measure reports ``similarity = exp(-D)``. Methods: ``p2l`` (the score above),
+``distance`` (``-D`` alone) and ``largest`` (``log n_s`` alone), the paper's two baselines.
+"""
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+from scipy.optimize import linprog
+
+from app.p2l.signature import DatasetSignature
+
+Measure = Literal["kl", "js", "cosine", "emd"]
+Method = Literal["p2l", "distance", "largest"]
+MEASURES: tuple[Measure, ...] = ("kl", "js", "cosine", "emd")
+METHODS: tuple[Method, ...] = ("p2l", "distance", "largest")
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    """Constants of the score (defaults live in Settings; see README, calibration)."""
+
+    lam: float
+    eps: float
+    emd_gamma: float
+
+
+class ScoredSource(NamedTuple):
+    """One source's score and its parts (a tuple: cheap to make by the 100,000)."""
+
+    source_id: str
+    rank: int
+    score: float
+    distance: float
+    similarity: float
+    size_term: float
+    num_images: int
+
+
+def to_distribution(mean: np.ndarray, eps: float) -> np.ndarray:
+    """Mean feature(s) -> probability vector(s) over feature dimensions (last axis)."""
+    shifted = np.clip(mean, 0, None) + eps
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """``KL(p || q)`` of two probability vectors."""
+    return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+def emd(
+    weights_a: np.ndarray, points_a: np.ndarray, weights_b: np.ndarray, points_b: np.ndarray
+) -> float:
+    """Earth mover's distance between two weighted point sets (Euclidean ground distance)."""
+    wa, wb = weights_a / weights_a.sum(), weights_b / weights_b.sum()
+    cost = np.linalg.norm(points_a[:, None, :] - points_b[None, :, :], axis=-1)
+    na, nb = len(wa), len(wb)
+    # Flow f[i, j] >= 0 with row sums wa and column sums wb; minimise sum(cost * f).
+    rows = np.kron(np.eye(na), np.ones((1, nb)))
+    cols = np.kron(np.ones((1, na)), np.eye(nb))
+    result = linprog(
+        cost.ravel(),
+        A_eq=np.vstack([rows, cols]),
+        b_eq=np.concatenate([wa, wb]),
+        bounds=(0, None),
+        method="highs",
+    )
+    if not result.success:
+        raise ValueError(f"EMD did not solve: {result.message}")
+    return float(result.fun)
+
+
+class SignatureIndex:
+    """Source signatures held in memory as an ``N x d`` float32 matrix, ready to rank.
+
+    Rows are added and removed as sources are registered and deleted; the matrices are
+    rebuilt lazily on the next ranking after a change.
+    """
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+        self._signatures: dict[str, DatasetSignature] = {}
+        self._dirty = True
+        self.ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._signatures)
+
+    def __contains__(self, source_id: str) -> bool:
+        return source_id in self._signatures
+
+    def add(self, source_id: str, signature: DatasetSignature) -> None:
+        """Add or replace a source's signature."""
+        self._signatures[source_id] = signature
+        self._dirty = True
+
+    def signature(self, source_id: str) -> DatasetSignature:
+        """The stored signature of one source."""
+        return self._signatures[source_id]
+
+    def remove(self, source_id: str) -> None:
+        """Forget a source (no error if absent)."""
+        if self._signatures.pop(source_id, None) is not None:
+            self._dirty = True
+
+    def _build(self) -> None:
+        if not self._dirty:
+            return
+        self.ids = list(self._signatures)
+        sigs = [self._signatures[i] for i in self.ids]
+        dim = sigs[0].feature_dim if sigs else 0
+        self.means = (
+            np.stack([s.mean for s in sigs]).astype(np.float32)
+            if sigs
+            else np.zeros((0, dim), np.float32)
+        )
+        self.p = to_distribution(self.means, self.eps).astype(np.float32)
+        self.log_p = np.log(self.p)
+        self.neg_entropy = np.sum(self.p * self.log_p, axis=1)
+        self.norms = np.linalg.norm(self.means, axis=1)
+        self.sizes = np.array([s.n for s in sigs], dtype=np.int64)
+        self.log_n = np.log(np.maximum(self.sizes, 1)).astype(np.float32)
+        self._dirty = False
+
+    def distances(
+        self, target: DatasetSignature, measure: Measure, rows: np.ndarray | None, gamma: float
+    ) -> np.ndarray:
+        """``D(target, s)`` for the sources at ``rows`` of the index (None: all, no copy)."""
+        self._build()
+
+        def take(matrix: np.ndarray) -> np.ndarray:
+            return matrix if rows is None else matrix[rows]
+
+        if measure == "kl":
+            p_t = to_distribution(target.mean, self.eps).astype(np.float32)
+            return float(np.sum(p_t * np.log(p_t))) - take(self.log_p) @ p_t
+        if measure == "js":
+            p_t = to_distribution(target.mean, self.eps).astype(np.float32)
+            p_s = take(self.p)
+            log_mix = np.log(0.5 * (p_s + p_t))
+            kl_t = np.sum(p_t * np.log(p_t)) - log_mix @ p_t
+            kl_s = take(self.neg_entropy) - np.einsum("ij,ij->i", p_s, log_mix)
+            return 0.5 * (kl_t + kl_s)
+        if measure == "cosine":
+            norm_t = np.linalg.norm(target.mean)
+            dots = take(self.means) @ target.mean.astype(np.float32)
+            return 1.0 - dots / np.maximum(take(self.norms) * norm_t, 1e-12)
+        if measure == "emd":
+            return np.array(
+                [
+                    gamma
+                    * emd(
+                        target.class_counts.astype(float),
+                        target.class_means,
+                        sig.class_counts.astype(float),
+                        sig.class_means,
+                    )
+                    for sig in (
+                        self._signatures[self.ids[r]]
+                        for r in (range(len(self.ids)) if rows is None else rows)
+                    )
+                ]
+            )
+        raise ValueError(f"unknown measure {measure!r}; choose one of {MEASURES}")
+
+    def rank(
+        self,
+        target: DatasetSignature,
+        method: Method,
+        measure: Measure,
+        params: ScoringParams,
+        source_ids: list[str] | None = None,
+        top_k: int | None = None,
+    ) -> list[ScoredSource]:
+        """Sources ordered by score (best first), with the parts of each score."""
+        self._build()
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        rows = None
+        if source_ids is not None:
+            position = {source_id: i for i, source_id in enumerate(self.ids)}
+            rows = np.array([position[s] for s in source_ids], dtype=np.int64)
+        if (len(self.ids) if rows is None else len(rows)) == 0:
+            return []
+        if target.feature_dim != self.means.shape[1]:
+            raise ValueError(
+                f"target signature has {target.feature_dim} dimensions, sources have "
+                f"{self.means.shape[1]}"
+            )
+        distance = self.distances(target, measure, rows, params.emd_gamma).astype(np.float64)
+        log_n = (self.log_n if rows is None else self.log_n[rows]).astype(np.float64)
+        size_term = params.lam * log_n
+        if method == "p2l":
+            score = size_term - distance
+        elif method == "distance":
+            score = -distance
+        else:
+            score = log_n
+        if rows is None:
+            rows = np.arange(len(self.ids))
+        count = len(rows) if top_k is None else min(top_k, len(rows))
+        if count < len(rows):
+            best = np.argpartition(-score, count - 1)[:count]
+            order = best[np.argsort(-score[best], kind="stable")]
+        else:
+            order = np.argsort(-score, kind="stable")
+        chosen = rows[order]
+        ids = self.ids
+        return [
+            ScoredSource(ids[row], rank, value, dist, sim, size, n)
+            for rank, (row, value, dist, sim, size, n) in enumerate(
+                zip(
+                    chosen.tolist(),
+                    score[order].tolist(),
+                    distance[order].tolist(),
+                    np.exp(-distance[order]).tolist(),
+                    size_term[order].tolist(),
+                    self.sizes[chosen].tolist(),
+                    strict=True,
+                ),
+                start=1,
+            )
+        ]

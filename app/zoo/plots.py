@@ -1,0 +1,82 @@
+"""Pictures of rankings and of the zoo in feature space (PNG bytes, matplotlib Agg)."""
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure  # pyplot-free: safe in a threaded server
+
+from app.p2l.scoring import to_distribution
+
+
+def ranking_plot(title: str, results: Sequence[dict[str, Any]], method: str) -> bytes:
+    """Horizontal bars per source: -distance and the size term, with the score marked."""
+    rows = list(results)[::-1]
+    names = [f"{r['rank']}. {r['name'] or r['source_id'][:8]}" for r in rows]
+    distance_part = np.array([-r["distance"] for r in rows])
+    size_part = np.array([r["size_term"] for r in rows])
+    score = np.array([r["score"] for r in rows])
+    y = np.arange(len(rows))
+    fig = Figure(figsize=(8, 1.2 + 0.38 * len(rows)), dpi=110)
+    ax = fig.subplots()
+    ax.barh(y - 0.18, distance_part, height=0.36, color="#d95f02", label="-distance")
+    ax.barh(y + 0.18, size_part, height=0.36, color="#1b9e77", label="lambda * log(n)")
+    ax.scatter(score, y, color="black", zorder=3, marker="D", s=18, label=f"score ({method})")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(y, names)
+    ax.set_xlabel("score parts")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def classical_mds(distances: np.ndarray, dims: int = 2) -> np.ndarray:
+    """Points whose Euclidean distances approximate ``distances`` (Torgerson MDS)."""
+    n = len(distances)
+    centering = np.eye(n) - np.ones((n, n)) / n
+    gram = -0.5 * centering @ (distances**2) @ centering
+    values, vectors = np.linalg.eigh(gram)
+    top = np.argsort(values)[::-1][:dims]
+    return vectors[:, top] * np.sqrt(np.clip(values[top], 0, None))
+
+
+def zoo_map(
+    names: Sequence[str],
+    means: np.ndarray,
+    sizes: Sequence[int],
+    eps: float,
+    target: tuple[str, np.ndarray] | None = None,
+) -> bytes:
+    """2-D map of sources (and a target) by Jensen-Shannon distance of their signatures."""
+    labels = list(names) + ([target[0]] if target else [])
+    points = np.vstack([means, target[1][None, :]]) if target else means
+    p = to_distribution(points.astype(np.float64), eps)
+    mix = 0.5 * (p[:, None, :] + p[None, :, :])
+    kl = lambda a, b: np.sum(a * np.log(a / b), axis=-1)  # noqa: E731
+    js = 0.5 * kl(p[:, None, :], mix) + 0.5 * kl(p[None, :, :], mix)
+    xy = classical_mds(np.sqrt(np.clip(js, 0, None))) if len(labels) > 1 else np.zeros((1, 2))
+    fig = Figure(figsize=(7, 6), dpi=110)
+    ax = fig.subplots()
+    count = len(names)
+    marker_sizes = 30 + 25 * np.log10(np.maximum(np.asarray(sizes, dtype=float), 1))
+    ax.scatter(xy[:count, 0], xy[:count, 1], s=marker_sizes, c="#7570b3", alpha=0.8,
+               label="source (size ~ log n)")  # fmt: skip
+    for (x, y), label in zip(xy[:count], names, strict=True):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if target:
+        ax.scatter(xy[-1, 0], xy[-1, 1], marker="*", s=260, c="#e7298a", label="target")
+        ax.annotate(target[0], xy[-1], textcoords="offset points", xytext=(6, -10), fontsize=9)
+    ax.set_title("Dataset signatures in reference-feature space (MDS of JS distance)", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,100 @@
+"""Ranking use cases: rank the zoo for a target dataset, store and read rankings."""
+
+import time
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidInput, NotFound
+from app.models import Ranking, Source
+from app.p2l.reference import ReferenceNetwork
+from app.p2l.scoring import Measure, Method, ScoringParams, SignatureIndex
+from app.store import LocalArtifactStore
+from app.zoo.sources import signature_for_dataset
+
+
+def rank_sources(
+    session: Session,
+    store: LocalArtifactStore,
+    index: SignatureIndex,
+    reference: ReferenceNetwork,
+    params: ScoringParams,
+    *,
+    target_dataset_id: str,
+    method: Method,
+    measure: Measure,
+    source_ids: list[str] | None = None,
+    top_k: int | None = None,
+) -> tuple[Ranking, float]:
+    """Rank (some of) the zoo for a target and store the result; returns it and the ms taken."""
+    target = signature_for_dataset(session, store, reference, target_dataset_id)
+    excluded: list[dict[str, str]] = []
+    if source_ids is not None:
+        wanted = list(dict.fromkeys(source_ids))
+        known = dict(
+            session.execute(select(Source.id, Source.name).where(Source.id.in_(wanted))).all()
+        )
+        if unknown := [s for s in wanted if s not in known]:
+            raise InvalidInput(f"unknown source ids: {', '.join(unknown)}")
+        rankable = [s for s in wanted if s in index]
+        stale = [s for s in wanted if s not in index]
+    else:
+        rankable = None
+        stale_rows = session.execute(
+            select(Source.id, Source.name).where(
+                Source.reference_sha256 != reference.weights_sha256
+            )
+        )
+        known = dict(stale_rows.all())
+        stale = list(known)
+    excluded = [
+        {
+            "source_id": s,
+            "name": known.get(s, ""),
+            "reason": "signature computed with another reference network",
+        }
+        for s in stale
+    ]
+
+    started = time.perf_counter()
+    scored = index.rank(target, method, measure, params, source_ids=rankable, top_k=top_k)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+
+    names = dict(
+        session.execute(
+            select(Source.id, Source.name).where(Source.id.in_([s.source_id for s in scored]))
+        ).all()
+    )
+    ranking = Ranking(
+        id=uuid.uuid4().hex,
+        target_dataset_id=target_dataset_id,
+        method=method,
+        measure=measure,
+        params={"lambda": params.lam, "eps": params.eps, "emd_gamma": params.emd_gamma},
+        results=[
+            {
+                "rank": s.rank,
+                "source_id": s.source_id,
+                "name": names.get(s.source_id, ""),
+                "score": s.score,
+                "distance": s.distance,
+                "similarity": s.similarity,
+                "size_term": s.size_term,
+                "num_images": s.num_images,
+            }
+            for s in scored
+        ],
+        excluded=excluded,
+    )
+    session.add(ranking)
+    session.commit()
+    return ranking, elapsed_ms
+
+
+def get_ranking(session: Session, ranking_id: str) -> Ranking:
+    """The ranking with this id, or NotFound."""
+    ranking = session.get(Ranking, ranking_id)
+    if ranking is None:
+        raise NotFound(f"no ranking with id {ranking_id!r}")
+    return ranking

@@ -1,0 +1,200 @@
+"""Source use cases: register, read, list, delete, keeping DB, files and the index in step."""
+
+import hashlib
+import logging
+import uuid
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.architectures import build_model, get_spec, known_architectures
+from app.datasets.service import dataset_signature, get_dataset
+from app.errors import InvalidInput, NotFound
+from app.models import Source
+from app.p2l.reference import ReferenceNetwork, check_state_dict
+from app.p2l.scoring import SignatureIndex
+from app.p2l.signature import DatasetSignature, compute_signature, load_signature
+from app.pagination import paginate
+from app.store import LocalArtifactStore
+
+logger = logging.getLogger("p2l")
+
+WEIGHTS_FILE = "weights.safetensors"
+SIGNATURE_FILE = "signature.safetensors"
+
+
+def parse_weights(data: bytes) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; InvalidInput if it is not one."""
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise InvalidInput(f"weights are not a readable safetensors file: {exc}") from None
+
+
+def parse_signature(data: bytes) -> DatasetSignature:
+    """A signature uploaded as safetensors; InvalidInput if it is not one."""
+    try:
+        return DatasetSignature.from_bytes(data)
+    except (SafetensorError, ValueError) as exc:
+        raise InvalidInput(f"signature file is not usable: {exc}") from None
+
+
+def check_weights(architecture: str, num_classes: int, weights: dict[str, torch.Tensor]) -> None:
+    """InvalidInput naming the first missing/extra/mis-shaped tensor, if the weights don't fit."""
+    if architecture not in known_architectures():
+        raise InvalidInput(
+            f"unknown architecture {architecture!r}; choose one of {known_architectures()}"
+        )
+    model = build_model(architecture, num_classes)
+    try:
+        check_state_dict(model.state_dict(), weights)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"weights do not fit {architecture} with {num_classes} classes: {exc}"
+        ) from None
+
+
+def signature_for_dataset(
+    session: Session, store: LocalArtifactStore, reference: ReferenceNetwork, dataset_id: str
+) -> DatasetSignature:
+    """A dataset's signature under the active reference (recomputed if it was made by another)."""
+    dataset = get_dataset(session, dataset_id)
+    if dataset.reference_sha256 == reference.weights_sha256:
+        return dataset_signature(store, dataset)
+    images = store.path(dataset.artifact_key) / "images"
+    files = {d.name: sorted(p for p in d.iterdir()) for d in images.iterdir() if d.is_dir()}
+    return compute_signature(reference, files)
+
+
+def register_source(
+    session: Session,
+    store: LocalArtifactStore,
+    index: SignatureIndex,
+    reference: ReferenceNetwork,
+    *,
+    name: str,
+    architecture: str,
+    num_classes: int,
+    weights_data: bytes,
+    signature: DatasetSignature,
+    class_names: list[str] | None = None,
+    input_size: int | None = None,
+    dataset_id: str | None = None,
+    origin: str = "upload",
+) -> Source:
+    """Validate and store a source; nothing is kept if any check fails."""
+    check_weights(architecture, num_classes, parse_weights(weights_data))
+    if signature.feature_dim != reference.feature_dim:
+        raise InvalidInput(
+            f"signature has {signature.feature_dim} dimensions; the active reference network "
+            f"produces {reference.feature_dim}"
+        )
+    if signature.reference_sha256 != reference.weights_sha256:
+        raise InvalidInput(
+            "signature was computed with another reference network "
+            f"({signature.reference_sha256[:12]}…, active {reference.weights_sha256[:12]}…); "
+            "register with dataset_id instead, or recompute it"
+        )
+    if class_names is None:
+        class_names = (
+            signature.class_names
+            if len(signature.class_names) == num_classes
+            else [f"class_{i}" for i in range(num_classes)]
+        )
+    if len(class_names) != num_classes:
+        raise InvalidInput(f"{len(class_names)} class names given for {num_classes} classes")
+
+    source_id = uuid.uuid4().hex
+    key = f"sources/{source_id}"
+    staging = store.new_staging_dir()
+    try:
+        (staging / WEIGHTS_FILE).write_bytes(weights_data)
+        (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
+        store.publish(staging, key)
+    except BaseException:
+        store.discard(staging)
+        raise
+    source = Source(
+        id=source_id,
+        name=name,
+        architecture=architecture,
+        num_classes=num_classes,
+        input_size=input_size or get_spec(architecture).default_input_size,
+        class_names=class_names,
+        num_images=signature.n,
+        class_counts=dict(zip(signature.class_names, signature.class_counts.tolist(), strict=True)),
+        feature_dim=signature.feature_dim,
+        reference_sha256=signature.reference_sha256,
+        weights_sha256=hashlib.sha256(weights_data).hexdigest(),
+        dataset_id=dataset_id,
+        origin=origin,
+        artifact_key=key,
+    )
+    try:
+        session.add(source)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        store.delete(key)
+        raise
+    index.add(source.id, signature)
+    return source
+
+
+def get_source(session: Session, source_id: str) -> Source:
+    """The source with this id, or NotFound."""
+    source = session.get(Source, source_id)
+    if source is None:
+        raise NotFound(f"no source with id {source_id!r}")
+    return source
+
+
+def list_sources(
+    session: Session, page_size: int, page_token: str | None
+) -> tuple[list[Source], str | None]:
+    """Newest first, one page at a time."""
+    return paginate(session, select(Source), Source, page_size, page_token)
+
+
+def all_sources(session: Session) -> list[Source]:
+    """Every source, oldest first."""
+    return list(session.scalars(select(Source).order_by(Source.created_at, Source.id)))
+
+
+def delete_source(
+    session: Session, store: LocalArtifactStore, index: SignatureIndex, source_id: str
+) -> None:
+    """Remove a source from the index, the database and the store."""
+    source = get_source(session, source_id)
+    key = source.artifact_key
+    session.delete(source)
+    session.commit()
+    index.remove(source_id)
+    store.delete(key)
+
+
+def weights_path(store: LocalArtifactStore, source: Source):
+    """Where a source's safetensors weights are."""
+    return store.path(source.artifact_key) / WEIGHTS_FILE
+
+
+def load_index(
+    session: Session, store: LocalArtifactStore, reference: ReferenceNetwork, eps: float
+) -> SignatureIndex:
+    """The in-memory index of every source whose signature fits the active reference."""
+    index = SignatureIndex(eps=eps)
+    stale = 0
+    for source in session.scalars(select(Source)):
+        if source.reference_sha256 != reference.weights_sha256:
+            stale += 1
+            continue
+        index.add(source.id, load_signature(store.path(source.artifact_key) / SIGNATURE_FILE))
+    if stale:
+        logger.warning(
+            "%d sources have signatures from another reference network; they are not ranked",
+            stale,
+        )
+    return index

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         True, description="On first start with an empty zoo, import the bundled demo sources."
     )
 
+    start_worker: bool = Field(
+        True, description="Run a job worker process beside the API (off: run one yourself)."
+    )
+
     # P2L score (provisional defaults: see README, "Calibration")
     p2l_measure: Literal["kl", "js", "cosine", "emd"] = "kl"
     p2l_lambda: float = Field(0.01, ge=0, description="Weight of log(source size) in the score.")

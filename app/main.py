@@ -1,5 +1,6 @@
 """App factory: settings -> storage -> reference network -> routers, error handlers, docs."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,10 +10,12 @@ from fastapi_offline import FastAPIOffline
 
 from app.api.deps import ServiceState
 from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
-from app.api.routes import datasets, health, rankings, reference, sources
+from app.api.routes import datasets, health, jobs, models, rankings, reference, sources
 from app.config import Settings
 from app.datasets.service import remove_orphans
 from app.db import make_engine, migrate, session_factory
+from app.jobs.runner import JobRunner, LocalProcessRunner
+from app.jobs.service import fail_orphaned_jobs
 from app.p2l.reference import load_reference
 from app.store import LocalArtifactStore
 from app.zoo.bundled import bundled_reference_weights, import_bundled_zoo
@@ -42,10 +45,25 @@ def build_state(settings: Settings) -> ServiceState:
     with sessions() as session:
         if removed := remove_orphans(session, store):
             logger.warning("removed %d dataset folders left by an interrupted upload", removed)
+        # The API owns its worker: a job still 'running' now lost its worker with the API.
+        if settings.start_worker and (
+            failed := fail_orphaned_jobs(session, "the service restarted while this job ran")
+        ):
+            logger.warning("%d job(s) were running when the service stopped: failed", failed)
         index = load_index(session, store, reference_net, settings.p2l_eps)
         if settings.import_bundled_zoo:
             import_bundled_zoo(session, store, index, reference_net)
     return ServiceState(settings, engine, sessions, store, reference_net, index)
+
+
+async def _supervise(runner: JobRunner, every_seconds: float = 1.0) -> None:
+    """Notice a dead worker promptly: its jobs are failed and a new worker started."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            await asyncio.to_thread(runner.check)
+        except Exception:  # the supervisor must outlive any one failure
+            logger.exception("job supervisor check failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,9 +72,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.service = build_state(settings)
+        state = build_state(settings)
+        app.state.service = state
+        supervisor = None
+        if settings.start_worker:
+            state.runner = LocalProcessRunner(settings, state.sessions)
+            state.runner.start()
+            supervisor = asyncio.create_task(_supervise(state.runner))
         yield
-        app.state.service.engine.dispose()
+        if supervisor is not None:
+            supervisor.cancel()
+        if state.runner is not None:
+            await asyncio.to_thread(state.runner.stop)
+        state.engine.dispose()
 
     app = FastAPIOffline(
         title="P2L transfer-learning service",
@@ -71,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(sources.router)
     app.include_router(rankings.router)
+    app.include_router(jobs.router)
+    app.include_router(models.router)
     add_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app

@@ -3,7 +3,16 @@
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Integer, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -84,3 +93,41 @@ class Ranking(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     excluded: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class Job(Base):
+    """A background job (fine-tuning); its state survives restarts of the service."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # see app.jobs.service
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    model_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class FinetunedModel(Base):
+    """A model produced by a fine-tuning job: weights in the store, report here."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    job_id: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[str] = mapped_column(String(32))
+    target_dataset_id: Mapped[str] = mapped_column(String(32))
+    architecture: Mapped[str] = mapped_column(String(64))
+    input_size: Mapped[int] = mapped_column(Integer)
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    artifact_key: Mapped[str] = mapped_column(String(200))
+    registered_source_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

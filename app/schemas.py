@@ -176,3 +176,92 @@ class RankingOut(BaseModel):
     results: list[RankedSource]
     excluded: list[ExcludedSource]
     elapsed_ms: float | None = Field(None, description="Time of the scoring itself.")
+
+
+class FinetuneRequest(BaseModel):
+    """Fine-tune a source on a target dataset, with layer-wise learning rates."""
+
+    target_dataset_id: str
+    source_id: str = Field(
+        "best", description='A source id, or "best": the top of the P2L ranking for the target.'
+    )
+    schedule: Literal["auto", "manual"] = Field(
+        "auto",
+        description="auto: pick decay / frozen depth by a short search on the validation split "
+        "(candidates and budget are in the result); manual: use decay / multipliers / "
+        "freeze_below as given.",
+    )
+    base_lr: float = Field(0.05, gt=0, le=10, description="Learning rate of the new head.")
+    decay: float = Field(
+        0.5, ge=0, le=1, description="Group k below the head trains at base_lr * decay**k."
+    )
+    multipliers: list[float] | None = Field(
+        None, description="Explicit per-group LR multipliers, input -> head (replaces decay)."
+    )
+    freeze_below: int = Field(0, ge=0, description="Freeze the first k layer groups entirely.")
+    epochs: int = Field(40, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    weight_decay: float = Field(5e-4, ge=0)
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share of every class.")
+    patience: int | None = Field(10, ge=1, description="Early stopping on validation accuracy.")
+    hflip: bool = Field(False, description="Random horizontal flips (not for text or digits).")
+    seed: int = 0
+    baseline: bool = Field(False, description="Also train from scratch on the same split.")
+    auto_epochs: int = Field(10, ge=1, le=200, description="Budget per auto candidate.")
+
+
+class JobOut(BaseModel):
+    """A background job and its progress."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict
+    progress: dict = Field(description="phase, epoch, step, per-epoch metrics so far, ETA.")
+    result: dict | None
+    error: str | None
+    cancel_requested: bool
+    model_id: str | None
+
+
+class ModelOut(BaseModel):
+    """A fine-tuned model and its report."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: datetime
+    job_id: str
+    source_id: str
+    target_dataset_id: str
+    architecture: str
+    input_size: int
+    class_names: list[str]
+    report: dict
+    registered_source_id: str | None
+
+
+class LabelScore(BaseModel):
+    """One candidate label of a prediction."""
+
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    """Top-k labels for one uploaded image."""
+
+    filename: str
+    top: list[LabelScore]
+
+
+class PredictionsOut(BaseModel):
+    """Predictions for every uploaded image, in upload order."""
+
+    model_id: str
+    predictions: list[Prediction]

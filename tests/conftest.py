@@ -61,11 +61,17 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_client(data_dir: Path) -> Iterator[Callable[..., TestClient]]:
-    """Factory of started services over ``data_dir``; settings overrides as keywords."""
+    """Factory of started services over ``data_dir``; settings overrides as keywords.
+
+    No job worker unless a test asks for one (``start_worker=True``): spawning it costs
+    seconds of CPU that most tests do not need.
+    """
     clients: list[TestClient] = []
 
     def start(**overrides: object) -> TestClient:
-        settings = Settings(_env_file=None, data_dir=data_dir, **overrides)
+        settings = Settings(
+            _env_file=None, data_dir=data_dir, **{"start_worker": False, **overrides}
+        )
         client = TestClient(create_app(settings), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

@@ -2,7 +2,7 @@
 
 import hmac
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
@@ -11,6 +11,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.jobs.finetunes import ModelCache
+from app.jobs.runner import JobRunner
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import ScoringParams, SignatureIndex
 from app.store import LocalArtifactStore
@@ -26,6 +28,8 @@ class ServiceState:
     store: LocalArtifactStore
     reference: ReferenceNetwork
     index: SignatureIndex
+    models: ModelCache = field(default_factory=ModelCache)
+    runner: JobRunner | None = None
 
     def scoring_params(self, lam: float | None = None) -> ScoringParams:
         """The score constants in force (``lam`` overrides lambda for one request)."""

@@ -2,6 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from sqlalchemy import select
@@ -132,6 +133,16 @@ def list_datasets(
 def dataset_signature(store: LocalArtifactStore, dataset: Dataset) -> DatasetSignature:
     """The stored signature of a dataset."""
     return load_signature(store.path(dataset.artifact_key) / SIGNATURE_FILE)
+
+
+def dataset_files(store: LocalArtifactStore, dataset: Dataset) -> dict[str, list[Path]]:
+    """The stored image files of a dataset, by class (classes and files sorted)."""
+    images = store.path(dataset.artifact_key) / IMAGES_DIR
+    return {
+        folder.name: sorted(folder.iterdir())
+        for folder in sorted(images.iterdir())
+        if folder.is_dir()
+    }
 
 
 def delete_dataset(session: Session, store: LocalArtifactStore, dataset_id: str) -> None:

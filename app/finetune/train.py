@@ -22,7 +22,13 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     augment: bool = True
+    hflip: bool = False
     seed: int = 0
+    patience: int | None = None  # epochs without a better validation accuracy before stopping
+
+
+class Cancelled(Exception):
+    """Training was asked to stop (by ``should_stop``)."""
 
 
 @dataclass
@@ -63,12 +69,15 @@ class ImageTensors:
         return len(self.labels)
 
     def batch(
-        self, index: torch.Tensor, device: torch.device, augment: bool = False
+        self, index: torch.Tensor, device: torch.device, augment: bool = False, hflip: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float images and labels for ``index``, optionally augmented."""
         images = self.images[index].float()
         if augment:
             images = _random_shift(images, pad=3)
+        if augment and hflip:
+            flip = torch.rand(len(images)) < 0.5
+            images[flip] = images[flip].flip(-1)
         images = (images - self.mean) / self.std
         return images.to(device, non_blocking=True), self.labels[index].to(device)
 
@@ -95,9 +104,17 @@ def train_classifier(
     param_groups: list[dict] | None = None,
     device: torch.device | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """SGD with Nesterov momentum and a cosine schedule; keeps the best-validation weights."""
+    """SGD (Nesterov) with a one-cycle schedule; keeps the best-validation weights.
+
+    ``param_groups`` carries per-group learning rates (layer-wise fine-tuning); frozen
+    BatchNorm layers stay in eval mode. ``should_stop`` is checked before every step and
+    raises Cancelled. Mixed precision on CUDA.
+    """
     device = device or torch.device("cpu")
+    use_amp = device.type == "cuda"
     torch.manual_seed(config.seed)
     model.to(device)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -111,29 +128,37 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=[g.get("lr", config.lr) for g in optimizer.param_groups],
+        max_lr=[g["lr"] for g in optimizer.param_groups],
         total_steps=max(1, config.epochs * steps_per_epoch),
         pct_start=0.15,
     )
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
+    stale_epochs = 0
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        model.train()
+        _train_mode(model)
         order = torch.randperm(len(train))
         total_loss, correct = 0.0, 0
-        for first in range(0, len(train), config.batch_size):
+        for step, first in enumerate(range(0, len(train), config.batch_size), start=1):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped in epoch {epoch}, before step {step}")
             images, labels = train.batch(
-                order[first : first + config.batch_size], device, config.augment
+                order[first : first + config.batch_size], device, config.augment, config.hflip
             )
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             total_loss += float(loss.detach()) * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
+            if on_step:
+                on_step(epoch, step, steps_per_epoch)
         val_accuracy = evaluate(model, val, device).accuracy if val is not None else None
         epoch_result = EpochResult(
             epoch,
@@ -143,16 +168,31 @@ def train_classifier(
             time.perf_counter() - start,
         )
         result.history.append(epoch_result)
-        if val_accuracy is not None and (
-            result.best_val_accuracy is None or val_accuracy > result.best_val_accuracy
-        ):
-            result.best_val_accuracy = val_accuracy
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if val_accuracy is not None:
+            if result.best_val_accuracy is None or val_accuracy > result.best_val_accuracy:
+                result.best_val_accuracy = val_accuracy
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                stale_epochs = 0
+            else:
+                stale_epochs += 1
         if on_epoch:
             on_epoch(epoch_result)
+        if config.patience is not None and stale_epochs >= config.patience:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.eval()
     return result
+
+
+def _train_mode(model: nn.Module) -> None:
+    """Training mode, except BatchNorm layers whose parameters are frozen keep their stats."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
 
 
 @dataclass

@@ -5,10 +5,7 @@ one batch at a time, with image decoding done by a thread pool ahead of the mode
 """
 
 import hashlib
-import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +14,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from app.architectures import build_model, feature_dim, feature_extractor, get_spec, head_attribute
-from app.datasets.images import open_rgb, square_pixels
-
-# Images larger than this are not decoded for embedding (upload validation enforces it too).
-EMBED_MAX_PIXELS = 100_000_000
+from app.datasets.loading import pixel_batches
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -48,9 +42,7 @@ class ReferenceNetwork:
         self, paths: Sequence[Path], batch_size: int = 128, threads: int = 0
     ) -> Iterator[torch.Tensor]:
         """Yield float32 CPU features ``(batch, feature_dim)`` for image files, in order."""
-        yield from self.embed_pixels(
-            _prefetched_batches(paths, self.input_size, batch_size, threads)
-        )
+        yield from self.embed_pixels(pixel_batches(paths, self.input_size, batch_size, threads))
 
     def embed_array(self, images: np.ndarray, batch_size: int = 256) -> Iterator[torch.Tensor]:
         """Features of in-memory ``(N, size, size, 3)`` uint8 images, batch by batch."""
@@ -174,23 +166,3 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _prefetched_batches(
-    paths: Sequence[Path], size: int, batch_size: int, threads: int
-) -> Iterator[np.ndarray]:
-    """Decode+resize images on a thread pool, keeping at most two batches in flight."""
-    workers = threads or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p2l-decode") as pool:
-        pending: deque[Future[np.ndarray]] = deque()
-        next_index = 0
-        for start in range(0, len(paths), batch_size):
-            end = min(start + batch_size, len(paths))
-            while next_index < min(len(paths), end + batch_size):
-                pending.append(pool.submit(_load_pixels, paths[next_index], size))
-                next_index += 1
-            yield np.stack([pending.popleft().result() for _ in range(end - start)])
-
-
-def _load_pixels(path: Path, size: int) -> np.ndarray:
-    return square_pixels(open_rgb(Path(path), EMBED_MAX_PIXELS, draft_size=size), size)

@@ -297,6 +297,32 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in state.items()}
 
 
+def export_target(name: str, out: Path, hold_back: int) -> None:
+    """Write a bundled held-out target as ``<out>/<name>.zip`` (class folders of PNGs), keeping
+    ``hold_back`` images per class aside as ``<out>/heldout/<class>_<i>.png`` for predictions.
+    """
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    data = np.load(BUNDLED_DIR / "targets" / f"{name}.npz")
+    names = [str(c) for c in data["class_names"]]
+    (out / "heldout").mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out / f"{name}.zip", "w") as archive:
+        for label, class_name in enumerate(names):
+            images = data["images"][data["labels"] == label]
+            for i, pixels in enumerate(images):
+                buffer = io.BytesIO()
+                Image.fromarray(pixels).save(buffer, "PNG")
+                if i >= len(images) - hold_back:
+                    (out / "heldout" / f"{class_name}_{i}.png").write_bytes(buffer.getvalue())
+                else:
+                    archive.writestr(f"{name}/{class_name}/{i:03d}.png", buffer.getvalue())
+    print(f"wrote {out / f'{name}.zip'} and {hold_back} held-back images per class in "
+          f"{out / 'heldout'}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (``python -m app.zoo build``)."""
     parser = argparse.ArgumentParser(prog="python -m app.zoo", description=__doc__)
@@ -306,5 +332,12 @@ def main(argv: list[str] | None = None) -> None:
     build_cmd.add_argument("--seed", type=int, default=0)
     build_cmd.add_argument("--reference-epochs", type=int, default=12)
     build_cmd.add_argument("--reference-per-domain", type=int, default=1500)
+    export = sub.add_parser("export-target", help="write a bundled held-out target as a zip")
+    export.add_argument("name", help="a target in app/zoo/bundled/targets, e.g. garments")
+    export.add_argument("--out", type=Path, default=Path("demo"))
+    export.add_argument("--hold-back", type=int, default=10, help="images per class kept aside")
     args = parser.parse_args(argv)
-    build(args.out, args.seed, args.reference_epochs, args.reference_per_domain)
+    if args.command == "build":
+        build(args.out, args.seed, args.reference_epochs, args.reference_per_domain)
+    else:
+        export_target(args.name, args.out, args.hold_back)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, known_architectures
-from app.datasets.service import dataset_signature, get_dataset
+from app.datasets.service import dataset_files, dataset_signature, get_dataset
 from app.errors import InvalidInput, NotFound
 from app.models import Source
 from app.p2l.reference import ReferenceNetwork, check_state_dict
@@ -64,9 +64,7 @@ def signature_for_dataset(
     dataset = get_dataset(session, dataset_id)
     if dataset.reference_sha256 == reference.weights_sha256:
         return dataset_signature(store, dataset)
-    images = store.path(dataset.artifact_key) / "images"
-    files = {d.name: sorted(p for p in d.iterdir()) for d in images.iterdir() if d.is_dir()}
-    return compute_signature(reference, files)
+    return compute_signature(reference, dataset_files(store, dataset))
 
 
 def register_source(

@@ -1,0 +1,276 @@
+"""Fine-tune a source model on a small target: split, pick the schedule, train, evaluate.
+
+No web imports: usable as a library. ``finetune`` is the one entry point.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.architectures import build_model
+from app.finetune.layers import LayerwiseLR, describe_groups, layer_groups, replace_head
+from app.finetune.train import EpochResult, ImageTensors, TrainConfig, evaluate, train_classifier
+
+
+@dataclass
+class FinetuneOptions:
+    """How to fine-tune (the job request's training settings)."""
+
+    schedule: Literal["auto", "manual"] = "auto"
+    base_lr: float = 0.05
+    decay: float = 0.5
+    multipliers: list[float] | None = None
+    freeze_below: int = 0
+    epochs: int = 40
+    batch_size: int = 32
+    weight_decay: float = 5e-4
+    val_fraction: float = 0.2
+    patience: int | None = 10
+    hflip: bool = False
+    seed: int = 0
+    baseline: bool = False
+    auto_epochs: int = 10
+
+
+# What ``schedule: auto`` tries, from "train everything alike" to "frozen feature extractor".
+AUTO_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"decay": 1.0},
+    {"decay": 0.5},
+    {"decay": 0.1},
+    {"decay": 1.0, "freeze_below": -1},  # -1: every group below the head
+)
+
+
+@dataclass
+class FinetuneResult:
+    """Everything a fine-tuning run produced, apart from the weights."""
+
+    schedule: dict[str, Any]
+    groups: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    val_accuracy: float
+    per_class_accuracy: dict[str, float]
+    confusion_matrix: list[list[int]]
+    train_images: int
+    val_images: int
+    seconds: float
+    auto_search: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices with ``val_fraction`` of every class (at least 1) in val."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == label))
+        count = min(len(index) - 1, max(1, round(len(index) * val_fraction)))
+        val.extend(index[:count])
+        train.extend(index[count:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def schedule_for(options: FinetuneOptions, overrides: dict[str, Any], groups: int) -> LayerwiseLR:
+    """The LayerwiseLR of the options, with a candidate's overrides applied."""
+    freeze_below = overrides.get("freeze_below", options.freeze_below)
+    return LayerwiseLR(
+        base_lr=options.base_lr,
+        decay=overrides.get("decay", options.decay),
+        multipliers=None if overrides else _tuple(options.multipliers),
+        freeze_below=groups - 1 if freeze_below == -1 else freeze_below,
+    )
+
+
+def finetune(
+    source: nn.Module,
+    architecture: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    options: FinetuneOptions,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[nn.Module, FinetuneResult]:
+    """Fine-tune ``source`` (a loaded source model) on the target; returns model and report."""
+    started = time.perf_counter()
+    device = device or torch.device("cpu")
+    train_idx, val_idx = stratified_split(labels, options.val_fraction, options.seed)
+    train = ImageTensors(images[train_idx], labels[train_idx], mean, std)
+    val = ImageTensors(images[val_idx], labels[val_idx], mean, std)
+    source_state = {k: v.clone() for k, v in source.state_dict().items()}
+    num_groups = len(layer_groups(source))
+
+    def fresh_model() -> nn.Module:
+        model = build_model(architecture, _head_size(source))
+        model.load_state_dict(source_state)
+        torch.manual_seed(options.seed)
+        return replace_head(model, len(class_names))
+
+    def run(
+        overrides: dict[str, Any], epochs: int, phase: str, patience: int | None
+    ) -> tuple[nn.Module, Any, LayerwiseLR]:
+        model = fresh_model()
+        schedule = schedule_for(options, overrides, num_groups)
+        config = _config(options, epochs, patience)
+        result = train_classifier(
+            model,
+            train,
+            config,
+            val=val,
+            param_groups=schedule.param_groups(model, options.weight_decay),
+            device=device,
+            on_epoch=_epoch_reporter(progress, phase, epochs),
+            on_step=_step_reporter(progress, phase),
+            should_stop=should_stop,
+        )
+        return model, result, schedule
+
+    auto_search = None
+    overrides: dict[str, Any] = {}
+    if options.schedule == "auto":
+        trials = []
+        for candidate in AUTO_CANDIDATES:
+            _, trial, _ = run(candidate, options.auto_epochs, f"auto {candidate}", None)
+            trials.append({"candidate": candidate, "val_accuracy": trial.best_val_accuracy})
+        best = max(trials, key=lambda t: t["val_accuracy"])  # first wins ties
+        overrides = best["candidate"]
+        auto_search = {
+            "budget_epochs_per_candidate": options.auto_epochs,
+            "candidates": trials,
+            "chosen": overrides,
+            "note": "freeze_below -1 means every group below the head is frozen",
+        }
+
+    model, final, schedule = run(overrides, options.epochs, "fine-tune", options.patience)
+    evaluation = evaluate(model, val, device)
+    report = FinetuneResult(
+        schedule={
+            "base_lr": schedule.base_lr,
+            "decay": schedule.decay,
+            "multipliers": list(schedule.multipliers) if schedule.multipliers else None,
+            "freeze_below": schedule.freeze_below,
+            "chosen_by": options.schedule,
+        },
+        groups=describe_groups(model, schedule),
+        history=[asdict(e) for e in final.history],
+        val_accuracy=evaluation.accuracy,
+        per_class_accuracy=_per_class(evaluation.predictions, evaluation.labels, class_names),
+        confusion_matrix=_confusion(evaluation.predictions, evaluation.labels, len(class_names)),
+        train_images=len(train),
+        val_images=len(val),
+        seconds=0.0,
+        auto_search=auto_search,
+    )
+    if options.baseline:
+        report.baseline = _baseline(
+            architecture, class_names, train, val, options, device, progress, should_stop
+        )
+        gain = report.val_accuracy - report.baseline["val_accuracy"]
+        report.baseline["transfer_gain"] = gain
+        if gain < 0:
+            report.warnings.append(
+                f"negative transfer: training from scratch reached "
+                f"{report.baseline['val_accuracy']:.3f}, fine-tuning {report.val_accuracy:.3f}"
+            )
+    report.seconds = time.perf_counter() - started
+    return model, report
+
+
+def _baseline(
+    architecture: str,
+    class_names: list[str],
+    train: ImageTensors,
+    val: ImageTensors,
+    options: FinetuneOptions,
+    device: torch.device,
+    progress: Progress | None,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """The same architecture trained from scratch on the same split (no transfer)."""
+    torch.manual_seed(options.seed)
+    model = build_model(architecture, len(class_names))
+    started = time.perf_counter()
+    result = train_classifier(
+        model,
+        train,
+        _config(options, options.epochs, options.patience),
+        val=val,
+        device=device,
+        on_epoch=_epoch_reporter(progress, "baseline (from scratch)", options.epochs),
+        on_step=_step_reporter(progress, "baseline (from scratch)"),
+        should_stop=should_stop,
+    )
+    return {
+        "val_accuracy": evaluate(model, val, device).accuracy,
+        "epochs_run": len(result.history),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _config(options: FinetuneOptions, epochs: int, patience: int | None) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=options.batch_size,
+        lr=options.base_lr,
+        weight_decay=options.weight_decay,
+        hflip=options.hflip,
+        seed=options.seed,
+        patience=patience,
+    )
+
+
+def _epoch_reporter(progress: Progress | None, phase: str, epochs: int):
+    if progress is None:
+        return None
+
+    def report(epoch: EpochResult) -> None:
+        progress({"phase": phase, "epoch": epoch.epoch, "epochs": epochs, "metrics": asdict(epoch)})
+
+    return report
+
+
+def _step_reporter(progress: Progress | None, phase: str):
+    if progress is None:
+        return None
+
+    def report(epoch: int, step: int, steps: int) -> None:
+        progress({"phase": phase, "epoch": epoch, "step": step, "steps_per_epoch": steps})
+
+    return report
+
+
+def _head_size(model: nn.Module) -> int:
+    last = layer_groups(model)[-1].module
+    linears = [m for m in last.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features
+
+
+def _tuple(values: list[float] | None) -> tuple[float, ...] | None:
+    return tuple(values) if values is not None else None
+
+
+def _per_class(predicted: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float]:
+    return {
+        name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else 0.0
+        for i, name in enumerate(names)
+    }
+
+
+def _confusion(predicted: np.ndarray, labels: np.ndarray, classes: int) -> list[list[int]]:
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix.tolist()

@@ -1,0 +1,197 @@
+"""Fine-tuning use cases: submit a job, and use the models jobs produce (predict, register)."""
+
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, fields
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.architectures import build_model, get_spec
+from app.datasets.images import ImageRejected, open_rgb, square_pixels
+from app.datasets.service import get_dataset
+from app.errors import Conflict, InvalidInput, NotFound
+from app.finetune.layers import layer_groups
+from app.finetune.pipeline import FinetuneOptions
+from app.jobs.service import submit_job
+from app.models import FinetunedModel, Job, Source
+from app.p2l.reference import ReferenceNetwork
+from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
+from app.pagination import paginate
+from app.store import LocalArtifactStore
+from app.zoo.rankings import rank_sources
+from app.zoo.sources import get_source, register_source, signature_for_dataset
+
+MODEL_WEIGHTS = "weights.safetensors"
+
+
+def submit_finetune(
+    session: Session,
+    store: LocalArtifactStore,
+    index: SignatureIndex,
+    reference: ReferenceNetwork,
+    scoring: ScoringParams,
+    measure: Measure,
+    request: dict[str, Any],
+) -> Job:
+    """Check the request, resolve ``source_id: "best"`` by P2L, and queue the job."""
+    dataset = get_dataset(session, request["target_dataset_id"])
+    chosen_by, ranking_id = "given", None
+    source_id = request["source_id"]
+    if source_id == "best":
+        ranking, _ = rank_sources(
+            session, store, index, reference, scoring,
+            target_dataset_id=dataset.id, method="p2l", measure=measure, top_k=1,
+        )  # fmt: skip
+        if not ranking.results:
+            raise InvalidInput("the zoo holds no rankable source to pick the best from")
+        source_id, chosen_by, ranking_id = ranking.results[0]["source_id"], "p2l", ranking.id
+    source = get_source(session, source_id)
+    options = FinetuneOptions(
+        **{f.name: request[f.name] for f in fields(FinetuneOptions) if f.name in request}
+    )
+    groups = [g.name for g in layer_groups(build_model(source.architecture, source.num_classes))]
+    if options.freeze_below >= len(groups):
+        raise InvalidInput(
+            f"freeze_below={options.freeze_below}, but {source.architecture} has "
+            f"{len(groups)} layer groups {groups}; the head (last) cannot be frozen"
+        )
+    if options.multipliers is not None and len(options.multipliers) != len(groups):
+        raise InvalidInput(
+            f"{len(options.multipliers)} multipliers given; {source.architecture} has "
+            f"{len(groups)} layer groups {groups}"
+        )
+    return submit_job(
+        session,
+        "finetune",
+        {
+            "target_dataset_id": dataset.id,
+            "source_id": source.id,
+            "source_name": source.name,
+            "chosen_by": chosen_by,
+            "ranking_id": ranking_id,
+            "layer_groups": groups,
+            "options": asdict(options),
+        },
+    )
+
+
+def get_model(session: Session, model_id: str) -> FinetunedModel:
+    """The fine-tuned model with this id, or NotFound."""
+    model = session.get(FinetunedModel, model_id)
+    if model is None:
+        raise NotFound(f"no model with id {model_id!r}")
+    return model
+
+
+def list_models(
+    session: Session, page_size: int, page_token: str | None
+) -> tuple[list[FinetunedModel], str | None]:
+    """Newest first, one page at a time."""
+    return paginate(session, select(FinetunedModel), FinetunedModel, page_size, page_token)
+
+
+def model_weights_path(store: LocalArtifactStore, model: FinetunedModel):
+    """Where a fine-tuned model's safetensors weights are."""
+    return store.path(model.artifact_key) / MODEL_WEIGHTS
+
+
+class ModelCache:
+    """The few most recently used fine-tuned models, loaded and in eval mode."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._models: OrderedDict[str, torch.nn.Module] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, store: LocalArtifactStore, row: FinetunedModel) -> torch.nn.Module:
+        """The loaded network of ``row``."""
+        with self._lock:
+            if row.id in self._models:
+                self._models.move_to_end(row.id)
+                return self._models[row.id]
+        network = build_model(row.architecture, len(row.class_names))
+        network.load_state_dict(load_file(model_weights_path(store, row)))
+        network.eval()
+        with self._lock:
+            self._models[row.id] = network
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+        return network
+
+
+def predict(
+    network: torch.nn.Module,
+    row: FinetunedModel,
+    images: list[tuple[str, bytes]],
+    max_pixels: int,
+    top_k: int,
+) -> list[dict[str, Any]]:
+    """Top-k labels with probabilities for each (filename, bytes); InvalidInput on a bad file."""
+    if not images:
+        raise InvalidInput("upload at least one image in the field 'files'")
+    pixels, problems = [], []
+    for filename, data in images:
+        try:
+            pixels.append(square_pixels(open_rgb(data, max_pixels), row.input_size))
+        except ImageRejected as exc:
+            problems.append({"path": filename, "reason": str(exc)})
+    if problems:
+        raise InvalidInput(
+            f"{len(problems)} of {len(images)} files are not usable images", rejected=problems
+        )
+    spec = get_spec(row.architecture)
+    batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255
+    with torch.inference_mode():
+        probabilities = network((batch - mean) / std).softmax(1)
+    k = min(top_k, len(row.class_names))
+    values, indices = probabilities.topk(k, dim=1)
+    return [
+        {
+            "filename": filename,
+            "top": [
+                {"label": row.class_names[i], "probability": float(p)}
+                for p, i in zip(value_row.tolist(), index_row.tolist(), strict=True)
+            ],
+        }
+        for (filename, _), value_row, index_row in zip(images, values, indices, strict=True)
+    ]
+
+
+def register_model(
+    session: Session,
+    store: LocalArtifactStore,
+    index: SignatureIndex,
+    reference: ReferenceNetwork,
+    model_id: str,
+    name: str | None,
+) -> Source:
+    """Add a fine-tuned model to the zoo, with its target dataset's signature."""
+    row = get_model(session, model_id)
+    if row.registered_source_id and session.get(Source, row.registered_source_id):
+        raise Conflict(f"model {model_id} is already the source {row.registered_source_id}")
+    signature = signature_for_dataset(session, store, reference, row.target_dataset_id)
+    source = register_source(
+        session,
+        store,
+        index,
+        reference,
+        name=name or f"finetuned-{model_id[:8]}",
+        architecture=row.architecture,
+        num_classes=len(row.class_names),
+        class_names=row.class_names,
+        weights_data=model_weights_path(store, row).read_bytes(),
+        signature=signature,
+        input_size=row.input_size,
+        dataset_id=row.target_dataset_id,
+        origin="finetune",
+    )
+    row.registered_source_id = source.id
+    session.commit()
+    return source

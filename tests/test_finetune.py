@@ -1,0 +1,121 @@
+"""Layer groups, layer-wise learning rates and the fine-tuning pipeline, as a library."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from app.architectures import build_model, get_spec
+from app.finetune.layers import LayerwiseLR, layer_groups, replace_head
+from app.finetune.pipeline import FinetuneOptions, finetune, stratified_split
+from app.finetune.train import ImageTensors, TrainConfig, train_classifier
+from app.zoo.bundled import BUNDLED_DIR
+
+
+def garments_source() -> torch.nn.Module:
+    model = build_model("compact_cnn_small", 10)
+    weights = load_file(BUNDLED_DIR / "sources" / "garments.safetensors")
+    model.load_state_dict({k: v.float() for k, v in weights.items()})
+    return model
+
+
+def garments_target() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    target = np.load(BUNDLED_DIR / "targets" / "garments.npz")
+    return target["images"], target["labels"], [str(c) for c in target["class_names"]]
+
+
+def lrs_by_group(param_groups: list[dict]) -> dict[str, float]:
+    return {g["group"]: g["lr"] for g in param_groups}
+
+
+def test_decay_sets_one_rate_per_group_from_the_head_down() -> None:
+    model = replace_head(garments_source(), 5)
+    groups = [g.name for g in layer_groups(model)]
+    assert groups == ["stem", "stage1", "stage2", "stage3", "head"]
+    half = lrs_by_group(LayerwiseLR(0.1, decay=0.5).param_groups(model, 5e-4))
+    assert half == pytest.approx(
+        {"head": 0.1, "stage3": 0.05, "stage2": 0.025, "stage1": 0.0125, "stem": 0.00625}
+    )
+    tenth = lrs_by_group(LayerwiseLR(0.1, decay=0.1).param_groups(model, 5e-4))
+    assert tenth["stage3"] == pytest.approx(0.01) and tenth != half
+    plain = lrs_by_group(LayerwiseLR(0.1, decay=1.0).param_groups(model, 5e-4))
+    assert set(plain.values()) == {0.1}
+
+
+def test_multipliers_freezing_and_weight_decay_rules() -> None:
+    model = replace_head(garments_source(), 5)
+    explicit = LayerwiseLR(0.2, multipliers=(0.0, 0.1, 0.2, 0.5, 1.0)).param_groups(model, 1e-3)
+    assert lrs_by_group(explicit) == pytest.approx(
+        {"stage1": 0.02, "stage2": 0.04, "stage3": 0.1, "head": 0.2}
+    )
+    assert not any(p.requires_grad for p in model.stem.parameters())
+
+    model = replace_head(garments_source(), 5)
+    groups = LayerwiseLR(0.1, decay=0.5, freeze_below=2).param_groups(model, 1e-3)
+    assert {g["group"] for g in groups} == {"stage2", "stage3", "head"}
+    for group in groups:
+        dims = {p.ndim for p in group["params"]}
+        # Biases and BatchNorm parameters (1-D) never get weight decay.
+        assert group["weight_decay"] == (0.0 if dims == {1} else 1e-3)
+        assert dims == {1} or 1 not in dims
+    with pytest.raises(ValueError, match="multipliers"):
+        LayerwiseLR(0.1, multipliers=(1.0, 1.0)).param_groups(model, 0)
+
+
+def test_freeze_below_keeps_frozen_weights_bit_identical() -> None:
+    images, labels, _ = garments_target()
+    spec = get_spec("compact_cnn_small")
+    model = replace_head(garments_source(), 5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    schedule = LayerwiseLR(0.05, decay=1.0, freeze_below=3)
+    train_classifier(
+        model,
+        ImageTensors(images, labels, spec.mean, spec.std),
+        TrainConfig(epochs=2, batch_size=32),
+        param_groups=schedule.param_groups(model, 5e-4),
+    )
+    after = model.state_dict()
+    frozen = [k for k in before if k.startswith(("stem.", "stages.0.", "stages.1."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # BN stats too
+    assert not torch.equal(before["stages.2.0.0.weight"], after["stages.2.0.0.weight"])
+
+
+def test_decay_changes_the_result() -> None:
+    images, labels, names = garments_target()
+    spec = get_spec("compact_cnn_small")
+    results = {}
+    for decay in (1.0, 0.01):
+        options = FinetuneOptions(schedule="manual", decay=decay, epochs=3, patience=None)
+        model, report = finetune(
+            garments_source(), "compact_cnn_small", images, labels, names, spec.mean, spec.std,
+            options,
+        )  # fmt: skip
+        results[decay] = (model.state_dict()["stem.0.weight"].clone(), report)
+    (w_full, r_full), (w_low, r_low) = results[1.0], results[0.01]
+    assert r_full.groups[0]["lr"] == pytest.approx(0.05)
+    assert r_low.groups[0]["lr"] == pytest.approx(0.05 * 0.01**4)
+    assert not torch.equal(w_full, w_low)
+    assert [h["train_loss"] for h in r_full.history] != [h["train_loss"] for h in r_low.history]
+
+
+def test_stratified_split_is_per_class_and_deterministic() -> None:
+    labels = np.repeat(np.arange(3), [10, 20, 5])
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert np.bincount(labels[val]).tolist() == [2, 4, 1]
+    assert set(train) | set(val) == set(range(35)) and not set(train) & set(val)
+    again = stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(again[1], val)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "first", "count"),
+    [("resnet18", "stem", 6), ("mobilenet_v3_small", "stem", 14), ("efficientnet_b0", "stem", 10)],
+)
+def test_torchvision_families_split_into_groups(architecture: str, first: str, count: int) -> None:
+    model = build_model(architecture, 1000)
+    groups = layer_groups(model)
+    assert groups[0].name == first and groups[-1].name == "head" and len(groups) == count
+    owned = sum(p.numel() for g in groups for p in g.module.parameters())
+    assert owned == sum(p.numel() for p in model.parameters())
+    replace_head(model, 7)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 7)

@@ -39,7 +39,8 @@ def build_state(settings: Settings) -> ServiceState:
     migrate(engine)
     sessions = session_factory(engine)
     store = LocalArtifactStore(settings.data_dir)
-    store.sweep_tmp()
+    # With workers of its own only, nothing else writes now; else spare recent staging.
+    store.sweep_tmp(older_than_seconds=0 if settings.start_worker else 3600)
     weights = settings.reference_weights or bundled_reference_weights(settings.reference_arch)
     reference_net = load_reference(settings.reference_arch, weights, settings.device)
     with sessions() as session:

@@ -1,14 +1,15 @@
-"""Keyset pagination over (created_at, id), newest first, with opaque page tokens."""
+"""Shared queries: lookup by id (or NotFound), and keyset pagination over (created_at, id),
+newest first, with opaque page tokens."""
 
 import base64
 import json
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.errors import ServiceError
+from app.errors import NotFound, ServiceError
 
 Row = TypeVar("Row")
 
@@ -19,10 +20,19 @@ class InvalidPageToken(ServiceError):
     title = "Invalid page token"
 
 
+def get_by_id(session: Session, model: type[Row], row_id: str, noun: str) -> Row:
+    """The row of ``model`` with this id; NotFound names the ``noun`` otherwise."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"no {noun} with id {row_id!r}")
+    return row
+
+
 def paginate(
-    session: Session, query: Select[Any], model: Any, page_size: int, page_token: str | None
+    session: Session, model: Any, page_size: int, page_token: str | None
 ) -> tuple[list[Any], str | None]:
-    """One page of ``query``'s rows and the token of the next page (None on the last)."""
+    """One page of ``model``'s rows and the token of the next page (None on the last)."""
+    query: Select[Any] = select(model)
     if page_token:
         created_at, row_id = _decode(page_token)
         query = query.where(

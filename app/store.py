@@ -7,6 +7,7 @@ leaves a half-written artifact visible under its final key.
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -99,9 +100,14 @@ class LocalArtifactStore(ArtifactStore):
         else:
             staging.unlink(missing_ok=True)
 
-    def sweep_tmp(self) -> int:
-        """Remove leftovers of interrupted writes (run at start-up); returns how many."""
-        leftovers = list(self.tmp.iterdir())
+    def sweep_tmp(self, older_than_seconds: float = 0) -> int:
+        """Remove leftovers of interrupted writes (run at start-up); returns how many.
+
+        ``older_than_seconds`` spares recent entries, which another process sharing the
+        data dir (a separate job worker) may still be writing.
+        """
+        cutoff = time.time() - older_than_seconds
+        leftovers = [e for e in self.tmp.iterdir() if e.lstat().st_mtime <= cutoff]
         for entry in leftovers:
             self.discard(entry)
         return len(leftovers)

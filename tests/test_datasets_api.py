@@ -1,5 +1,7 @@
 """Dataset upload, validation, listing and deletion through HTTP, on SQLite and PostgreSQL."""
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -267,7 +269,10 @@ def test_restart_clears_interrupted_writes(
     archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
     kept = upload(client, archive).json()["id"]
     # What a crash mid-upload leaves: a staging dir, and a published folder with no row.
-    (data_dir / "tmp" / "stage-crashed" / "images").mkdir(parents=True)
+    leftover = data_dir / "tmp" / "stage-crashed"
+    (leftover / "images").mkdir(parents=True)
+    an_hour_and_more_ago = time.time() - 3700  # a separate worker's staging would be recent
+    os.utime(leftover, (an_hour_and_more_ago, an_hour_and_more_ago))
     orphan = data_dir / "datasets" / ("0" * 32)
     orphan.mkdir()
     (orphan / "signature.safetensors").write_bytes(b"partial")

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from app.p2l.logme import logme
 from app.p2l.scoring import ScoringParams, SignatureIndex, emd, to_distribution
 from app.p2l.signature import DatasetSignature
 
@@ -139,3 +140,14 @@ def test_vectorised_kl_equals_per_source_loop() -> None:
     for scored in index.rank(target, "distance", "kl", ScoringParams(0, 1e-3, 0.01)):
         p_s = to_distribution(sources[scored.source_id].mean.astype(np.float64), 1e-3)
         assert scored.distance == pytest.approx(float(np.sum(p_t * np.log(p_t / p_s))), abs=1e-5)
+
+
+def test_logme_prefers_features_that_separate_the_classes() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 30)
+    noise = rng.normal(size=(120, 16))
+    informative = noise * 0.3 + np.eye(16)[labels] * 3  # class shows in its own dimension
+    assert logme(informative, labels) > logme(noise, labels) + 0.1
+    # Deterministic, and invariant to the order of the samples.
+    order = rng.permutation(120)
+    assert logme(informative[order], labels[order]) == pytest.approx(logme(informative, labels))

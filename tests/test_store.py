@@ -38,3 +38,10 @@ def test_delete_and_sweep(tmp_path: Path) -> None:
     assert not (tmp_path / "x/file.bin").exists()
     store.new_staging_dir()
     assert store.sweep_tmp() == 1 and list(store.tmp.iterdir()) == []
+
+
+def test_sweep_spares_recent_staging_when_asked(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    recent = store.new_staging_dir()
+    assert store.sweep_tmp(older_than_seconds=3600) == 0 and recent.exists()
+    assert store.sweep_tmp() == 1 and not recent.exists()

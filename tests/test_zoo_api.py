@@ -222,3 +222,11 @@ def test_plots_are_pngs(client: TestClient) -> None:
         picture = client.get("/v1/sources/map.png", params=params)
         assert picture.status_code == 200 and picture.content.startswith(PNG_MAGIC)
     assert client.get("/v1/sources/map.png", params={"target_dataset_id": "x"}).status_code == 404
+
+
+def test_metrics_count_what_the_service_holds(client: TestClient) -> None:
+    upload_target(client, "food")
+    body = client.get("/metrics").text
+    assert "p2l_datasets 1" in body
+    assert f"p2l_sources {len(zoo(client))}" in body
+    assert 'p2l_jobs{status="running"} 0' in body

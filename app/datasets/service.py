@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.datasets.archive import ArchiveError, ArchiveLimits, ImageFolder, extract_image_folder
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput
 from app.models import Dataset
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
-from app.pagination import paginate
+from app.pagination import get_by_id, paginate
 from app.store import LocalArtifactStore
 
 SIGNATURE_FILE = "signature.safetensors"
@@ -117,17 +117,14 @@ def _extract(archive: IO[bytes], staging, settings: Settings) -> ImageFolder:
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:
     """The dataset with this id, or NotFound."""
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise NotFound(f"no dataset with id {dataset_id!r}")
-    return dataset
+    return get_by_id(session, Dataset, dataset_id, "dataset")
 
 
 def list_datasets(
     session: Session, page_size: int, page_token: str | None
 ) -> tuple[list[Dataset], str | None]:
     """Newest first, one page at a time."""
-    return paginate(session, select(Dataset), Dataset, page_size, page_token)
+    return paginate(session, Dataset, page_size, page_token)
 
 
 def dataset_signature(store: LocalArtifactStore, dataset: Dataset) -> DatasetSignature:

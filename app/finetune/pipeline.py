@@ -176,8 +176,8 @@ def finetune(
         auto_search=auto_search,
     )
     if options.baseline:
-        report.baseline = _baseline(
-            architecture, class_names, train, val, options, device, progress, should_stop
+        _, report.baseline = train_from_scratch(
+            architecture, len(class_names), train, val, options, device, progress, should_stop
         )
         gain = report.val_accuracy - report.baseline["val_accuracy"]
         report.baseline["transfer_gain"] = gain
@@ -190,19 +190,20 @@ def finetune(
     return model, report
 
 
-def _baseline(
+def train_from_scratch(
     architecture: str,
-    class_names: list[str],
+    num_classes: int,
     train: ImageTensors,
     val: ImageTensors,
     options: FinetuneOptions,
-    device: torch.device,
-    progress: Progress | None,
-    should_stop: Callable[[], bool] | None,
-) -> dict[str, Any]:
-    """The same architecture trained from scratch on the same split (no transfer)."""
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The no-transfer baseline: the same architecture trained from scratch on the same split."""
+    device = device or torch.device("cpu")
     torch.manual_seed(options.seed)
-    model = build_model(architecture, len(class_names))
+    model = build_model(architecture, num_classes)
     started = time.perf_counter()
     result = train_classifier(
         model,
@@ -214,7 +215,7 @@ def _baseline(
         on_step=_step_reporter(progress, "baseline (from scratch)"),
         should_stop=should_stop,
     )
-    return {
+    return model, {
         "val_accuracy": evaluate(model, val, device).accuracy,
         "epochs_run": len(result.history),
         "seconds": time.perf_counter() - started,

@@ -8,20 +8,19 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec
 from app.datasets.images import ImageRejected, open_rgb, square_pixels
 from app.datasets.service import get_dataset
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput
 from app.finetune.layers import layer_groups
 from app.finetune.pipeline import FinetuneOptions
 from app.jobs.service import submit_job
 from app.models import FinetunedModel, Job, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
-from app.pagination import paginate
+from app.pagination import get_by_id, paginate
 from app.store import LocalArtifactStore
 from app.zoo.rankings import rank_sources
 from app.zoo.sources import get_source, register_source, signature_for_dataset
@@ -81,18 +80,15 @@ def submit_finetune(
 
 
 def get_model(session: Session, model_id: str) -> FinetunedModel:
-    """The fine-tuned model with this id, or NotFound."""
-    model = session.get(FinetunedModel, model_id)
-    if model is None:
-        raise NotFound(f"no model with id {model_id!r}")
-    return model
+    """The model with this id, or NotFound."""
+    return get_by_id(session, FinetunedModel, model_id, "model")
 
 
 def list_models(
     session: Session, page_size: int, page_token: str | None
 ) -> tuple[list[FinetunedModel], str | None]:
     """Newest first, one page at a time."""
-    return paginate(session, select(FinetunedModel), FinetunedModel, page_size, page_token)
+    return paginate(session, FinetunedModel, page_size, page_token)
 
 
 def model_weights_path(store: LocalArtifactStore, model: FinetunedModel):

@@ -6,9 +6,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict
 from app.models import Job, utcnow
-from app.pagination import paginate
+from app.pagination import get_by_id, paginate
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled",
@@ -26,17 +26,14 @@ def submit_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
 
 def get_job(session: Session, job_id: str) -> Job:
     """The job with this id, or NotFound."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"no job with id {job_id!r}")
-    return job
+    return get_by_id(session, Job, job_id, "job")
 
 
 def list_jobs(
     session: Session, page_size: int, page_token: str | None
 ) -> tuple[list[Job], str | None]:
     """Newest first, one page at a time."""
-    return paginate(session, select(Job), Job, page_size, page_token)
+    return paginate(session, Job, page_size, page_token)
 
 
 def cancel_job(session: Session, job_id: str) -> Job:

@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sqlalchemy import select, update
@@ -90,7 +91,7 @@ def run_finetune(
         source_file = weights_path(store, source)
     class_names = sorted(files)
     paths = [path for name in class_names for path in files[name]]
-    labels = torch.tensor([i for i, name in enumerate(class_names) for _ in files[name]]).numpy()
+    labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
     images = load_all_pixels(paths, source.input_size)
 
     model = build_model(source.architecture, source.num_classes)

@@ -13,6 +13,7 @@ Every measure reports ``similarity = exp(-D)``. Methods: ``p2l`` (the score abov
 ``distance`` (``-D`` alone) and ``largest`` (``log n_s`` alone), the paper's two baselines.
 """
 
+import threading
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -93,6 +94,8 @@ class SignatureIndex:
         self._signatures: dict[str, DatasetSignature] = {}
         self._dirty = True
         self.ids: list[str] = []
+        # Requests register, delete and rank from several threads at once.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._signatures)
@@ -102,8 +105,9 @@ class SignatureIndex:
 
     def add(self, source_id: str, signature: DatasetSignature) -> None:
         """Add or replace a source's signature."""
-        self._signatures[source_id] = signature
-        self._dirty = True
+        with self._lock:
+            self._signatures[source_id] = signature
+            self._dirty = True
 
     def signature(self, source_id: str) -> DatasetSignature:
         """The stored signature of one source."""
@@ -111,8 +115,9 @@ class SignatureIndex:
 
     def remove(self, source_id: str) -> None:
         """Forget a source (no error if absent)."""
-        if self._signatures.pop(source_id, None) is not None:
-            self._dirty = True
+        with self._lock:
+            if self._signatures.pop(source_id, None) is not None:
+                self._dirty = True
 
     def _build(self) -> None:
         if not self._dirty:
@@ -184,6 +189,18 @@ class SignatureIndex:
         top_k: int | None = None,
     ) -> list[ScoredSource]:
         """Sources ordered by score (best first), with the parts of each score."""
+        with self._lock:
+            return self._rank(target, method, measure, params, source_ids, top_k)
+
+    def _rank(
+        self,
+        target: DatasetSignature,
+        method: Method,
+        measure: Measure,
+        params: ScoringParams,
+        source_ids: list[str] | None,
+        top_k: int | None,
+    ) -> list[ScoredSource]:
         self._build()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")

@@ -6,10 +6,11 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput
 from app.models import Ranking, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import Measure, Method, ScoringParams, SignatureIndex
+from app.pagination import get_by_id
 from app.store import LocalArtifactStore
 from app.zoo.sources import signature_for_dataset
 
@@ -94,7 +95,4 @@ def rank_sources(
 
 def get_ranking(session: Session, ranking_id: str) -> Ranking:
     """The ranking with this id, or NotFound."""
-    ranking = session.get(Ranking, ranking_id)
-    if ranking is None:
-        raise NotFound(f"no ranking with id {ranking_id!r}")
-    return ranking
+    return get_by_id(session, Ranking, ranking_id, "ranking")

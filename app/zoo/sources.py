@@ -12,12 +12,12 @@ from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, known_architectures
 from app.datasets.service import dataset_files, dataset_signature, get_dataset
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput
 from app.models import Source
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
-from app.pagination import paginate
+from app.pagination import get_by_id, paginate
 from app.store import LocalArtifactStore
 
 logger = logging.getLogger("p2l")
@@ -144,17 +144,14 @@ def register_source(
 
 def get_source(session: Session, source_id: str) -> Source:
     """The source with this id, or NotFound."""
-    source = session.get(Source, source_id)
-    if source is None:
-        raise NotFound(f"no source with id {source_id!r}")
-    return source
+    return get_by_id(session, Source, source_id, "source")
 
 
 def list_sources(
     session: Session, page_size: int, page_token: str | None
 ) -> tuple[list[Source], str | None]:
     """Newest first, one page at a time."""
-    return paginate(session, select(Source), Source, page_size, page_token)
+    return paginate(session, Source, page_size, page_token)
 
 
 def all_sources(session: Session) -> list[Source]:

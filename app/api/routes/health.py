@@ -3,10 +3,11 @@
 from importlib.metadata import version
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import func, select, text
 
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, StateDep
+from app.models import Dataset, FinetunedModel, Job, Source
 from app.schemas import HealthOut
 
 router = APIRouter(tags=["health"])
@@ -26,3 +27,29 @@ def health(session: SessionDep) -> JSONResponse:
         version=version("p2l-service"),
     )
     return JSONResponse(body.model_dump(), status_code=status_code)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+def metrics(state: StateDep, session: SessionDep) -> str:
+    """Gauges of what the service holds and does, in Prometheus' text format."""
+    gauges = {
+        "p2l_datasets": session.scalar(select(func.count()).select_from(Dataset)),
+        "p2l_sources": session.scalar(select(func.count()).select_from(Source)),
+        "p2l_rankable_sources": len(state.index),
+        "p2l_models": session.scalar(select(func.count()).select_from(FinetunedModel)),
+        "p2l_job_worker_running": int(
+            state.runner is not None
+            and state.runner.process is not None
+            and state.runner.process.is_alive()
+        ),
+    }
+    lines = []
+    for name, value in gauges.items():
+        lines += [f"# TYPE {name} gauge", f"{name} {value}"]
+    lines.append("# TYPE p2l_jobs gauge")
+    jobs_by_status = dict(
+        session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    )
+    for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+        lines.append(f'p2l_jobs{{status="{status}"}} {jobs_by_status.get(status, 0)}')
+    return "\n".join(lines) + "\n"

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         True, description="Run a job worker process beside the API (off: run one yourself)."
     )
 
-    # P2L score (provisional defaults: see README, "Calibration")
+    # P2L score (defaults: see README, "Calibration")
     p2l_measure: Literal["kl", "js", "cosine", "emd"] = "kl"
     p2l_lambda: float = Field(0.01, ge=0, description="Weight of log(source size) in the score.")
     p2l_eps: float = Field(1e-3, gt=0, description="Added to mean features before normalising.")

@@ -39,7 +39,8 @@ class EpochResult:
     train_loss: float
     train_accuracy: float
     val_accuracy: float | None
-    seconds: float
+    seconds: float  # the whole epoch, validation included
+    train_seconds: float  # the training steps alone
 
 
 @dataclass
@@ -159,6 +160,7 @@ def train_classifier(
             correct += int((logits.argmax(1) == labels).sum())
             if on_step:
                 on_step(epoch, step, steps_per_epoch)
+        train_seconds = time.perf_counter() - start
         val_accuracy = evaluate(model, val, device).accuracy if val is not None else None
         epoch_result = EpochResult(
             epoch,
@@ -166,6 +168,7 @@ def train_classifier(
             correct / len(train),
             val_accuracy,
             time.perf_counter() - start,
+            train_seconds,
         )
         result.history.append(epoch_result)
         if val_accuracy is not None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import build_model, get_spec
@@ -46,6 +46,8 @@ class JobProgress:
         self.started = time.monotonic()
         self.last_write = 0.0
         self.state: dict[str, Any] = {"history": []}
+        self._connection: Connection | None = None
+        self._cancel_query: Select[Any] | None = None
 
     def update(self, event: dict[str, Any]) -> None:
         """Fold in a step or epoch event; write at most twice a second (always per epoch)."""
@@ -74,8 +76,17 @@ class JobProgress:
 
     def should_stop(self) -> bool:
         """True once cancellation was requested (checked before every training step)."""
-        with self.sessions() as session:
-            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+        if self._cancel_query is None:
+            # One autocommit connection for the whole job: a check costs one small query.
+            engine = self.sessions.kw["bind"]
+            self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._cancel_query = select(Job.cancel_requested).where(Job.id == self.job_id)
+        return bool(self._connection.execute(self._cancel_query).scalar())
+
+    def close(self) -> None:
+        """Release the connection of the cancel checks."""
+        if self._connection is not None:
+            self._connection.close()
 
 
 def run_finetune(
@@ -101,20 +112,23 @@ def run_finetune(
     if options.schedule == "auto":
         planned += 4 * options.auto_epochs
     progress = JobProgress(sessions, job.id, planned)
-    model, report = finetune(
-        model,
-        source.architecture,
-        images,
-        labels,
-        class_names,
-        spec.mean,
-        spec.std,
-        options,
-        device=device,
-        progress=progress.update,
-        should_stop=progress.should_stop,
-    )
-    progress.write()
+    try:
+        model, report = finetune(
+            model,
+            source.architecture,
+            images,
+            labels,
+            class_names,
+            spec.mean,
+            spec.std,
+            options,
+            device=device,
+            progress=progress.update,
+            should_stop=progress.should_stop,
+        )
+        progress.write()
+    finally:
+        progress.close()
 
     model_id = os.urandom(16).hex()
     key = f"models/{model_id}"

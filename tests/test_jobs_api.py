@@ -70,6 +70,14 @@ def start_job(client: TestClient, **body: object) -> dict:
     return response.json()
 
 
+def start_long_job(client: TestClient, target_id: str) -> dict:
+    """A job that would train for a long time (1,000 epochs, no early stopping)."""
+    return start_job(
+        client, target_dataset_id=target_id, source_id="best", schedule="manual",
+        epochs=1000, patience=None,
+    )  # fmt: skip
+
+
 def wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: float = 180) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -165,16 +173,9 @@ def test_progress_streams_as_server_sent_events(service: TestClient, target_id: 
     assert wait(service, job["id"], ("succeeded",))["status"] == "succeeded"
 
 
-def test_cancel_stops_a_running_job(service: TestClient, target_id: str, data_dir: Path) -> None:
+def test_cancel_stops_a_running_job(service: TestClient, target_id: str) -> None:
     models_before = service.get("/v1/models").json()["items"]
-    job = start_job(
-        service,
-        target_dataset_id=target_id,
-        source_id="best",
-        schedule="manual",
-        epochs=1000,
-        patience=None,
-    )
+    job = start_long_job(service, target_id)
     wait_for_steps(service, job["id"])
     cancelled = service.post(f"/v1/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["cancel_requested"]
@@ -189,14 +190,7 @@ def test_killed_worker_leaves_a_failed_job_and_no_model(
     service: TestClient, target_id: str, data_dir: Path
 ) -> None:
     models_before = {m["id"] for m in service.get("/v1/models").json()["items"]}
-    job = start_job(
-        service,
-        target_dataset_id=target_id,
-        source_id="best",
-        schedule="manual",
-        epochs=1000,
-        patience=None,
-    )
+    job = start_long_job(service, target_id)
     running = wait_for_steps(service, job["id"])
     worker_pid = service.app.state.service.runner.pid
     assert worker_pid is not None and running["status"] == "running"

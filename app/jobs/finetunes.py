@@ -16,6 +16,7 @@ from app.datasets.service import get_dataset
 from app.errors import Conflict, InvalidInput
 from app.finetune.layers import layer_groups
 from app.finetune.pipeline import FinetuneOptions
+from app.finetune.train import ImageTensors
 from app.jobs.service import submit_job
 from app.models import FinetunedModel, Job, Source
 from app.p2l.reference import ReferenceNetwork
@@ -141,11 +142,10 @@ def predict(
             f"{len(problems)} of {len(images)} files are not usable images", rejected=problems
         )
     spec = get_spec(row.architecture)
-    batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255
+    data = ImageTensors(np.stack(pixels), np.zeros(len(pixels)), spec.mean, spec.std)
+    batch, _ = data.batch(torch.arange(len(data)), torch.device("cpu"))
     with torch.inference_mode():
-        probabilities = network((batch - mean) / std).softmax(1)
+        probabilities = network(batch).softmax(1)
     k = min(top_k, len(row.class_names))
     values, indices = probabilities.topk(k, dim=1)
     return [

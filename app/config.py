@@ -53,7 +53,10 @@ class Settings(BaseSettings):
     emd_gamma: float = Field(0.01, gt=0, description="gamma of exp(-gamma * EMD).")
     embed_batch_size: int = Field(128, ge=1)
     loader_threads: int = Field(
-        0, ge=0, description="Image-decoding threads for embedding; 0 picks from the CPU count."
+        0,
+        ge=0,
+        description="Image-decoding threads for embedding; 0: half the CPUs (torch "
+        "gets the rest in the API process).",
     )
 
     # Upload limits

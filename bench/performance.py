@@ -30,7 +30,7 @@ from torchvision import datasets, transforms
 from app.architectures import build_model, get_spec
 from app.finetune.layers import LayerwiseLR, replace_head
 from app.finetune.train import ImageTensors, TrainConfig, train_classifier
-from app.p2l.reference import load_reference
+from app.p2l.reference import load_reference, share_cpus_with_decoding
 from app.p2l.signature import compute_signature
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from bench import ranking_speed
@@ -71,9 +71,12 @@ def signature_throughput(counts: list[int]) -> list[dict]:
     for count in counts:
         with tempfile.TemporaryDirectory() as tmp:
             files = write_image_folder(Path(tmp), count)
+            default_threads = torch.get_num_threads()
+            share_cpus_with_decoding()  # as the service configures its process
             started = time.perf_counter()
             compute_signature(reference, files)
             service_s = time.perf_counter() - started
+            torch.set_num_threads(default_threads)  # the plain loop and ceiling: torch default
 
             transform = transforms.Compose(
                 [
@@ -121,7 +124,7 @@ def peak_rss_mb(count: int) -> float:
     script = """
 import sys
 from pathlib import Path
-from app.p2l.reference import load_reference
+from app.p2l.reference import load_reference, share_cpus_with_decoding
 from app.p2l.signature import compute_signature
 from app.zoo.bundled import BUNDLED_DIR
 
@@ -133,6 +136,7 @@ def status_kb(field):
 root = Path(sys.argv[1])
 files = {d.name: sorted(d.iterdir()) for d in sorted(root.iterdir())}
 reference = load_reference("compact_cnn", BUNDLED_DIR / "reference.safetensors", "cpu")
+share_cpus_with_decoding()
 before = status_kb("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
 compute_signature(reference, files)

@@ -19,11 +19,16 @@ def load_pixels(path: Path, size: int) -> np.ndarray:
     return square_pixels(open_rgb(Path(path), LOAD_MAX_PIXELS, draft_size=size), size)
 
 
+def decode_threads(requested: int = 0) -> int:
+    """Threads for image decoding: ``requested``, or half the CPUs (the network gets the rest)."""
+    return requested or max(1, (os.cpu_count() or 1) // 2)
+
+
 def pixel_batches(
     paths: Sequence[Path], size: int, batch_size: int, threads: int = 0
 ) -> Iterator[np.ndarray]:
     """Decode+resize images on a thread pool, keeping at most two batches in flight."""
-    workers = threads or min(8, os.cpu_count() or 1)
+    workers = decode_threads(threads)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p2l-decode") as pool:
         pending: deque[Future[np.ndarray]] = deque()
         next_index = 0

@@ -6,9 +6,11 @@ and a *head* (feature -> logits); the reference network uses the first, sources 
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torchvision
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -110,6 +112,21 @@ def get_spec(name: str) -> ArchitectureSpec:
 def build_model(name: str, num_classes: int) -> nn.Module:
     """A freshly initialised classifier of the named architecture."""
     return get_spec(name).build(num_classes)
+
+
+def load_model(name: str, num_classes: int, weights: Path) -> nn.Module:
+    """A classifier with its weights from a safetensors file (float16 files are widened)."""
+    model = build_model(name, num_classes)
+    model.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
+    return model.eval()
+
+
+def weights_to_save(model: nn.Module, half: bool = False) -> dict[str, torch.Tensor]:
+    """The model's state as contiguous CPU tensors, ready for safetensors (optionally float16)."""
+    return {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
 
 
 def head_attribute(model: nn.Module) -> str:

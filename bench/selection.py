@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from scipy.stats import weightedtau
 
-from app.architectures import build_model, feature_extractor, get_spec
+from app.architectures import feature_extractor, get_spec, load_model
 from app.finetune.pipeline import FinetuneOptions, finetune, stratified_split, train_from_scratch
 from app.finetune.train import ImageTensors, evaluate
 from app.p2l.logme import logme
@@ -119,10 +118,7 @@ def extra_targets(seed: int) -> list[Target]:
 
 def load_source(entry: dict) -> torch.nn.Module:
     """A bundled source model with its weights."""
-    model = build_model(entry["architecture"], entry["num_classes"])
-    weights = load_file(BUNDLED_DIR / entry["weights"])
-    model.load_state_dict({k: v.float() for k, v in weights.items()})
-    return model.eval()
+    return load_model(entry["architecture"], entry["num_classes"], BUNDLED_DIR / entry["weights"])
 
 
 def fine_tune_accuracy(

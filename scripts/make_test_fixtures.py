@@ -6,33 +6,23 @@ and `tests/data/clipart/<category>/*.png` (a few small, mostly transparent clip-
 so the test suite runs anywhere without those packages.
 """
 
-import gzip
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-CLIPART = Path("/usr/share/openclipart/png")
+from app.zoo.domains import CLIPART_DIR, FASHION_DIR, read_idx
+
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data"
 GARMENTS = {0: "tshirt", 1: "trouser", 2: "pullover", 3: "dress", 7: "sneaker"}
 CLIPART_CLASSES = ("animals", "food", "transportation")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzipped IDX file (the MNIST format)."""
-    with gzip.open(path, "rb") as stream:
-        data = stream.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def main() -> None:
     """Write both fixtures (deterministic: first files in sorted order)."""
     OUT.mkdir(parents=True, exist_ok=True)
-    images = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    images = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
     keep_images, keep_labels = [], []
     for label in GARMENTS:
         index = np.flatnonzero(labels == label)[-50:]  # the tail of t10k: kept out of training
@@ -50,7 +40,7 @@ def main() -> None:
     for category in CLIPART_CLASSES:
         files = sorted(
             p
-            for p in (CLIPART / category).rglob("*.png")
+            for p in (CLIPART_DIR / category).rglob("*.png")
             if not p.is_symlink() and 3_000 < p.stat().st_size < 12_000
         )[:6]
         (clipart_out / category).mkdir(parents=True)

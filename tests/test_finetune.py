@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from app.architectures import build_model, get_spec
+from app.architectures import build_model, get_spec, load_model
 from app.finetune.layers import LayerwiseLR, layer_groups, replace_head
 from app.finetune.pipeline import FinetuneOptions, finetune, stratified_split
 from app.finetune.train import ImageTensors, TrainConfig, train_classifier
@@ -13,10 +12,7 @@ from app.zoo.bundled import BUNDLED_DIR
 
 
 def garments_source() -> torch.nn.Module:
-    model = build_model("compact_cnn_small", 10)
-    weights = load_file(BUNDLED_DIR / "sources" / "garments.safetensors")
-    model.load_state_dict({k: v.float() for k, v in weights.items()})
-    return model
+    return load_model("compact_cnn_small", 10, BUNDLED_DIR / "sources" / "garments.safetensors")
 
 
 def garments_target() -> tuple[np.ndarray, np.ndarray, list[str]]:

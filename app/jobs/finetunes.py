@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from sqlalchemy.orm import Session
 
-from app.architectures import build_model, get_spec
+from app.architectures import build_model, get_spec, load_model
 from app.datasets.images import ImageRejected, open_rgb, square_pixels
 from app.datasets.service import get_dataset
 from app.errors import Conflict, InvalidInput
@@ -111,9 +110,7 @@ class ModelCache:
             if row.id in self._models:
                 self._models.move_to_end(row.id)
                 return self._models[row.id]
-        network = build_model(row.architecture, len(row.class_names))
-        network.load_state_dict(load_file(model_weights_path(store, row)))
-        network.eval()
+        network = load_model(row.architecture, len(row.class_names), model_weights_path(store, row))
         with self._lock:
             self._models[row.id] = network
             while len(self._models) > self.capacity:

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.architectures import build_model, get_spec
+from app.architectures import get_spec, load_model, weights_to_save
 from app.config import Settings
 from app.datasets.loading import load_all_pixels
 from app.datasets.service import dataset_files, get_dataset
@@ -105,8 +105,7 @@ def run_finetune(
     labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
     images = load_all_pixels(paths, source.input_size)
 
-    model = build_model(source.architecture, source.num_classes)
-    model.load_state_dict({k: v.float() for k, v in load_file(source_file).items()})
+    model = load_model(source.architecture, source.num_classes, source_file)
     spec = get_spec(source.architecture)
     planned = options.epochs * (2 if options.baseline else 1)
     if options.schedule == "auto":
@@ -133,8 +132,7 @@ def run_finetune(
     model_id = os.urandom(16).hex()
     key = f"models/{model_id}"
     staging = store.new_staging_dir()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, staging / MODEL_WEIGHTS)
+    save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
     store.publish(staging, key)
     result = {"model_id": model_id, **report.__dict__}
     with sessions() as session:

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from app.architectures import build_model, feature_dim, feature_extractor, get_spec, head_attribute
+from app.architectures import (
+    build_model,
+    feature_dim,
+    feature_extractor,
+    get_spec,
+    head_attribute,
+    weights_to_save,
+)
 from app.datasets.loading import decode_threads, pixel_batches
 
 
@@ -110,7 +117,7 @@ def load_reference(
     elif architecture.startswith("compact"):
         torch.manual_seed(seed)
         model = build_model(architecture, num_classes=1)
-        digest = hashlib.sha256(save(_contiguous(model.state_dict()))).hexdigest()
+        digest = hashlib.sha256(save(weights_to_save(model))).hexdigest()
         source = f"seeded-random-init:{seed}"
     else:
         raise ValueError(
@@ -165,10 +172,6 @@ def _head_classes(architecture: str, state: dict[str, torch.Tensor]) -> int:
     head = head_attribute(probe) + "."
     head_biases = [v for k, v in state.items() if k.startswith(head) and k.endswith("bias")]
     return int(head_biases[-1].shape[0]) if head_biases else 1
-
-
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.contiguous() for k, v in state.items()}
 
 
 def _file_sha256(path: Path) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from app.architectures import build_model, get_spec
+from app.architectures import build_model, get_spec, weights_to_save
 from app.finetune.train import ImageTensors, TrainConfig, evaluate, train_classifier
 from app.p2l.reference import load_reference
 from app.p2l.signature import signature_of_array
@@ -219,7 +219,7 @@ def build(out: Path, seed: int, reference_epochs: int, reference_per_domain: int
         REFERENCE_ARCH, (ref_images, ref_labels, ref_names), reference_epochs, seed
     )
     reference_file = out / "reference.safetensors"
-    save_file(_contiguous(reference_model.state_dict()), reference_file)
+    save_file(weights_to_save(reference_model), reference_file)
     reference = load_reference(REFERENCE_ARCH, reference_file, device="cpu")
     print(f"reference: {len(ref_labels)} images, {len(ref_names)} classes, "
           f"{ref_seconds:.0f}s", flush=True)  # fmt: skip
@@ -229,10 +229,7 @@ def build(out: Path, seed: int, reference_epochs: int, reference_per_domain: int
         epochs = int(np.clip(40_000 / len(train.labels), 8, 60))
         model, seconds = train_model(SOURCE_ARCH, train, epochs, seed)
         accuracy = heldout_accuracy(model, SOURCE_ARCH, heldout)
-        weights = {
-            k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()
-        }
-        save_file(_contiguous(weights), out / "sources" / f"{name}.safetensors")
+        save_file(weights_to_save(model, half=True), out / "sources" / f"{name}.safetensors")
         signature = signature_of_array(reference, train.images, train.labels, train.class_names)
         (out / "sources" / f"{name}.signature.safetensors").write_bytes(signature.to_bytes())
         manifest_sources.append(
@@ -291,10 +288,6 @@ def _write_target(out: Path, name: str, target: Domain, related: str | None) -> 
         "related_source": related,
         "class_counts": target.counts(),
     }
-
-
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.contiguous() for k, v in state.items()}
 
 
 def export_target(name: str, out: Path, hold_back: int) -> None:

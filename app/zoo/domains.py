@@ -50,7 +50,8 @@ class Domain:
 # --- Fashion-MNIST -----------------------------------------------------------------------
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
+    """A gzipped IDX array (the MNIST file format)."""
     with gzip.open(path, "rb") as stream:
         data = stream.read()
     dims = data[3]
@@ -60,8 +61,8 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def fashion_mnist(split: str) -> Domain:
     """Fashion-MNIST ``train`` (60k) or ``t10k`` (10k) images, 10 garment classes."""
-    images = _read_idx(FASHION_DIR / f"{split}-images-idx3-ubyte.gz")
-    labels = _read_idx(FASHION_DIR / f"{split}-labels-idx1-ubyte.gz").astype(np.int64)
+    images = read_idx(FASHION_DIR / f"{split}-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_DIR / f"{split}-labels-idx1-ubyte.gz").astype(np.int64)
     rgb = np.stack([_grey_to_pixels(img) for img in images])
     groups = np.array([f"{split}:{i}" for i in range(len(images))])
     return Domain("garments", list(FASHION_CLASSES), rgb, labels, groups)

@@ -16,9 +16,9 @@ from app.datasets.service import remove_orphans
 from app.db import make_engine, migrate, session_factory
 from app.jobs.runner import JobRunner, LocalProcessRunner
 from app.jobs.service import fail_orphaned_jobs
-from app.p2l.reference import load_reference, share_cpus_with_decoding
+from app.p2l.reference import share_cpus_with_decoding
 from app.store import LocalArtifactStore
-from app.zoo.bundled import bundled_reference_weights, import_bundled_zoo
+from app.zoo.bundled import import_bundled_zoo, load_active_reference
 from app.zoo.sources import load_index
 
 logger = logging.getLogger("p2l")
@@ -41,8 +41,7 @@ def build_state(settings: Settings) -> ServiceState:
     store = LocalArtifactStore(settings.data_dir)
     # With workers of its own only, nothing else writes now; else spare recent staging.
     store.sweep_tmp(older_than_seconds=0 if settings.start_worker else 3600)
-    weights = settings.reference_weights or bundled_reference_weights(settings.reference_arch)
-    reference_net = load_reference(settings.reference_arch, weights, settings.device)
+    reference_net = load_active_reference(settings)
     share_cpus_with_decoding(settings.loader_threads)  # this process embeds; jobs run elsewhere
     with sessions() as session:
         if removed := remove_orphans(session, store):

@@ -202,7 +202,20 @@ class FinetuneRequest(BaseModel):
     epochs: int = Field(40, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
     weight_decay: float = Field(5e-4, ge=0)
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out share of every class.")
+    val_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Share of every class (after the test split) that chooses the auto "
+        "schedule, the stopping epoch and the checkpoint; its accuracy is optimistic.",
+    )
+    test_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of every class held out from training and from every choice; "
+        "test_accuracy (the figure to quote) is measured on it. 0: no test split.",
+    )
     patience: int | None = Field(10, ge=1, description="Early stopping on validation accuracy.")
     hflip: bool = Field(False, description="Random horizontal flips (not for text or digits).")
     seed: int = 0

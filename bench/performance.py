@@ -210,7 +210,7 @@ def http_end_to_end(repeats: int, job_epochs: int) -> dict:
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_until_up(url)
-            archive = _target_zip(Path(tmp), "garments")
+            archive = _target_zip(Path(tmp), "fashion")
             client = httpx.Client(base_url=url, timeout=120)
             timings, target = [], None
             for _ in range(repeats):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.zoo.domains import CLIPART_DIR, FASHION_DIR, read_idx
+from bench.zoo.families import CLIPART_DIR, FASHION_DIR, read_idx
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data"
 GARMENTS = {0: "tshirt", 1: "trouser", 2: "pullover", 3: "dress", 7: "sneaker"}

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.zoo.bundled import bundled_target
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -125,14 +127,12 @@ class _Zeros(io.RawIOBase):
         return count
 
 
-BUNDLED_TARGETS = Path(__file__).parents[1] / "app" / "zoo" / "bundled" / "targets"
-
-
-def bundled_target_images(name: str) -> dict[str, list[bytes]]:
-    """A held-out target shipped with the bundled zoo (never used in training), as PNGs."""
-    target = np.load(BUNDLED_TARGETS / f"{name}.npz")
-    names = [str(n) for n in target["class_names"]]
+def bundled_target_images(name: str, part: str = "train") -> dict[str, list[bytes]]:
+    """A bundled benchmark target (never used to train anything) as PNGs by class: its
+    training part (what a user uploads) or its test part (held out for predictions)."""
+    images, labels, names, is_test = bundled_target(name)
+    keep = is_test if part == "test" else ~is_test
     return {
-        cls: [png_bytes(Image.fromarray(img)) for img in target["images"][target["labels"] == i]]
+        cls: [png_bytes(Image.fromarray(img)) for img in images[keep & (labels == i)]]
         for i, cls in enumerate(names)
     }

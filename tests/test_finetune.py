@@ -6,18 +6,22 @@ import torch
 
 from app.architectures import build_model, get_spec, load_model
 from app.finetune.layers import LayerwiseLR, layer_groups, replace_head
-from app.finetune.pipeline import FinetuneOptions, finetune, stratified_split
-from app.finetune.train import ImageTensors, TrainConfig, train_classifier
-from app.zoo.bundled import BUNDLED_DIR
+from app.finetune.pipeline import FinetuneOptions, finetune, stratified_split, three_way_split
+from app.finetune.train import ImageTensors, TrainConfig, evaluate, train_classifier
+from app.zoo.bundled import BUNDLED_DIR, bundled_target
+
+ARCH = "compact_cnn"
 
 
 def garments_source() -> torch.nn.Module:
-    return load_model("compact_cnn_small", 10, BUNDLED_DIR / "sources" / "garments.safetensors")
+    """The bundled Fashion-MNIST source trained on 1,000 images per class."""
+    return load_model(ARCH, 10, BUNDLED_DIR / "sources" / "fashion_9k.safetensors")
 
 
 def garments_target() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    target = np.load(BUNDLED_DIR / "targets" / "garments.npz")
-    return target["images"], target["labels"], [str(c) for c in target["class_names"]]
+    """The bundled garments target (held-out Fashion-MNIST images), training part."""
+    images, labels, names, is_test = bundled_target("fashion")
+    return images[~is_test], labels[~is_test], names
 
 
 def lrs_by_group(param_groups: list[dict]) -> dict[str, float]:
@@ -60,7 +64,7 @@ def test_multipliers_freezing_and_weight_decay_rules() -> None:
 
 def test_freeze_below_keeps_frozen_weights_bit_identical() -> None:
     images, labels, _ = garments_target()
-    spec = get_spec("compact_cnn_small")
+    spec = get_spec(ARCH)
     model = replace_head(garments_source(), 5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     schedule = LayerwiseLR(0.05, decay=1.0, freeze_below=3)
@@ -78,12 +82,12 @@ def test_freeze_below_keeps_frozen_weights_bit_identical() -> None:
 
 def test_decay_changes_the_result() -> None:
     images, labels, names = garments_target()
-    spec = get_spec("compact_cnn_small")
+    spec = get_spec(ARCH)
     results = {}
     for decay in (1.0, 0.01):
         options = FinetuneOptions(schedule="manual", decay=decay, epochs=3, patience=None)
         model, report = finetune(
-            garments_source(), "compact_cnn_small", images, labels, names, spec.mean, spec.std,
+            garments_source(), ARCH, images, labels, names, spec.mean, spec.std,
             options,
         )  # fmt: skip
         results[decay] = (model.state_dict()["stem.0.weight"].clone(), report)
@@ -92,6 +96,40 @@ def test_decay_changes_the_result() -> None:
     assert r_low.groups[0]["lr"] == pytest.approx(0.05 * 0.01**4)
     assert not torch.equal(w_full, w_low)
     assert [h["train_loss"] for h in r_full.history] != [h["train_loss"] for h in r_low.history]
+
+
+def test_reported_accuracy_comes_from_a_split_that_chose_nothing() -> None:
+    images, labels, names = garments_target()
+    spec = get_spec(ARCH)
+    options = FinetuneOptions(schedule="auto", auto_epochs=1, epochs=2, patience=1, seed=4)
+    model, report = finetune(
+        garments_source(), ARCH, images, labels, names, spec.mean, spec.std, options
+    )
+    train, val, test = three_way_split(labels, options.val_fraction, options.test_fraction, 4)
+    # The auto search, the stopping epoch and the checkpoint saw the validation split only;
+    # the figure to quote is measured on a test split disjoint from it and from training.
+    assert not (set(test) & set(val)) and not (set(test) & set(train))
+    assert report.evaluated_on == "test" and report.test_images == len(test) == 50
+    assert report.val_images == len(val) and report.train_images == len(train)
+    held_out = ImageTensors(images[test], labels[test], spec.mean, spec.std)
+    assert report.test_accuracy == pytest.approx(evaluate(model, held_out).accuracy)
+    assert sum(sum(row) for row in report.confusion_matrix) == len(test)
+    assert report.auto_search["candidates"] and report.val_accuracy is not None
+
+
+def test_without_validation_training_runs_its_epochs_and_keeps_the_last_weights() -> None:
+    images, labels, names = garments_target()
+    spec = get_spec(ARCH)
+    options = FinetuneOptions(
+        schedule="manual", epochs=3, patience=None, val_fraction=0, test_fraction=0
+    )
+    _, report = finetune(garments_source(), ARCH, images, labels, names, spec.mean, spec.std,
+                         options)  # fmt: skip
+    assert len(report.history) == 3 and report.train_images == len(labels)
+    assert report.evaluated_on == "none" and report.test_accuracy is None
+    with pytest.raises(ValueError, match="validation split"):
+        finetune(garments_source(), ARCH, images, labels, names, spec.mean, spec.std,
+                 FinetuneOptions(schedule="auto", val_fraction=0))  # fmt: skip
 
 
 def test_stratified_split_is_per_class_and_deterministic() -> None:

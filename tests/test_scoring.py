@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from app.p2l.logme import logme
+from app.p2l.peers import leep, logme, nce
 from app.p2l.scoring import ScoringParams, SignatureIndex, emd, to_distribution
 from app.p2l.signature import DatasetSignature
 
@@ -151,3 +151,36 @@ def test_logme_prefers_features_that_separate_the_classes() -> None:
     # Deterministic, and invariant to the order of the samples.
     order = rng.permutation(120)
     assert logme(informative[order], labels[order]) == pytest.approx(logme(informative, labels))
+
+
+def test_leep_matches_its_definition_and_prefers_an_informative_head() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 20)
+    # A source head whose 4 labels track the target classes (label 3 never wins) ...
+    informative = np.full((60, 4), 0.02)
+    informative[np.arange(60), labels] = 0.94
+    # ... and one whose predictions ignore them.
+    uninformative = rng.dirichlet(np.ones(4), size=60)
+    assert leep(informative, labels) > leep(uninformative, labels) + 0.5
+
+    # The definition, spelled out: log sum_z P(y|z) theta_z with P from the empirical joint.
+    theta = rng.dirichlet(np.ones(4), size=60)
+    joint = np.array([theta[labels == y].sum(0) for y in range(3)]) / 60
+    conditional = joint / joint.sum(0)
+    expected = np.mean([np.log(theta[i] @ conditional[labels[i]]) for i in range(60)])
+    assert leep(theta, labels) == pytest.approx(expected)
+    assert leep(theta, labels) <= 0
+
+
+def test_nce_is_minus_the_conditional_entropy_of_labels_given_source_predictions() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    # Source predictions that determine the target label: H(Y|Z) = 0.
+    determined = np.eye(3)[[2, 2, 0, 0, 1, 1]]
+    assert nce(determined, labels) == pytest.approx(0.0)
+    # One source label for everything: H(Y|Z) = H(Y) = log 3.
+    constant = np.tile([0.9, 0.05, 0.05], (6, 1))
+    assert nce(constant, labels) == pytest.approx(-np.log(3))
+    # Two source labels, each covering one and a half classes.
+    mixed = np.eye(2)[[0, 0, 0, 1, 1, 1]]
+    h = -(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))  # H(Y | Z) within each z
+    assert nce(mixed, labels) == pytest.approx(-h)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 
 from app.architectures import build_model
+from app.config import Settings
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
 
@@ -25,7 +26,7 @@ def service(make_client: Callable[..., TestClient], database_url: str | None) ->
 
 
 def upload_target(client: TestClient, name: str) -> str:
-    """Upload a bundled held-out target as a zip of PNGs; returns the dataset id."""
+    """Upload a bundled target's training part as a zip of PNGs; returns the dataset id."""
     archive = zip_bytes(image_folder_entries(bundled_target_images(name)))
     response = client.post("/v1/datasets", files={"file": (f"{name}.zip", archive)})
     assert response.status_code == 201, response.text
@@ -63,24 +64,26 @@ def test_bundled_import_can_be_turned_off(make_client: Callable[..., TestClient]
     assert client.get("/v1/sources").json()["items"] == []
 
 
-def test_p2l_picks_related_sources_and_differs_from_largest(service: TestClient) -> None:
-    garments = upload_target(service, "garments")
-    food = upload_target(service, "food")
+def test_p2l_ranks_related_sources_first_and_differs_from_largest(service: TestClient) -> None:
+    # Ground truth (bench/results/selection.md): garments are best served by a garment source,
+    # glyphs of scripts no source saw by a glyph source.
+    garments = upload_target(service, "fashion")
+    scripts = upload_target(service, "unseen_scripts")
     biggest = max(zoo(service).values(), key=lambda s: s["num_images"])["name"]
 
-    by_p2l = rank(service, garments)
-    assert by_p2l["results"][0]["name"] == "garments"
-    food_p2l = [r["name"] for r in rank(service, food)["results"]]
-    assert "food" in food_p2l[:2]
+    by_p2l = [r["name"] for r in rank(service, garments)["results"]]
+    assert by_p2l[0].startswith("fashion")
+    scripts_p2l = [r["name"] for r in rank(service, scripts)["results"]]
+    assert set(scripts_p2l[:2]) <= {"scripts_9k", "letters_4400", "scripts_280"}
 
-    for target in (garments, food):
+    for target in (garments, scripts):
         largest = rank(service, target, method="largest")["results"]
         assert largest[0]["name"] == biggest
-    assert [r["name"] for r in rank(service, food, method="largest")["results"]] != food_p2l
+    assert [r["name"] for r in rank(service, scripts, method="largest")["results"]] != scripts_p2l
 
 
 def test_ranking_reports_the_parts_of_every_score(service: TestClient) -> None:
-    target = upload_target(service, "digits")
+    target = upload_target(service, "digits_fewshot")
     body = rank(service, target, measure="kl", top_k=4, **{"lambda": 0.2})
     assert body["method"] == "p2l" and body["measure"] == "kl"
     assert body["params"]["lambda"] == 0.2
@@ -95,16 +98,16 @@ def test_ranking_reports_the_parts_of_every_score(service: TestClient) -> None:
 
 @pytest.mark.parametrize("measure", ["js", "cosine", "emd"])
 def test_every_measure_ranks_the_whole_zoo(client: TestClient, measure: str) -> None:
-    target = upload_target(client, "scripts")
+    target = upload_target(client, "unseen_scripts")
     results = rank(client, target, measure=measure, method="distance")["results"]
     assert len(results) == len(zoo(client))
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(results))
 
 
 def test_ranking_a_subset_and_bad_requests(client: TestClient) -> None:
-    target = upload_target(client, "garments")
+    target = upload_target(client, "fashion")
     sources = zoo(client)
-    chosen = [sources["digits"]["id"], sources["food"]["id"]]
+    chosen = [sources["digits_1100"]["id"], sources["clipart_food_160"]["id"]]
     subset = rank(client, target, source_ids=chosen)["results"]
     assert {r["source_id"] for r in subset} == set(chosen)
 
@@ -123,13 +126,13 @@ def test_ranking_a_subset_and_bad_requests(client: TestClient) -> None:
 
 
 def test_register_download_and_delete_a_source(service: TestClient, data_dir: Path) -> None:
-    dataset = upload_target(service, "garments")
-    weights = (BUNDLED_DIR / "sources" / "garments.safetensors").read_bytes()
+    dataset = upload_target(service, "fashion")
+    weights = (BUNDLED_DIR / "sources" / "fashion_9k.safetensors").read_bytes()
     response = service.post(
         "/v1/sources",
         files={"weights": ("w.safetensors", weights)},
         data={
-            "architecture": "compact_cnn_small",
+            "architecture": "compact_cnn",
             "num_classes": "10",
             "name": "my-garments",
             "dataset_id": dataset,
@@ -142,7 +145,7 @@ def test_register_download_and_delete_a_source(service: TestClient, data_dir: Pa
     assert source["class_names"] == [f"class_{i}" for i in range(10)]
     assert source["dataset_id"] == dataset
     assert service.get(f"/v1/sources/{source['id']}/weights").content == weights
-    target = upload_target(service, "garments")
+    target = upload_target(service, "fashion")
     assert source["id"] in {r["source_id"] for r in rank(service, target)["results"]}
 
     assert service.delete(f"/v1/sources/{source['id']}").status_code == 204
@@ -152,7 +155,7 @@ def test_register_download_and_delete_a_source(service: TestClient, data_dir: Pa
 
 
 def test_register_with_an_uploaded_signature(client: TestClient) -> None:
-    dataset = upload_target(client, "digits")
+    dataset = upload_target(client, "digits_fewshot")
     signature = client.get(f"/v1/datasets/{dataset}/signature", params={"format": "safetensors"})
     assert signature.status_code == 200
     weights = save(build_model("compact_cnn_small", 5).state_dict())
@@ -167,16 +170,18 @@ def test_register_with_an_uploaded_signature(client: TestClient) -> None:
         },
     )
     assert response.status_code == 201, response.text
-    assert response.json()["class_counts"] == {c: 50 for c in ["1", "3", "4", "5", "6"]}
+    # The counts describe the training data (the signature's classes), the names the model.
+    assert response.json()["class_counts"] == {c: 10 for c in ["0", "1", "2", "3", "4"]}
+    assert response.json()["class_names"] == ["1", "3", "4", "5", "6"]
 
 
 @pytest.mark.parametrize(
     ("architecture", "num_classes", "weights", "detail"),
     [
-        ("compact_cnn", 10, "garments", "stem.0.weight"),
-        ("compact_cnn_small", 7, "garments", "head.weight"),
-        ("compact_cnn_small", 10, b"not safetensors", "not a readable safetensors"),
-        ("vgg_unknown", 10, "garments", "unknown architecture"),
+        ("compact_cnn_small", 10, "fashion_9k", "stem.0.weight"),
+        ("compact_cnn", 7, "fashion_9k", "head.weight"),
+        ("compact_cnn", 10, b"not safetensors", "not a readable safetensors"),
+        ("vgg_unknown", 10, "fashion_9k", "unknown architecture"),
     ],
 )
 def test_weights_that_do_not_fit_are_refused_and_nothing_is_kept(
@@ -187,7 +192,7 @@ def test_weights_that_do_not_fit_are_refused_and_nothing_is_kept(
     weights: str | bytes,
     detail: str,
 ) -> None:
-    dataset = upload_target(service, "garments")
+    dataset = upload_target(service, "fashion")
     before, files_before = zoo(service), source_files(data_dir)
     data = (
         weights
@@ -213,7 +218,7 @@ def test_weights_that_do_not_fit_are_refused_and_nothing_is_kept(
 
 
 def test_plots_are_pngs(client: TestClient) -> None:
-    target = upload_target(client, "food")
+    target = upload_target(client, "clipart_fewshot")
     ranking = rank(client, target)
     plot = client.get(f"/v1/rankings/{ranking['id']}/plot.png")
     assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
@@ -225,8 +230,18 @@ def test_plots_are_pngs(client: TestClient) -> None:
 
 
 def test_metrics_count_what_the_service_holds(client: TestClient) -> None:
-    upload_target(client, "food")
+    upload_target(client, "clipart_fewshot")
     body = client.get("/metrics").text
     assert "p2l_datasets 1" in body
     assert f"p2l_sources {len(zoo(client))}" in body
     assert 'p2l_jobs{status="running"} 0' in body
+
+
+def test_defaults_are_what_the_selection_benchmark_chose() -> None:
+    # The README's calibration section and the service must agree with the committed results.
+    results = json.loads((Path(__file__).parents[1] / "bench/results/selection.json").read_text())
+    chosen = results["chosen"]["all_targets"]
+    settings = Settings(_env_file=None)
+    assert (settings.p2l_measure, settings.p2l_lambda) == (chosen["measure"], chosen["lambda"])
+    assert manifest()["reference"]["candidate"] == chosen["reference"]
+    assert settings.reference_weights is None  # the bundled reference network is the default

@@ -29,7 +29,8 @@ class FinetuneOptions:
     epochs: int = 40
     batch_size: int = 32
     weight_decay: float = 5e-4
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # chooses the schedule, the stopping epoch and the checkpoint
+    test_fraction: float = 0.2  # held out from all of that: the reported accuracy
     patience: int | None = 10
     hflip: bool = False
     seed: int = 0
@@ -48,16 +49,24 @@ AUTO_CANDIDATES: tuple[dict[str, Any], ...] = (
 
 @dataclass
 class FinetuneResult:
-    """Everything a fine-tuning run produced, apart from the weights."""
+    """Everything a fine-tuning run produced, apart from the weights.
+
+    ``test_accuracy`` comes from the test split, which chose nothing; ``val_accuracy`` from
+    the validation split, which chose the schedule, the epoch and the checkpoint (so it is
+    optimistic). Per-class accuracy and the confusion matrix are on ``evaluated_on``.
+    """
 
     schedule: dict[str, Any]
     groups: list[dict[str, Any]]
     history: list[dict[str, Any]]
-    val_accuracy: float
+    test_accuracy: float | None
+    val_accuracy: float | None
+    evaluated_on: Literal["test", "validation", "none"]
     per_class_accuracy: dict[str, float]
     confusion_matrix: list[list[int]]
     train_images: int
     val_images: int
+    test_images: int
     seconds: float
     auto_search: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
@@ -70,15 +79,29 @@ Progress = Callable[[dict[str, Any]], None]
 def stratified_split(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices with ``val_fraction`` of every class (at least 1) in val."""
+    """(train, val) indices with ``val_fraction`` of every class (at least 1, unless the
+    fraction is 0 or the class has a single image) in val."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):
         index = rng.permutation(np.flatnonzero(labels == label))
-        count = min(len(index) - 1, max(1, round(len(index) * val_fraction)))
+        count = (
+            0
+            if val_fraction <= 0
+            else min(len(index) - 1, max(1, round(len(index) * val_fraction)))
+        )
         val.extend(index[:count])
         train.extend(index[count:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def three_way_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices, stratified: test first, then val from the rest."""
+    rest, test = stratified_split(labels, test_fraction, seed)
+    train, val = stratified_split(labels[rest], val_fraction, seed)
+    return rest[train], rest[val], test
 
 
 def schedule_for(options: FinetuneOptions, overrides: dict[str, Any], groups: int) -> LayerwiseLR:
@@ -108,9 +131,14 @@ def finetune(
     """Fine-tune ``source`` (a loaded source model) on the target; returns model and report."""
     started = time.perf_counter()
     device = device or torch.device("cpu")
-    train_idx, val_idx = stratified_split(labels, options.val_fraction, options.seed)
+    train_idx, val_idx, test_idx = three_way_split(
+        labels, options.val_fraction, options.test_fraction, options.seed
+    )
     train = ImageTensors(images[train_idx], labels[train_idx], mean, std)
-    val = ImageTensors(images[val_idx], labels[val_idx], mean, std)
+    val = ImageTensors(images[val_idx], labels[val_idx], mean, std) if len(val_idx) else None
+    test = ImageTensors(images[test_idx], labels[test_idx], mean, std) if len(test_idx) else None
+    if options.schedule == "auto" and val is None:
+        raise ValueError("schedule 'auto' needs a validation split (val_fraction > 0)")
     source_state = {k: v.clone() for k, v in source.state_dict().items()}
     num_groups = len(layer_groups(source))
 
@@ -156,7 +184,8 @@ def finetune(
         }
 
     model, final, schedule = run(overrides, options.epochs, "fine-tune", options.patience)
-    evaluation = evaluate(model, val, device)
+    held_out, evaluated_on = (test, "test") if test is not None else (val, "validation")
+    evaluation = evaluate(model, held_out, device) if held_out is not None else None
     report = FinetuneResult(
         schedule={
             "base_lr": schedule.base_lr,
@@ -167,25 +196,40 @@ def finetune(
         },
         groups=describe_groups(model, schedule),
         history=[asdict(e) for e in final.history],
-        val_accuracy=evaluation.accuracy,
-        per_class_accuracy=_per_class(evaluation.predictions, evaluation.labels, class_names),
-        confusion_matrix=_confusion(evaluation.predictions, evaluation.labels, len(class_names)),
+        test_accuracy=_accuracy(model, test, device),
+        val_accuracy=_accuracy(model, val, device),
+        evaluated_on=evaluated_on if evaluation is not None else "none",
+        per_class_accuracy=(
+            _per_class(evaluation.predictions, evaluation.labels, class_names)
+            if evaluation is not None
+            else {}
+        ),
+        confusion_matrix=(
+            _confusion(evaluation.predictions, evaluation.labels, len(class_names))
+            if evaluation is not None
+            else []
+        ),
         train_images=len(train),
-        val_images=len(val),
+        val_images=len(val) if val is not None else 0,
+        test_images=len(test) if test is not None else 0,
         seconds=0.0,
         auto_search=auto_search,
     )
     if options.baseline:
         _, report.baseline = train_from_scratch(
-            architecture, len(class_names), train, val, options, device, progress, should_stop
-        )
-        gain = report.val_accuracy - report.baseline["val_accuracy"]
-        report.baseline["transfer_gain"] = gain
-        if gain < 0:
-            report.warnings.append(
-                f"negative transfer: training from scratch reached "
-                f"{report.baseline['val_accuracy']:.3f}, fine-tuning {report.val_accuracy:.3f}"
-            )
+            architecture, len(class_names), train, val, options, device, progress, should_stop,
+            test=test,
+        )  # fmt: skip
+        split = "test" if test is not None else "val"
+        ours, theirs = getattr(report, f"{split}_accuracy"), report.baseline[f"{split}_accuracy"]
+        if ours is not None and theirs is not None:
+            report.baseline["transfer_gain"] = ours - theirs
+            report.baseline["transfer_gain_split"] = split
+            if ours < theirs:
+                report.warnings.append(
+                    f"negative transfer: on the {split} split, training from scratch reached "
+                    f"{theirs:.3f}, fine-tuning {ours:.3f}"
+                )
     report.seconds = time.perf_counter() - started
     return model, report
 
@@ -194,13 +238,15 @@ def train_from_scratch(
     architecture: str,
     num_classes: int,
     train: ImageTensors,
-    val: ImageTensors,
+    val: ImageTensors | None,
     options: FinetuneOptions,
     device: torch.device | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    test: ImageTensors | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The no-transfer baseline: the same architecture trained from scratch on the same split."""
+    """The no-transfer baseline: the same architecture trained from scratch on the same split
+    (validation for early stopping, accuracy on the test split as well when given)."""
     device = device or torch.device("cpu")
     torch.manual_seed(options.seed)
     model = build_model(architecture, num_classes)
@@ -216,10 +262,15 @@ def train_from_scratch(
         should_stop=should_stop,
     )
     return model, {
-        "val_accuracy": evaluate(model, val, device).accuracy,
+        "test_accuracy": _accuracy(model, test, device),
+        "val_accuracy": _accuracy(model, val, device),
         "epochs_run": len(result.history),
         "seconds": time.perf_counter() - started,
     }
+
+
+def _accuracy(model: nn.Module, data: ImageTensors | None, device: torch.device) -> float | None:
+    return evaluate(model, data, device).accuracy if data is not None else None
 
 
 def _config(options: FinetuneOptions, epochs: int, patience: int | None) -> TrainConfig:

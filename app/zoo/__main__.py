@@ -1,5 +1,74 @@
-"""`python -m app.zoo build`: train the bundled reference network and demo zoo."""
+"""Zoo administration: ``python -m app.zoo upgrade`` and ``python -m app.zoo export-target``.
 
-from app.zoo.build import main
+Both read the same settings as the service (``P2L_*`` environment variables or ``.env``).
+Building the bundled zoo itself is a project tool: ``python -m bench.zoo build``.
+"""
 
-main()
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from app.config import Settings
+from app.db import make_engine, migrate, session_factory
+from app.p2l.scoring import SignatureIndex
+from app.store import LocalArtifactStore
+from app.zoo.bundled import export_target, load_active_reference
+from app.zoo.upgrade import upgrade
+
+
+def _upgrade(dry_run: bool, as_json: bool) -> None:
+    settings = Settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    store = LocalArtifactStore(settings.data_dir)
+    reference = load_active_reference(settings)
+    # This process only writes; a running service rebuilds its index when restarted.
+    index = SignatureIndex(eps=settings.p2l_eps)
+    with session_factory(engine)() as session:
+        report = upgrade(session, store, reference, index, settings.embed_batch_size, dry_run)
+    engine.dispose()
+    if as_json:
+        print(json.dumps(asdict(report), indent=2))
+        return
+    verb = "would re-sign" if dry_run else "re-signed"
+    print(f"active reference network: {report.reference_sha256[:12]}")
+    print(f"{verb} {len(report.resigned_datasets)} datasets")
+    print(f"{verb} {len(report.resigned_sources)} sources")
+    for row in report.resigned_sources:
+        print(f"  {row['id']}  {row['name']}")
+    print(f"cannot re-sign {len(report.cannot_resign)} sources (left in the zoo, not ranked):")
+    for row in report.cannot_resign:
+        print(f"  {row['id']}  {row['name']}  ({row['reason']})")
+    verb = "would import" if dry_run else "imported"
+    print(f"{verb} {len(report.imported_bundled)} bundled sources")
+    if not dry_run and (report.resigned_sources or report.imported_bundled):
+        print("restart the service (if it is running) so that it ranks them")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m app.zoo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser(
+        "upgrade",
+        help="re-sign datasets and sources for the active reference network, list what cannot "
+        "be re-signed, import the bundled zoo beside what is there",
+    )
+    up.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    up.add_argument("--json", action="store_true", help="print the report as JSON")
+    export = sub.add_parser(
+        "export-target", help="write a bundled target as a zip (training part) + held-out PNGs"
+    )
+    export.add_argument("name", help="a target in app/zoo/bundled/targets, e.g. fashion")
+    export.add_argument("--out", type=Path, default=Path("demo"))
+    args = parser.parse_args(argv)
+    if args.command == "upgrade":
+        _upgrade(args.dry_run, args.json)
+    else:
+        archive, heldout = export_target(args.name, args.out)
+        print(f"wrote {archive} (training part) and {heldout}/ (test part, for predictions)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,15 +1,24 @@
-"""The bundled reference network and demo zoo that ship with the project (app/zoo/bundled)."""
+"""The bundled reference network, demo zoo and benchmark targets that ship with the project.
 
+Built by ``python -m bench.zoo build`` into ``app/zoo/bundled/``; the service only reads it.
+"""
+
+import hashlib
+import io
 import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.models import Source
-from app.p2l.reference import ReferenceNetwork
+from app.p2l.reference import ReferenceNetwork, load_reference
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import load_signature
 from app.store import LocalArtifactStore
@@ -29,9 +38,15 @@ def manifest() -> dict[str, Any] | None:
 def bundled_reference_weights(architecture: str) -> Path | None:
     """The bundled reference weights, if they exist and are for ``architecture``."""
     info = manifest()
-    if info is None or info["reference"]["architecture"] != architecture:
+    if info is None or info["reference"].get("architecture") != architecture:
         return None
     return BUNDLED_DIR / info["reference"]["weights"]
+
+
+def load_active_reference(settings: Settings) -> ReferenceNetwork:
+    """The reference network the settings ask for (the bundled one by default)."""
+    weights = settings.reference_weights or bundled_reference_weights(settings.reference_arch)
+    return load_reference(settings.reference_arch, weights, settings.device)
 
 
 def import_bundled_zoo(
@@ -40,17 +55,43 @@ def import_bundled_zoo(
     index: SignatureIndex,
     reference: ReferenceNetwork,
 ) -> int:
-    """Register the bundled sources if the zoo is empty; returns how many were imported."""
-    info = manifest()
-    if info is None or session.scalar(select(func.count()).select_from(Source)):
+    """Register the bundled sources if the zoo is empty (first start); returns how many."""
+    if session.scalar(select(func.count()).select_from(Source)):
         return 0
+    return len(import_bundled_sources(session, store, index, reference))
+
+
+def missing_bundled_sources(session: Session, reference: ReferenceNetwork) -> list[dict[str, Any]]:
+    """Manifest entries of the bundled sources the zoo does not hold yet (by weights).
+
+    Empty when another reference network is active: the bundled signatures belong to the
+    bundled reference.
+    """
+    info = manifest()
+    if info is None:
+        return []
     if info["reference"]["weights_sha256"] != reference.weights_sha256:
         logger.warning(
             "bundled zoo not imported: its signatures belong to the bundled reference network, "
             "and another one is active"
         )
-        return 0
-    for entry in info["sources"]:
+        return []
+    present = set(session.scalars(select(Source.weights_sha256).where(Source.origin == "bundled")))
+    return [
+        entry
+        for entry in info["sources"]
+        if hashlib.sha256((BUNDLED_DIR / entry["weights"]).read_bytes()).hexdigest() not in present
+    ]
+
+
+def import_bundled_sources(
+    session: Session,
+    store: LocalArtifactStore,
+    index: SignatureIndex,
+    reference: ReferenceNetwork,
+) -> list[Source]:
+    """Register every bundled source the zoo does not hold yet, beside what is there."""
+    imported = [
         register_source(
             session,
             store,
@@ -64,5 +105,33 @@ def import_bundled_zoo(
             signature=load_signature(BUNDLED_DIR / entry["signature"]),
             origin="bundled",
         )
-    logger.info("imported %d bundled sources", len(info["sources"]))
-    return len(info["sources"])
+        for entry in missing_bundled_sources(session, reference)
+    ]
+    if imported:
+        logger.info("imported %d bundled sources", len(imported))
+    return imported
+
+
+def bundled_target(name: str) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """A bundled benchmark target: images, labels, class names and its fixed test mask."""
+    data = np.load(BUNDLED_DIR / "targets" / f"{name}.npz")
+    return data["images"], data["labels"], [str(c) for c in data["class_names"]], data["is_test"]
+
+
+def export_target(name: str, out: Path) -> tuple[Path, Path]:
+    """Write a bundled target's training part as ``<out>/<name>.zip`` (class folders of PNGs)
+    and its test part as ``<out>/heldout/<class>_<i>.png``, for uploads and predictions."""
+    images, labels, class_names, is_test = bundled_target(name)
+    heldout = out / "heldout"
+    heldout.mkdir(parents=True, exist_ok=True)
+    archive_path = out / f"{name}.zip"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        for i, (pixels, label, test) in enumerate(zip(images, labels, is_test, strict=True)):
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "PNG")
+            class_name = class_names[label]
+            if test:
+                (heldout / f"{class_name}_{i:03d}.png").write_bytes(buffer.getvalue())
+            else:
+                archive.writestr(f"{name}/{class_name}/{i:03d}.png", buffer.getvalue())
+    return archive_path, heldout

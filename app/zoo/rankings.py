@@ -53,7 +53,8 @@ def rank_sources(
         {
             "source_id": s,
             "name": known.get(s, ""),
-            "reason": "signature computed with another reference network",
+            "reason": "signature computed with another reference network; "
+            "`python -m app.zoo upgrade` re-signs it if its dataset is stored",
         }
         for s in stale
     ]

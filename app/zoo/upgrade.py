@@ -1,0 +1,98 @@
+"""Bring an existing install up to the active reference network.
+
+A new reference network makes every stored signature stale: stale sources are left out of
+rankings until they are re-signed. ``upgrade`` re-signs every dataset and every source whose
+training dataset is stored, lists the sources that cannot be re-signed (registered with a
+signature only, or whose dataset was deleted), and imports the bundled zoo beside what is
+there. It is idempotent: a second run finds nothing to do.
+"""
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.datasets.service import SIGNATURE_FILE as DATASET_SIGNATURE
+from app.datasets.service import dataset_files
+from app.models import Dataset, Source
+from app.p2l.reference import ReferenceNetwork
+from app.p2l.scoring import SignatureIndex
+from app.p2l.signature import DatasetSignature, compute_signature
+from app.store import LocalArtifactStore
+from app.zoo.bundled import import_bundled_sources, missing_bundled_sources
+from app.zoo.sources import SIGNATURE_FILE as SOURCE_SIGNATURE
+
+
+@dataclass
+class UpgradeReport:
+    """What ``upgrade`` did (or, with ``dry_run``, would do)."""
+
+    reference_sha256: str
+    resigned_datasets: list[dict[str, str]] = field(default_factory=list)
+    resigned_sources: list[dict[str, str]] = field(default_factory=list)
+    cannot_resign: list[dict[str, str]] = field(default_factory=list)
+    imported_bundled: list[dict[str, str]] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def upgrade(
+    session: Session,
+    store: LocalArtifactStore,
+    reference: ReferenceNetwork,
+    index: SignatureIndex,
+    batch_size: int = 128,
+    dry_run: bool = False,
+) -> UpgradeReport:
+    """Re-sign stale datasets and sources under ``reference``; import missing bundled sources.
+
+    Each dataset and source is committed on its own: an interruption leaves every row either
+    fully re-signed or untouched (the signature file is replaced atomically before its row
+    says so, and a row still naming the old reference is simply re-signed next time).
+    """
+    active = reference.weights_sha256
+    report = UpgradeReport(reference_sha256=active, dry_run=dry_run)
+    fresh: dict[str, DatasetSignature] = {}
+    for dataset in session.scalars(select(Dataset).order_by(Dataset.created_at)):
+        if dataset.reference_sha256 == active:
+            continue
+        report.resigned_datasets.append({"id": dataset.id, "name": dataset.name})
+        if dry_run:
+            continue
+        signature = compute_signature(reference, dataset_files(store, dataset), batch_size)
+        store.write_file(f"{dataset.artifact_key}/{DATASET_SIGNATURE}", signature.to_bytes())
+        dataset.reference_sha256, dataset.feature_dim = active, signature.feature_dim
+        session.commit()
+        fresh[dataset.id] = signature
+
+    for source in session.scalars(select(Source).order_by(Source.created_at)):
+        if source.reference_sha256 == active:
+            continue
+        entry = {"id": source.id, "name": source.name, "origin": source.origin}
+        dataset = session.get(Dataset, source.dataset_id) if source.dataset_id else None
+        if dataset is None:
+            if source.dataset_id:
+                reason = "its training dataset was deleted"
+            elif source.origin == "bundled":
+                reason = "bundled with an earlier release (its training data is not stored)"
+            else:
+                reason = "registered with a signature only (no stored dataset to re-sign)"
+            report.cannot_resign.append({**entry, "reason": reason})
+            continue
+        report.resigned_sources.append(entry)
+        if dry_run:
+            continue
+        signature = fresh.get(dataset.id) or compute_signature(
+            reference, dataset_files(store, dataset), batch_size
+        )
+        store.write_file(f"{source.artifact_key}/{SOURCE_SIGNATURE}", signature.to_bytes())
+        source.reference_sha256, source.feature_dim = active, signature.feature_dim
+        session.commit()
+        index.add(source.id, signature)
+
+    if dry_run:
+        missing = missing_bundled_sources(session, reference)
+        report.imported_bundled = [{"name": entry["name"]} for entry in missing]
+    else:
+        imported = import_bundled_sources(session, store, index, reference)
+        report.imported_bundled = [{"id": s.id, "name": s.name} for s in imported]
+    return report

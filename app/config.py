@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     )
 
     # P2L score (defaults: see README, "Calibration")
-    p2l_measure: Literal["kl", "js", "cosine", "emd"] = "kl"
-    p2l_lambda: float = Field(0.01, ge=0, description="Weight of log(source size) in the score.")
+    p2l_measure: Literal["kl", "js", "cosine", "emd"] = "js"
+    p2l_lambda: float = Field(0.002, ge=0, description="Weight of log(source size) in the score.")
     p2l_eps: float = Field(1e-3, gt=0, description="Added to mean features before normalising.")
     emd_gamma: float = Field(0.01, gt=0, description="gamma of exp(-gamma * EMD).")
     embed_batch_size: int = Field(128, ge=1)

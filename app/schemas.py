@@ -134,7 +134,7 @@ class RankingRequest(BaseModel):
     target_dataset_id: str
     method: Literal["p2l", "distance", "largest"] = "p2l"
     measure: Literal["kl", "js", "cosine", "emd"] | None = Field(
-        None, description="Distance measure; default P2L_P2L_MEASURE (kl)."
+        None, description="Distance measure; default P2L_P2L_MEASURE (js)."
     )
     source_ids: list[str] | None = Field(None, description="Rank only these sources.")
     top_k: int | None = Field(None, ge=1)

@@ -1,5 +1,9 @@
 """Ground truth for selection: fine-tune every source on every target, cached per cell.
 
+The cache (``bench/.cache/selection``) is keyed by the protocol, the target's images and the
+source's weights, not by the training code: after changing ``app/finetune`` or
+``app/architectures``, delete the cache.
+
 One fixed protocol for every cell (``PROTOCOL``): layer-wise fine-tuning with decay 0.5 for
 a fixed budget of about 200 SGD steps on the target's training images, no validation split,
 no early stopping, the final weights scored once on the target's test split, which nothing
@@ -218,33 +222,30 @@ def target_stats(
     cache: CellCache, target: str, sources: list[str], max_seeds: int = MAX_SEEDS
 ) -> dict[str, CellStats]:
     """Per-source (and scratch) statistics of one target from the cached cells."""
-    runs = {
-        s: [cache.cells[(target, s, seed)]["accuracy"] for seed in range(max_seeds)
+    cells = {
+        s: [cache.cells[(target, s, seed)] for seed in range(max_seeds)
             if (target, s, seed) in cache.cells]
         for s in [*sources, SCRATCH]
     }  # fmt: skip
+    runs = {s: [c["accuracy"] for c in found] for s, found in cells.items()}
     fine_tunes = {s: r for s, r in runs.items() if s != SCRATCH and len(r) > 1}
     sd = pooled_sd(fine_tunes) if fine_tunes else pooled_sd({SCRATCH: runs[SCRATCH]})
     return {
-        s: CellStats(
-            r,
-            sd / math.sqrt(len(r)),
-            float(np.mean([cache.cells[(target, s, seed)]["seconds"] for seed in range(len(r))])),
-        )
+        s: CellStats(r, sd / math.sqrt(len(r)), float(np.mean([c["seconds"] for c in cells[s]])))
         for s, r in runs.items()
         if r
     }
 
 
-def contenders(stats: dict[str, CellStats]) -> list[str]:
-    """Sources within two standard errors of the best source (the best included)."""
+def within_noise(stats: dict[str, CellStats]) -> set[str]:
+    """Sources within two standard errors (of the difference) of a target's best source."""
     sources = {s: c for s, c in stats.items() if s != SCRATCH}
-    best = max(sources, key=lambda s: sources[s].mean)
-    top = sources[best]
-    return [
-        s for s, c in sources.items()
+    top = max(sources.values(), key=lambda c: c.mean)
+    return {
+        s
+        for s, c in sources.items()
         if top.mean - c.mean <= 2 * math.sqrt(top.stderr**2 + c.stderr**2)
-    ]  # fmt: skip
+    }
 
 
 def ground_truth(
@@ -272,7 +273,7 @@ def ground_truth(
             todo = [
                 (t, s, seed)
                 for t in targets
-                for s in contenders(target_stats(cache, t, sources, max_seeds))
+                for s in sorted(within_noise(target_stats(cache, t, sources, max_seeds)))
                 for seed in range(max_seeds)
                 if (t, s, seed) not in cache.cells
             ]

@@ -12,22 +12,10 @@ Rules, fixed before any run:
   scratch. The ratios are the paper's OP/RDS and OP/A-phi.
 """
 
-import math
-
 import numpy as np
 from scipy.stats import weightedtau
 
-from bench.ground_truth import SCRATCH, CellStats
-
-
-def within_noise(stats: dict[str, CellStats]) -> set[str]:
-    """Sources within two standard errors of the best source."""
-    sources = {s: c for s, c in stats.items() if s != SCRATCH}
-    best = sources[max(sources, key=lambda s: sources[s].mean)]
-    return {
-        s for s, c in sources.items()
-        if best.mean - c.mean <= 2 * math.sqrt(best.stderr**2 + c.stderr**2)
-    }  # fmt: skip
+from bench.ground_truth import SCRATCH, CellStats, within_noise
 
 
 def pick_metrics(scores: dict[str, float], stats: dict[str, CellStats]) -> dict:

@@ -62,7 +62,7 @@ class FinetuneResult:
     test_accuracy: float | None
     val_accuracy: float | None
     evaluated_on: Literal["test", "validation", "none"]
-    per_class_accuracy: dict[str, float]
+    per_class_accuracy: dict[str, float | None]
     confusion_matrix: list[list[int]]
     train_images: int
     val_images: int
@@ -184,8 +184,9 @@ def finetune(
         }
 
     model, final, schedule = run(overrides, options.epochs, "fine-tune", options.patience)
-    held_out, evaluated_on = (test, "test") if test is not None else (val, "validation")
-    evaluation = evaluate(model, held_out, device) if held_out is not None else None
+    on_test = evaluate(model, test, device) if test is not None else None
+    on_val = evaluate(model, val, device) if val is not None else None
+    evaluation = on_test or on_val
     report = FinetuneResult(
         schedule={
             "base_lr": schedule.base_lr,
@@ -196,9 +197,9 @@ def finetune(
         },
         groups=describe_groups(model, schedule),
         history=[asdict(e) for e in final.history],
-        test_accuracy=_accuracy(model, test, device),
-        val_accuracy=_accuracy(model, val, device),
-        evaluated_on=evaluated_on if evaluation is not None else "none",
+        test_accuracy=on_test.accuracy if on_test else None,
+        val_accuracy=on_val.accuracy if on_val else None,
+        evaluated_on="test" if on_test else "validation" if on_val else "none",
         per_class_accuracy=(
             _per_class(evaluation.predictions, evaluation.labels, class_names)
             if evaluation is not None
@@ -220,8 +221,9 @@ def finetune(
             architecture, len(class_names), train, val, options, device, progress, should_stop,
             test=test,
         )  # fmt: skip
-        split = "test" if test is not None else "val"
-        ours, theirs = getattr(report, f"{split}_accuracy"), report.baseline[f"{split}_accuracy"]
+        split = "test" if test is not None else "validation"
+        key = "test_accuracy" if test is not None else "val_accuracy"
+        ours, theirs = getattr(report, key), report.baseline[key]
         if ours is not None and theirs is not None:
             report.baseline["transfer_gain"] = ours - theirs
             report.baseline["transfer_gain_split"] = split
@@ -315,9 +317,12 @@ def _tuple(values: list[float] | None) -> tuple[float, ...] | None:
     return tuple(values) if values is not None else None
 
 
-def _per_class(predicted: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, float]:
+def _per_class(
+    predicted: np.ndarray, labels: np.ndarray, names: list[str]
+) -> dict[str, float | None]:
+    """Accuracy per class; None for a class the split holds no image of."""
     return {
-        name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else 0.0
+        name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else None
         for i, name in enumerate(names)
     }
 

@@ -1,7 +1,7 @@
 """Zoo administration: ``python -m app.zoo upgrade`` and ``python -m app.zoo export-target``.
 
-Both read the same settings as the service (``P2L_*`` environment variables or ``.env``).
-Building the bundled zoo itself is a project tool: ``python -m bench.zoo build``.
+``upgrade`` reads the same settings as the service (``P2L_*`` environment variables or
+``.env``). Building the bundled zoo itself is a project tool: ``python -m bench.zoo build``.
 """
 
 import argparse
@@ -13,7 +13,7 @@ from app.config import Settings
 from app.db import make_engine, migrate, session_factory
 from app.p2l.scoring import SignatureIndex
 from app.store import LocalArtifactStore
-from app.zoo.bundled import export_target, load_active_reference
+from app.zoo.bundled import bundled_target_names, export_target, load_active_reference
 from app.zoo.upgrade import upgrade
 
 
@@ -34,6 +34,8 @@ def _upgrade(dry_run: bool, as_json: bool) -> None:
     verb = "would re-sign" if dry_run else "re-signed"
     print(f"active reference network: {report.reference_sha256[:12]}")
     print(f"{verb} {len(report.resigned_datasets)} datasets")
+    for row in report.cannot_resign_datasets:
+        print(f"  cannot re-sign dataset {row['id']}  {row['name']}  ({row['reason']})")
     print(f"{verb} {len(report.resigned_sources)} sources")
     for row in report.resigned_sources:
         print(f"  {row['id']}  {row['name']}")
@@ -60,12 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     export = sub.add_parser(
         "export-target", help="write a bundled target as a zip (training part) + held-out PNGs"
     )
-    export.add_argument("name", help="a target in app/zoo/bundled/targets, e.g. fashion")
+    export.add_argument("name", help=f"one of: {', '.join(bundled_target_names())}")
     export.add_argument("--out", type=Path, default=Path("demo"))
     args = parser.parse_args(argv)
     if args.command == "upgrade":
         _upgrade(args.dry_run, args.json)
     else:
+        if args.name not in bundled_target_names():
+            parser.error(f"no bundled target {args.name!r}; choose one of {bundled_target_names()}")
         archive, heldout = export_target(args.name, args.out)
         print(f"wrote {archive} (training part) and {heldout}/ (test part, for predictions)")
 

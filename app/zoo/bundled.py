@@ -112,17 +112,25 @@ def import_bundled_sources(
     return imported
 
 
+def bundled_target_names() -> list[str]:
+    """Names of the bundled benchmark targets."""
+    return sorted(path.stem for path in (BUNDLED_DIR / "targets").glob("*.npz"))
+
+
 def bundled_target(name: str) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """A bundled benchmark target: images, labels, class names and its fixed test mask."""
+    if name not in bundled_target_names():
+        raise KeyError(f"no bundled target {name!r}; choose one of {bundled_target_names()}")
     data = np.load(BUNDLED_DIR / "targets" / f"{name}.npz")
     return data["images"], data["labels"], [str(c) for c in data["class_names"]], data["is_test"]
 
 
 def export_target(name: str, out: Path) -> tuple[Path, Path]:
     """Write a bundled target's training part as ``<out>/<name>.zip`` (class folders of PNGs)
-    and its test part as ``<out>/heldout/<class>_<i>.png``, for uploads and predictions."""
+    and its test part as ``<out>/<name>-heldout/<class>_<i>.png``, for uploads and
+    predictions."""
     images, labels, class_names, is_test = bundled_target(name)
-    heldout = out / "heldout"
+    heldout = out / f"{name}-heldout"
     heldout.mkdir(parents=True, exist_ok=True)
     archive_path = out / f"{name}.zip"
     with zipfile.ZipFile(archive_path, "w") as archive:

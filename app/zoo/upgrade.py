@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.datasets.images import ImageRejected
 from app.datasets.service import SIGNATURE_FILE as DATASET_SIGNATURE
-from app.datasets.service import dataset_files
+from app.datasets.service import dataset_files, dataset_signature
 from app.models import Dataset, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import SignatureIndex
@@ -31,6 +32,7 @@ class UpgradeReport:
     resigned_datasets: list[dict[str, str]] = field(default_factory=list)
     resigned_sources: list[dict[str, str]] = field(default_factory=list)
     cannot_resign: list[dict[str, str]] = field(default_factory=list)
+    cannot_resign_datasets: list[dict[str, str]] = field(default_factory=list)
     imported_bundled: list[dict[str, str]] = field(default_factory=list)
     dry_run: bool = False
 
@@ -52,13 +54,21 @@ def upgrade(
     active = reference.weights_sha256
     report = UpgradeReport(reference_sha256=active, dry_run=dry_run)
     fresh: dict[str, DatasetSignature] = {}
+    unreadable: dict[str, str] = {}
     for dataset in session.scalars(select(Dataset).order_by(Dataset.created_at)):
         if dataset.reference_sha256 == active:
             continue
-        report.resigned_datasets.append({"id": dataset.id, "name": dataset.name})
-        if dry_run:
+        entry = {"id": dataset.id, "name": dataset.name}
+        try:
+            files = dataset_files(store, dataset)
+            signature = None if dry_run else compute_signature(reference, files, batch_size)
+        except (OSError, ImageRejected, ValueError) as exc:
+            unreadable[dataset.id] = f"its stored dataset cannot be read ({exc})"
+            report.cannot_resign_datasets.append({**entry, "reason": unreadable[dataset.id]})
             continue
-        signature = compute_signature(reference, dataset_files(store, dataset), batch_size)
+        report.resigned_datasets.append(entry)
+        if signature is None:  # dry run
+            continue
         store.write_file(f"{dataset.artifact_key}/{DATASET_SIGNATURE}", signature.to_bytes())
         dataset.reference_sha256, dataset.feature_dim = active, signature.feature_dim
         session.commit()
@@ -69,11 +79,14 @@ def upgrade(
             continue
         entry = {"id": source.id, "name": source.name, "origin": source.origin}
         dataset = session.get(Dataset, source.dataset_id) if source.dataset_id else None
+        if dataset is not None and dataset.id in unreadable:
+            report.cannot_resign.append({**entry, "reason": unreadable[dataset.id]})
+            continue
         if dataset is None:
             if source.dataset_id:
                 reason = "its training dataset was deleted"
             elif source.origin == "bundled":
-                reason = "bundled with an earlier release (its training data is not stored)"
+                reason = "bundled with the project: its signature came with it, its data did not"
             else:
                 reason = "registered with a signature only (no stored dataset to re-sign)"
             report.cannot_resign.append({**entry, "reason": reason})
@@ -81,9 +94,8 @@ def upgrade(
         report.resigned_sources.append(entry)
         if dry_run:
             continue
-        signature = fresh.get(dataset.id) or compute_signature(
-            reference, dataset_files(store, dataset), batch_size
-        )
+        # Every readable dataset is signed by the active network by now.
+        signature = fresh.get(dataset.id) or dataset_signature(store, dataset)
         store.write_file(f"{source.artifact_key}/{SOURCE_SIGNATURE}", signature.to_bytes())
         source.reference_sha256, source.feature_dim = active, signature.feature_dim
         session.commit()

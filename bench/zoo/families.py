@@ -540,8 +540,9 @@ POOL_SOURCES: dict[str, list[str]] = {
 
 @cached
 def reference_pool(max_per_family: int, seed: int = 0) -> Domain:
-    """Images from packages that no source and no target of the zoo uses, labelled by
-    (family, folder); the self-supervised reference ignores the labels."""
+    """Images from packages that no source and no target of the zoo uses, labelled by the
+    package they come from (never by what they show, so no label echoes a zoo's class); the
+    self-supervised reference ignores the labels."""
     root = Path("/usr/share")
     files: dict[str, list[Path]] = {}
     for family, patterns in POOL_SOURCES.items():
@@ -549,8 +550,7 @@ def reference_pool(max_per_family: int, seed: int = 0) -> Domain:
         rng = np.random.default_rng(seed)
         if len(found) > max_per_family:
             found = [found[i] for i in sorted(rng.choice(len(found), max_per_family, False))]
-        for path in found:
-            files.setdefault(f"{family}:{path.parent.name}", []).append(path)
+        files[family] = found
     return file_domain("pool", files, lambda path: path.stem, None, seed, crop=first_cell(64))
 
 

@@ -3,8 +3,8 @@
 - ``ssl``: self-supervised (SimCLR, Chen et al. 2020): two strongly augmented views of each
   image (crop, flip, colour, greyscale, polarity inversion, blur) must recognise each other
   among the batch. No labels at all, so nothing ties the features to the zoo's classes.
-- ``pool_labels``: supervised on the pool's own labels (package and folder), which are
-  unrelated to any source's or target's labels.
+- ``pool_packages``: supervised to tell which package of the pool an image comes from,
+  labels unrelated to any source's or target's classes.
 - ``random``: the same network at its seeded initialisation, the floor any trained
   reference has to beat.
 """
@@ -125,10 +125,10 @@ def train_ssl(
     return model.eval(), {"epochs": log, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def train_pool_labels(
+def train_pool_packages(
     images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, seed: int
 ) -> tuple[nn.Module, dict]:
-    """A classifier of the pool's own labels (package:folder); its backbone is the candidate."""
+    """A classifier of the pool's packages; its backbone is the candidate."""
     spec = get_spec(ARCHITECTURE)
     torch.manual_seed(seed)
     model = build_model(ARCHITECTURE, num_classes)

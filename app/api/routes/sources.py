@@ -34,7 +34,7 @@ def register_source(
     session: SessionDep,
     response: Response,
     weights: Annotated[UploadFile, File(description="Model weights (.safetensors)")],
-    architecture: Annotated[str, Form(description="compact_cnn_small, resnet18, …")],
+    architecture: Annotated[str, Form(description="compact_cnn, compact_cnn_small, resnet18, …")],
     num_classes: Annotated[int, Form(ge=1, description="Outputs of the classifier head")],
     name: Annotated[str, Form(min_length=1, max_length=200)],
     dataset_id: Annotated[

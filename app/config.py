@@ -25,7 +25,13 @@ class Settings(BaseSettings):
     port: int = 8000
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated keys; when set, state-changing /v1 routes need X-API-Key.",
+        description="Comma-separated keys; when set, every POST and DELETE (predict "
+        "included) and every GET that computes on demand need X-API-Key.",
+    )
+    open_reads: bool = Field(
+        True,
+        description="With keys set: plain reads (lists, records, weights, signatures) stay "
+        "open; false: every /v1 route needs a key.",
     )
 
     # Compute
@@ -44,6 +50,23 @@ class Settings(BaseSettings):
 
     start_worker: bool = Field(
         True, description="Run a job worker process beside the API (off: run one yourself)."
+    )
+
+    # Jobs (a worker owns a job through a lease it renews; see README, "Jobs")
+    job_lease_seconds: float = Field(
+        30.0, gt=0, description="A job whose worker stops renewing for this long is reaped."
+    )
+    job_max_attempts: int = Field(
+        2, ge=1, description="Runs a job gets before a lost lease fails it instead of re-queueing."
+    )
+    job_time_limit_seconds: float = Field(
+        6 * 3600.0, gt=0, description="A job running longer than this is stopped and failed."
+    )
+    max_event_streams: int = Field(
+        64, ge=1, description="Open job event streams; beyond it: 503 with Retry-After."
+    )
+    event_stream_idle_seconds: float = Field(
+        300.0, gt=0, description="An event stream with no change for this long is closed."
     )
 
     # P2L score (defaults: see README, "Calibration")
@@ -71,12 +94,26 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="Decompression-bomb guard: larger images are rejected."
     )
     min_images_per_class: int = Field(1, ge=1)
+    max_name_bytes: int = Field(
+        200, ge=1, le=255, description="Longest class, file or dataset name (UTF-8 bytes)."
+    )
+    max_rejected_listed: int = Field(
+        100, ge=0, description="Rejected files listed with their reason; the rest are counted."
+    )
+    max_predict_files: int = Field(256, ge=1, description="Images per predict request.")
+    max_source_classes: int = Field(
+        10_000, ge=2, description="Largest num_classes a registered source may have."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            keys = [key.strip() for key in value.split(",") if key.strip()]
+            if value.strip() and not keys:
+                # " , " is a typo, not a wish for an open service.
+                raise ValueError(f"P2L_API_KEYS={value!r} holds no key; unset it to run open")
+            return keys
         return value
 
     @property

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Dialect,
     ForeignKey,
     Integer,
+    PrimaryKeyConstraint,
     String,
     TypeDecorator,
 )
@@ -78,6 +79,9 @@ class Source(Base):
     )
     origin: Mapped[str] = mapped_column(String(16))
     artifact_key: Mapped[str] = mapped_column(String(200))
+    # The fine-tuned model this source was registered from: unique, so a model becomes at
+    # most one source even under concurrent requests.
+    model_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
 
 
 class Ranking(Base):
@@ -110,6 +114,11 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Lease: the worker that claimed the job renews lease_expires_at while it runs; an
+    # expired lease is reaped (re-queued while attempts < P2L_JOB_MAX_ATTEMPTS, else failed).
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     model_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -131,3 +140,16 @@ class FinetunedModel(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     artifact_key: Mapped[str] = mapped_column(String(200))
     registered_source_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key and the resource its first request created."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (PrimaryKeyConstraint("scope", "key"),)
+
+    scope: Mapped[str] = mapped_column(String(32))  # which route, e.g. "finetunes"
+    key: Mapped[str] = mapped_column(String(200))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

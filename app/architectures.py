@@ -36,10 +36,12 @@ class CompactCNN(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features (after ReLU, so non-negative)."""
-        return self.pool(self.stages(self.stem(x)))
+        features: torch.Tensor = self.pool(self.stages(self.stem(x)))
+        return features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        logits: torch.Tensor = self.head(self.features(x))
+        return logits
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:

@@ -4,18 +4,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api.deps import ServiceState
+from app.api.deps import ReadAccess, ServiceState
 from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
 from app.api.routes import datasets, health, jobs, models, rankings, reference, sources
 from app.config import Settings
 from app.datasets.service import remove_orphans
 from app.db import make_engine, migrate, session_factory
-from app.jobs.runner import JobRunner, LocalProcessRunner
-from app.jobs.service import fail_orphaned_jobs
+from app.jobs.runner import LocalProcessRunner
+from app.jobs.service import reap_expired_leases, sweep_unowned_artifacts
 from app.p2l.reference import share_cpus_with_decoding
 from app.store import LocalArtifactStore
 from app.zoo.bundled import import_bundled_zoo, load_active_reference
@@ -39,32 +41,56 @@ def build_state(settings: Settings) -> ServiceState:
     migrate(engine)
     sessions = session_factory(engine)
     store = LocalArtifactStore(settings.data_dir)
-    # With workers of its own only, nothing else writes now; else spare recent staging.
-    store.sweep_tmp(older_than_seconds=0 if settings.start_worker else 3600)
+    # Spare recent staging: workers and sibling APIs sharing the data dir may be writing.
+    store.sweep_tmp(older_than_seconds=3600)
     reference_net = load_active_reference(settings)
     share_cpus_with_decoding(settings.loader_threads)  # this process embeds; jobs run elsewhere
     with sessions() as session:
         if removed := remove_orphans(session, store):
             logger.warning("removed %d dataset folders left by an interrupted upload", removed)
-        # The API owns its worker: a job still 'running' now lost its worker with the API.
-        if settings.start_worker and (
-            failed := fail_orphaned_jobs(session, "the service restarted while this job ran")
-        ):
-            logger.warning("%d job(s) were running when the service stopped: failed", failed)
+        # A job still 'running' may belong to a live worker elsewhere: only expired leases
+        # are reaped (here, then by the supervisor and every worker's poll loop).
+        requeued, ended = reap_expired_leases(session, settings.job_max_attempts)
+        if requeued or ended:
+            logger.warning("%d job(s) had lost their worker: %d re-queued, %d ended",
+                           requeued + ended, requeued, ended)  # fmt: skip
+        # A folder older than a lease, with no row, was published by a worker that died.
+        if removed := sweep_unowned_artifacts(session, store, settings.job_lease_seconds):
+            logger.warning("removed %d model/source folders left by an interrupted job", removed)
         index = load_index(session, store, reference_net, settings.p2l_eps)
         if settings.import_bundled_zoo:
             import_bundled_zoo(session, store, index, reference_net)
     return ServiceState(settings, engine, sessions, store, reference_net, index)
 
 
-async def _supervise(runner: JobRunner, every_seconds: float = 1.0) -> None:
-    """Notice a dead worker promptly: its jobs are failed and a new worker started."""
+async def _supervise(state: ServiceState, every_seconds: float = 1.0) -> None:
+    """Replace a dead local worker promptly, and reap expired leases (any worker's)."""
     while True:
         await asyncio.sleep(every_seconds)
         try:
-            await asyncio.to_thread(runner.check)
+            if state.runner is not None:
+                await asyncio.to_thread(state.runner.check)
+            await asyncio.to_thread(_reap, state)
         except Exception:  # the supervisor must outlive any one failure
             logger.exception("job supervisor check failed")
+
+
+def _reap(state: ServiceState) -> None:
+    """Re-queue or fail the jobs whose worker stopped renewing its lease."""
+    with state.sessions() as session:
+        requeued, ended = reap_expired_leases(session, state.settings.job_max_attempts)
+    if requeued or ended:
+        logger.warning("reaped expired job leases: %d re-queued, %d ended", requeued, ended)
+
+
+def _openapi_without_security(app: FastAPI) -> dict[str, Any]:
+    """The schema of an open service (no keys set): no operation claims to need a key."""
+    schema = FastAPI.openapi(app)  # built once and cached by FastAPI; stripping is idempotent
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            operation.pop("security", None)
+    schema.get("components", {}).pop("securitySchemes", None)
+    return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,14 +101,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings)
         app.state.service = state
-        supervisor = None
         if settings.start_worker:
             state.runner = LocalProcessRunner(settings, state.sessions)
             state.runner.start()
-            supervisor = asyncio.create_task(_supervise(state.runner))
+        supervisor = asyncio.create_task(_supervise(state))
         yield
-        if supervisor is not None:
-            supervisor.cancel()
+        supervisor.cancel()
         if state.runner is not None:
             await asyncio.to_thread(state.runner.stop)
         state.engine.dispose()
@@ -96,12 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=DEFAULT_PROBLEMS,
     )
     app.include_router(health.router)
-    app.include_router(reference.router)
-    app.include_router(datasets.router)
-    app.include_router(sources.router)
-    app.include_router(rankings.router)
-    app.include_router(jobs.router)
-    app.include_router(models.router)
+    # Plain reads need a key only when the operator closes them; the schema says which do.
+    reads = [ReadAccess] if settings.api_keys and not settings.open_reads else []
+    for router in (reference, datasets, sources, rankings, jobs, models):
+        app.include_router(router.router, dependencies=reads)
+    if not settings.api_keys:
+        # FastAPI's documented way to change the schema is to replace this method.
+        app.openapi = partial(_openapi_without_security, app)  # type: ignore[method-assign]
     add_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app

@@ -3,7 +3,8 @@ newest first, with opaque page tokens."""
 
 import base64
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_, select
@@ -20,11 +21,21 @@ class InvalidPageToken(ServiceError):
     title = "Invalid page token"
 
 
+# Every id this service issues: 32 lowercase hex digits (uuid4().hex).
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+def is_valid_id(row_id: str) -> bool:
+    """True when ``row_id`` could be an id this service issued."""
+    return ID_PATTERN.fullmatch(row_id) is not None
+
+
 def get_by_id(session: Session, model: type[Row], row_id: str, noun: str) -> Row:
     """The row of ``model`` with this id; NotFound names the ``noun`` otherwise."""
-    row = session.get(model, row_id)
+    # Checked before the query: some strings (a NUL byte) are errors to PostgreSQL.
+    row = session.get(model, row_id) if is_valid_id(row_id) else None
     if row is None:
-        raise NotFound(f"no {noun} with id {row_id!r}")
+        raise NotFound(f"no {noun} with id {row_id[:100]!r}")
     return row
 
 
@@ -61,6 +72,12 @@ def _decode(token: str) -> tuple[datetime, str]:
     try:
         padded = token + "=" * (-len(token) % 4)
         created_at, row_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created_at), str(row_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidPageToken(f"page_token {token!r} is not a token this service issued") from exc
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None or not is_valid_id(row_id):
+            raise ValueError("not issued here")
+        # Normalised here so an out-of-range date fails now, not in the database driver.
+        return moment.astimezone(UTC), row_id
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidPageToken(
+            f"page_token {token[:100]!r} is not a token this service issued"
+        ) from exc

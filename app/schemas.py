@@ -1,9 +1,11 @@
 """Request and response bodies of the HTTP API (separate from the tables)."""
 
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.finetune.options import FinetuneOptions
 
 Item = TypeVar("Item")
 
@@ -18,8 +20,13 @@ class Page(BaseModel, Generic[Item]):
 class RejectedFileOut(BaseModel):
     """An archive member that was not kept."""
 
-    path: str
-    reason: str
+    path: str = Field(description="Its path in the archive, shortened to 1,024 characters.")
+    kind: str = Field(
+        description="Why, in one word: unsafe_path, invalid_name, name_too_long, link, "
+        "special_file, hidden, wrong_layout, duplicate, too_large, encrypted, "
+        "unsupported_compression, unreadable, not_an_image, too_many_pixels, corrupt_image."
+    )
+    reason: str = Field(description="Why, for a person.")
 
 
 class ClassCount(BaseModel):
@@ -52,9 +59,15 @@ class DatasetOut(BaseModel):
 
 
 class DatasetCreated(DatasetOut):
-    """Answer to an upload: the dataset plus every file that was left out, with its reason."""
+    """Answer to an upload: the dataset plus the files that were left out, and why."""
 
-    rejected: list[RejectedFileOut]
+    rejected: list[RejectedFileOut] = Field(
+        description="The first P2L_MAX_REJECTED_LISTED (default 100) rejected files."
+    )
+    rejected_counts: dict[str, int] = Field(
+        description="Every rejected file, counted by kind (listed or not)."
+    )
+    rejected_total: int = Field(description="How many files were rejected in all.")
 
 
 class SignatureClass(BaseModel):
@@ -129,17 +142,19 @@ class SourceOut(BaseModel):
 class RankingRequest(BaseModel):
     """What to rank, and how."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, allow_inf_nan=False)
 
-    target_dataset_id: str
+    target_dataset_id: str = Field(max_length=64)
     method: Literal["p2l", "distance", "largest"] = "p2l"
     measure: Literal["kl", "js", "cosine", "emd"] | None = Field(
         None, description="Distance measure; default P2L_P2L_MEASURE (js)."
     )
-    source_ids: list[str] | None = Field(None, description="Rank only these sources.")
-    top_k: int | None = Field(None, ge=1)
+    source_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=10_000, description="Rank only these sources."
+    )
+    top_k: int | None = Field(None, ge=1, le=100_000)
     lam: float | None = Field(
-        None, alias="lambda", ge=0, description="Override lambda for this ranking."
+        None, alias="lambda", ge=0, le=100, description="Override lambda for this ranking."
     )
 
 
@@ -178,49 +193,24 @@ class RankingOut(BaseModel):
     elapsed_ms: float | None = Field(None, description="Time of the scoring itself.")
 
 
-class FinetuneRequest(BaseModel):
+class FinetuneRequest(FinetuneOptions):
     """Fine-tune a source on a target dataset, with layer-wise learning rates."""
 
-    target_dataset_id: str
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"target_dataset_id": "<dataset id>", "source_id": "best"}]}
+    )
+
+    target_dataset_id: str = Field(max_length=64)
     source_id: str = Field(
-        "best", description='A source id, or "best": the top of the P2L ranking for the target.'
+        "best",
+        max_length=64,
+        description='A source id, or "best": the top of the P2L ranking for the target.',
     )
-    schedule: Literal["auto", "manual"] = Field(
-        "auto",
-        description="auto: pick decay / frozen depth by a short search on the validation split "
-        "(candidates and budget are in the result); manual: use decay / multipliers / "
-        "freeze_below as given.",
-    )
-    base_lr: float = Field(0.05, gt=0, le=10, description="Learning rate of the new head.")
-    decay: float = Field(
-        0.5, ge=0, le=1, description="Group k below the head trains at base_lr * decay**k."
-    )
-    multipliers: list[float] | None = Field(
-        None, description="Explicit per-group LR multipliers, input -> head (replaces decay)."
-    )
-    freeze_below: int = Field(0, ge=0, description="Freeze the first k layer groups entirely.")
-    epochs: int = Field(40, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    weight_decay: float = Field(5e-4, ge=0)
-    val_fraction: float = Field(
-        0.2,
-        gt=0,
-        lt=1,
-        description="Share of every class (after the test split) that chooses the auto "
-        "schedule, the stopping epoch and the checkpoint; its accuracy is optimistic.",
-    )
-    test_fraction: float = Field(
-        0.2,
-        ge=0,
-        lt=1,
-        description="Share of every class held out from training and from every choice; "
-        "test_accuracy (the figure to quote) is measured on it. 0: no test split.",
-    )
-    patience: int | None = Field(10, ge=1, description="Early stopping on validation accuracy.")
-    hflip: bool = Field(False, description="Random horizontal flips (not for text or digits).")
-    seed: int = 0
-    baseline: bool = Field(False, description="Also train from scratch on the same split.")
-    auto_epochs: int = Field(10, ge=1, le=200, description="Budget per auto candidate.")
+
+    def options(self) -> FinetuneOptions:
+        """The training options alone, keeping which fields the client set."""
+        fields = set(FinetuneOptions.model_fields) & self.model_fields_set
+        return FinetuneOptions.model_validate(self.model_dump(include=fields))
 
 
 class JobOut(BaseModel):
@@ -240,6 +230,8 @@ class JobOut(BaseModel):
     error: str | None
     cancel_requested: bool
     model_id: str | None
+    attempts: int = Field(description="Runs so far (a job whose worker was lost is re-queued).")
+    worker_id: str | None = Field(description="The worker holding (or last holding) the job.")
 
 
 class ModelOut(BaseModel):

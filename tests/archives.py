@@ -4,6 +4,7 @@ import io
 import tarfile
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +70,17 @@ def tar_bytes(
     compression: str = "gz",
     symlinks: dict[str, str] | None = None,
     hardlinks: dict[str, str] | None = None,
+    tar_format: int = tarfile.PAX_FORMAT,
+    encoding: str = "utf-8",
 ) -> bytes:
-    """A tar (``compression`` '', 'gz', 'bz2' or 'xz') with files, symlinks and hard links."""
+    """A tar (``compression`` '', 'gz', 'bz2' or 'xz') with files, symlinks and hard links.
+
+    ``tar_format`` GNU_FORMAT writes long names as GNU long-name headers (PAX: pax records);
+    ``encoding`` is how names are written (e.g. latin-1, as old tools do).
+    """
     buffer = io.BytesIO()
     mode = f"w:{compression}" if compression else "w"
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+    with tarfile.open(fileobj=buffer, mode=mode, format=tar_format, encoding=encoding) as archive:
         for name, data in entries.items():
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), time.time()
@@ -136,3 +143,92 @@ def bundled_target_images(name: str, part: str = "train") -> dict[str, list[byte
         cls: [png_bytes(Image.fromarray(img)) for img in images[keep & (labels == i)]]
         for i, cls in enumerate(names)
     }
+
+
+def chained_long_name_tar(entries: dict[str, bytes], chain: int = 3000) -> bytes:
+    """A plain tar whose first member is preceded by ``chain`` GNU long-name headers.
+
+    Each long-name header names the member again; tarfile follows them recursively.
+    """
+    blocks = []
+    for index in range(chain):
+        name = f"dress/chained-{index}.png".encode() + b"\0"
+        header = tarfile.TarInfo("././@LongLink")
+        header.type, header.size = tarfile.GNUTYPE_LONGNAME, len(name)
+        blocks.append(header.tobuf(tarfile.GNU_FORMAT) + name.ljust(tarfile.BLOCKSIZE, b"\0"))
+    plain = tar_bytes(entries, compression="", tar_format=tarfile.GNU_FORMAT)
+    return b"".join(blocks) + plain
+
+
+def zip_with_special_entries(
+    entries: dict[str, bytes],
+    encrypted: dict[str, bytes] | None = None,
+    methods: dict[str, tuple[int, bytes]] | None = None,
+    password: bytes = b"secret",
+) -> bytes:
+    """A zip of ``entries`` plus ZipCrypto-``encrypted`` entries (readable with ``password``)
+    and entries whose header names another compression method (``name: (method, data)``).
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        for name, data in (encrypted or {}).items():
+            info = _write_stored(archive, name, _zipcrypto(data, password))
+            info.flag_bits |= 0x1  # encrypted
+            info.CRC, info.file_size = zlib.crc32(data), len(data)
+            _rewrite_local_header(buffer, info)
+        for name, (method, data) in (methods or {}).items():
+            info = _write_stored(archive, name, data)
+            info.compress_type = method
+            _rewrite_local_header(buffer, info)
+    return buffer.getvalue()
+
+
+def _write_stored(archive: zipfile.ZipFile, name: str, data: bytes) -> zipfile.ZipInfo:
+    archive.writestr(zipfile.ZipInfo(name, time.localtime()[:6]), data, zipfile.ZIP_STORED)
+    return archive.getinfo(name)  # the record the central directory is written from
+
+
+def _rewrite_local_header(buffer: io.BytesIO, info: zipfile.ZipInfo) -> None:
+    end = buffer.tell()
+    buffer.seek(info.header_offset)
+    buffer.write(info.FileHeader())
+    buffer.seek(end)
+
+
+def _zipcrypto(data: bytes, password: bytes) -> bytes:
+    """Traditional PKWARE encryption (APPNOTE 6.1): a 12-byte header, then the data."""
+    keys = [0x12345678, 0x23456789, 0x34567890]
+
+    def crc_byte(crc: int, byte: int) -> int:
+        return zlib.crc32(bytes([byte]), crc ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+    def update(byte: int) -> None:
+        keys[0] = crc_byte(keys[0], byte)
+        keys[1] = ((keys[1] + (keys[0] & 0xFF)) * 134775813 + 1) & 0xFFFFFFFF
+        keys[2] = crc_byte(keys[2], keys[1] >> 24)
+
+    for byte in password:
+        update(byte)
+    # The header's last byte is the check byte zipfile verifies the password with.
+    plain = bytes(11) + bytes([zlib.crc32(data) >> 24]) + data
+    out = bytearray()
+    for byte in plain:
+        temp = (keys[2] | 2) & 0xFFFF
+        out.append(byte ^ (((temp * (temp ^ 1)) >> 8) & 0xFF))
+        update(byte)
+    return bytes(out)
+
+
+def tall_png(height: int = 300_000, width: int = 1) -> bytes:
+    """A tiny-on-disk ``width x height`` PNG: red, with a green band across its centre.
+
+    Transposed (``width`` large) it is a wide strip with a green band down its centre.
+    """
+    image = Image.new("RGB", (width, height), (255, 0, 0))
+    if height >= width:
+        image.paste((0, 255, 0), (0, height // 2 - 20, width, height // 2 + 20))
+    else:
+        image.paste((0, 255, 0), (width // 2 - 20, 0, width // 2 + 20, height))
+    return png_bytes(image)

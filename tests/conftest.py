@@ -70,7 +70,7 @@ def make_client(data_dir: Path) -> Iterator[Callable[..., TestClient]]:
 
     def start(**overrides: object) -> TestClient:
         settings = Settings(
-            _env_file=None, data_dir=data_dir, **{"start_worker": False, **overrides}
+            _env_file=None, **{"data_dir": data_dir, "start_worker": False, **overrides}
         )
         client = TestClient(create_app(settings), raise_server_exceptions=False)
         client.__enter__()

@@ -37,8 +37,8 @@ def test_keys_guard_writes_but_not_reads(make_client: Callable[..., TestClient])
     assert deleted.status_code == 204
 
 
-def test_swagger_authorize_knows_the_header(client: TestClient) -> None:
-    spec = client.get("/openapi.json").json()
+def test_swagger_authorize_knows_the_header(make_client: Callable[..., TestClient]) -> None:
+    spec = make_client(api_keys="k1").get("/openapi.json").json()
     scheme = spec["components"]["securitySchemes"]["APIKeyHeader"]
     assert scheme == {
         "type": "apiKey",
@@ -48,3 +48,9 @@ def test_swagger_authorize_knows_the_header(client: TestClient) -> None:
     }
     assert spec["paths"]["/v1/datasets"]["post"]["security"] == [{"APIKeyHeader": []}]
     assert "security" not in spec["paths"]["/v1/datasets"]["get"]
+
+
+def test_an_open_service_documents_no_key(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "securitySchemes" not in spec.get("components", {})
+    assert all("security" not in op for ops in spec["paths"].values() for op in ops.values())

@@ -1,6 +1,7 @@
 """Dataset upload, validation, listing and deletion through HTTP, on SQLite and PostgreSQL."""
 
 import os
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.datasets.archive import REJECTION_KINDS
+from app.models import Dataset
 from tests.archives import (
+    chained_long_name_tar,
     clipart_images,
     fashion_mnist_images,
     huge_png,
@@ -20,6 +24,7 @@ from tests.archives import (
     tar_bytes,
     zip_bomb,
     zip_bytes,
+    zip_with_special_entries,
 )
 
 PROBLEM = "application/problem+json"
@@ -132,6 +137,15 @@ def test_hostile_archive_keeps_good_images_and_explains_the_rest(
     assert "corrupt" in reasons["tshirt/corrupt.png"]
     assert "not a decodable image" in reasons["tshirt/notes.txt"]
     assert "decompression-bomb" in reasons["trouser/huge.png"]
+    kinds = {r["path"]: r["kind"] for r in body["rejected"]}
+    assert kinds == {
+        "../evil.png": "unsafe_path",
+        "tshirt/corrupt.png": "corrupt_image",
+        "tshirt/notes.txt": "not_an_image",
+        "trouser/huge.png": "too_many_pixels",
+        "dress/link.png": "link",
+    }
+    assert body["rejected_total"] == 5
     # Nothing escaped the data dir; only the good images and the signature were written.
     sandbox = data_dir.parent
     assert sorted(p.name for p in sandbox.iterdir()) == ["data"]
@@ -244,8 +258,10 @@ def test_list_paginates_newest_first(service: TestClient) -> None:
     assert [d["id"] for d in second["items"]] == [ids[0]]
     assert second["next_page_token"] is None
 
-    bad = service.get("/v1/datasets", params={"page_token": "garbage!"})
-    assert bad.status_code == 400 and bad.headers["content-type"] == PROBLEM
+    forged = service.get("/v1/datasets", params={"page_token": "garbage"})
+    assert forged.status_code == 400 and forged.headers["content-type"] == PROBLEM
+    malformed = service.get("/v1/datasets", params={"page_token": "garbage!"})
+    assert malformed.status_code == 422  # outside the documented pattern
 
 
 def test_delete_removes_row_and_files(service: TestClient, data_dir: Path) -> None:
@@ -282,3 +298,150 @@ def test_restart_clears_interrupted_writes(
     assert not orphan.exists()
     assert list((data_dir / "tmp").iterdir()) == []
     assert [d["id"] for d in restarted.get("/v1/datasets").json()["items"]] == [kept]
+
+
+def stored_rejections(client: TestClient, dataset_id: str) -> list[dict]:
+    """The ``datasets.rejected`` column of a dataset, as stored."""
+    with client.app.state.service.sessions() as session:
+        return session.get(Dataset, dataset_id).rejected
+
+
+def test_rejected_files_are_listed_up_to_the_cap_and_counted_by_kind(
+    service: TestClient, data_dir: Path
+) -> None:
+    good = image_folder_entries(fashion_mnist_images(per_class=2))
+    notes = {f"dress/notes-{i}.txt": b"not an image" for i in range(130)}
+    hidden = {"dress/.DS_Store": b"\0\0\0\1Bud1", "__MACOSX/dress/._0000.png": b"\0\5\26\7"}
+    links = {f"tshirt/link-{i}.png": "/etc/passwd" for i in range(3)}
+
+    response = upload(service, zip_bytes({**good, **notes, **hidden}, symlinks=links))
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["num_images"] == 10
+    assert body["rejected_total"] == 135
+    assert body["rejected_counts"] == {"hidden": 2, "link": 3, "not_an_image": 130}
+    assert len(body["rejected"]) == 100  # P2L_MAX_REJECTED_LISTED
+    assert {r["kind"] for r in body["rejected"]} <= set(body["rejected_counts"])
+    assert set(body["rejected_counts"]) <= set(REJECTION_KINDS)
+    assert all(r["reason"] for r in body["rejected"])
+    assert stored_rejections(service, body["id"]) == body["rejected"]
+
+    # A refused upload's problem answer carries the same capped list and counts.
+    refused = upload(service, zip_bytes({**notes, "tshirt/a.txt": b"text"}))
+    assert refused.status_code == 422
+    problem = refused.json()
+    assert len(problem["rejected"]) == 100
+    assert problem["rejected_total"] == 131
+    assert problem["rejected_counts"] == {"not_an_image": 131}
+
+
+def test_every_rejection_kind_is_documented_in_the_api(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    described = schemas["RejectedFileOut"]["properties"]["kind"]["description"]
+    assert [kind for kind in REJECTION_KINDS if kind not in described] == []
+
+
+def test_names_over_the_byte_limit_are_rejected_per_file(service: TestClient) -> None:
+    good = image_folder_entries(fashion_mnist_images(per_class=2))
+    image = good["dress/0000.png"]
+    too_long = {
+        "c" * 300 + "/a.png": image,  # class folder above 255 bytes: ENAMETOOLONG on disk
+        "tshirt/" + "f" * 300 + ".png": image,
+        "é" * 101 + "/a.png": image,  # 101 characters, but 202 bytes
+    }
+    response = upload(service, zip_bytes({**good, **too_long}))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["num_images"] == 10 and body["num_classes"] == 5
+    assert {r["path"]: r["kind"] for r in body["rejected"]} == dict.fromkeys(
+        too_long, "name_too_long"
+    )
+    assert all("P2L_MAX_NAME_BYTES" in r["reason"] for r in body["rejected"])
+
+    # A path of thousands of bytes (a tar long name) is rejected and echoed shortened.
+    deep = "x/" * 3000 + "a.png"
+    response = upload(service, tar_bytes({**good, deep: image}), filename="deep.tar.gz")
+    assert response.status_code == 201, response.text
+    (rejected,) = response.json()["rejected"]
+    assert rejected["kind"] == "name_too_long"
+    assert len(rejected["path"]) <= 1024 and deep.startswith(rejected["path"].rstrip("…"))
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
+def test_tar_with_a_32_mib_name_is_refused_in_a_short_answer(
+    client: TestClient, data_dir: Path, tar_format: int
+) -> None:
+    good = image_folder_entries(fashion_mnist_images(per_class=2))
+    # Not an image either: it used to be rejected for that and echoed whole (33 MB).
+    huge_name = "dress/" + "n" * 32 * 1024**2 + ".txt"
+    archive = tar_bytes({**good, huge_name: b"some text"}, tar_format=tar_format)
+    assert len(archive) < 200_000
+
+    response = upload(client, archive, filename="names.tar.gz")
+
+    assert response.status_code == 422
+    assert len(response.content) < 2000
+    assert "tar header of 33,554,4" in response.json()["detail"]
+    assert_nothing_stored(client, data_dir)
+
+
+def test_encrypted_and_unsupported_zip_entries_are_rejected_per_file(service: TestClient) -> None:
+    good = image_folder_entries(fashion_mnist_images(per_class=2))
+    image = good["dress/0000.png"]
+    archive = zip_with_special_entries(
+        good,
+        encrypted={"dress/secret.png": image},
+        # Deflate64 is what Windows Explorer writes for large files; 77 is no method at all.
+        methods={"dress/deflate64.png": (9, image), "dress/odd.png": (77, image)},
+    )
+
+    response = upload(service, archive)
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["num_images"] == 10
+    rejected = {r["path"]: r for r in body["rejected"]}
+    assert rejected["dress/secret.png"]["kind"] == "encrypted"
+    assert rejected["dress/deflate64.png"]["kind"] == "unsupported_compression"
+    assert "Deflate64" in rejected["dress/deflate64.png"]["reason"]
+    assert rejected["dress/odd.png"]["kind"] == "unsupported_compression"
+
+
+def test_undecodable_tar_names_are_rejected_and_chained_headers_refused(
+    service: TestClient, data_dir: Path
+) -> None:
+    good = image_folder_entries(fashion_mnist_images(per_class=2))
+    latin1 = {"café/a.png": good["dress/0000.png"], "café/b.png": good["dress/0001.png"]}
+    archive = tar_bytes({**good, **latin1}, tar_format=tarfile.GNU_FORMAT, encoding="latin-1")
+
+    response = upload(service, archive, filename="old-tool.tar.gz")
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["num_classes"] == 5
+    assert {(r["path"], r["kind"]) for r in body["rejected"]} == {
+        ("caf\ufffd/a.png", "invalid_name"),
+        ("caf\ufffd/b.png", "invalid_name"),
+    }
+
+    # tarfile follows long-name headers recursively; thousands of them are a corrupt archive.
+    chained = upload(service, chained_long_name_tar(good), filename="chained.tar")
+    assert chained.status_code == 422
+    assert "chained" in chained.json()["detail"]
+
+
+def test_dataset_name_is_limited_in_utf8_bytes(service: TestClient, data_dir: Path) -> None:
+    archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
+
+    refused = upload(service, archive, name="é" * 150)  # 150 characters, 300 bytes
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == PROBLEM
+    assert "P2L_MAX_NAME_BYTES" in refused.json()["detail"]
+    assert_nothing_stored(service, data_dir)
+
+    fits = upload(service, archive, name="é" * 100)
+    assert fits.status_code == 201 and fits.json()["name"] == "é" * 100
+    # Without a name the file's name is used, cut to the limit.
+    from_file = upload(service, archive, filename="ü" * 300 + ".zip")
+    assert from_file.status_code == 201 and from_file.json()["name"] == "ü" * 100

@@ -1,5 +1,7 @@
 """Layer groups, layer-wise learning rates and the fine-tuning pipeline, as a library."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,27 @@ def test_torchvision_families_split_into_groups(architecture: str, first: str, c
     assert owned == sum(p.numel() for p in model.parameters())
     replace_head(model, 7)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 7)
+
+
+def test_readme_defaults_table_is_the_options_model() -> None:
+    """Every FinetuneOptions field is in the README's table, with the model's default."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Fine-tuning", 1)[1]
+    table = section[section.index("\n| field |") :].split("\n\n", 1)[0]
+    documented: dict[str, str] = {}
+    for line in table.strip().splitlines()[2:]:
+        names, defaults = (cell.strip() for cell in line.split("|")[1:3])
+        keys = [n.strip(" `") for n in names.split(",")]
+        values = [d.strip(" `") for d in defaults.split(",")]
+        documented.update(zip(keys, values, strict=True))
+    assert set(documented) == set(FinetuneOptions.model_fields)
+    for name, field in FinetuneOptions.model_fields.items():
+        text, default = documented[name], field.default
+        if default is None:
+            assert text == "—", name
+        elif isinstance(default, bool):
+            assert text == str(default).lower(), name
+        elif isinstance(default, int | float):
+            assert float(text) == default, name
+        else:
+            assert text == default, name

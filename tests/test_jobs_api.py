@@ -155,6 +155,15 @@ def test_best_source_fine_tunes_beats_scratch_and_predicts(
     assert nearest["distance"] == pytest.approx(0, abs=1e-6)
     assert service.post(f"/v1/models/{model_id}/register", json={}).status_code == 409
 
+    # Cleaning up in order: the model goes, the source registered from it keeps its weights.
+    assert service.delete(f"/v1/models/{model_id}").status_code == 204
+    assert service.get(f"/v1/models/{model_id}").status_code == 404
+    assert service.post(f"/v1/models/{model_id}/predict", files=files).status_code == 404
+    assert service.get(f"/v1/sources/{source['id']}/weights").status_code == 200
+    finished = service.get(f"/v1/jobs/{job['id']}").json()
+    assert finished["attempts"] == 1 and finished["worker_id"]
+    assert service.delete(f"/v1/jobs/{job['id']}").status_code == 204
+
 
 def test_progress_streams_as_server_sent_events(service: TestClient, target_id: str) -> None:
     job = start_job(
@@ -180,7 +189,7 @@ def test_cancel_stops_a_running_job(service: TestClient, target_id: str) -> None
     assert again.status_code == 409 and again.headers["content-type"] == PROBLEM
 
 
-def test_killed_worker_leaves_a_failed_job_and_no_model(
+def test_killed_worker_job_is_retried_once_then_failed_and_leaves_no_model(
     service: TestClient, target_id: str, data_dir: Path
 ) -> None:
     models_before = {m["id"] for m in service.get("/v1/models").json()["items"]}
@@ -190,8 +199,20 @@ def test_killed_worker_leaves_a_failed_job_and_no_model(
     assert worker_pid is not None and running["status"] == "running"
     os.kill(worker_pid, signal.SIGKILL)
 
+    # The supervisor re-queues the job (P2L_JOB_MAX_ATTEMPTS=2) and its new worker runs it.
+    deadline = time.monotonic() + 15
+    while "re-queued" not in (service.get(f"/v1/jobs/{job['id']}").json()["error"] or ""):
+        assert time.monotonic() < deadline, "the job was not re-queued"
+        time.sleep(0.1)
+    retried = wait_for_steps(service, job["id"])
+    assert retried["error"].startswith("re-queued after attempt 1 of 2: the worker process died")
+    second_pid = service.app.state.service.runner.pid
+    assert second_pid not in (None, worker_pid)
+    os.kill(second_pid, signal.SIGKILL)
+
     failed = wait(service, job["id"], ("failed", "succeeded", "cancelled"), timeout=15)
     assert failed["status"] == "failed" and "worker process died" in failed["error"]
+    assert failed["error"].endswith("(attempt 2 of 2)")
     restarted = start(data_dir)  # a second service over the same data: the job stays terminal
     try:
         assert restarted.get(f"/v1/jobs/{job['id']}").json()["status"] == "failed"
@@ -210,8 +231,9 @@ def test_killed_worker_leaves_a_failed_job_and_no_model(
 @pytest.mark.parametrize(
     ("body", "status", "detail"),
     [
-        ({"freeze_below": 5}, 422, "layer groups"),
-        ({"multipliers": [1.0, 0.5]}, 422, "multipliers"),
+        ({"schedule": "manual", "freeze_below": 5}, 422, "layer groups"),
+        ({"schedule": "manual", "multipliers": [1.0, 0.5]}, 422, "multipliers"),
+        ({"freeze_below": 1}, 422, "schedule 'auto' chooses freeze_below itself"),
         ({"source_id": "nope"}, 404, "no source"),
         ({"target_dataset_id": "nope"}, 404, "no dataset"),
         ({"decay": 2}, 422, "decay"),

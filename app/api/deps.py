@@ -3,18 +3,22 @@
 import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.problems import problem_responses
+from app.api.streams import SnapshotCache, StreamSlots
 from app.config import Settings
 from app.jobs.finetunes import ModelCache
 from app.jobs.runner import JobRunner
+from app.jobs.service import get_job
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import ScoringParams, SignatureIndex
+from app.schemas import JobOut
 from app.store import LocalArtifactStore
 
 
@@ -30,6 +34,17 @@ class ServiceState:
     index: SignatureIndex
     models: ModelCache = field(default_factory=ModelCache)
     runner: JobRunner | None = None
+    streams: StreamSlots = field(init=False)
+    job_snapshots: SnapshotCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = StreamSlots(self.settings.max_event_streams)
+        self.job_snapshots = SnapshotCache(self.job_snapshot)
+
+    def job_snapshot(self, job_id: str) -> dict[str, Any]:
+        """A job as its JSON body (what event streams send)."""
+        with self.sessions() as session:
+            return JobOut.model_validate(get_job(session, job_id)).model_dump(mode="json")
 
     def scoring_params(self, lam: float | None = None) -> ScoringParams:
         """The score constants in force (``lam`` overrides lambda for one request)."""
@@ -47,24 +62,40 @@ def get_state(request: Request) -> ServiceState:
 
 
 def get_session(state: Annotated[ServiceState, Depends(get_state)]) -> Iterator[Session]:
-    """One database session per request."""
+    """One database session per request: committed when the route returns, rolled back if
+    it raises, before the response is sent (so a failed commit is the client's error too)."""
     with state.sessions() as session:
-        yield session
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
-SessionDep = Annotated[Session, Depends(get_session)]
+PageToken = Annotated[
+    str | None,
+    Query(
+        max_length=512,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="next_page_token of the previous page, as given (anything else: 400).",
+    ),
+]
+# The list routes' responses: a page token the service did not issue is a 400.
+PAGE_PROBLEMS = problem_responses(_400="page_token is not one this service issued")
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key",
     auto_error=False,
-    description="Needed by state-changing routes when the service sets P2L_API_KEYS.",
+    description="Needed by every POST and DELETE, and by GETs that compute on demand, when the "
+    "service sets P2L_API_KEYS (by every /v1 route when P2L_OPEN_READS=false too).",
 )
+ApiKeyHeader = Annotated[str | None, Security(_api_key_header)]
 
 
-def require_api_key(
-    state: StateDep, api_key: Annotated[str | None, Security(_api_key_header)]
-) -> None:
+def require_api_key(state: StateDep, api_key: ApiKeyHeader) -> None:
     """Reject the request unless auth is off or X-API-Key matches a configured key."""
     keys = state.settings.api_keys
     if not keys:
@@ -82,4 +113,13 @@ def require_api_key(
         )
 
 
+def require_read_key(state: StateDep, api_key: ApiKeyHeader) -> None:
+    """Plain reads need a key only when keys are set and P2L_OPEN_READS is false."""
+    if not state.settings.open_reads:
+        require_api_key(state, api_key)
+
+
+# POST and DELETE routes, and GETs that run a model or render on demand.
 WriteAccess = Depends(require_api_key)
+# Every /v1 router: lists, records, weights and signatures.
+ReadAccess = Depends(require_read_key)

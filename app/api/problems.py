@@ -1,5 +1,6 @@
 """RFC 9457 problem+json responses, and the handlers that turn every error into one."""
 
+import errno
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -8,7 +9,9 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ServiceError
@@ -57,19 +60,63 @@ def add_problem_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         response = problem(exc.status_code, str(exc.detail), request.url.path)
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
         return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        errors = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()[:20]
+        ]
         summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return problem(422, f"invalid request: {summary}", request.url.path, errors=errors)
+        return problem(422, f"invalid request: {summary}"[:2000], request.url.path, errors=errors)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _storage_full(request, exc)
+        if exc.errno == errno.ENAMETOOLONG:
+            return problem(422, "a name in the request is too long to store", request.url.path)
+        return await unexpected_error(request, exc)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if "disk is full" in str(exc.orig) or "No space left" in str(exc.orig):
+            return _storage_full(request, exc)
+        if isinstance(exc, DataError):  # a value the database cannot hold (PostgreSQL)
+            return problem(422, "a value in the request cannot be stored", request.url.path)
+        return await unexpected_error(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         detail = f"internal error ({type(exc).__name__}); see the server log"
-        return problem(500, detail, request.url.path)
+        response = problem(500, detail, request.url.path)
+        # The server may be in a bad state for this connection: make the client reconnect.
+        response.headers["Connection"] = "close"
+        return response
+
+
+def _storage_full(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("storage full on %s %s: %s", request.method, request.url.path, exc)
+    response = problem(
+        507,
+        "the server's storage is full; nothing of this request was kept. Free space or "
+        "delete datasets, models or sources, then retry",
+        request.url.path,
+    )
+    response.headers["Retry-After"] = "60"
+    return response
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the API documents at this path (Starlette names only one route's)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        if compile_path(template)[0].match(path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
 
 
 class BodySizeLimit:

@@ -5,6 +5,7 @@ decoded as an image, and only then written under a destination path the service 
 itself. Links, devices, absolute paths and ``..`` never reach the file system.
 """
 
+import lzma
 import os
 import stat
 import tarfile
@@ -12,10 +13,59 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from app.datasets.images import ImageRejected, open_rgb
+
+# What each rejection ``kind`` means (the API documents these; the reason says the details).
+REJECTION_KINDS: dict[str, str] = {
+    "unsafe_path": "absolute path, '..', NUL byte or empty name",
+    "invalid_name": "name is not valid UTF-8",
+    "name_too_long": "a folder or file name above P2L_MAX_NAME_BYTES bytes",
+    "link": "symbolic or hard link (never followed)",
+    "special_file": "device, FIFO or other entry that is not a regular file",
+    "hidden": "hidden or OS metadata file (.DS_Store, __MACOSX, Thumbs.db...)",
+    "wrong_layout": "not laid out as <class>/<image>",
+    "duplicate": "the same path twice in the archive",
+    "too_large": "file above P2L_MAX_IMAGE_BYTES",
+    "encrypted": "encrypted zip entry (the service takes no passwords)",
+    "unsupported_compression": "zip compression method the service cannot read",
+    "unreadable": "archive member that cannot be read (bad CRC, truncated, wrong size)",
+    "not_an_image": "not an image in a supported format",
+    "too_many_pixels": "image above P2L_MAX_IMAGE_PIXELS (decompression-bomb guard)",
+    "corrupt_image": "corrupt or truncated image",
+}
+
+# tarfile reads a GNU long name or a pax record whole into memory before anyone sees it; one
+# this large is not a name but an attack, so the archive is refused before it is read.
+MAX_EXTENDED_HEADER_BYTES = 64 * 1024
+# A member path longer than this is rejected at once and only a shortened echo is kept: a
+# usable path is [top/]<class>/<image>, names of at most 255 bytes each.
+MAX_MEMBER_NAME_BYTES = 4096
+# Listed paths and reasons are shortened to these many characters.
+MAX_LISTED_PATH_CHARS = 1024
+MAX_LISTED_REASON_CHARS = 512
+
+# Zip compression methods zipfile reads (bzip2 and lzma need their stdlib modules, always
+# present in the service's image), and names for some it does not.
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_ZIP_METHOD_NAMES = {9: "Deflate64", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "AES"}
+_ZIP_ENCRYPTED = 0x1 | 0x40  # traditional and strong encryption flag bits
+_ZIP_PATCHED = 0x20  # compressed patched data
+
+# Errors a damaged member can raise while it is read.
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    EOFError,
+    RuntimeError,  # zipfile: encrypted or compression module missing (both checked first)
+    NotImplementedError,  # zipfile: unsupported method (checked first)
+)
 
 
 class ArchiveError(ValueError):
@@ -31,23 +81,64 @@ class ArchiveLimits:
     max_compression_ratio: float
     max_image_bytes: int
     max_image_pixels: int
+    max_name_bytes: int = 200
+    max_rejected_listed: int = 100
 
 
 @dataclass(frozen=True)
 class RejectedFile:
-    """One archive member that was not kept, and why."""
+    """One archive member that was not kept: its (shortened) path, kind and reason."""
 
     path: str
+    kind: str
     reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The JSON form stored and answered."""
+        return {"path": self.path, "kind": self.kind, "reason": self.reason}
+
+
+@dataclass
+class Rejections:
+    """Rejected members: the first ``limit`` listed with their reasons, all counted by kind."""
+
+    limit: int = 100
+    listed: list[RejectedFile] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Every rejected member, listed or not."""
+        return sum(self.counts.values())
+
+    def add(self, path: str, kind: str, reason: str) -> None:
+        """Count a rejected member, and list it while fewer than ``limit`` are listed."""
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.listed) < self.limit:
+            self.listed.append(
+                RejectedFile(
+                    _printable(path, MAX_LISTED_PATH_CHARS),
+                    kind,
+                    _printable(reason, MAX_LISTED_REASON_CHARS),
+                )
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """``rejected`` (the listed ones), ``rejected_counts`` by kind and ``rejected_total``."""
+        return {
+            "rejected": [r.as_dict() for r in self.listed],
+            "rejected_counts": dict(sorted(self.counts.items())),
+            "rejected_total": self.total,
+        }
 
 
 @dataclass
 class ImageFolder:
-    """What an archive held: accepted image files per class, and every rejected member."""
+    """What an archive held: accepted image files per class, and the rejected members."""
 
     root: Path
     files_by_class: dict[str, list[Path]] = field(default_factory=dict)
-    rejected: list[RejectedFile] = field(default_factory=list)
+    rejected: Rejections = field(default_factory=Rejections)
 
     @property
     def class_counts(self) -> dict[str, int]:
@@ -58,9 +149,11 @@ class ImageFolder:
 @dataclass
 class _Member:
     name: str
-    kind: str  # "file", "dir", "link" or "special"
+    kind: str  # "file", "dir", "link" or "special_file"
     size: int
     open: Callable[[], IO[bytes]]
+    problem: tuple[str, str] | None = None  # (kind, reason) known from the headers alone
+    header_bytes: int = 0  # extended headers (tar long names, pax records) read for it
 
 
 _METADATA_PARTS = ("__MACOSX", "Thumbs.db", "desktop.ini")
@@ -70,24 +163,30 @@ def extract_image_folder(archive: IO[bytes], dest: Path, limits: ArchiveLimits) 
     """Validate an archive of class folders and write its good images under ``dest/<class>/``.
 
     Raises ArchiveError when the archive is not a zip/tar, or breaks a size limit; members
-    that are merely bad (unsafe path, link, not an image, corrupt, too large) are listed in
-    ``rejected`` and skipped.
+    that are merely bad (unsafe or over-long name, link, encrypted, not an image, corrupt,
+    too large) are counted in ``rejected`` (the first ``max_rejected_listed`` with reasons)
+    and skipped.
     """
     archive_size = _stream_size(archive)
     members = _read_members(archive, archive_size, limits)
-    result = ImageFolder(root=dest)
+    result = ImageFolder(root=dest, rejected=Rejections(limits.max_rejected_listed))
+    reject = result.rejected.add
 
     candidates: list[tuple[_Member, tuple[str, ...]]] = []
     for member in members:
         if member.kind == "dir":
             continue
-        parts, problem = _safe_parts(member.name)
+        parts: tuple[str, ...] = ()
+        problem = member.problem
+        if problem is None:
+            parts, problem = _safe_parts(member.name, limits.max_name_bytes)
         if problem is None and member.kind != "file":
-            problem = f"{member.kind} entries are not extracted (only regular files)"
+            what = "link" if member.kind == "link" else "device, FIFO or other special"
+            problem = (member.kind, f"{what} entries are not extracted (only regular files)")
         if problem is None and any(p.startswith(".") or p in _METADATA_PARTS for p in parts):
-            problem = "hidden or OS metadata file"
+            problem = ("hidden", "hidden or OS metadata file")
         if problem:
-            result.rejected.append(RejectedFile(member.name, problem))
+            reject(member.name, *problem)
         else:
             candidates.append((member, parts))
 
@@ -97,30 +196,27 @@ def extract_image_folder(archive: IO[bytes], dest: Path, limits: ArchiveLimits) 
     for member, parts in candidates:
         if len(parts) != 2:
             where = "at the top level" if len(parts) < 2 else "nested below a class folder"
-            result.rejected.append(
-                RejectedFile(member.name, f"file {where}; expected <class>/<image>")
-            )
+            reject(member.name, "wrong_layout", f"file {where}; expected <class>/<image>")
             continue
         if parts in seen:
-            result.rejected.append(RejectedFile(member.name, "duplicate entry in the archive"))
+            reject(member.name, "duplicate", "duplicate entry in the archive")
             continue
         seen.add(parts)
         if member.size > limits.max_image_bytes:
-            result.rejected.append(
-                RejectedFile(
-                    member.name,
-                    f"file is {member.size:,} bytes, above the per-image limit of "
-                    f"{limits.max_image_bytes:,}",
-                )
+            reject(
+                member.name,
+                "too_large",
+                f"file is {member.size:,} bytes, above the per-image limit of "
+                f"{limits.max_image_bytes:,}",
             )
             continue
         try:
             data = _read_capped(member, limits.max_image_bytes)
-        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, OSError, EOFError) as exc:
-            result.rejected.append(RejectedFile(member.name, f"unreadable archive member: {exc}"))
+        except _READ_ERRORS as exc:
+            reject(member.name, "unreadable", f"unreadable archive member: {exc}")
             continue
         if data is None:
-            result.rejected.append(RejectedFile(member.name, "file larger than its header says"))
+            reject(member.name, "unreadable", "file larger than its header says")
             continue
         total_read += len(data)
         if total_read > limits.max_uncompressed_bytes:
@@ -128,7 +224,7 @@ def extract_image_folder(archive: IO[bytes], dest: Path, limits: ArchiveLimits) 
         try:
             open_rgb(data, limits.max_image_pixels)
         except ImageRejected as exc:
-            result.rejected.append(RejectedFile(member.name, str(exc)))
+            reject(member.name, exc.kind, str(exc))
             continue
         class_name, file_name = parts
         class_dir = dest / class_name
@@ -147,27 +243,33 @@ def _stream_size(stream: IO[bytes]) -> int:
 
 
 def _read_members(archive: IO[bytes], archive_size: int, limits: ArchiveLimits) -> list[_Member]:
-    if zipfile.is_zipfile(archive):
-        archive.seek(0)
-        iterator = _zip_members(archive)
-    else:
-        archive.seek(0)
-        try:
-            tar = tarfile.open(fileobj=archive, mode="r:*")  # noqa: SIM115 (members open lazily)
-        except (tarfile.TarError, OSError, EOFError):
-            raise ArchiveError(
-                "not a readable archive: upload a .zip, .tar, .tar.gz, .tar.bz2 or .tar.xz"
-            ) from None
-        iterator = _tar_members(tar)
-
     members: list[_Member] = []
     declared = 0
     try:
+        if zipfile.is_zipfile(archive):
+            archive.seek(0)
+            iterator = _zip_members(archive)
+        else:
+            archive.seek(0)
+            try:
+                tar = tarfile.open(  # noqa: SIM115 (members open lazily)
+                    fileobj=archive,
+                    mode="r:*",
+                    tarinfo=_BoundedTarInfo,
+                    encoding="utf-8",
+                    errors="surrogateescape",  # undecodable names are rejected, not fatal
+                )
+            except (tarfile.TarError, OSError, EOFError):
+                raise ArchiveError(
+                    "not a readable archive: upload a .zip, .tar, .tar.gz, .tar.bz2 or .tar.xz"
+                ) from None
+            iterator = _tar_members(tar)
         for member in iterator:
             members.append(member)
             if len(members) > limits.max_members:
                 raise ArchiveError(f"archive has more than {limits.max_members:,} members")
-            declared += member.size
+            # Headers count too: a flood of long names must not expand unchecked.
+            declared += member.size + member.header_bytes
             if declared > limits.max_uncompressed_bytes:
                 raise ArchiveError(
                     f"archive expands to more than {limits.max_uncompressed_bytes:,} bytes"
@@ -177,8 +279,11 @@ def _read_members(archive: IO[bytes], archive_size: int, limits: ArchiveLimits) 
                     f"archive expands more than {limits.max_compression_ratio:g} times its size "
                     f"({archive_size:,} bytes -> over {declared:,}): refused as a compression bomb"
                 )
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, OSError, EOFError) as exc:
         raise ArchiveError(f"archive is corrupt: {exc}") from None
+    except RecursionError:
+        # tarfile follows chained long-name/pax headers recursively.
+        raise ArchiveError("archive is corrupt: too many chained tar headers") from None
     return members
 
 
@@ -194,14 +299,54 @@ def _zip_members(archive: IO[bytes]) -> Iterator[_Member]:
         elif stat.S_ISLNK(mode):
             kind = "link"
         elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # type bits are optional
-            kind = "special"
+            kind = "special_file"
         else:
             kind = "file"
-        yield _Member(info.filename, kind, info.file_size, lambda info=info: zf.open(info))
+        name, problem = _checked_name(info.filename)
+        problem = problem or _zip_problem(info)
+        yield _Member(name, kind, info.file_size, partial(zf.open, info), problem)
+
+
+def _zip_problem(info: zipfile.ZipInfo) -> tuple[str, str] | None:
+    """Why zipfile could not read this entry, known from its header (else None)."""
+    if info.flag_bits & _ZIP_ENCRYPTED:
+        return "encrypted", "encrypted entry; upload it unencrypted (no passwords are taken)"
+    if info.flag_bits & _ZIP_PATCHED:
+        return "unsupported_compression", "compressed patched data is not supported"
+    if info.compress_type not in _ZIP_METHODS:
+        method = _ZIP_METHOD_NAMES.get(info.compress_type, "unknown")
+        return (
+            "unsupported_compression",
+            f"compression method {info.compress_type} ({method}) is not supported; use "
+            "deflate, bzip2, lzma or store",
+        )
+    return None
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses oversized extended headers before tarfile reads them whole."""
+
+    def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_extended_header(self)
+        return super()._proc_gnulong(tar)  # type: ignore[misc]
+
+    def _proc_pax(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_extended_header(self)
+        return super()._proc_pax(tar)  # type: ignore[misc]
+
+
+def _check_extended_header(info: tarfile.TarInfo) -> None:
+    if info.size > MAX_EXTENDED_HEADER_BYTES:
+        raise ArchiveError(
+            f"a tar header of {info.size:,} bytes (long name or pax record) is above the "
+            f"limit of {MAX_EXTENDED_HEADER_BYTES:,} bytes"
+        )
 
 
 def _tar_members(tar: tarfile.TarFile) -> Iterator[_Member]:
     while (info := tar.next()) is not None:
+        # tarfile keeps every member it has read; only ours (regular files) need to live on.
+        tar.members.clear()  # type: ignore[attr-defined]
         if info.isdir():
             kind = "dir"
         elif info.issym() or info.islnk():
@@ -209,24 +354,57 @@ def _tar_members(tar: tarfile.TarFile) -> Iterator[_Member]:
         elif info.isreg():
             kind = "file"
         else:
-            kind = "special"
-        opener: Callable[[], IO[bytes]] = lambda info=info: tar.extractfile(info)  # noqa: E731
-        yield _Member(info.name, kind, info.size, opener)
+            kind = "special_file"
+        name, problem = _checked_name(info.name)
+        # Long names live in the header blocks between the member's offset and its data.
+        header_bytes = info.offset_data - info.offset - tarfile.BLOCKSIZE
+        info.name, info.pax_headers = name, {}  # drop what an over-long name held
+        yield _Member(name, kind, info.size, _tar_opener(tar, info), problem, header_bytes)
 
 
-def _safe_parts(name: str) -> tuple[tuple[str, ...], str | None]:
-    """Split a member name into path parts, or say why the name is unsafe."""
+def _tar_opener(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
+    def open_member() -> IO[bytes]:
+        stream = tar.extractfile(info)
+        if stream is None:  # only for non-regular members, which are never opened
+            raise tarfile.TarError(f"{info.name!r} is not a regular file")
+        return stream
+
+    return open_member
+
+
+def _checked_name(name: str) -> tuple[str, tuple[str, str] | None]:
+    """The member name, or a shortened echo and the (kind, reason) if it is unusable."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # tar names that are not UTF-8 arrive surrogate-escaped
+        return _printable(name, MAX_LISTED_PATH_CHARS), ("invalid_name", "name is not UTF-8")
+    if size > MAX_MEMBER_NAME_BYTES:
+        reason = f"path is {size:,} bytes long; names are limited to a few hundred bytes"
+        return _printable(name, MAX_LISTED_PATH_CHARS), ("name_too_long", reason)
+    return name, None
+
+
+def _safe_parts(name: str, max_name_bytes: int) -> tuple[tuple[str, ...], tuple[str, str] | None]:
+    """Split a member name into path parts, or say (kind, reason) why the name is unusable."""
     normalised = name.replace("\\", "/")
     if "\x00" in normalised:
-        return (), "unsafe path: contains a NUL byte"
+        return (), ("unsafe_path", "unsafe path: contains a NUL byte")
     path = PurePosixPath(normalised)
     if path.is_absolute() or (path.parts and ":" in path.parts[0]):
-        return (), "unsafe path: absolute paths are not extracted"
+        return (), ("unsafe_path", "unsafe path: absolute paths are not extracted")
     parts = tuple(p for p in path.parts if p not in ("", "."))
     if ".." in parts:
-        return (), "unsafe path: contains '..' (path traversal)"
+        return (), ("unsafe_path", "unsafe path: contains '..' (path traversal)")
     if not parts:
-        return (), "empty member name"
+        return (), ("unsafe_path", "empty member name")
+    for part in parts:
+        # Class folders and files become directory entries on disk (ENAMETOOLONG at 255).
+        if (size := len(part.encode("utf-8"))) > max_name_bytes:
+            return (), (
+                "name_too_long",
+                f"a folder or file name is {size:,} bytes, above the limit of "
+                f"{max_name_bytes:,} (P2L_MAX_NAME_BYTES)",
+            )
     return parts, None
 
 
@@ -247,3 +425,14 @@ def _read_capped(member: _Member, cap: int) -> bytes | None:
     with member.open() as stream:
         data = stream.read(min(member.size, cap) + 1)
     return None if len(data) > member.size else data
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` safe for JSON and PostgreSQL (no lone surrogate, no NUL), at most ``limit`` long."""
+    try:  # a name tarfile could not decode holds its bytes as surrogate escapes
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # any other lone surrogate
+        raw = text.encode("utf-8", "surrogatepass")
+    clean = raw.decode("utf-8", "replace")
+    clean = clean.replace("\x00", "\ufffd")
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"

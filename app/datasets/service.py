@@ -2,7 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO
 
 from sqlalchemy import select
@@ -16,10 +16,13 @@ from app.p2l.reference import ReferenceNetwork
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
 from app.store import LocalArtifactStore
+from app.unit_of_work import unit_of_work
 
 SIGNATURE_FILE = "signature.safetensors"
 IMAGES_DIR = "images"
 MIN_CLASSES = 2
+# datasets.name is a VARCHAR of this many characters (PostgreSQL enforces it).
+NAME_COLUMN_CHARS = 200
 
 
 @dataclass
@@ -38,7 +41,28 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
         max_compression_ratio=settings.max_compression_ratio,
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
+        max_name_bytes=settings.max_name_bytes,
+        max_rejected_listed=settings.max_rejected_listed,
     )
+
+
+def check_dataset_name(name: str, settings: Settings) -> None:
+    """InvalidInput unless ``name`` fits P2L_MAX_NAME_BYTES (UTF-8) and the name column."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > settings.max_name_bytes or len(name) > NAME_COLUMN_CHARS:
+        raise InvalidInput(
+            f"dataset name is {size:,} UTF-8 bytes and {len(name):,} characters; the limits "
+            f"are {settings.max_name_bytes:,} bytes (P2L_MAX_NAME_BYTES) and "
+            f"{NAME_COLUMN_CHARS} characters"
+        )
+
+
+def default_dataset_name(filename: str | None, settings: Settings) -> str:
+    """A name from the uploaded file's name (``garments.zip`` -> ``garments``), cut to fit."""
+    stem = PurePath(filename or "dataset").name.split(".")[0] or "dataset"
+    data = stem[:NAME_COLUMN_CHARS].encode("utf-8", "surrogatepass")[: settings.max_name_bytes]
+    # A cut inside a multi-byte character (or a stray surrogate) drops that character.
+    return data.decode("utf-8", "ignore") or "dataset"
 
 
 def ingest_dataset(
@@ -49,13 +73,10 @@ def ingest_dataset(
     archive: IO[bytes],
     name: str,
 ) -> IngestResult:
-    """Validate an archive, compute its signature and store both; all or nothing.
-
-    Files are built in a staging dir and published with one rename; the row is committed
-    after that, and the files are removed again if the commit fails.
-    """
-    staging = store.new_staging_dir()
-    try:
+    """Validate an archive, compute its signature and store both; all or nothing."""
+    check_dataset_name(name, settings)
+    with unit_of_work(session, store) as work:
+        staging = work.stage()
         folder = _extract(archive, staging, settings)
         signature = compute_signature(
             reference,
@@ -66,53 +87,50 @@ def ingest_dataset(
         (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
         dataset_id = uuid.uuid4().hex
         key = f"datasets/{dataset_id}"
-        store.publish(staging, key)
-    except BaseException:
-        store.discard(staging)
-        raise
-
-    dataset = Dataset(
-        id=dataset_id,
-        name=name,
-        num_images=signature.n,
-        class_counts=folder.class_counts,
-        rejected=[{"path": r.path, "reason": r.reason} for r in folder.rejected],
-        feature_dim=signature.feature_dim,
-        reference_sha256=signature.reference_sha256,
-        artifact_key=key,
-    )
-    try:
+        work.publish(staging, key)
+        dataset = Dataset(
+            id=dataset_id,
+            name=name,
+            num_images=signature.n,
+            class_counts=folder.class_counts,
+            # Only the listed rejections are kept (P2L_MAX_REJECTED_LISTED), each shortened.
+            rejected=[r.as_dict() for r in folder.rejected.listed],
+            feature_dim=signature.feature_dim,
+            reference_sha256=signature.reference_sha256,
+            artifact_key=key,
+        )
         session.add(dataset)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        store.delete(key)
-        raise
     folder.root = store.path(key) / IMAGES_DIR
     return IngestResult(dataset, folder)
 
 
-def _extract(archive: IO[bytes], staging, settings: Settings) -> ImageFolder:
+def _extract(archive: IO[bytes], staging: Path, settings: Settings) -> ImageFolder:
     try:
         folder = extract_image_folder(archive, staging / IMAGES_DIR, archive_limits(settings))
     except ArchiveError as exc:
         raise InvalidInput(str(exc)) from None
-    rejected = [{"path": r.path, "reason": r.reason} for r in folder.rejected]
+    rejected = folder.rejected.summary()  # problem extensions: rejected, counts, total
     usable = {c: n for c, n in folder.class_counts.items() if n >= settings.min_images_per_class}
     if len(usable) < MIN_CLASSES:
-        found = ", ".join(f"{c} ({n})" for c, n in folder.class_counts.items()) or "none"
+        found = _class_list(folder.class_counts) or "none"
         raise InvalidInput(
             f"archive needs at least {MIN_CLASSES} class folders with usable images, laid out "
             f"as <class>/<image> (optionally inside one top folder); found: {found}",
-            rejected=rejected,
+            **rejected,
         )
     if len(usable) < len(folder.class_counts):
         raise InvalidInput(
             f"every class needs at least {settings.min_images_per_class} usable images; "
-            f"counts: {folder.class_counts}",
-            rejected=rejected,
+            f"counts: {_class_list(folder.class_counts)}",
+            **rejected,
         )
     return folder
+
+
+def _class_list(counts: dict[str, int], shown: int = 20) -> str:
+    """``cats (3), dogs (0)``, the first ``shown`` classes, so a detail stays short."""
+    text = ", ".join(f"{c} ({n})" for c, n in list(counts.items())[:shown])
+    return text + (f" and {len(counts) - shown:,} more" if len(counts) > shown else "")
 
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:

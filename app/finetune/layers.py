@@ -1,11 +1,16 @@
 """Layer groups (input -> head) and layer-wise learning rates for fine-tuning."""
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 from torchvision.models import EfficientNet, MobileNetV2, MobileNetV3, ResNet
 
 from app.architectures import CompactCNN, head_attribute
+
+# One optimiser parameter group: "params" plus per-group settings ("lr", "weight_decay"...),
+# the mapping torch.optim takes.
+ParamGroup = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class LayerwiseLR:
             for k, factor in enumerate(factors)
         ]
 
-    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[ParamGroup]:
         """Optimiser param groups; freezes groups with zero rate (and their BatchNorm stats).
 
         Biases and normalisation parameters (1-D tensors) get no weight decay.
@@ -82,7 +87,7 @@ class LayerwiseLR:
         groups = layer_groups(model)
         if not 0 <= self.freeze_below < len(groups):
             raise ValueError(f"freeze_below must be in [0, {len(groups) - 1}]")
-        param_groups = []
+        param_groups: list[ParamGroup] = []
         for group, lr in zip(groups, self.group_lrs(len(groups)), strict=True):
             params = list(group.module.parameters())
             if lr == 0.0:
@@ -104,7 +109,7 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def describe_groups(model: nn.Module, schedule: LayerwiseLR) -> list[dict]:
+def describe_groups(model: nn.Module, schedule: LayerwiseLR) -> list[dict[str, object]]:
     """Name, size and learning rate of each group (for job results)."""
     groups = layer_groups(model)
     return [

@@ -14,29 +14,15 @@ from torch import nn
 
 from app.architectures import build_model
 from app.finetune.layers import LayerwiseLR, describe_groups, layer_groups, replace_head
-from app.finetune.train import EpochResult, ImageTensors, TrainConfig, evaluate, train_classifier
-
-
-@dataclass
-class FinetuneOptions:
-    """How to fine-tune (the job request's training settings)."""
-
-    schedule: Literal["auto", "manual"] = "auto"
-    base_lr: float = 0.05
-    decay: float = 0.5
-    multipliers: list[float] | None = None
-    freeze_below: int = 0
-    epochs: int = 40
-    batch_size: int = 32
-    weight_decay: float = 5e-4
-    val_fraction: float = 0.2  # chooses the schedule, the stopping epoch and the checkpoint
-    test_fraction: float = 0.2  # held out from all of that: the reported accuracy
-    patience: int | None = 10
-    hflip: bool = False
-    seed: int = 0
-    baseline: bool = False
-    auto_epochs: int = 10
-
+from app.finetune.options import FinetuneOptions, held_out_count
+from app.finetune.train import (
+    EpochResult,
+    ImageTensors,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    train_classifier,
+)
 
 # What ``schedule: auto`` tries, from "train everything alike" to "frozen feature extractor".
 AUTO_CANDIDATES: tuple[dict[str, Any], ...] = (
@@ -82,14 +68,11 @@ def stratified_split(
     """(train, val) indices with ``val_fraction`` of every class (at least 1, unless the
     fraction is 0 or the class has a single image) in val."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train: list[np.intp] = []
+    val: list[np.intp] = []
     for label in np.unique(labels):
         index = rng.permutation(np.flatnonzero(labels == label))
-        count = (
-            0
-            if val_fraction <= 0
-            else min(len(index) - 1, max(1, round(len(index) * val_fraction)))
-        )
+        count = held_out_count(len(index), val_fraction)
         val.extend(index[:count])
         train.extend(index[count:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
@@ -150,7 +133,7 @@ def finetune(
 
     def run(
         overrides: dict[str, Any], epochs: int, phase: str, patience: int | None
-    ) -> tuple[nn.Module, Any, LayerwiseLR]:
+    ) -> tuple[nn.Module, TrainResult, LayerwiseLR]:
         model = fresh_model()
         schedule = schedule_for(options, overrides, num_groups)
         config = _config(options, epochs, patience)
@@ -170,7 +153,7 @@ def finetune(
     auto_search = None
     overrides: dict[str, Any] = {}
     if options.schedule == "auto":
-        trials = []
+        trials: list[dict[str, Any]] = []
         for candidate in AUTO_CANDIDATES:
             _, trial, _ = run(candidate, options.auto_epochs, f"auto {candidate}", None)
             trials.append({"candidate": candidate, "val_accuracy": trial.best_val_accuracy})
@@ -287,7 +270,9 @@ def _config(options: FinetuneOptions, epochs: int, patience: int | None) -> Trai
     )
 
 
-def _epoch_reporter(progress: Progress | None, phase: str, epochs: int):
+def _epoch_reporter(
+    progress: Progress | None, phase: str, epochs: int
+) -> Callable[[EpochResult], None] | None:
     if progress is None:
         return None
 
@@ -297,7 +282,7 @@ def _epoch_reporter(progress: Progress | None, phase: str, epochs: int):
     return report
 
 
-def _step_reporter(progress: Progress | None, phase: str):
+def _step_reporter(progress: Progress | None, phase: str) -> Callable[[int, int, int], None] | None:
     if progress is None:
         return None
 

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from app.finetune.layers import ParamGroup
+
 
 @dataclass
 class TrainConfig:
@@ -102,7 +104,7 @@ def train_classifier(
     train: ImageTensors,
     config: TrainConfig,
     val: ImageTensors | None = None,
-    param_groups: list[dict] | None = None,
+    param_groups: list[ParamGroup] | None = None,
     device: torch.device | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_step: Callable[[int, int, int], None] | None = None,
@@ -152,7 +154,8 @@ def train_classifier(
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # torch leaves Tensor.backward unannotated (torch.autograd.backward is typed).
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()

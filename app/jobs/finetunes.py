@@ -2,11 +2,11 @@
 
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, load_model
@@ -14,9 +14,9 @@ from app.datasets.images import ImageRejected, open_rgb, square_pixels
 from app.datasets.service import get_dataset
 from app.errors import Conflict, InvalidInput
 from app.finetune.layers import layer_groups
-from app.finetune.pipeline import FinetuneOptions
+from app.finetune.options import FinetuneOptions, check_class_sizes
 from app.finetune.train import ImageTensors
-from app.jobs.service import submit_job
+from app.jobs.service import QUEUED, RUNNING, submit_job
 from app.models import FinetunedModel, Job, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
@@ -35,24 +35,30 @@ def submit_finetune(
     reference: ReferenceNetwork,
     scoring: ScoringParams,
     measure: Measure,
-    request: dict[str, Any],
+    target_dataset_id: str,
+    source_id: str,
+    options: FinetuneOptions,
 ) -> Job:
-    """Check the request, resolve ``source_id: "best"`` by P2L, and queue the job."""
-    dataset = get_dataset(session, request["target_dataset_id"])
+    """Check the request, resolve ``source_id: "best"`` by P2L, and queue the job.
+
+    The ranking made for "best" and the job are committed together: a refused request
+    leaves neither behind.
+    """
+    dataset = get_dataset(session, target_dataset_id)
+    try:
+        check_class_sizes(dataset.class_counts, options)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
     chosen_by, ranking_id = "given", None
-    source_id = request["source_id"]
     if source_id == "best":
         ranking, _ = rank_sources(
             session, store, index, reference, scoring,
-            target_dataset_id=dataset.id, method="p2l", measure=measure, top_k=1,
+            target_dataset_id=dataset.id, method="p2l", measure=measure, top_k=1, commit=False,
         )  # fmt: skip
         if not ranking.results:
             raise InvalidInput("the zoo holds no rankable source to pick the best from")
         source_id, chosen_by, ranking_id = ranking.results[0]["source_id"], "p2l", ranking.id
     source = get_source(session, source_id)
-    options = FinetuneOptions(
-        **{f.name: request[f.name] for f in fields(FinetuneOptions) if f.name in request}
-    )
     groups = [g.name for g in layer_groups(build_model(source.architecture, source.num_classes))]
     if options.freeze_below >= len(groups):
         raise InvalidInput(
@@ -74,7 +80,7 @@ def submit_finetune(
             "chosen_by": chosen_by,
             "ranking_id": ranking_id,
             "layer_groups": groups,
-            "options": asdict(options),
+            "options": options.model_dump(),
         },
     )
 
@@ -89,6 +95,38 @@ def list_models(
 ) -> tuple[list[FinetunedModel], str | None]:
     """Newest first, one page at a time."""
     return paginate(session, FinetunedModel, page_size, page_token)
+
+
+def delete_model(
+    session: Session, store: LocalArtifactStore, cache: "ModelCache", model_id: str
+) -> None:
+    """Remove a model's row, then its files (a source registered from it keeps its own copy)."""
+    row = get_model(session, model_id)
+    key = row.artifact_key
+    session.delete(row)
+    session.commit()
+    cache.forget(model_id)
+    store.delete(key)
+
+
+def ensure_no_active_job_uses(
+    session: Session, *, dataset_id: str | None = None, source_id: str | None = None
+) -> None:
+    """Conflict naming the queued or running jobs that need this dataset or source."""
+    active = session.scalars(select(Job).where(Job.status.in_((QUEUED, RUNNING))))
+    users = [
+        job.id
+        for job in active
+        if (dataset_id is not None and job.params.get("target_dataset_id") == dataset_id)
+        or (source_id is not None and job.params.get("source_id") == source_id)
+    ]
+    if users:
+        noun = f"dataset {dataset_id}" if dataset_id is not None else f"source {source_id}"
+        raise Conflict(
+            f"{noun} is used by {len(users)} queued or running job(s): {', '.join(users[:20])}; "
+            "cancel them or wait for them to finish",
+            jobs=users,
+        )
 
 
 def model_weights_path(store: LocalArtifactStore, model: FinetunedModel):
@@ -117,6 +155,11 @@ class ModelCache:
                 self._models.popitem(last=False)
         return network
 
+    def forget(self, model_id: str) -> None:
+        """Drop a deleted model."""
+        with self._lock:
+            self._models.pop(model_id, None)
+
 
 def predict(
     network: torch.nn.Module,
@@ -139,8 +182,8 @@ def predict(
             f"{len(problems)} of {len(images)} files are not usable images", rejected=problems
         )
     spec = get_spec(row.architecture)
-    data = ImageTensors(np.stack(pixels), np.zeros(len(pixels)), spec.mean, spec.std)
-    batch, _ = data.batch(torch.arange(len(data)), torch.device("cpu"))
+    tensors = ImageTensors(np.stack(pixels), np.zeros(len(pixels)), spec.mean, spec.std)
+    batch, _ = tensors.batch(torch.arange(len(tensors)), torch.device("cpu"))
     with torch.inference_mode():
         probabilities = network(batch).softmax(1)
     k = min(top_k, len(row.class_names))
@@ -164,11 +207,15 @@ def register_model(
     reference: ReferenceNetwork,
     model_id: str,
     name: str | None,
+    max_classes: int,
 ) -> Source:
-    """Add a fine-tuned model to the zoo, with its target dataset's signature."""
+    """Add a fine-tuned model to the zoo, with its target dataset's signature (once: Conflict)."""
     row = get_model(session, model_id)
     if row.registered_source_id and session.get(Source, row.registered_source_id):
-        raise Conflict(f"model {model_id} is already the source {row.registered_source_id}")
+        raise Conflict(
+            f"model {model_id} is already the source {row.registered_source_id}",
+            source_id=row.registered_source_id,
+        )
     signature = signature_for_dataset(session, store, reference, row.target_dataset_id)
     source = register_source(
         session,
@@ -184,6 +231,9 @@ def register_model(
         input_size=row.input_size,
         dataset_id=row.target_dataset_id,
         origin="finetune",
+        # Unique in the database: of concurrent requests one source wins, the rest Conflict.
+        model_id=row.id,
+        max_classes=max_classes,
     )
     row.registered_source_id = source.id
     session.commit()

@@ -3,12 +3,13 @@
 import logging
 import multiprocessing
 import os
+import uuid
 from abc import ABC, abstractmethod
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.jobs.service import fail_orphaned_jobs
+from app.jobs.service import make_worker_id, release_worker_jobs
 from app.jobs.worker import run_worker
 
 logger = logging.getLogger("p2l")
@@ -23,11 +24,16 @@ class JobRunner(ABC):
 
     @abstractmethod
     def check(self) -> None:
-        """Called periodically: notice dead workers, fail their jobs, replace them."""
+        """Called periodically: notice dead workers, release their jobs, replace them."""
 
     @abstractmethod
     def stop(self) -> None:
-        """Stop executing jobs (running ones are failed, never left 'running')."""
+        """Stop executing jobs (running ones are released: re-queued or failed)."""
+
+    @property
+    @abstractmethod
+    def alive(self) -> bool:
+        """Whether the runner's workers are up."""
 
 
 class LocalProcessRunner(JobRunner):
@@ -37,43 +43,58 @@ class LocalProcessRunner(JobRunner):
         self.settings = settings
         self.sessions = sessions
         self.process: multiprocessing.process.BaseProcess | None = None
+        self.worker_id: str | None = None
 
     @property
     def pid(self) -> int | None:
         """The worker's process id (None before start)."""
         return self.process.pid if self.process else None
 
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
     def start(self) -> None:
+        # The runner picks the id's suffix, so it can name the worker's jobs once it is gone.
+        suffix = uuid.uuid4().hex[:8]
         context = multiprocessing.get_context("spawn")
         self.process = context.Process(
             target=run_worker,
-            args=(self.settings, os.getpid()),
+            args=(self.settings, os.getpid(), suffix),
             name="p2l-worker",
             daemon=True,
         )
         self.process.start()
-        logger.info("job worker started (pid %s)", self.process.pid)
+        assert self.process.pid is not None  # set by start()
+        self.worker_id = make_worker_id(self.process.pid, suffix)
+        logger.info("job worker %s started", self.worker_id)
 
     def check(self) -> None:
         if self.process is None or self.process.is_alive():
             return
         code = self.process.exitcode
-        with self.sessions() as session:
-            failed = fail_orphaned_jobs(
-                session, f"the worker process died (exit code {code})", self.process.pid
-            )
-        logger.error("job worker %s died (exit code %s); %d job(s) failed; restarting",
-                     self.process.pid, code, failed)  # fmt: skip
+        requeued, ended = self._release(f"the worker process died (exit code {code})")
+        logger.error("job worker %s died (exit code %s); %d job(s) re-queued, %d ended; "
+                     "restarting", self.worker_id, code, requeued, ended)  # fmt: skip
         self.start()
 
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
+        self.process.terminate()  # the worker gives its job back on SIGTERM
         self.process.join(10)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
-        with self.sessions() as session:
-            fail_orphaned_jobs(session, "the service stopped while this job ran", self.process.pid)
+        # In case it was killed before it could: release what it still holds.
+        self._release("the service stopped while this job ran")
         self.process = None
+
+    def _release(self, reason: str) -> tuple[int, int]:
+        """Re-queue or fail the jobs of the worker that is gone."""
+        if self.worker_id is None:
+            return 0, 0
+        with self.sessions() as session:
+            return release_worker_jobs(
+                session, self.worker_id, reason, self.settings.job_max_attempts
+            )

@@ -1,14 +1,24 @@
-"""Job records: submit, read, cancel, and recover after a crash. The database is the queue."""
+"""Job records: submit, read, cancel; claim, renew and reap leases. The database is the queue.
 
+A worker owns a running job through a lease (``worker_id``, ``lease_expires_at``) that it
+renews while it runs. A lease that is not renewed in time is reaped by any worker or API:
+the job is re-queued while it has attempts left, else failed with the reason.
+"""
+
+import os
+import socket
+import time
 import uuid
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict
-from app.models import Job, utcnow
+from app.models import FinetunedModel, Job, Source, utcnow
 from app.pagination import get_by_id, paginate
+from app.store import LocalArtifactStore
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled",
@@ -52,27 +62,142 @@ def cancel_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def claim_next_job(session: Session, worker_pid: int) -> Job | None:
-    """Atomically move the oldest queued job to running for this worker."""
+def make_worker_id(pid: int, suffix: str | None = None) -> str:
+    """A worker's id: host, process id and a random suffix (pids are reused; hosts differ)."""
+    return f"{socket.gethostname()[:40]}-{pid}-{suffix or uuid.uuid4().hex[:8]}"
+
+
+def delete_job(session: Session, job_id: str) -> None:
+    """Remove a finished job's record (its model, if any, stays); Conflict while it runs."""
+    job = get_job(session, job_id)
+    if job.status not in TERMINAL:
+        raise Conflict(f"job {job_id} is {job.status}; cancel it first, then delete it")
+    session.delete(job)
+    session.commit()
+
+
+def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
+    """Atomically move the oldest queued job to running, leased to this worker."""
     candidate = session.scalar(
         select(Job.id).where(Job.status == QUEUED).order_by(Job.created_at).limit(1)
     )
     if candidate is None:
         return None
+    now = utcnow()
     claimed = session.execute(
         update(Job)
         .where(Job.id == candidate, Job.status == QUEUED)
-        .values(status=RUNNING, worker_pid=worker_pid, started_at=utcnow())
+        .values(
+            status=RUNNING,
+            worker_id=worker_id,
+            worker_pid=os.getpid(),
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=Job.attempts + 1,
+            started_at=now,
+            progress={},  # progress is the current attempt's
+        )
     )
     session.commit()
-    return session.get(Job, candidate) if claimed.rowcount == 1 else None
+    if _rowcount(claimed) != 1:
+        return None
+    return session.get(Job, candidate, populate_existing=True)
 
 
-def fail_orphaned_jobs(session: Session, reason: str, worker_pid: int | None = None) -> int:
-    """Mark running jobs (of one worker, or all) failed: their worker is gone."""
-    query = update(Job).where(Job.status == RUNNING)
-    if worker_pid is not None:
-        query = query.where(Job.worker_pid == worker_pid)
-    result = session.execute(query.values(status=FAILED, error=reason, finished_at=utcnow()))
+def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> bool:
+    """Extend this worker's lease on a running job; False if the lease was lost."""
+    renewed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
     session.commit()
-    return result.rowcount
+    return _rowcount(renewed) == 1
+
+
+def finish_job(session: Session, job_id: str, worker_id: str, status: str, **values: Any) -> bool:
+    """Move a job this worker holds to a terminal state (caller commits); False if not ours."""
+    finished = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+        .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
+    )
+    return _rowcount(finished) == 1
+
+
+def release_jobs(
+    session: Session, reason: str, max_attempts: int, *which: ColumnElement[bool]
+) -> tuple[int, int]:
+    """End the running jobs matching ``which`` whose worker is gone: (re-queued, ended).
+
+    A job is re-queued while it has attempts left, otherwise failed (cancelled if that was
+    asked) with the reason. Each update re-checks ``which``, so a renewal in between wins.
+    """
+    rows = session.execute(
+        select(Job.id, Job.attempts, Job.cancel_requested).where(Job.status == RUNNING, *which)
+    ).all()
+    requeued = ended = 0
+    for job_id, attempts, cancel_requested in rows:
+        attempt = f"attempt {max(attempts, 1)} of {max_attempts}"
+        values: dict[str, Any]
+        if cancel_requested:
+            values = {"status": CANCELLED, "error": f"cancelled: {reason} ({attempt})"}
+        elif attempts < max_attempts:
+            values = {"status": QUEUED, "error": f"re-queued after {attempt}: {reason}"}
+        else:
+            values = {"status": FAILED, "error": f"{reason} ({attempt})"}
+        # A re-queued job is nobody's; an ended one keeps the id of the worker it lost.
+        if values["status"] == QUEUED:
+            values["worker_id"] = None
+        else:
+            values["finished_at"] = utcnow()
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == RUNNING, *which)
+            .values(lease_expires_at=None, **values)
+        )
+        if _rowcount(done) == 1:
+            requeued += values["status"] == QUEUED
+            ended += values["status"] != QUEUED
+    session.commit()
+    return requeued, ended
+
+
+def release_worker_jobs(
+    session: Session, worker_id: str, reason: str, max_attempts: int
+) -> tuple[int, int]:
+    """Release the jobs of a worker known to be gone (it exited, or was stopped)."""
+    return release_jobs(session, reason, max_attempts, Job.worker_id == worker_id)
+
+
+def reap_expired_leases(session: Session, max_attempts: int) -> tuple[int, int]:
+    """Release running jobs whose lease expired: (re-queued, ended).
+
+    A running job without a lease (claimed before leases existed) counts as expired.
+    """
+    expired = or_(Job.lease_expires_at < utcnow(), Job.lease_expires_at.is_(None))
+    return release_jobs(session, "its worker stopped renewing its lease", max_attempts, expired)
+
+
+def sweep_unowned_artifacts(
+    session: Session, store: LocalArtifactStore, older_than_seconds: float
+) -> int:
+    """Delete model and source folders that no row points to; returns how many.
+
+    Such a folder was published by a process that died before its commit. Recent ones are
+    spared: a live worker (or API) elsewhere may be about to commit them.
+    """
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for prefix, table in (("models", FinetunedModel), ("sources", Source)):
+        known = set(session.scalars(select(table.artifact_key)))
+        for key in store.keys_under(prefix) - known:
+            # Publishing renames a folder just written: its mtime is when it was published.
+            if store.path(key).stat().st_mtime <= cutoff:
+                store.delete(key)
+                removed += 1
+    return removed
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched (SQLAlchemy types execute() as a plain Result)."""
+    return cast(CursorResult[Any], result).rowcount

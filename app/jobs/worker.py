@@ -2,12 +2,16 @@
 
 Started by the service (app.jobs.runner), or on its own with ``python -m app.jobs.worker``
 (same P2L_ settings) to run jobs on another process or machine sharing the database and
-data dir.
+data dir. A worker holds each job through a lease it renews (see app.jobs.service); it
+stops a job whose lease it lost, and publishes nothing for it.
 """
 
 import logging
 import os
+import signal
+import threading
 import time
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -21,13 +25,26 @@ from app.config import Settings
 from app.datasets.loading import load_all_pixels
 from app.datasets.service import dataset_files, get_dataset
 from app.db import make_engine, session_factory
-from app.finetune.pipeline import FinetuneOptions, finetune
+from app.finetune.options import FinetuneOptions
+from app.finetune.pipeline import finetune
 from app.finetune.train import Cancelled
 from app.jobs.finetunes import MODEL_WEIGHTS
-from app.jobs.service import CANCELLED, FAILED, RUNNING, SUCCEEDED, claim_next_job
-from app.models import FinetunedModel, Job, utcnow
+from app.jobs.service import (
+    CANCELLED,
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    claim_next_job,
+    finish_job,
+    make_worker_id,
+    reap_expired_leases,
+    release_worker_jobs,
+    renew_lease,
+)
+from app.models import FinetunedModel, Job
 from app.p2l.reference import resolve_device
 from app.store import LocalArtifactStore
+from app.unit_of_work import unit_of_work
 from app.zoo.sources import get_source, weights_path
 
 logger = logging.getLogger("p2l.worker")
@@ -35,19 +52,101 @@ logger = logging.getLogger("p2l.worker")
 POLL_SECONDS = 0.5
 
 
-class JobProgress:
-    """Throttled progress writes and the cancel flag, for one running job."""
+class Lease:
+    """This worker's hold on one job, kept by a thread while the job runs.
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, planned_epochs: int) -> None:
+    The thread renews the lease every third of its length, fails the job once it exceeds
+    the time limit, and, in a worker started by the service, gives the job back and exits
+    the process as soon as that service is gone. ``lost`` is set once the job is no
+    longer this worker's to run.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        job_id: str,
+        worker_id: str,
+        parent_pid: int | None = None,
+    ) -> None:
         self.sessions = sessions
+        self.settings = settings
         self.job_id = job_id
+        self.worker_id = worker_id
+        self.parent_pid = parent_pid
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="p2l-lease", daemon=True)
+
+    def __enter__(self) -> "Lease":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        """Renew, watch the time limit and the parent, until the job ends or is lost."""
+        lease = self.settings.job_lease_seconds
+        limit = self.settings.job_time_limit_seconds
+        started = last_renewal = time.monotonic()
+        # Checking the parent is free, renewing is a write: tick often, renew at lease/3.
+        while not self._done.wait(min(1.0, lease / 3)):
+            try:
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    self._release_and_exit()
+                now = time.monotonic()
+                if now - started > limit:
+                    self._fail(f"time limit of {limit:g} s exceeded")
+                    return
+                if now - last_renewal >= lease / 3:
+                    with self.sessions() as session:
+                        if not renew_lease(session, self.job_id, self.worker_id, lease):
+                            logger.warning("job %s: lease lost; stopping it", self.job_id)
+                            self.lost.set()
+                            return
+                    last_renewal = now
+            except Exception:  # a database hiccup: the lease has slack, try again next tick
+                logger.exception("job %s: could not renew the lease", self.job_id)
+
+    def _fail(self, reason: str) -> None:
+        """End the job as failed now, whatever the training is doing, and stop it."""
+        with self.sessions() as session:
+            finish_job(session, self.job_id, self.worker_id, FAILED, error=reason)
+            session.commit()
+        logger.error("job %s: %s", self.job_id, reason)
+        self.lost.set()
+
+    def _release_and_exit(self) -> None:
+        """The service that started this worker is gone: give the job back, exit at once."""
+        try:
+            with self.sessions() as session:
+                release_worker_jobs(
+                    session,
+                    self.worker_id,
+                    "the service that started its worker stopped",
+                    self.settings.job_max_attempts,
+                )
+            logger.warning("job %s: parent process gone; job released, exiting", self.job_id)
+        finally:  # even without a database: the lease then expires and is reaped
+            os._exit(1)
+
+
+class JobProgress:
+    """Throttled progress writes and the stop check, for one running job."""
+
+    def __init__(self, sessions: sessionmaker[Session], lease: Lease, planned_epochs: int) -> None:
+        self.sessions = sessions
+        self.lease = lease
+        self.job_id = lease.job_id
         self.planned_epochs = planned_epochs
         self.epochs_done = 0
         self.started = time.monotonic()
         self.last_write = 0.0
         self.state: dict[str, Any] = {"history": []}
         self._connection: Connection | None = None
-        self._cancel_query: Select[Any] | None = None
+        self._stop_query: Select[bool, str | None, str] | None = None
 
     def update(self, event: dict[str, Any]) -> None:
         """Fold in a step or epoch event; write at most twice a second (always per epoch)."""
@@ -70,31 +169,49 @@ class JobProgress:
         self.last_write = time.monotonic()
         with self.sessions() as session:
             session.execute(
-                update(Job).where(Job.id == self.job_id).values(progress=dict(self.state))
+                update(Job)
+                .where(
+                    Job.id == self.job_id,
+                    Job.worker_id == self.lease.worker_id,
+                    Job.status == RUNNING,
+                )
+                .values(progress=dict(self.state))
             )
             session.commit()
 
     def should_stop(self) -> bool:
-        """True once cancellation was requested (checked before every training step)."""
-        if self._cancel_query is None:
+        """True once cancellation was asked or the lease lost (checked before every step)."""
+        if self.lease.lost.is_set():
+            return True
+        if self._connection is None or self._stop_query is None:
             # One autocommit connection for the whole job: a check costs one small query.
             engine = self.sessions.kw["bind"]
             self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._cancel_query = select(Job.cancel_requested).where(Job.id == self.job_id)
-        return bool(self._connection.execute(self._cancel_query).scalar())
+            self._stop_query = select(Job.cancel_requested, Job.worker_id, Job.status).where(
+                Job.id == self.job_id
+            )
+        row = self._connection.execute(self._stop_query).first()
+        if row is None or row.cancel_requested:
+            return True
+        # Reaped (and perhaps claimed by another worker), or ended: not ours to train on.
+        return row.worker_id != self.lease.worker_id or row.status != RUNNING
 
     def close(self) -> None:
-        """Release the connection of the cancel checks."""
+        """Release the connection of the stop checks."""
         if self._connection is not None:
             self._connection.close()
 
 
 def run_finetune(
-    sessions: sessionmaker[Session], store: LocalArtifactStore, device: torch.device, job: Job
+    sessions: sessionmaker[Session],
+    store: LocalArtifactStore,
+    device: torch.device,
+    job: Job,
+    lease: Lease,
 ) -> None:
     """Fine-tune the job's source on its target and publish the model (all or nothing)."""
     params = job.params
-    options = FinetuneOptions(**params["options"])
+    options = FinetuneOptions.from_record(params["options"])
     with sessions() as session:
         dataset = get_dataset(session, params["target_dataset_id"])
         source = get_source(session, params["source_id"])
@@ -110,7 +227,7 @@ def run_finetune(
     planned = options.epochs * (2 if options.baseline else 1)
     if options.schedule == "auto":
         planned += 4 * options.auto_epochs
-    progress = JobProgress(sessions, job.id, planned)
+    progress = JobProgress(sessions, lease, planned)
     try:
         model, report = finetune(
             model,
@@ -131,11 +248,11 @@ def run_finetune(
 
     model_id = os.urandom(16).hex()
     key = f"models/{model_id}"
-    staging = store.new_staging_dir()
-    save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
-    store.publish(staging, key)
     result = {"model_id": model_id, **report.__dict__}
-    with sessions() as session:
+    with sessions() as session, unit_of_work(session, store) as work:
+        staging = work.stage()
+        save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
+        work.publish(staging, key)
         session.add(
             FinetunedModel(
                 id=model_id,
@@ -149,59 +266,91 @@ def run_finetune(
                 artifact_key=key,
             )
         )
-        finished = _finish(session, job.id, SUCCEEDED, result=result, model_id=model_id)
-        if finished:
-            session.commit()
-        else:  # the job was failed or cancelled meanwhile (e.g. a restart): keep nothing
-            session.rollback()
-            store.delete(key)
-
-
-def _finish(session: Session, job_id: str, status: str, **values: Any) -> bool:
-    """Move a job this worker runs to a terminal state; False if it is no longer ours."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == RUNNING, Job.worker_pid == os.getpid())
-        .values(status=status, finished_at=utcnow(), **values)
-    )
-    return result.rowcount == 1
+        # The commit checks the lease: a job reaped meanwhile (and perhaps running on
+        # another worker) gets nothing from this one.
+        if not finish_job(
+            session, job.id, lease.worker_id, SUCCEEDED,
+            result=result, model_id=model_id, error=None,
+        ):  # fmt: skip
+            logger.warning("job %s: lease lost before the commit; model discarded", job.id)
+            work.abandon()
 
 
 def run_job(
-    sessions: sessionmaker[Session], store: LocalArtifactStore, device: torch.device, job: Job
+    sessions: sessionmaker[Session],
+    store: LocalArtifactStore,
+    device: torch.device,
+    job: Job,
+    lease: Lease,
 ) -> None:
-    """Run one claimed job and record how it ended."""
+    """Run one claimed job and record how it ended (only while this worker holds it)."""
     try:
         if job.kind != "finetune":
             raise ValueError(f"unknown job kind {job.kind!r}")
-        run_finetune(sessions, store, device, job)
+        run_finetune(sessions, store, device, job, lease)
     except Cancelled as exc:
         with sessions() as session:
-            _finish(session, job.id, CANCELLED, error=f"cancelled: {exc}")
+            if not finish_job(
+                session, job.id, lease.worker_id, CANCELLED, error=f"cancelled: {exc}"
+            ):
+                logger.warning("job %s stopped: this worker no longer holds it", job.id)
             session.commit()
     except Exception as exc:
         logger.exception("job %s failed", job.id)
         with sessions() as session:
-            _finish(session, job.id, FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            finish_job(session, job.id, lease.worker_id, FAILED, error=error)
             session.commit()
 
 
-def run_worker(settings: Settings, parent_pid: int | None = None) -> None:
-    """Poll for queued jobs forever (until the parent process is gone)."""
+def run_worker(
+    settings: Settings, parent_pid: int | None = None, id_suffix: str | None = None
+) -> None:
+    """Run queued jobs one at a time until stopped, or until the parent process is gone.
+
+    ``id_suffix`` lets the service that starts this worker know its id (host-pid-suffix).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
+    worker_id = make_worker_id(os.getpid(), id_suffix)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     engine = make_engine(settings.sqlalchemy_url)
     sessions = session_factory(engine)
     store = LocalArtifactStore(settings.data_dir)
     device = resolve_device(settings.device)
-    logger.info("worker %d ready on %s", os.getpid(), device)
-    while parent_pid is None or os.getppid() == parent_pid:
+    logger.info("worker %s ready on %s", worker_id, device)
+    try:
+        while parent_pid is None or os.getppid() == parent_pid:
+            job = _next_job(sessions, settings, worker_id)
+            if job is None:
+                time.sleep(POLL_SECONDS)
+                continue
+            logger.info("running job %s (attempt %d)", job.id, job.attempts)
+            with Lease(sessions, settings, job.id, worker_id, parent_pid) as lease:
+                run_job(sessions, store, device, job, lease)
+    finally:  # stopped (SIGTERM) mid-job: give the job back now rather than at lease expiry
         with sessions() as session:
-            job = claim_next_job(session, os.getpid())
-        if job is None:
-            time.sleep(POLL_SECONDS)
-            continue
-        logger.info("running job %s", job.id)
-        run_job(sessions, store, device, job)
+            release_worker_jobs(
+                session, worker_id, "its worker was stopped", settings.job_max_attempts
+            )
+        engine.dispose()
+
+
+def _next_job(sessions: sessionmaker[Session], settings: Settings, worker_id: str) -> Job | None:
+    """Reap expired leases (any worker's), then claim the oldest queued job."""
+    try:
+        with sessions() as session:
+            requeued, ended = reap_expired_leases(session, settings.job_max_attempts)
+            if requeued or ended:
+                logger.warning("reaped expired leases: %d re-queued, %d ended", requeued, ended)
+            return claim_next_job(session, worker_id, settings.job_lease_seconds)
+    except Exception:  # the database is briefly unreachable: poll again later
+        logger.exception("could not poll for jobs")
+        return None
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # SystemExit unwinds the main thread through run_worker's finally, which releases the job.
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ class ScoredSource(NamedTuple):
 def to_distribution(mean: np.ndarray, eps: float) -> np.ndarray:
     """Mean feature(s) -> probability vector(s) over feature dimensions (last axis)."""
     shifted = np.clip(mean, 0, None) + eps
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    distribution: np.ndarray = shifted / shifted.sum(axis=-1, keepdims=True)
+    return distribution
 
 
 def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
@@ -77,7 +78,7 @@ def emd(
         bounds=(0, None),
         method="highs",
     )
-    if not result.success:
+    if not result.success or result.fun is None:
         raise ValueError(f"EMD did not solve: {result.message}")
     return float(result.fun)
 
@@ -149,18 +150,21 @@ class SignatureIndex:
 
         if measure == "kl":
             p_t = to_distribution(target.mean, self.eps).astype(np.float32)
-            return float(np.sum(p_t * np.log(p_t))) - take(self.log_p) @ p_t
+            kl: np.ndarray = float(np.sum(p_t * np.log(p_t))) - take(self.log_p) @ p_t
+            return kl
         if measure == "js":
             p_t = to_distribution(target.mean, self.eps).astype(np.float32)
             p_s = take(self.p)
             log_mix = np.log(0.5 * (p_s + p_t))
             kl_t = np.sum(p_t * np.log(p_t)) - log_mix @ p_t
             kl_s = take(self.neg_entropy) - np.einsum("ij,ij->i", p_s, log_mix)
-            return 0.5 * (kl_t + kl_s)
+            js: np.ndarray = 0.5 * (kl_t + kl_s)
+            return js
         if measure == "cosine":
             norm_t = np.linalg.norm(target.mean)
             dots = take(self.means) @ target.mean.astype(np.float32)
-            return 1.0 - dots / np.maximum(take(self.norms) * norm_t, 1e-12)
+            cosine: np.ndarray = 1.0 - dots / np.maximum(take(self.norms) * norm_t, 1e-12)
+            return cosine
         if measure == "emd":
             return np.array(
                 [

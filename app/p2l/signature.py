@@ -1,7 +1,7 @@
 """Dataset signatures: the few statistics of a dataset in reference-feature space that P2L needs."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +10,14 @@ import torch
 from safetensors.numpy import load, save
 
 from app.p2l.reference import ReferenceNetwork
+
+# Most images one signature may summarise: ~70x ImageNet-21k, inside the 32-bit num_images
+# column (2**31 - 1), and it bounds the size term lambda * log(n) (0.041 at the default
+# lambda). It cannot make an uploaded count true: within it, a claim still tilts rankings.
+MAX_SIGNATURE_IMAGES = 10**9
+# Pooled reference features are O(1..100); far above that, yet squares and sums of
+# thousands of them stay finite in the float32 index, where they are ranked and drawn.
+MAX_FEATURE_VALUE = 1e9
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,7 @@ class DatasetSignature:
 
     def to_bytes(self) -> bytes:
         """Serialise as safetensors (class names and reference digest in the metadata)."""
-        tensors = {
+        tensors: dict[str, np.ndarray] = {
             "class_counts": self.class_counts.astype(np.int64),
             "mean": self.mean.astype(np.float32),
             "class_means": self.class_means.astype(np.float32),
@@ -61,22 +69,46 @@ class DatasetSignature:
                 variance=tensors["variance"],
                 reference_sha256=metadata.get("reference_sha256", ""),
             )
-        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a dataset signature: {exc}") from None
         signature.validate()
         return signature
 
     def validate(self) -> None:
-        """Check shapes agree with each other; ValueError says what is off."""
-        n_classes, dim = len(self.class_names), self.mean.shape[0]
-        if self.mean.ndim != 1 or self.variance.shape != (dim,):
+        """Check shapes agree, every number is finite and bounded; ValueError says what is off."""
+        names = self.class_names
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("class_names must be a list of strings")
+        if not names or len(set(names)) != len(names):
+            raise ValueError("class_names must name at least one class, each once")
+        if self.mean.ndim != 1 or self.mean.shape[0] < 1:
+            raise ValueError("mean must be a non-empty vector")
+        n_classes, dim = len(names), self.mean.shape[0]
+        if self.variance.shape != (dim,):
             raise ValueError("mean and variance must be vectors of the same length")
         if self.class_means.shape != (n_classes, dim):
             raise ValueError(
                 f"class_means has shape {self.class_means.shape}, expected ({n_classes}, {dim})"
             )
-        if self.class_counts.shape != (n_classes,) or (self.class_counts < 1).any():
-            raise ValueError("class_counts must hold one positive count per class")
+        for field, values, bound in (
+            ("mean", self.mean, MAX_FEATURE_VALUE),
+            ("class_means", self.class_means, MAX_FEATURE_VALUE),
+            ("variance", self.variance, MAX_FEATURE_VALUE**2),
+        ):
+            _check_floats(field, values, bound)
+        if (self.variance < 0).any():
+            raise ValueError("variance must not be negative")
+        counts = self.class_counts
+        if counts.dtype.kind not in "iu" or counts.shape != (n_classes,) or (counts < 1).any():
+            raise ValueError("class_counts must hold one positive integer count per class")
+        # Each count is bounded before summing, so the int64 sum cannot wrap around.
+        if counts.max() > MAX_SIGNATURE_IMAGES or counts.astype(np.int64).sum() > (
+            MAX_SIGNATURE_IMAGES
+        ):
+            raise ValueError(
+                f"class_counts add up to more than {MAX_SIGNATURE_IMAGES:,} images, the most a "
+                "signature may summarise"
+            )
 
     def to_json(self) -> dict[str, object]:
         """Plain-JSON view with every vector (for ``GET /v1/datasets/{id}/signature``)."""
@@ -131,7 +163,7 @@ class SignatureAccumulator:
 
 def compute_signature(
     reference: ReferenceNetwork,
-    files_by_class: dict[str, Sequence[Path]],
+    files_by_class: Mapping[str, Sequence[Path]],
     batch_size: int = 128,
     threads: int = 0,
 ) -> DatasetSignature:
@@ -170,7 +202,18 @@ def load_signature(path: Path) -> DatasetSignature:
     return DatasetSignature.from_bytes(path.read_bytes())
 
 
+def _check_floats(field: str, values: np.ndarray, bound: float) -> None:
+    if values.dtype.kind != "f":
+        raise ValueError(f"{field} must hold floating-point numbers, not {values.dtype}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{field} holds NaN or infinite values")
+    if values.size and np.abs(values).max() > bound:
+        raise ValueError(f"{field} holds values beyond +-{bound:g}")
+
+
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
-    return header.get("__metadata__", {})
+    # safetensors has already parsed this header: its metadata maps str to str.
+    metadata: dict[str, str] = header.get("__metadata__", {})
+    return metadata

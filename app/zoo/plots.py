@@ -49,7 +49,14 @@ def zoo_map(
     eps: float,
     target: tuple[str, np.ndarray] | None = None,
 ) -> bytes:
-    """2-D map of sources (and a target) by Jensen-Shannon distance of their signatures."""
+    """2-D map of sources (and a target) by Jensen-Shannon distance of their signatures.
+
+    Sources whose mean is not finite are left off: one bad row must not blank the map.
+    """
+    finite = np.isfinite(means).all(axis=1)
+    names = [name for name, keep in zip(names, finite, strict=True) if keep]
+    sizes = [size for size, keep in zip(sizes, finite, strict=True) if keep]
+    means = means[finite]
     labels = list(names) + ([target[0]] if target else [])
     points = np.vstack([means, target[1][None, :]]) if target else means
     p = to_distribution(points.astype(np.float64), eps)

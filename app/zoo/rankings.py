@@ -10,7 +10,7 @@ from app.errors import InvalidInput
 from app.models import Ranking, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import Measure, Method, ScoringParams, SignatureIndex
-from app.pagination import get_by_id
+from app.pagination import get_by_id, is_valid_id
 from app.store import LocalArtifactStore
 from app.zoo.sources import signature_for_dataset
 
@@ -27,17 +27,23 @@ def rank_sources(
     measure: Measure,
     source_ids: list[str] | None = None,
     top_k: int | None = None,
+    commit: bool = True,
 ) -> tuple[Ranking, float]:
-    """Rank (some of) the zoo for a target and store the result; returns it and the ms taken."""
+    """Rank (some of) the zoo for a target and store the result; returns it and the ms taken.
+
+    ``commit=False`` leaves the ranking in the caller's transaction (it lands with the job
+    that uses it, or not at all).
+    """
     target = signature_for_dataset(session, store, reference, target_dataset_id)
     excluded: list[dict[str, str]] = []
     if source_ids is not None:
         wanted = list(dict.fromkeys(source_ids))
+        valid = [s for s in wanted if is_valid_id(s)]
         known = dict(
-            session.execute(select(Source.id, Source.name).where(Source.id.in_(wanted))).all()
+            session.execute(select(Source.id, Source.name).where(Source.id.in_(valid))).all()
         )
         if unknown := [s for s in wanted if s not in known]:
-            raise InvalidInput(f"unknown source ids: {', '.join(unknown)}")
+            raise InvalidInput(f"unknown source ids: {', '.join(map(repr, unknown[:20]))}")
         rankable = [s for s in wanted if s in index]
         stale = [s for s in wanted if s not in index]
     else:
@@ -90,10 +96,19 @@ def rank_sources(
         excluded=excluded,
     )
     session.add(ranking)
-    session.commit()
+    if commit:
+        session.commit()
+    else:
+        session.flush()
     return ranking, elapsed_ms
 
 
 def get_ranking(session: Session, ranking_id: str) -> Ranking:
     """The ranking with this id, or NotFound."""
     return get_by_id(session, Ranking, ranking_id, "ranking")
+
+
+def delete_ranking(session: Session, ranking_id: str) -> None:
+    """Remove a stored ranking (jobs that name it keep their own record of the pick)."""
+    session.delete(get_ranking(session, ranking_id))
+    session.commit()

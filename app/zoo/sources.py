@@ -8,22 +8,28 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, known_architectures
+from app.config import Settings
 from app.datasets.service import dataset_files, dataset_signature, get_dataset
-from app.errors import InvalidInput
+from app.errors import Conflict, InvalidInput
 from app.models import Source
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
 from app.store import LocalArtifactStore
+from app.unit_of_work import unit_of_work
 
 logger = logging.getLogger("p2l")
 
 WEIGHTS_FILE = "weights.safetensors"
 SIGNATURE_FILE = "signature.safetensors"
+DEFAULT_MAX_CLASSES: int = Settings.model_fields["max_source_classes"].default
+# Finite-check this many elements at a time: a bounded scratch mask, whatever the tensor size.
+_FINITE_CHUNK = 1 << 22
 
 
 def parse_weights(data: bytes) -> dict[str, torch.Tensor]:
@@ -42,19 +48,53 @@ def parse_signature(data: bytes) -> DatasetSignature:
         raise InvalidInput(f"signature file is not usable: {exc}") from None
 
 
-def check_weights(architecture: str, num_classes: int, weights: dict[str, torch.Tensor]) -> None:
-    """InvalidInput naming the first missing/extra/mis-shaped tensor, if the weights don't fit."""
+def check_architecture(
+    architecture: str, num_classes: int, max_classes: int = DEFAULT_MAX_CLASSES
+) -> None:
+    """InvalidInput unless the architecture is known and num_classes within the limit."""
     if architecture not in known_architectures():
         raise InvalidInput(
             f"unknown architecture {architecture!r}; choose one of {known_architectures()}"
         )
-    model = build_model(architecture, num_classes)
+    if not 1 <= num_classes <= max_classes:
+        raise InvalidInput(
+            f"num_classes={num_classes:,} is outside 1..{max_classes:,} (P2L_MAX_SOURCE_CLASSES)"
+        )
+
+
+def check_weights(
+    architecture: str,
+    num_classes: int,
+    weights: dict[str, torch.Tensor],
+    max_classes: int = DEFAULT_MAX_CLASSES,
+) -> None:
+    """InvalidInput naming the first missing/extra/mis-shaped/non-finite tensor, if any."""
+    check_architecture(architecture, num_classes, max_classes)
+    # On the meta device the model has shapes and dtypes but no storage: nothing is allocated.
+    with torch.device("meta"):
+        expected = build_model(architecture, num_classes).state_dict()
     try:
-        check_state_dict(model.state_dict(), weights)
+        check_state_dict(expected, weights)
     except ValueError as exc:
         raise InvalidInput(
             f"weights do not fit {architecture} with {num_classes} classes: {exc}"
         ) from None
+    for key, tensor in weights.items():
+        if tensor.is_floating_point() != expected[key].is_floating_point():
+            raise InvalidInput(
+                f"weights {key!r} have dtype {tensor.dtype}; the architecture expects "
+                f"{expected[key].dtype}"
+            )
+        if tensor.is_floating_point() and not _all_finite(tensor):
+            raise InvalidInput(f"weights {key!r} hold NaN or infinite values")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    flat = tensor.reshape(-1)
+    return all(
+        bool(torch.isfinite(flat[start : start + _FINITE_CHUNK]).all())
+        for start in range(0, flat.numel(), _FINITE_CHUNK)
+    )
 
 
 def signature_for_dataset(
@@ -82,9 +122,17 @@ def register_source(
     input_size: int | None = None,
     dataset_id: str | None = None,
     origin: str = "upload",
+    model_id: str | None = None,
+    max_classes: int = DEFAULT_MAX_CLASSES,
 ) -> Source:
-    """Validate and store a source; nothing is kept if any check fails."""
-    check_weights(architecture, num_classes, parse_weights(weights_data))
+    """Validate and store a source; nothing is kept if any check fails.
+
+    ``model_id`` links a fine-tuned model's source; it is unique in the database, so a
+    second source of the same model raises Conflict naming the first (nothing is kept).
+    """
+    # The cheap checks first: the weights are parsed only for a model that may exist.
+    check_architecture(architecture, num_classes, max_classes)
+    check_weights(architecture, num_classes, parse_weights(weights_data), max_classes)
     if signature.feature_dim != reference.feature_dim:
         raise InvalidInput(
             f"signature has {signature.feature_dim} dimensions; the active reference network "
@@ -107,14 +155,6 @@ def register_source(
 
     source_id = uuid.uuid4().hex
     key = f"sources/{source_id}"
-    staging = store.new_staging_dir()
-    try:
-        (staging / WEIGHTS_FILE).write_bytes(weights_data)
-        (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
-        store.publish(staging, key)
-    except BaseException:
-        store.discard(staging)
-        raise
     source = Source(
         id=source_id,
         name=name,
@@ -130,13 +170,22 @@ def register_source(
         dataset_id=dataset_id,
         origin=origin,
         artifact_key=key,
+        model_id=model_id,
     )
     try:
-        session.add(source)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        store.delete(key)
+        with unit_of_work(session, store) as work:
+            staging = work.stage()
+            (staging / WEIGHTS_FILE).write_bytes(weights_data)
+            (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
+            work.publish(staging, key)
+            session.add(source)
+    except IntegrityError:
+        # Lost a race for the unique model_id: name the source that won it.
+        winner = model_id and session.scalar(select(Source.id).where(Source.model_id == model_id))
+        if winner:
+            raise Conflict(
+                f"model {model_id} is already the source {winner}", source_id=winner
+            ) from None
         raise
     index.add(source.id, signature)
     return source
@@ -186,7 +235,13 @@ def load_index(
         if source.reference_sha256 != reference.weights_sha256:
             stale += 1
             continue
-        index.add(source.id, load_signature(store.path(source.artifact_key) / SIGNATURE_FILE))
+        try:
+            signature = load_signature(store.path(source.artifact_key) / SIGNATURE_FILE)
+        except ValueError as exc:
+            # Stored before signatures were validated: one bad row must not stop the service.
+            logger.warning("source %s is not ranked: its signature is refused (%s)", source.id, exc)
+            continue
+        index.add(source.id, signature)
     if stale:
         logger.warning(
             "%d sources have signatures from another reference network; they are not ranked",

@@ -78,11 +78,11 @@ def upgrade(
         if source.reference_sha256 == active:
             continue
         entry = {"id": source.id, "name": source.name, "origin": source.origin}
-        dataset = session.get(Dataset, source.dataset_id) if source.dataset_id else None
-        if dataset is not None and dataset.id in unreadable:
-            report.cannot_resign.append({**entry, "reason": unreadable[dataset.id]})
+        trained_on = session.get(Dataset, source.dataset_id) if source.dataset_id else None
+        if trained_on is not None and trained_on.id in unreadable:
+            report.cannot_resign.append({**entry, "reason": unreadable[trained_on.id]})
             continue
-        if dataset is None:
+        if trained_on is None:
             if source.dataset_id:
                 reason = "its training dataset was deleted"
             elif source.origin == "bundled":
@@ -95,7 +95,7 @@ def upgrade(
         if dry_run:
             continue
         # Every readable dataset is signed by the active network by now.
-        signature = fresh.get(dataset.id) or dataset_signature(store, dataset)
+        signature = fresh.get(trained_on.id) or dataset_signature(store, trained_on)
         store.write_file(f"{source.artifact_key}/{SOURCE_SIGNATURE}", signature.to_bytes())
         source.reference_sha256, source.feature_dim = active, signature.feature_dim
         session.commit()

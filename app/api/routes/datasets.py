@@ -1,13 +1,15 @@
 """Target/source datasets: upload an archive of class folders, list, get, delete."""
 
-from pathlib import PurePath
+from collections import Counter
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from app.api.deps import SessionDep, StateDep, WriteAccess
+from app.api.deps import PAGE_PROBLEMS, PageToken, SessionDep, StateDep, WriteAccess
+from app.api.idempotency import IdempotencyHeader, digest_file, idempotent
 from app.api.problems import problem_responses
 from app.datasets import service
+from app.jobs.finetunes import ensure_no_active_job_uses
 from app.models import Dataset
 from app.schemas import DatasetCreated, DatasetOut, Page, SignatureOut
 
@@ -31,6 +33,13 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
     )
 
 
+def replayed_rejections(dataset: Dataset) -> dict[str, object]:
+    """The rejection summary of an upload as stored (for an Idempotency-Key replay)."""
+    listed = dataset.rejected
+    counts = Counter(str(r.get("kind", "other")) for r in listed)
+    return {"rejected": listed, "rejected_counts": dict(counts), "rejected_total": len(listed)}
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -39,7 +48,7 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
     summary="Upload a dataset archive (one folder per class)",
     responses=problem_responses(
         _413="Upload above P2L_MAX_UPLOAD_BYTES; nothing is stored",
-        _422="Unusable archive (bomb, layout, < 2 classes); nothing is stored",
+        _422="Unusable archive (bomb, layout, < 2 classes) or name; nothing is stored",
     ),
 )
 def upload_dataset(
@@ -47,28 +56,48 @@ def upload_dataset(
     session: SessionDep,
     response: Response,
     file: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of <class>/<image>")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[
+        str | None,
+        Form(description="At most P2L_MAX_NAME_BYTES (200) UTF-8 bytes; default: the file's"),
+    ] = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> DatasetCreated:
     """Validate every image, compute the signature, and store the dataset.
 
-    The answer lists classes and counts, and every rejected file with its reason.
+    The answer lists classes and counts, the first P2L_MAX_REJECTED_LISTED rejected files
+    with their kind and reason, and every rejected file counted by kind.
     """
-    default_name = PurePath(file.filename or "dataset").name.split(".")[0] or "dataset"
-    result = service.ingest_dataset(
-        session, state.store, state.reference, state.settings, file.file, name or default_name
-    )
-    response.headers["Location"] = f"/v1/datasets/{result.dataset.id}"
-    return DatasetCreated(
-        **dataset_out(result.dataset).model_dump(),
-        rejected=result.dataset.rejected,
-    )
+    name = name or service.default_dataset_name(file.filename, state.settings)
+    digest = digest_file(file.file, name)
+    with idempotent(state.sessions, "datasets", idempotency_key, digest) as claim:
+        if claim.replay_id is not None:
+            dataset = service.get_dataset(session, claim.replay_id)
+            response.headers["Idempotent-Replayed"] = "true"
+            body = DatasetCreated(
+                **dataset_out(dataset).model_dump(), **replayed_rejections(dataset)
+            )
+        else:
+            result = service.ingest_dataset(
+                session, state.store, state.reference, state.settings, file.file, name
+            )
+            claim.resource_id = result.dataset.id
+            body = DatasetCreated(
+                **dataset_out(result.dataset).model_dump(), **result.folder.rejected.summary()
+            )
+    response.headers["Location"] = f"/v1/datasets/{body.id}"
+    return body
 
 
-@router.get("", response_model=Page[DatasetOut], summary="List datasets, newest first")
+@router.get(
+    "",
+    response_model=Page[DatasetOut],
+    summary="List datasets, newest first",
+    responses=PAGE_PROBLEMS,
+)
 def list_datasets(
     session: SessionDep,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
-    page_token: str | None = None,
+    page_token: PageToken = None,
 ) -> Page[DatasetOut]:
     """One page of datasets; follow ``next_page_token`` for more."""
     rows, next_token = service.list_datasets(session, page_size, page_token)
@@ -115,6 +144,7 @@ def get_signature(
     summary="Delete a dataset and its files",
 )
 def delete_dataset(state: StateDep, session: SessionDep, dataset_id: str) -> Response:
-    """Remove the dataset's row, images and signature."""
+    """Remove the dataset's row, images and signature (409 while a job needs it)."""
+    ensure_no_active_job_uses(session, dataset_id=dataset_id)
     service.delete_dataset(session, state.store, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,10 +4,10 @@ from importlib.metadata import version
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import func, select, text
+from sqlalchemy import distinct, func, select, text
 
 from app.api.deps import SessionDep, StateDep
-from app.models import Dataset, FinetunedModel, Job, Source
+from app.models import Dataset, FinetunedModel, Job, Source, utcnow
 from app.schemas import HealthOut
 
 router = APIRouter(tags=["health"])
@@ -37,10 +37,12 @@ def metrics(state: StateDep, session: SessionDep) -> str:
         "p2l_sources": session.scalar(select(func.count()).select_from(Source)),
         "p2l_rankable_sources": len(state.index),
         "p2l_models": session.scalar(select(func.count()).select_from(FinetunedModel)),
-        "p2l_job_worker_running": int(
-            state.runner is not None
-            and state.runner.process is not None
-            and state.runner.process.is_alive()
+        "p2l_job_worker_running": int(state.runner is not None and state.runner.alive),
+        # Workers anywhere (local, standalone, other hosts) that hold a live job lease.
+        "p2l_job_workers_busy": session.scalar(
+            select(func.count(distinct(Job.worker_id))).where(
+                Job.status == "running", Job.lease_expires_at >= utcnow()
+            )
         ),
     }
     lines = []

@@ -1,15 +1,15 @@
 """Fine-tuning jobs: start (202), poll, stream progress (SSE), cancel."""
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
-from app.api.deps import SessionDep, StateDep, WriteAccess
+from app.api import streams
+from app.api.deps import PAGE_PROBLEMS, PageToken, SessionDep, StateDep, WriteAccess
+from app.api.idempotency import IdempotencyHeader, digest_json, idempotent
+from app.api.problems import problem_responses
 from app.jobs import finetunes
 from app.jobs import service as jobs
 from app.models import Job
@@ -26,27 +26,48 @@ router = APIRouter(tags=["jobs"])
     summary="Start fine-tuning a source on a target (a background job)",
 )
 def start_finetune(
-    state: StateDep, session: SessionDep, request: FinetuneRequest, response: Response
+    state: StateDep,
+    session: SessionDep,
+    request: FinetuneRequest,
+    response: Response,
+    idempotency_key: IdempotencyHeader = None,
 ) -> Job:
-    """Queue the job and answer at once; follow ``Location`` (or the events stream)."""
-    job = finetunes.submit_finetune(
-        session,
-        state.store,
-        state.index,
-        state.reference,
-        state.scoring_params(),
-        state.settings.p2l_measure,
-        request.model_dump(),
-    )
+    """Queue the job and answer at once; follow ``Location`` (or the events stream).
+
+    Every problem the request can have is found here (422), not later in the worker.
+    """
+    digest = digest_json(request.model_dump_json(exclude_unset=True))
+    with idempotent(state.sessions, "finetunes", idempotency_key, digest) as claim:
+        if claim.replay_id is not None:
+            job = jobs.get_job(session, claim.replay_id)
+            response.headers["Idempotent-Replayed"] = "true"
+        else:
+            job = finetunes.submit_finetune(
+                session,
+                state.store,
+                state.index,
+                state.reference,
+                state.scoring_params(),
+                state.settings.p2l_measure,
+                request.target_dataset_id,
+                request.source_id,
+                request.options(),
+            )
+            claim.resource_id = job.id
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job
 
 
-@router.get("/v1/jobs", response_model=Page[JobOut], summary="List jobs, newest first")
+@router.get(
+    "/v1/jobs",
+    response_model=Page[JobOut],
+    summary="List jobs, newest first",
+    responses=PAGE_PROBLEMS,
+)
 def list_jobs(
     session: SessionDep,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
-    page_token: str | None = None,
+    page_token: PageToken = None,
 ) -> Page[JobOut]:
     """One page of jobs."""
     rows, next_token = jobs.list_jobs(session, page_size, page_token)
@@ -70,33 +91,46 @@ def cancel_job(session: SessionDep, job_id: str) -> Job:
     return jobs.cancel_job(session, job_id)
 
 
+@router.delete(
+    "/v1/jobs/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[WriteAccess],
+    summary="Delete a finished job's record",
+    responses=problem_responses(_409="The job is queued or running: cancel it first"),
+)
+def delete_job(session: SessionDep, job_id: str) -> Response:
+    """The model the job produced, if any, is kept (delete it at /v1/models/{id})."""
+    jobs.delete_job(session, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.get(
     "/v1/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **problem_responses(_503="P2L_MAX_EVENT_STREAMS streams are open; retry later"),
+    },
     summary="Stream a job's progress as server-sent events",
 )
 async def job_events(state: StateDep, job_id: str) -> StreamingResponse:
-    """``event: progress`` whenever the job changes; ``event: end`` once it is finished."""
-
-    def snapshot() -> dict:
-        with state.sessions() as session:
-            return JobOut.model_validate(jobs.get_job(session, job_id)).model_dump(mode="json")
-
-    first = await run_in_threadpool(snapshot)  # 404 before the stream starts
-
-    async def stream() -> AsyncIterator[str]:
-        current, last = first, None
-        while True:
-            if current != last:
-                yield f"event: progress\ndata: {json.dumps(current)}\n\n"
-                last = current
-            if current["status"] in jobs.TERMINAL:
-                yield f"event: end\ndata: {json.dumps({'status': current['status']})}\n\n"
-                return
-            await asyncio.sleep(0.5)
-            current = await run_in_threadpool(snapshot)
-
+    """``event: progress`` whenever the job changes; then ``event: end`` once it is finished,
+    or ``event: timeout`` after P2L_EVENT_STREAM_IDLE_SECONDS without a change."""
+    first = await state.job_snapshots.get(job_id)  # 404 before the stream starts
+    slot = state.streams.try_acquire()
+    if slot is None:
+        raise HTTPException(
+            503,
+            f"{state.streams.limit} event streams are open, the limit; poll "
+            f"/v1/jobs/{job_id} or retry later",
+            headers={"Retry-After": "5"},
+        )
+    events = streams.job_events(
+        first, state.job_snapshots, slot, jobs.TERMINAL, state.settings.event_stream_idle_seconds
+    )
     return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+        background=BackgroundTask(slot.release),  # also when the stream never started
     )

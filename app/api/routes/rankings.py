@@ -63,6 +63,7 @@ def get_ranking(session: SessionDep, ranking_id: str) -> RankingOut:
     "/{ranking_id}/plot.png",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "PNG image"}},
+    dependencies=[WriteAccess],
     summary="Bar chart of a ranking's score parts",
 )
 def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
@@ -74,3 +75,15 @@ def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
     )
     png = plots.ranking_plot(title, ranking.results, ranking.method)
     return Response(png, media_type="image/png")
+
+
+@router.delete(
+    "/{ranking_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[WriteAccess],
+    summary="Delete a ranking",
+)
+def delete_ranking(session: SessionDep, ranking_id: str) -> Response:
+    """Jobs that were started from the ranking keep its pick in their params."""
+    service.delete_ranking(session, ranking_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

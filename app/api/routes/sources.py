@@ -7,10 +7,11 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import SessionDep, StateDep, WriteAccess
+from app.api.deps import PAGE_PROBLEMS, PageToken, SessionDep, StateDep, WriteAccess
 from app.api.problems import problem_responses
 from app.datasets.service import get_dataset
 from app.errors import InvalidInput
+from app.jobs.finetunes import ensure_no_active_job_uses
 from app.models import Source
 from app.schemas import Page, SourceOut
 from app.zoo import plots
@@ -27,7 +28,10 @@ PNG = {"content": {"image/png": {}}, "description": "PNG image"}
     response_model=SourceOut,
     dependencies=[WriteAccess],
     summary="Register a pretrained source model",
-    responses=problem_responses(_422="Weights do not fit the architecture, or bad signature"),
+    responses=problem_responses(
+        _422="Weights do not fit the architecture or hold NaN/Inf, num_classes is above "
+        "P2L_MAX_SOURCE_CLASSES, or the signature is malformed, non-finite or implausibly large"
+    ),
 )
 def register_source(
     state: StateDep,
@@ -52,9 +56,13 @@ def register_source(
     """Check the weights load into the architecture, attach the signature, add to the zoo."""
     if (dataset_id is None) == (signature is None):
         raise InvalidInput("give exactly one of dataset_id or signature")
+    # Before anything is read, computed or built for it.
+    max_classes = state.settings.max_source_classes
+    service.check_architecture(architecture, num_classes, max_classes)
     if dataset_id is not None:
         sig = service.signature_for_dataset(session, state.store, state.reference, dataset_id)
     else:
+        assert signature is not None  # exactly one of the two, checked above
         sig = service.parse_signature(signature.file.read())
     source = service.register_source(
         session,
@@ -69,6 +77,7 @@ def register_source(
         class_names=_parse_names(class_names),
         input_size=input_size,
         dataset_id=dataset_id,
+        max_classes=max_classes,
     )
     response.headers["Location"] = f"/v1/sources/{source.id}"
     return source
@@ -88,11 +97,16 @@ def _parse_names(raw: str | None) -> list[str] | None:
     return [name.strip() for name in raw.split(",")]
 
 
-@router.get("", response_model=Page[SourceOut], summary="List sources, newest first")
+@router.get(
+    "",
+    response_model=Page[SourceOut],
+    summary="List sources, newest first",
+    responses=PAGE_PROBLEMS,
+)
 def list_sources(
     session: SessionDep,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
-    page_token: str | None = None,
+    page_token: PageToken = None,
 ) -> Page[SourceOut]:
     """One page of the zoo; follow ``next_page_token`` for more."""
     rows, next_token = service.list_sources(session, page_size, page_token)
@@ -105,6 +119,7 @@ def list_sources(
     "/map.png",
     response_class=Response,
     responses={200: PNG},
+    dependencies=[WriteAccess],
     summary="Map of the zoo (and a target) in feature space",
 )
 def zoo_map(state: StateDep, session: SessionDep, target_dataset_id: str | None = None) -> Response:
@@ -154,6 +169,8 @@ def download_weights(state: StateDep, session: SessionDep, source_id: str) -> Fi
     summary="Delete a source",
 )
 def delete_source(state: StateDep, session: SessionDep, source_id: str) -> Response:
-    """Remove the source from the zoo, its files and the ranking index."""
+    """Remove the source from the zoo, its files and the ranking index (409 while a job
+    needs it)."""
+    ensure_no_active_job_uses(session, source_id=source_id)
     service.delete_source(session, state.store, state.index, source_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,331 @@
+"""Job leases with real processes and real SQLite: a killed API, two workers, a lost lease."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import build_state
+from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
+
+ROOT = Path(__file__).parents[1]
+LEASE = 2.0  # seconds: short, so that a lost lease shows within the test
+
+
+def lease_env(data_dir: Path, **settings: object) -> dict[str, str]:
+    """The environment of a service or worker process over ``data_dir``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2L_")}
+    env |= {"P2L_DATA_DIR": str(data_dir), "P2L_JOB_LEASE_SECONDS": str(LEASE)}
+    env |= {f"P2L_{k.upper()}": str(v) for k, v in settings.items()}
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A Python process of this project, its output in ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def eventually(check: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"not within {timeout} s: {what}")
+
+
+def job_row(data_dir: Path, job_id: str) -> dict:
+    """The job's row, read straight from the database file."""
+    with sqlite3.connect(data_dir / "p2l.db", timeout=30) as db:
+        db.row_factory = sqlite3.Row
+        return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+
+def model_folders(data_dir: Path) -> set[str]:
+    folder = data_dir / "models"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def gone(pid: int) -> bool:
+    """The process exited (a zombie that nobody reaped counts: it runs nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+def kill_if_alive(pid: int | None) -> None:
+    if pid is not None and not gone(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def upload_target(client: TestClient | httpx.Client) -> str:
+    """A small garments dataset (10 images per class), uploaded."""
+    archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=10)))
+    response = client.post("/v1/datasets", files={"file": ("garments.zip", archive)})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def start_finetune(client: TestClient | httpx.Client, target_id: str, epochs: int) -> str:
+    """Queue a fine-tune of ``epochs`` epochs (no early stopping); its job id."""
+    body = {"target_dataset_id": target_id, "source_id": "best", "schedule": "manual",
+            "epochs": epochs, "patience": None}  # fmt: skip
+    response = client.post("/v1/finetunes", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def training(data_dir: Path, job_id: str, attempt: int | None = None) -> dict | None:
+    """The job's row once it runs (the given attempt) and has reported training steps."""
+    row = job_row(data_dir, job_id)
+    assert row["status"] in ("queued", "running"), row
+    if attempt is not None and row["attempts"] != attempt:
+        return None
+    return row if row["status"] == "running" and '"step"' in (row["progress"] or "") else None
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts; killed at its end whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        process.kill()
+        process.wait(10)
+
+
+def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
+    make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
+) -> None:
+    port = free_port()
+    api = spawn(
+        ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        lease_env(data_dir, start_worker="true"),
+        tmp_path / "api.log",
+    )
+    processes.append(api)
+    first_worker = None
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+
+            def healthy() -> bool:
+                assert api.poll() is None, (tmp_path / "api.log").read_text()
+                try:
+                    return http.get("/healthz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            eventually(healthy, 90, "the API answers")
+            job_id = start_finetune(http, upload_target(http), epochs=1000)
+            first = eventually(lambda: training(data_dir, job_id), 90, "the job trains")
+        first_worker = first["worker_pid"]
+        assert first_worker != api.pid
+
+        api.send_signal(signal.SIGKILL)  # the API, not its worker
+        api.wait(10)
+        eventually(lambda: gone(first_worker), 5, "the orphaned worker exits")
+        released = job_row(data_dir, job_id)
+        assert released["status"] == "queued" and released["worker_id"] is None, released
+        assert released["attempts"] == 1
+        assert "re-queued after attempt 1 of 2" in released["error"], released["error"]
+
+        # A new API on the same data: its worker runs the job again, alone.
+        client = make_client(start_worker=True, job_lease_seconds=LEASE)
+        second = eventually(lambda: training(data_dir, job_id, attempt=2), 90, "attempt 2")
+        assert second["worker_id"] != first["worker_id"]
+        assert second["worker_pid"] == client.app.state.service.runner.pid != first_worker
+        client.__exit__(None, None, None)  # a graceful stop hands the job back too: last try
+        assert gone(second["worker_pid"])
+        final = job_row(data_dir, job_id)
+        assert final["status"] == "failed" and final["attempts"] == 2, final
+        assert final["error"] == "its worker was stopped (attempt 2 of 2)"
+        assert model_folders(data_dir) == set()
+    finally:
+        kill_if_alive(first_worker)
+
+
+def test_two_workers_run_two_jobs_once_each(
+    make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
+) -> None:
+    client = make_client(job_lease_seconds=LEASE)  # no worker of its own
+    target_id = upload_target(client)
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    workers = [spawn(["-m", "app.jobs.worker"], lease_env(data_dir), log) for log in logs]
+    processes.extend(workers)
+    eventually(lambda: all("ready" in log.read_text() for log in logs), 90, "workers ready")
+
+    jobs = [start_finetune(client, target_id, epochs=5) for _ in range(2)]
+    for job_id in jobs:
+        done = eventually(
+            lambda job_id=job_id: (
+                client.get(f"/v1/jobs/{job_id}").json()["status"]
+                in ("succeeded", "failed", "cancelled")
+            ),
+            90,
+            "both jobs end",
+        )
+        assert done
+    rows = [job_row(data_dir, job_id) for job_id in jobs]
+    assert [row["status"] for row in rows] == ["succeeded", "succeeded"], rows
+    assert {row["worker_pid"] for row in rows} == {worker.pid for worker in workers}
+    assert rows[0]["worker_id"] and rows[1]["worker_id"]
+    assert rows[0]["worker_id"] != rows[1]["worker_id"]
+    assert [row["attempts"] for row in rows] == [1, 1]
+    # Each job ran exactly once: one worker logged it, once.
+    runs = [log.read_text().count(f"running job {job_id}") for job_id in jobs for log in logs]
+    assert sorted(runs) == [0, 0, 1, 1], runs
+    assert model_folders(data_dir) == {row["model_id"] for row in rows}
+
+
+def test_a_worker_keeps_its_job_until_its_lease_is_taken_then_publishes_nothing(
+    make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
+) -> None:
+    client = make_client(job_lease_seconds=LEASE)
+    target_id = upload_target(client)
+    worker = spawn(["-m", "app.jobs.worker"], lease_env(data_dir), tmp_path / "worker.log")
+    processes.append(worker)
+    long_job = start_finetune(client, target_id, epochs=1000)
+    running = eventually(lambda: training(data_dir, long_job), 90, "the job trains")
+
+    # Another API starting over the same data leaves a job with a live lease alone, and
+    # the lease outlives its length because the worker renews it.
+    sibling = build_state(
+        Settings(_env_file=None, data_dir=data_dir, start_worker=True, job_lease_seconds=LEASE)
+    )
+    sibling.engine.dispose()
+    time.sleep(2 * LEASE)
+    row = job_row(data_dir, long_job)
+    assert row["status"] == "running" and row["worker_id"] == running["worker_id"], row
+    assert row["attempts"] == 1
+
+    # Its lease is taken (as if reaped and claimed elsewhere): the worker must stop
+    # training and keep nothing; it is then free for the next job.
+    in_an_hour = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
+    with sqlite3.connect(data_dir / "p2l.db", timeout=30) as db:
+        db.execute(
+            "UPDATE jobs SET worker_id = 'another-worker', lease_expires_at = ? WHERE id = ?",
+            (in_an_hour.isoformat(" ", "microseconds"), long_job),
+        )
+    quick_job = start_finetune(client, target_id, epochs=1)
+    eventually(
+        lambda: client.get(f"/v1/jobs/{quick_job}").json()["status"] == "succeeded",
+        60,
+        "the worker drops the lost job and runs the next",
+    )
+    row = job_row(data_dir, long_job)
+    assert (row["status"], row["worker_id"]) == ("running", "another-worker"), row
+    assert row["model_id"] is None
+    quick_model = job_row(data_dir, quick_job)["model_id"]
+    assert model_folders(data_dir) == {quick_model}
+    assert [m["id"] for m in client.get("/v1/models").json()["items"]] == [quick_model]
+
+
+def test_expired_leases_are_requeued_then_failed(make_client: Callable[..., TestClient]) -> None:
+    from app.jobs.service import (
+        claim_next_job,
+        finish_job,
+        reap_expired_leases,
+        renew_lease,
+        submit_job,
+    )
+    from app.models import Job
+
+    state = make_client(import_bundled_zoo=False).app.state.service
+
+    def expire(job_id: str, lease: datetime | None) -> None:
+        with state.sessions() as session:
+            session.get(Job, job_id).lease_expires_at = lease
+            session.commit()
+
+    with state.sessions() as session:
+        job_id = submit_job(session, "finetune", {}).id
+        assert claim_next_job(session, "worker-a", 60).attempts == 1
+        assert reap_expired_leases(session, max_attempts=2) == (0, 0)  # a live lease stays
+        expire(job_id, datetime.now(UTC) - timedelta(seconds=1))
+        assert reap_expired_leases(session, max_attempts=2) == (1, 0)
+        job = session.get(Job, job_id)
+        session.refresh(job)
+        assert (job.status, job.worker_id, job.attempts) == ("queued", None, 1)
+        assert job.error == "re-queued after attempt 1 of 2: its worker stopped renewing its lease"
+
+        assert claim_next_job(session, "worker-b", 60).attempts == 2
+        # The first worker comes back: its lease is gone, nothing of it is accepted.
+        assert not renew_lease(session, job_id, "worker-a", 60)
+        assert not finish_job(session, job_id, "worker-a", "succeeded")
+        assert renew_lease(session, job_id, "worker-b", 60)
+        expire(job_id, None)  # no lease at all (a row from before leases): expired too
+        assert reap_expired_leases(session, max_attempts=2) == (0, 1)
+        session.refresh(job)
+        assert (job.status, job.attempts, job.finished_at is not None) == ("failed", 2, True)
+        assert job.error == "its worker stopped renewing its lease (attempt 2 of 2)"
+
+
+def test_a_job_over_the_time_limit_is_failed_with_the_reason(
+    make_client: Callable[..., TestClient], data_dir: Path
+) -> None:
+    from app.jobs.service import claim_next_job
+    from app.jobs.worker import Lease, run_job
+
+    client = make_client(job_lease_seconds=LEASE)
+    state = client.app.state.service
+    job_id = start_finetune(client, upload_target(client), epochs=1000)
+    settings = state.settings.model_copy(update={"job_time_limit_seconds": 1.0})
+    with state.sessions() as session:
+        job = claim_next_job(session, "worker-t", LEASE)
+
+    def work() -> None:
+        with Lease(state.sessions, settings, job.id, "worker-t") as lease:
+            run_job(state.sessions, state.store, torch.device("cpu"), job, lease)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "training went on past the time limit"
+    row = job_row(data_dir, job_id)
+    assert row["status"] == "failed" and row["error"] == "time limit of 1 s exceeded", row
+    assert row["model_id"] is None and model_folders(data_dir) == set()
+
+
+def test_start_sweeps_model_and_source_folders_no_row_owns(
+    make_client: Callable[..., TestClient], data_dir: Path
+) -> None:
+    # What a worker killed between publishing and committing leaves, long ago and just now.
+    old = [data_dir / "models" / ("a" * 32), data_dir / "sources" / ("b" * 32)]
+    recent = data_dir / "models" / ("c" * 32)
+    for folder in [*old, recent]:
+        folder.mkdir(parents=True)
+        (folder / "weights.safetensors").write_bytes(b"weights")
+    an_hour_ago = time.time() - 3600
+    for folder in old:
+        os.utime(folder, (an_hour_ago, an_hour_ago))
+
+    client = make_client()
+
+    assert not any(folder.exists() for folder in old)
+    assert recent.exists()  # may be a live worker's, about to commit
+    sources = client.get("/v1/sources", params={"page_size": 200}).json()["items"]
+    assert sources and all((data_dir / "sources" / s["id"]).is_dir() for s in sources)

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             keys = [key.strip() for key in value.split(",") if key.strip()]
-            if value.strip() and not keys:
+            if value and not keys:
                 # " , " is a typo, not a wish for an open service.
                 raise ValueError(f"P2L_API_KEYS={value!r} holds no key; unset it to run open")
             return keys

@@ -1,6 +1,5 @@
 """Database engine and sessions: SQLite (WAL) by default, PostgreSQL by URL; Alembic migrates."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -42,9 +41,3 @@ def migrate(engine: Engine) -> None:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded attributes after commit (responses read them)."""
     return sessionmaker(engine, expire_on_commit=False)
-
-
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Yield one session and close it afterwards (the request dependency)."""
-    with factory() as session:
-        yield session

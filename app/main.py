@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -14,7 +15,6 @@ from app.api.deps import ReadAccess, ServiceState
 from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
 from app.api.routes import datasets, health, jobs, models, rankings, reference, sources
 from app.config import Settings
-from app.datasets.service import remove_orphans
 from app.db import make_engine, migrate, session_factory
 from app.jobs.runner import LocalProcessRunner
 from app.jobs.service import reap_expired_leases, sweep_unowned_artifacts
@@ -24,6 +24,11 @@ from app.zoo.bundled import import_bundled_zoo, load_active_reference
 from app.zoo.sources import load_index
 
 logger = logging.getLogger("p2l")
+
+# tmp/ entries of other hosts' writers (and unnamed ones) are swept once this old; a dead
+# local writer's at once. The supervisor sweeps this often (a listing of tmp/).
+TMP_MAX_AGE_SECONDS = 3600.0
+TMP_SWEEP_EVERY_SECONDS = 60.0
 
 DESCRIPTION = """
 Pick the best pretrained **source** model for a small **target** dataset from one forward
@@ -41,36 +46,46 @@ def build_state(settings: Settings) -> ServiceState:
     migrate(engine)
     sessions = session_factory(engine)
     store = LocalArtifactStore(settings.data_dir)
-    # Spare recent staging: workers and sibling APIs sharing the data dir may be writing.
-    store.sweep_tmp(older_than_seconds=3600)
+    # Staging of a dead local process goes now; another host's only once old (it may write).
+    store.sweep_tmp(older_than_seconds=TMP_MAX_AGE_SECONDS)
     reference_net = load_active_reference(settings)
     share_cpus_with_decoding(settings.loader_threads)  # this process embeds; jobs run elsewhere
     with sessions() as session:
-        if removed := remove_orphans(session, store):
-            logger.warning("removed %d dataset folders left by an interrupted upload", removed)
         # A job still 'running' may belong to a live worker elsewhere: only expired leases
         # are reaped (here, then by the supervisor and every worker's poll loop).
         requeued, ended = reap_expired_leases(session, settings.job_max_attempts)
         if requeued or ended:
             logger.warning("%d job(s) had lost their worker: %d re-queued, %d ended",
                            requeued + ended, requeued, ended)  # fmt: skip
-        # A folder older than a lease, with no row, was published by a worker that died.
+        # A folder older than a lease, with no row, was published by a process that died
+        # before its commit; a younger one may be a sibling API's or worker's, mid-commit.
         if removed := sweep_unowned_artifacts(session, store, settings.job_lease_seconds):
-            logger.warning("removed %d model/source folders left by an interrupted job", removed)
+            logger.warning("removed %d dataset/model/source folders no row owns", removed)
         index = load_index(session, store, reference_net, settings.p2l_eps)
         if settings.import_bundled_zoo:
             import_bundled_zoo(session, store, index, reference_net)
     return ServiceState(settings, engine, sessions, store, reference_net, index)
 
 
-async def _supervise(state: ServiceState, every_seconds: float = 1.0) -> None:
-    """Replace a dead local worker promptly, and reap expired leases (any worker's)."""
+async def _supervise(
+    state: ServiceState,
+    every_seconds: float = 1.0,
+    sweep_every_seconds: float = TMP_SWEEP_EVERY_SECONDS,
+) -> None:
+    """Replace a dead local worker promptly, reap expired leases (any worker's), sweep tmp/."""
+    next_sweep = time.monotonic() + sweep_every_seconds
     while True:
         await asyncio.sleep(every_seconds)
         try:
             if state.runner is not None:
                 await asyncio.to_thread(state.runner.check)
             await asyncio.to_thread(_reap, state)
+            # A writer killed mid-upload (its whole service included) must not hold its
+            # staging (up to the upload cap) until the next restart.
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + sweep_every_seconds
+                if removed := await asyncio.to_thread(state.store.sweep_tmp, TMP_MAX_AGE_SECONDS):
+                    logger.warning("removed %d tmp/ entries of dead or stale writers", removed)
         except Exception:  # the supervisor must outlive any one failure
             logger.exception("job supervisor check failed")
 

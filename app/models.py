@@ -51,7 +51,10 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     num_images: Mapped[int] = mapped_column(Integer)
     class_counts: Mapped[dict[str, int]] = mapped_column(JSON)
-    rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # the first listed ones
+    # Every rejected file, by kind and in all (None: stored before revision 0005).
+    rejected_counts: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    rejected_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
     feature_dim: Mapped[int] = mapped_column(Integer)
     reference_sha256: Mapped[str] = mapped_column(String(64))
     artifact_key: Mapped[str] = mapped_column(String(200))

@@ -30,10 +30,17 @@ def is_valid_id(row_id: str) -> bool:
     return ID_PATTERN.fullmatch(row_id) is not None
 
 
-def get_by_id(session: Session, model: type[Row], row_id: str, noun: str) -> Row:
-    """The row of ``model`` with this id; NotFound names the ``noun`` otherwise."""
+def get_by_id(
+    session: Session, model: type[Row], row_id: str, noun: str, for_update: bool = False
+) -> Row:
+    """The row of ``model`` with this id; NotFound names the ``noun`` otherwise.
+
+    ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite serialises
+    writers on its own), so a check and the write it guards see the same state.
+    """
     # Checked before the query: some strings (a NUL byte) are errors to PostgreSQL.
-    row = session.get(model, row_id) if is_valid_id(row_id) else None
+    valid = is_valid_id(row_id)
+    row = session.get(model, row_id, with_for_update=for_update) if valid else None
     if row is None:
         raise NotFound(f"no {noun} with id {row_id[:100]!r}")
     return row

@@ -1,16 +1,22 @@
 """Artifact store: dataset files, signatures and weights, addressed by a relative key.
 
 Everything is staged under ``tmp/`` and published with one atomic rename, so a crash never
-leaves a half-written artifact visible under its final key.
+leaves a half-written artifact visible under its final key. Every ``tmp/`` entry names its
+owner (``stage-<host>-<pid>-...``), so what a dead process left is swept at once.
 """
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+# stage-, write- or trash-, then the owner (host, pid), then a random part without a dash.
+_OWNED_ENTRY = re.compile(r"(?:stage|write|trash)-(?P<host>[^-]+)-(?P<pid>\d{1,9})-[^-]+")
 
 
 class ArtifactStore(ABC):
@@ -60,7 +66,7 @@ class LocalArtifactStore(ArtifactStore):
         return target
 
     def new_staging_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="stage-", dir=self.tmp))
+        return Path(tempfile.mkdtemp(prefix=f"stage-{tmp_owner()}-", dir=self.tmp))
 
     def publish(self, staging: Path, key: str) -> str:
         target = self.path(key)
@@ -72,7 +78,7 @@ class LocalArtifactStore(ArtifactStore):
     def write_file(self, key: str, data: bytes) -> str:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix="write-", dir=self.tmp)
+        fd, temp_name = tempfile.mkstemp(prefix=f"write-{tmp_owner()}-", dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)
@@ -90,7 +96,7 @@ class LocalArtifactStore(ArtifactStore):
         if not target.exists():
             return
         # Rename first so the artifact disappears atomically, then remove at leisure.
-        trash = self.tmp / f"trash-{uuid.uuid4().hex}"
+        trash = self.tmp / f"trash-{tmp_owner()}-{uuid.uuid4().hex}"
         os.rename(target, trash)
         self.discard(trash)
 
@@ -101,16 +107,28 @@ class LocalArtifactStore(ArtifactStore):
             staging.unlink(missing_ok=True)
 
     def sweep_tmp(self, older_than_seconds: float = 0) -> int:
-        """Remove leftovers of interrupted writes (run at start-up); returns how many.
+        """Remove leftovers of interrupted writes; returns how many.
 
-        ``older_than_seconds`` spares recent entries, which another process sharing the
-        data dir (a separate job worker) may still be writing.
+        An entry of a process on this host goes as soon as that process is dead, and stays
+        while it lives. Any other entry (another host's, or named before owners were) goes
+        once older than ``older_than_seconds``: its writer may still be at work.
         """
         cutoff = time.time() - older_than_seconds
-        leftovers = [e for e in self.tmp.iterdir() if e.lstat().st_mtime <= cutoff]
-        for entry in leftovers:
-            self.discard(entry)
-        return len(leftovers)
+        host = _host()
+        removed = 0
+        for entry in self.tmp.iterdir():
+            owner = _OWNED_ENTRY.fullmatch(entry.name)
+            if owner is not None and owner["host"] == host:
+                doomed = not _alive(int(owner["pid"]))
+            else:
+                try:
+                    doomed = entry.lstat().st_mtime <= cutoff
+                except FileNotFoundError:  # its writer finished meanwhile
+                    continue
+            if doomed:
+                self.discard(entry)
+                removed += 1
+        return removed
 
     def keys_under(self, prefix: str) -> set[str]:
         """Keys of the artifacts directly under ``prefix`` (e.g. ``datasets``)."""
@@ -118,6 +136,35 @@ class LocalArtifactStore(ArtifactStore):
         if not folder.is_dir():
             return set()
         return {f"{prefix}/{entry.name}" for entry in folder.iterdir()}
+
+
+def tmp_owner(pid: int | None = None) -> str:
+    """``<host>-<pid>``, the owner part of a ``tmp/`` entry's name (this process by default)."""
+    return f"{_host()}-{os.getpid() if pid is None else pid}"
+
+
+def _host() -> str:
+    """Where a pid names a process: the host name (no dashes), and the pid namespace if any."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
+    try:  # containers sharing a volume and a host name still number their processes apart
+        return f"{host}.{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # no /proc (macOS): the host name alone
+        return host
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid runs here (a signal-0 probe sends nothing).
+
+    A dead writer's pid may have been reused by an unrelated process; its leftovers then
+    stay until that process ends too, which is harmless enough: they are only disk space.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, under another user
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

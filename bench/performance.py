@@ -198,7 +198,7 @@ def training_throughput(epochs: int) -> dict:
 def http_end_to_end(repeats: int, job_epochs: int) -> dict:
     """Upload+rank a fresh 250-image target over HTTP; a fine-tune job's images/s."""
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "P2L_DATA_DIR": f"{tmp}/data", "P2L_PORT": str(port)}
         server = subprocess.Popen(
             [sys.executable, "-m", "app"],
@@ -209,8 +209,8 @@ def http_end_to_end(repeats: int, job_epochs: int) -> dict:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_until_up(url)
-            archive = _target_zip(Path(tmp), "fashion")
+            wait_until_up(url)
+            archive = target_zip(Path(tmp), "fashion")
             client = httpx.Client(base_url=url, timeout=120)
             timings, target = [], None
             for _ in range(repeats):
@@ -251,7 +251,8 @@ def http_end_to_end(repeats: int, job_epochs: int) -> dict:
     }
 
 
-def _target_zip(root: Path, name: str) -> bytes:
+def target_zip(root: Path, name: str) -> bytes:
+    """A bundled benchmark target as a zip of class folders (what a user uploads)."""
     import zipfile
 
     data = np.load(BUNDLED_DIR / "targets" / f"{name}.npz")
@@ -264,13 +265,15 @@ def _target_zip(root: Path, name: str) -> bytes:
     return path.read_bytes()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _wait_until_up(url: str) -> None:
+def wait_until_up(url: str) -> None:
+    """Block until the service at ``url`` answers /healthz (at most 2 minutes)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

@@ -1,8 +1,13 @@
 """Dataset upload, validation, listing and deletion through HTTP, on SQLite and PostgreSQL."""
 
+import asyncio
+import io
 import os
+import struct
 import tarfile
 import time
+import tracemalloc
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +17,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.datasets.archive import REJECTION_KINDS
+from app.main import _supervise
 from app.models import Dataset
+from app.store import tmp_owner
 from tests.archives import (
     chained_long_name_tar,
     clipart_images,
@@ -26,6 +33,7 @@ from tests.archives import (
     zip_bytes,
     zip_with_special_entries,
 )
+from tests.test_store import dead_pid
 
 PROBLEM = "application/problem+json"
 
@@ -36,9 +44,15 @@ def service(make_client: Callable[..., TestClient], database_url: str | None) ->
     return make_client(database_url=database_url)
 
 
-def upload(client: TestClient, data: bytes, filename: str = "data.zip", **form: str):
+def upload(
+    client: TestClient,
+    data: bytes,
+    filename: str = "data.zip",
+    headers: dict[str, str] | None = None,
+    **form: str,
+):
     """POST an archive to /v1/datasets."""
-    return client.post("/v1/datasets", files={"file": (filename, data)}, data=form)
+    return client.post("/v1/datasets", files={"file": (filename, data)}, data=form, headers=headers)
 
 
 def stored_files(data_dir: Path) -> list[Path]:
@@ -278,26 +292,55 @@ def test_delete_removes_row_and_files(service: TestClient, data_dir: Path) -> No
     assert_nothing_stored(service, data_dir)
 
 
-def test_restart_clears_interrupted_writes(
+def test_restart_clears_what_a_dead_process_left(
     make_client: Callable[..., TestClient], data_dir: Path
 ) -> None:
     client = make_client()
     archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
     kept = upload(client, archive).json()["id"]
-    # What a crash mid-upload leaves: a staging dir, and a published folder with no row.
-    leftover = data_dir / "tmp" / "stage-crashed"
-    (leftover / "images").mkdir(parents=True)
-    an_hour_and_more_ago = time.time() - 3700  # a separate worker's staging would be recent
-    os.utime(leftover, (an_hour_and_more_ago, an_hour_and_more_ago))
+    # What a whole-service kill -9 mid-upload leaves, restarted at once: the staging folder
+    # of a process that is gone, and a folder published before the commit, with no row.
+    crashed = data_dir / "tmp" / f"stage-{tmp_owner(dead_pid())}-crashed"
+    (crashed / "images").mkdir(parents=True)
     orphan = data_dir / "datasets" / ("0" * 32)
     orphan.mkdir()
     (orphan / "signature.safetensors").write_bytes(b"partial")
+    a_minute_ago = time.time() - 60  # older than a lease (30 s)
+    os.utime(orphan, (a_minute_ago, a_minute_ago))
+    # What live processes are writing: this one's staging, and a sibling API's dataset
+    # published a moment ago, its row not yet committed.
+    writing = data_dir / "tmp" / f"stage-{tmp_owner()}-writing"
+    (writing / "images").mkdir(parents=True)
+    committing = data_dir / "datasets" / ("1" * 32)
+    committing.mkdir()
 
     restarted = make_client()
 
-    assert not orphan.exists()
-    assert list((data_dir / "tmp").iterdir()) == []
+    assert not crashed.exists() and not orphan.exists()
+    assert writing.exists() and committing.exists()
     assert [d["id"] for d in restarted.get("/v1/datasets").json()["items"]] == [kept]
+
+
+def test_the_supervisor_sweeps_a_dead_writers_staging_while_running(
+    client: TestClient, data_dir: Path
+) -> None:
+    crashed = data_dir / "tmp" / f"stage-{tmp_owner(dead_pid())}-crashed"
+    (crashed / "images").mkdir(parents=True)
+    writing = data_dir / "tmp" / f"stage-{tmp_owner()}-writing"
+    writing.mkdir()
+
+    async def supervise_until_swept() -> None:
+        supervisor = asyncio.create_task(
+            _supervise(client.app.state.service, every_seconds=0.01, sweep_every_seconds=0.05)
+        )
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if not crashed.exists():
+                break
+        supervisor.cancel()
+
+    asyncio.run(supervise_until_swept())
+    assert not crashed.exists() and writing.exists()
 
 
 def stored_rejections(client: TestClient, dataset_id: str) -> list[dict]:
@@ -334,6 +377,31 @@ def test_rejected_files_are_listed_up_to_the_cap_and_counted_by_kind(
     assert len(problem["rejected"]) == 100
     assert problem["rejected_total"] == 131
     assert problem["rejected_counts"] == {"not_an_image": 131}
+
+
+def test_a_replayed_upload_answers_what_the_first_did(service: TestClient) -> None:
+    good = image_folder_entries(fashion_mnist_images(per_class=2))
+    notes = {f"dress/notes-{i}.txt": b"not an image" for i in range(130)}
+    links = {f"tshirt/link-{i}.png": "/etc/passwd" for i in range(3)}
+    archive = zip_bytes({**good, **notes}, symlinks=links)
+    headers = {"Idempotency-Key": "upload-1"}
+
+    first = upload(service, archive, headers=headers)
+    again = upload(service, archive, headers=headers)
+
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert first.json()["rejected_total"] == 133 and len(first.json()["rejected"]) == 100
+    assert again.json() == first.json()
+
+    # A row stored before the counts were (revision 0005) replays what its list says.
+    with service.app.state.service.sessions() as session:
+        dataset = session.get(Dataset, first.json()["id"])
+        dataset.rejected_counts = dataset.rejected_total = None
+        session.commit()
+    old = upload(service, archive, headers=headers).json()
+    assert old["rejected"] == first.json()["rejected"] and old["rejected_total"] == 100
+    assert sum(old["rejected_counts"].values()) == 100
 
 
 def test_every_rejection_kind_is_documented_in_the_api(client: TestClient) -> None:
@@ -445,3 +513,59 @@ def test_dataset_name_is_limited_in_utf8_bytes(service: TestClient, data_dir: Pa
     # Without a name the file's name is used, cut to the limit.
     from_file = upload(service, archive, filename="ü" * 300 + ".zip")
     assert from_file.status_code == 201 and from_file.json()["name"] == "ü" * 100
+
+
+def declare_entries(archive: bytes, count: int) -> bytes:
+    """The zip with its end of central directory record claiming ``count`` entries."""
+    at = archive.rindex(b"PK\x05\x06")
+    return archive[: at + 8] + struct.pack("<HH", count, count) + archive[at + 12 :]
+
+
+def test_zip_entry_count_is_refused_before_zipfile_reads_the_directory(
+    make_client: Callable[..., TestClient], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make_client(max_archive_members=10)
+    image = png_bytes(Image.new("RGB", (8, 8)))
+    honest = zip_bytes({f"class{i % 2}/{i}.png": image for i in range(11)})
+    # zipfile reads every entry the central directory holds, whatever the record says.
+    lying = declare_entries(honest, 1)
+    assert len(zipfile.ZipFile(io.BytesIO(lying)).infolist()) == 11
+    opened: list[object] = []
+    real_zipfile = zipfile.ZipFile
+
+    def spy(*args: object, **kwargs: object) -> zipfile.ZipFile:
+        opened.append(args)
+        return real_zipfile(*args, **kwargs)
+
+    monkeypatch.setattr(zipfile, "ZipFile", spy)
+    for archive in (honest, lying):
+        response = upload(client, archive)
+        assert response.status_code == 422, response.text
+        assert "more than 10 members" in response.json()["detail"]
+    assert opened == []
+    assert_nothing_stored(client, data_dir)
+    # At the cap, the archive is read as before.
+    fits = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
+    assert upload(client, fits).status_code == 201 and opened
+
+
+def test_a_zip_of_many_empty_entries_is_refused_in_little_memory(client: TestClient) -> None:
+    # 200,000 entries in 18 MB (a ZIP64 archive); zipfile would hold ~550 bytes for each.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(200_000):
+            archive.writestr(f"d/{i:06d}", b"")
+    data = buffer.getvalue()
+
+    # Traced (Python) allocations, this thread's and the server's: a peak of the process's
+    # RSS would say nothing once an earlier test had peaked higher.
+    tracemalloc.start()
+    try:
+        response = upload(client, data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert response.status_code == 422
+    assert "more than 50,000 members" in response.json()["detail"]
+    assert peak < 100 * 1024**2, f"{peak:,} bytes"

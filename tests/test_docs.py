@@ -3,16 +3,15 @@
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.servers import free_port, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -31,32 +30,11 @@ def test_docs_pages_use_no_cdn(client: TestClient) -> None:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service started as the README starts it (`python -m app`), on a free port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "P2L_DATA_DIR": str(tmp_path_factory.mktemp("live")),
-        "P2L_PORT": str(port),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"], env=env, cwd=Path(__file__).parents[1]
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("service did not start within 90 s")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    live = tmp_path_factory.mktemp("live")
+    port = free_port()
+    env = {**os.environ, "P2L_DATA_DIR": str(live / "data"), "P2L_PORT": str(port)}
+    with serve(["-m", "app"], env, live / "server.log", port) as service:
+        yield service.url
 
 
 def rendered_dom(url: str) -> str:

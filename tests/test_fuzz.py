@@ -5,10 +5,8 @@ operation and a wall-clock cap keep the run inside the suite's budget.
 """
 
 import os
-import socket
-import subprocess
-import sys
 import time
+import warnings
 from collections.abc import Iterator
 
 import httpx
@@ -17,47 +15,28 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import positive_data_acceptance
 
+from tests.servers import free_port, serve, uvicorn_args
+
 EXAMPLES_PER_OPERATION = 30
 TIME_CAP_SECONDS = 240
 API_KEY = "fuzz-key"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real uvicorn process over a fresh data dir (bundled zoo, no job worker)."""
-    port = _free_port()
+    work = tmp_path_factory.mktemp("fuzz")
+    port = free_port()
     environment = {
         **os.environ,
-        "P2L_DATA_DIR": str(tmp_path_factory.mktemp("fuzz") / "data"),
+        "P2L_DATA_DIR": str(work / "data"),
         "P2L_START_WORKER": "false",
-        "P2L_API_KEYS": API_KEY,  # so that the run also checks writes refuse a bad key
+        # With keys set the schema says which routes need one, and schemathesis' auth check
+        # sends those a missing or wrong key (they must refuse it).
+        "P2L_API_KEYS": API_KEY,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"server did not start: {process.stderr.read().decode()[-2000:]}")
-    yield url
-    process.terminate()
-    process.wait(10)
+    with serve(uvicorn_args(port), environment, work / "server.log", port, timeout=60) as live:
+        yield live.url
 
 
 def test_no_5xx_and_no_schema_violation(server: str) -> None:
@@ -66,9 +45,11 @@ def test_no_5xx_and_no_schema_violation(server: str) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20
     failures: list[str] = []
+    fuzzed = 0
     for operation in operations:
         if time.monotonic() - started > TIME_CAP_SECONDS:
-            pytest.skip(f"fuzzing time cap of {TIME_CAP_SECONDS} s reached at {operation.label}")
+            break  # the cap bounds the run; what was found so far is still reported below
+        fuzzed += 1
 
         @given(case=operation.as_strategy())
         @settings(
@@ -93,6 +74,9 @@ def test_no_5xx_and_no_schema_violation(server: str) -> None:
         except Exception as exc:  # collect every operation's failure, then report them all
             failures.append(f"{operation.label}: {exc}"[:3000])
     assert not failures, "\n\n".join(failures)
+    if fuzzed < len(operations):
+        capped = f"fuzzing time cap reached after {fuzzed} of {len(operations)} operations"
+        warnings.warn(capped, stacklevel=1)
 
 
 def test_the_fuzzed_server_still_answers(server: str) -> None:

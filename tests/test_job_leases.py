@@ -2,10 +2,8 @@
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,9 +18,10 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import build_state
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
+from tests.servers import free_port, local_url, spawn, uvicorn_args, wait_healthy
 
-ROOT = Path(__file__).parents[1]
 LEASE = 2.0  # seconds: short, so that a lost lease shows within the test
+HANDED_BACK = "handed back, not counted as an attempt: "
 
 
 def lease_env(data_dir: Path, **settings: object) -> dict[str, str]:
@@ -31,20 +30,6 @@ def lease_env(data_dir: Path, **settings: object) -> dict[str, str]:
     env |= {"P2L_DATA_DIR": str(data_dir), "P2L_JOB_LEASE_SECONDS": str(LEASE)}
     env |= {f"P2L_{k.upper()}": str(v) for k, v in settings.items()}
     return env
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """A Python process of this project, its output in ``log``."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def eventually(check: Callable[[], object], timeout: float, what: str) -> object:
@@ -122,24 +107,14 @@ def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
     make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
 ) -> None:
     port = free_port()
-    api = spawn(
-        ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        lease_env(data_dir, start_worker="true"),
-        tmp_path / "api.log",
-    )
+    api_log = tmp_path / "api.log"
+    api_args = uvicorn_args(port, "--host", "127.0.0.1")
+    api = spawn(api_args, lease_env(data_dir, start_worker="true"), api_log)
     processes.append(api)
     first_worker = None
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-
-            def healthy() -> bool:
-                assert api.poll() is None, (tmp_path / "api.log").read_text()
-                try:
-                    return http.get("/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            eventually(healthy, 90, "the API answers")
+        wait_healthy(api, local_url(port), api_log, 90)
+        with httpx.Client(base_url=local_url(port), timeout=30) as http:
             job_id = start_finetune(http, upload_target(http), epochs=1000)
             first = eventually(lambda: training(data_dir, job_id), 90, "the job trains")
         first_worker = first["worker_pid"]
@@ -158,14 +133,55 @@ def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
         second = eventually(lambda: training(data_dir, job_id, attempt=2), 90, "attempt 2")
         assert second["worker_id"] != first["worker_id"]
         assert second["worker_pid"] == client.app.state.service.runner.pid != first_worker
-        client.__exit__(None, None, None)  # a graceful stop hands the job back too: last try
+        # A graceful stop hands the job back on purpose: that run does not count, so the
+        # job is queued again, not failed, though that was its last attempt.
+        client.__exit__(None, None, None)
         assert gone(second["worker_pid"])
         final = job_row(data_dir, job_id)
-        assert final["status"] == "failed" and final["attempts"] == 2, final
-        assert final["error"] == "its worker was stopped (attempt 2 of 2)"
+        assert (final["status"], final["worker_id"], final["attempts"]) == ("queued", None, 1)
+        assert final["error"] == HANDED_BACK + "its worker was stopped (SIGTERM)"
         assert model_folders(data_dir) == set()
     finally:
         kill_if_alive(first_worker)
+
+
+def test_graceful_stops_never_use_up_a_jobs_attempts(
+    make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
+) -> None:
+    # One attempt only: before, the first graceful stop failed the job.
+    limits = {"job_lease_seconds": LEASE, "job_max_attempts": 1}
+    client = make_client(**limits)  # no worker of its own
+    # Long enough to be caught training, short enough to then run to its end.
+    job_id = start_finetune(client, upload_target(client), epochs=60)
+
+    # A worker of its own, stopped as a deploy stops it (SIGTERM)...
+    worker = spawn(["-m", "app.jobs.worker"], lease_env(data_dir, **limits), tmp_path / "w1.log")
+    processes.append(worker)
+    first = eventually(lambda: training(data_dir, job_id, attempt=1), 90, "run 1 trains")
+    assert first["worker_pid"] == worker.pid
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 128 + signal.SIGTERM
+    row = job_row(data_dir, job_id)
+    assert (row["status"], row["worker_id"], row["attempts"]) == ("queued", None, 0), row
+    assert row["error"] == HANDED_BACK + "its worker was stopped (SIGTERM)"
+
+    # ... and the worker of a service that stops gracefully: the job is handed back again.
+    service = make_client(start_worker=True, **limits)
+    eventually(lambda: training(data_dir, job_id, attempt=1), 90, "run 2 trains")
+    service.__exit__(None, None, None)
+    row = job_row(data_dir, job_id)
+    assert (row["status"], row["worker_id"], row["attempts"]) == ("queued", None, 0), row
+    assert row["error"] == HANDED_BACK + "its worker was stopped (SIGTERM)"
+
+    # Two hand-backs, one attempt allowed: the job still runs, to its end.
+    last = spawn(["-m", "app.jobs.worker"], lease_env(data_dir, **limits), tmp_path / "w3.log")
+    processes.append(last)
+    eventually(
+        lambda: job_row(data_dir, job_id)["status"] not in ("queued", "running"), 120, "run 3 ends"
+    )
+    row = job_row(data_dir, job_id)
+    assert (row["status"], row["attempts"], row["worker_pid"]) == ("succeeded", 1, last.pid), row
+    assert row["error"] is None and model_folders(data_dir) == {row["model_id"]}
 
 
 def test_two_workers_run_two_jobs_once_each(
@@ -178,7 +194,9 @@ def test_two_workers_run_two_jobs_once_each(
     processes.extend(workers)
     eventually(lambda: all("ready" in log.read_text() for log in logs), 90, "workers ready")
 
-    jobs = [start_finetune(client, target_id, epochs=5) for _ in range(2)]
+    # Long enough (several seconds) that the first worker is still busy when the second
+    # polls: each job then runs on its own worker, even on busy shared cores.
+    jobs = [start_finetune(client, target_id, epochs=60) for _ in range(2)]
     for job_id in jobs:
         done = eventually(
             lambda job_id=job_id: (

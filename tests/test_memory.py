@@ -3,9 +3,6 @@ prediction, barely moves the peak memory of a real server process."""
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +18,8 @@ from tests.archives import (
     tall_png,
     zip_bytes,
 )
+from tests.servers import ROOT, free_port, serve, uvicorn_args
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_GROWTH_MIB = 50
 
 
@@ -46,13 +43,6 @@ class Server:
         return self.peak_mib()
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``python -m uvicorn app.main:app`` over a fresh data dir, with its job worker."""
@@ -62,34 +52,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env |= {"P2L_DATA_DIR": str(work / "data"), "P2L_START_WORKER": "true"}
     env["PYTHONPATH"] = str(ROOT)
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
-    with (work / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--log-level", "warning"], cwd=work, env=env, stdout=log, stderr=log
-        )
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-        try:
-            deadline = time.monotonic() + 90
-            while not _healthy(client):
-                assert process.poll() is None, (work / "server.log").read_text()
-                assert time.monotonic() < deadline, "the server did not start in 90 s"
-                time.sleep(0.2)
-            yield Server(client, process.pid)
-        finally:
-            client.close()
-            process.terminate()  # uvicorn shuts down gracefully, the worker with it
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _healthy(client: httpx.Client) -> bool:
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.TransportError:
-        return False
+    args = uvicorn_args(port, "--log-level", "warning")
+    # On exit uvicorn shuts down gracefully, the worker with it.
+    with (
+        serve(args, env, work / "server.log", port, cwd=work) as live,
+        httpx.Client(base_url=live.url, timeout=120) as client,
+    ):
+        yield Server(client, live.process.pid)
 
 
 def upload(client: httpx.Client, archive: bytes) -> dict:

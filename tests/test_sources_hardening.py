@@ -48,15 +48,19 @@ def register(
     weights: dict[str, torch.Tensor],
     signature: DatasetSignature = SIGNATURE,
     num_classes: int = 5,
+    class_names: list[str] | None = None,
 ) -> dict:
     """POST /v1/sources with safetensors weights and signature; returns status and body."""
+    form = {"architecture": "compact_cnn_small", "num_classes": str(num_classes), "name": "x"}
+    if class_names is not None:
+        form["class_names"] = json.dumps(class_names)
     response = client.post(
         "/v1/sources",
         files={
             "weights": ("w.safetensors", save(weights)),
             "signature": ("s.safetensors", signature_bytes(signature)),
         },
-        data={"architecture": "compact_cnn_small", "num_classes": str(num_classes), "name": "x"},
+        data=form,
     )
     return {"status": response.status_code, **response.json()}
 
@@ -190,6 +194,54 @@ def test_num_classes_above_the_limit_is_refused_before_any_model_is_built(
     assert "P2L_MAX_SOURCE_CLASSES" in refused["detail"]
     assert register(client, small_weights(), num_classes=10_001)["status"] == 422
     assert zoo_state(client, data_dir) == before
+
+
+def with_classes(names: list[str]) -> DatasetSignature:
+    """The bundled signature with ``names`` as its classes (one image each): valid otherwise."""
+    means = np.resize(SIGNATURE.class_means, (len(names), SIGNATURE.feature_dim))
+    counts = np.ones(len(names), dtype=np.int64)
+    return dataclasses.replace(SIGNATURE, class_names=names, class_counts=counts, class_means=means)
+
+
+def test_too_many_classes_and_too_long_class_names_are_refused_and_nothing_is_kept(
+    client: TestClient, data_dir: Path
+) -> None:
+    # Every class name is stored with the source and sent in each page of GET /v1/sources.
+    before = zoo_state(client, data_dir)
+    too_long = "é" * 150  # 150 characters, but 300 UTF-8 bytes: above P2L_MAX_NAME_BYTES=200
+    digits = SIGNATURE.class_names
+    attempts = {  # case: (what is sent, the setting the refusal names)
+        "10,001 signature classes": (
+            {"signature": with_classes([f"c{i}" for i in range(10_001)])},
+            "P2L_MAX_SOURCE_CLASSES",
+        ),
+        "a 300-byte signature class": (
+            {"signature": with_classes([too_long, *digits[1:]])},
+            "P2L_MAX_NAME_BYTES",
+        ),
+        "a 300-byte class_names field": (
+            {"class_names": [too_long, *digits[1:5]]},
+            "P2L_MAX_NAME_BYTES",
+        ),
+    }
+    outcome = {}
+    for case, (change, setting) in attempts.items():
+        response = register(client, small_weights(), **change)
+        outcome[case] = (response["status"], setting in response.get("detail", ""))
+    assert outcome == {case: (422, True) for case in attempts}
+    assert zoo_state(client, data_dir) == before
+    # At the limits they are data: 10,000 classes, and names of 200 bytes.
+    many = register(client, small_weights(), with_classes([f"c{i}" for i in range(10_000)]))
+    assert many["status"] == 201 and len(many["class_counts"]) == 10_000, many["status"]
+    at_limit = "é" * 100
+    accepted = register(
+        client,
+        small_weights(),
+        with_classes([at_limit, *digits[1:]]),
+        class_names=[at_limit, *digits[1:5]],
+    )
+    assert accepted["status"] == 201, accepted
+    assert accepted["class_names"][0] == at_limit and at_limit in accepted["class_counts"]
 
 
 def fine_tuned_model(client: TestClient) -> str:

@@ -1,10 +1,25 @@
 """The artifact store publishes atomically and never writes outside its root."""
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from app.store import LocalArtifactStore
+from app.store import LocalArtifactStore, tmp_owner
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)
 
 
 def test_publish_and_write_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
@@ -36,12 +51,39 @@ def test_delete_and_sweep(tmp_path: Path) -> None:
     store.delete("x/file.bin")
     store.delete("x/file.bin")  # deleting twice is fine
     assert not (tmp_path / "x/file.bin").exists()
-    store.new_staging_dir()
-    assert store.sweep_tmp() == 1 and list(store.tmp.iterdir()) == []
+    assert list(store.tmp.iterdir()) == []  # the trash went with the delete
 
 
-def test_sweep_spares_recent_staging_when_asked(tmp_path: Path) -> None:
+def test_tmp_entries_name_their_owner(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
-    recent = store.new_staging_dir()
-    assert store.sweep_tmp(older_than_seconds=3600) == 0 and recent.exists()
-    assert store.sweep_tmp() == 1 and not recent.exists()
+    staging = store.new_staging_dir()
+    assert staging.name.startswith(f"stage-{tmp_owner()}-")
+    assert str(os.getpid()) in staging.name
+
+
+def test_sweep_removes_a_dead_local_writers_entries_at_once(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    dead = tmp_owner(dead_pid())
+    crashed = [store.tmp / f"stage-{dead}-abc123", store.tmp / f"trash-{dead}-0f0f"]
+    for folder in crashed:
+        (folder / "images").mkdir(parents=True)
+    (store.tmp / f"write-{dead}-xyz").write_bytes(b"half a file")
+    live = store.new_staging_dir()  # this process's: in use, however old
+    an_hour_ago = time.time() - 3700
+    os.utime(live, (an_hour_ago, an_hour_ago))
+
+    assert store.sweep_tmp(older_than_seconds=3600) == 3
+    assert list(store.tmp.iterdir()) == [live]
+
+
+def test_sweep_waits_out_the_age_cutoff_for_other_hosts(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    # Another machine's writer (its pid means nothing here), and a name from before owners.
+    foreign = [store.tmp / "stage-otherhost-1-abc", store.tmp / "stage-k3j4h5"]
+    for folder in foreign:
+        folder.mkdir()
+    assert store.sweep_tmp(older_than_seconds=3600) == 0
+    an_hour_ago = time.time() - 3700
+    os.utime(foreign[0], (an_hour_ago, an_hour_ago))
+    assert store.sweep_tmp(older_than_seconds=3600) == 1
+    assert list(store.tmp.iterdir()) == [foreign[1]]

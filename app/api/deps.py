@@ -3,7 +3,8 @@
 import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from functools import partial
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
@@ -11,14 +12,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.problems import problem_responses
-from app.api.streams import SnapshotCache, StreamSlots
+from app.api.streams import SnapshotCache, StreamSlots, read_job_snapshot
 from app.config import Settings
 from app.jobs.finetunes import ModelCache
 from app.jobs.runner import JobRunner
-from app.jobs.service import get_job
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import ScoringParams, SignatureIndex
-from app.schemas import JobOut
 from app.store import LocalArtifactStore
 
 
@@ -39,12 +38,7 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self.streams = StreamSlots(self.settings.max_event_streams)
-        self.job_snapshots = SnapshotCache(self.job_snapshot)
-
-    def job_snapshot(self, job_id: str) -> dict[str, Any]:
-        """A job as its JSON body (what event streams send)."""
-        with self.sessions() as session:
-            return JobOut.model_validate(get_job(session, job_id)).model_dump(mode="json")
+        self.job_snapshots = SnapshotCache(partial(read_job_snapshot, self.sessions))
 
     def scoring_params(self, lam: float | None = None) -> ScoringParams:
         """The score constants in force (``lam`` overrides lambda for one request)."""
@@ -79,7 +73,8 @@ PageToken = Annotated[
     Query(
         max_length=512,
         pattern=r"^[A-Za-z0-9_-]+$",
-        description="next_page_token of the previous page, as given (anything else: 400).",
+        description="next_page_token of the previous page, as given (a token the service "
+        "did not issue: 400; outside this pattern: 422).",
     ),
 ]
 # The list routes' responses: a page token the service did not issue is a 400.
@@ -119,7 +114,8 @@ def require_read_key(state: StateDep, api_key: ApiKeyHeader) -> None:
         require_api_key(state, api_key)
 
 
-# POST and DELETE routes, and GETs that run a model or render on demand.
-WriteAccess = Depends(require_api_key)
+# Needs a key whenever keys are set: every POST and DELETE, and the GETs that compute on
+# demand or hold the server's resources (plots, the zoo map, event streams).
+ApiKeyRequired = Depends(require_api_key)
 # Every /v1 router: lists, records, weights and signatures.
 ReadAccess = Depends(require_read_key)

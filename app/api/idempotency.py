@@ -1,18 +1,20 @@
 """Idempotency-Key: a retried POST returns what the first one created instead of doing it again.
 
 The key is claimed in its own committed transaction before the work starts, so concurrent
-retries see each other; a failed request releases its key so that a retry can run.
+retries see each other; the resource it created is recorded in the request's own
+transaction (for a fine-tune, the same commit as the job), and a failed request releases
+its key so that a retry can run. Keys belong to one route and one API key.
 """
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO, Annotated
 
-from fastapi import Header
+from fastapi import Depends, Header
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,27 +23,63 @@ from app.errors import Conflict, InvalidInput
 from app.models import IdempotencyKey, utcnow
 
 REMEMBERED = timedelta(hours=24)
-# A claim older than this belongs to a request that died mid-way: it may be taken over.
-ABANDONED = timedelta(minutes=15)
+# A claim older than this belongs to a request that died mid-way: a retry may take it over.
+# Long enough for a large upload embedded on a CPU.
+ABANDONED = timedelta(hours=1)
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
 
-IdempotencyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="Any unique string (at most 200 printable ASCII characters). A retry with "
-        "the same key and the same request returns the first answer instead of repeating "
-        "the work; keys are remembered for 24 hours.",
-    ),
-]
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A client's Idempotency-Key, and which client sent it (a digest of its API key)."""
+
+    key: str
+    client: str
+
+
+def request_key(
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Any unique string (at most 200 printable ASCII characters). A retry "
+            "with the same key and the same request returns the first answer instead of "
+            "repeating the work; keys are remembered for 24 hours.",
+        ),
+    ] = None,
+    api_key: Annotated[str | None, Header(alias="X-API-Key", include_in_schema=False)] = None,
+) -> RequestKey | None:
+    """The request's Idempotency-Key, if it sent one (422 if it is malformed)."""
+    if idempotency_key is None:
+        return None
+    if not KEY_PATTERN.fullmatch(idempotency_key):
+        raise InvalidInput("Idempotency-Key must be 1 to 200 printable ASCII characters")
+    client = hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
+    return RequestKey(idempotency_key, client)
+
+
+IdempotencyHeader = Annotated[RequestKey | None, Depends(request_key)]
 
 
 @dataclass
 class Claim:
     """The outcome of claiming a key: ``replay_id`` is set when the work was already done."""
 
+    session: Session
     replay_id: str | None = None
-    resource_id: str | None = None
+    scope: str = ""
+    key: str = ""
+    completed: bool = False
+
+    def complete(self, resource_id: str) -> None:
+        """Record what the work created, in the request's transaction."""
+        if self.key:
+            self.session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.scope == self.scope, IdempotencyKey.key == self.key)
+                .values(resource_id=resource_id)
+            )
+        self.completed = True
 
 
 def digest_json(body: str) -> str:
@@ -49,52 +87,52 @@ def digest_json(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def digest_file(stream: IO[bytes], *extra: str | None) -> str:
-    """Fingerprint of an uploaded file and the form fields beside it (rewinds the file)."""
+def digest_files(streams: Sequence[IO[bytes]], *fields: object) -> str:
+    """Fingerprint of uploaded files and the form fields beside them (rewinds the files)."""
     digest = hashlib.sha256()
-    for value in extra:
+    for value in fields:
         digest.update(f"{value!r}\0".encode())
-    stream.seek(0)
-    while chunk := stream.read(1 << 20):
-        digest.update(chunk)
-    stream.seek(0)
+    for stream in streams:
+        stream.seek(0)
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+        stream.seek(0)
+        digest.update(b"\0")
     return digest.hexdigest()
 
 
 @contextmanager
 def idempotent(
-    sessions: sessionmaker[Session], scope: str, key: str | None, request_sha256: str
+    sessions: sessionmaker[Session],
+    session: Session,
+    route: str,
+    key: RequestKey | None,
+    request_sha256: str,
 ) -> Iterator[Claim]:
-    """Run the body once per key: set ``claim.resource_id`` to what it created.
+    """Run the body once per key; it calls ``claim.complete`` with what it created.
 
-    With ``claim.replay_id`` set, the body must answer with that resource instead.
+    With ``claim.replay_id`` set, the body must answer with that resource instead. The
+    request ``session`` is committed at the end, so the work's rows (when the body leaves
+    them to it) and the key's record land together.
     """
-    claim = Claim()
     if key is None:
-        yield claim
+        yield Claim(session)
         return
-    if not KEY_PATTERN.fullmatch(key):
-        raise InvalidInput("Idempotency-Key must be 1 to 200 printable ASCII characters")
-    claim.replay_id = _claim(sessions, scope, key, request_sha256)
+    scope = f"{route}:{key.client}"
+    claim = Claim(session, scope=scope, key=key.key)
+    claim.replay_id = _claim(sessions, scope, key.key, request_sha256)
     if claim.replay_id is not None:
         yield claim
         return
     try:
         yield claim
+        session.commit()
     except BaseException:
-        with sessions() as session:
-            _release(session, scope, key)
+        session.rollback()
+        _release(sessions, scope, key.key)
         raise
-    with sessions() as session:
-        if claim.resource_id is None:
-            _release(session, scope, key)
-        else:
-            session.execute(
-                update(IdempotencyKey)
-                .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
-                .values(resource_id=claim.resource_id)
-            )
-            session.commit()
+    if not claim.completed:
+        _release(sessions, scope, key.key)
 
 
 def _claim(
@@ -119,17 +157,36 @@ def _claim(
             )
         if existing.resource_id is not None:
             return existing.resource_id
-        if existing.created_at < now - ABANDONED:
-            existing.created_at = now
-            session.commit()
+        if existing.created_at < now - ABANDONED and _take_over(session, existing, now):
             return None
         raise Conflict(
             "a request with this Idempotency-Key is still running; retry in a few seconds"
         )
 
 
-def _release(session: Session, scope: str, key: str) -> None:
-    session.execute(
-        delete(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+def _take_over(session: Session, existing: IdempotencyKey, now: datetime) -> bool:
+    """Claim an abandoned key; only one of several concurrent retries succeeds."""
+    taken = session.execute(
+        update(IdempotencyKey)
+        .where(
+            IdempotencyKey.scope == existing.scope,
+            IdempotencyKey.key == existing.key,
+            IdempotencyKey.created_at == existing.created_at,
+            IdempotencyKey.resource_id.is_(None),
+        )
+        .values(created_at=now)
     )
     session.commit()
+    return bool(getattr(taken, "rowcount", 0) == 1)
+
+
+def _release(sessions: sessionmaker[Session], scope: str, key: str) -> None:
+    with sessions() as session:
+        session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.scope == scope,
+                IdempotencyKey.key == key,
+                IdempotencyKey.resource_id.is_(None),
+            )
+        )
+        session.commit()

@@ -61,7 +61,10 @@ def add_problem_handlers(app: FastAPI) -> None:
         response = problem(exc.status_code, str(exc.detail), request.url.path)
         response.headers.update(exc.headers or {})
         if exc.status_code == 405:
-            response.headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
+            # Starlette names the methods of the first matching route only; add the others.
+            named = {m.strip() for m in (exc.headers or {}).get("Allow", "").split(",")}
+            methods = (named | _allowed_methods(app, request.url.path)) - {""}
+            response.headers["Allow"] = ", ".join(sorted(methods))
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -110,13 +113,13 @@ def _storage_full(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-def _allowed_methods(app: FastAPI, path: str) -> list[str]:
-    """Every method the API documents at this path (Starlette names only one route's)."""
+def _allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """Every method the API documents at this path."""
     methods: set[str] = set()
     for template, operations in app.openapi()["paths"].items():
         if compile_path(template)[0].match(path):
             methods |= {method.upper() for method in operations}
-    return sorted(methods)
+    return methods
 
 
 class BodySizeLimit:

@@ -8,6 +8,7 @@ itself. Links, devices, absolute paths and ``..`` never reach the file system.
 import lzma
 import os
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -54,6 +55,14 @@ _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zip
 _ZIP_METHOD_NAMES = {9: "Deflate64", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "AES"}
 _ZIP_ENCRYPTED = 0x1 | 0x40  # traditional and strong encryption flag bits
 _ZIP_PATCHED = 0x20  # compressed patched data
+
+# Zip records read before zipfile is trusted with an archive (APPNOTE 4.3.12-4.3.16): the end
+# of central directory (EOCD), the ZIP64 EOCD locator and record, and a central header.
+_EOCD = struct.Struct("<4s4H2LH")  # sig, disk, cd disk, entries here, entries, cd size/offset
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")  # sig, size, versions, disks, entries x2, cd size/offset
+_CENTRAL_HEADER = struct.Struct("<4s4B4HL2L5H2L")
+_ZIP_TAIL = 1 << 16  # an archive comment is at most 64 KiB - 1; zipfile searches this far
 
 # Errors a damaged member can raise while it is read.
 _READ_ERRORS = (
@@ -247,6 +256,7 @@ def _read_members(archive: IO[bytes], archive_size: int, limits: ArchiveLimits) 
     declared = 0
     try:
         if zipfile.is_zipfile(archive):
+            _check_zip_entry_count(archive, archive_size, limits.max_members)
             archive.seek(0)
             iterator = _zip_members(archive)
         else:
@@ -285,6 +295,65 @@ def _read_members(archive: IO[bytes], archive_size: int, limits: ArchiveLimits) 
         # tarfile follows chained long-name/pax headers recursively.
         raise ArchiveError("archive is corrupt: too many chained tar headers") from None
     return members
+
+
+def _check_zip_entry_count(archive: IO[bytes], archive_size: int, max_members: int) -> None:
+    """ArchiveError if the zip has more than ``max_members`` entries, before zipfile reads it.
+
+    zipfile builds an object for every central directory entry before the first one can be
+    looked at (some 550 bytes of memory per 85 bytes of archive), so the count is read from
+    the end of central directory record, and the central headers are then counted, at most
+    ``max_members + 1`` of them, since zipfile ignores a declared count that lies.
+    """
+    refusal = ArchiveError(f"archive has more than {max_members:,} members")
+    found = _zip_central_directory(archive, archive_size)
+    if found is None:
+        return  # not a zip zipfile can open either: it says why
+    declared, start, size = found
+    if declared > max_members:
+        raise refusal
+    # Walk the central directory as zipfile will (from the same place, by the same sizes).
+    counted = offset = 0
+    while offset < size:
+        archive.seek(start + offset)
+        header = archive.read(_CENTRAL_HEADER.size)
+        if len(header) != _CENTRAL_HEADER.size or header[:4] != b"PK\x01\x02":
+            return  # zipfile refuses the archive as corrupt
+        name_size, extra_size, comment_size = _CENTRAL_HEADER.unpack(header)[12:15]
+        offset += _CENTRAL_HEADER.size + name_size + extra_size + comment_size
+        counted += 1
+        if counted > max_members:
+            raise refusal
+
+
+def _zip_central_directory(archive: IO[bytes], archive_size: int) -> tuple[int, int, int] | None:
+    """(declared entries, start, size) of the central directory, located as zipfile does."""
+    tail_start = max(archive_size - _EOCD.size - _ZIP_TAIL, 0)
+    archive.seek(tail_start)
+    tail = archive.read()
+    at = len(tail) - _EOCD.size  # no archive comment: the record ends the file
+    if at < 0 or tail[at : at + 4] != b"PK\x05\x06" or tail[-2:] != b"\0\0":
+        at = tail.rfind(b"PK\x05\x06")  # else the last signature, ahead of a comment
+    if at < 0 or at + _EOCD.size > len(tail):
+        return None
+    eocd = _EOCD.unpack_from(tail, at)
+    entries, size = eocd[4], eocd[5]
+    eocd_at = tail_start + at
+    # The directory ends where the records begin: zipfile trusts this over the stored offset.
+    location = eocd_at
+    # zipfile reads a ZIP64 record whenever its locator sits before the EOCD (not only when
+    # the EOCD fields say 0xFFFF), and then takes its counts and sizes.
+    record_at = eocd_at - _EOCD64_LOCATOR.size - _EOCD64.size
+    if record_at >= 0:
+        archive.seek(record_at)
+        data = archive.read(_EOCD64.size + _EOCD64_LOCATOR.size)
+        locator = _EOCD64_LOCATOR.unpack_from(data, _EOCD64.size)
+        if locator[0] == b"PK\x06\x07" and data[:4] == b"PK\x06\x06":
+            record = _EOCD64.unpack_from(data)
+            entries, size = record[7], record[8]
+            location = record_at
+    start = location - size
+    return (entries, start, size) if start >= 0 else None
 
 
 def _zip_members(archive: IO[bytes]) -> Iterator[_Member]:

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import IO
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -88,13 +87,17 @@ def ingest_dataset(
         dataset_id = uuid.uuid4().hex
         key = f"datasets/{dataset_id}"
         work.publish(staging, key)
+        rejected = folder.rejected.summary()
         dataset = Dataset(
             id=dataset_id,
             name=name,
             num_images=signature.n,
             class_counts=folder.class_counts,
-            # Only the listed rejections are kept (P2L_MAX_REJECTED_LISTED), each shortened.
-            rejected=[r.as_dict() for r in folder.rejected.listed],
+            # Only the listed rejections are kept (P2L_MAX_REJECTED_LISTED), each shortened;
+            # the counts cover all of them, so a replay answers what the upload did.
+            rejected=rejected["rejected"],
+            rejected_counts=rejected["rejected_counts"],
+            rejected_total=rejected["rejected_total"],
             feature_dim=signature.feature_dim,
             reference_sha256=signature.reference_sha256,
             artifact_key=key,
@@ -167,12 +170,3 @@ def delete_dataset(session: Session, store: LocalArtifactStore, dataset_id: str)
     session.delete(dataset)
     session.commit()
     store.delete(key)
-
-
-def remove_orphans(session: Session, store: LocalArtifactStore) -> int:
-    """Delete dataset folders no row points to (left by a crash); returns how many."""
-    known = set(session.scalars(select(Dataset.artifact_key)))
-    orphans = store.keys_under("datasets") - known
-    for key in orphans:
-        store.delete(key)
-    return len(orphans)

@@ -11,19 +11,18 @@ from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, load_model
 from app.datasets.images import ImageRejected, open_rgb, square_pixels
-from app.datasets.service import get_dataset
 from app.errors import Conflict, InvalidInput
 from app.finetune.layers import layer_groups
 from app.finetune.options import FinetuneOptions, check_class_sizes
 from app.finetune.train import ImageTensors
 from app.jobs.service import QUEUED, RUNNING, submit_job
-from app.models import FinetunedModel, Job, Source
+from app.models import Dataset, FinetunedModel, Job, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
 from app.pagination import get_by_id, paginate
 from app.store import LocalArtifactStore
 from app.zoo.rankings import rank_sources
-from app.zoo.sources import get_source, register_source, signature_for_dataset
+from app.zoo.sources import register_source, signature_for_dataset
 
 MODEL_WEIGHTS = "weights.safetensors"
 
@@ -44,7 +43,8 @@ def submit_finetune(
     The ranking made for "best" and the job are committed together: a refused request
     leaves neither behind.
     """
-    dataset = get_dataset(session, target_dataset_id)
+    # Locked until the job is committed: a delete waits, then sees the job (409).
+    dataset = get_by_id(session, Dataset, target_dataset_id, "dataset", for_update=True)
     try:
         check_class_sizes(dataset.class_counts, options)
     except ValueError as exc:
@@ -58,8 +58,10 @@ def submit_finetune(
         if not ranking.results:
             raise InvalidInput("the zoo holds no rankable source to pick the best from")
         source_id, chosen_by, ranking_id = ranking.results[0]["source_id"], "p2l", ranking.id
-    source = get_source(session, source_id)
-    groups = [g.name for g in layer_groups(build_model(source.architecture, source.num_classes))]
+    source = get_by_id(session, Source, source_id, "source", for_update=True)
+    with torch.device("meta"):  # only the layout is needed: allocate nothing
+        model = build_model(source.architecture, source.num_classes)
+    groups = [g.name for g in layer_groups(model)]
     if options.freeze_below >= len(groups):
         raise InvalidInput(
             f"freeze_below={options.freeze_below}, but {source.architecture} has "
@@ -112,7 +114,14 @@ def delete_model(
 def ensure_no_active_job_uses(
     session: Session, *, dataset_id: str | None = None, source_id: str | None = None
 ) -> None:
-    """Conflict naming the queued or running jobs that need this dataset or source."""
+    """Conflict naming the queued or running jobs that need this dataset or source.
+
+    The row is locked first, so a fine-tune submitted meanwhile waits for the delete.
+    """
+    if dataset_id is not None:
+        get_by_id(session, Dataset, dataset_id, "dataset", for_update=True)
+    if source_id is not None:
+        get_by_id(session, Source, source_id, "source", for_update=True)
     active = session.scalars(select(Job).where(Job.status.in_((QUEUED, RUNNING))))
     users = [
         job.id
@@ -208,6 +217,7 @@ def register_model(
     model_id: str,
     name: str | None,
     max_classes: int,
+    max_name_bytes: int,
 ) -> Source:
     """Add a fine-tuned model to the zoo, with its target dataset's signature (once: Conflict)."""
     row = get_model(session, model_id)
@@ -234,6 +244,7 @@ def register_model(
         # Unique in the database: of concurrent requests one source wins, the rest Conflict.
         model_id=row.id,
         max_classes=max_classes,
+        max_name_bytes=max_name_bytes,
     )
     row.registered_source_id = source.id
     session.commit()

@@ -28,7 +28,7 @@ class JobRunner(ABC):
 
     @abstractmethod
     def stop(self) -> None:
-        """Stop executing jobs (running ones are released: re-queued or failed)."""
+        """Stop executing jobs (running ones are handed back: re-queued, attempt not counted)."""
 
     @property
     @abstractmethod
@@ -81,20 +81,25 @@ class LocalProcessRunner(JobRunner):
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()  # the worker gives its job back on SIGTERM
+        if not self.process.is_alive():  # it died before the stop: that run counts
+            self._release(f"the worker process died (exit code {self.process.exitcode})")
+            self.process = None
+            return
+        self.process.terminate()  # the worker hands its job back on SIGTERM
         self.process.join(10)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
-        # In case it was killed before it could: release what it still holds.
-        self._release("the service stopped while this job ran")
+        # In case it was killed before it could: hand back what it still holds. A stop on
+        # purpose (a deploy) does not use up the job's attempts.
+        self._release("the service stopped while this job ran", handed_back=True)
         self.process = None
 
-    def _release(self, reason: str) -> tuple[int, int]:
-        """Re-queue or fail the jobs of the worker that is gone."""
+    def _release(self, reason: str, handed_back: bool = False) -> tuple[int, int]:
+        """Re-queue or fail the jobs of the worker that is gone (re-queue all if handed back)."""
         if self.worker_id is None:
             return 0, 0
         with self.sessions() as session:
             return release_worker_jobs(
-                session, self.worker_id, reason, self.settings.job_max_attempts
+                session, self.worker_id, reason, self.settings.job_max_attempts, handed_back
             )

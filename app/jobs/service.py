@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, CursorResult, Result, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict
-from app.models import FinetunedModel, Job, Source, utcnow
+from app.models import Dataset, FinetunedModel, Job, Source, utcnow
 from app.pagination import get_by_id, paginate
 from app.store import LocalArtifactStore
 
@@ -27,10 +27,10 @@ TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 
 def submit_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
-    """Queue a job; a worker picks it up."""
+    """Queue a job (the caller commits, with whatever else the request wrote)."""
     job = Job(id=uuid.uuid4().hex, kind=kind, status=QUEUED, params=params, progress={})
     session.add(job)
-    session.commit()
+    session.flush()
     return job
 
 
@@ -125,12 +125,18 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: str, **val
 
 
 def release_jobs(
-    session: Session, reason: str, max_attempts: int, *which: ColumnElement[bool]
+    session: Session,
+    reason: str,
+    max_attempts: int,
+    *which: ColumnElement[bool],
+    handed_back: bool = False,
 ) -> tuple[int, int]:
     """End the running jobs matching ``which`` whose worker is gone: (re-queued, ended).
 
     A job is re-queued while it has attempts left, otherwise failed (cancelled if that was
-    asked) with the reason. Each update re-checks ``which``, so a renewal in between wins.
+    asked) with the reason. ``handed_back``: the worker gave the job back on purpose (it
+    was stopped), so the run is not counted and the job is re-queued whatever its attempts.
+    Each update re-checks ``which``, so a renewal in between wins.
     """
     rows = session.execute(
         select(Job.id, Job.attempts, Job.cancel_requested).where(Job.status == RUNNING, *which)
@@ -141,6 +147,14 @@ def release_jobs(
         values: dict[str, Any]
         if cancel_requested:
             values = {"status": CANCELLED, "error": f"cancelled: {reason} ({attempt})"}
+        elif handed_back:
+            # The attempt bound is for lost leases (killed or hung workers, poison jobs);
+            # a stopped worker says nothing about the job, so rolling deploys cost none.
+            values = {
+                "status": QUEUED,
+                "attempts": max(attempts - 1, 0),
+                "error": f"handed back, not counted as an attempt: {reason}",
+            }
         elif attempts < max_attempts:
             values = {"status": QUEUED, "error": f"re-queued after {attempt}: {reason}"}
         else:
@@ -163,10 +177,12 @@ def release_jobs(
 
 
 def release_worker_jobs(
-    session: Session, worker_id: str, reason: str, max_attempts: int
+    session: Session, worker_id: str, reason: str, max_attempts: int, handed_back: bool = False
 ) -> tuple[int, int]:
     """Release the jobs of a worker known to be gone (it exited, or was stopped)."""
-    return release_jobs(session, reason, max_attempts, Job.worker_id == worker_id)
+    return release_jobs(
+        session, reason, max_attempts, Job.worker_id == worker_id, handed_back=handed_back
+    )
 
 
 def reap_expired_leases(session: Session, max_attempts: int) -> tuple[int, int]:
@@ -181,14 +197,14 @@ def reap_expired_leases(session: Session, max_attempts: int) -> tuple[int, int]:
 def sweep_unowned_artifacts(
     session: Session, store: LocalArtifactStore, older_than_seconds: float
 ) -> int:
-    """Delete model and source folders that no row points to; returns how many.
+    """Delete dataset, model and source folders that no row points to; returns how many.
 
     Such a folder was published by a process that died before its commit. Recent ones are
     spared: a live worker (or API) elsewhere may be about to commit them.
     """
     cutoff = time.time() - older_than_seconds
     removed = 0
-    for prefix, table in (("models", FinetunedModel), ("sources", Source)):
+    for prefix, table in (("datasets", Dataset), ("models", FinetunedModel), ("sources", Source)):
         known = set(session.scalars(select(table.artifact_key)))
         for key in store.keys_under(prefix) - known:
             # Publishing renames a folder just written: its mtime is when it was published.

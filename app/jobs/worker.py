@@ -3,7 +3,8 @@
 Started by the service (app.jobs.runner), or on its own with ``python -m app.jobs.worker``
 (same P2L_ settings) to run jobs on another process or machine sharing the database and
 data dir. A worker holds each job through a lease it renews (see app.jobs.service); it
-stops a job whose lease it lost, and publishes nothing for it.
+stops a job whose lease it lost, and publishes nothing for it. Stopped on purpose (SIGTERM,
+SIGINT), it hands its job back without using up one of the job's attempts.
 """
 
 import logging
@@ -50,6 +51,14 @@ from app.zoo.sources import get_source, weights_path
 logger = logging.getLogger("p2l.worker")
 
 POLL_SECONDS = 0.5
+
+
+class StopRequested(SystemExit):
+    """The worker was asked to stop (SIGTERM or SIGINT): it hands its job back."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
 
 
 class Lease:
@@ -312,12 +321,14 @@ def run_worker(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
     worker_id = make_worker_id(os.getpid(), id_suffix)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     engine = make_engine(settings.sqlalchemy_url)
     sessions = session_factory(engine)
     store = LocalArtifactStore(settings.data_dir)
     device = resolve_device(settings.device)
     logger.info("worker %s ready on %s", worker_id, device)
+    stop: StopRequested | None = None
     try:
         while parent_pid is None or os.getppid() == parent_pid:
             job = _next_job(sessions, settings, worker_id)
@@ -327,11 +338,20 @@ def run_worker(
             logger.info("running job %s (attempt %d)", job.id, job.attempts)
             with Lease(sessions, settings, job.id, worker_id, parent_pid) as lease:
                 run_job(sessions, store, device, job, lease)
-    finally:  # stopped (SIGTERM) mid-job: give the job back now rather than at lease expiry
+    except StopRequested as exc:
+        stop = exc
+        raise
+    finally:  # give a job held now back at once rather than at lease expiry
         with sessions() as session:
-            release_worker_jobs(
-                session, worker_id, "its worker was stopped", settings.job_max_attempts
-            )
+            if stop is not None:  # stopped on purpose: the run does not count
+                reason = f"its worker was stopped ({stop.signal_name})"
+                release_worker_jobs(
+                    session, worker_id, reason, settings.job_max_attempts, handed_back=True
+                )
+            else:  # it crashed, or its parent is gone: the run counts
+                release_worker_jobs(
+                    session, worker_id, "its worker exited", settings.job_max_attempts
+                )
         engine.dispose()
 
 
@@ -348,9 +368,13 @@ def _next_job(sessions: sessionmaker[Session], settings: Settings, worker_id: st
         return None
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # SystemExit unwinds the main thread through run_worker's finally, which releases the job.
-    raise SystemExit(128 + signum)
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    # Once only: a second signal must not cut the hand-back short (the lease would then
+    # expire and the run count after all). The exception unwinds the main thread through
+    # run_worker, which hands the job back.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise StopRequested(signum)
 
 
 if __name__ == "__main__":

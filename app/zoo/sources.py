@@ -28,6 +28,7 @@ logger = logging.getLogger("p2l")
 WEIGHTS_FILE = "weights.safetensors"
 SIGNATURE_FILE = "signature.safetensors"
 DEFAULT_MAX_CLASSES: int = Settings.model_fields["max_source_classes"].default
+DEFAULT_MAX_NAME_BYTES: int = Settings.model_fields["max_name_bytes"].default
 # Finite-check this many elements at a time: a bounded scratch mask, whatever the tensor size.
 _FINITE_CHUNK = 1 << 22
 
@@ -60,6 +61,28 @@ def check_architecture(
         raise InvalidInput(
             f"num_classes={num_classes:,} is outside 1..{max_classes:,} (P2L_MAX_SOURCE_CLASSES)"
         )
+
+
+def check_class_names(
+    what: str,
+    names: list[str],
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    max_name_bytes: int = DEFAULT_MAX_NAME_BYTES,
+) -> None:
+    """InvalidInput if ``what`` names more classes than max_classes or a name is too long."""
+    # Each name is stored with the source and sent in every page of GET /v1/sources.
+    if len(names) > max_classes:
+        raise InvalidInput(
+            f"{what} names {len(names):,} classes; a source may have at most {max_classes:,} "
+            "(P2L_MAX_SOURCE_CLASSES)"
+        )
+    for i, name in enumerate(names):
+        # surrogatepass: a lone surrogate from JSON is counted, not a 500.
+        if (size := len(name.encode("utf-8", "surrogatepass"))) > max_name_bytes:
+            raise InvalidInput(
+                f"{what}: class name {i} ({name[:20]!r}…) is {size:,} UTF-8 bytes; the limit "
+                f"is {max_name_bytes:,} (P2L_MAX_NAME_BYTES)"
+            )
 
 
 def check_weights(
@@ -124,6 +147,7 @@ def register_source(
     origin: str = "upload",
     model_id: str | None = None,
     max_classes: int = DEFAULT_MAX_CLASSES,
+    max_name_bytes: int = DEFAULT_MAX_NAME_BYTES,
 ) -> Source:
     """Validate and store a source; nothing is kept if any check fails.
 
@@ -132,6 +156,9 @@ def register_source(
     """
     # The cheap checks first: the weights are parsed only for a model that may exist.
     check_architecture(architecture, num_classes, max_classes)
+    check_class_names("the signature", signature.class_names, max_classes, max_name_bytes)
+    if class_names is not None:
+        check_class_names("class_names", class_names, max_classes, max_name_bytes)
     check_weights(architecture, num_classes, parse_weights(weights_data), max_classes)
     if signature.feature_dim != reference.feature_dim:
         raise InvalidInput(

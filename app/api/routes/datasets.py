@@ -5,8 +5,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from app.api.deps import PAGE_PROBLEMS, PageToken, SessionDep, StateDep, WriteAccess
-from app.api.idempotency import IdempotencyHeader, digest_file, idempotent
+from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.datasets import service
 from app.jobs.finetunes import ensure_no_active_job_uses
@@ -36,15 +36,19 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
 def replayed_rejections(dataset: Dataset) -> dict[str, object]:
     """The rejection summary of an upload as stored (for an Idempotency-Key replay)."""
     listed = dataset.rejected
-    counts = Counter(str(r.get("kind", "other")) for r in listed)
-    return {"rejected": listed, "rejected_counts": dict(counts), "rejected_total": len(listed)}
+    if dataset.rejected_counts is not None and dataset.rejected_total is not None:
+        counts, total = dataset.rejected_counts, dataset.rejected_total
+    else:  # stored before revision 0005, with only the listed rejections: count those
+        counts = dict(Counter(str(r.get("kind", "other")) for r in listed))
+        total = len(listed)
+    return {"rejected": listed, "rejected_counts": counts, "rejected_total": total}
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetCreated,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Upload a dataset archive (one folder per class)",
     responses=problem_responses(
         _413="Upload above P2L_MAX_UPLOAD_BYTES; nothing is stored",
@@ -55,12 +59,12 @@ def upload_dataset(
     state: StateDep,
     session: SessionDep,
     response: Response,
+    idempotency_key: IdempotencyHeader,
     file: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of <class>/<image>")],
     name: Annotated[
         str | None,
         Form(description="At most P2L_MAX_NAME_BYTES (200) UTF-8 bytes; default: the file's"),
     ] = None,
-    idempotency_key: IdempotencyHeader = None,
 ) -> DatasetCreated:
     """Validate every image, compute the signature, and store the dataset.
 
@@ -68,8 +72,8 @@ def upload_dataset(
     with their kind and reason, and every rejected file counted by kind.
     """
     name = name or service.default_dataset_name(file.filename, state.settings)
-    digest = digest_file(file.file, name)
-    with idempotent(state.sessions, "datasets", idempotency_key, digest) as claim:
+    digest = digest_files([file.file], name)
+    with idempotent(state.sessions, session, "datasets", idempotency_key, digest) as claim:
         if claim.replay_id is not None:
             dataset = service.get_dataset(session, claim.replay_id)
             response.headers["Idempotent-Replayed"] = "true"
@@ -80,7 +84,7 @@ def upload_dataset(
             result = service.ingest_dataset(
                 session, state.store, state.reference, state.settings, file.file, name
             )
-            claim.resource_id = result.dataset.id
+            claim.complete(result.dataset.id)
             body = DatasetCreated(
                 **dataset_out(result.dataset).model_dump(), **result.folder.rejected.summary()
             )
@@ -140,7 +144,7 @@ def get_signature(
 @router.delete(
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Delete a dataset and its files",
 )
 def delete_dataset(state: StateDep, session: SessionDep, dataset_id: str) -> Response:

@@ -20,6 +20,7 @@ def health(session: SessionDep) -> JSONResponse:
         session.execute(text("SELECT 1"))
         database, status_code = "ok", 200
     except Exception as exc:
+        session.rollback()  # so the managed session does not try to commit a dead connection
         database, status_code = f"unavailable: {type(exc).__name__}", 503
     body = HealthOut(
         status="ok" if status_code == 200 else "degraded",

@@ -4,15 +4,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
 
 from app.api import streams
-from app.api.deps import PAGE_PROBLEMS, PageToken, SessionDep, StateDep, WriteAccess
+from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
 from app.api.idempotency import IdempotencyHeader, digest_json, idempotent
 from app.api.problems import problem_responses
+from app.errors import NotFound
 from app.jobs import finetunes
 from app.jobs import service as jobs
 from app.models import Job
+from app.pagination import is_valid_id
 from app.schemas import FinetuneRequest, JobOut, Page
 
 router = APIRouter(tags=["jobs"])
@@ -22,7 +23,7 @@ router = APIRouter(tags=["jobs"])
     "/v1/finetunes",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Start fine-tuning a source on a target (a background job)",
 )
 def start_finetune(
@@ -30,14 +31,14 @@ def start_finetune(
     session: SessionDep,
     request: FinetuneRequest,
     response: Response,
-    idempotency_key: IdempotencyHeader = None,
+    idempotency_key: IdempotencyHeader,
 ) -> Job:
     """Queue the job and answer at once; follow ``Location`` (or the events stream).
 
     Every problem the request can have is found here (422), not later in the worker.
     """
     digest = digest_json(request.model_dump_json(exclude_unset=True))
-    with idempotent(state.sessions, "finetunes", idempotency_key, digest) as claim:
+    with idempotent(state.sessions, session, "finetunes", idempotency_key, digest) as claim:
         if claim.replay_id is not None:
             job = jobs.get_job(session, claim.replay_id)
             response.headers["Idempotent-Replayed"] = "true"
@@ -53,7 +54,7 @@ def start_finetune(
                 request.source_id,
                 request.options(),
             )
-            claim.resource_id = job.id
+            claim.complete(job.id)  # committed with the job and its ranking
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job
 
@@ -83,7 +84,7 @@ def get_job(session: SessionDep, job_id: str) -> Job:
 @router.post(
     "/v1/jobs/{job_id}/cancel",
     response_model=JobOut,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Cancel a job",
 )
 def cancel_job(session: SessionDep, job_id: str) -> Job:
@@ -94,7 +95,7 @@ def cancel_job(session: SessionDep, job_id: str) -> Job:
 @router.delete(
     "/v1/jobs/{job_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Delete a finished job's record",
     responses=problem_responses(_409="The job is queued or running: cancel it first"),
 )
@@ -111,11 +112,15 @@ def delete_job(session: SessionDep, job_id: str) -> Response:
         200: {"content": {"text/event-stream": {}}},
         **problem_responses(_503="P2L_MAX_EVENT_STREAMS streams are open; retry later"),
     },
+    # Each open stream holds a slot for minutes: with keys set, only key holders may.
+    dependencies=[ApiKeyRequired],
     summary="Stream a job's progress as server-sent events",
 )
 async def job_events(state: StateDep, job_id: str) -> StreamingResponse:
     """``event: progress`` whenever the job changes; then ``event: end`` once it is finished,
     or ``event: timeout`` after P2L_EVENT_STREAM_IDLE_SECONDS without a change."""
+    if not is_valid_id(job_id):  # before the cache keeps anything for it
+        raise NotFound(f"no job with id {job_id[:100]!r}")
     first = await state.job_snapshots.get(job_id)  # 404 before the stream starts
     slot = state.streams.try_acquire()
     if slot is None:
@@ -128,9 +133,6 @@ async def job_events(state: StateDep, job_id: str) -> StreamingResponse:
     events = streams.job_events(
         first, state.job_snapshots, slot, jobs.TERMINAL, state.settings.event_stream_idle_seconds
     )
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache"},
-        background=BackgroundTask(slot.release),  # also when the stream never started
+    return streams.SlotStreamingResponse(
+        events, slot, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )

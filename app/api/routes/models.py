@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, File, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import PAGE_PROBLEMS, PageToken, SessionDep, StateDep, WriteAccess
+from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
 from app.api.problems import problem_responses
 from app.errors import TooLarge
 from app.jobs import finetunes
@@ -58,7 +58,7 @@ def download_weights(state: StateDep, session: SessionDep, model_id: str) -> Fil
 @router.post(
     "/{model_id}/predict",
     response_model=PredictionsOut,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Classify uploaded images",
     responses=problem_responses(
         _413="More files than P2L_MAX_PREDICT_FILES, or one above P2L_MAX_IMAGE_BYTES",
@@ -93,7 +93,7 @@ def predict(
 @router.delete(
     "/{model_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Delete a fine-tuned model and its weights",
 )
 def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Response:
@@ -106,7 +106,7 @@ def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Respons
     "/{model_id}/register",
     status_code=status.HTTP_201_CREATED,
     response_model=SourceOut,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Add a fine-tuned model to the zoo as a new source",
     responses=problem_responses(
         _409="The model is already a source (the detail and source_id name it)",
@@ -123,4 +123,5 @@ def register(
     return finetunes.register_model(
         session, state.store, state.index, state.reference, model_id, name,
         max_classes=state.settings.max_source_classes,
+        max_name_bytes=state.settings.max_name_bytes,
     )  # fmt: skip

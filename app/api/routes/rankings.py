@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import SessionDep, StateDep, WriteAccess
+from app.api.deps import ApiKeyRequired, SessionDep, StateDep
 from app.models import Ranking
 from app.schemas import RankingOut, RankingRequest
 from app.zoo import plots
@@ -30,7 +30,7 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=RankingOut,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Rank the sources for a target dataset",
 )
 def create_ranking(
@@ -63,7 +63,7 @@ def get_ranking(session: SessionDep, ranking_id: str) -> RankingOut:
     "/{ranking_id}/plot.png",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "PNG image"}},
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Bar chart of a ranking's score parts",
 )
 def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
@@ -80,7 +80,7 @@ def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
 @router.delete(
     "/{ranking_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Delete a ranking",
 )
 def delete_ranking(session: SessionDep, ranking_id: str) -> Response:

@@ -7,7 +7,8 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import PAGE_PROBLEMS, PageToken, SessionDep, StateDep, WriteAccess
+from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.datasets.service import get_dataset
 from app.errors import InvalidInput
@@ -26,17 +27,19 @@ PNG = {"content": {"image/png": {}}, "description": "PNG image"}
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=SourceOut,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Register a pretrained source model",
     responses=problem_responses(
-        _422="Weights do not fit the architecture or hold NaN/Inf, num_classes is above "
-        "P2L_MAX_SOURCE_CLASSES, or the signature is malformed, non-finite or implausibly large"
+        _422="Weights do not fit the architecture or hold NaN/Inf, num_classes or the "
+        "signature's classes are above P2L_MAX_SOURCE_CLASSES, a class name is above "
+        "P2L_MAX_NAME_BYTES, or the signature is malformed, non-finite or implausibly large"
     ),
 )
 def register_source(
     state: StateDep,
     session: SessionDep,
     response: Response,
+    idempotency_key: IdempotencyHeader,
     weights: Annotated[UploadFile, File(description="Model weights (.safetensors)")],
     architecture: Annotated[str, Form(description="compact_cnn, compact_cnn_small, resnet18, …")],
     num_classes: Annotated[int, Form(ge=1, description="Outputs of the classifier head")],
@@ -58,27 +61,43 @@ def register_source(
         raise InvalidInput("give exactly one of dataset_id or signature")
     # Before anything is read, computed or built for it.
     max_classes = state.settings.max_source_classes
+    max_name_bytes = state.settings.max_name_bytes
     service.check_architecture(architecture, num_classes, max_classes)
-    if dataset_id is not None:
-        sig = service.signature_for_dataset(session, state.store, state.reference, dataset_id)
-    else:
-        assert signature is not None  # exactly one of the two, checked above
-        sig = service.parse_signature(signature.file.read())
-    source = service.register_source(
-        session,
-        state.store,
-        state.index,
-        state.reference,
-        name=name,
-        architecture=architecture,
-        num_classes=num_classes,
-        weights_data=weights.file.read(),
-        signature=sig,
-        class_names=_parse_names(class_names),
-        input_size=input_size,
-        dataset_id=dataset_id,
-        max_classes=max_classes,
-    )
+    names = _parse_names(class_names)
+    if names is not None:
+        service.check_class_names("class_names", names, max_classes, max_name_bytes)
+    uploads = [weights.file] + ([signature.file] if signature is not None else [])
+    fields = (architecture, num_classes, name, dataset_id, input_size, class_names)
+    digest = digest_files(uploads, *fields)
+    with idempotent(state.sessions, session, "sources", idempotency_key, digest) as claim:
+        if claim.replay_id is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            source = service.get_source(session, claim.replay_id)
+        else:
+            if dataset_id is not None:
+                sig = service.signature_for_dataset(
+                    session, state.store, state.reference, dataset_id
+                )
+            else:
+                assert signature is not None  # exactly one of the two, checked above
+                sig = service.parse_signature(signature.file.read())
+            source = service.register_source(
+                session,
+                state.store,
+                state.index,
+                state.reference,
+                name=name,
+                architecture=architecture,
+                num_classes=num_classes,
+                weights_data=weights.file.read(),
+                signature=sig,
+                class_names=names,
+                input_size=input_size,
+                dataset_id=dataset_id,
+                max_classes=max_classes,
+                max_name_bytes=max_name_bytes,
+            )
+            claim.complete(source.id)
     response.headers["Location"] = f"/v1/sources/{source.id}"
     return source
 
@@ -119,7 +138,7 @@ def list_sources(
     "/map.png",
     response_class=Response,
     responses={200: PNG},
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Map of the zoo (and a target) in feature space",
 )
 def zoo_map(state: StateDep, session: SessionDep, target_dataset_id: str | None = None) -> Response:
@@ -165,7 +184,7 @@ def download_weights(state: StateDep, session: SessionDep, source_id: str) -> Fi
 @router.delete(
     "/{source_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[WriteAccess],
+    dependencies=[ApiKeyRequired],
     summary="Delete a source",
 )
 def delete_source(state: StateDep, session: SessionDep, source_id: str) -> Response:

@@ -1,5 +1,6 @@
 """Service settings: one class, read from the environment (prefix ``P2L_``) or a ``.env`` file."""
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -50,6 +51,18 @@ class Settings(BaseSettings):
 
     start_worker: bool = Field(
         True, description="Run a job worker process beside the API (off: run one yourself)."
+    )
+    runner: Literal["local", "ray"] = Field(
+        "local",
+        description="Where fine-tunes run: 'local' (a worker process beside the API) or "
+        "'ray' (tasks on the Ray cluster at P2L_RAY_ADDRESS; pip install -e '.[ray]').",
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster address for P2L_RUNNER=ray (e.g. ray://head:10001)."
+    )
+    ray_resources: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description='Custom Ray resources each job asks for, JSON (e.g. {"p2l_gpu_pool": 1}).',
     )
 
     # Jobs (a worker owns a job through a lease it renews; see README, "Jobs")
@@ -104,6 +117,13 @@ class Settings(BaseSettings):
     max_source_classes: int = Field(
         10_000, ge=2, description="Largest num_classes a registered source may have."
     )
+
+    @field_validator("ray_resources", mode="before")
+    @classmethod
+    def _parse_resources(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

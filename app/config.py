@@ -20,6 +20,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/p2l.db (WAL mode)."
     )
+    store_url: str | None = Field(
+        None,
+        description="Where artifacts live: file:///path or s3://bucket/prefix; default the "
+        "data dir. With s3, the data dir keeps only a local cache, scratch and SQLite.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible service (MinIO, ...); default AWS."
+    )
 
     # Server
     host: str = "127.0.0.1"

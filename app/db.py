@@ -1,15 +1,22 @@
 """Database engine and sessions: SQLite (WAL) by default, PostgreSQL by URL; Alembic migrates."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# PostgreSQL advisory lock keys (any constants unique to this service).
+MIGRATE_LOCK = 0x7032_6C01
+BUNDLED_IMPORT_LOCK = 0x7032_6C02
+ZOO_CHANGE_LOCK = 0x7032_6C03
 
 
 def make_engine(url: str) -> Engine:
@@ -29,11 +36,41 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
+@contextmanager
+def advisory_lock(engine: Engine, key: int) -> Iterator[None]:
+    """Hold a PostgreSQL session advisory lock for the block (other processes wait).
+
+    A no-op on SQLite, where one writer at a time is the rule already. The lock lives on a
+    connection of its own, so the work inside may commit as often as it likes.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
+def lock_zoo_changes(session: Session) -> None:
+    """Make this transaction the only zoo writer until it commits (PostgreSQL).
+
+    A zoo_changes seq is drawn after this lock and committed before it is released, so
+    seqs become visible in order: a reader that sees seq N has seen every seq below it.
+    SQLite serialises writers on its own, with the same effect.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ZOO_CHANGE_LOCK})
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision (one process at a time)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
+    # Replicas starting together would otherwise race to create the same tables.
+    with advisory_lock(engine, MIGRATE_LOCK), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -16,10 +16,10 @@ from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handle
 from app.api.routes import datasets, health, jobs, models, rankings, reference, sources
 from app.config import Settings
 from app.db import make_engine, migrate, session_factory
-from app.jobs.runner import LocalProcessRunner
+from app.jobs.runner import make_runner
 from app.jobs.service import reap_expired_leases, sweep_unowned_artifacts
 from app.p2l.reference import share_cpus_with_decoding
-from app.store import LocalArtifactStore
+from app.store import make_store
 from app.zoo.bundled import import_bundled_zoo, load_active_reference
 from app.zoo.sources import load_index
 
@@ -45,7 +45,7 @@ def build_state(settings: Settings) -> ServiceState:
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     sessions = session_factory(engine)
-    store = LocalArtifactStore(settings.data_dir)
+    store = make_store(settings)
     # Staging of a dead local process goes now; another host's only once old (it may write).
     store.sweep_tmp(older_than_seconds=TMP_MAX_AGE_SECONDS)
     reference_net = load_active_reference(settings)
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = build_state(settings)
         app.state.service = state
         if settings.start_worker:
-            state.runner = LocalProcessRunner(settings, state.sessions)
+            state.runner = make_runner(settings, state.sessions)
             state.runner.start()
         supervisor = asyncio.create_task(_supervise(state))
         yield

@@ -156,3 +156,15 @@ class IdempotencyKey(Base):
     request_sha256: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ZooChange(Base):
+    """One change to the zoo; replicas replay the rows past their index's version."""
+
+    __tablename__ = "zoo_changes"
+
+    # Autoincrement, never deleted: SQLite and PostgreSQL never hand out a seq twice.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(String(32))
+    op: Mapped[str] = mapped_column(String(8))  # 'add' (or re-signed) | 'remove'
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

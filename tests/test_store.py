@@ -31,6 +31,7 @@ def test_publish_and_write_are_atomic_and_leave_no_temp_files(tmp_path: Path) ->
     assert (tmp_path / "things/one/a.bin").read_bytes() == b"abc"
     store.write_file("things/two.bin", b"xyz")
     assert (tmp_path / "things/two.bin").read_bytes() == b"xyz"
+    assert abs(store.published_at("things/one") - time.time()) < 60
     assert list(store.tmp.iterdir()) == []
     # Publishing over an existing artifact fails rather than mixing the two.
     again = store.new_staging_dir()
@@ -64,7 +65,11 @@ def test_tmp_entries_name_their_owner(tmp_path: Path) -> None:
 def test_sweep_removes_a_dead_local_writers_entries_at_once(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     dead = tmp_owner(dead_pid())
-    crashed = [store.tmp / f"stage-{dead}-abc123", store.tmp / f"trash-{dead}-0f0f"]
+    crashed = [
+        store.tmp / f"stage-{dead}-abc123",
+        store.tmp / f"trash-{dead}-0f0f",
+        store.tmp / f"fetch-{dead}-0a0a",  # an object store's download into its cache
+    ]
     for folder in crashed:
         (folder / "images").mkdir(parents=True)
     (store.tmp / f"write-{dead}-xyz").write_bytes(b"half a file")
@@ -72,7 +77,7 @@ def test_sweep_removes_a_dead_local_writers_entries_at_once(tmp_path: Path) -> N
     an_hour_ago = time.time() - 3700
     os.utime(live, (an_hour_ago, an_hour_ago))
 
-    assert store.sweep_tmp(older_than_seconds=3600) == 3
+    assert store.sweep_tmp(older_than_seconds=3600) == 4
     assert list(store.tmp.iterdir()) == [live]
 
 

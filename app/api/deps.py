@@ -18,7 +18,7 @@ from app.jobs.finetunes import ModelCache
 from app.jobs.runner import JobRunner
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import ScoringParams, SignatureIndex
-from app.store import LocalArtifactStore
+from app.store import ArtifactStore
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ServiceState:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    store: LocalArtifactStore
+    store: ArtifactStore
     reference: ReferenceNetwork
     index: SignatureIndex
     models: ModelCache = field(default_factory=ModelCache)

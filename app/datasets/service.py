@@ -14,7 +14,7 @@ from app.models import Dataset
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
-from app.store import LocalArtifactStore
+from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
 
 SIGNATURE_FILE = "signature.safetensors"
@@ -66,7 +66,7 @@ def default_dataset_name(filename: str | None, settings: Settings) -> str:
 
 def ingest_dataset(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     reference: ReferenceNetwork,
     settings: Settings,
     archive: IO[bytes],
@@ -148,12 +148,12 @@ def list_datasets(
     return paginate(session, Dataset, page_size, page_token)
 
 
-def dataset_signature(store: LocalArtifactStore, dataset: Dataset) -> DatasetSignature:
+def dataset_signature(store: ArtifactStore, dataset: Dataset) -> DatasetSignature:
     """The stored signature of a dataset."""
     return load_signature(store.path(dataset.artifact_key) / SIGNATURE_FILE)
 
 
-def dataset_files(store: LocalArtifactStore, dataset: Dataset) -> dict[str, list[Path]]:
+def dataset_files(store: ArtifactStore, dataset: Dataset) -> dict[str, list[Path]]:
     """The stored image files of a dataset, by class (classes and files sorted)."""
     images = store.path(dataset.artifact_key) / IMAGES_DIR
     return {
@@ -163,7 +163,7 @@ def dataset_files(store: LocalArtifactStore, dataset: Dataset) -> dict[str, list
     }
 
 
-def delete_dataset(session: Session, store: LocalArtifactStore, dataset_id: str) -> None:
+def delete_dataset(session: Session, store: ArtifactStore, dataset_id: str) -> None:
     """Remove the row, then the files (a crash in between leaves only unreachable files)."""
     dataset = get_dataset(session, dataset_id)
     key = dataset.artifact_key

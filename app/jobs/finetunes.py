@@ -20,7 +20,7 @@ from app.models import Dataset, FinetunedModel, Job, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
 from app.pagination import get_by_id, paginate
-from app.store import LocalArtifactStore
+from app.store import ArtifactStore
 from app.zoo.rankings import rank_sources
 from app.zoo.sources import register_source, signature_for_dataset
 
@@ -29,7 +29,7 @@ MODEL_WEIGHTS = "weights.safetensors"
 
 def submit_finetune(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     index: SignatureIndex,
     reference: ReferenceNetwork,
     scoring: ScoringParams,
@@ -100,7 +100,7 @@ def list_models(
 
 
 def delete_model(
-    session: Session, store: LocalArtifactStore, cache: "ModelCache", model_id: str
+    session: Session, store: ArtifactStore, cache: "ModelCache", model_id: str
 ) -> None:
     """Remove a model's row, then its files (a source registered from it keeps its own copy)."""
     row = get_model(session, model_id)
@@ -138,7 +138,7 @@ def ensure_no_active_job_uses(
         )
 
 
-def model_weights_path(store: LocalArtifactStore, model: FinetunedModel):
+def model_weights_path(store: ArtifactStore, model: FinetunedModel):
     """Where a fine-tuned model's safetensors weights are."""
     return store.path(model.artifact_key) / MODEL_WEIGHTS
 
@@ -151,7 +151,7 @@ class ModelCache:
         self._models: OrderedDict[str, torch.nn.Module] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, store: LocalArtifactStore, row: FinetunedModel) -> torch.nn.Module:
+    def get(self, store: ArtifactStore, row: FinetunedModel) -> torch.nn.Module:
         """The loaded network of ``row``."""
         with self._lock:
             if row.id in self._models:
@@ -211,7 +211,7 @@ def predict(
 
 def register_model(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     index: SignatureIndex,
     reference: ReferenceNetwork,
     model_id: str,

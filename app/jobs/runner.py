@@ -103,3 +103,12 @@ class LocalProcessRunner(JobRunner):
             return release_worker_jobs(
                 session, self.worker_id, reason, self.settings.job_max_attempts, handed_back
             )
+
+
+def make_runner(settings: Settings, sessions: sessionmaker[Session]) -> JobRunner:
+    """The runner the settings ask for: a local worker process, or tasks on a Ray cluster."""
+    if settings.runner == "ray":
+        from app.jobs.ray_runner import RayRunner  # lazily: ray is an optional extra
+
+        return RayRunner(settings, sessions)
+    return LocalProcessRunner(settings, sessions)

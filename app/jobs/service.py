@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict
 from app.models import Dataset, FinetunedModel, Job, Source, utcnow
 from app.pagination import get_by_id, paginate
-from app.store import LocalArtifactStore
+from app.store import ArtifactStore
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled",
@@ -195,7 +195,7 @@ def reap_expired_leases(session: Session, max_attempts: int) -> tuple[int, int]:
 
 
 def sweep_unowned_artifacts(
-    session: Session, store: LocalArtifactStore, older_than_seconds: float
+    session: Session, store: ArtifactStore, older_than_seconds: float
 ) -> int:
     """Delete dataset, model and source folders that no row points to; returns how many.
 
@@ -207,8 +207,8 @@ def sweep_unowned_artifacts(
     for prefix, table in (("datasets", Dataset), ("models", FinetunedModel), ("sources", Source)):
         known = set(session.scalars(select(table.artifact_key)))
         for key in store.keys_under(prefix) - known:
-            # Publishing renames a folder just written: its mtime is when it was published.
-            if store.path(key).stat().st_mtime <= cutoff:
+            # A folder last written to before the cutoff is no live writer's (see published_at).
+            if store.published_at(key) <= cutoff:
                 store.delete(key)
                 removed += 1
     return removed

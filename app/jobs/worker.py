@@ -2,8 +2,9 @@
 
 Started by the service (app.jobs.runner), or on its own with ``python -m app.jobs.worker``
 (same P2L_ settings) to run jobs on another process or machine sharing the database and
-data dir. A worker holds each job through a lease it renews (see app.jobs.service); it
-stops a job whose lease it lost, and publishes nothing for it. Stopped on purpose (SIGTERM,
+data dir; on a Ray cluster, each task runs one job through ``run_next_job``. A worker
+holds each job through a lease it renews (see app.jobs.service); it stops a job whose
+lease it lost, and publishes nothing for it. Stopped on purpose (SIGTERM,
 SIGINT), it hands its job back without using up one of the job's attempts.
 """
 
@@ -44,7 +45,7 @@ from app.jobs.service import (
 )
 from app.models import FinetunedModel, Job
 from app.p2l.reference import resolve_device
-from app.store import LocalArtifactStore
+from app.store import ArtifactStore, make_store
 from app.unit_of_work import unit_of_work
 from app.zoo.sources import get_source, weights_path
 
@@ -213,7 +214,7 @@ class JobProgress:
 
 def run_finetune(
     sessions: sessionmaker[Session],
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     device: torch.device,
     job: Job,
     lease: Lease,
@@ -287,7 +288,7 @@ def run_finetune(
 
 def run_job(
     sessions: sessionmaker[Session],
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     device: torch.device,
     job: Job,
     lease: Lease,
@@ -312,6 +313,42 @@ def run_job(
             session.commit()
 
 
+def run_claimed_job(
+    sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    device: torch.device,
+    settings: Settings,
+    job: Job,
+    worker_id: str,
+    parent_pid: int | None = None,
+) -> None:
+    """Run a job this worker just claimed, holding its lease (renewed) until it ends."""
+    logger.info("running job %s (attempt %d)", job.id, job.attempts)
+    with Lease(sessions, settings, job.id, worker_id, parent_pid) as lease:
+        run_job(sessions, store, device, job, lease)
+
+
+def run_next_job(settings: Settings, worker_id: str) -> str | None:
+    """Claim the oldest queued job and run it like the worker loop does; its id, or None.
+
+    The body of a Ray task (app.jobs.ray_runner): a process with no parent to watch, one
+    job per call. Whatever ends the call early hands nothing back: the job's lease then
+    expires and the reaper re-queues or fails it, counting the attempt.
+    """
+    logger.setLevel(logging.INFO)  # Ray's worker already has handlers (and prints them)
+    engine = make_engine(settings.sqlalchemy_url)
+    sessions = session_factory(engine)
+    try:
+        job = _next_job(sessions, settings, worker_id)
+        if job is None:  # another worker took it first
+            return None
+        store = make_store(settings)
+        run_claimed_job(sessions, store, resolve_device(settings.device), settings, job, worker_id)
+        return job.id
+    finally:
+        engine.dispose()
+
+
 def run_worker(
     settings: Settings, parent_pid: int | None = None, id_suffix: str | None = None
 ) -> None:
@@ -325,7 +362,7 @@ def run_worker(
     signal.signal(signal.SIGINT, _stop_on_signal)
     engine = make_engine(settings.sqlalchemy_url)
     sessions = session_factory(engine)
-    store = LocalArtifactStore(settings.data_dir)
+    store = make_store(settings)
     device = resolve_device(settings.device)
     logger.info("worker %s ready on %s", worker_id, device)
     stop: StopRequested | None = None
@@ -335,9 +372,7 @@ def run_worker(
             if job is None:
                 time.sleep(POLL_SECONDS)
                 continue
-            logger.info("running job %s (attempt %d)", job.id, job.attempts)
-            with Lease(sessions, settings, job.id, worker_id, parent_pid) as lease:
-                run_job(sessions, store, device, job, lease)
+            run_claimed_job(sessions, store, device, settings, job, worker_id, parent_pid)
     except StopRequested as exc:
         stop = exc
         raise

@@ -97,6 +97,10 @@ class SignatureIndex:
         self.ids: list[str] = []
         # Requests register, delete and rank from several threads at once.
         self._lock = threading.RLock()
+        # The last zoo_changes seq applied: the index is a cache of the database up to it.
+        self.version = 0
+        # One catch-up at a time, so an older read of the log is never applied over a newer.
+        self.catch_up_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._signatures)

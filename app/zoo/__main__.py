@@ -12,7 +12,7 @@ from pathlib import Path
 from app.config import Settings
 from app.db import make_engine, migrate, session_factory
 from app.p2l.scoring import SignatureIndex
-from app.store import LocalArtifactStore
+from app.store import make_store
 from app.zoo.bundled import bundled_target_names, export_target, load_active_reference
 from app.zoo.upgrade import upgrade
 
@@ -21,7 +21,7 @@ def _upgrade(dry_run: bool, as_json: bool) -> None:
     settings = Settings()
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
-    store = LocalArtifactStore(settings.data_dir)
+    store = make_store(settings)
     reference = load_active_reference(settings)
     # This process only writes; a running service rebuilds its index when restarted.
     index = SignatureIndex(eps=settings.p2l_eps)

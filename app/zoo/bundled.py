@@ -13,15 +13,16 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import BUNDLED_IMPORT_LOCK, advisory_lock
 from app.models import Source
 from app.p2l.reference import ReferenceNetwork, load_reference
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import load_signature
-from app.store import LocalArtifactStore
+from app.store import ArtifactStore
 from app.zoo.sources import register_source
 
 logger = logging.getLogger("p2l")
@@ -51,14 +52,26 @@ def load_active_reference(settings: Settings) -> ReferenceNetwork:
 
 def import_bundled_zoo(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     index: SignatureIndex,
     reference: ReferenceNetwork,
 ) -> int:
-    """Register the bundled sources if the zoo is empty (first start); returns how many."""
-    if session.scalar(select(func.count()).select_from(Source)):
-        return 0
-    return len(import_bundled_sources(session, store, index, reference))
+    """Register the bundled sources if the zoo is empty (first start); returns how many.
+
+    Replicas starting together on one PostgreSQL database take turns: the first imports,
+    the others then find the zoo filled.
+    """
+    with advisory_lock(_engine(session), BUNDLED_IMPORT_LOCK):
+        # End any read transaction begun before the lock: its snapshot may predate the import.
+        session.commit()
+        if session.scalar(select(func.count()).select_from(Source)):
+            return 0
+        return len(_import_missing(session, store, index, reference))
+
+
+def _engine(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
 
 
 def missing_bundled_sources(session: Session, reference: ReferenceNetwork) -> list[dict[str, Any]]:
@@ -86,11 +99,22 @@ def missing_bundled_sources(session: Session, reference: ReferenceNetwork) -> li
 
 def import_bundled_sources(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     index: SignatureIndex,
     reference: ReferenceNetwork,
 ) -> list[Source]:
     """Register every bundled source the zoo does not hold yet, beside what is there."""
+    with advisory_lock(_engine(session), BUNDLED_IMPORT_LOCK):
+        session.commit()  # as in import_bundled_zoo: see what the lock's last holder stored
+        return _import_missing(session, store, index, reference)
+
+
+def _import_missing(
+    session: Session,
+    store: ArtifactStore,
+    index: SignatureIndex,
+    reference: ReferenceNetwork,
+) -> list[Source]:
     imported = [
         register_source(
             session,

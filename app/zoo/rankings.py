@@ -11,13 +11,13 @@ from app.models import Ranking, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import Measure, Method, ScoringParams, SignatureIndex
 from app.pagination import get_by_id, is_valid_id
-from app.store import LocalArtifactStore
-from app.zoo.sources import signature_for_dataset
+from app.store import ArtifactStore
+from app.zoo.sources import catch_up, signature_for_dataset
 
 
 def rank_sources(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     index: SignatureIndex,
     reference: ReferenceNetwork,
     params: ScoringParams,
@@ -35,6 +35,8 @@ def rank_sources(
     that uses it, or not at all).
     """
     target = signature_for_dataset(session, store, reference, target_dataset_id)
+    # The index caches the database: take in what other replicas changed meanwhile.
+    catch_up(session, store, index, reference)
     excluded: list[dict[str, str]] = []
     if source_ids is not None:
         wanted = list(dict.fromkeys(source_ids))

@@ -7,20 +7,21 @@ import uuid
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, known_architectures
 from app.config import Settings
 from app.datasets.service import dataset_files, dataset_signature, get_dataset
+from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
-from app.models import Source
+from app.models import Source, ZooChange
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
-from app.store import LocalArtifactStore
+from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
 
 logger = logging.getLogger("p2l")
@@ -121,7 +122,7 @@ def _all_finite(tensor: torch.Tensor) -> bool:
 
 
 def signature_for_dataset(
-    session: Session, store: LocalArtifactStore, reference: ReferenceNetwork, dataset_id: str
+    session: Session, store: ArtifactStore, reference: ReferenceNetwork, dataset_id: str
 ) -> DatasetSignature:
     """A dataset's signature under the active reference (recomputed if it was made by another)."""
     dataset = get_dataset(session, dataset_id)
@@ -132,7 +133,7 @@ def signature_for_dataset(
 
 def register_source(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     index: SignatureIndex,
     reference: ReferenceNetwork,
     *,
@@ -206,6 +207,9 @@ def register_source(
             (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
             work.publish(staging, key)
             session.add(source)
+            # Flushed before the zoo lock: a unique model_id wait never happens while holding it.
+            session.flush()
+            record_change(session, source_id, "add")
     except IntegrityError:
         # Lost a race for the unique model_id: name the source that won it.
         winner = model_id and session.scalar(select(Source.id).where(Source.model_id == model_id))
@@ -236,39 +240,98 @@ def all_sources(session: Session) -> list[Source]:
 
 
 def delete_source(
-    session: Session, store: LocalArtifactStore, index: SignatureIndex, source_id: str
+    session: Session, store: ArtifactStore, index: SignatureIndex, source_id: str
 ) -> None:
     """Remove a source from the index, the database and the store."""
     source = get_source(session, source_id)
     key = source.artifact_key
     session.delete(source)
+    session.flush()
+    record_change(session, source_id, "remove")
     session.commit()
     index.remove(source_id)
     store.delete(key)
 
 
-def weights_path(store: LocalArtifactStore, source: Source):
+def record_change(session: Session, source_id: str, op: str) -> None:
+    """Log a zoo change in the caller's transaction ('add' also means re-signed)."""
+    lock_zoo_changes(session)
+    session.add(ZooChange(source_id=source_id, op=op))
+
+
+def _rankable_signature(
+    store: ArtifactStore, source_id: str, artifact_key: str
+) -> DatasetSignature | None:
+    """A source's stored signature, or None (logged) if it cannot be read."""
+    try:
+        return load_signature(store.path(artifact_key) / SIGNATURE_FILE)
+    except (OSError, ValueError) as exc:
+        # Stored before signatures were validated, or deleted meanwhile: one bad row must
+        # not stop the service.
+        logger.warning("source %s is not ranked: its signature is refused (%s)", source_id, exc)
+        return None
+
+
+def catch_up(
+    session: Session, store: ArtifactStore, index: SignatureIndex, reference: ReferenceNetwork
+) -> int:
+    """Apply the zoo changes committed since ``index.version``; returns the sources touched.
+
+    Changes are replayed by state, not by op: each touched source is re-read, added if its
+    row exists under the active reference, dropped otherwise, so replaying twice is harmless.
+    Writers draw seqs under a lock held until they commit (``lock_zoo_changes``), so no seq
+    below the newest one seen can still appear; gaps are rolled-back transactions.
+    """
+    with index.catch_up_lock:
+        changes = session.execute(
+            select(ZooChange.seq, ZooChange.source_id)
+            .where(ZooChange.seq > index.version)
+            .order_by(ZooChange.seq)
+        ).all()
+        if not changes:
+            return 0
+        touched = {source_id for _, source_id in changes}
+        rows = {
+            row.id: row
+            for row in session.execute(
+                select(Source.id, Source.reference_sha256, Source.artifact_key).where(
+                    Source.id.in_(touched)
+                )
+            )
+        }
+        for source_id in touched:
+            row = rows.get(source_id)
+            signature = None
+            if row is not None and row.reference_sha256 == reference.weights_sha256:
+                signature = _rankable_signature(store, source_id, row.artifact_key)
+            if signature is None:
+                index.remove(source_id)
+            else:
+                index.add(source_id, signature)
+        index.version = changes[-1].seq
+        return len(touched)
+
+
+def weights_path(store: ArtifactStore, source: Source):
     """Where a source's safetensors weights are."""
     return store.path(source.artifact_key) / WEIGHTS_FILE
 
 
 def load_index(
-    session: Session, store: LocalArtifactStore, reference: ReferenceNetwork, eps: float
+    session: Session, store: ArtifactStore, reference: ReferenceNetwork, eps: float
 ) -> SignatureIndex:
     """The in-memory index of every source whose signature fits the active reference."""
     index = SignatureIndex(eps=eps)
+    # Read before the sources: a change committed in between is replayed by catch_up.
+    index.version = session.scalar(select(func.coalesce(func.max(ZooChange.seq), 0))) or 0
     stale = 0
     for source in session.scalars(select(Source)):
         if source.reference_sha256 != reference.weights_sha256:
             stale += 1
             continue
-        try:
-            signature = load_signature(store.path(source.artifact_key) / SIGNATURE_FILE)
-        except ValueError as exc:
-            # Stored before signatures were validated: one bad row must not stop the service.
-            logger.warning("source %s is not ranked: its signature is refused (%s)", source.id, exc)
-            continue
-        index.add(source.id, signature)
+        signature = _rankable_signature(store, source.id, source.artifact_key)
+        if signature is not None:
+            index.add(source.id, signature)
     if stale:
         logger.warning(
             "%d sources have signatures from another reference network; they are not ranked",

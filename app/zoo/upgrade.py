@@ -19,9 +19,10 @@ from app.models import Dataset, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature
-from app.store import LocalArtifactStore
+from app.store import ArtifactStore
 from app.zoo.bundled import import_bundled_sources, missing_bundled_sources
 from app.zoo.sources import SIGNATURE_FILE as SOURCE_SIGNATURE
+from app.zoo.sources import record_change
 
 
 @dataclass
@@ -39,7 +40,7 @@ class UpgradeReport:
 
 def upgrade(
     session: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     reference: ReferenceNetwork,
     index: SignatureIndex,
     batch_size: int = 128,
@@ -98,6 +99,9 @@ def upgrade(
         signature = fresh.get(trained_on.id) or dataset_signature(store, trained_on)
         store.write_file(f"{source.artifact_key}/{SOURCE_SIGNATURE}", signature.to_bytes())
         source.reference_sha256, source.feature_dim = active, signature.feature_dim
+        session.flush()
+        # Running API replicas re-read the new signature when they catch up.
+        record_change(session, source.id, "add")
         session.commit()
         index.add(source.id, signature)
 

@@ -9,6 +9,7 @@ from sqlalchemy import distinct, func, select, text
 from app.api.deps import SessionDep, StateDep
 from app.models import Dataset, FinetunedModel, Job, Source, utcnow
 from app.schemas import HealthOut
+from app.zoo.sources import catch_up
 
 router = APIRouter(tags=["health"])
 
@@ -33,6 +34,7 @@ def health(session: SessionDep) -> JSONResponse:
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 def metrics(state: StateDep, session: SessionDep) -> str:
     """Gauges of what the service holds and does, in Prometheus' text format."""
+    catch_up(session, state.store, state.index, state.reference)  # others' changes count too
     gauges = {
         "p2l_datasets": session.scalar(select(func.count()).select_from(Dataset)),
         "p2l_sources": session.scalar(select(func.count()).select_from(Source)),

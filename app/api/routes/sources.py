@@ -143,6 +143,7 @@ def list_sources(
 )
 def zoo_map(state: StateDep, session: SessionDep, target_dataset_id: str | None = None) -> Response:
     """MDS of the Jensen-Shannon distances between signatures; marker size ~ log(n)."""
+    service.catch_up(session, state.store, state.index, state.reference)
     rows = [s for s in service.all_sources(session) if s.id in state.index]
     if not rows:
         raise InvalidInput("the zoo holds no rankable source to draw")

@@ -1,7 +1,8 @@
-"""Zoo administration: ``python -m app.zoo upgrade`` and ``python -m app.zoo export-target``.
+"""Zoo administration: ``python -m app.zoo upgrade | move | export-target``.
 
-``upgrade`` reads the same settings as the service (``P2L_*`` environment variables or
-``.env``). Building the bundled zoo itself is a project tool: ``python -m bench.zoo build``.
+``upgrade`` and ``move`` read the same settings as the service (``P2L_*`` environment
+variables or ``.env``); ``move`` copies that install to another database and store.
+Building the bundled zoo itself is a project tool: ``python -m bench.zoo build``.
 """
 
 import argparse
@@ -14,6 +15,7 @@ from app.db import make_engine, migrate, session_factory
 from app.p2l.scoring import SignatureIndex
 from app.store import make_store
 from app.zoo.bundled import bundled_target_names, export_target, load_active_reference
+from app.zoo.move import move_install
 from app.zoo.upgrade import upgrade
 
 
@@ -48,6 +50,26 @@ def _upgrade(dry_run: bool, as_json: bool) -> None:
         print("restart the service (if it is running) so that it ranks them")
 
 
+def _move(database_url: str, store_url: str, s3_endpoint_url: str | None) -> None:
+    settings = Settings()
+    target = settings.model_copy(
+        update={"database_url": database_url, "store_url": store_url,
+                "s3_endpoint_url": s3_endpoint_url}
+    )  # fmt: skip
+    source_engine = make_engine(settings.sqlalchemy_url)
+    target_engine = make_engine(target.sqlalchemy_url)
+    try:
+        report = move_install(
+            source_engine, make_store(settings), target_engine, make_store(target)
+        )
+    finally:
+        source_engine.dispose()
+        target_engine.dispose()
+    print(json.dumps(asdict(report), indent=2))
+    print(f"done: start the service with P2L_DATABASE_URL={database_url} and "
+          f"P2L_STORE_URL={store_url}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m app.zoo", description=__doc__)
@@ -59,6 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     up.add_argument("--dry-run", action="store_true", help="only say what would be done")
     up.add_argument("--json", action="store_true", help="print the report as JSON")
+    move = sub.add_parser(
+        "move",
+        help="copy this install (database rows and artifacts) to another database and store, "
+        "e.g. from SQLite + local files to PostgreSQL + S3; re-running skips what is there",
+    )
+    move.add_argument("--database-url", required=True, help="the destination's SQLAlchemy URL")
+    move.add_argument("--store-url", required=True, help="file:///path or s3://bucket/prefix")
+    move.add_argument("--s3-endpoint-url", help="for an S3-compatible service other than AWS")
     export = sub.add_parser(
         "export-target", help="write a bundled target as a zip (training part) + held-out PNGs"
     )
@@ -67,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "upgrade":
         _upgrade(args.dry_run, args.json)
+    elif args.command == "move":
+        _move(args.database_url, args.store_url, args.s3_endpoint_url)
     else:
         if args.name not in bundled_target_names():
             parser.error(f"no bundled target {args.name!r}; choose one of {bundled_target_names()}")

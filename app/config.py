@@ -130,7 +130,10 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_resources(cls, value: object) -> object:
         if isinstance(value, str):
-            return json.loads(value) if value.strip() else {}
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict) and (reserved := {"CPU", "GPU", "memory"} & set(value)):
+            # Ray takes these as num_cpus / num_gpus, which the runner sets itself.
+            raise ValueError(f"P2L_RAY_RESOURCES may not name {sorted(reserved)}")
         return value
 
     @field_validator("api_keys", mode="before")

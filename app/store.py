@@ -66,6 +66,9 @@ class ArtifactStore(ABC):
     def published_at(self, key: str) -> float:
         """When an artifact was published or last written (POSIX time)."""
 
+    def forget_cached(self, key: str) -> None:  # noqa: B027 (a no-op where nothing is cached)
+        """Drop this machine's copy of an artifact, if it keeps one (the next read refetches)."""
+
     def new_staging_dir(self) -> Path:
         """A fresh private directory to build an artifact in."""
         return Path(tempfile.mkdtemp(prefix=f"stage-{tmp_owner()}-", dir=self.tmp))
@@ -235,6 +238,9 @@ class ObjectArtifactStore(ArtifactStore):
 
     def delete(self, key: str) -> None:
         self._remove_remote(self._remote(key))
+        self._trash(self._cached(key))
+
+    def forget_cached(self, key: str) -> None:
         self._trash(self._cached(key))
 
     def keys_under(self, prefix: str) -> set[str]:

@@ -11,14 +11,17 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.datasets.service import SIGNATURE_FILE, stored_signature
 from app.db import make_engine, migrate, session_factory
 from app.jobs.service import sweep_unowned_artifacts
 from app.models import Dataset, Ranking
+from app.p2l.signature import DatasetSignature
 from app.store import LocalArtifactStore, ObjectArtifactStore, make_store
 from app.unit_of_work import unit_of_work
 from tests.servers import free_port
@@ -261,3 +264,30 @@ def test_file_urls_work_through_fsspec_too(tmp_path: Path) -> None:
     assert store.keys_under("datasets") == {"datasets/f"}
     store.delete("datasets/f")
     assert not (root / "datasets/f").exists()
+
+
+def signature_bytes(reference_sha256: str) -> bytes:
+    """A small valid signature made by the named reference network."""
+    mean = np.linspace(0.1, 1.0, 8, dtype=np.float32)
+    return DatasetSignature(
+        class_names=["a", "b"],
+        class_counts=np.array([3, 4]),
+        mean=mean,
+        class_means=np.stack([mean, mean]),
+        variance=np.ones(8, np.float32),
+        reference_sha256=reference_sha256,
+    ).to_bytes()
+
+
+def test_a_signature_re_signed_elsewhere_is_fetched_again(
+    url: str, tmp_path: Path, endpoint: str
+) -> None:
+    here, there = (
+        object_store(url, tmp_path / "here", endpoint),
+        object_store(url, tmp_path / "there", endpoint),
+    )
+    here.publish(stage(here, {SIGNATURE_FILE: signature_bytes("old" * 10)}), "datasets/d")
+    assert stored_signature(there, "datasets/d", "old" * 10).reference_sha256 == "old" * 10
+    here.write_file(f"datasets/d/{SIGNATURE_FILE}", signature_bytes("new" * 10))  # an upgrade
+    # ``there`` still caches the old file; the row now names the new network.
+    assert stored_signature(there, "datasets/d", "new" * 10).reference_sha256 == "new" * 10

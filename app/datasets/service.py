@@ -150,7 +150,20 @@ def list_datasets(
 
 def dataset_signature(store: ArtifactStore, dataset: Dataset) -> DatasetSignature:
     """The stored signature of a dataset."""
-    return load_signature(store.path(dataset.artifact_key) / SIGNATURE_FILE)
+    return stored_signature(store, dataset.artifact_key, dataset.reference_sha256)
+
+
+def stored_signature(store: ArtifactStore, key: str, reference_sha256: str) -> DatasetSignature:
+    """The signature under ``key``, made by ``reference_sha256``'s network.
+
+    A machine's cached copy can predate a re-sign done elsewhere (``python -m app.zoo
+    upgrade`` rewrites signatures in place): then it is fetched again, once.
+    """
+    signature = load_signature(store.path(key) / SIGNATURE_FILE)
+    if signature.reference_sha256 != reference_sha256:
+        store.forget_cached(key)
+        signature = load_signature(store.path(key) / SIGNATURE_FILE)
+    return signature
 
 
 def dataset_files(store: ArtifactStore, dataset: Dataset) -> dict[str, list[Path]]:

@@ -208,7 +208,11 @@ def sweep_unowned_artifacts(
         known = set(session.scalars(select(table.artifact_key)))
         for key in store.keys_under(prefix) - known:
             # A folder last written to before the cutoff is no live writer's (see published_at).
-            if store.published_at(key) <= cutoff:
+            try:
+                published = store.published_at(key)
+            except FileNotFoundError:  # another replica swept it meanwhile
+                continue
+            if published <= cutoff:
                 store.delete(key)
                 removed += 1
     return removed

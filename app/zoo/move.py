@@ -41,12 +41,15 @@ def move_install(
     """Copy every artifact, then every row, from one install to another (idempotent)."""
     report = MoveReport()
     migrate(target_engine)
+    committed = _referenced_keys(target_engine)
     for prefix in ARTIFACT_PREFIXES:
         present = target_store.keys_under(prefix)
         for key in sorted(source_store.keys_under(prefix)):
-            if key in present:
+            if key in committed:
                 report.artifacts_present += 1
                 continue
+            if key in present:  # an earlier run died before its rows: maybe half uploaded
+                target_store.delete(key)
             staging = target_store.new_staging_dir()
             shutil.copytree(source_store.path(key), staging, dirs_exist_ok=True)
             target_store.publish(staging, key)
@@ -66,6 +69,16 @@ def move_install(
         _advance_sequences(writing)
         writing.commit()
     return report
+
+
+def _referenced_keys(engine: Engine) -> set[str]:
+    """Artifact keys the destination's committed rows point to (complete by construction)."""
+    keys: set[str] = set()
+    with engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            if "artifact_key" in table.columns:
+                keys |= set(connection.scalars(select(table.columns["artifact_key"])))
+    return keys
 
 
 def _advance_sequences(session: Session) -> None:

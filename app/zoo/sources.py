@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, known_architectures
 from app.config import Settings
-from app.datasets.service import dataset_files, dataset_signature, get_dataset
+from app.datasets.service import dataset_files, dataset_signature, get_dataset, stored_signature
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
 from app.models import Source, ZooChange
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
-from app.p2l.signature import DatasetSignature, compute_signature, load_signature
+from app.p2l.signature import DatasetSignature, compute_signature
 from app.pagination import get_by_id, paginate
 from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
@@ -260,11 +260,11 @@ def record_change(session: Session, source_id: str, op: str) -> None:
 
 
 def _rankable_signature(
-    store: ArtifactStore, source_id: str, artifact_key: str
+    store: ArtifactStore, source_id: str, artifact_key: str, reference_sha256: str
 ) -> DatasetSignature | None:
     """A source's stored signature, or None (logged) if it cannot be read."""
     try:
-        return load_signature(store.path(artifact_key) / SIGNATURE_FILE)
+        return stored_signature(store, artifact_key, reference_sha256)
     except (OSError, ValueError) as exc:
         # Stored before signatures were validated, or deleted meanwhile: one bad row must
         # not stop the service.
@@ -303,7 +303,9 @@ def catch_up(
             row = rows.get(source_id)
             signature = None
             if row is not None and row.reference_sha256 == reference.weights_sha256:
-                signature = _rankable_signature(store, source_id, row.artifact_key)
+                signature = _rankable_signature(
+                    store, source_id, row.artifact_key, row.reference_sha256
+                )
             if signature is None:
                 index.remove(source_id)
             else:
@@ -329,7 +331,9 @@ def load_index(
         if source.reference_sha256 != reference.weights_sha256:
             stale += 1
             continue
-        signature = _rankable_signature(store, source.id, source.artifact_key)
+        signature = _rankable_signature(
+            store, source.id, source.artifact_key, source.reference_sha256
+        )
         if signature is not None:
             index.add(source.id, signature)
     if stale:

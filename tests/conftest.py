@@ -9,8 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import make_engine, migrate, session_factory
 from app.main import create_app
 
 POSTGRES_URL = os.environ.get(
@@ -86,3 +88,13 @@ def make_client(data_dir: Path) -> Iterator[Callable[..., TestClient]]:
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     """A service on the embedded default (SQLite in the data dir)."""
     return make_client()
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[Session]:
+    """A session over a fresh, migrated SQLite database (no service around it)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
+    migrate(engine)
+    with session_factory(engine)() as session:
+        yield session
+    engine.dispose()

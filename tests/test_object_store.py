@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.datasets.service import SIGNATURE_FILE, stored_signature
-from app.db import make_engine, migrate, session_factory
 from app.jobs.service import sweep_unowned_artifacts
-from app.models import Dataset, Ranking
+from app.models import Dataset
 from app.p2l.signature import DatasetSignature
 from app.store import LocalArtifactStore, ObjectArtifactStore, make_store
 from app.unit_of_work import unit_of_work
 from tests.servers import free_port
+from tests.test_unit_of_work import row
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install s3fs)")
 
@@ -182,33 +182,17 @@ def test_write_file_delete_and_keys_under(
     assert list(store.tmp.iterdir()) == []
 
 
-@pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
-    migrate(engine)
-    with session_factory(engine)() as session:
-        yield session
-    engine.dispose()
-
-
-def ranking(ranking_id: str) -> Ranking:
-    return Ranking(
-        id=ranking_id, target_dataset_id="t", method="p2l", measure="js",
-        params={}, results=[], excluded=[],
-    )  # fmt: skip
-
-
 def test_a_failed_commit_leaves_no_remote_object(
     session: Session, store: ObjectArtifactStore
 ) -> None:
     with unit_of_work(session, store):
-        session.add(ranking("c" * 32))
+        session.add(row("c" * 32))
     with pytest.raises(IntegrityError), unit_of_work(session, store) as work:
         staging = work.stage()
         (staging / "weights.bin").write_bytes(b"\x00" * 64)
         work.publish(staging, "models/c")
         assert remote_files(store) == [f"{store.root}/models/c/weights.bin"]
-        session.add(ranking("c" * 32))  # same primary key: the commit fails
+        session.add(row("c" * 32))  # same primary key: the commit fails
     assert remote_files(store) == []
     assert not store.path("models/c").exists()
     assert list(store.tmp.iterdir()) == []

@@ -6,9 +6,8 @@ moto's S3 server and a local Ray cluster.
 """
 
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
 from tests.servers import free_port, serve, uvicorn_args
+from tests.test_job_leases import eventually
 from tests.test_object_store import BUCKET, endpoint  # noqa: F401 (fixture)
 from tests.test_ray_runner import RAY_ENV, Cluster, cluster, job_node_ids, ran_on, ray  # noqa: F401
 
@@ -57,16 +57,6 @@ def apis(
             )
             clients.append(stack.enter_context(httpx.Client(base_url=server.url, timeout=120)))
         yield clients
-
-
-def until(check: Callable[[], object], seconds: float, what: str) -> object:
-    """Poll ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"not within {seconds} s: {what}")
 
 
 def job(api: httpx.Client, job_id: str) -> dict:
@@ -113,7 +103,7 @@ def test_two_replicas_one_bucket_one_ray_cluster(
 
     # Fine-tune through API 2 on the Ray node; predict through API 1.
     first = fine_tune(api2, target, source, epochs=2)
-    done = until(lambda: (r := job(api1, first))["status"] not in ("queued", "running") and r,
+    done = eventually(lambda: (r := job(api1, first))["status"] not in ("queued", "running") and r,
                  180, "the fine-tune ends")  # fmt: skip
     assert isinstance(done, dict) and done["status"] == "succeeded", done
     (node,) = job_node_ids()
@@ -126,15 +116,15 @@ def test_two_replicas_one_bucket_one_ray_cluster(
 
     # The Ray node dies mid-job: the job is re-run once on a new node, never twice at once.
     long = fine_tune(api2, target, source, epochs=1000)
-    until(lambda: "step" in job(api1, long)["progress"], 180, "the long job trains")
+    eventually(lambda: "step" in job(api1, long)["progress"], 180, "the long job trains")
     cluster.kill_node(cluster.nodes[-1])
     cluster.add_node()
-    again = until(lambda: (r := job(api1, long))["attempts"] == 2 and "step" in r["progress"]
+    again = eventually(lambda: (r := job(api1, long))["attempts"] == 2 and "step" in r["progress"]
                   and r, 180, "the job trains again")  # fmt: skip
     assert isinstance(again, dict) and again["status"] == "running", again
     assert "re-queued after attempt 1" in (again["error"] or "")
     assert api2.post(f"/v1/jobs/{long}/cancel").status_code == 200
-    ended = until(lambda: (r := job(api1, long))["status"] != "running" and r, 60, "it stops")
+    ended = eventually(lambda: (r := job(api1, long))["status"] != "running" and r, 60, "it stops")
     assert isinstance(ended, dict) and ended["status"] == "cancelled", ended
     models = api1.get("/v1/models").json()["items"]
     assert [m["id"] for m in models] == [done["model_id"]]  # nothing from the cancelled job

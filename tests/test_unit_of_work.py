@@ -1,6 +1,5 @@
 """The unit of work: files and rows land together, or neither does (real SQLite, real files)."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import make_engine, migrate, session_factory
 from app.models import Ranking
 from app.store import LocalArtifactStore
 from app.unit_of_work import UnitOfWork, unit_of_work
@@ -17,15 +15,6 @@ from app.unit_of_work import UnitOfWork, unit_of_work
 @pytest.fixture
 def store(tmp_path: Path) -> LocalArtifactStore:
     return LocalArtifactStore(tmp_path / "data")
-
-
-@pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'uow.db'}")
-    migrate(engine)
-    with session_factory(engine)() as session:
-        yield session
-    engine.dispose()
 
 
 def row(ranking_id: str) -> Ranking:

@@ -3,10 +3,11 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -78,3 +79,8 @@ def migrate(engine: Engine) -> None:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded attributes after commit (responses read them)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def rows_matched(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched (SQLAlchemy types execute() as a plain Result)."""
+    return cast(CursorResult[Any], result).rowcount

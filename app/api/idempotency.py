@@ -19,6 +19,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import rows_matched
 from app.errors import Conflict, InvalidInput
 from app.models import IdempotencyKey, utcnow
 
@@ -177,7 +178,7 @@ def _take_over(session: Session, existing: IdempotencyKey, now: datetime) -> boo
         .values(created_at=now)
     )
     session.commit()
-    return bool(getattr(taken, "rowcount", 0) == 1)
+    return rows_matched(taken) == 1
 
 
 def _release(sessions: sessionmaker[Session], scope: str, key: str) -> None:

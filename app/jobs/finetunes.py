@@ -53,7 +53,7 @@ def submit_finetune(
     if source_id == "best":
         ranking, _ = rank_sources(
             session, store, index, reference, scoring,
-            target_dataset_id=dataset.id, method="p2l", measure=measure, top_k=1, commit=False,
+            target_dataset_id=dataset.id, method="p2l", measure=measure, top_k=1,
         )  # fmt: skip
         if not ranking.results:
             raise InvalidInput("the zoo holds no rankable source to pick the best from")

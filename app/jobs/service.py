@@ -10,11 +10,12 @@ import socket
 import time
 import uuid
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Result, or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rows_matched
 from app.errors import Conflict
 from app.models import Dataset, FinetunedModel, Job, Source, utcnow
 from app.pagination import get_by_id, paginate
@@ -98,7 +99,7 @@ def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Jo
         )
     )
     session.commit()
-    if _rowcount(claimed) != 1:
+    if rows_matched(claimed) != 1:
         return None
     return session.get(Job, candidate, populate_existing=True)
 
@@ -111,7 +112,7 @@ def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: fl
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     )
     session.commit()
-    return _rowcount(renewed) == 1
+    return rows_matched(renewed) == 1
 
 
 def finish_job(session: Session, job_id: str, worker_id: str, status: str, **values: Any) -> bool:
@@ -121,7 +122,7 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: str, **val
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
         .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
     )
-    return _rowcount(finished) == 1
+    return rows_matched(finished) == 1
 
 
 def release_jobs(
@@ -169,7 +170,7 @@ def release_jobs(
             .where(Job.id == job_id, Job.status == RUNNING, *which)
             .values(lease_expires_at=None, **values)
         )
-        if _rowcount(done) == 1:
+        if rows_matched(done) == 1:
             requeued += values["status"] == QUEUED
             ended += values["status"] != QUEUED
     session.commit()
@@ -216,8 +217,3 @@ def sweep_unowned_artifacts(
                 store.delete(key)
                 removed += 1
     return removed
-
-
-def _rowcount(result: Result[Any]) -> int:
-    """Rows an UPDATE matched (SQLAlchemy types execute() as a plain Result)."""
-    return cast(CursorResult[Any], result).rowcount

@@ -27,12 +27,11 @@ def rank_sources(
     measure: Measure,
     source_ids: list[str] | None = None,
     top_k: int | None = None,
-    commit: bool = True,
 ) -> tuple[Ranking, float]:
-    """Rank (some of) the zoo for a target and store the result; returns it and the ms taken.
+    """Rank (some of) the zoo for a target and add the result; returns it and the ms taken.
 
-    ``commit=False`` leaves the ranking in the caller's transaction (it lands with the job
-    that uses it, or not at all).
+    The ranking is flushed, not committed: it lands with the caller's transaction (the
+    request's managed session, so a fine-tune refused after ranking keeps no ranking).
     """
     target = signature_for_dataset(session, store, reference, target_dataset_id)
     # The index caches the database: take in what other replicas changed meanwhile.
@@ -98,10 +97,7 @@ def rank_sources(
         excluded=excluded,
     )
     session.add(ranking)
-    if commit:
-        session.commit()
-    else:
-        session.flush()
+    session.flush()
     return ranking, elapsed_ms
 
 

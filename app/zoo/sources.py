@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, known_architectures
 from app.config import Settings
-from app.datasets.service import dataset_files, dataset_signature, get_dataset, stored_signature
+from app.datasets.service import (
+    SIGNATURE_FILE,
+    dataset_files,
+    dataset_signature,
+    get_dataset,
+    stored_signature,
+)
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
 from app.models import Source, ZooChange
@@ -27,7 +33,6 @@ from app.unit_of_work import unit_of_work
 logger = logging.getLogger("p2l")
 
 WEIGHTS_FILE = "weights.safetensors"
-SIGNATURE_FILE = "signature.safetensors"
 DEFAULT_MAX_CLASSES: int = Settings.model_fields["max_source_classes"].default
 DEFAULT_MAX_NAME_BYTES: int = Settings.model_fields["max_name_bytes"].default
 # Finite-check this many elements at a time: a bounded scratch mask, whatever the tensor size.

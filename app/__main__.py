@@ -1,14 +1,35 @@
 """`python -m app`: serve the API with uvicorn on P2L_HOST:P2L_PORT."""
 
-import uvicorn
+import argparse
 
 from app.config import Settings
 
+DESCRIPTION = """Serve the P2L transfer-learning service (the API, the web console at /, and a
+job worker beside it). Every setting is read from P2L_* environment variables or a .env file
+in the working directory (see the README's Configuration table); the options below override
+the address only."""
 
-def main() -> None:
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: --host and --port override P2L_HOST and P2L_PORT."""
+    parser = argparse.ArgumentParser(prog="python -m app", description=DESCRIPTION)
+    parser.add_argument("--host", help="bind address (default: P2L_HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: P2L_PORT, 8000)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Start the service with the settings from the environment."""
+    args = parse_args(argv)  # --help exits here, before anything is created on disk
+    import uvicorn  # after parsing: `--help` stays instant
+
     settings = Settings()
-    uvicorn.run("app.main:app", host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        "app.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level="info",
+    )
 
 
 if __name__ == "__main__":

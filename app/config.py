@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         100, ge=0, description="Rejected files listed with their reason; the rest are counted."
     )
     max_predict_files: int = Field(256, ge=1, description="Images per predict request.")
+    evaluate_sync_max_images: int = Field(
+        500,
+        ge=0,
+        description="POST /v1/models/{id}/evaluate answers at once up to this many images; "
+        "a larger archive becomes an evaluation job (202).",
+    )
     max_source_classes: int = Field(
         10_000, ge=2, description="Largest num_classes a registered source may have."
     )

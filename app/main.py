@@ -12,10 +12,13 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.api.deps import ReadAccess, ServiceState
+from app.api.examples import add_examples
 from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
 from app.api.routes import datasets, health, jobs, models, rankings, reference, sources
 from app.config import Settings
+from app.console import routes as console
 from app.db import make_engine, migrate, session_factory
+from app.jobs.evaluations import sweep_evaluation_archives
 from app.jobs.runner import make_runner
 from app.jobs.service import reap_expired_leases, sweep_unowned_artifacts
 from app.p2l.reference import share_cpus_with_decoding
@@ -61,6 +64,7 @@ def build_state(settings: Settings) -> ServiceState:
         # before its commit; a younger one may be a sibling API's or worker's, mid-commit.
         if removed := sweep_unowned_artifacts(session, store, settings.job_lease_seconds):
             logger.warning("removed %d dataset/model/source folders no row owns", removed)
+        sweep_evaluation_archives(session, store, settings.job_lease_seconds)
         index = load_index(session, store, reference_net, settings.p2l_eps)
         if settings.import_bundled_zoo:
             import_bundled_zoo(session, store, index, reference_net)
@@ -86,8 +90,16 @@ async def _supervise(
                 next_sweep = time.monotonic() + sweep_every_seconds
                 if removed := await asyncio.to_thread(state.store.sweep_tmp, TMP_MAX_AGE_SECONDS):
                     logger.warning("removed %d tmp/ entries of dead or stale writers", removed)
+                # The images of an evaluation job that failed or was cancelled.
+                await asyncio.to_thread(_sweep_evaluations, state)
         except Exception:  # the supervisor must outlive any one failure
             logger.exception("job supervisor check failed")
+
+
+def _sweep_evaluations(state: ServiceState) -> None:
+    """Delete the stored archives of evaluation jobs that have ended."""
+    with state.sessions() as session:
+        sweep_evaluation_archives(session, state.store, state.settings.job_lease_seconds)
 
 
 def _reap(state: ServiceState) -> None:
@@ -98,13 +110,15 @@ def _reap(state: ServiceState) -> None:
         logger.warning("reaped expired job leases: %d re-queued, %d ended", requeued, ended)
 
 
-def _openapi_without_security(app: FastAPI) -> dict[str, Any]:
-    """The schema of an open service (no keys set): no operation claims to need a key."""
-    schema = FastAPI.openapi(app)  # built once and cached by FastAPI; stripping is idempotent
-    for operations in schema["paths"].values():
-        for operation in operations.values():
-            operation.pop("security", None)
-    schema.get("components", {}).pop("securitySchemes", None)
+def _openapi(app: FastAPI, open_service: bool) -> dict[str, Any]:
+    """The schema with an example for every body; for an open service (no keys set), no
+    operation claims to need a key."""
+    schema = add_examples(FastAPI.openapi(app))  # cached by FastAPI; both steps idempotent
+    if open_service:
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
+        schema.get("components", {}).pop("securitySchemes", None)
     return schema
 
 
@@ -139,9 +153,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     reads = [ReadAccess] if settings.api_keys and not settings.open_reads else []
     for router in (reference, datasets, sources, rankings, jobs, models):
         app.include_router(router.router, dependencies=reads)
-    if not settings.api_keys:
-        # FastAPI's documented way to change the schema is to replace this method.
-        app.openapi = partial(_openapi_without_security, app)  # type: ignore[method-assign]
+    app.include_router(console.router)  # the web console at /: HTML pages, no schema
+    app.mount("/console/static", console.static_files(), name="console-static")
+    # FastAPI's documented way to change the schema is to replace this method.
+    app.openapi = partial(_openapi, app, not settings.api_keys)  # type: ignore[method-assign]
     add_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app

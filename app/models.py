@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     PrimaryKeyConstraint,
@@ -126,6 +127,18 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     model_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
+    @property
+    def estimate(self) -> dict[str, Any] | None:
+        """What the job was expected to cost when it was submitted (a fine-tune's)."""
+        estimate: dict[str, Any] | None = (self.params or {}).get("estimate")
+        return estimate
+
+    @property
+    def warnings(self) -> list[str]:
+        """The warnings given when the job was submitted (e.g. a rough estimate)."""
+        warnings: list[str] = (self.params or {}).get("warnings", [])
+        return warnings
+
 
 class FinetunedModel(Base):
     """A model produced by a fine-tuning job: weights in the store, report here."""
@@ -168,3 +181,45 @@ class ZooChange(Base):
     source_id: Mapped[str] = mapped_column(String(32))
     op: Mapped[str] = mapped_column(String(8))  # 'add' (or re-signed) | 'remove'
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A job worker (local process, standalone or Ray task) and its heartbeat.
+
+    A worker upserts its row every few seconds, idle or busy; one whose ``last_seen`` is
+    recent counts as alive. A worker that exits cleanly deletes its row.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the jobs' worker_id
+    kind: Mapped[str] = mapped_column(String(16))  # local | standalone | ray
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # running now
+    jobs_run: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Throughput(Base):
+    """Training and evaluation speed workers measured, per architecture, input size, device.
+
+    Running averages (recent epochs weigh more); estimates of new jobs are computed from them.
+    """
+
+    __tablename__ = "worker_throughput"
+    __table_args__ = (PrimaryKeyConstraint("architecture", "input_size", "device"),)
+
+    architecture: Mapped[str] = mapped_column(String(64))
+    input_size: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))  # cpu, cuda, mps (the device type)
+    train_images_per_second: Mapped[float] = mapped_column(Float)
+    eval_images_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Time of a job outside its training epochs (loading, final evaluation, saving), per image.
+    overhead_seconds_per_image: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epochs_measured: Mapped[int] = mapped_column(Integer, default=0)
+    jobs_measured: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str] = mapped_column(String(64))  # who measured last
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

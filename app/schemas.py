@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (separate from the tables)."""
 
 from datetime import datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -144,15 +144,21 @@ class RankingRequest(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, allow_inf_nan=False)
 
-    target_dataset_id: str = Field(max_length=64)
-    method: Literal["p2l", "distance", "largest"] = "p2l"
+    target_dataset_id: str = Field(max_length=64, description="The dataset to rank for.")
+    method: Literal["p2l", "distance", "largest"] = Field(
+        "p2l",
+        description="p2l: similarity and source size; distance: similarity only; largest: "
+        "source size only (the paper's two baselines).",
+    )
     measure: Literal["kl", "js", "cosine", "emd"] | None = Field(
         None, description="Distance measure; default P2L_P2L_MEASURE (js)."
     )
     source_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=10_000, description="Rank only these sources."
     )
-    top_k: int | None = Field(None, ge=1, le=100_000)
+    top_k: int | None = Field(
+        None, ge=1, le=100_000, description="Return only the best k (all when left out)."
+    )
     lam: float | None = Field(
         None, alias="lambda", ge=0, le=100, description="Override lambda for this ranking."
     )
@@ -191,6 +197,9 @@ class RankingOut(BaseModel):
     results: list[RankedSource]
     excluded: list[ExcludedSource]
     elapsed_ms: float | None = Field(None, description="Time of the scoring itself.")
+    warnings: list[str] = Field(
+        default_factory=list, description="Why nothing was ranked, when nothing was."
+    )
 
 
 class FinetuneRequest(FinetuneOptions):
@@ -200,7 +209,7 @@ class FinetuneRequest(FinetuneOptions):
         json_schema_extra={"examples": [{"target_dataset_id": "<dataset id>", "source_id": "best"}]}
     )
 
-    target_dataset_id: str = Field(max_length=64)
+    target_dataset_id: str = Field(max_length=64, description="The dataset to fine-tune on.")
     source_id: str = Field(
         "best",
         max_length=64,
@@ -213,6 +222,180 @@ class FinetuneRequest(FinetuneOptions):
         return FinetuneOptions.model_validate(self.model_dump(include=fields))
 
 
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class EpochMetrics(BaseModel):
+    """One training epoch of one phase."""
+
+    phase: str = Field(description="The phase the epoch belongs to (see JobProgress.phase).")
+    epoch: int = Field(description="1-based epoch within the phase.")
+    train_loss: float
+    train_accuracy: float
+    val_accuracy: float | None = Field(description="On the validation split; null without one.")
+    seconds: float = Field(description="The whole epoch, validation included.")
+    train_seconds: float = Field(description="The training steps alone.")
+
+
+class JobProgress(BaseModel):
+    """Where a job stands: written by its worker while it runs, final once it has ended."""
+
+    phase: str | None = Field(
+        None,
+        description="queued, loading, auto_search, fine_tune, baseline, evaluating, saving, "
+        "done, failed or cancelled.",
+    )
+    label: str | None = Field(None, description="The phase in words, for people.")
+    epoch: int | None = Field(None, description="Epoch within the current phase.")
+    epochs: int | None = Field(None, description="Epochs the current phase plans.")
+    step: int | None = None
+    steps_per_epoch: int | None = None
+    epochs_done: int = Field(0, description="Epochs finished, all phases together.")
+    epochs_planned: int | None = Field(
+        None,
+        description="Epochs the whole job runs at most (early stopping may end a phase "
+        "sooner; the figure then drops to what is left). The overall bar is "
+        "epochs_done / epochs_planned.",
+    )
+    candidate: dict[str, float] | None = Field(
+        None, description="auto_search: the schedule being tried (e.g. {\"decay\": 0.5})."
+    )
+    candidate_index: int | None = Field(None, description="auto_search: 1-based.")
+    candidates: int | None = Field(None, description="auto_search: how many are tried.")
+    elapsed_seconds: float | None = Field(None, description="Since the worker took the job.")
+    eta_seconds: float | None = Field(
+        None, description="Time left at the pace so far; 0 once the job has ended."
+    )
+    history: list[EpochMetrics] = Field(default_factory=list, description="Every epoch so far.")
+
+
+class Estimate(BaseModel):
+    """What a fine-tune will cost, told before it runs."""
+
+    seconds: float = Field(
+        description="Expected run time once a worker starts it (every planned epoch, with "
+        "validation, plus loading, evaluating and saving; early stopping may end it sooner)."
+    )
+    epochs_planned: int = Field(
+        description="Epochs of every phase together, at most: auto's 4 x auto_epochs, "
+        "epochs, and epochs again for the baseline."
+    )
+    train_images: int = Field(description="Images per training epoch.")
+    val_images: int = Field(0, description="Images validated after every epoch.")
+    test_images: int = Field(0, description="Images of the final evaluation.")
+    seconds_per_epoch: float | None = Field(None, description="Training plus validation.")
+    architecture: str
+    input_size: int
+    images_per_second: float = Field(description="Training throughput the estimate assumes.")
+    flops_per_image: float | None = Field(
+        None, description="Forward FLOPs of one image (what 'scaled' scales by)."
+    )
+    basis: Literal["measured", "scaled", "prior"] = Field(
+        description="measured: from what workers measured on this architecture and input "
+        "size; scaled: measured on another architecture, scaled by compute; prior: nothing "
+        "measured yet."
+    )
+    device: str | None = Field(None, description="The device type the measurement is from.")
+    workers_alive: int = Field(description="Workers that reported in recently.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class GroupOut(BaseModel):
+    """One layer group of a fine-tuned model and the learning rate it trained at."""
+
+    group: str
+    parameters: int
+    lr: float
+    frozen: bool
+
+
+class ScheduleOut(BaseModel):
+    """The layer-wise learning-rate schedule that trained the final model."""
+
+    base_lr: float
+    decay: float
+    multipliers: list[float] | None
+    freeze_below: int
+    chosen_by: Literal["auto", "manual"]
+
+
+class ClassMetrics(BaseModel):
+    """Precision, recall and F1 of one class."""
+
+    precision: float | None = Field(description="null when nothing was predicted as the class.")
+    recall: float | None = Field(description="null when the split holds no image of the class.")
+    f1: float | None
+    support: int = Field(description="Images of the class in the split.")
+
+
+class MisclassifiedImage(BaseModel):
+    """An image the model got wrong."""
+
+    image: str = Field(description="Its name: class/file within the dataset or archive.")
+    true_label: str
+    predicted_label: str
+    confidence: float = Field(description="Probability the model gave its (wrong) label.")
+
+
+class EvaluationReport(BaseModel):
+    """How a model does on a labelled split: per-class metrics and what it got wrong."""
+
+    split: str = Field(description="What the figures are computed on: test, validation, archive.")
+    images: int
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassMetrics]
+    confusion_matrix: list[list[int]] = Field(
+        description="Rows: true class, columns: predicted class, in class_names order."
+    )
+    class_names: list[str]
+    misclassified: list[MisclassifiedImage] = Field(
+        description="The misclassified images, most confident first (at most 100)."
+    )
+    misclassified_total: int
+
+
+class BaselineOut(BaseModel):
+    """The same architecture trained from scratch on the same split (no transfer)."""
+
+    test_accuracy: float | None
+    val_accuracy: float | None
+    epochs_run: int
+    seconds: float
+    transfer_gain: float | None = Field(None, description="Fine-tuned minus from scratch.")
+    transfer_gain_split: str | None = None
+
+
+class FinetuneReport(BaseModel):
+    """What a fine-tune produced: the job's result and the model's report."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_id: str
+    schedule: ScheduleOut
+    groups: list[GroupOut]
+    history: list[EpochMetrics]
+    test_accuracy: float | None = Field(description="On the test split, which chose nothing.")
+    val_accuracy: float | None = Field(
+        description="On the validation split, which chose the schedule and the checkpoint."
+    )
+    evaluated_on: Literal["test", "validation", "none"]
+    per_class_accuracy: dict[str, float | None]
+    confusion_matrix: list[list[int]]
+    evaluation: EvaluationReport | None = Field(
+        None, description="Per-class precision, recall, F1 and misclassified images."
+    )
+    train_images: int
+    val_images: int
+    test_images: int
+    seconds: float
+    auto_search: dict[str, Any] | None = Field(
+        None, description="With schedule auto: the candidates tried and their scores."
+    )
+    baseline: BaselineOut | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
 class JobOut(BaseModel):
     """A background job and its progress."""
 
@@ -220,18 +403,28 @@ class JobOut(BaseModel):
 
     id: str
     kind: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    params: dict
-    progress: dict = Field(description="phase, epoch, step, per-epoch metrics so far, ETA.")
-    result: dict | None
+    params: dict[str, Any] = Field(description="What was asked: dataset, source, options.")
+    progress: JobProgress
+    result: FinetuneReport | EvaluationReport | None = Field(
+        description="A fine-tune's report, or an evaluation job's; null until it succeeds."
+    )
     error: str | None
     cancel_requested: bool
     model_id: str | None
     attempts: int = Field(description="Runs so far (a job whose worker was lost is re-queued).")
     worker_id: str | None = Field(description="The worker holding (or last holding) the job.")
+    estimate: Estimate | None = Field(
+        None, description="A fine-tune's expected run time, computed when it was submitted."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="E.g. a rough estimate, or (while it holds) that no worker is alive to "
+        "run the queued job.",
+    )
 
 
 class ModelOut(BaseModel):
@@ -247,8 +440,39 @@ class ModelOut(BaseModel):
     architecture: str
     input_size: int
     class_names: list[str]
-    report: dict
+    report: FinetuneReport
     registered_source_id: str | None
+
+
+class PreprocessingOut(BaseModel):
+    """How to feed an exported model: what ``preprocessing.json`` of an export holds."""
+
+    architecture: str
+    input_size: int = Field(description="Side of the square input, in pixels.")
+    mean: list[float] = Field(description="Per channel (R, G, B), on the 0..1 scale.")
+    std: list[float] = Field(description="Per channel (R, G, B), on the 0..1 scale.")
+    class_names: list[str] = Field(description="Output index i is class_names[i].")
+    layout: str = Field(description="Tensor layout of the input: NCHW.")
+    color: str = Field(description="Channel order: RGB.")
+    scale: str = Field(description="Pixels divided by 255 before normalising.")
+    normalize: str
+    resize: str = Field(description="The geometric preprocessing, in words.")
+    input_name: str = Field(description="The ONNX input's name.")
+    output_name: str = Field(description="The ONNX output's name.")
+    dtype: str
+    output: str
+
+
+class ArchiveEvaluation(EvaluationReport):
+    """An evaluation of an uploaded archive, with the archive members that were not used."""
+
+    rejected: list[RejectedFileOut] = Field(
+        default_factory=list, description="The first P2L_MAX_REJECTED_LISTED rejected files."
+    )
+    rejected_counts: dict[str, int] = Field(
+        default_factory=dict, description="Every rejected file, counted by kind."
+    )
+    rejected_total: int = 0
 
 
 class LabelScore(BaseModel):

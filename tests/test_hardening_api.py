@@ -319,7 +319,7 @@ def test_event_streams_are_bounded_and_time_out_when_idle(
     for listener in listeners:
         listener.join(15)
     assert len(bodies) == 2 and time.monotonic() - started < 10
-    assert all("event: progress" in b and "event: timeout" in b for b in bodies)
+    assert all("event: job" in b and "event: timeout" in b for b in bodies)
     assert client.app.state.service.streams.open == 0
     assert client.get(url).status_code == 200  # a place is free again
 

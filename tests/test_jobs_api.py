@@ -172,7 +172,8 @@ def test_progress_streams_as_server_sent_events(service: TestClient, target_id: 
     with service.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         events = [line for line in stream.iter_lines() if line.startswith("event:")]
-    assert events[0] == "event: progress" and events[-1] == "event: end"
+    assert events[0] == "event: job" and events[-1] == "event: end"
+    assert "event: epoch" in events and "event: phase" in events
     assert wait(service, job["id"], ("succeeded",))["status"] == "succeeded"
 
 

@@ -108,6 +108,89 @@ def read_job_snapshot(sessions: sessionmaker[Session], job_id: str) -> Snapshot:
         return JobOut.model_validate(get_job(session, job_id)).model_dump(mode="json")
 
 
+def _event(name: str, data: object) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+_STATUS_FIELDS = ("status", "attempts", "worker_id")
+_PLAN_FIELDS = ("epochs_done", "epochs_planned")
+_CANDIDATE_FIELDS = ("candidate", "candidate_index", "candidates")
+
+
+def _phase_key(progress: Snapshot) -> tuple[Any, ...]:
+    return (progress.get("phase"), progress.get("label"), progress.get("candidate_index"))
+
+
+def _phase_epochs(job: Snapshot, phase: str | None) -> int | None:
+    """Epochs a fine-tune's phase plans (from its options: the phase may be over by now)."""
+    options = (job.get("params") or {}).get("options") or {}
+    key = "auto_epochs" if phase == "auto_search" else "epochs"
+    epochs = options.get(key) if phase in ("auto_search", "fine_tune", "baseline") else None
+    return epochs if isinstance(epochs, int) else None
+
+
+def _earlier_phase(reference: dict[str, Any], new: list[dict[str, Any]]) -> int:
+    """How many of the ``new`` epochs continue the phase of ``reference`` (the last epoch
+    seen, or where the job stood): a phase ends where the name changes or the count
+    restarts (auto_search runs one count per candidate)."""
+    last_phase, last_epoch = reference.get("phase"), reference.get("epoch") or 0
+    for i, metrics in enumerate(new):
+        epoch = metrics.get("epoch") or 0
+        if metrics.get("phase") != last_phase or epoch <= last_epoch:
+            return i
+        last_epoch = epoch
+    return len(new)
+
+
+def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]]]:
+    """The events that take a client from job snapshot ``last`` to ``current``, in order:
+    the epochs that finished the phase before, status, phase, the epochs of the new phase,
+    and at most one step."""
+    before, now = last.get("progress") or {}, current.get("progress") or {}
+    history, seen = now.get("history") or [], before.get("history") or []
+    # A retry starts a new history: every epoch of it is new.
+    new = history[len(seen) :] if history[: len(seen)] == seen else history
+    done = now.get("epochs_done") or 0
+    epochs = [
+        (
+            "epoch",
+            {
+                "phase": metrics.get("phase"),
+                "epoch": metrics.get("epoch"),
+                "epochs": _phase_epochs(current, metrics.get("phase")),
+                "metrics": metrics,
+                "epochs_done": done - (len(new) - 1 - i),
+                "epochs_planned": now.get("epochs_planned"),
+                "elapsed_seconds": now.get("elapsed_seconds"),
+                "eta_seconds": now.get("eta_seconds"),
+            },
+        )
+        for i, metrics in enumerate(new)
+    ]
+    events: list[tuple[str, dict[str, Any]]] = []
+    if _phase_key(before) == _phase_key(now):
+        events += epochs
+    else:
+        reference = seen[-1] if seen and new is not history else before
+        split = _earlier_phase(reference, new)
+        events += epochs[:split]
+    if any(last.get(k) != current.get(k) for k in _STATUS_FIELDS):
+        events.append(("status", {k: current.get(k) for k in _STATUS_FIELDS}))
+    if _phase_key(before) != _phase_key(now):
+        phase = {k: now.get(k) for k in ("phase", "label", "epochs", *_PLAN_FIELDS)}
+        # The options say what the new phase plans; the progress may still hold the last's.
+        phase["epochs"] = _phase_epochs(current, now.get("phase")) or phase["epochs"]
+        if now.get("phase") == "auto_search":
+            phase.update({k: now.get(k) for k in _CANDIDATE_FIELDS})
+        events.append(("phase", phase))
+        events += epochs[split:]
+    position = ("phase", "epoch", "step")
+    if now.get("step") and [now.get(k) for k in position] != [before.get(k) for k in position]:
+        step = ("phase", "epoch", "step", "steps_per_epoch", *_PLAN_FIELDS, "eta_seconds")
+        events.append(("step", {k: now.get(k) for k in step}))
+    return events
+
+
 async def job_events(
     first: Snapshot,
     cache: SnapshotCache,
@@ -115,22 +198,23 @@ async def job_events(
     terminal: tuple[str, ...],
     idle_seconds: float,
 ) -> AsyncIterator[str]:
-    """``progress`` on every change, then ``end`` (finished) or ``timeout`` (idle too long)."""
-    job_id, current, last = first["id"], first, None
+    """``job`` (the whole job) at once; then ``status``, ``phase``, ``epoch`` and ``step``
+    events as the job changes (see ``changes``); ``end`` (the whole final job) once it has
+    ended, or ``timeout`` after ``idle_seconds`` without a change."""
+    job_id, last = first["id"], first
     last_change = time.monotonic()
     try:
-        while True:
-            if current != last:
-                yield f"event: progress\ndata: {json.dumps(current)}\n\n"
-                last, last_change = current, time.monotonic()
-            if current["status"] in terminal:
-                yield f"event: end\ndata: {json.dumps({'status': current['status']})}\n\n"
-                return
+        yield _event("job", first)
+        while last["status"] not in terminal:
             if time.monotonic() - last_change > idle_seconds:
-                body = {"status": current["status"], "idle_seconds": idle_seconds}
-                yield f"event: timeout\ndata: {json.dumps(body)}\n\n"
+                yield _event("timeout", {"status": last["status"], "idle_seconds": idle_seconds})
                 return
             await asyncio.sleep(POLL_SECONDS)
             current = await cache.get(job_id)
+            if current != last:
+                for name, data in changes(last, current):
+                    yield _event(name, data)
+                last, last_change = current, time.monotonic()
+        yield _event("end", last)
     finally:
         slot.release()

@@ -35,9 +35,13 @@ class FinetuneOptions(BaseModel):
     freeze_below: int = Field(
         0, ge=0, le=256, description="Freeze the first k layer groups entirely."
     )
-    epochs: int = Field(40, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    weight_decay: float = Field(5e-4, ge=0, le=1)
+    epochs: int = Field(
+        40, ge=1, le=1000, description="Epochs of the final training (one-cycle schedule)."
+    )
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per SGD step.")
+    weight_decay: float = Field(
+        5e-4, ge=0, le=1, description="SGD weight decay (not on biases and norm parameters)."
+    )
     val_fraction: float = Field(
         0.2,
         ge=0,
@@ -56,7 +60,9 @@ class FinetuneOptions(BaseModel):
         10, ge=1, le=1000, description="Early stopping on validation accuracy."
     )
     hflip: bool = Field(False, description="Random horizontal flips (not for text or digits).")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of the splits, the new head and the batches."
+    )
     baseline: bool = Field(False, description="Also train from scratch on the same split.")
     auto_epochs: int = Field(10, ge=1, le=200, description="Budget per auto candidate.")
 

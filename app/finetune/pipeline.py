@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from app.architectures import build_model
+from app.finetune.evaluation import evaluation_report
 from app.finetune.layers import LayerwiseLR, describe_groups, layer_groups, replace_head
 from app.finetune.options import FinetuneOptions, held_out_count
 from app.finetune.train import (
     EpochResult,
+    Evaluation,
     ImageTensors,
     TrainConfig,
     TrainResult,
@@ -57,6 +59,8 @@ class FinetuneResult:
     auto_search: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    # The EvaluationReport (app.finetune.evaluation) of ``evaluated_on``; None without one.
+    evaluation: dict[str, Any] | None = None
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -110,8 +114,13 @@ def finetune(
     device: torch.device | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    image_names: list[str] | None = None,
 ) -> tuple[nn.Module, FinetuneResult]:
-    """Fine-tune ``source`` (a loaded source model) on the target; returns model and report."""
+    """Fine-tune ``source`` (a loaded source model) on the target; returns model and report.
+
+    ``image_names`` (one per image, e.g. ``class/file.png``) name the misclassified images
+    in the report.
+    """
     started = time.perf_counter()
     device = device or torch.device("cpu")
     train_idx, val_idx, test_idx = three_way_split(
@@ -132,7 +141,7 @@ def finetune(
         return replace_head(model, len(class_names))
 
     def run(
-        overrides: dict[str, Any], epochs: int, phase: str, patience: int | None
+        overrides: dict[str, Any], epochs: int, phase: dict[str, Any], patience: int | None
     ) -> tuple[nn.Module, TrainResult, LayerwiseLR]:
         model = fresh_model()
         schedule = schedule_for(options, overrides, num_groups)
@@ -154,8 +163,15 @@ def finetune(
     overrides: dict[str, Any] = {}
     if options.schedule == "auto":
         trials: list[dict[str, Any]] = []
-        for candidate in AUTO_CANDIDATES:
-            _, trial, _ = run(candidate, options.auto_epochs, f"auto {candidate}", None)
+        for index, candidate in enumerate(AUTO_CANDIDATES, start=1):
+            phase = _phase(
+                "auto_search",
+                f"auto search {index}/{len(AUTO_CANDIDATES)}: {describe_candidate(candidate)}",
+                candidate=candidate,
+                candidate_index=index,
+                candidates=len(AUTO_CANDIDATES),
+            )
+            _, trial, _ = run(candidate, options.auto_epochs, phase, None)
             trials.append({"candidate": candidate, "val_accuracy": trial.best_val_accuracy})
         best = max(trials, key=lambda t: t["val_accuracy"])  # first wins ties
         overrides = best["candidate"]
@@ -166,9 +182,13 @@ def finetune(
             "note": "freeze_below -1 means every group below the head is frozen",
         }
 
-    model, final, schedule = run(overrides, options.epochs, "fine-tune", options.patience)
-    on_test = evaluate(model, test, device) if test is not None else None
-    on_val = evaluate(model, val, device) if val is not None else None
+    fine_tune = _phase("fine_tune", f"fine-tune: {_describe_schedule(options, overrides)}")
+    model, final, schedule = run(overrides, options.epochs, fine_tune, options.patience)
+    _announce(progress, "evaluating", "evaluating the fine-tuned model")
+    on_test = evaluate(model, test, device, probabilities=True) if test is not None else None
+    on_val = (
+        evaluate(model, val, device, probabilities=on_test is None) if val is not None else None
+    )
     evaluation = on_test or on_val
     report = FinetuneResult(
         schedule={
@@ -179,7 +199,7 @@ def finetune(
             "chosen_by": options.schedule,
         },
         groups=describe_groups(model, schedule),
-        history=[asdict(e) for e in final.history],
+        history=[{"phase": "fine_tune", **asdict(e)} for e in final.history],
         test_accuracy=on_test.accuracy if on_test else None,
         val_accuracy=on_val.accuracy if on_val else None,
         evaluated_on="test" if on_test else "validation" if on_val else "none",
@@ -199,6 +219,10 @@ def finetune(
         seconds=0.0,
         auto_search=auto_search,
     )
+    if on_test is not None or on_val is not None:
+        split, rows = ("test", test_idx) if on_test is not None else ("validation", val_idx)
+        names = [image_names[i] for i in rows] if image_names is not None else None
+        report.evaluation = split_report(on_test or on_val, split, class_names, names, rows)
     if options.baseline:
         _, report.baseline = train_from_scratch(
             architecture, len(class_names), train, val, options, device, progress, should_stop,
@@ -242,8 +266,8 @@ def train_from_scratch(
         _config(options, options.epochs, options.patience),
         val=val,
         device=device,
-        on_epoch=_epoch_reporter(progress, "baseline (from scratch)", options.epochs),
-        on_step=_step_reporter(progress, "baseline (from scratch)"),
+        on_epoch=_epoch_reporter(progress, BASELINE_PHASE, options.epochs),
+        on_step=_step_reporter(progress, BASELINE_PHASE),
         should_stop=should_stop,
     )
     return model, {
@@ -270,24 +294,57 @@ def _config(options: FinetuneOptions, epochs: int, patience: int | None) -> Trai
     )
 
 
+def _phase(phase: str, label: str, **details: Any) -> dict[str, Any]:
+    """A training phase as progress events name it: its id, its label, and details."""
+    return {"phase": phase, "label": label, **details}
+
+
+# The no-transfer baseline's phase (see train_from_scratch).
+BASELINE_PHASE = _phase("baseline", "baseline: the same architecture trained from scratch")
+
+
+def describe_candidate(candidate: dict[str, Any]) -> str:
+    """An auto-search candidate in words, e.g. "decay 0.5" or "frozen feature extractor"."""
+    if candidate.get("freeze_below") == -1:
+        return "frozen feature extractor (head only)"
+    return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in candidate.items())
+
+
+def _describe_schedule(options: FinetuneOptions, overrides: dict[str, Any]) -> str:
+    if options.schedule == "auto":
+        return f"auto's choice, {describe_candidate(overrides)}"
+    if options.multipliers is not None:
+        return "manual, explicit multipliers"
+    frozen = f", first {options.freeze_below} groups frozen" if options.freeze_below else ""
+    return f"manual, decay {options.decay:g}{frozen}"
+
+
+def _announce(progress: Progress | None, phase: str, label: str) -> None:
+    """Report a phase without epochs (e.g. evaluating)."""
+    if progress is not None:
+        progress({"phase": phase, "label": label})
+
+
 def _epoch_reporter(
-    progress: Progress | None, phase: str, epochs: int
+    progress: Progress | None, phase: dict[str, Any], epochs: int
 ) -> Callable[[EpochResult], None] | None:
     if progress is None:
         return None
 
     def report(epoch: EpochResult) -> None:
-        progress({"phase": phase, "epoch": epoch.epoch, "epochs": epochs, "metrics": asdict(epoch)})
+        progress({**phase, "epoch": epoch.epoch, "epochs": epochs, "metrics": asdict(epoch)})
 
     return report
 
 
-def _step_reporter(progress: Progress | None, phase: str) -> Callable[[int, int, int], None] | None:
+def _step_reporter(
+    progress: Progress | None, phase: dict[str, Any]
+) -> Callable[[int, int, int], None] | None:
     if progress is None:
         return None
 
     def report(epoch: int, step: int, steps: int) -> None:
-        progress({"phase": phase, "epoch": epoch, "step": step, "steps_per_epoch": steps})
+        progress({**phase, "epoch": epoch, "step": step, "steps_per_epoch": steps})
 
     return report
 
@@ -316,3 +373,20 @@ def _confusion(predicted: np.ndarray, labels: np.ndarray, classes: int) -> list[
     matrix = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(matrix, (labels, predicted), 1)
     return matrix.tolist()
+
+
+def split_report(
+    evaluation: Evaluation | None,
+    split: str,
+    class_names: list[str],
+    image_names: list[str] | None,
+    index: np.ndarray,
+) -> dict[str, Any]:
+    """The EvaluationReport of one split; unnamed images are called by their index."""
+    if evaluation is None or evaluation.probabilities is None:
+        raise ValueError("the evaluation has no probabilities (evaluate(probabilities=True))")
+    names = image_names if image_names is not None else [f"image {i}" for i in index]
+    return evaluation_report(
+        evaluation.predictions, evaluation.labels, evaluation.probabilities,
+        class_names, names, split,
+    )  # fmt: skip

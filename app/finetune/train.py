@@ -203,25 +203,38 @@ def _train_mode(model: nn.Module) -> None:
 
 @dataclass
 class Evaluation:
-    """Accuracy and predictions on a labelled set."""
+    """Accuracy and predictions on a labelled set (softmax probabilities when asked for)."""
 
     accuracy: float
     predictions: np.ndarray
     labels: np.ndarray
+    probabilities: np.ndarray | None = None  # (N, classes) float32
 
 
 def evaluate(
-    model: nn.Module, data: ImageTensors, device: torch.device | None = None, batch_size: int = 256
+    model: nn.Module,
+    data: ImageTensors,
+    device: torch.device | None = None,
+    batch_size: int = 256,
+    probabilities: bool = False,
 ) -> Evaluation:
-    """Top-1 accuracy of ``model`` on ``data``."""
+    """Top-1 accuracy of ``model`` on ``data``; with ``probabilities``, the softmax too."""
     device = device or torch.device("cpu")
     model.eval()
-    predictions = []
+    predictions, softmax = [], []
     with torch.inference_mode():
         for first in range(0, len(data), batch_size):
             index = torch.arange(first, min(first + batch_size, len(data)))
             images, _ = data.batch(index, device)
-            predictions.append(model(images).argmax(1).cpu())
+            logits = model(images).float()
+            predictions.append(logits.argmax(1).cpu())
+            if probabilities:
+                softmax.append(logits.softmax(1).cpu())
     predicted = torch.cat(predictions).numpy()
     labels = data.labels.numpy()
-    return Evaluation(float((predicted == labels).mean()), predicted, labels)
+    return Evaluation(
+        float((predicted == labels).mean()),
+        predicted,
+        labels,
+        torch.cat(softmax).numpy() if probabilities else None,
+    )

@@ -15,11 +15,13 @@ from app.errors import Conflict, InvalidInput
 from app.finetune.layers import layer_groups
 from app.finetune.options import FinetuneOptions, check_class_sizes
 from app.finetune.train import ImageTensors
+from app.jobs.estimates import estimate_finetune
 from app.jobs.service import QUEUED, RUNNING, submit_job
 from app.models import Dataset, FinetunedModel, Job, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
 from app.pagination import get_by_id, paginate
+from app.schemas import Estimate
 from app.store import ArtifactStore
 from app.zoo.rankings import rank_sources
 from app.zoo.sources import register_source, signature_for_dataset
@@ -38,10 +40,34 @@ def submit_finetune(
     source_id: str,
     options: FinetuneOptions,
 ) -> Job:
-    """Check the request, resolve ``source_id: "best"`` by P2L, and queue the job.
+    """Check the request, resolve ``source_id: "best"`` by P2L, estimate, and queue the job.
 
     The ranking made for "best" and the job are committed together: a refused request
     leaves neither behind.
+    """
+    params, estimate = plan_finetune(
+        session, store, index, reference, scoring, measure, target_dataset_id, source_id, options
+    )
+    params["estimate"] = estimate.model_dump(mode="json")
+    params["warnings"] = list(estimate.warnings)
+    return submit_job(session, "finetune", params)
+
+
+def plan_finetune(
+    session: Session,
+    store: ArtifactStore,
+    index: SignatureIndex,
+    reference: ReferenceNetwork,
+    scoring: ScoringParams,
+    measure: Measure,
+    target_dataset_id: str,
+    source_id: str,
+    options: FinetuneOptions,
+) -> tuple[dict[str, Any], Estimate]:
+    """Every check of a fine-tune request, its job's params and its estimate; queues nothing.
+
+    For ``source_id: "best"`` the ranking is added to the session (flushed, not committed):
+    a dry run rolls the session back, and nothing stays.
     """
     # Locked until the job is committed: a delete waits, then sees the job (409).
     dataset = get_by_id(session, Dataset, target_dataset_id, "dataset", for_update=True)
@@ -72,19 +98,19 @@ def submit_finetune(
             f"{len(options.multipliers)} multipliers given; {source.architecture} has "
             f"{len(groups)} layer groups {groups}"
         )
-    return submit_job(
-        session,
-        "finetune",
-        {
-            "target_dataset_id": dataset.id,
-            "source_id": source.id,
-            "source_name": source.name,
-            "chosen_by": chosen_by,
-            "ranking_id": ranking_id,
-            "layer_groups": groups,
-            "options": options.model_dump(),
-        },
+    estimate = estimate_finetune(
+        session, source.architecture, source.input_size, dataset.class_counts, options
     )
+    params = {
+        "target_dataset_id": dataset.id,
+        "source_id": source.id,
+        "source_name": source.name,
+        "chosen_by": chosen_by,
+        "ranking_id": ranking_id,
+        "layer_groups": groups,
+        "options": options.model_dump(),
+    }
+    return params, estimate
 
 
 def get_model(session: Session, model_id: str) -> FinetunedModel:

@@ -3,6 +3,8 @@
 Imported only when ``P2L_RUNNER=ray`` (``pip install -e '.[ray]'``). The job table stays
 the queue and the judge of re-runs: each task claims a job itself, with the lease
 functions the local worker uses, so Ray's own retries are off (``max_retries=0``).
+Each task keeps a heartbeat row in ``workers`` (kind ``ray``) while it runs and reports the
+training throughput it measures, like any worker (see app.jobs.estimates).
 """
 
 import logging

@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select, update
@@ -25,11 +25,47 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled",
 )  # fmt: skip
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+# The phase a job's progress ends in (see JobProgress in app.schemas).
+FINAL_PHASES = {SUCCEEDED: "done", FAILED: "failed", CANCELLED: "cancelled"}
+QUEUED_PROGRESS = {"phase": "queued", "label": "waiting for a worker"}
+# A worker just took the job: it loads the data and the model before the first epoch.
+LOADING_PROGRESS = {"phase": "loading", "label": "loading the images and the model"}
+# Fields that describe a moment of the run, not its outcome: gone once it has ended.
+_TRANSIENT = ("step", "steps_per_epoch", "candidate", "candidate_index", "candidates")
+
+
+def final_progress(
+    progress: dict[str, Any] | None,
+    status: str,
+    started_at: datetime | None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """A job's progress once it has ended: phase done/failed/cancelled, ETA 0, history kept."""
+    final = {k: v for k, v in (progress or {}).items() if k not in _TRANSIENT}
+    done = int(final.get("epochs_done") or 0)
+    elapsed = (utcnow() - started_at).total_seconds() if started_at is not None else None
+    took = f" in {elapsed:.0f} s" if elapsed is not None else ""
+    phase = FINAL_PHASES[status]
+    epochs = f" {done} epochs" if done else ""  # an evaluation job trains none
+    if status == SUCCEEDED:
+        label = f"done:{epochs}{took}" if epochs or took else "done"
+        final["epochs_planned"] = done  # the bar ends full (early stopping ends sooner)
+    elif status == CANCELLED:
+        label = f"cancelled after{epochs}{took}" if epochs or took else "cancelled"
+    else:
+        after = f" after{epochs}{took}" if epochs or took else ""
+        label = f"failed{after}: {error or 'unknown error'}"[:300]
+    final.update(phase=phase, label=label, epochs_done=done, eta_seconds=0)
+    if elapsed is not None:
+        final["elapsed_seconds"] = round(elapsed, 1)
+    return final
 
 
 def submit_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
     """Queue a job (the caller commits, with whatever else the request wrote)."""
-    job = Job(id=uuid.uuid4().hex, kind=kind, status=QUEUED, params=params, progress={})
+    job = Job(
+        id=uuid.uuid4().hex, kind=kind, status=QUEUED, params=params, progress=QUEUED_PROGRESS
+    )
     session.add(job)
     session.flush()
     return job
@@ -55,7 +91,15 @@ def cancel_job(session: Session, job_id: str) -> Job:
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == QUEUED)
-        .values(status=CANCELLED, finished_at=utcnow(), error="cancelled before it started")
+        .values(
+            status=CANCELLED,
+            finished_at=utcnow(),
+            error="cancelled before it started",
+            progress={
+                **final_progress(None, CANCELLED, None),
+                "label": "cancelled before it started",
+            },
+        )
     )
     session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
     session.commit()
@@ -95,7 +139,7 @@ def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Jo
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
             started_at=now,
-            progress={},  # progress is the current attempt's
+            progress=LOADING_PROGRESS,  # progress is the current attempt's
         )
     )
     session.commit()
@@ -116,7 +160,18 @@ def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: fl
 
 
 def finish_job(session: Session, job_id: str, worker_id: str, status: str, **values: Any) -> bool:
-    """Move a job this worker holds to a terminal state (caller commits); False if not ours."""
+    """Move a job this worker holds to a terminal state (caller commits); False if not ours.
+
+    Its progress becomes final (see ``final_progress``) unless ``values`` gives one.
+    """
+    if "progress" not in values:
+        row = session.execute(
+            select(Job.progress, Job.started_at).where(Job.id == job_id, Job.worker_id == worker_id)
+        ).first()
+        if row is not None:
+            values["progress"] = final_progress(
+                row.progress, status, row.started_at, values.get("error")
+            )
     finished = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
@@ -140,10 +195,12 @@ def release_jobs(
     Each update re-checks ``which``, so a renewal in between wins.
     """
     rows = session.execute(
-        select(Job.id, Job.attempts, Job.cancel_requested).where(Job.status == RUNNING, *which)
+        select(Job.id, Job.attempts, Job.cancel_requested, Job.progress, Job.started_at).where(
+            Job.status == RUNNING, *which
+        )
     ).all()
     requeued = ended = 0
-    for job_id, attempts, cancel_requested in rows:
+    for job_id, attempts, cancel_requested, progress, started_at in rows:
         attempt = f"attempt {max(attempts, 1)} of {max_attempts}"
         values: dict[str, Any]
         if cancel_requested:
@@ -163,8 +220,12 @@ def release_jobs(
         # A re-queued job is nobody's; an ended one keeps the id of the worker it lost.
         if values["status"] == QUEUED:
             values["worker_id"] = None
+            values["progress"] = {**QUEUED_PROGRESS, "label": f"waiting for a worker ({reason})"}
         else:
             values["finished_at"] = utcnow()
+            values["progress"] = final_progress(
+                progress, values["status"], started_at, values["error"]
+            )
         done = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == RUNNING, *which)

@@ -13,6 +13,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -30,10 +32,22 @@ from app.db import make_engine, session_factory
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
 from app.finetune.train import Cancelled
+from app.jobs.estimates import (
+    HEARTBEAT_SECONDS,
+    device_type,
+    forget_worker,
+    heartbeat,
+    phase_plan,
+    record_epoch,
+    record_job,
+    split_totals,
+)
+from app.jobs.evaluations import HeldLease, run_evaluation
 from app.jobs.finetunes import MODEL_WEIGHTS
 from app.jobs.service import (
     CANCELLED,
     FAILED,
+    LOADING_PROGRESS,
     RUNNING,
     SUCCEEDED,
     claim_next_job,
@@ -143,39 +157,129 @@ class Lease:
             os._exit(1)
 
 
-class JobProgress:
-    """Throttled progress writes and the stop check, for one running job."""
+@dataclass
+class Meter:
+    """What a job's epochs measure the worker's throughput on (see app.jobs.estimates)."""
 
-    def __init__(self, sessions: sessionmaker[Session], lease: Lease, planned_epochs: int) -> None:
+    worker_id: str
+    architecture: str
+    input_size: int
+    device: str
+    train_images: int
+    val_images: int
+
+
+class JobProgress:
+    """Throttled progress writes and the stop check, for one running job.
+
+    Folds the pipeline's events (phase, epoch, step) into the job's ``progress`` (see
+    JobProgress in app.schemas): epochs done out of those planned, elapsed time and ETA.
+    ``plan`` lists the training phases and their epochs; when a phase ends early (early
+    stopping), the epochs it skipped leave the plan.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        lease: HeldLease,
+        plan: list[tuple[str, int]] | None = None,
+        meter: Meter | None = None,
+        estimate_seconds: float | None = None,
+    ) -> None:
         self.sessions = sessions
         self.lease = lease
         self.job_id = lease.job_id
-        self.planned_epochs = planned_epochs
+        self.plan = plan or []
+        self.meter = meter
+        self.estimate_seconds = estimate_seconds
         self.epochs_done = 0
-        self.started = time.monotonic()
+        self.segment = -1  # index in plan of the phase now training
+        self.segment_key: tuple[str, Any] | None = None
+        self.started = self.epoch_started = time.monotonic()
         self.last_write = 0.0
-        self.state: dict[str, Any] = {"history": []}
+        self.state: dict[str, Any] = {
+            **LOADING_PROGRESS,
+            "epochs_done": 0,
+            "epochs_planned": sum(epochs for _, epochs in self.plan),
+            "history": [],
+        }
         self._connection: Connection | None = None
         self._stop_query: Select[bool, str | None, str] | None = None
 
+    @property
+    def epoch_seconds(self) -> float:
+        """Time spent in the epochs finished so far."""
+        return float(sum(m["seconds"] for m in self.state["history"]))
+
+    def set_phase(self, phase: str, label: str) -> None:
+        """Enter a phase without epochs (loading, evaluating, saving) and store it at once."""
+        for key in ("epoch", "epochs", "step", "steps_per_epoch", *_CANDIDATE_FIELDS):
+            self.state.pop(key, None)
+        self.state.update(phase=phase, label=label)
+        self.epoch_started = time.monotonic()
+        self._timing()
+        self.write()
+
     def update(self, event: dict[str, Any]) -> None:
-        """Fold in a step or epoch event; write at most twice a second (always per epoch)."""
+        """Fold in a phase, step or epoch event; write at most twice a second (always per
+        epoch and per phase change)."""
+        if "epoch" not in event:
+            self.set_phase(event["phase"], event.get("label") or event["phase"])
+            return
+        event = dict(event)
+        changed = self._enter(event)
         epoch_end = "metrics" in event
         if epoch_end:
             self.epochs_done += 1
             metrics = {"phase": event["phase"], **event.pop("metrics")}
             self.state["history"] = [*self.state["history"], metrics]
+            self.state.pop("step", None)
+            self.state.pop("steps_per_epoch", None)
+            self.epoch_started = time.monotonic()
         self.state.update(event)
-        elapsed = time.monotonic() - self.started
-        self.state["elapsed_seconds"] = round(elapsed, 1)
-        if self.epochs_done:
-            remaining = max(self.planned_epochs - self.epochs_done, 0)
-            self.state["eta_seconds"] = round(elapsed / self.epochs_done * remaining, 1)
-        if epoch_end or time.monotonic() - self.last_write >= 0.5:
-            self.write()
+        self.state["epochs_done"] = self.epochs_done
+        self._timing()
+        if epoch_end or changed or time.monotonic() - self.last_write >= 0.5:
+            self.write(measured=metrics if epoch_end else None)
 
-    def write(self) -> None:
-        """Store the progress so far."""
+    def _enter(self, event: dict[str, Any]) -> bool:
+        """Notice a new training phase (or auto candidate): re-plan what is left; True if new."""
+        key = (event["phase"], event.get("candidate_index"))
+        if key == self.segment_key:
+            return False
+        self.segment_key = key
+        self.segment += 1
+        for field_name in _CANDIDATE_FIELDS:  # details of the previous phase
+            self.state.pop(field_name, None)
+        if self.segment < len(self.plan):
+            left = sum(epochs for _, epochs in self.plan[self.segment :])
+            self.state["epochs_planned"] = self.epochs_done + left
+        return True
+
+    def _timing(self) -> None:
+        """Elapsed time, and the ETA at the pace so far (the estimate before any is known)."""
+        now = time.monotonic()
+        elapsed = now - self.started
+        self.state["elapsed_seconds"] = round(elapsed, 1)
+        planned = self.state.get("epochs_planned") or 0
+        history = self.state["history"]
+        step, steps = self.state.get("step"), self.state.get("steps_per_epoch")
+        per_epoch: float | None = None
+        into_epoch = 0.0
+        if history:
+            per_epoch = self.epoch_seconds / len(history)
+        elif step and steps:
+            per_epoch = (now - self.epoch_started) / step * steps
+        if step and steps:
+            into_epoch = step / steps
+        if per_epoch is not None:
+            left = max(planned - self.epochs_done - into_epoch, 0.0)
+            self.state["eta_seconds"] = round(per_epoch * left, 1)
+        elif self.estimate_seconds is not None:
+            self.state["eta_seconds"] = round(max(self.estimate_seconds - elapsed, 0.0), 1)
+
+    def write(self, measured: dict[str, Any] | None = None) -> None:
+        """Store the progress so far (and what a finished epoch measured)."""
         self.last_write = time.monotonic()
         with self.sessions() as session:
             session.execute(
@@ -187,7 +291,30 @@ class JobProgress:
                 )
                 .values(progress=dict(self.state))
             )
+            if measured is not None and self.meter is not None:
+                meter = self.meter
+                record_epoch(
+                    session, meter.worker_id, meter.architecture, meter.input_size,
+                    meter.device, meter.train_images, meter.val_images,
+                    measured["seconds"], measured["train_seconds"],
+                )  # fmt: skip
             session.commit()
+
+    def record_job(self, images: int) -> None:
+        """Record the job's time outside its epochs (loading, evaluating, saving)."""
+        if self.meter is None or not self.state["history"]:
+            return
+        overhead = time.monotonic() - self.started - self.epoch_seconds
+        meter = self.meter
+        try:
+            with self.sessions() as session:
+                record_job(
+                    session, meter.worker_id, meter.architecture, meter.input_size,
+                    meter.device, images, overhead,
+                )  # fmt: skip
+                session.commit()
+        except Exception:  # a measurement is not worth failing a finished job for
+            logger.exception("job %s: could not record its throughput", self.job_id)
 
     def should_stop(self) -> bool:
         """True once cancellation was asked or the lease lost (checked before every step)."""
@@ -212,6 +339,9 @@ class JobProgress:
             self._connection.close()
 
 
+_CANDIDATE_FIELDS = ("candidate", "candidate_index", "candidates")
+
+
 def run_finetune(
     sessions: sessionmaker[Session],
     store: ArtifactStore,
@@ -228,17 +358,25 @@ def run_finetune(
         files = dataset_files(store, dataset)
         source_file = weights_path(store, source)
     class_names = sorted(files)
-    paths = [path for name in class_names for path in files[name]]
-    labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
-    images = load_all_pixels(paths, source.input_size)
-
-    model = load_model(source.architecture, source.num_classes, source_file)
-    spec = get_spec(source.architecture)
-    planned = options.epochs * (2 if options.baseline else 1)
-    if options.schedule == "auto":
-        planned += 4 * options.auto_epochs
-    progress = JobProgress(sessions, lease, planned)
+    train_images, val_images, _ = split_totals(
+        {name: len(files[name]) for name in class_names}, options
+    )
+    meter = Meter(
+        lease.worker_id, source.architecture, source.input_size, device_type(device),
+        train_images, val_images,
+    )  # fmt: skip
+    estimate = params.get("estimate") or {}
+    progress = JobProgress(sessions, lease, phase_plan(options), meter, estimate.get("seconds"))
     try:
+        progress.set_phase(
+            "loading", f"loading {dataset.num_images} images and the source {source.name}"
+        )
+        paths = [path for name in class_names for path in files[name]]
+        image_names = [f"{path.parent.name}/{path.name}" for path in paths]
+        labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
+        images = load_all_pixels(paths, source.input_size)
+        model = load_model(source.architecture, source.num_classes, source_file)
+        spec = get_spec(source.architecture)
         model, report = finetune(
             model,
             source.architecture,
@@ -251,8 +389,9 @@ def run_finetune(
             device=device,
             progress=progress.update,
             should_stop=progress.should_stop,
+            image_names=image_names,
         )
-        progress.write()
+        progress.set_phase("saving", "saving the model")
     finally:
         progress.close()
 
@@ -284,6 +423,67 @@ def run_finetune(
         ):  # fmt: skip
             logger.warning("job %s: lease lost before the commit; model discarded", job.id)
             work.abandon()
+    progress.record_job(len(paths))
+
+
+class Heartbeat:
+    """A worker's row in ``workers``, renewed every few seconds (idle or busy) by a thread.
+
+    ``job_id`` is the job it runs now; the row is deleted when the worker stops cleanly.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], worker_id: str, kind: str, device: torch.device
+    ) -> None:
+        self.sessions = sessions
+        self.worker_id = worker_id
+        self.kind = kind
+        self.device = device_type(device)
+        self.job_id: str | None = None
+        self.jobs_run = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="p2l-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+        try:
+            with self.sessions() as session:
+                forget_worker(session, self.worker_id)
+        except Exception:  # its row goes stale and stops counting as alive
+            logger.exception("worker %s: could not remove its heartbeat row", self.worker_id)
+
+    def running(self, job_id: str | None) -> None:
+        """Note the job the worker runs now (None once it ended) and report at once."""
+        if job_id is None and self.job_id is not None:
+            self.jobs_run += 1
+        self.job_id = job_id
+        self.beat()
+
+    def beat(self) -> None:
+        """Renew the row now (a failure is logged: the next beat tries again)."""
+        try:
+            with self.sessions() as session:
+                heartbeat(
+                    session, self.worker_id, self.kind, self.device, self.job_id, self.jobs_run
+                )
+        except Exception:
+            logger.exception("worker %s: heartbeat failed", self.worker_id)
+
+    def _beat(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            self.beat()
+
+
+JobBody = Callable[[sessionmaker[Session], ArtifactStore, torch.device, Job, Lease], None]
+
+# What a worker runs for each job kind.
+JOB_KINDS: dict[str, JobBody] = {"finetune": run_finetune, "evaluate": run_evaluation}
 
 
 def run_job(
@@ -295,9 +495,10 @@ def run_job(
 ) -> None:
     """Run one claimed job and record how it ended (only while this worker holds it)."""
     try:
-        if job.kind != "finetune":
+        runner = JOB_KINDS.get(job.kind)
+        if runner is None:
             raise ValueError(f"unknown job kind {job.kind!r}")
-        run_finetune(sessions, store, device, job, lease)
+        runner(sessions, store, device, job, lease)
     except Cancelled as exc:
         with sessions() as session:
             if not finish_job(
@@ -321,11 +522,18 @@ def run_claimed_job(
     job: Job,
     worker_id: str,
     parent_pid: int | None = None,
+    beat: "Heartbeat | None" = None,
 ) -> None:
     """Run a job this worker just claimed, holding its lease (renewed) until it ends."""
     logger.info("running job %s (attempt %d)", job.id, job.attempts)
-    with Lease(sessions, settings, job.id, worker_id, parent_pid) as lease:
-        run_job(sessions, store, device, job, lease)
+    if beat is not None:
+        beat.running(job.id)
+    try:
+        with Lease(sessions, settings, job.id, worker_id, parent_pid) as lease:
+            run_job(sessions, store, device, job, lease)
+    finally:
+        if beat is not None:
+            beat.running(None)
 
 
 def run_next_job(settings: Settings, worker_id: str) -> str | None:
@@ -338,13 +546,15 @@ def run_next_job(settings: Settings, worker_id: str) -> str | None:
     logger.setLevel(logging.INFO)  # Ray's worker already has handlers (and prints them)
     engine = make_engine(settings.sqlalchemy_url)
     sessions = session_factory(engine)
+    device = resolve_device(settings.device)
     try:
-        job = _next_job(sessions, settings, worker_id)
-        if job is None:  # another worker took it first
-            return None
-        store = make_store(settings)
-        run_claimed_job(sessions, store, resolve_device(settings.device), settings, job, worker_id)
-        return job.id
+        with Heartbeat(sessions, worker_id, "ray", device) as beat:
+            job = _next_job(sessions, settings, worker_id)
+            if job is None:  # another worker took it first
+                return None
+            store = make_store(settings)
+            run_claimed_job(sessions, store, device, settings, job, worker_id, beat=beat)
+            return job.id
     finally:
         engine.dispose()
 
@@ -366,13 +576,16 @@ def run_worker(
     device = resolve_device(settings.device)
     logger.info("worker %s ready on %s", worker_id, device)
     stop: StopRequested | None = None
+    # Its heartbeat tells the API (and estimates) that a worker is alive, idle or busy.
+    beat = Heartbeat(sessions, worker_id, "local" if parent_pid else "standalone", device)
     try:
-        while parent_pid is None or os.getppid() == parent_pid:
-            job = _next_job(sessions, settings, worker_id)
-            if job is None:
-                time.sleep(POLL_SECONDS)
-                continue
-            run_claimed_job(sessions, store, device, settings, job, worker_id, parent_pid)
+        with beat:
+            while parent_pid is None or os.getppid() == parent_pid:
+                job = _next_job(sessions, settings, worker_id)
+                if job is None:
+                    time.sleep(POLL_SECONDS)
+                    continue
+                run_claimed_job(sessions, store, device, settings, job, worker_id, parent_pid, beat)
     except StopRequested as exc:
         stop = exc
         raise

@@ -87,3 +87,38 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def confusion_plot(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str
+) -> bytes:
+    """A confusion matrix as a heat map: true class down, predicted across, counts in cells.
+
+    Colour is the share of each true class (row-normalised), so small classes show too.
+    """
+    counts = np.asarray(matrix, dtype=np.int64).reshape(len(class_names), len(class_names))
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    n = len(class_names)
+    side = min(max(4.5, 1.2 + 0.55 * n), 16.0)
+    fig = Figure(figsize=(side + 1.2, side), dpi=110)
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    labels = [name if len(name) <= 24 else name[:23] + "…" for name in class_names]
+    slanted = n > 3  # long names side by side would overlap
+    ax.set_xticks(
+        np.arange(n), labels, rotation=45 if slanted else 0, ha="right" if slanted else "center"
+    )
+    ax.set_yticks(np.arange(n), labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 30:  # beyond that, the numbers would not be legible
+        fontsize = 9 if n <= 12 else 6
+        for (row, column), count in np.ndenumerate(counts):
+            colour = "white" if shares[row, column] > 0.5 else "black"
+            ax.text(column, row, str(count), ha="center", va="center", color=colour,
+                    fontsize=fontsize)  # fmt: skip
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)

@@ -110,3 +110,19 @@ def delete_ranking(session: Session, ranking_id: str) -> None:
     """Remove a stored ranking (jobs that name it keep their own record of the pick)."""
     session.delete(get_ranking(session, ranking_id))
     session.commit()
+
+
+def ranking_warnings(ranking: Ranking) -> list[str]:
+    """Why a ranking ranks nothing, said to its reader (an empty list when it ranks some)."""
+    if ranking.results:
+        return []
+    if ranking.excluded:
+        return [
+            f"no source could be ranked: all {len(ranking.excluded)} candidate(s) are "
+            "excluded (see `excluded` for why)"
+        ]
+    return [
+        "no source could be ranked: the zoo is empty; register one with POST /v1/sources, "
+        "or start the service with P2L_IMPORT_BUNDLED_ZOO=true on an empty zoo to import "
+        "the bundled sources"
+    ]

@@ -60,10 +60,21 @@ def upload_dataset(
     session: SessionDep,
     response: Response,
     idempotency_key: IdempotencyHeader,
-    file: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of <class>/<image>")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="A .zip, .tar, .tar.gz, .tar.bz2 or .tar.xz archive with one folder "
+            "per class: `dress/0001.png`, `shirt/0001.jpg`, ... (optionally inside one top "
+            "folder)."
+        ),
+    ],
     name: Annotated[
         str | None,
-        Form(description="At most P2L_MAX_NAME_BYTES (200) UTF-8 bytes; default: the file's"),
+        Form(
+            description="At most P2L_MAX_NAME_BYTES (200) UTF-8 bytes; leave it out to use "
+            "the archive's file name.",
+            examples=["garments"],
+        ),
     ] = None,
 ) -> DatasetCreated:
     """Validate every image, compute the signature, and store the dataset.

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import distinct, func, select, text
 
 from app.api.deps import SessionDep, StateDep
+from app.jobs.estimates import alive_workers
 from app.models import Dataset, FinetunedModel, Job, Source, utcnow
 from app.schemas import HealthOut
 from app.zoo.sources import catch_up
@@ -35,12 +36,18 @@ def health(session: SessionDep) -> JSONResponse:
 def metrics(state: StateDep, session: SessionDep) -> str:
     """Gauges of what the service holds and does, in Prometheus' text format."""
     catch_up(session, state.store, state.index, state.reference)  # others' changes count too
+    alive = len(alive_workers(session))
     gauges = {
         "p2l_datasets": session.scalar(select(func.count()).select_from(Dataset)),
         "p2l_sources": session.scalar(select(func.count()).select_from(Source)),
         "p2l_rankable_sources": len(state.index),
         "p2l_models": session.scalar(select(func.count()).select_from(FinetunedModel)),
-        "p2l_job_worker_running": int(state.runner is not None and state.runner.alive),
+        # This service's own runner is up, or any worker anywhere has a fresh heartbeat.
+        "p2l_job_worker_running": int(
+            (state.runner is not None and state.runner.alive) or alive > 0
+        ),
+        # Workers (local, standalone, Ray tasks) whose heartbeat is fresh.
+        "p2l_workers_alive": alive,
         # Workers anywhere (local, standalone, other hosts) that hold a live job lease.
         "p2l_job_workers_busy": session.scalar(
             select(func.count(distinct(Job.worker_id))).where(

@@ -4,27 +4,72 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.api import streams
-from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.deps import (
+    PAGE_PROBLEMS,
+    ApiKeyRequired,
+    PageToken,
+    ServiceState,
+    SessionDep,
+    StateDep,
+)
 from app.api.idempotency import IdempotencyHeader, digest_json, idempotent
 from app.api.problems import problem_responses
 from app.errors import NotFound
 from app.jobs import finetunes
 from app.jobs import service as jobs
+from app.jobs.estimates import alive_workers, no_worker_warning
 from app.models import Job
 from app.pagination import is_valid_id
-from app.schemas import FinetuneRequest, JobOut, Page
+from app.schemas import Estimate, FinetuneRequest, JobOut, Page
 
 router = APIRouter(tags=["jobs"])
+
+
+def no_worker_alive(state: ServiceState, session: Session) -> bool:
+    """True when nothing would run a queued job: this service runs no worker (or its runner
+    is down) and no worker anywhere has a fresh heartbeat."""
+    if state.runner is not None and state.runner.alive:
+        return False
+    return not alive_workers(session)
+
+
+def job_out(state: ServiceState, session: Session, job: Job) -> JobOut:
+    """The job's body, with the warning that no worker is alive while that holds (queued)."""
+    out = JobOut.model_validate(job)
+    if job.status == jobs.QUEUED and no_worker_alive(state, session):
+        out.warnings = [*out.warnings, no_worker_warning()]
+    return out
+
+
+DryRun = Annotated[
+    bool,
+    Query(
+        description="true: answer 200 with the estimate only, after the same checks (same "
+        "422s); nothing is stored (no job, no ranking, no Idempotency-Key record)."
+    ),
+]
 
 
 @router.post(
     "/v1/finetunes",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobOut,
+    response_model=None,
     dependencies=[ApiKeyRequired],
-    summary="Start fine-tuning a source on a target (a background job)",
+    summary="Start fine-tuning a source on a target (a background job), or estimate it",
+    responses={
+        202: {
+            "model": JobOut,
+            "description": "Queued: the job, with its `estimate` and any `warnings` (e.g. that "
+            "no worker is alive to run it). Follow `Location`.",
+        },
+        200: {
+            "model": Estimate,
+            "description": "`dry_run=true`: what the job would cost; nothing was stored.",
+        },
+    },
 )
 def start_finetune(
     state: StateDep,
@@ -32,11 +77,30 @@ def start_finetune(
     request: FinetuneRequest,
     response: Response,
     idempotency_key: IdempotencyHeader,
-) -> Job:
-    """Queue the job and answer at once; follow ``Location`` (or the events stream).
+    dry_run: DryRun = False,
+) -> JobOut | Estimate:
+    """Queue the job and answer at once with its estimated run time; follow ``Location``
+    (or the events stream). With ``dry_run=true``, the estimate alone.
 
     Every problem the request can have is found here (422), not later in the worker.
     """
+    if dry_run:
+        _, estimate = finetunes.plan_finetune(
+            session,
+            state.store,
+            state.index,
+            state.reference,
+            state.scoring_params(),
+            state.settings.p2l_measure,
+            request.target_dataset_id,
+            request.source_id,
+            request.options(),
+        )
+        session.rollback()  # the ranking made for "best" stays unstored
+        if no_worker_alive(state, session):
+            estimate.warnings.append(no_worker_warning())
+        response.status_code = status.HTTP_200_OK
+        return estimate
     digest = digest_json(request.model_dump_json(exclude_unset=True))
     with idempotent(state.sessions, session, "finetunes", idempotency_key, digest) as claim:
         if claim.replay_id is not None:
@@ -56,7 +120,7 @@ def start_finetune(
             )
             claim.complete(job.id)  # committed with the job and its ranking
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job
+    return job_out(state, session, job)
 
 
 @router.get(
@@ -76,9 +140,11 @@ def list_jobs(
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, summary="Job status and progress")
-def get_job(session: SessionDep, job_id: str) -> Job:
-    """Status, progress (phase, epoch, step, metrics so far, ETA), and the result when done."""
-    return jobs.get_job(session, job_id)
+def get_job(state: StateDep, session: SessionDep, job_id: str) -> JobOut:
+    """Status, progress (phase, epochs done of planned, metrics so far, ETA), the estimate,
+    warnings (a queued job: whether any worker is alive to run it), and the result when
+    done."""
+    return job_out(state, session, jobs.get_job(session, job_id))
 
 
 @router.post(
@@ -114,11 +180,28 @@ def delete_job(session: SessionDep, job_id: str) -> Response:
     },
     # Each open stream holds a slot for minutes: with keys set, only key holders may.
     dependencies=[ApiKeyRequired],
-    summary="Stream a job's progress as server-sent events",
+    summary="Stream a job's progress as server-sent events (for clients, not Swagger)",
 )
 async def job_events(state: StateDep, job_id: str) -> StreamingResponse:
-    """``event: progress`` whenever the job changes; then ``event: end`` once it is finished,
-    or ``event: timeout`` after P2L_EVENT_STREAM_IDLE_SECONDS without a change."""
+    """**For clients**: Swagger UI's *Try it out* waits for the whole stream and shows
+    nothing until the job ends. Watch it live with `curl -N $P2L_URL/v1/jobs/{id}/events` or
+    `p2l jobs watch {id}`; poll `GET /v1/jobs/{id}` otherwise.
+
+    An event per meaningful change, never the whole job every tick:
+
+    - `job`: once at connect, the whole job.
+    - `status`: `{status, attempts, worker_id}` when one of them changes.
+    - `phase`: `{phase, label, epochs, epochs_done, epochs_planned}` (auto_search adds
+      `candidate`, `candidate_index`, `candidates`). Phases: queued, loading,
+      auto_search, fine_tune, baseline, evaluating, saving, done, failed, cancelled.
+    - `epoch`: at every epoch end, `{phase, epoch, epochs, metrics, epochs_done,
+      epochs_planned, elapsed_seconds, eta_seconds}`.
+    - `step`: within an epoch, at most one per 0.5 s: `{phase, epoch, step,
+      steps_per_epoch, epochs_done, epochs_planned, eta_seconds}`.
+    - `end`: once the job has ended, the whole final job; then the stream closes.
+    - `timeout`: `{status, idle_seconds}` after P2L_EVENT_STREAM_IDLE_SECONDS without a
+      change; then the stream closes.
+    """
     if not is_valid_id(job_id):  # before the cache keeps anything for it
         raise NotFound(f"no job with id {job_id[:100]!r}")
     first = await state.job_snapshots.get(job_id)  # 404 before the stream starts

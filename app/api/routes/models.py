@@ -1,16 +1,36 @@
-"""Fine-tuned models: report, weights, predictions, and registration as a new source."""
+"""Fine-tuned models: report, weights, predictions, export, evaluation, and registration as a
+new source."""
 
-from typing import Annotated
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Query, Response, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image
+from starlette.background import BackgroundTask
 
 from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
-from app.errors import TooLarge
-from app.jobs import finetunes
-from app.models import FinetunedModel, Source
-from app.schemas import ModelOut, Page, PredictionsOut, SourceOut
+from app.datasets.service import IMAGES_DIR
+from app.errors import NotFound, TooLarge
+from app.finetune.export import MODEL_FILES, ExportFormat, export_model, preprocessing_spec
+from app.jobs import evaluations, finetunes
+from app.jobs import service as jobs
+from app.models import Dataset, FinetunedModel, Job, Source
+from app.schemas import (
+    ArchiveEvaluation,
+    JobOut,
+    ModelOut,
+    Page,
+    PredictionsOut,
+    PreprocessingOut,
+    SourceOut,
+)
+from app.zoo import plots
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -117,7 +137,16 @@ def register(
     state: StateDep,
     session: SessionDep,
     model_id: str,
-    name: Annotated[str | None, Body(embed=True, max_length=200)] = None,
+    name: Annotated[
+        str | None,
+        Body(
+            embed=True,
+            max_length=200,
+            description="The new source's name; default: `finetuned-` and the first 8 "
+            "characters of the model id.",
+            examples=["fashion-finetuned"],
+        ),
+    ] = None,
 ) -> Source:
     """The new source's signature is its target dataset's: the zoo grows with use."""
     return finetunes.register_model(
@@ -125,3 +154,212 @@ def register(
         max_classes=state.settings.max_source_classes,
         max_name_bytes=state.settings.max_name_bytes,
     )  # fmt: skip
+
+
+@router.get(
+    "/{model_id}/preprocessing",
+    response_model=PreprocessingOut,
+    summary="How to feed the model an image (the preprocessing.json of its exports)",
+)
+def get_preprocessing(session: SessionDep, model_id: str) -> dict[str, Any]:
+    """Input size, mean and std, class names, layout, colour, scale and the resize in words."""
+    row = finetunes.get_model(session, model_id)
+    return preprocessing_spec(row.architecture, row.input_size, row.class_names)
+
+
+@router.get(
+    "/{model_id}/export",
+    response_class=FileResponse,
+    dependencies=[ApiKeyRequired],
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "model file + preprocessing.json"},
+        **problem_responses(_422="format is neither onnx nor torchscript"),
+    },
+    summary="Export the model as ONNX or TorchScript, with its preprocessing spec (zip)",
+)
+def export(
+    state: StateDep,
+    session: SessionDep,
+    model_id: str,
+    format: Annotated[
+        ExportFormat,
+        Query(description="onnx (model.onnx, opset 18, dynamic batch) or torchscript (model.pt)"),
+    ] = "onnx",
+) -> FileResponse:
+    """A zip of ``model.onnx`` or ``model.pt`` and ``preprocessing.json``: run it anywhere
+    without this project (onnxruntime, or ``torch.jit.load``). Built on demand (seconds)."""
+    row = finetunes.get_model(session, model_id)
+    network = state.models.get(state.store, row)  # the cache's lock is not held past this
+    folder = state.store.new_staging_dir()
+    try:
+        export_model(network, format, row.architecture, row.input_size, row.class_names, folder)
+        archive = folder / f"model-{model_id}-{format}.zip"
+        _zip(archive, [folder / MODEL_FILES[format], folder / "preprocessing.json"])
+    except BaseException:
+        state.store.discard(folder)
+        raise
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename=archive.name,
+        background=BackgroundTask(state.store.discard, folder),
+    )
+
+
+@router.get(
+    "/{model_id}/confusion.png",
+    response_class=Response,
+    dependencies=[ApiKeyRequired],
+    responses={
+        200: {"content": {"image/png": {}}, "description": "PNG image"},
+        **problem_responses(_404="No such model, or it has no held-out split to report on"),
+    },
+    summary="The model's confusion matrix on its test (or validation) split, as a picture",
+)
+def confusion_png(session: SessionDep, model_id: str) -> Response:
+    """Rows: true class, columns: predicted class, counts in the cells; the title names the
+    split and the accuracy."""
+    row = finetunes.get_model(session, model_id)
+    report = row.report
+    evaluation = report.get("evaluation")
+    if evaluation:
+        matrix, names = evaluation["confusion_matrix"], evaluation["class_names"]
+        split, accuracy = evaluation["split"], evaluation["accuracy"]
+    else:  # a model made before evaluation reports: the report's own matrix
+        matrix, names, split = (
+            report.get("confusion_matrix"),
+            row.class_names,
+            report.get("evaluated_on", "none"),
+        )
+        accuracy = report.get("test_accuracy" if split == "test" else "val_accuracy")
+    if not matrix or split == "none":
+        raise NotFound(
+            f"model {model_id} has no confusion matrix: it was trained without a test or "
+            "validation split (test_fraction and val_fraction 0)"
+        )
+    images = sum(sum(r) for r in matrix)
+    shown = f"{accuracy:.3f}" if accuracy is not None else "n/a"
+    title = f"model {model_id[:8]}, {split} split ({images} images): accuracy {shown}"
+    return Response(plots.confusion_plot(matrix, names, title), media_type="image/png")
+
+
+@router.get(
+    "/{model_id}/misclassified/{k}",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/*": {}}, "description": "The image file as uploaded"},
+        **problem_responses(
+            _404="No such model or k, or the target dataset (or the image) is gone"
+        ),
+    },
+    summary="The k-th misclassified image of the model's evaluation report (0-based)",
+)
+def misclassified_image(
+    state: StateDep, session: SessionDep, model_id: str, k: Annotated[int, PathParam(ge=0)]
+) -> Response:
+    """Its bytes from the model's target dataset; ``report.evaluation.misclassified[k]``
+    says its name, true and predicted label."""
+    row = finetunes.get_model(session, model_id)
+    evaluation = row.report.get("evaluation")
+    if not evaluation:
+        raise NotFound(
+            f"model {model_id} has no evaluation report (it was made before they existed, or "
+            "without a held-out split): no misclassified images are listed"
+        )
+    listed = evaluation["misclassified"]
+    if k >= len(listed):
+        raise NotFound(
+            f"model {model_id} lists {len(listed)} misclassified images (k from 0 to "
+            f"{len(listed) - 1}); k={k}"
+            if listed
+            else f"model {model_id} misclassified no image of its {evaluation['split']} split"
+        )
+    name = listed[k]["image"]
+    dataset = session.get(Dataset, row.target_dataset_id)
+    if dataset is None:
+        raise NotFound(
+            f"the model's target dataset {row.target_dataset_id} was deleted, and its images "
+            f"with it ({name!r})"
+        )
+    path = _dataset_image(state.store.path(dataset.artifact_key) / IMAGES_DIR, name)
+    if path is None:
+        raise NotFound(f"image {name!r} is no longer in dataset {dataset.id}")
+    data = path.read_bytes()
+    return Response(data, media_type=_image_type(path))
+
+
+@router.post(
+    "/{model_id}/evaluate",
+    response_model=ArchiveEvaluation,
+    dependencies=[ApiKeyRequired],
+    responses={
+        202: {"model": JobOut, "description": "Too many images to answer at once: a job"},
+        **problem_responses(
+            _413="Upload above P2L_MAX_UPLOAD_BYTES; nothing is stored",
+            _422="Unusable archive, no usable image, or class folders the model does not know",
+        ),
+    },
+    summary="Evaluate the model on a labelled archive (one folder per class)",
+)
+def evaluate_archive(
+    state: StateDep,
+    session: SessionDep,
+    idempotency_key: IdempotencyHeader,
+    model_id: str,
+    file: Annotated[
+        UploadFile,
+        File(
+            description=".zip, .tar or .tar.gz of one folder per class (class/image.png), "
+            "folders named like the model's classes"
+        ),
+    ],
+) -> Any:
+    """Per-class precision, recall and F1, the confusion matrix and the misclassified images
+    (split ``archive``, images named class/file as in the archive). Up to
+    P2L_EVALUATE_SYNC_MAX_IMAGES (500) images: 200 with the report; more: 202 with a job of
+    kind ``evaluate`` (Location), whose result is the report. The archive is checked like a
+    dataset upload."""
+    row = finetunes.get_model(session, model_id)
+    digest = digest_files([file.file], model_id)
+    with idempotent(state.sessions, session, "evaluations", idempotency_key, digest) as claim:
+        replayed = claim.replay_id is not None
+        if claim.replay_id is not None:
+            outcome: dict[str, Any] | Job = jobs.get_job(session, claim.replay_id)
+        else:
+            outcome = evaluations.evaluate_upload(
+                session, state.store, state.settings, state.models, row, file.file
+            )
+            if isinstance(outcome, Job):
+                claim.complete(outcome.id)  # a report made at once has nothing to replay
+    if isinstance(outcome, dict):
+        return outcome
+    headers = {"Location": f"/v1/jobs/{outcome.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    body = JobOut.model_validate(outcome)
+    return JSONResponse(jsonable_encoder(body), status_code=202, headers=headers)
+
+
+def _zip(target: Path, files: list[Path]) -> None:
+    """A zip of ``files`` (by name, at its top level)."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for item in files:
+            archive.write(item, item.name)
+
+
+def _dataset_image(root: Path, name: str) -> Path | None:
+    """The stored file ``root/<class>/<file>`` that ``name`` names, if it is there."""
+    parts = PurePosixPath(name).parts
+    if len(parts) != 2 or any(p in ("", ".", "..") for p in parts):
+        return None
+    path = root.joinpath(*parts)
+    return path if path.is_file() else None
+
+
+def _image_type(path: Path) -> str:
+    """The MIME type of an image file, from its content (names can say anything)."""
+    try:
+        with Image.open(path) as image:
+            return Image.MIME.get(image.format or "", "application/octet-stream")
+    except OSError:
+        return "application/octet-stream"

@@ -23,6 +23,7 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
         results=ranking.results,
         excluded=ranking.excluded,
         elapsed_ms=elapsed_ms,
+        warnings=service.ranking_warnings(ranking),
     )
 
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.examples import DATASET_ID
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.datasets.service import get_dataset
@@ -41,19 +42,48 @@ def register_source(
     response: Response,
     idempotency_key: IdempotencyHeader,
     weights: Annotated[UploadFile, File(description="Model weights (.safetensors)")],
-    architecture: Annotated[str, Form(description="compact_cnn, compact_cnn_small, resnet18, …")],
-    num_classes: Annotated[int, Form(ge=1, description="Outputs of the classifier head")],
-    name: Annotated[str, Form(min_length=1, max_length=200)],
+    architecture: Annotated[
+        str,
+        Form(
+            description="compact_cnn, compact_cnn_wide, or a torchvision name (resnet18, ...)",
+            examples=["compact_cnn"],
+        ),
+    ],
+    num_classes: Annotated[
+        int, Form(ge=1, description="Outputs of the classifier head", examples=[5])
+    ],
+    name: Annotated[
+        str,
+        Form(min_length=1, max_length=200, description="Its name in the zoo", examples=["tops"]),
+    ],
     dataset_id: Annotated[
-        str | None, Form(description="Dataset the model was trained on (signature from it)")
+        str | None,
+        Form(
+            description="A stored dataset the model was trained on: the service counts its "
+            "images and computes its signature. Give this or `signature`, not both.",
+            examples=[DATASET_ID],
+        ),
     ] = None,
     signature: Annotated[
         UploadFile | None,
         File(description="Or: its signature (.safetensors from /v1/datasets/{id}/signature)"),
     ] = None,
-    input_size: Annotated[int | None, Form(ge=8, le=1024)] = None,
+    input_size: Annotated[
+        int | None,
+        Form(
+            ge=8,
+            le=1024,
+            description="Input side in pixels; default: the architecture's",
+            examples=[32],
+        ),
+    ] = None,
     class_names: Annotated[
-        str | None, Form(description="JSON list or comma-separated names, one per class")
+        str | None,
+        Form(
+            description="JSON list or comma-separated names, one per class; default: the "
+            "signature's class names when there are num_classes of them, else class_0, ...",
+            examples=["coat,dress,pullover,shirt,top"],
+        ),
     ] = None,
 ) -> Source:
     """Check the weights load into the architecture, attach the signature, add to the zoo."""

@@ -1,0 +1,311 @@
+"""Examples for every schema of the OpenAPI document, kept in one place.
+
+Each example is a real-looking body of the schema of the same name in ``app.schemas`` (a
+test validates every one against its model, so they cannot drift). ``add_examples`` puts
+them into the generated document, listings (``Page[X]``) included.
+"""
+
+from typing import Any
+
+DATASET_ID = "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c"
+SOURCE_ID = "8e1d2c3b4a5f60718293a4b5c6d7e8f9"
+RANKING_ID = "c0ffee00aa11bb22cc33dd44ee55ff66"
+JOB_ID = "5a6b7c8d9e0f11223344556677889900"
+MODEL_ID = "9d8c7b6a5f4e3d2c1b0a998877665544"
+REFERENCE_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+CREATED = "2026-11-26T09:30:00Z"
+CLASSES = ["dress", "pullover", "shirt"]
+
+_EPOCH = {
+    "phase": "fine_tune",
+    "epoch": 3,
+    "train_loss": 0.41,
+    "train_accuracy": 0.86,
+    "val_accuracy": 0.82,
+    "seconds": 0.9,
+    "train_seconds": 0.7,
+}
+_CLASS_METRICS = {"precision": 0.9, "recall": 0.87, "f1": 0.885, "support": 30}
+_MISCLASSIFIED = {
+    "image": "shirt/0042.png",
+    "true_label": "shirt",
+    "predicted_label": "pullover",
+    "confidence": 0.71,
+}
+_EVALUATION: dict[str, Any] = {
+    "split": "test",
+    "images": 90,
+    "accuracy": 0.84,
+    "macro_f1": 0.84,
+    "per_class": {name: _CLASS_METRICS for name in CLASSES},
+    "confusion_matrix": [[26, 2, 2], [1, 25, 4], [3, 2, 25]],
+    "class_names": CLASSES,
+    "misclassified": [_MISCLASSIFIED],
+    "misclassified_total": 14,
+}
+_SCHEDULE = {
+    "base_lr": 0.05,
+    "decay": 0.5,
+    "multipliers": None,
+    "freeze_below": 0,
+    "chosen_by": "auto",
+}
+_REPORT = {
+    "model_id": MODEL_ID,
+    "schedule": _SCHEDULE,
+    "groups": [
+        {"group": "stem", "parameters": 1792, "lr": 0.0125, "frozen": False},
+        {"group": "block1", "parameters": 36928, "lr": 0.025, "frozen": False},
+        {"group": "head", "parameters": 387, "lr": 0.05, "frozen": False},
+    ],
+    "history": [_EPOCH],
+    "test_accuracy": 0.84,
+    "val_accuracy": 0.86,
+    "evaluated_on": "test",
+    "per_class_accuracy": {"dress": 0.87, "pullover": 0.83, "shirt": 0.83},
+    "confusion_matrix": _EVALUATION["confusion_matrix"],
+    "evaluation": _EVALUATION,
+    "train_images": 180,
+    "val_images": 45,
+    "test_images": 90,
+    "seconds": 41.5,
+    "auto_search": {
+        "budget_epochs_per_candidate": 10,
+        "candidates": [{"candidate": {"decay": 0.5}, "val_accuracy": 0.86}],
+        "chosen": {"decay": 0.5},
+    },
+    "baseline": None,
+    "warnings": [],
+}
+_PROGRESS = {
+    "phase": "fine_tune",
+    "label": "fine-tune: auto's choice, decay 0.5",
+    "epoch": 3,
+    "epochs": 40,
+    "step": 4,
+    "steps_per_epoch": 6,
+    "epochs_done": 43,
+    "epochs_planned": 80,
+    "elapsed_seconds": 38.2,
+    "eta_seconds": 32.9,
+    "history": [_EPOCH],
+}
+_ESTIMATE = {
+    "seconds": 75.0,
+    "epochs_planned": 80,
+    "train_images": 180,
+    "val_images": 45,
+    "test_images": 90,
+    "seconds_per_epoch": 0.94,
+    "architecture": "compact_cnn",
+    "input_size": 32,
+    "images_per_second": 410.0,
+    "flops_per_image": 1.2e7,
+    "basis": "measured",
+    "device": "cpu",
+    "workers_alive": 1,
+    "warnings": [],
+}
+_JOB = {
+    "id": JOB_ID,
+    "kind": "finetune",
+    "status": "running",
+    "created_at": CREATED,
+    "started_at": "2026-11-26T09:30:01Z",
+    "finished_at": None,
+    "params": {
+        "target_dataset_id": DATASET_ID,
+        "source_id": SOURCE_ID,
+        "source_name": "fashion_tops_2700",
+        "chosen_by": "p2l",
+        "ranking_id": RANKING_ID,
+    },
+    "progress": _PROGRESS,
+    "result": None,
+    "error": None,
+    "cancel_requested": False,
+    "model_id": None,
+    "attempts": 1,
+    "worker_id": "host-4242-worker",
+    "estimate": _ESTIMATE,
+    "warnings": [],
+}
+_SIGNATURE = {"n": 250, "feature_dim": 128, "reference_sha256": REFERENCE_SHA}
+_DATASET = {
+    "id": DATASET_ID,
+    "name": "garments",
+    "created_at": CREATED,
+    "num_images": 250,
+    "num_classes": 3,
+    "classes": [{"name": name, "count": 50} for name in CLASSES],
+    "signature": _SIGNATURE,
+}
+_SOURCE = {
+    "id": SOURCE_ID,
+    "name": "fashion_tops_2700",
+    "created_at": CREATED,
+    "architecture": "compact_cnn",
+    "num_classes": 5,
+    "input_size": 32,
+    "class_names": ["coat", "dress", "pullover", "shirt", "top"],
+    "num_images": 2700,
+    "class_counts": {"coat": 540, "dress": 540, "pullover": 540, "shirt": 540, "top": 540},
+    "feature_dim": 128,
+    "reference_sha256": REFERENCE_SHA,
+    "weights_sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+    "dataset_id": None,
+    "origin": "bundled",
+}
+_RANKED = {
+    "rank": 1,
+    "source_id": SOURCE_ID,
+    "name": "fashion_tops_2700",
+    "score": -0.0213,
+    "distance": 0.0371,
+    "similarity": 0.9636,
+    "size_term": 0.0158,
+    "num_images": 2700,
+}
+_REJECTED = {
+    "path": "garments/dress/broken.png",
+    "kind": "corrupt_image",
+    "reason": "the image data is truncated",
+}
+_MODEL = {
+    "id": MODEL_ID,
+    "created_at": CREATED,
+    "job_id": JOB_ID,
+    "source_id": SOURCE_ID,
+    "target_dataset_id": DATASET_ID,
+    "architecture": "compact_cnn",
+    "input_size": 32,
+    "class_names": CLASSES,
+    "report": _REPORT,
+    "registered_source_id": None,
+}
+_PREDICTION = {
+    "filename": "0001.png",
+    "top": [{"label": "dress", "probability": 0.93}, {"label": "shirt", "probability": 0.05}],
+}
+
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "Problem": {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": f"no dataset with id '{DATASET_ID}'",
+        "instance": f"/v1/datasets/{DATASET_ID}",
+    },
+    "HealthOut": {"status": "ok", "database": "ok", "version": "0.1.0"},
+    "ReferenceOut": {
+        "architecture": "compact_cnn",
+        "input_size": 32,
+        "feature_dim": 128,
+        "weights_sha256": REFERENCE_SHA,
+        "weights_source": "bundled",
+        "device": "cpu",
+    },
+    "RejectedFileOut": _REJECTED,
+    "ClassCount": {"name": "dress", "count": 50},
+    "SignatureSummary": _SIGNATURE,
+    "DatasetOut": _DATASET,
+    "DatasetCreated": {
+        **_DATASET,
+        "rejected": [_REJECTED],
+        "rejected_counts": {"corrupt_image": 1},
+        "rejected_total": 1,
+    },
+    "SignatureClass": {"name": "dress", "count": 50, "mean": [0.12, 0.0, 0.57]},
+    "SignatureOut": {
+        "n": 250,
+        "feature_dim": 3,
+        "reference_sha256": REFERENCE_SHA,
+        "classes": [{"name": "dress", "count": 50, "mean": [0.12, 0.0, 0.57]}],
+        "mean": [0.1, 0.02, 0.49],
+        "variance": [0.01, 0.003, 0.04],
+    },
+    "SourceOut": _SOURCE,
+    "RankingRequest": {"target_dataset_id": DATASET_ID, "method": "p2l", "top_k": 3},
+    "RankedSource": _RANKED,
+    "ExcludedSource": {
+        "source_id": SOURCE_ID,
+        "name": "old_reference_source",
+        "reason": "signature computed with another reference network",
+    },
+    "RankingOut": {
+        "id": RANKING_ID,
+        "created_at": CREATED,
+        "target_dataset_id": DATASET_ID,
+        "method": "p2l",
+        "measure": "js",
+        "params": {"lambda": 0.002, "eps": 0.001},
+        "results": [_RANKED],
+        "excluded": [],
+        "elapsed_ms": 0.4,
+        "warnings": [],
+    },
+    "FinetuneRequest": {"target_dataset_id": DATASET_ID, "source_id": "best", "baseline": True},
+    "EpochMetrics": _EPOCH,
+    "JobProgress": _PROGRESS,
+    "Estimate": _ESTIMATE,
+    "GroupOut": {"group": "head", "parameters": 387, "lr": 0.05, "frozen": False},
+    "ScheduleOut": _SCHEDULE,
+    "ClassMetrics": _CLASS_METRICS,
+    "MisclassifiedImage": _MISCLASSIFIED,
+    "EvaluationReport": _EVALUATION,
+    "BaselineOut": {
+        "test_accuracy": 0.64,
+        "val_accuracy": 0.66,
+        "epochs_run": 31,
+        "seconds": 12.3,
+        "transfer_gain": 0.2,
+        "transfer_gain_split": "test",
+    },
+    "FinetuneReport": _REPORT,
+    "JobOut": _JOB,
+    "ModelOut": _MODEL,
+    "ArchiveEvaluation": {
+        **_EVALUATION,
+        "split": "archive",
+        "rejected": [
+            {"path": "shirt/notes.txt", "kind": "not_an_image", "reason": "not an image"}
+        ],
+        "rejected_counts": {"not_an_image": 1},
+        "rejected_total": 1,
+    },
+    "PreprocessingOut": {
+        "architecture": "compact_cnn",
+        "input_size": 32,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "class_names": CLASSES,
+        "layout": "NCHW",
+        "color": "RGB",
+        "scale": "0..1 (pixel / 255)",
+        "normalize": "(pixel / 255 - mean) / std, per channel",
+        "resize": "shorter side to input_size, centre square, bilinear",
+        "input_name": "input",
+        "output_name": "logits",
+        "dtype": "float32",
+        "output": "logits; softmax gives probabilities",
+    },
+    "LabelScore": {"label": "dress", "probability": 0.93},
+    "Prediction": _PREDICTION,
+    "PredictionsOut": {"model_id": MODEL_ID, "predictions": [_PREDICTION]},
+}
+
+# Listings: one item and the token of the next page.
+PAGE_ITEMS = {"DatasetOut": _DATASET, "SourceOut": _SOURCE, "JobOut": _JOB, "ModelOut": _MODEL}
+NEXT_PAGE_TOKEN = "MjAyNi0xMS0yNlQwOTozMDowMHw1YTZiN2M4ZA"
+
+
+def add_examples(schema: dict[str, Any]) -> dict[str, Any]:
+    """Put each component's example into an OpenAPI document (in place; returns it)."""
+    for name, component in schema.get("components", {}).get("schemas", {}).items():
+        if name in EXAMPLES:
+            component["examples"] = [EXAMPLES[name]]
+        elif name.startswith("Page_") and (item := name[len("Page_") : -1]) in PAGE_ITEMS:
+            component["examples"] = [
+                {"items": [PAGE_ITEMS[item]], "next_page_token": NEXT_PAGE_TOKEN}
+            ]
+    return schema

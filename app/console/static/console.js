@@ -1,0 +1,967 @@
+// P2L console: plain JavaScript over the JSON API (/v1). No build step, no dependencies.
+// Every request carries X-API-Key when one is stored; API images and downloads are fetched
+// as blobs for the same reason (an <img src> or a link cannot send the header).
+"use strict";
+
+(() => {
+  const body = document.body;
+  const PAGE = body.dataset.page;
+  const ID = body.dataset.id || "";
+  const KEYS_REQUIRED = body.dataset.keysRequired === "true";
+  const KEY_STORE = "p2l.apiKey";
+  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const $ = (id) => document.getElementById(id);
+
+  // ---------------------------------------------------------------- API access
+
+  class ApiError extends Error {
+    constructor(status, detail, problem) {
+      super(detail);
+      this.status = status;
+      this.problem = problem || {};
+    }
+  }
+
+  const getKey = () => sessionStorage.getItem(KEY_STORE) || "";
+
+  async function request(path, { method = "GET", json, form, headers = {}, signal } = {}) {
+    const sent = new Headers(headers);
+    const key = getKey();
+    if (key) sent.set("X-API-Key", key);
+    let payload;
+    if (json !== undefined) {
+      sent.set("Content-Type", "application/json");
+      payload = JSON.stringify(json);
+    } else if (form) {
+      payload = form;
+    }
+    const response = await fetch(path, { method, headers: sent, body: payload, signal });
+    if (!response.ok) {
+      let detail = `${response.status} ${response.statusText}`;
+      let problem = null;
+      try {
+        problem = await response.json();
+        if (problem && problem.detail) detail = String(problem.detail);
+      } catch (_) { /* not JSON: keep the status line */ }
+      if (response.status === 401 && KEYS_REQUIRED) {
+        askForKey(getKey() ? `The service refused this key (${detail}).` : detail);
+      }
+      throw new ApiError(response.status, detail, problem);
+    }
+    return response;
+  }
+
+  async function api(path, options) {
+    const response = await request(path, options);
+    return response.status === 204 ? null : response.json();
+  }
+
+  /** Every item of a paginated listing (bounded: at most `maxPages` pages of 200). */
+  async function allPages(path, maxPages = 10) {
+    const items = [];
+    let token = null;
+    for (let page = 0; page < maxPages; page++) {
+      const sep = path.includes("?") ? "&" : "?";
+      const url = `${path}${sep}page_size=200${token ? `&page_token=${encodeURIComponent(token)}` : ""}`;
+      const data = await api(url);
+      items.push(...data.items);
+      token = data.next_page_token;
+      if (!token) break;
+    }
+    return items;
+  }
+
+  /** Show an API image in `img` (fetched with the key); say why in `caption` if it fails. */
+  async function showImage(img, path, caption) {
+    try {
+      const blob = await (await request(path)).blob();
+      if (img.dataset.objectUrl) URL.revokeObjectURL(img.dataset.objectUrl);
+      const url = URL.createObjectURL(blob);
+      img.dataset.objectUrl = url;
+      img.src = url;
+      img.hidden = false;
+      return true;
+    } catch (error) {
+      img.hidden = true;
+      if (caption) {
+        caption.textContent = `Image not available: ${error.message}`;
+        caption.classList.add("error");
+      }
+      return false;
+    }
+  }
+
+  /** Download an API file (with the key) under the name the server gives it. */
+  async function download(path, fallbackName) {
+    const response = await request(path);
+    const disposition = response.headers.get("Content-Disposition") || "";
+    const match = /filename\*=UTF-8''([^;]+)|filename="?([^";]+)"?/i.exec(disposition);
+    const name = match ? decodeURIComponent(match[1] || match[2]) : fallbackName;
+    const url = URL.createObjectURL(await response.blob());
+    const link = h("a", { href: url, download: name, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    return name;
+  }
+
+  // ---------------------------------------------------------------- DOM helpers
+
+  function h(tag, attrs, ...children) {
+    const element = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") element.className = value;
+      else if (name === "style") Object.assign(element.style, value); // CSSOM: allowed by the CSP
+      else if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+      else element.setAttribute(name, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      element.append(child instanceof Node ? child : String(child));
+    }
+    return element;
+  }
+
+  /** A table: columns are {label, value(row) -> text|Node, num?}; `rowClass(row)` optional. */
+  function table(columns, rows, { caption, rowClass } = {}) {
+    return h(
+      "table", {},
+      caption ? h("caption", { class: "visually-hidden" }, caption) : null,
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, c.label)))),
+      h("tbody", {}, rows.map((row) => h(
+        "tr", { class: rowClass ? rowClass(row) : null },
+        columns.map((c) => h("td", { class: c.num ? "num" : null }, c.value(row))),
+      ))),
+    );
+  }
+
+  function fill(container, ...nodes) {
+    container.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined));
+  }
+
+  function facts(pairs) {
+    return h("dl", { class: "facts" }, pairs.filter(Boolean).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  }
+
+  function notice(title, lines, kind = "") {
+    return h("div", { class: `notice ${kind}` }, h("strong", {}, title),
+      lines && lines.length ? h("ul", {}, lines.map((l) => h("li", {}, l))) : null);
+  }
+
+  function showError(element, error) {
+    const problem = (error && error.problem) || {};
+    const lines = [];
+    for (const e of problem.errors || []) lines.push(`${(e.loc || []).join(".")}: ${e.msg}`);
+    for (const r of (problem.rejected || []).slice(0, 10)) lines.push(`${r.path}: ${r.reason}`);
+    fill(element, h("p", {}, error.message || String(error)),
+      lines.length ? h("ul", {}, lines.map((l) => h("li", {}, l))) : null);
+  }
+
+  const dash = "—";
+  const pct = (x) => (x === null || x === undefined ? dash : `${(100 * x).toFixed(1)} %`);
+  const num = (x, digits = 3) => (x === null || x === undefined ? dash : Number(x).toFixed(digits));
+  const int = (x) => (x === null || x === undefined ? dash : Number(x).toLocaleString("en"));
+  const when = (iso) => (iso ? new Date(iso).toLocaleString() : dash);
+  const words = (phase) => (phase ? String(phase).replaceAll("_", " ") : dash);
+  const short = (id) => (id ? String(id).slice(0, 8) : dash);
+
+  const rate = (x) => (Number(x) >= 0.001 || Number(x) === 0 ? String(Number(Number(x).toPrecision(3))) : Number(x).toExponential(2));
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined || !Number.isFinite(Number(seconds))) return dash;
+    let s = Math.max(0, Math.round(Number(seconds)));
+    if (s < 60) return `${s} s`;
+    const hours = Math.floor(s / 3600);
+    s -= hours * 3600;
+    const minutes = Math.floor(s / 60);
+    s -= minutes * 60;
+    return hours ? `${hours} h ${minutes} min` : `${minutes} min ${s} s`;
+  }
+
+  const link = (href, text) => h("a", { href }, text);
+  const datasetLink = (id, text) => link(`/console/datasets/${id}`, text || short(id));
+  const jobLink = (id, text) => link(`/console/jobs/${id}`, text || short(id));
+  const modelLink = (id, text) => link(`/console/models/${id}`, text || short(id));
+
+  const datasetNames = new Map();
+  const sourceNames = new Map();
+
+  /** A source's name once known (the id's start until then). */
+  function namedSource(id) {
+    const span = h("span", {}, short(id));
+    if (!sourceNames.has(id)) {
+      sourceNames.set(id, api(`/v1/sources/${id}`).then((x) => x.name).catch(() => null));
+    }
+    sourceNames.get(id).then((name) => { if (name) span.textContent = name; });
+    return span;
+  }
+
+  /** A link to a dataset, named once its name is known (the id's start until then). */
+  function namedDatasetLink(id) {
+    const anchor = datasetLink(id);
+    if (!datasetNames.has(id)) {
+      datasetNames.set(id, api(`/v1/datasets/${id}`).then((d) => d.name).catch(() => null));
+    }
+    datasetNames.get(id).then((name) => { if (name) anchor.textContent = name; });
+    return anchor;
+  }
+
+  function stash(key, value) {
+    try { sessionStorage.setItem(key, JSON.stringify(value)); } catch (_) { /* full: skip */ }
+  }
+
+  function unstash(key) {
+    try { return JSON.parse(sessionStorage.getItem(key) || "null"); } catch (_) { return null; }
+  }
+
+  function estimateNotice(estimate, warnings) {
+    const nodes = [];
+    if (estimate && typeof estimate === "object") {
+      const parts = [
+        `${int(estimate.epochs_planned)} epochs at most`,
+        `${int(estimate.train_images)} training images per epoch`,
+        estimate.images_per_second ? `${num(estimate.images_per_second, 0)} images/s (${estimate.basis || "estimate"})` : null,
+        estimate.architecture ? `${estimate.architecture} at ${estimate.input_size} px` : null,
+        estimate.workers_alive !== undefined ? `${estimate.workers_alive} worker(s) alive` : null,
+      ].filter(Boolean);
+      nodes.push(notice(`Estimated run time: ${duration(estimate.seconds)}`, parts, "info"));
+    }
+    const all = [...(warnings || []), ...((estimate && estimate.warnings) || [])];
+    const unique = [...new Set(all)];
+    if (unique.length) nodes.push(notice("Warnings", unique));
+    return nodes;
+  }
+
+  // ---------------------------------------------------------------- API key
+
+  let started = false;
+
+  function askForKey(message) {
+    $("key-panel").hidden = false;
+    $("key-error").textContent = message || "";
+    if (!started) $("content").hidden = true;
+    $("api-key").focus();
+  }
+
+  function setUpKey() {
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const key = $("api-key").value.trim();
+      if (!key) return;
+      sessionStorage.setItem(KEY_STORE, key);
+      $("api-key").value = "";
+      $("key-panel").hidden = true;
+      $("key-status").hidden = false;
+      $("content").hidden = false;
+      // A key refused mid-page: load the page again with the new one (simplest, and whole).
+      if (started) location.reload();
+      else start();
+    });
+    $("forget-key").addEventListener("click", () => {
+      sessionStorage.removeItem(KEY_STORE);
+      location.reload();
+    });
+    if (KEYS_REQUIRED && getKey()) $("key-status").hidden = false;
+  }
+
+  function start() {
+    started = true;
+    const pages = { zoo: zooPage, dataset: datasetPage, job: jobPage, model: modelPage };
+    const run = pages[PAGE];
+    if (run) {
+      run().catch((error) => {
+        if (error instanceof ApiError && error.status === 401) return; // the key form is up
+        showError($("page-error"), error);
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------- pages: zoo
+
+  async function zooPage() {
+    const form = $("upload-form");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const file = $("upload-file").files[0];
+      if (!file) return;
+      const data = new FormData();
+      data.append("file", file, file.name);
+      const name = $("upload-name").value.trim();
+      if (name) data.append("name", name);
+      $("upload-button").disabled = true;
+      $("upload-error").replaceChildren();
+      $("upload-status").textContent = `Uploading ${file.name} and computing its signature…`;
+      try {
+        const dataset = await api("/v1/datasets", { method: "POST", form: data });
+        stash(`p2l.upload.${dataset.id}`, {
+          rejected: dataset.rejected, rejected_counts: dataset.rejected_counts,
+          rejected_total: dataset.rejected_total,
+        });
+        $("upload-status").textContent = `Uploaded ${dataset.name}: ${dataset.num_images} images.`;
+        location.assign(`/console/datasets/${dataset.id}`);
+      } catch (error) {
+        $("upload-status").textContent = "";
+        showError($("upload-error"), error);
+      } finally {
+        $("upload-button").disabled = false;
+      }
+    });
+
+    const zoo = loadZoo();
+    const jobs = [
+      zoo,
+      showImage($("zoo-map"), "/v1/sources/map.png", $("zoo-map-caption")),
+      section("datasets", async () => {
+        const rows = await allPages("/v1/datasets", 2);
+        for (const d of rows) datasetNames.set(d.id, Promise.resolve(d.name));
+        if (!rows.length) return h("p", { class: "muted" }, "No dataset yet: upload one.");
+        return table([
+          { label: "Name", value: (d) => datasetLink(d.id, d.name) },
+          { label: "Images", value: (d) => int(d.num_images), num: true },
+          { label: "Classes", value: (d) => int(d.num_classes), num: true },
+          { label: "Uploaded", value: (d) => when(d.created_at) },
+        ], rows);
+      }),
+      section("models", async () => {
+        const rows = (await api("/v1/models?page_size=20")).items;
+        if (!rows.length) return h("p", { class: "muted" }, "No fine-tuned model yet.");
+        await zoo; // the sources' names, without a request per model
+        return table([
+          { label: "Model", value: (m) => modelLink(m.id) },
+          { label: "Source", value: (m) => namedSource(m.source_id) },
+          { label: "Test acc.", value: (m) => pct(m.report && m.report.test_accuracy), num: true },
+          { label: "Target", value: (m) => namedDatasetLink(m.target_dataset_id) },
+          { label: "Created", value: (m) => when(m.created_at) },
+        ], rows);
+      }),
+      section("jobs", async () => {
+        const rows = (await api("/v1/jobs?page_size=10")).items;
+        if (!rows.length) return h("p", { class: "muted" }, "No job yet.");
+        return table([
+          { label: "Job", value: (j) => jobLink(j.id) },
+          { label: "Kind", value: (j) => j.kind },
+          { label: "Status", value: (j) => h("span", { class: `badge ${j.status}` }, j.status) },
+          { label: "Phase", value: (j) => (j.progress && (j.progress.label || words(j.progress.phase))) || dash },
+          { label: "Created", value: (j) => when(j.created_at) },
+        ], rows);
+      }),
+    ];
+    await Promise.all(jobs);
+  }
+
+  /** Fill the element `id` with what `build` makes, or with the reason it failed. */
+  async function section(id, build) {
+    try {
+      fill($(id), await build());
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) throw error;
+      fill($(id), h("p", { class: "error" }, error.message));
+    }
+  }
+
+  async function loadZoo() {
+    await section("sources", async () => {
+      const rows = await allPages("/v1/sources");
+      rows.sort((a, b) => a.name.localeCompare(b.name));
+      for (const s of rows) sourceNames.set(s.id, Promise.resolve(s.name));
+      $("sources-count").textContent = `(${rows.length})`;
+      if (!rows.length) return h("p", { class: "muted" }, "The zoo is empty.");
+      return table([
+        { label: "Name", value: (s) => s.name },
+        { label: "Architecture", value: (s) => `${s.architecture} · ${s.input_size} px` },
+        { label: "Images", value: (s) => int(s.num_images), num: true },
+        { label: "Classes", value: (s) => int(s.num_classes), num: true },
+        { label: "Origin", value: (s) => s.origin },
+      ], rows, { caption: "Sources in the zoo" });
+    });
+  }
+
+  // ---------------------------------------------------------------- pages: dataset
+
+  async function datasetPage() {
+    const dataset = await api(`/v1/datasets/${ID}`);
+    document.title = `${dataset.name} · P2L`;
+    $("dataset-title").textContent = dataset.name;
+    $("dataset-meta").textContent =
+      `${int(dataset.num_images)} images in ${dataset.num_classes} classes · uploaded ${when(dataset.created_at)} · id ${dataset.id}`;
+
+    const upload = unstash(`p2l.upload.${ID}`);
+    if (upload && upload.rejected_total) {
+      const counts = Object.entries(upload.rejected_counts || {}).map(([k, n]) => `${k}: ${n}`).join(", ");
+      fill($("upload-report"), notice(
+        `${upload.rejected_total} file(s) were left out of the upload (${counts})`,
+        (upload.rejected || []).slice(0, 10).map((r) => `${r.path}: ${r.reason}`),
+      ));
+    }
+
+    const most = Math.max(1, ...dataset.classes.map((c) => c.count));
+    fill($("classes"), table([
+      { label: "Class", value: (c) => c.name },
+      { label: "Images", value: (c) => h("span", {}, int(c.count), h("span", { class: "countbar", style: { width: `${Math.round(60 * c.count / most)}px` }, "aria-hidden": "true" })), num: true },
+    ], dataset.classes, { caption: "Classes and their image counts" }));
+
+    setUpFinetuneForm();
+    $("rank-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      rank().catch((error) => showError($("rank-error"), error));
+    });
+
+    await Promise.all([
+      fillSourceChoices(null),
+      showImage($("target-map"), `/v1/sources/map.png?target_dataset_id=${ID}`, $("target-map-caption")),
+      section("dataset-models", async () => {
+        const rows = (await allPages("/v1/models", 3)).filter((m) => m.target_dataset_id === ID);
+        if (!rows.length) return h("p", { class: "muted" }, "None yet.");
+        return table([
+          { label: "Model", value: (m) => modelLink(m.id) },
+          { label: "Source", value: (m) => namedSource(m.source_id) },
+          { label: "Test acc.", value: (m) => pct(m.report && m.report.test_accuracy), num: true },
+          { label: "Created", value: (m) => when(m.created_at) },
+        ], rows);
+      }),
+    ]);
+  }
+
+  async function fillSourceChoices(ranking) {
+    const select = $("ft-source");
+    const chosen = select.value;
+    const options = [h("option", { value: "best" }, "best: the top of the P2L ranking")];
+    if (ranking) {
+      for (const r of ranking.results) {
+        options.push(h("option", { value: r.source_id }, `#${r.rank} ${r.name} (score ${num(r.score)})`));
+      }
+    } else {
+      try {
+        const sources = await allPages("/v1/sources");
+        sources.sort((a, b) => a.name.localeCompare(b.name));
+        for (const s of sources) {
+          sourceNames.set(s.id, Promise.resolve(s.name));
+          options.push(h("option", { value: s.id }, `${s.name} (${s.architecture})`));
+        }
+      } catch (error) {
+        if (error instanceof ApiError && error.status === 401) throw error;
+      }
+    }
+    select.replaceChildren(...options);
+    if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+  }
+
+  async function rank() {
+    $("rank-button").disabled = true;
+    $("rank-error").replaceChildren();
+    $("rank-status").textContent = "Ranking the zoo…";
+    try {
+      const ranking = await api("/v1/rankings", {
+        method: "POST",
+        // The top 30 are what a person reads (and what the chart can label).
+        json: { target_dataset_id: ID, method: $("rank-method").value, top_k: 30 },
+      });
+      const took = ranking.elapsed_ms !== null && ranking.elapsed_ms !== undefined ? ` in ${num(ranking.elapsed_ms, 1)} ms` : "";
+      $("rank-status").textContent =
+        `Ranked ${ranking.results.length} source(s) by ${ranking.method} (${ranking.measure}, lambda ${ranking.params.lambda})${took}.`;
+      const nodes = [];
+      if (!ranking.results.length) nodes.push(h("p", { class: "muted" }, "No source could be ranked."));
+      else {
+        nodes.push(table([
+          { label: "Rank", value: (r) => r.rank, num: true },
+          { label: "Source", value: (r) => r.name },
+          { label: "Score", value: (r) => num(r.score), num: true },
+          { label: "Distance", value: (r) => num(r.distance), num: true },
+          { label: "Similarity", value: (r) => num(r.similarity), num: true },
+          { label: "Size term", value: (r) => num(r.size_term), num: true },
+          { label: "Images", value: (r) => int(r.num_images), num: true },
+        ], ranking.results, { caption: "Ranking", rowClass: (r) => (r.rank === 1 ? "best" : null) }));
+      }
+      if (ranking.excluded && ranking.excluded.length) {
+        nodes.push(notice(`${ranking.excluded.length} source(s) left out`,
+          ranking.excluded.map((e) => `${e.name}: ${e.reason}`)));
+      }
+      fill($("ranking"), nodes);
+      $("ranking-figure").hidden = false;
+      await Promise.all([
+        showImage($("ranking-chart"), `/v1/rankings/${ranking.id}/plot.png`, $("ranking-caption")),
+        fillSourceChoices(ranking),
+      ]);
+    } catch (error) {
+      $("rank-status").textContent = "";
+      throw error;
+    } finally {
+      $("rank-button").disabled = false;
+    }
+  }
+
+  function setUpFinetuneForm() {
+    const form = $("finetune-form");
+    const sync = () => {
+      const manual = form.elements.schedule.value === "manual";
+      $("ft-decay-field").hidden = !manual;
+      $("ft-auto-epochs-field").hidden = manual;
+    };
+    for (const radio of form.querySelectorAll("input[name=schedule]")) radio.addEventListener("change", sync);
+    sync();
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const schedule = form.elements.schedule.value;
+      const request = {
+        target_dataset_id: ID,
+        source_id: $("ft-source").value,
+        schedule,
+        epochs: Number($("ft-epochs").value),
+        baseline: $("ft-baseline").checked,
+      };
+      // The auto schedule refuses manual settings (422) rather than ignore them.
+      if (schedule === "auto") request.auto_epochs = Number($("ft-auto-epochs").value);
+      else request.decay = Number($("ft-decay").value);
+      $("finetune-button").disabled = true;
+      $("finetune-error").replaceChildren();
+      $("finetune-status").textContent = "Checking the request and queueing the job…";
+      try {
+        const job = await api("/v1/finetunes", { method: "POST", json: request });
+        stash(`p2l.job.${job.id}`, { estimate: job.estimate || null, warnings: job.warnings || [] });
+        $("finetune-status").textContent = `Job ${short(job.id)} queued.`;
+        location.assign(`/console/jobs/${job.id}`);
+      } catch (error) {
+        $("finetune-status").textContent = "";
+        showError($("finetune-error"), error);
+      } finally {
+        $("finetune-button").disabled = false;
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- pages: job
+
+  /** Read a server-sent event stream with fetch (EventSource cannot send the key). */
+  async function readEvents(response, onEvent) {
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer = (buffer + value).replace(/\r\n?/g, "\n");
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (!line || line.startsWith(":")) continue;
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let text = colon < 0 ? "" : line.slice(colon + 1);
+          if (text.startsWith(" ")) text = text.slice(1);
+          if (field === "event") name = text;
+          else if (field === "data") data.push(text);
+        }
+        if (!data.length) continue;
+        let parsed;
+        try { parsed = JSON.parse(data.join("\n")); } catch (_) { parsed = data.join("\n"); }
+        if (onEvent(name, parsed) === false) {
+          await reader.cancel();
+          return;
+        }
+      }
+    }
+  }
+
+  async function jobPage() {
+    let job = await api(`/v1/jobs/${ID}`);
+    let candidate = null;
+    let updates = 0;
+    const seen = []; // event names, in order (for people debugging, and the console test)
+    window.p2lJobEvents = seen;
+
+    const stashed = unstash(`p2l.job.${ID}`) || {};
+    fill($("job-estimate"), estimateNotice(job.estimate || stashed.estimate, job.warnings || stashed.warnings));
+
+    $("cancel-button").addEventListener("click", async () => {
+      $("cancel-button").disabled = true;
+      try {
+        job = await api(`/v1/jobs/${ID}/cancel`, { method: "POST" });
+        render();
+      } catch (error) {
+        showError($("job-error"), error);
+        $("cancel-button").disabled = TERMINAL.includes(job.status);
+      }
+    });
+
+    function render() {
+      const p = job.progress || {};
+      const ended = TERMINAL.includes(job.status);
+      document.title = `Job ${short(job.id)} (${job.status}) · P2L`;
+      $("job-title").textContent = `${job.kind === "evaluate" ? "Evaluation" : "Fine-tune"} job ${short(job.id)}`;
+      $("job-crumb").textContent = `job ${short(job.id)}`;
+      const badge = $("job-status");
+      badge.textContent = job.status;
+      badge.className = `badge ${job.status}`;
+      let phase = p.label || words(p.phase);
+      if (!p.label && candidate && p.phase === "auto_search" && !ended) phase += ` (candidate ${candidate})`;
+      $("job-phase").textContent = phase || dash;
+      const planned = p.epochs_planned;
+      const done = p.epochs_done || 0;
+      const bar = $("job-progress");
+      if (planned) {
+        bar.max = planned;
+        bar.value = job.status === "succeeded" ? planned : Math.min(done, planned);
+        $("job-epochs").textContent = `${done} of ${planned}${ended ? "" : " (at most; early stopping may end sooner)"}`;
+      } else if (ended) {
+        bar.max = 1;
+        bar.value = job.status === "succeeded" ? 1 : 0;
+        $("job-epochs").textContent = done ? String(done) : dash;
+      } else {
+        bar.removeAttribute("value"); // indeterminate until the plan is known
+        $("job-epochs").textContent = done ? String(done) : dash;
+      }
+      bar.setAttribute("aria-valuetext", planned ? `${done} of ${planned} epochs` : job.status);
+      $("job-elapsed").textContent = duration(p.elapsed_seconds);
+      $("job-eta").textContent = ended ? dash : duration(p.eta_seconds);
+      const phaseEpochs = plannedEpochs(job, p.phase) || p.epochs;
+      const step = !ended && p.step && p.steps_per_epoch
+        ? `${words(p.phase)}: epoch ${p.epoch || "?"}${phaseEpochs ? ` of ${phaseEpochs}` : ""}, step ${p.step} of ${p.steps_per_epoch}`
+        : "";
+      $("job-step").textContent = step;
+      $("cancel-button").disabled = ended || job.cancel_requested;
+      $("job-error").textContent = job.error || "";
+
+      const history = numberCandidates(p.history || []);
+      if (history.length) {
+        fill($("job-metrics"), table([
+          { label: "Phase", value: (m) => words(m.phase) + (m.candidate ? ` #${m.candidate}` : "") },
+          { label: "Epoch", value: (m) => m.epoch, num: true },
+          { label: "Train loss", value: (m) => num(m.train_loss), num: true },
+          { label: "Train acc.", value: (m) => pct(m.train_accuracy), num: true },
+          { label: "Val. acc.", value: (m) => pct(m.val_accuracy), num: true },
+          { label: "Seconds", value: (m) => num(m.seconds, 2), num: true },
+        ], history, { caption: "Per-epoch metrics" }));
+        const wrap = $("job-metrics");
+        wrap.scrollTop = wrap.scrollHeight; // follow the newest epoch
+      }
+
+      const params = job.params || {};
+      const options = params.options || {};
+      const source = params.source_name
+        ? `${params.source_name} (${short(params.source_id)})` : short(params.source_id);
+      const chosen = { p2l: "picked by P2L (best)", given: "chosen by hand" }[params.chosen_by];
+      const pairs = [
+        ["Target", params.target_dataset_id ? namedDatasetLink(params.target_dataset_id) : dash],
+        ["Source", chosen ? `${source}, ${chosen}` : source],
+        ["Schedule", options.schedule || dash],
+      ];
+      const shown = options.schedule === "manual"
+        ? ["epochs", "decay", "freeze_below", "base_lr", "baseline"]
+        : ["epochs", "auto_epochs", "base_lr", "baseline"];
+      for (const name of shown) {
+        if (options[name] !== undefined && options[name] !== null) pairs.push([name.replaceAll("_", " "), String(options[name])]);
+      }
+      pairs.push(["Created", when(job.created_at)], ["Started", when(job.started_at)],
+        ["Finished", when(job.finished_at)], ["Attempts", String(job.attempts ?? dash)]);
+      fill($("job-params"), facts(pairs));
+
+      if (ended) {
+        const nodes = [];
+        if (job.status === "succeeded" && job.model_id) {
+          const r = job.result || {};
+          nodes.push(h("p", { class: "big" }, `Test accuracy ${pct(r.test_accuracy)}`),
+            h("p", {}, modelLink(job.model_id, "Open the model and its report →")));
+        } else if (job.status === "succeeded" && job.kind === "evaluate") {
+          nodes.push(h("p", {}, `Accuracy ${pct((job.result || {}).accuracy)} on ${int((job.result || {}).images)} images.`));
+        } else {
+          nodes.push(h("p", {}, `The job ${job.status}.`));
+        }
+        fill($("job-end"), nodes);
+      }
+    }
+
+    function fold(name, data) {
+      seen.push(name);
+      const p = (job.progress = job.progress || {});
+      switch (name) {
+        case "job":
+        case "progress": // older servers: the whole job on every change
+          if (data && data.id) job = data;
+          break;
+        case "status":
+          Object.assign(job, pick(data, ["status", "attempts", "worker_id"]));
+          refresh(); // started_at, error: rare enough to re-read the whole job
+          break;
+        case "phase":
+          Object.assign(p, pick(data, ["phase", "label", "epochs", "epochs_done", "epochs_planned"]));
+          p.step = null;
+          candidate = data.candidate_index ? `${data.candidate_index} of ${data.candidates ?? "?"}` : null;
+          break;
+        case "epoch":
+          p.history = [...(p.history || []), { phase: data.phase, epoch: data.epoch, ...(data.metrics || {}) }];
+          Object.assign(p, pick(data, ["phase", "epoch", "epochs", "epochs_done", "epochs_planned", "elapsed_seconds", "eta_seconds"]));
+          p.step = null;
+          break;
+        case "step":
+          Object.assign(p, pick(data, ["phase", "epoch", "step", "steps_per_epoch", "epochs_done", "epochs_planned", "eta_seconds"]));
+          break;
+        case "end":
+          if (data && data.id) job = data;
+          else if (data && data.status) job.status = data.status;
+          break;
+        default:
+          return;
+      }
+      if (name !== "job" && name !== "end") updates += 1;
+      $("job-live").dataset.updates = String(updates);
+      $("job-live").textContent = `Live: ${updates} update(s) received from the event stream.`;
+      render();
+    }
+
+    async function refresh() {
+      try {
+        const fresh = await api(`/v1/jobs/${ID}`);
+        if (TERMINAL.includes(job.status)) return; // ended meanwhile: that state is final
+        // The stream may be ahead of this read: keep its progress unless the job ended.
+        job = TERMINAL.includes(fresh.status) ? fresh : { ...fresh, progress: job.progress };
+        render();
+      } catch (_) { /* the stream goes on */ }
+    }
+
+    render();
+    if (TERMINAL.includes(job.status)) {
+      $("job-live").textContent = "The job had ended when this page opened.";
+      return;
+    }
+    await follow();
+
+    async function follow() {
+      let streamed = false;
+      for (let attempt = 0; attempt < 20 && !TERMINAL.includes(job.status); attempt++) {
+        let ended = false;
+        try {
+          const response = await request(`/v1/jobs/${ID}/events`, { headers: { Accept: "text/event-stream" } });
+          streamed = true;
+          await readEvents(response, (name, data) => {
+            fold(name, data);
+            if (name === "end") { ended = true; return false; }
+            return name !== "timeout";
+          });
+        } catch (error) {
+          if (error instanceof ApiError && (error.status === 401 || error.status === 404)) throw error;
+          // Stream refused (503) or cut: poll instead, then try the stream again.
+          $("job-live").textContent = `Event stream unavailable (${error.message}); polling.`;
+          await poll(10);
+        }
+        if (ended) break;
+      }
+      // The final state, whatever the stream's `end` carried (older servers: only a status).
+      job = await api(`/v1/jobs/${ID}`);
+      render();
+      if (!streamed) await poll(Infinity);
+    }
+
+    async function poll(rounds) {
+      for (let i = 0; i < rounds && !TERMINAL.includes(job.status); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        job = await api(`/v1/jobs/${ID}`);
+        render();
+      }
+    }
+  }
+
+  /** Epochs a fine-tune's phase plans, from what was asked (progress may lag a phase). */
+  function plannedEpochs(job, phase) {
+    const options = (job.params && job.params.options) || {};
+    if (phase === "auto_search") return options.auto_epochs;
+    if (phase === "fine_tune" || phase === "baseline") return options.epochs;
+    return null;
+  }
+
+  /** Auto-search epochs restart at 1 for each candidate: number the candidates. */
+  function numberCandidates(history) {
+    let candidate = 0;
+    return history.map((m) => {
+      if (m.phase !== "auto_search") return m;
+      if (m.epoch === 1 || candidate === 0) candidate += 1;
+      return { ...m, candidate };
+    });
+  }
+
+  function pick(data, names) {
+    const out = {};
+    for (const name of names) if (data && data[name] !== undefined) out[name] = data[name];
+    return out;
+  }
+
+  // ---------------------------------------------------------------- pages: model
+
+  async function modelPage() {
+    const model = await api(`/v1/models/${ID}`);
+    const report = model.report || {};
+    const evaluation = report.evaluation || null;
+    document.title = `Model ${short(model.id)} · P2L`;
+    $("model-title").textContent = `Model ${short(model.id)} · ${model.architecture}`;
+    $("model-crumb").textContent = `model ${short(model.id)}`;
+
+    const schedule = report.schedule || {};
+    const scheduleText = schedule.chosen_by
+      ? `${schedule.chosen_by}: base lr ${schedule.base_lr}, ${schedule.multipliers ? `multipliers ${schedule.multipliers.join(", ")}` : `decay ${schedule.decay}`}${schedule.freeze_below ? `, first ${schedule.freeze_below} group(s) frozen` : ""}`
+      : dash;
+    const baseline = report.baseline;
+    fill($("model-summary"), facts([
+      ["Test accuracy", h("strong", { class: "big" }, pct(report.test_accuracy))],
+      ["Validation accuracy", pct(report.val_accuracy)],
+      evaluation ? ["Macro F1", `${num(evaluation.macro_f1)} (on the ${evaluation.split} split, ${int(evaluation.images)} images)`] : null,
+      ["Per-class figures on", report.evaluated_on || dash],
+      ["Schedule", scheduleText],
+      baseline ? ["From scratch", `${pct(baseline.test_accuracy)} test accuracy; transfer gain ${baseline.transfer_gain === null || baseline.transfer_gain === undefined ? dash : `${baseline.transfer_gain >= 0 ? "+" : ""}${(100 * baseline.transfer_gain).toFixed(1)} points`}`] : null,
+      ["Split", `${int(report.train_images)} train · ${int(report.val_images)} validation · ${int(report.test_images)} test images`],
+      ["Training time", duration(report.seconds)],
+      ["Source", sourceLabel(model.source_id)],
+      ["Target dataset", namedDatasetLink(model.target_dataset_id)],
+      ["Job", jobLink(model.job_id)],
+      ["Input", `${model.input_size} px · ${model.class_names.length} classes`],
+      ["Created", when(model.created_at)],
+    ]));
+    if (report.warnings && report.warnings.length) fill($("model-warnings"), notice("Warnings", report.warnings));
+
+    if (report.groups && report.groups.length) {
+      fill($("model-groups"), table([
+        { label: "Group", value: (g) => g.group },
+        { label: "Parameters", value: (g) => int(g.parameters), num: true },
+        { label: "Learning rate", value: (g) => (g.frozen ? "frozen" : rate(g.lr)), num: true },
+      ], report.groups, { caption: "Layer groups" }));
+    }
+
+    perClass(model, report, evaluation);
+    confusion(model, report, evaluation);
+    misclassified(model, evaluation);
+    if (report.history && report.history.length) {
+      fill($("model-history"), table([
+        { label: "Phase", value: (m) => words(m.phase) },
+        { label: "Epoch", value: (m) => m.epoch, num: true },
+        { label: "Train loss", value: (m) => num(m.train_loss), num: true },
+        { label: "Train acc.", value: (m) => pct(m.train_accuracy), num: true },
+        { label: "Val. acc.", value: (m) => pct(m.val_accuracy), num: true },
+        { label: "Seconds", value: (m) => num(m.seconds, 2), num: true },
+      ], report.history, { caption: "Training history" }));
+    }
+
+    const buttons = [
+      ["download-weights", `/v1/models/${ID}/weights`, `model-${ID}.safetensors`],
+      ["export-onnx", `/v1/models/${ID}/export?format=onnx`, `model-${ID}-onnx.zip`],
+      ["export-torchscript", `/v1/models/${ID}/export?format=torchscript`, `model-${ID}-torchscript.zip`],
+    ];
+    for (const [id, path, name] of buttons) {
+      $(id).addEventListener("click", async () => {
+        $(id).disabled = true;
+        $("download-error").replaceChildren();
+        $("download-status").textContent = "Preparing the download…";
+        try {
+          const saved = await download(path, name);
+          $("download-status").textContent = `Downloaded ${saved}.`;
+        } catch (error) {
+          $("download-status").textContent = "";
+          showError($("download-error"), error);
+        } finally {
+          $(id).disabled = false;
+        }
+      });
+    }
+
+    if (model.registered_source_id) registered(model.registered_source_id);
+    $("register-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const name = $("register-name").value.trim();
+      $("register-button").disabled = true;
+      $("register-error").replaceChildren();
+      try {
+        const source = await api(`/v1/models/${ID}/register`, { method: "POST", json: name ? { name } : {} });
+        registered(source.id, source.name);
+      } catch (error) {
+        showError($("register-error"), error);
+        $("register-button").disabled = false;
+      }
+    });
+  }
+
+  function sourceLabel(sourceId) {
+    const span = h("span", {}, short(sourceId));
+    api(`/v1/sources/${sourceId}`)
+      .then((s) => { span.textContent = `${s.name} (${s.architecture}, ${int(s.num_images)} images)`; })
+      .catch(() => { span.textContent = `${short(sourceId)} (no longer in the zoo)`; });
+    return span;
+  }
+
+  function registered(sourceId, name) {
+    $("register-button").disabled = true;
+    $("register-name").disabled = true;
+    $("register-status").textContent =
+      `Registered as source ${name ? `${name} ` : ""}(${short(sourceId)}): it is in the zoo and will be ranked for new targets.`;
+  }
+
+  function perClass(model, report, evaluation) {
+    if (evaluation && evaluation.per_class) {
+      $("per-class-note").textContent = `Precision, recall and F1 on the ${evaluation.split} split (${int(evaluation.images)} images).`;
+      const rows = Object.entries(evaluation.per_class).map(([name, m]) => ({ name, ...m }));
+      fill($("per-class"), table([
+        { label: "Class", value: (r) => r.name },
+        { label: "Precision", value: (r) => num(r.precision), num: true },
+        { label: "Recall", value: (r) => num(r.recall), num: true },
+        { label: "F1", value: (r) => num(r.f1), num: true },
+        { label: "Support", value: (r) => int(r.support), num: true },
+      ], rows, { caption: "Per-class precision, recall and F1" }));
+      return;
+    }
+    const accuracy = report.per_class_accuracy || {};
+    $("per-class-note").textContent = `Accuracy per class on the ${report.evaluated_on || "held-out"} split.`;
+    fill($("per-class"), table([
+      { label: "Class", value: (r) => r[0] },
+      { label: "Accuracy", value: (r) => pct(r[1]), num: true },
+    ], Object.entries(accuracy), { caption: "Per-class accuracy" }));
+  }
+
+  async function confusion(model, report, evaluation) {
+    const names = (evaluation && evaluation.class_names) || model.class_names || [];
+    const matrix = (evaluation && evaluation.confusion_matrix) || report.confusion_matrix || [];
+    const shown = await showImage($("confusion-image"), `/v1/models/${ID}/confusion.png`, null);
+    if (shown) return;
+    // No image from this server: the same matrix as a table.
+    $("confusion-figure").hidden = true;
+    if (!matrix.length) {
+      fill($("confusion-table"), h("p", { class: "muted" }, "No confusion matrix (no held-out split)."));
+      return;
+    }
+    fill($("confusion-table"), h("table", {},
+      h("caption", { class: "muted" }, "Rows: true class; columns: predicted class."),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "true \\ predicted"), names.map((n) => h("th", { scope: "col", class: "num" }, n)))),
+      h("tbody", {}, matrix.map((row, i) => h("tr", {}, h("th", { scope: "row" }, names[i] ?? i),
+        row.map((count, j) => h("td", { class: i === j ? "num diagonal" : "num" }, count)))))));
+  }
+
+  function misclassified(model, evaluation) {
+    const items = (evaluation && evaluation.misclassified) || [];
+    if (!evaluation) {
+      $("mis-note").textContent = "This model's report has no list of misclassified images.";
+      return;
+    }
+    if (!items.length) {
+      $("mis-note").textContent = `None: every image of the ${evaluation.split} split was classified correctly.`;
+      return;
+    }
+    const limit = 48;
+    $("mis-note").textContent =
+      `${evaluation.misclassified_total ?? items.length} image(s) of the ${evaluation.split} split were misclassified; the most confident mistakes first${items.length > limit ? ` (first ${limit} shown)` : ""}.`;
+    fill($("misclassified"), items.slice(0, limit).map((item, k) => {
+      const img = h("img", { alt: `${item.image}: a ${item.true_label} taken for ${item.predicted_label}`, loading: "lazy" });
+      const problem = h("span", {});
+      const caption = h("figcaption", {},
+        h("span", {}, item.true_label), " → ", h("span", { class: "wrong" }, item.predicted_label),
+        h("br"), h("span", { class: "muted" }, `${pct(item.confidence)} · ${item.image}`), h("br"), problem);
+      showImage(img, `/v1/models/${ID}/misclassified/${k}`, problem);
+      return h("figure", {}, img, caption);
+    }));
+  }
+
+  // ---------------------------------------------------------------- start
+
+  setUpKey();
+  if (KEYS_REQUIRED && !getKey()) askForKey("");
+  else start();
+})();

@@ -1,0 +1,303 @@
+"""What a fine-tune will cost, before it runs: from the throughput workers measure and report.
+
+Workers keep a heartbeat row (``workers``) and, after every epoch and job, fold what they
+measured into ``worker_throughput`` (images per second by architecture, input size and
+device). An estimate uses, in order of preference: a measurement of the job's own
+architecture and input size ("measured"); another architecture's, scaled by forward FLOPs
+per image ("scaled"); a rough prior ("prior").
+"""
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from functools import lru_cache
+
+import torch
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+from torch.utils.flop_counter import FlopCounterMode
+
+from app.architectures import build_model, known_architectures
+from app.db import rows_matched
+from app.finetune.options import FinetuneOptions, split_sizes
+from app.finetune.pipeline import AUTO_CANDIDATES
+from app.models import Throughput, Worker, utcnow
+from app.schemas import Estimate
+
+# A worker renews its heartbeat this often, idle or busy ...
+HEARTBEAT_SECONDS = 5.0
+# ... and counts as alive while its last one is at most this old.
+WORKER_FRESH_SECONDS = 20.0
+# Rows of workers gone this long (killed, so they could not delete their row) are dropped.
+WORKER_FORGET_AFTER = timedelta(days=1)
+# Recent measurements weigh more (a worker's machine may get busier or quieter).
+SMOOTHING = 0.3
+
+# The prior, when no worker measured anything yet: training FLOPs per second (forward,
+# backward and update are about 3x the forward FLOPs), evaluation's speed-up over training
+# per image (forward only, but small validation sets keep fixed costs), and the time of a
+# job outside its epochs (decoding the images, the final evaluation, saving). Calibrated on
+# compact_cnn at 32 px on a 2-core CPU (about 500 training images/s, 30-35 GFLOP/s).
+PRIOR_TRAIN_FLOPS_PER_SECOND = 3e10
+EVAL_SPEEDUP = 2.0
+PRIOR_OVERHEAD_SECONDS_PER_IMAGE = 0.01
+
+
+def phase_plan(options: FinetuneOptions) -> list[tuple[str, int]]:
+    """The training phases a fine-tune runs, in order, with the epochs each plans at most."""
+    plan = [("auto_search", options.auto_epochs)] * (
+        len(AUTO_CANDIDATES) if options.schedule == "auto" else 0
+    )
+    plan.append(("fine_tune", options.epochs))
+    if options.baseline:
+        plan.append(("baseline", options.epochs))
+    return plan
+
+
+def split_totals(class_counts: Mapping[str, int], options: FinetuneOptions) -> tuple[int, int, int]:
+    """(train, val, test) images of the whole dataset (the pipeline splits every class)."""
+    sizes = [split_sizes(count, options) for count in class_counts.values()]
+    return (
+        sum(s[0] for s in sizes),
+        sum(s[1] for s in sizes),
+        sum(s[2] for s in sizes),
+    )
+
+
+@lru_cache(maxsize=64)
+def forward_flops(architecture: str, input_size: int) -> float:
+    """Forward FLOPs of one image (counted once on the meta device: no memory, no compute)."""
+    with torch.device("meta"):
+        model = build_model(architecture, 10)
+        image = torch.zeros(1, 3, input_size, input_size)
+    with FlopCounterMode(display=False) as counter:
+        model(image)
+    return float(counter.get_total_flops())
+
+
+def device_type(device: torch.device | str) -> str:
+    """The device a measurement is filed under: its type (cpu, cuda, mps)."""
+    return torch.device(device).type
+
+
+# Heartbeats.
+
+
+def heartbeat(
+    session: Session,
+    worker_id: str,
+    kind: str,
+    device: str,
+    job_id: str | None = None,
+    jobs_run: int = 0,
+) -> None:
+    """Record that the worker is alive now (creating its row the first time); commits."""
+    now = utcnow()
+    renewed = session.execute(
+        update(Worker)
+        .where(Worker.id == worker_id)
+        .values(last_seen=now, job_id=job_id, jobs_run=jobs_run)
+    )
+    if rows_matched(renewed) == 0:
+        session.execute(delete(Worker).where(Worker.last_seen < now - WORKER_FORGET_AFTER))
+        session.add(
+            Worker(
+                id=worker_id,
+                kind=kind,
+                host=socket.gethostname()[:200],
+                pid=os.getpid(),
+                device=device,
+                started_at=now,
+                last_seen=now,
+                job_id=job_id,
+                jobs_run=jobs_run,
+            )
+        )
+    session.commit()
+
+
+def forget_worker(session: Session, worker_id: str) -> None:
+    """Remove the row of a worker that exits; commits."""
+    session.execute(delete(Worker).where(Worker.id == worker_id))
+    session.commit()
+
+
+def alive_workers(session: Session) -> list[Worker]:
+    """Workers whose heartbeat is fresh."""
+    cutoff = utcnow() - timedelta(seconds=WORKER_FRESH_SECONDS)
+    return list(session.scalars(select(Worker).where(Worker.last_seen >= cutoff)))
+
+
+# Measurements.
+
+
+def _smoothed(old: float | None, new: float) -> float:
+    return new if old is None else (1 - SMOOTHING) * old + SMOOTHING * new
+
+
+def _throughput_row(
+    session: Session, architecture: str, input_size: int, device: str
+) -> Throughput | None:
+    return session.get(Throughput, (architecture, input_size, device))
+
+
+def record_epoch(
+    session: Session,
+    worker_id: str,
+    architecture: str,
+    input_size: int,
+    device: str,
+    train_images: int,
+    val_images: int,
+    seconds: float,
+    train_seconds: float,
+) -> None:
+    """Fold one epoch's measured speed into the running averages (the caller commits)."""
+    if train_seconds <= 0 or train_images <= 0:
+        return
+    train_rate = train_images / train_seconds
+    eval_seconds = seconds - train_seconds
+    eval_rate = val_images / eval_seconds if val_images and eval_seconds > 0 else None
+    row = _throughput_row(session, architecture, input_size, device)
+    if row is None:
+        session.add(
+            Throughput(
+                architecture=architecture,
+                input_size=input_size,
+                device=device,
+                train_images_per_second=train_rate,
+                eval_images_per_second=eval_rate,
+                epochs_measured=1,
+                jobs_measured=0,
+                worker_id=worker_id,
+                updated_at=utcnow(),
+            )
+        )
+        return
+    row.train_images_per_second = _smoothed(row.train_images_per_second, train_rate)
+    if eval_rate is not None:
+        row.eval_images_per_second = _smoothed(row.eval_images_per_second, eval_rate)
+    row.epochs_measured += 1
+    row.worker_id = worker_id
+    row.updated_at = utcnow()
+
+
+def record_job(
+    session: Session,
+    worker_id: str,
+    architecture: str,
+    input_size: int,
+    device: str,
+    images: int,
+    overhead_seconds: float,
+) -> None:
+    """Fold a job's time outside its epochs (loading, evaluating, saving) in; caller commits."""
+    row = _throughput_row(session, architecture, input_size, device)
+    if row is None or images <= 0:  # no epoch measured: nothing to attach it to
+        return
+    per_image = max(overhead_seconds, 0.0) / images
+    row.overhead_seconds_per_image = _smoothed(row.overhead_seconds_per_image, per_image)
+    row.jobs_measured += 1
+    row.worker_id = worker_id
+    row.updated_at = utcnow()
+
+
+# Estimates.
+
+
+def no_worker_warning() -> str:
+    """What a client is told when nothing would run its job."""
+    return (
+        "no worker is alive to run this job: the service starts none (P2L_START_WORKER=false) "
+        f"and no worker has reported in for {WORKER_FRESH_SECONDS:g} s; it stays queued "
+        "until one runs. Start one with `python -m app.jobs.worker` (same P2L_ settings, "
+        "same database and data dir), or restart the service with P2L_START_WORKER=true."
+    )
+
+
+def _pick(rows: list[Throughput], devices: set[str]) -> Throughput | None:
+    """The most recent row, preferring the devices of the workers alive now."""
+    preferred = [r for r in rows if r.device in devices] or rows
+    return max(preferred, key=lambda r: r.updated_at) if preferred else None
+
+
+def estimate_finetune(
+    session: Session,
+    architecture: str,
+    input_size: int,
+    class_counts: Mapping[str, int],
+    options: FinetuneOptions,
+) -> Estimate:
+    """The expected run time of a fine-tune once a worker starts it (see module docstring)."""
+    workers = alive_workers(session)
+    devices = {w.device for w in workers}
+    train, val, test = split_totals(class_counts, options)
+    images = train + val + test
+    epochs = sum(epochs for _, epochs in phase_plan(options))
+    rows = list(session.scalars(select(Throughput)))
+    own = _pick(
+        [r for r in rows if (r.architecture, r.input_size) == (architecture, input_size)],
+        devices,
+    )
+    warnings: list[str] = []
+    flops = forward_flops(architecture, input_size)
+    device: str | None
+    if own is not None:
+        basis, device = "measured", own.device
+        train_rate = own.train_images_per_second
+        eval_rate = own.eval_images_per_second or train_rate * EVAL_SPEEDUP
+        overhead = own.overhead_seconds_per_image
+    elif (other := _nearest_in_compute(rows, devices, flops)) is not None:
+        basis, device = "scaled", other.device
+        ratio = forward_flops(other.architecture, other.input_size) / flops
+        train_rate = other.train_images_per_second * ratio
+        eval_rate = other.eval_images_per_second or other.train_images_per_second * EVAL_SPEEDUP
+        eval_rate *= ratio
+        overhead = other.overhead_seconds_per_image
+        warnings.append(
+            f"no worker has measured {architecture} at {input_size} px yet: the estimate "
+            f"scales {other.architecture} at {other.input_size} px by compute per image"
+        )
+    else:
+        basis, device = "prior", None
+        train_rate = PRIOR_TRAIN_FLOPS_PER_SECOND / (3 * flops)
+        eval_rate = train_rate * EVAL_SPEEDUP
+        overhead = None
+        warnings.append(
+            "no worker has measured any training speed yet: the estimate is a rough prior "
+            "(it may be off several times); it improves once a job has run"
+        )
+    per_epoch = train / train_rate + val / eval_rate
+    extra = images * (overhead if overhead is not None else PRIOR_OVERHEAD_SECONDS_PER_IMAGE)
+    return Estimate(
+        seconds=round(epochs * per_epoch + extra, 1),
+        epochs_planned=epochs,
+        train_images=train,
+        val_images=val,
+        test_images=test,
+        seconds_per_epoch=round(per_epoch, 3),
+        architecture=architecture,
+        input_size=input_size,
+        images_per_second=round(train_rate, 1),
+        flops_per_image=flops,
+        basis=basis,
+        device=device,
+        workers_alive=len(workers),
+        warnings=warnings,
+    )
+
+
+def _nearest_in_compute(
+    rows: list[Throughput], devices: set[str], flops: float
+) -> Throughput | None:
+    """The measurement of the architecture closest in compute per image (log scale)."""
+    known = [r for r in rows if r.architecture in known_architectures()]
+    on_devices = [r for r in known if r.device in devices] or known
+    if not on_devices:
+        return None
+    return min(
+        on_devices,
+        key=lambda r: abs(math.log(forward_flops(r.architecture, r.input_size) / flops)),
+    )

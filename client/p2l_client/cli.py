@@ -1,0 +1,640 @@
+"""The `p2l` command: the P2L service from a shell.
+
+Every command takes --url/--api-key (default: $P2L_URL, $P2L_API_KEY), --json (the answer
+as plain JSON on stdout, nothing else there) and --field PATH (one value of that answer, e.g.
+`--field id` or `--field result.test_accuracy`). Progress bars and errors go to stderr; an
+error of the service exits with 1 and its problem detail on stderr.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from p2l_client.client import Client, __version__, is_archive
+from p2l_client.errors import P2LError
+from p2l_client.progress import format_seconds
+from p2l_client.responses import TERMINAL
+
+# No markup: names, file names and details from the service are printed as they are.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+Handler = Callable[[Client, argparse.Namespace], Any]
+Show = Callable[[Any], None]
+
+
+class Answer:
+    """What a command produced: its JSON value, how to show it to people, its exit code."""
+
+    def __init__(self, value: Any, show: Show | None = None, code: int = 0) -> None:
+        self.value = value
+        self.show = show or show_json
+        self.code = code
+
+
+def show_json(value: Any) -> None:
+    """Pretty JSON for people (the default view)."""
+    out.print_json(data=value)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_health(client: Client, args: argparse.Namespace) -> Answer:
+    health = client.health()
+    return Answer(
+        health,
+        lambda h: out.print(
+            f"{h['status']} (database {h['database']}, version {h['version']}) at {client.url}"
+        ),
+    )
+
+
+def cmd_reference(client: Client, args: argparse.Namespace) -> Answer:
+    return Answer(client.reference())
+
+
+def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> Answer:
+    path = Path(args.path)
+    if path.is_file() and not is_archive(path):
+        err.print(f"note: {path} does not end like an archive; sending it as one")
+    created = client.datasets.upload(path, name=args.name, idempotency_key=args.idempotency_key)
+    return Answer(created, show_upload)
+
+
+def show_upload(d: dict[str, Any]) -> None:
+    show_dataset(d)
+    if d.get("rejected_total"):
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(d["rejected_counts"].items()))
+        out.print(f"rejected {d['rejected_total']} file(s): {kinds}")
+        for item in d["rejected"][:10]:
+            out.print(f"  {item['path']}: {item['reason']}")
+
+
+def show_dataset(d: dict[str, Any]) -> None:
+    classes = ", ".join(f"{c['name']} {c['count']}" for c in d["classes"])
+    out.print(
+        f"dataset {d['id']} {d['name']}: {d['num_images']} images in "
+        f"{d['num_classes']} classes ({classes})"
+    )
+
+
+def cmd_datasets_list(client: Client, args: argparse.Namespace) -> Answer:
+    rows = limited(client.datasets.list(args.page_size), args.limit)
+    return Answer(
+        rows, lambda r: table(r, ["id", "name", "num_images", "num_classes", "created_at"])
+    )
+
+
+def cmd_datasets_get(client: Client, args: argparse.Namespace) -> Answer:
+    return Answer(client.datasets.get(args.id), show_dataset)
+
+
+def cmd_datasets_delete(client: Client, args: argparse.Namespace) -> Answer:
+    client.datasets.delete(args.id)
+    return Answer({"deleted": args.id}, lambda v: out.print(f"deleted dataset {args.id}"))
+
+
+def cmd_sources_list(client: Client, args: argparse.Namespace) -> Answer:
+    rows = limited(client.sources.list(args.page_size), args.limit)
+    columns = ["id", "name", "architecture", "num_classes", "num_images", "origin"]
+    return Answer(rows, lambda r: table(r, columns))
+
+
+def cmd_sources_get(client: Client, args: argparse.Namespace) -> Answer:
+    return Answer(client.sources.get(args.id), show_source)
+
+
+def show_source(s: dict[str, Any]) -> None:
+    out.print(
+        f"source {s['id']} {s['name']}: {s['architecture']} at {s['input_size']} px, "
+        f"{s['num_classes']} classes, trained on {s['num_images']} images ({s['origin']})"
+    )
+    out.print(f"classes: {', '.join(s['class_names'])}")
+
+
+def cmd_rank(client: Client, args: argparse.Namespace) -> Answer:
+    ranking = client.rankings.create(
+        args.target, method=args.method, measure=args.measure, top_k=args.top_k, lam=args.lam
+    )
+    return Answer(ranking, show_ranking)
+
+
+def show_ranking(r: dict[str, Any]) -> None:
+    out.print(
+        f"ranking {r['id']}: {r['method']} ({r['measure']}) for target {r['target_dataset_id']}"
+    )
+    table(r["results"], ["rank", "name", "score", "distance", "size_term", "num_images"])
+    if r["excluded"]:
+        out.print(
+            f"{len(r['excluded'])} source(s) excluded, e.g. {r['excluded'][0]['name']}: "
+            f"{r['excluded'][0]['reason']}"
+        )
+    if not r["results"]:
+        out.print("no source ranked", style="yellow")
+
+
+FINETUNE_OPTIONS = (
+    "schedule",
+    "epochs",
+    "base_lr",
+    "decay",
+    "multipliers",
+    "freeze_below",
+    "batch_size",
+    "weight_decay",
+    "patience",
+    "hflip",
+    "val_fraction",
+    "test_fraction",
+    "seed",
+    "baseline",
+    "auto_epochs",
+)
+
+
+def cmd_finetune(client: Client, args: argparse.Namespace) -> Answer:
+    options = {k: getattr(args, k) for k in FINETUNE_OPTIONS if getattr(args, k) is not None}
+    if args.dry_run:
+        estimate = client.finetunes.estimate(args.target, args.source, **options)
+        return Answer(estimate, show_estimate)
+    job = client.finetunes.start(
+        args.target, args.source, idempotency_key=args.idempotency_key, **options
+    )
+    if not args.wait:
+        return Answer(job, show_started)
+    show_started(job, to=err)
+    return finished(client.jobs.wait(job["id"], progress=not args.no_progress))
+
+
+def show_estimate(e: dict[str, Any]) -> None:
+    out.print(
+        f"estimated {format_seconds(e['seconds'])} ({e['seconds']:.0f} s) for up to "
+        f"{e['epochs_planned']} epochs of {e['train_images']} images "
+        f"({e['architecture']} at {e['input_size']} px, {e['images_per_second']:.0f} "
+        f"images/s, {e['basis']}); {e['workers_alive']} worker(s) alive"
+    )
+    for warning in e.get("warnings") or []:
+        out.print(f"warning: {warning}", style="yellow")
+
+
+def show_started(job: Mapping[str, Any], to: Console = out) -> None:
+    params = job.get("params") or {}
+    source = params.get("source_name") or params.get("source_id") or "?"
+    to.print(
+        f"job {job['id']} {job['status']}: fine-tune {source} on "
+        f"{params.get('target_dataset_id', '?')}"
+    )
+    estimate = job.get("estimate")
+    if estimate:
+        to.print(f"estimated {format_seconds(estimate['seconds'])} once a worker starts it")
+    for warning in job.get("warnings") or []:
+        to.print(f"warning: {warning}", style="yellow")
+    if job["status"] not in TERMINAL and to is out:
+        to.print(f"follow it with: p2l jobs watch {job['id']}")
+
+
+def finished(job: Mapping[str, Any]) -> Answer:
+    """The answer for a job that has ended: exit code 1 unless it succeeded."""
+    return Answer(job, show_job, 0 if job["status"] == "succeeded" else 1)
+
+
+def show_job(job: dict[str, Any]) -> None:
+    progress = job.get("progress") or {}
+    label = progress.get("label") or progress.get("phase") or ""
+    done, planned = progress.get("epochs_done"), progress.get("epochs_planned")
+    epochs = f", {done}/{planned} epochs" if planned and "epoch" not in label else ""
+    out.print(f"job {job['id']} ({job['kind']}): {job['status']}; {label}{epochs}")
+    if job.get("error"):
+        out.print(f"error: {job['error']}")
+    result = job.get("result") or {}
+    if job.get("model_id"):
+        out.print(f"model {job['model_id']}")
+    if "test_accuracy" in result:
+        show_report(result)
+    elif "accuracy" in result:
+        show_evaluation(result)
+
+
+def show_report(r: dict[str, Any]) -> None:
+    acc = ", ".join(
+        f"{k} {r[k]:.3f}" for k in ("test_accuracy", "val_accuracy") if r.get(k) is not None
+    )
+    out.print(
+        f"{acc or 'no held-out split'} ({r['train_images']} training images, {r['seconds']:.1f} s)"
+    )
+    schedule = r.get("schedule") or {}
+    if schedule:
+        out.print(
+            f"schedule {schedule.get('chosen_by')}: decay {schedule.get('decay')}, "
+            f"base_lr {schedule.get('base_lr')}"
+        )
+    baseline = r.get("baseline")
+    if baseline:
+        gain = baseline.get("transfer_gain")
+        gain_text = f", transfer gain {gain:+.3f}" if gain is not None else ""
+        scratch = baseline.get("test_accuracy")
+        scratch_text = "-" if scratch is None else f"{scratch:.3f}"
+        out.print(f"from scratch: test_accuracy {scratch_text}{gain_text}")
+    for warning in r.get("warnings") or []:
+        out.print(f"warning: {warning}", style="yellow")
+
+
+def cmd_jobs_list(client: Client, args: argparse.Namespace) -> Answer:
+    rows = limited(client.jobs.list(args.page_size), args.limit)
+    for row in rows:  # flattened for the table only; --json gets the jobs unchanged
+        row.setdefault("phase", (row.get("progress") or {}).get("phase"))
+    return Answer(
+        rows, lambda r: table(r, ["id", "kind", "status", "phase", "model_id", "created_at"])
+    )
+
+
+def cmd_jobs_get(client: Client, args: argparse.Namespace) -> Answer:
+    return Answer(client.jobs.get(args.id), show_job)
+
+
+def cmd_jobs_watch(client: Client, args: argparse.Namespace) -> Answer:
+    return finished(client.jobs.wait(args.id, progress=not args.no_progress))
+
+
+def cmd_jobs_cancel(client: Client, args: argparse.Namespace) -> Answer:
+    return Answer(client.jobs.cancel(args.id), show_job)
+
+
+def cmd_predict(client: Client, args: argparse.Namespace) -> Answer:
+    answer = client.models.predict(args.model, args.files, top_k=args.top_k)
+    return Answer(answer, show_predictions)
+
+
+def show_predictions(p: dict[str, Any]) -> None:
+    for item in p["predictions"]:
+        best = item["top"][0]
+        others = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in item["top"][1:])
+        more = f"  ({others})" if others else ""
+        out.print(f"{item['filename']} -> {best['label']} {best['probability']:.2f}{more}")
+
+
+def cmd_export(client: Client, args: argparse.Namespace) -> Answer:
+    path = client.models.export(args.model, args.output, format=args.format)
+    value = {
+        "model_id": args.model,
+        "format": args.format,
+        "path": str(path),
+        "bytes": path.stat().st_size,
+    }
+    return Answer(value, lambda v: out.print(f"wrote {v['path']} ({v['bytes']:,} bytes)"))
+
+
+def cmd_evaluate(client: Client, args: argparse.Namespace) -> Answer:
+    report = client.models.evaluate(args.model, args.data, wait=True, progress=not args.no_progress)
+    return Answer(report, show_evaluation)
+
+
+def show_evaluation(r: dict[str, Any]) -> None:
+    out.print(
+        f"{r['split']}: accuracy {r['accuracy']:.3f}, macro F1 {r['macro_f1']:.3f} "
+        f"on {r['images']} images"
+    )
+    rows = [{"class": name, **m} for name, m in r["per_class"].items()]
+    table(rows, ["class", "precision", "recall", "f1", "support"])
+    if r["misclassified_total"]:
+        out.print(f"{r['misclassified_total']} misclassified, most confident first:")
+        for m in r["misclassified"][:10]:
+            out.print(
+                f"  {m['image']}: {m['true_label']} -> {m['predicted_label']} {m['confidence']:.2f}"
+            )
+
+
+def cmd_models_list(client: Client, args: argparse.Namespace) -> Answer:
+    rows = limited(client.models.list(args.page_size), args.limit)
+    for row in rows:
+        row.setdefault("test_accuracy", (row.get("report") or {}).get("test_accuracy"))
+    columns = ["id", "architecture", "target_dataset_id", "test_accuracy", "created_at"]
+    return Answer(rows, lambda r: table(r, columns))
+
+
+def cmd_models_get(client: Client, args: argparse.Namespace) -> Answer:
+    return Answer(client.models.get(args.id), show_model)
+
+
+def show_model(m: dict[str, Any]) -> None:
+    out.print(
+        f"model {m['id']}: {m['architecture']} at {m['input_size']} px, classes "
+        f"{', '.join(m['class_names'])}"
+    )
+    out.print(f"source {m['source_id']}, target {m['target_dataset_id']}, job {m['job_id']}")
+    show_report(m["report"])
+    if m["report"].get("evaluation"):
+        show_evaluation(m["report"]["evaluation"])
+    if m.get("registered_source_id"):
+        out.print(f"registered as source {m['registered_source_id']}")
+
+
+def cmd_models_register(client: Client, args: argparse.Namespace) -> Answer:
+    return Answer(client.models.register(args.id, name=args.name), show_source)
+
+
+def cmd_models_delete(client: Client, args: argparse.Namespace) -> Answer:
+    client.models.delete(args.id)
+    return Answer({"deleted": args.id}, lambda v: out.print(f"deleted model {args.id}"))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def limited(items: Iterator[Any], limit: int | None) -> list[Any]:
+    """The first ``limit`` items (all when None), following pages as needed."""
+    return list(items if limit is None else islice(items, limit))
+
+
+def table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    """Rows as a table on stdout."""
+    view = Table(box=None, pad_edge=False)
+    for column in columns:
+        is_id = column == "id" or column.endswith("_id")
+        view.add_column(column, no_wrap=is_id, min_width=32 if is_id else None)
+    for row in rows:
+        view.add_row(*(cell(row.get(c)) for c in columns))
+    # Piped or logged, rich would assume 80 columns and cut the ids short.
+    wide = out if out.is_terminal else Console(file=out.file, width=240, markup=False)
+    wide.print(view)
+
+
+def cell(value: Any) -> str:
+    """One table cell: floats to 4 places, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def pick(value: Any, path: str) -> Any:
+    """``value`` at a dotted path: ``result.test_accuracy``, ``results.0.name``."""
+    for key in path.split("."):
+        if isinstance(value, list) and key.lstrip("-").isdigit():
+            value = value[int(key)]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            raise KeyError(f"--field {path}: no {key!r} in the answer")
+    return value
+
+
+def print_problem(error: P2LError, as_json: bool) -> None:
+    """An error on stderr: the problem+json itself with --json, else a few lines for people."""
+    if as_json:
+        body = error.problem or {"title": error.title, "detail": error.detail}
+        if error.status is None and "status" not in body:
+            body = {"title": error.title, "detail": error.detail, **body}
+        print(json.dumps(body), file=sys.stderr)
+        return
+    status = f"{error.status} " if error.status else ""
+    err.print(f"error: {status}{error.title}: {error.detail}", style="red")
+    extra = error.extra
+    for item in (extra.get("rejected") or [])[:10]:
+        err.print(f"  rejected {item.get('path')}: {item.get('reason')}")
+    if extra.get("rejected_total", 0) > 10:
+        err.print(f"  ... {extra['rejected_total']} rejected in all")
+    for item in (extra.get("errors") or [])[:10]:
+        err.print(f"  {'.'.join(map(str, item.get('loc', [])))}: {item.get('msg')}")
+    for key in ("jobs", "source_id"):
+        if key in extra:
+            err.print(f"  {key}: {extra[key]}")
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--url, --api-key, --json, --field; on every subcommand too, so they go anywhere."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--url",
+        default=default(None),
+        help="service URL (default: $P2L_URL, else http://127.0.0.1:8000)",
+    )
+    group.add_argument(
+        "--api-key",
+        default=default(None),
+        help="API key, sent as X-API-Key (default: $P2L_API_KEY)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the answer as JSON on stdout, and nothing else there",
+    )
+    group.add_argument(
+        "--field",
+        metavar="PATH",
+        default=default(None),
+        help="print one value of the answer, e.g. id, model_id, "
+        "result.test_accuracy, results.0.name",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=default(120.0), help="seconds per request (default 120)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `p2l` command line."""
+    parser = argparse.ArgumentParser(
+        prog="p2l",
+        description="Command line of the P2L service: upload a dataset, rank the source zoo "
+        "for it, fine-tune the best source, watch the job, predict, export.",
+        epilog="Every command has --help. Environment: P2L_URL, P2L_API_KEY.",
+    )
+    parser.add_argument("--version", action="version", version=f"p2l-client {__version__}")
+    common_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        group: Any, name: str, handler: Handler, help: str, description: str | None = None
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=help, description=description or help
+        )
+        common_options(sub, defaults=False)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def listing(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--limit", type=int, help="at most this many (default: all)")
+        sub.add_argument("--page-size", type=int, default=50, help="items per request")
+
+    def group_of(name: str, help: str) -> Any:
+        parent = commands.add_parser(name, help=help, description=help)
+        common_options(parent, defaults=False)
+        return parent.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    command(commands, "health", cmd_health, "is the service up (GET /healthz)")
+    command(commands, "reference", cmd_reference, "the active reference network")
+
+    datasets = group_of("datasets", "upload, list, show and delete datasets")
+    sub = command(
+        datasets,
+        "upload",
+        cmd_datasets_upload,
+        "upload a folder of class folders (zipped here) or an archive",
+        "Upload DIR_OR_ARCHIVE: a folder laid out as <class>/<image> (zipped on the "
+        "fly, hidden files skipped) or a .zip/.tar/.tar.gz/.tar.bz2/.tar.xz. Prints "
+        "the dataset and the files the service left out.",
+    )
+    sub.add_argument("path", metavar="DIR_OR_ARCHIVE")
+    sub.add_argument("--name", help="dataset name (default: the folder's or file's name)")
+    sub.add_argument("--idempotency-key", help="retry-safe key (Idempotency-Key header)")
+    listing(command(datasets, "list", cmd_datasets_list, "list datasets, newest first"))
+    command(datasets, "get", cmd_datasets_get, "show one dataset").add_argument("id")
+    command(datasets, "delete", cmd_datasets_delete, "delete a dataset").add_argument("id")
+
+    sources = group_of("sources", "list and show the source zoo")
+    listing(command(sources, "list", cmd_sources_list, "list sources, newest first"))
+    command(sources, "get", cmd_sources_get, "show one source").add_argument("id")
+
+    sub = command(commands, "rank", cmd_rank, "rank the zoo for a target dataset")
+    sub.add_argument("target", metavar="TARGET", help="target dataset id")
+    sub.add_argument("--top-k", type=int, help="only the best K")
+    sub.add_argument("--method", choices=["p2l", "distance", "largest"], default="p2l")
+    sub.add_argument("--measure", choices=["js", "kl", "cosine", "emd"])
+    sub.add_argument("--lambda", dest="lam", type=float, help="override lambda (0 to 100)")
+
+    sub = command(
+        commands,
+        "finetune",
+        cmd_finetune,
+        "fine-tune a source on a target (a job); --wait shows its progress",
+        "Start fine-tuning SOURCE (default: best, the top of the P2L ranking) on "
+        "TARGET. Options not given keep the service's defaults.",
+    )
+    sub.add_argument("target", metavar="TARGET", help="target dataset id")
+    sub.add_argument("--source", default="best", help='a source id, or "best" (default)')
+    sub.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
+    sub.add_argument("--no-progress", action="store_true", help="with --wait: no bar")
+    sub.add_argument(
+        "--dry-run", action="store_true", help="only estimate the time (nothing is queued)"
+    )
+    sub.add_argument("--idempotency-key", help="retry-safe key (Idempotency-Key header)")
+    opts = sub.add_argument_group("training options")
+    opts.add_argument("--schedule", choices=["auto", "manual"])
+    opts.add_argument("--epochs", type=int)
+    opts.add_argument("--auto-epochs", type=int, help="epochs per auto candidate")
+    opts.add_argument("--base-lr", type=float)
+    opts.add_argument("--decay", type=float, help="manual: per-group learning-rate decay")
+    opts.add_argument("--multipliers", type=float_list, help="manual: e.g. 0,0.1,0.5,1,1")
+    opts.add_argument("--freeze-below", type=int)
+    opts.add_argument("--batch-size", type=int)
+    opts.add_argument("--weight-decay", type=float)
+    opts.add_argument("--patience", type=int)
+    opts.add_argument("--val-fraction", type=float)
+    opts.add_argument("--test-fraction", type=float)
+    opts.add_argument("--seed", type=int)
+    opts.add_argument("--hflip", action="store_true", default=None)
+    opts.add_argument(
+        "--baseline",
+        action="store_true",
+        default=None,
+        help="also train from scratch, for the transfer gain",
+    )
+
+    jobs = group_of("jobs", "list, show, watch and cancel jobs")
+    listing(command(jobs, "list", cmd_jobs_list, "list jobs, newest first"))
+    command(jobs, "get", cmd_jobs_get, "show one job").add_argument("id")
+    sub = command(
+        jobs,
+        "watch",
+        cmd_jobs_watch,
+        "follow a job with a progress bar until it ends (exit 1 unless it succeeds)",
+    )
+    sub.add_argument("id")
+    sub.add_argument("--no-progress", action="store_true", help="no bar, just wait")
+    command(jobs, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("id")
+
+    sub = command(commands, "predict", cmd_predict, "classify images with a fine-tuned model")
+    sub.add_argument("model", metavar="MODEL", help="model id")
+    sub.add_argument("files", metavar="FILES", nargs="+", help="image files")
+    sub.add_argument("--top-k", type=int, default=3)
+
+    sub = command(
+        commands,
+        "export",
+        cmd_export,
+        "download a model as ONNX or TorchScript (zip with preprocessing.json)",
+    )
+    sub.add_argument("model", metavar="MODEL", help="model id")
+    sub.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    sub.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="file to write, or a folder (the server's file name)",
+    )
+
+    sub = command(
+        commands,
+        "evaluate",
+        cmd_evaluate,
+        "score a model on a labelled folder or archive (per-class metrics)",
+    )
+    sub.add_argument("model", metavar="MODEL", help="model id")
+    sub.add_argument("data", metavar="ARCHIVE_OR_DIR", help="class folders named like the model's")
+    sub.add_argument("--no-progress", action="store_true", help="no bar if it becomes a job")
+
+    models = group_of("models", "list, show, register and delete fine-tuned models")
+    listing(command(models, "list", cmd_models_list, "list models, newest first"))
+    command(models, "get", cmd_models_get, "show a model and its report").add_argument("id")
+    sub = command(models, "register", cmd_models_register, "add a model to the zoo as a source")
+    sub.add_argument("id")
+    sub.add_argument("--name", help="the new source's name")
+    command(models, "delete", cmd_models_delete, "delete a model").add_argument("id")
+    return parser
+
+
+def float_list(text: str) -> list[float]:
+    """``0,0.1,1`` -> [0.0, 0.1, 1.0]."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one `p2l` command; the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.url, args.api_key, timeout=args.timeout) as client:
+            answer = args.handler(client, args)
+        if args.field:
+            value = pick(answer.value, args.field)
+            print(value if isinstance(value, str) else json.dumps(value))
+        elif args.json:
+            print(json.dumps(answer.value))
+        else:
+            answer.show(answer.value)
+        return int(answer.code)
+    except P2LError as error:  # JobFailed too (evaluate, when its job fails)
+        print_problem(error, args.json)
+        return 1
+    except (OSError, ValueError, KeyError) as error:  # a local file, or --field
+        message = error.args[0] if isinstance(error, KeyError) else error
+        err.print(f"error: {message}", style="red")
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted (a job keeps running on the service: p2l jobs cancel ID)")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -205,10 +205,6 @@ class RankingOut(BaseModel):
 class FinetuneRequest(FinetuneOptions):
     """Fine-tune a source on a target dataset, with layer-wise learning rates."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"target_dataset_id": "<dataset id>", "source_id": "best"}]}
-    )
-
     target_dataset_id: str = Field(max_length=64, description="The dataset to fine-tune on.")
     source_id: str = Field(
         "best",
@@ -226,15 +222,21 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class EpochMetrics(BaseModel):
-    """One training epoch of one phase."""
+    """One training epoch of one phase.
 
-    phase: str = Field(description="The phase the epoch belongs to (see JobProgress.phase).")
+    Defaults stand for what reports of earlier releases did not record, so every stored
+    report stays readable.
+    """
+
+    phase: str = Field(
+        "fine_tune", description="The phase the epoch belongs to (see JobProgress.phase)."
+    )
     epoch: int = Field(description="1-based epoch within the phase.")
     train_loss: float
     train_accuracy: float
     val_accuracy: float | None = Field(description="On the validation split; null without one.")
     seconds: float = Field(description="The whole epoch, validation included.")
-    train_seconds: float = Field(description="The training steps alone.")
+    train_seconds: float | None = Field(None, description="The training steps alone.")
 
 
 class JobProgress(BaseModel):
@@ -258,7 +260,7 @@ class JobProgress(BaseModel):
         "epochs_done / epochs_planned.",
     )
     candidate: dict[str, float] | None = Field(
-        None, description="auto_search: the schedule being tried (e.g. {\"decay\": 0.5})."
+        None, description='auto_search: the schedule being tried (e.g. {"decay": 0.5}).'
     )
     candidate_index: int | None = Field(None, description="auto_search: 1-based.")
     candidates: int | None = Field(None, description="auto_search: how many are tried.")
@@ -358,8 +360,8 @@ class EvaluationReport(BaseModel):
 class BaselineOut(BaseModel):
     """The same architecture trained from scratch on the same split (no transfer)."""
 
-    test_accuracy: float | None
-    val_accuracy: float | None
+    test_accuracy: float | None = None
+    val_accuracy: float | None = None
     epochs_run: int
     seconds: float
     transfer_gain: float | None = Field(None, description="Fine-tuned minus from scratch.")
@@ -367,7 +369,11 @@ class BaselineOut(BaseModel):
 
 
 class FinetuneReport(BaseModel):
-    """What a fine-tune produced: the job's result and the model's report."""
+    """What a fine-tune produced: the job's result and the model's report.
+
+    Defaults stand for what reports of earlier releases did not record (no test split, no
+    evaluation), so every stored report stays readable.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -375,11 +381,13 @@ class FinetuneReport(BaseModel):
     schedule: ScheduleOut
     groups: list[GroupOut]
     history: list[EpochMetrics]
-    test_accuracy: float | None = Field(description="On the test split, which chose nothing.")
+    test_accuracy: float | None = Field(None, description="On the test split, which chose nothing.")
     val_accuracy: float | None = Field(
         description="On the validation split, which chose the schedule and the checkpoint."
     )
-    evaluated_on: Literal["test", "validation", "none"]
+    evaluated_on: Literal["test", "validation", "none"] = Field(
+        "validation", description="The split of per_class_accuracy and confusion_matrix."
+    )
     per_class_accuracy: dict[str, float | None]
     confusion_matrix: list[list[int]]
     evaluation: EvaluationReport | None = Field(
@@ -387,7 +395,7 @@ class FinetuneReport(BaseModel):
     )
     train_images: int
     val_images: int
-    test_images: int
+    test_images: int = 0
     seconds: float
     auto_search: dict[str, Any] | None = Field(
         None, description="With schedule auto: the candidates tried and their scores."

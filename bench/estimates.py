@@ -12,6 +12,7 @@ two busy CPU cores.
 """
 
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -71,6 +72,7 @@ def run_job(client: TestClient, target_id: str, options: dict[str, Any]) -> dict
 def main() -> None:
     """Run the jobs through a fresh service and write the comparison."""
     started = time.monotonic()
+    load_before = round(os.getloadavg()[0], 2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(_env_file=None, data_dir=Path(tmp) / "data", start_worker=True)
@@ -93,7 +95,11 @@ def main() -> None:
         "machine": {
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "cpus": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            # Whether the machine was idle: the 1-minute load average before and after.
+            "load_before": load_before,
+            "load_after": round(os.getloadavg()[0], 2),
         },
         "jobs": rows,
         "median_abs_error_percent_measured": round(statistics.median(measured), 1)

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -19,8 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 
 from tests.archives import fashion_mnist_images
 from tests.servers import ROOT, Service, free_port, serve, uvicorn_args
@@ -35,9 +38,10 @@ from p2l_client import (  # client/ is on sys.path, not installed in this venv
     P2LConnectionError,
     Unauthorized,
 )
-from p2l_client.cli import build_parser
+from p2l_client.cli import build_parser, pick, show_ranking
 from p2l_client.cli import main as cli_main
-from p2l_client.client import parse_sse, zip_folder
+from p2l_client.client import _archive_part, parse_sse, zip_folder
+from p2l_client.progress import JobProgressView
 
 TINY = ["--epochs", "2", "--schedule", "manual"]  # a fine-tune of seconds, not minutes
 KEY = "client-test-key"
@@ -554,3 +558,98 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         shown = capsys.readouterr().out
         assert shown.startswith(f"usage: p2l {' '.join(path)}".rstrip()), path
         assert "--json" in shown and "--url" in shown, path
+
+
+def test_a_cut_download_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A stream cut mid-body (a real socket that closes early): no file, no ``.part``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_short() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n"
+                b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 1000
+            )
+
+    server = threading.Thread(target=answer_short, daemon=True)
+    server.start()
+    try:
+        with (
+            Client(f"http://127.0.0.1:{port}") as client,
+            pytest.raises(P2LConnectionError),
+        ):
+            client.download("/weights", tmp_path / "w.safetensors")
+    finally:
+        server.join(10)
+        listener.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_prints_a_retried_jobs_epochs_again() -> None:
+    """A retry starts the history over: the new attempt's epochs are printed as they come."""
+    shown = io.StringIO()
+    view = JobProgressView(Console(file=shown, force_terminal=False, width=200))
+
+    def job(attempts: int, status: str, epochs: int) -> Any:
+        history = [
+            {"phase": "fine_tune", "epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.5}
+            for e in range(1, epochs + 1)
+        ]
+        progress = {"phase": "fine_tune", "history": history, "epochs_done": epochs}
+        return {"id": "j", "status": status, "attempts": attempts, "progress": progress}
+
+    with view:
+        view.job(job(1, "running", 2))
+        view.job(job(1, "running", 3))
+        view.job(job(2, "running", 1))  # the worker was lost: attempt 2 from epoch 1
+        view.job(job(2, "running", 2))
+    lines = [line for line in shown.getvalue().splitlines() if " epoch " in line]
+    epochs = [line.split(" epoch ")[1].split()[0] for line in lines]
+    assert epochs == ["1", "2", "3", "1", "2"], lines
+
+
+def test_field_past_the_end_of_a_list_is_a_clean_error() -> None:
+    """``--field results.5.name`` on a shorter list: the KeyError main() reports, no traceback."""
+    answer = {"results": [{"name": "a"}], "id": "r"}
+    assert pick(answer, "results.0.name") == "a" and pick(answer, "results.-1.name") == "a"
+    for path in ("results.5.name", "results.-2.name", "missing"):
+        with pytest.raises(KeyError, match="--field"):
+            pick(answer, path)
+
+
+def test_an_empty_ranking_shows_the_services_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    ranking = {
+        "id": "r",
+        "method": "p2l",
+        "measure": "js",
+        "target_dataset_id": "t",
+        "results": [],
+        "excluded": [],
+        "warnings": ["the zoo is empty: register a source first"],
+    }
+    show_ranking(ranking)
+    shown = capsys.readouterr().out
+    assert "warning: the zoo is empty: register a source first" in shown
+    assert "no source ranked" not in shown
+    show_ranking({**ranking, "warnings": []})
+    assert "no source ranked" in capsys.readouterr().out
+
+
+def test_archive_part_closes_what_it_opened(tmp_path: Path) -> None:
+    """A folder's zip and an archive's file are closed after use; a caller's file is not."""
+    (tmp_path / "set" / "a").mkdir(parents=True)
+    (tmp_path / "set" / "a" / "1.png").write_bytes(b"one")
+    (tmp_path / "set.zip").write_bytes(b"zip")
+    for data in (tmp_path / "set", tmp_path / "set.zip"):
+        with _archive_part(data) as (_, content):
+            assert not content.closed
+        assert content.closed
+    mine = io.BytesIO(b"zip")
+    with _archive_part(("mine.zip", mine)) as (name, content):
+        assert name == "mine.zip" and content is mine
+    assert not mine.closed
+    with pytest.raises(FileNotFoundError), _archive_part(tmp_path / "nothing"):
+        pass

@@ -266,3 +266,32 @@ def test_console_says_when_keys_are_needed(make_client: Callable[..., TestClient
     assert page.status_code == 200  # the shell itself needs no key; every /v1 call does
     assert 'data-keys-required="true"' in page.text and 'data-open-reads="false"' in page.text
     assert KEY not in page.text
+
+
+def test_console_keeps_following_a_long_queued_job(
+    browser: Any, garments_zip: Path, tmp_path: Path
+) -> None:
+    """No worker: every event stream times out; after 20 the page polls until the job ends."""
+    import httpx
+    from playwright.sync_api import expect
+
+    env = {"P2L_START_WORKER": "false", "P2L_EVENT_STREAM_IDLE_SECONDS": "0.3"}
+    with start_service(tmp_path, **env) as service, httpx.Client(base_url=service.url) as api:
+        files = {"file": ("garments.zip", garments_zip.read_bytes())}
+        target = api.post("/v1/datasets", files=files, timeout=60).json()
+        body = {"target_dataset_id": target["id"], "epochs": 1, "schedule": "manual"}
+        job = api.post("/v1/finetunes", json=body, timeout=60).json()
+        assert job["status"] == "queued", job
+
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{service.url}/console/jobs/{job['id']}")
+        live = page.locator("#job-live")
+        expect(live).to_contain_text("checking every 5 s", timeout=60_000)
+        assert page.evaluate("window.p2lJobEvents").count("timeout") == 20
+        expect(page.locator("#job-status")).to_have_text("queued")
+
+        api.post(f"/v1/jobs/{job['id']}/cancel").raise_for_status()
+        expect(page.locator("#job-status")).to_have_text("cancelled", timeout=15_000)
+        assert not errors, errors

@@ -1,8 +1,10 @@
 """Cost before commitment: estimates from measured throughput, dry runs, no-worker warnings."""
 
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.db import make_engine, migrate, session_factory
 from app.finetune.options import FinetuneOptions
 from app.jobs.estimates import estimate_finetune, forward_flops, record_epoch, record_job
-from app.models import Ranking
+from app.jobs.progress import Meter, ProgressWriter
+from app.models import Ranking, Throughput
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
 from tests.servers import spawn
 from tests.test_job_leases import lease_env
@@ -160,3 +164,79 @@ def test_another_architectures_measurement_is_scaled_by_compute(session: Session
     assert wide.images_per_second == pytest.approx(100 * ratio, abs=0.1)
     assert "compact_cnn at 32 px" in wide.warnings[0]
     assert wide.seconds > own.seconds
+
+
+def test_unknown_compute_falls_back_to_a_prior_with_a_warning(session: Session) -> None:
+    # Counting FLOPs fails for an architecture the registry cannot build: still an estimate.
+    options = FinetuneOptions(schedule="manual", epochs=2)
+    guess = estimate_finetune(session, "no_such_architecture", 32, {"a": 30, "b": 30}, options)
+    assert guess.basis == "prior" and guess.flops_per_image is None and guess.seconds > 0
+    assert any("could not be counted" in w for w in guess.warnings)
+
+
+def test_workers_measuring_the_same_key_at_once_both_count(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'p2l.db'}")
+    migrate(engine)
+    sessions = session_factory(engine)
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with sessions() as other:
+                record_epoch(other, "w2", "compact_cnn", 32, "cpu", 200, 20, 2.5, 2.0)
+                other.commit()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    try:
+        # Both see no row yet: the first one's insert is not committed when the second
+        # writes (the second waits for it, then averages into it).
+        with sessions() as first:
+            record_epoch(first, "w1", "compact_cnn", 32, "cpu", 100, 20, 1.5, 1.0)
+            thread = threading.Thread(target=second)
+            thread.start()
+            time.sleep(0.3)
+            first.commit()
+        thread.join(30)
+        assert not errors, errors
+        with sessions() as session:
+            row = session.get(Throughput, ("compact_cnn", 32, "cpu"))
+            assert row is not None and row.epochs_measured == 2 and row.worker_id == "w2"
+            assert row.train_images_per_second == pytest.approx(0.7 * 100 + 0.3 * 100)
+            assert row.eval_images_per_second == pytest.approx(0.7 * 40 + 0.3 * 40)
+            record_job(session, "w1", "compact_cnn", 32, "cpu", images=100, overhead_seconds=1)
+            record_job(session, "w1", "compact_cnn", 32, "cpu", images=100, overhead_seconds=2)
+            session.commit()
+            session.refresh(row)
+            assert row.jobs_measured == 2
+            assert row.overhead_seconds_per_image == pytest.approx(0.7 * 0.01 + 0.3 * 0.02)
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class HeldFor:
+    job_id: str
+    worker_id: str
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+def test_head_only_auto_candidate_epochs_are_not_measured(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
+    migrate(engine)
+    sessions = session_factory(engine)
+    meter = Meter("w1", "compact_cnn", 32, "cpu", train_images=100, val_images=20)
+    writer = ProgressWriter(sessions, HeldFor("0" * 32, "w1"), [("auto_search", 1)] * 4, meter)
+    metrics = {"epoch": 1, "train_loss": 1.0, "seconds": 1.5, "train_seconds": 1.0}
+    frozen = {"decay": 1.0, "freeze_below": -1}
+    for index, candidate in enumerate(({"decay": 1.0}, frozen, frozen), start=1):
+        writer.update({"phase": "auto_search", "label": "auto", "candidate": candidate,
+                       "candidate_index": index, "candidates": 4, "epoch": 1, "epochs": 1,
+                       "metrics": {**metrics, "train_seconds": 1.0 / index}})  # fmt: skip
+    with sessions() as session:
+        row = session.get(Throughput, ("compact_cnn", 32, "cpu"))
+        assert row is not None and row.epochs_measured == 1
+        assert row.train_images_per_second == pytest.approx(100)
+    engine.dispose()

@@ -391,3 +391,25 @@ def _sweep_checks(client: TestClient) -> None:
         assert store.keys_under("evaluations") == set()
     finally:
         store.delete(evaluation_key(queued_id))
+
+
+def test_deleting_an_evaluation_job_deletes_its_archive(tmp_path: Path) -> None:
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path / "data", start_worker=False, import_bundled_zoo=False
+    )
+    with TestClient(create_app(settings)) as client:  # no worker: the job stays queued
+        state = client.app.state.service
+        with state.sessions() as session:
+            job_id = submit_job(session, "evaluate", {"model_id": "0" * 32, "images": 1}).id
+            session.commit()
+        staging = state.store.new_staging_dir()
+        (staging / "images").mkdir()
+        state.store.publish(staging, evaluation_key(job_id))
+        # Every job body says that nothing will run a queued job, and why.
+        listed = client.get("/v1/jobs").json()["items"]
+        assert [j["id"] for j in listed] == [job_id]
+        assert any("P2L_START_WORKER=false" in w for w in listed[0]["warnings"])
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 409
+        assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+        assert state.store.keys_under("evaluations") == set()

@@ -347,3 +347,22 @@ def test_start_sweeps_model_and_source_folders_no_row_owns(
     assert recent.exists()  # may be a live worker's, about to commit
     sources = client.get("/v1/sources", params={"page_size": 200}).json()["items"]
     assert sources and all((data_dir / "sources" / s["id"]).is_dir() for s in sources)
+
+
+def test_a_stopped_workers_heartbeat_stays_gone(tmp_path: Path) -> None:
+    from app.db import make_engine, migrate, session_factory
+    from app.jobs.estimates import alive_workers
+    from app.jobs.worker import Heartbeat
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
+    migrate(engine)
+    sessions = session_factory(engine)
+    beat = Heartbeat(sessions, "w1", "standalone", torch.device("cpu"))
+    with beat, sessions() as session:
+        assert [w.id for w in alive_workers(session)] == ["w1"]
+    # A beat that comes after the stop (its thread was mid-way) must not bring the row back.
+    beat.beat()
+    beat.running(None)
+    with sessions() as session:
+        assert alive_workers(session) == []
+    engine.dispose()

@@ -106,7 +106,7 @@ _ESTIMATE = {
     "workers_alive": 1,
     "warnings": [],
 }
-_JOB = {
+_JOB: dict[str, Any] = {
     "id": JOB_ID,
     "kind": "finetune",
     "status": "running",
@@ -267,9 +267,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "ArchiveEvaluation": {
         **_EVALUATION,
         "split": "archive",
-        "rejected": [
-            {"path": "shirt/notes.txt", "kind": "not_an_image", "reason": "not an image"}
-        ],
+        "rejected": [{"path": "shirt/notes.txt", "kind": "not_an_image", "reason": "not an image"}],
         "rejected_counts": {"not_an_image": 1},
         "rejected_total": 1,
     },

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.jobs.service import get_job
+from app.jobs.service import CANDIDATE_FIELDS, get_job
 from app.schemas import JobOut
 
 POLL_SECONDS = 0.5
@@ -114,7 +114,6 @@ def _event(name: str, data: object) -> str:
 
 _STATUS_FIELDS = ("status", "attempts", "worker_id")
 _PLAN_FIELDS = ("epochs_done", "epochs_planned")
-_CANDIDATE_FIELDS = ("candidate", "candidate_index", "candidates")
 
 
 def _phase_key(progress: Snapshot) -> tuple[Any, ...]:
@@ -181,7 +180,7 @@ def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]
         # The options say what the new phase plans; the progress may still hold the last's.
         phase["epochs"] = _phase_epochs(current, now.get("phase")) or phase["epochs"]
         if now.get("phase") == "auto_search":
-            phase.update({k: now.get(k) for k in _CANDIDATE_FIELDS})
+            phase.update({k: now.get(k) for k in CANDIDATE_FIELDS})
         events.append(("phase", phase))
         events += epochs[split:]
     position = ("phase", "epoch", "step")

@@ -1,6 +1,6 @@
 """Console pages: thin HTML shells; the browser fetches everything else from /v1 with the key."""
 
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -24,7 +24,10 @@ CSP = (
 )
 
 router = APIRouter(include_in_schema=False)
-VERSION = version("p2l-service")  # busts browser caches of the static files on upgrade
+try:
+    VERSION = version("p2l-service")  # busts browser caches of the static files on upgrade
+except PackageNotFoundError:  # run from a source checkout that is not pip-installed
+    VERSION = "dev"
 
 
 def static_files() -> StaticFiles:

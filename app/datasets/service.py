@@ -166,14 +166,18 @@ def stored_signature(store: ArtifactStore, key: str, reference_sha256: str) -> D
     return signature
 
 
-def dataset_files(store: ArtifactStore, dataset: Dataset) -> dict[str, list[Path]]:
-    """The stored image files of a dataset, by class (classes and files sorted)."""
-    images = store.path(dataset.artifact_key) / IMAGES_DIR
+def image_files(root: Path) -> dict[str, list[Path]]:
+    """The image files under ``root/<class>/``, by class (classes and files sorted)."""
     return {
         folder.name: sorted(folder.iterdir())
-        for folder in sorted(images.iterdir())
+        for folder in sorted(root.iterdir())
         if folder.is_dir()
     }
+
+
+def dataset_files(store: ArtifactStore, dataset: Dataset) -> dict[str, list[Path]]:
+    """The stored image files of a dataset, by class (classes and files sorted)."""
+    return image_files(store.path(dataset.artifact_key) / IMAGES_DIR)
 
 
 def delete_dataset(session: Session, store: ArtifactStore, dataset_id: str) -> None:

@@ -13,6 +13,7 @@ deprecated with a FutureWarning that no call avoids; the format is still what
 import copy
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,9 @@ PREPROCESSING_FILE = "preprocessing.json"
 ONNX_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+# One export at a time per process: torch.export and tracing keep global state, and an export
+# takes seconds of every core, so concurrent ones would only queue for the CPU anyway.
+_EXPORT_LOCK = threading.Lock()
 
 RESIZE_WORDS = (
     "centre-square crop and resize: scale the image so that its shorter side is input_size "
@@ -86,10 +90,11 @@ def export_model(
     example = torch.zeros(2, 3, input_size, input_size)
     target = folder / MODEL_FILES[format]
     details: dict[str, Any] = {"format": format, "file": target.name}
-    if format == "onnx":
-        details.update(export_onnx(network, example, target))
-    else:
-        export_torchscript(network, example, target)
+    with _EXPORT_LOCK:
+        if format == "onnx":
+            details.update(export_onnx(network, example, target))
+        else:
+            export_torchscript(network, example, target)
     spec = preprocessing_spec(architecture, input_size, class_names)
     (folder / PREPROCESSING_FILE).write_text(json.dumps({**spec, "export": details}, indent=2))
     return details

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from app.architectures import build_model
-from app.finetune.evaluation import evaluation_report
+from app.finetune.evaluation import confusion_matrix, evaluation_report
 from app.finetune.layers import LayerwiseLR, describe_groups, layer_groups, replace_head
 from app.finetune.options import FinetuneOptions, held_out_count
 from app.finetune.train import (
@@ -209,7 +209,7 @@ def finetune(
             else {}
         ),
         confusion_matrix=(
-            _confusion(evaluation.predictions, evaluation.labels, len(class_names))
+            confusion_matrix(evaluation.predictions, evaluation.labels, len(class_names)).tolist()
             if evaluation is not None
             else []
         ),
@@ -367,12 +367,6 @@ def _per_class(
         name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else None
         for i, name in enumerate(names)
     }
-
-
-def _confusion(predicted: np.ndarray, labels: np.ndarray, classes: int) -> list[list[int]]:
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
-    return matrix.tolist()
 
 
 def split_report(

@@ -7,15 +7,18 @@ architecture and input size ("measured"); another architecture's, scaled by forw
 per image ("scaled"); a rough prior ("prior").
 """
 
+import logging
 import math
 import os
 import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 
 import torch
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -25,6 +28,8 @@ from app.finetune.options import FinetuneOptions, split_sizes
 from app.finetune.pipeline import AUTO_CANDIDATES
 from app.models import Throughput, Worker, utcnow
 from app.schemas import Estimate
+
+logger = logging.getLogger("p2l.estimates")
 
 # A worker renews its heartbeat this often, idle or busy ...
 HEARTBEAT_SECONDS = 5.0
@@ -43,6 +48,9 @@ SMOOTHING = 0.3
 PRIOR_TRAIN_FLOPS_PER_SECOND = 3e10
 EVAL_SPEEDUP = 2.0
 PRIOR_OVERHEAD_SECONDS_PER_IMAGE = 0.01
+# Forward FLOPs per image the prior assumes where they cannot be counted: about a
+# ResNet-18 at 160 px (a guess; the estimate then says so).
+PRIOR_FLOPS_PER_IMAGE = 1e9
 
 
 def phase_plan(options: FinetuneOptions) -> list[tuple[str, int]]:
@@ -75,6 +83,15 @@ def forward_flops(architecture: str, input_size: int) -> float:
     with FlopCounterMode(display=False) as counter:
         model(image)
     return float(counter.get_total_flops())
+
+
+def counted_flops(architecture: str, input_size: int) -> float | None:
+    """``forward_flops``, or None (logged) where counting fails for the architecture."""
+    try:
+        return forward_flops(architecture, input_size)
+    except Exception:  # an estimate is advice: it must never cost the request
+        logger.exception("could not count the FLOPs of %s at %d px", architecture, input_size)
+        return None
 
 
 def device_type(device: torch.device | str) -> str:
@@ -133,14 +150,9 @@ def alive_workers(session: Session) -> list[Worker]:
 # Measurements.
 
 
-def _smoothed(old: float | None, new: float) -> float:
-    return new if old is None else (1 - SMOOTHING) * old + SMOOTHING * new
-
-
-def _throughput_row(
-    session: Session, architecture: str, input_size: int, device: str
-) -> Throughput | None:
-    return session.get(Throughput, (architecture, input_size, device))
+def _smoothed_sql(old: Any, new: Any) -> Any:
+    """The running average as SQL (NULL while either side is NULL)."""
+    return (1 - SMOOTHING) * old + SMOOTHING * new
 
 
 def record_epoch(
@@ -154,34 +166,49 @@ def record_epoch(
     seconds: float,
     train_seconds: float,
 ) -> None:
-    """Fold one epoch's measured speed into the running averages (the caller commits)."""
+    """Fold one epoch's measured speed into the running averages (the caller commits).
+
+    One upsert, averaged in SQL: workers measuring the same key at once neither clash on
+    the first row nor overwrite each other's measurements.
+    """
     if train_seconds <= 0 or train_images <= 0:
         return
     train_rate = train_images / train_seconds
     eval_seconds = seconds - train_seconds
     eval_rate = val_images / eval_seconds if val_images and eval_seconds > 0 else None
-    row = _throughput_row(session, architecture, input_size, device)
-    if row is None:
-        session.add(
-            Throughput(
-                architecture=architecture,
-                input_size=input_size,
-                device=device,
-                train_images_per_second=train_rate,
-                eval_images_per_second=eval_rate,
-                epochs_measured=1,
-                jobs_measured=0,
-                worker_id=worker_id,
-                updated_at=utcnow(),
-            )
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    row = insert(Throughput).values(
+        architecture=architecture,
+        input_size=input_size,
+        device=device,
+        train_images_per_second=train_rate,
+        eval_images_per_second=eval_rate,
+        epochs_measured=1,
+        jobs_measured=0,
+        worker_id=worker_id,
+        updated_at=utcnow(),
+    )
+    new = row.excluded
+    session.execute(
+        row.on_conflict_do_update(
+            index_elements=[Throughput.architecture, Throughput.input_size, Throughput.device],
+            set_={
+                "train_images_per_second": _smoothed_sql(
+                    Throughput.train_images_per_second, new.train_images_per_second
+                ),
+                # No validation this epoch (NULL): the old average stays.
+                "eval_images_per_second": func.coalesce(
+                    _smoothed_sql(Throughput.eval_images_per_second, new.eval_images_per_second),
+                    new.eval_images_per_second,
+                    Throughput.eval_images_per_second,
+                ),
+                "epochs_measured": Throughput.epochs_measured + 1,
+                "worker_id": new.worker_id,
+                "updated_at": new.updated_at,
+            },
         )
-        return
-    row.train_images_per_second = _smoothed(row.train_images_per_second, train_rate)
-    if eval_rate is not None:
-        row.eval_images_per_second = _smoothed(row.eval_images_per_second, eval_rate)
-    row.epochs_measured += 1
-    row.worker_id = worker_id
-    row.updated_at = utcnow()
+    )
 
 
 def record_job(
@@ -193,27 +220,48 @@ def record_job(
     images: int,
     overhead_seconds: float,
 ) -> None:
-    """Fold a job's time outside its epochs (loading, evaluating, saving) in; caller commits."""
-    row = _throughput_row(session, architecture, input_size, device)
-    if row is None or images <= 0:  # no epoch measured: nothing to attach it to
+    """Fold a job's time outside its epochs (loading, evaluating, saving) in; caller commits.
+
+    Nothing without a row: no epoch was measured to attach it to.
+    """
+    if images <= 0:
         return
     per_image = max(overhead_seconds, 0.0) / images
-    row.overhead_seconds_per_image = _smoothed(row.overhead_seconds_per_image, per_image)
-    row.jobs_measured += 1
-    row.worker_id = worker_id
-    row.updated_at = utcnow()
+    session.execute(
+        update(Throughput)
+        .where(
+            Throughput.architecture == architecture,
+            Throughput.input_size == input_size,
+            Throughput.device == device,
+        )
+        .values(
+            overhead_seconds_per_image=func.coalesce(
+                _smoothed_sql(Throughput.overhead_seconds_per_image, per_image), per_image
+            ),
+            jobs_measured=Throughput.jobs_measured + 1,
+            worker_id=worker_id,
+            updated_at=utcnow(),
+        )
+    )
 
 
 # Estimates.
 
 
-def no_worker_warning() -> str:
-    """What a client is told when nothing would run its job."""
+def no_worker_warning(runner: str | None) -> str:
+    """What a client is told when nothing would run its job: ``runner`` is the kind of the
+    service's own runner (P2L_RUNNER), down now, or None when the service starts none."""
+    if runner is None:
+        reason = "the service starts none (P2L_START_WORKER=false)"
+        remedy = "or restart the service with P2L_START_WORKER=true"
+    else:
+        reason = f"the service's {runner} runner is down (see the service's log)"
+        remedy = "or restart the service"
     return (
-        "no worker is alive to run this job: the service starts none (P2L_START_WORKER=false) "
-        f"and no worker has reported in for {WORKER_FRESH_SECONDS:g} s; it stays queued "
-        "until one runs. Start one with `python -m app.jobs.worker` (same P2L_ settings, "
-        "same database and data dir), or restart the service with P2L_START_WORKER=true."
+        f"no worker is alive to run this job: {reason} and no worker has reported in for "
+        f"{WORKER_FRESH_SECONDS:g} s; it stays queued until one runs. Start one with "
+        f"`python -m app.jobs.worker` (same P2L_ settings, same database and data dir), "
+        f"{remedy}."
     )
 
 
@@ -242,14 +290,14 @@ def estimate_finetune(
         devices,
     )
     warnings: list[str] = []
-    flops = forward_flops(architecture, input_size)
+    flops = counted_flops(architecture, input_size)
     device: str | None
     if own is not None:
         basis, device = "measured", own.device
         train_rate = own.train_images_per_second
         eval_rate = own.eval_images_per_second or train_rate * EVAL_SPEEDUP
         overhead = own.overhead_seconds_per_image
-    elif (other := _nearest_in_compute(rows, devices, flops)) is not None:
+    elif flops is not None and (other := _nearest_in_compute(rows, devices, flops)) is not None:
         basis, device = "scaled", other.device
         ratio = forward_flops(other.architecture, other.input_size) / flops
         train_rate = other.train_images_per_second * ratio
@@ -262,13 +310,19 @@ def estimate_finetune(
         )
     else:
         basis, device = "prior", None
-        train_rate = PRIOR_TRAIN_FLOPS_PER_SECOND / (3 * flops)
+        train_rate = PRIOR_TRAIN_FLOPS_PER_SECOND / (3 * (flops or PRIOR_FLOPS_PER_IMAGE))
         eval_rate = train_rate * EVAL_SPEEDUP
         overhead = None
-        warnings.append(
-            "no worker has measured any training speed yet: the estimate is a rough prior "
-            "(it may be off several times); it improves once a job has run"
-        )
+        if flops is None:
+            warnings.append(
+                f"the compute per image of {architecture} could not be counted: the estimate "
+                "is a guess (it may be off many times); it improves once a job has run"
+            )
+        else:
+            warnings.append(
+                "no worker has measured any training speed yet: the estimate is a rough "
+                "prior (it may be off several times); it improves once a job has run"
+            )
     per_epoch = train / train_rate + val / eval_rate
     extra = images * (overhead if overhead is not None else PRIOR_OVERHEAD_SECONDS_PER_IMAGE)
     return Estimate(
@@ -293,7 +347,12 @@ def _nearest_in_compute(
     rows: list[Throughput], devices: set[str], flops: float
 ) -> Throughput | None:
     """The measurement of the architecture closest in compute per image (log scale)."""
-    known = [r for r in rows if r.architecture in known_architectures()]
+    known = [
+        r
+        for r in rows
+        if r.architecture in known_architectures()
+        and counted_flops(r.architecture, r.input_size) is not None
+    ]
     on_devices = [r for r in known if r.device in devices] or known
     if not on_devices:
         return None

@@ -3,32 +3,33 @@
 A small archive is scored in the request; a larger one is stored under
 ``evaluations/<job id>`` and scored by a worker as a job of kind ``evaluate``, whose result
 is the EvaluationReport. The stored images are deleted once the job has succeeded; a job
-that failed or was cancelled leaves them until ``sweep_evaluation_archives`` (or the job's
-deletion) removes them.
+that failed or was cancelled leaves them until its record is deleted (``DELETE
+/v1/jobs/{id}`` deletes them with it) or ``sweep_evaluation_archives`` (at service start
+and periodically) removes them.
 """
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import numpy as np
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import get_spec, load_model
 from app.config import Settings
 from app.datasets.archive import ArchiveError, ImageFolder, extract_image_folder
 from app.datasets.loading import pixel_batches
-from app.datasets.service import IMAGES_DIR, archive_limits
+from app.datasets.service import IMAGES_DIR, archive_limits, image_files
 from app.errors import InvalidInput
 from app.finetune.evaluation import evaluation_report
 from app.finetune.train import Cancelled, ImageTensors, evaluate
 from app.jobs.finetunes import ModelCache, get_model, model_weights_path
-from app.jobs.service import RUNNING, SUCCEEDED, TERMINAL, finish_job, submit_job
+from app.jobs.progress import HeldLease, ProgressWriter
+from app.jobs.service import SUCCEEDED, TERMINAL, finish_job, submit_job
 from app.models import FinetunedModel, Job
 from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
@@ -38,14 +39,6 @@ logger = logging.getLogger("p2l.evaluations")
 EVALUATIONS_PREFIX = "evaluations"
 # Images decoded and scored at a time: bounds memory whatever the archive's size.
 BATCH_IMAGES = 256
-
-
-class HeldLease(Protocol):
-    """What a job body needs of the worker's lease on its job."""
-
-    job_id: str
-    worker_id: str
-    lost: threading.Event
 
 
 def evaluation_key(job_id: str) -> str:
@@ -83,15 +76,6 @@ def extract_labelled_archive(
             **rejected,
         )
     return folder
-
-
-def stored_files(root: Path) -> dict[str, list[Path]]:
-    """The image files under ``root/<class>/``, by class (classes and files sorted)."""
-    return {
-        folder.name: sorted(folder.iterdir())
-        for folder in sorted(root.iterdir())
-        if folder.is_dir()
-    }
 
 
 def evaluate_files(
@@ -199,17 +183,20 @@ def run_evaluation(
     root = store.path(key) / IMAGES_DIR
     if not root.is_dir():
         raise FileNotFoundError(f"the images of this evaluation ({key}) are gone")
-    files = stored_files(root)
+    files = image_files(root)
     count = sum(len(paths) for paths in files.values())
-    _write_progress(sessions, lease, {"phase": "evaluating", "label": f"evaluating {count} images"})
-    network = load_model(model.architecture, len(model.class_names), weights).to(device)
-    stop = _stop_check(sessions, lease)
-    report = evaluate_files(
-        network, model.architecture, model.input_size, model.class_names, files, "archive",
-        device=device, should_stop=stop,
-    )  # fmt: skip
+    progress = ProgressWriter(sessions, lease)
+    try:
+        progress.set_phase("evaluating", f"evaluating {count} images")
+        network = load_model(model.architecture, len(model.class_names), weights).to(device)
+        report = evaluate_files(
+            network, model.architecture, model.input_size, model.class_names, files, "archive",
+            device=device, should_stop=progress.should_stop,
+        )  # fmt: skip
+    finally:
+        progress.close()
     seconds = time.monotonic() - started
-    progress = {
+    final = {
         "phase": "done",
         "label": f"done: {count} images evaluated in {seconds:.0f} s",
         "epochs_done": 0,
@@ -219,7 +206,7 @@ def run_evaluation(
     with sessions() as session:
         finished = finish_job(
             session, job.id, lease.worker_id, SUCCEEDED,
-            result=report, error=None, progress=progress,
+            result=report, error=None, progress=final,
         )  # fmt: skip
         session.commit()
     if not finished:
@@ -255,35 +242,3 @@ def sweep_evaluation_archives(
             store.delete(key)
             removed += 1
     return removed
-
-
-def _write_progress(
-    sessions: sessionmaker[Session], lease: HeldLease, progress: dict[str, Any]
-) -> None:
-    """Store the job's progress while this worker holds it."""
-    with sessions() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == lease.job_id, Job.worker_id == lease.worker_id, Job.status == RUNNING)
-            .values(progress=progress)
-        )
-        session.commit()
-
-
-def _stop_check(sessions: sessionmaker[Session], lease: HeldLease) -> Callable[[], bool]:
-    """True once cancellation was asked, the lease was lost or the job is no longer ours."""
-
-    def should_stop() -> bool:
-        if lease.lost.is_set():
-            return True
-        with sessions() as session:
-            row = session.execute(
-                select(Job.cancel_requested, Job.worker_id, Job.status).where(
-                    Job.id == lease.job_id
-                )
-            ).first()
-        if row is None or row.cancel_requested:
-            return True
-        return bool(row.worker_id != lease.worker_id or row.status != RUNNING)
-
-    return should_stop

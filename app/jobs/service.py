@@ -30,8 +30,10 @@ FINAL_PHASES = {SUCCEEDED: "done", FAILED: "failed", CANCELLED: "cancelled"}
 QUEUED_PROGRESS = {"phase": "queued", "label": "waiting for a worker"}
 # A worker just took the job: it loads the data and the model before the first epoch.
 LOADING_PROGRESS = {"phase": "loading", "label": "loading the images and the model"}
+# The progress fields of an auto_search phase that name the candidate being tried.
+CANDIDATE_FIELDS = ("candidate", "candidate_index", "candidates")
 # Fields that describe a moment of the run, not its outcome: gone once it has ended.
-_TRANSIENT = ("step", "steps_per_epoch", "candidate", "candidate_index", "candidates")
+_TRANSIENT = ("step", "steps_per_epoch", *CANDIDATE_FIELDS)
 
 
 def final_progress(
@@ -112,13 +114,17 @@ def make_worker_id(pid: int, suffix: str | None = None) -> str:
     return f"{socket.gethostname()[:40]}-{pid}-{suffix or uuid.uuid4().hex[:8]}"
 
 
-def delete_job(session: Session, job_id: str) -> None:
-    """Remove a finished job's record (its model, if any, stays); Conflict while it runs."""
+def delete_job(session: Session, job_id: str) -> Job:
+    """Remove a finished job's record (its model, if any, stays); Conflict while it runs.
+
+    Returns the deleted job: the caller removes any files that were the job's alone.
+    """
     job = get_job(session, job_id)
     if job.status not in TERMINAL:
         raise Conflict(f"job {job_id} is {job.status}; cancel it first, then delete it")
     session.delete(job)
     session.commit()
+    return job
 
 
 def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
@@ -164,20 +170,23 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: str, **val
 
     Its progress becomes final (see ``final_progress``) unless ``values`` gives one.
     """
-    if "progress" not in values:
-        row = session.execute(
-            select(Job.progress, Job.started_at).where(Job.id == job_id, Job.worker_id == worker_id)
-        ).first()
-        if row is not None:
-            values["progress"] = final_progress(
-                row.progress, status, row.started_at, values.get("error")
-            )
     finished = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
         .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
     )
-    return rows_matched(finished) == 1
+    if rows_matched(finished) != 1:
+        return False
+    if "progress" not in values:
+        # Read after the status change, which holds the row (PostgreSQL) or the database
+        # (SQLite) until the commit: a progress write waits, then matches nothing (the job
+        # is no longer running), so the final progress has every epoch written before it.
+        row = session.execute(
+            select(Job.progress, Job.started_at).where(Job.id == job_id).with_for_update()
+        ).one()
+        progress = final_progress(row.progress, status, row.started_at, values.get("error"))
+        session.execute(update(Job).where(Job.id == job_id).values(progress=progress))
+    return True
 
 
 def release_jobs(

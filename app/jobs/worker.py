@@ -14,14 +14,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import get_spec, load_model, weights_to_save
@@ -38,17 +35,14 @@ from app.jobs.estimates import (
     forget_worker,
     heartbeat,
     phase_plan,
-    record_epoch,
-    record_job,
     split_totals,
 )
-from app.jobs.evaluations import HeldLease, run_evaluation
+from app.jobs.evaluations import run_evaluation
 from app.jobs.finetunes import MODEL_WEIGHTS
+from app.jobs.progress import Meter, ProgressWriter
 from app.jobs.service import (
     CANCELLED,
     FAILED,
-    LOADING_PROGRESS,
-    RUNNING,
     SUCCEEDED,
     claim_next_job,
     finish_job,
@@ -157,191 +151,6 @@ class Lease:
             os._exit(1)
 
 
-@dataclass
-class Meter:
-    """What a job's epochs measure the worker's throughput on (see app.jobs.estimates)."""
-
-    worker_id: str
-    architecture: str
-    input_size: int
-    device: str
-    train_images: int
-    val_images: int
-
-
-class JobProgress:
-    """Throttled progress writes and the stop check, for one running job.
-
-    Folds the pipeline's events (phase, epoch, step) into the job's ``progress`` (see
-    JobProgress in app.schemas): epochs done out of those planned, elapsed time and ETA.
-    ``plan`` lists the training phases and their epochs; when a phase ends early (early
-    stopping), the epochs it skipped leave the plan.
-    """
-
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        lease: HeldLease,
-        plan: list[tuple[str, int]] | None = None,
-        meter: Meter | None = None,
-        estimate_seconds: float | None = None,
-    ) -> None:
-        self.sessions = sessions
-        self.lease = lease
-        self.job_id = lease.job_id
-        self.plan = plan or []
-        self.meter = meter
-        self.estimate_seconds = estimate_seconds
-        self.epochs_done = 0
-        self.segment = -1  # index in plan of the phase now training
-        self.segment_key: tuple[str, Any] | None = None
-        self.started = self.epoch_started = time.monotonic()
-        self.last_write = 0.0
-        self.state: dict[str, Any] = {
-            **LOADING_PROGRESS,
-            "epochs_done": 0,
-            "epochs_planned": sum(epochs for _, epochs in self.plan),
-            "history": [],
-        }
-        self._connection: Connection | None = None
-        self._stop_query: Select[bool, str | None, str] | None = None
-
-    @property
-    def epoch_seconds(self) -> float:
-        """Time spent in the epochs finished so far."""
-        return float(sum(m["seconds"] for m in self.state["history"]))
-
-    def set_phase(self, phase: str, label: str) -> None:
-        """Enter a phase without epochs (loading, evaluating, saving) and store it at once."""
-        for key in ("epoch", "epochs", "step", "steps_per_epoch", *_CANDIDATE_FIELDS):
-            self.state.pop(key, None)
-        self.state.update(phase=phase, label=label)
-        self.epoch_started = time.monotonic()
-        self._timing()
-        self.write()
-
-    def update(self, event: dict[str, Any]) -> None:
-        """Fold in a phase, step or epoch event; write at most twice a second (always per
-        epoch and per phase change)."""
-        if "epoch" not in event:
-            self.set_phase(event["phase"], event.get("label") or event["phase"])
-            return
-        event = dict(event)
-        changed = self._enter(event)
-        epoch_end = "metrics" in event
-        if epoch_end:
-            self.epochs_done += 1
-            metrics = {"phase": event["phase"], **event.pop("metrics")}
-            self.state["history"] = [*self.state["history"], metrics]
-            self.state.pop("step", None)
-            self.state.pop("steps_per_epoch", None)
-            self.epoch_started = time.monotonic()
-        self.state.update(event)
-        self.state["epochs_done"] = self.epochs_done
-        self._timing()
-        if epoch_end or changed or time.monotonic() - self.last_write >= 0.5:
-            self.write(measured=metrics if epoch_end else None)
-
-    def _enter(self, event: dict[str, Any]) -> bool:
-        """Notice a new training phase (or auto candidate): re-plan what is left; True if new."""
-        key = (event["phase"], event.get("candidate_index"))
-        if key == self.segment_key:
-            return False
-        self.segment_key = key
-        self.segment += 1
-        for field_name in _CANDIDATE_FIELDS:  # details of the previous phase
-            self.state.pop(field_name, None)
-        if self.segment < len(self.plan):
-            left = sum(epochs for _, epochs in self.plan[self.segment :])
-            self.state["epochs_planned"] = self.epochs_done + left
-        return True
-
-    def _timing(self) -> None:
-        """Elapsed time, and the ETA at the pace so far (the estimate before any is known)."""
-        now = time.monotonic()
-        elapsed = now - self.started
-        self.state["elapsed_seconds"] = round(elapsed, 1)
-        planned = self.state.get("epochs_planned") or 0
-        history = self.state["history"]
-        step, steps = self.state.get("step"), self.state.get("steps_per_epoch")
-        per_epoch: float | None = None
-        into_epoch = 0.0
-        if history:
-            per_epoch = self.epoch_seconds / len(history)
-        elif step and steps:
-            per_epoch = (now - self.epoch_started) / step * steps
-        if step and steps:
-            into_epoch = step / steps
-        if per_epoch is not None:
-            left = max(planned - self.epochs_done - into_epoch, 0.0)
-            self.state["eta_seconds"] = round(per_epoch * left, 1)
-        elif self.estimate_seconds is not None:
-            self.state["eta_seconds"] = round(max(self.estimate_seconds - elapsed, 0.0), 1)
-
-    def write(self, measured: dict[str, Any] | None = None) -> None:
-        """Store the progress so far (and what a finished epoch measured)."""
-        self.last_write = time.monotonic()
-        with self.sessions() as session:
-            session.execute(
-                update(Job)
-                .where(
-                    Job.id == self.job_id,
-                    Job.worker_id == self.lease.worker_id,
-                    Job.status == RUNNING,
-                )
-                .values(progress=dict(self.state))
-            )
-            if measured is not None and self.meter is not None:
-                meter = self.meter
-                record_epoch(
-                    session, meter.worker_id, meter.architecture, meter.input_size,
-                    meter.device, meter.train_images, meter.val_images,
-                    measured["seconds"], measured["train_seconds"],
-                )  # fmt: skip
-            session.commit()
-
-    def record_job(self, images: int) -> None:
-        """Record the job's time outside its epochs (loading, evaluating, saving)."""
-        if self.meter is None or not self.state["history"]:
-            return
-        overhead = time.monotonic() - self.started - self.epoch_seconds
-        meter = self.meter
-        try:
-            with self.sessions() as session:
-                record_job(
-                    session, meter.worker_id, meter.architecture, meter.input_size,
-                    meter.device, images, overhead,
-                )  # fmt: skip
-                session.commit()
-        except Exception:  # a measurement is not worth failing a finished job for
-            logger.exception("job %s: could not record its throughput", self.job_id)
-
-    def should_stop(self) -> bool:
-        """True once cancellation was asked or the lease lost (checked before every step)."""
-        if self.lease.lost.is_set():
-            return True
-        if self._connection is None or self._stop_query is None:
-            # One autocommit connection for the whole job: a check costs one small query.
-            engine = self.sessions.kw["bind"]
-            self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._stop_query = select(Job.cancel_requested, Job.worker_id, Job.status).where(
-                Job.id == self.job_id
-            )
-        row = self._connection.execute(self._stop_query).first()
-        if row is None or row.cancel_requested:
-            return True
-        # Reaped (and perhaps claimed by another worker), or ended: not ours to train on.
-        return row.worker_id != self.lease.worker_id or row.status != RUNNING
-
-    def close(self) -> None:
-        """Release the connection of the stop checks."""
-        if self._connection is not None:
-            self._connection.close()
-
-
-_CANDIDATE_FIELDS = ("candidate", "candidate_index", "candidates")
-
-
 def run_finetune(
     sessions: sessionmaker[Session],
     store: ArtifactStore,
@@ -366,7 +175,7 @@ def run_finetune(
         train_images, val_images,
     )  # fmt: skip
     estimate = params.get("estimate") or {}
-    progress = JobProgress(sessions, lease, phase_plan(options), meter, estimate.get("seconds"))
+    progress = ProgressWriter(sessions, lease, phase_plan(options), meter, estimate.get("seconds"))
     try:
         progress.set_phase(
             "loading", f"loading {dataset.num_images} images and the source {source.name}"
@@ -442,6 +251,9 @@ class Heartbeat:
         self.job_id: str | None = None
         self.jobs_run = 0
         self._done = threading.Event()
+        # Beats and the final delete take turns: a beat in flight at the stop would put the
+        # row back, and the stopped worker would count as alive for WORKER_FRESH_SECONDS.
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, name="p2l-heartbeat", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
@@ -450,13 +262,14 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
+        with self._lock:  # waits for a beat in flight; no beat writes after this
+            self._done.set()
+            try:
+                with self.sessions() as session:
+                    forget_worker(session, self.worker_id)
+            except Exception:  # its row goes stale and stops counting as alive
+                logger.exception("worker %s: could not remove its heartbeat row", self.worker_id)
         self._thread.join(5)
-        try:
-            with self.sessions() as session:
-                forget_worker(session, self.worker_id)
-        except Exception:  # its row goes stale and stops counting as alive
-            logger.exception("worker %s: could not remove its heartbeat row", self.worker_id)
 
     def running(self, job_id: str | None) -> None:
         """Note the job the worker runs now (None once it ended) and report at once."""
@@ -466,14 +279,18 @@ class Heartbeat:
         self.beat()
 
     def beat(self) -> None:
-        """Renew the row now (a failure is logged: the next beat tries again)."""
-        try:
-            with self.sessions() as session:
-                heartbeat(
-                    session, self.worker_id, self.kind, self.device, self.job_id, self.jobs_run
-                )
-        except Exception:
-            logger.exception("worker %s: heartbeat failed", self.worker_id)
+        """Renew the row now (a failure is logged: the next beat tries again); nothing once
+        the worker is stopping."""
+        with self._lock:
+            if self._done.is_set():
+                return
+            try:
+                with self.sessions() as session:
+                    heartbeat(
+                        session, self.worker_id, self.kind, self.device, self.job_id, self.jobs_run
+                    )
+            except Exception:
+                logger.exception("worker %s: heartbeat failed", self.worker_id)
 
     def _beat(self) -> None:
         while not self._done.wait(HEARTBEAT_SECONDS):

@@ -48,6 +48,7 @@ def show_json(value: Any) -> None:
 
 
 def cmd_health(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l health`: is the service up, and its database."""
     health = client.health()
     return Answer(
         health,
@@ -58,10 +59,12 @@ def cmd_health(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def cmd_reference(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l reference`: the active reference network."""
     return Answer(client.reference())
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l datasets upload`: send a folder (zipped here) or an archive."""
     path = Path(args.path)
     if path.is_file() and not is_archive(path):
         err.print(f"note: {path} does not end like an archive; sending it as one")
@@ -70,6 +73,7 @@ def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def show_upload(d: dict[str, Any]) -> None:
+    """The stored dataset and the files the service left out."""
     show_dataset(d)
     if d.get("rejected_total"):
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(d["rejected_counts"].items()))
@@ -79,6 +83,7 @@ def show_upload(d: dict[str, Any]) -> None:
 
 
 def show_dataset(d: dict[str, Any]) -> None:
+    """One line: the dataset's id, name, size and classes."""
     classes = ", ".join(f"{c['name']} {c['count']}" for c in d["classes"])
     out.print(
         f"dataset {d['id']} {d['name']}: {d['num_images']} images in "
@@ -87,6 +92,7 @@ def show_dataset(d: dict[str, Any]) -> None:
 
 
 def cmd_datasets_list(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l datasets list`: datasets, newest first, as a table."""
     rows = limited(client.datasets.list(args.page_size), args.limit)
     return Answer(
         rows, lambda r: table(r, ["id", "name", "num_images", "num_classes", "created_at"])
@@ -94,25 +100,30 @@ def cmd_datasets_list(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def cmd_datasets_get(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l datasets get`: one dataset."""
     return Answer(client.datasets.get(args.id), show_dataset)
 
 
 def cmd_datasets_delete(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l datasets delete`: remove a dataset and its files."""
     client.datasets.delete(args.id)
     return Answer({"deleted": args.id}, lambda v: out.print(f"deleted dataset {args.id}"))
 
 
 def cmd_sources_list(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l sources list`: the zoo, newest first, as a table."""
     rows = limited(client.sources.list(args.page_size), args.limit)
     columns = ["id", "name", "architecture", "num_classes", "num_images", "origin"]
     return Answer(rows, lambda r: table(r, columns))
 
 
 def cmd_sources_get(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l sources get`: one source."""
     return Answer(client.sources.get(args.id), show_source)
 
 
 def show_source(s: dict[str, Any]) -> None:
+    """The source's architecture, size, origin and classes."""
     out.print(
         f"source {s['id']} {s['name']}: {s['architecture']} at {s['input_size']} px, "
         f"{s['num_classes']} classes, trained on {s['num_images']} images ({s['origin']})"
@@ -121,6 +132,7 @@ def show_source(s: dict[str, Any]) -> None:
 
 
 def cmd_rank(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l rank`: rank the zoo for a target dataset."""
     ranking = client.rankings.create(
         args.target, method=args.method, measure=args.measure, top_k=args.top_k, lam=args.lam
     )
@@ -128,6 +140,7 @@ def cmd_rank(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def show_ranking(r: dict[str, Any]) -> None:
+    """The ranked sources as a table, the excluded ones, and any warnings."""
     out.print(
         f"ranking {r['id']}: {r['method']} ({r['measure']}) for target {r['target_dataset_id']}"
     )
@@ -137,7 +150,10 @@ def show_ranking(r: dict[str, Any]) -> None:
             f"{len(r['excluded'])} source(s) excluded, e.g. {r['excluded'][0]['name']}: "
             f"{r['excluded'][0]['reason']}"
         )
-    if not r["results"]:
+    warnings = r.get("warnings") or []
+    for warning in warnings:  # why nothing (or less than asked) was ranked, e.g. an empty zoo
+        out.print(f"warning: {warning}", style="yellow")
+    if not r["results"] and not warnings:
         out.print("no source ranked", style="yellow")
 
 
@@ -161,6 +177,7 @@ FINETUNE_OPTIONS = (
 
 
 def cmd_finetune(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l finetune`: queue a fine-tune (or estimate it), following it with --wait."""
     options = {k: getattr(args, k) for k in FINETUNE_OPTIONS if getattr(args, k) is not None}
     if args.dry_run:
         estimate = client.finetunes.estimate(args.target, args.source, **options)
@@ -175,6 +192,7 @@ def cmd_finetune(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def show_estimate(e: dict[str, Any]) -> None:
+    """What a fine-tune would cost, and its warnings."""
     out.print(
         f"estimated {format_seconds(e['seconds'])} ({e['seconds']:.0f} s) for up to "
         f"{e['epochs_planned']} epochs of {e['train_images']} images "
@@ -186,6 +204,7 @@ def show_estimate(e: dict[str, Any]) -> None:
 
 
 def show_started(job: Mapping[str, Any], to: Console = out) -> None:
+    """A just-queued job: its source, target, estimate and warnings."""
     params = job.get("params") or {}
     source = params.get("source_name") or params.get("source_id") or "?"
     to.print(
@@ -207,6 +226,7 @@ def finished(job: Mapping[str, Any]) -> Answer:
 
 
 def show_job(job: dict[str, Any]) -> None:
+    """A job's status and progress, and its report once it has one."""
     progress = job.get("progress") or {}
     label = progress.get("label") or progress.get("phase") or ""
     done, planned = progress.get("epochs_done"), progress.get("epochs_planned")
@@ -224,6 +244,7 @@ def show_job(job: dict[str, Any]) -> None:
 
 
 def show_report(r: dict[str, Any]) -> None:
+    """A fine-tune report: accuracies, schedule, baseline and warnings."""
     acc = ", ".join(
         f"{k} {r[k]:.3f}" for k in ("test_accuracy", "val_accuracy") if r.get(k) is not None
     )
@@ -248,6 +269,7 @@ def show_report(r: dict[str, Any]) -> None:
 
 
 def cmd_jobs_list(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l jobs list`: jobs, newest first, as a table."""
     rows = limited(client.jobs.list(args.page_size), args.limit)
     for row in rows:  # flattened for the table only; --json gets the jobs unchanged
         row.setdefault("phase", (row.get("progress") or {}).get("phase"))
@@ -257,23 +279,28 @@ def cmd_jobs_list(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def cmd_jobs_get(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l jobs get`: one job."""
     return Answer(client.jobs.get(args.id), show_job)
 
 
 def cmd_jobs_watch(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l jobs watch`: follow a job until it ends (exit 1 unless it succeeds)."""
     return finished(client.jobs.wait(args.id, progress=not args.no_progress))
 
 
 def cmd_jobs_cancel(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l jobs cancel`: cancel a job."""
     return Answer(client.jobs.cancel(args.id), show_job)
 
 
 def cmd_predict(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l predict`: top-k labels for images, with a fine-tuned model."""
     answer = client.models.predict(args.model, args.files, top_k=args.top_k)
     return Answer(answer, show_predictions)
 
 
 def show_predictions(p: dict[str, Any]) -> None:
+    """One line per image: the best label, then the others."""
     for item in p["predictions"]:
         best = item["top"][0]
         others = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in item["top"][1:])
@@ -282,6 +309,7 @@ def show_predictions(p: dict[str, Any]) -> None:
 
 
 def cmd_export(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l export`: save a model as an ONNX or TorchScript zip."""
     path = client.models.export(args.model, args.output, format=args.format)
     value = {
         "model_id": args.model,
@@ -293,11 +321,13 @@ def cmd_export(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def cmd_evaluate(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l evaluate`: score a model on a labelled folder or archive."""
     report = client.models.evaluate(args.model, args.data, wait=True, progress=not args.no_progress)
     return Answer(report, show_evaluation)
 
 
 def show_evaluation(r: dict[str, Any]) -> None:
+    """An evaluation: accuracy, per-class metrics, the worst misclassified images."""
     out.print(
         f"{r['split']}: accuracy {r['accuracy']:.3f}, macro F1 {r['macro_f1']:.3f} "
         f"on {r['images']} images"
@@ -313,6 +343,7 @@ def show_evaluation(r: dict[str, Any]) -> None:
 
 
 def cmd_models_list(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l models list`: models, newest first, as a table."""
     rows = limited(client.models.list(args.page_size), args.limit)
     for row in rows:
         row.setdefault("test_accuracy", (row.get("report") or {}).get("test_accuracy"))
@@ -321,10 +352,12 @@ def cmd_models_list(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def cmd_models_get(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l models get`: one model and its report."""
     return Answer(client.models.get(args.id), show_model)
 
 
 def show_model(m: dict[str, Any]) -> None:
+    """A model, its report and evaluation, and its source if registered."""
     out.print(
         f"model {m['id']}: {m['architecture']} at {m['input_size']} px, classes "
         f"{', '.join(m['class_names'])}"
@@ -338,10 +371,12 @@ def show_model(m: dict[str, Any]) -> None:
 
 
 def cmd_models_register(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l models register`: add a model to the zoo as a source."""
     return Answer(client.models.register(args.id, name=args.name), show_source)
 
 
 def cmd_models_delete(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l models delete`: remove a model and its weights."""
     client.models.delete(args.id)
     return Answer({"deleted": args.id}, lambda v: out.print(f"deleted model {args.id}"))
 
@@ -380,6 +415,8 @@ def pick(value: Any, path: str) -> Any:
     """``value`` at a dotted path: ``result.test_accuracy``, ``results.0.name``."""
     for key in path.split("."):
         if isinstance(value, list) and key.lstrip("-").isdigit():
+            if not -len(value) <= int(key) < len(value):
+                raise KeyError(f"--field {path}: no item {key} in a list of {len(value)}")
             value = value[int(key)]
         elif isinstance(value, dict) and key in value:
             value = value[key]

@@ -16,6 +16,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -216,10 +217,14 @@ class Client:
                 if target.is_dir():
                     target = target / _attachment_name(response, path)
                 partial = target.with_name(target.name + ".part")
-                with partial.open("wb") as out:
-                    for chunk in response.iter_bytes():
-                        out.write(chunk)
-                partial.replace(target)  # never a half-written file under the final name
+                try:
+                    with partial.open("wb") as out:
+                        for chunk in response.iter_bytes():
+                            out.write(chunk)
+                    partial.replace(target)  # never a half-written file under the final name
+                except BaseException:
+                    partial.unlink(missing_ok=True)  # a cut stream or a full disk leaves nothing
+                    raise
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         return target
@@ -274,16 +279,27 @@ def _file_part(field: str, item: FileInput) -> tuple[str, tuple[str, Any]]:
     return field, (path.name, path.read_bytes())
 
 
-def _archive_part(data: StrPath | tuple[str, bytes] | tuple[str, IO[bytes]]) -> tuple[str, Any]:
-    """(filename, content) of a labelled upload: a folder is zipped, an archive sent as is."""
+@contextmanager
+def _archive_part(
+    data: StrPath | tuple[str, bytes] | tuple[str, IO[bytes]],
+) -> Iterator[tuple[str, Any]]:
+    """(filename, content) of a labelled upload: a folder is zipped, an archive sent as is.
+
+    What is opened here (a zip, a file) is closed on exit; a caller's tuple is left open.
+    """
     if isinstance(data, tuple):
-        return data
+        yield data
+        return
     path = Path(data)
     if path.is_dir():
-        return f"{path.resolve().name or 'dataset'}.zip", zip_folder(path)
-    if not path.is_file():
+        content: IO[bytes] = zip_folder(path)
+        filename = f"{path.resolve().name or 'dataset'}.zip"
+    elif path.is_file():
+        content, filename = path.open("rb"), path.name
+    else:
         raise FileNotFoundError(f"no such file or folder: {path}")
-    return path.name, path.open("rb")
+    with content:
+        yield filename, content
 
 
 def _idempotency(key: str | None) -> dict[str, str]:
@@ -325,8 +341,7 @@ class Datasets(Listing):
 
         The answer lists what the service left out (``rejected``, ``rejected_counts``).
         """
-        filename, content = _archive_part(data)
-        try:
+        with _archive_part(data) as (filename, content):
             return cast(
                 DatasetCreated,
                 self.client.json(
@@ -337,9 +352,6 @@ class Datasets(Listing):
                     headers=_idempotency(idempotency_key),
                 ),
             )
-        finally:
-            if hasattr(content, "close") and not isinstance(data, tuple):
-                content.close()
 
     def list(self, page_size: int = 50) -> Iterator[Dataset]:
         """Every dataset, newest first (pages fetched as you iterate)."""
@@ -670,14 +682,10 @@ class Models(Listing):
         """Score the model on a labelled folder or archive (class folders named like its
         classes). Small ones are answered at once; large ones become an evaluation job,
         waited for when ``wait`` (JobFailed if it fails), else returned as the job."""
-        filename, content = _archive_part(data)
-        try:
+        with _archive_part(data) as (filename, content):
             response = self.client.request(
                 "POST", f"/v1/models/{model_id}/evaluate", files={"file": (filename, content)}
             )
-        finally:
-            if hasattr(content, "close") and not isinstance(data, tuple):
-                content.close()
         body = response.json()
         if response.status_code != 202:
             return cast(EvaluationReport, body)

@@ -91,7 +91,9 @@ class JobProgressView(NoView):
         self.task: TaskID | None = None
         self.done = 0.0
         self.planned: int | None = None
-        self.printed = 0  # epoch lines printed so far
+        self.printed = 0  # epoch lines printed so far (of the current attempt)
+        self.seen: list[tuple[Any, Any]] = []  # (phase, epoch) of those lines
+        self.attempt: int | None = None
         self.label = "waiting"
         self.shown_label: str | None = None  # the last label printed (no terminal)
         self.phase_name: str | None = None
@@ -156,12 +158,20 @@ class JobProgressView(NoView):
             line += f"  [{self.epochs_text()}{f', ETA {format_seconds(eta)}' if eta else ''}]"
         self._line(line)
         self.printed += 1
+        self.seen.append((metrics.get("phase"), metrics.get("epoch")))
 
     def job(self, job: Job) -> None:
         """A whole job: at connect, at the end, or when polling."""
         progress = job.get("progress") or {}
         status = job["status"]
         history = progress.get("history") or []
+        # A retried job starts its history over: print the new attempt's epochs from the
+        # start instead of waiting for it to outgrow what the first attempt printed.
+        keys = [(m.get("phase"), m.get("epoch")) for m in history]
+        retried = self.attempt is not None and job.get("attempts") != self.attempt
+        if retried or keys[: self.printed] != self.seen:
+            self.printed, self.seen = 0, []
+        self.attempt = job.get("attempts", self.attempt)
         for metrics in history[self.printed :]:
             self._epoch_line(dict(metrics), None)
         self.done = float(progress.get("epochs_done") or 0)

@@ -144,6 +144,7 @@ class Ranking(TypedDict):
     results: list[RankedSource]
     excluded: list[ExcludedSource]
     elapsed_ms: float | None
+    warnings: NotRequired[list[str]]
 
 
 class EpochMetrics(TypedDict):

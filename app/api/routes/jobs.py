@@ -18,7 +18,7 @@ from app.api.deps import (
 from app.api.idempotency import IdempotencyHeader, digest_json, idempotent
 from app.api.problems import problem_responses
 from app.errors import NotFound
-from app.jobs import finetunes
+from app.jobs import evaluations, finetunes
 from app.jobs import service as jobs
 from app.jobs.estimates import alive_workers, no_worker_warning
 from app.models import Job
@@ -28,20 +28,31 @@ from app.schemas import Estimate, FinetuneRequest, JobOut, Page
 router = APIRouter(tags=["jobs"])
 
 
-def no_worker_alive(state: ServiceState, session: Session) -> bool:
-    """True when nothing would run a queued job: this service runs no worker (or its runner
-    is down) and no worker anywhere has a fresh heartbeat."""
+def no_worker_warning_for(state: ServiceState, session: Session) -> str | None:
+    """The warning that nothing would run a queued job, saying why, or None: this service
+    runs no worker (or its runner is down) and no worker anywhere has a fresh heartbeat."""
     if state.runner is not None and state.runner.alive:
-        return False
-    return not alive_workers(session)
+        return None
+    if alive_workers(session):
+        return None
+    return no_worker_warning(state.settings.runner if state.runner is not None else None)
+
+
+def job_outs(state: ServiceState, session: Session, rows: list[Job]) -> list[JobOut]:
+    """The jobs' bodies, queued ones with the warning that no worker is alive while that
+    holds (looked up once for them all)."""
+    queued = any(job.status == jobs.QUEUED for job in rows)
+    warning = no_worker_warning_for(state, session) if queued else None
+    outs = [JobOut.model_validate(job) for job in rows]
+    for out in outs:
+        if out.status == jobs.QUEUED and warning is not None:
+            out.warnings = [*out.warnings, warning]
+    return outs
 
 
 def job_out(state: ServiceState, session: Session, job: Job) -> JobOut:
     """The job's body, with the warning that no worker is alive while that holds (queued)."""
-    out = JobOut.model_validate(job)
-    if job.status == jobs.QUEUED and no_worker_alive(state, session):
-        out.warnings = [*out.warnings, no_worker_warning()]
-    return out
+    return job_outs(state, session, [job])[0]
 
 
 DryRun = Annotated[
@@ -97,8 +108,8 @@ def start_finetune(
             request.options(),
         )
         session.rollback()  # the ranking made for "best" stays unstored
-        if no_worker_alive(state, session):
-            estimate.warnings.append(no_worker_warning())
+        if warning := no_worker_warning_for(state, session):
+            estimate.warnings.append(warning)
         response.status_code = status.HTTP_200_OK
         return estimate
     digest = digest_json(request.model_dump_json(exclude_unset=True))
@@ -130,13 +141,14 @@ def start_finetune(
     responses=PAGE_PROBLEMS,
 )
 def list_jobs(
+    state: StateDep,
     session: SessionDep,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
     page_token: PageToken = None,
 ) -> Page[JobOut]:
     """One page of jobs."""
     rows, next_token = jobs.list_jobs(session, page_size, page_token)
-    return Page[JobOut](items=[JobOut.model_validate(r) for r in rows], next_page_token=next_token)
+    return Page[JobOut](items=job_outs(state, session, rows), next_page_token=next_token)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, summary="Job status and progress")
@@ -153,9 +165,9 @@ def get_job(state: StateDep, session: SessionDep, job_id: str) -> JobOut:
     dependencies=[ApiKeyRequired],
     summary="Cancel a job",
 )
-def cancel_job(session: SessionDep, job_id: str) -> Job:
+def cancel_job(state: StateDep, session: SessionDep, job_id: str) -> JobOut:
     """A queued job is cancelled at once; a running one stops before its next training step."""
-    return jobs.cancel_job(session, job_id)
+    return job_out(state, session, jobs.cancel_job(session, job_id))
 
 
 @router.delete(
@@ -165,9 +177,12 @@ def cancel_job(session: SessionDep, job_id: str) -> Job:
     summary="Delete a finished job's record",
     responses=problem_responses(_409="The job is queued or running: cancel it first"),
 )
-def delete_job(session: SessionDep, job_id: str) -> Response:
-    """The model the job produced, if any, is kept (delete it at /v1/models/{id})."""
-    jobs.delete_job(session, job_id)
+def delete_job(state: StateDep, session: SessionDep, job_id: str) -> Response:
+    """The model the job produced, if any, is kept (delete it at /v1/models/{id}); an
+    evaluation job's stored images go with it."""
+    job = jobs.delete_job(session, job_id)
+    if job.kind == "evaluate":  # the images were this job's alone (gone once it succeeded)
+        state.store.delete(evaluations.evaluation_key(job.id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

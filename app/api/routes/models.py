@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
+from app.api.routes.jobs import job_out
 from app.datasets.service import IMAGES_DIR
 from app.errors import NotFound, TooLarge
 from app.finetune.export import MODEL_FILES, ExportFormat, export_model, preprocessing_spec
@@ -229,7 +230,7 @@ def confusion_png(session: SessionDep, model_id: str) -> Response:
         matrix, names, split = (
             report.get("confusion_matrix"),
             row.class_names,
-            report.get("evaluated_on", "none"),
+            report.get("evaluated_on", "validation"),  # first releases: validation,
         )
         accuracy = report.get("test_accuracy" if split == "test" else "val_accuracy")
     if not matrix or split == "none":
@@ -282,10 +283,12 @@ def misclassified_image(
             f"with it ({name!r})"
         )
     path = _dataset_image(state.store.path(dataset.artifact_key) / IMAGES_DIR, name)
-    if path is None:
-        raise NotFound(f"image {name!r} is no longer in dataset {dataset.id}")
-    data = path.read_bytes()
-    return Response(data, media_type=_image_type(path))
+    try:
+        if path is None:
+            raise FileNotFoundError(name)
+        return Response(path.read_bytes(), media_type=_image_type(path))
+    except FileNotFoundError:  # never stored, or deleted with its dataset just now
+        raise NotFound(f"image {name!r} is no longer in dataset {dataset.id}") from None
 
 
 @router.post(
@@ -336,7 +339,7 @@ def evaluate_archive(
     headers = {"Location": f"/v1/jobs/{outcome.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    body = JobOut.model_validate(outcome)
+    body = job_out(state, session, outcome)
     return JSONResponse(jsonable_encoder(body), status_code=202, headers=headers)
 
 
@@ -349,8 +352,9 @@ def _zip(target: Path, files: list[Path]) -> None:
 
 def _dataset_image(root: Path, name: str) -> Path | None:
     """The stored file ``root/<class>/<file>`` that ``name`` names, if it is there."""
-    parts = PurePosixPath(name).parts
-    if len(parts) != 2 or any(p in ("", ".", "..") for p in parts):
+    relative = PurePosixPath(name)
+    parts = relative.parts
+    if relative.is_absolute() or len(parts) != 2 or any(p in ("", ".", "..") for p in parts):
         return None
     path = root.joinpath(*parts)
     return path if path.is_file() else None

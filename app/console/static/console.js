@@ -731,38 +731,56 @@
     await follow();
 
     async function follow() {
-      let streamed = false;
       for (let attempt = 0; attempt < 20 && !TERMINAL.includes(job.status); attempt++) {
         let ended = false;
         try {
           const response = await request(`/v1/jobs/${ID}/events`, { headers: { Accept: "text/event-stream" } });
-          streamed = true;
           await readEvents(response, (name, data) => {
             fold(name, data);
             if (name === "end") { ended = true; return false; }
             return name !== "timeout";
           });
         } catch (error) {
-          if (error instanceof ApiError && (error.status === 401 || error.status === 404)) throw error;
+          if (fatal(error)) throw error;
           // Stream refused (503) or cut: poll instead, then try the stream again.
-          $("job-live").textContent = `Event stream unavailable (${error.message}); polling.`;
-          await poll(10);
+          await poll(10, 1000, `Event stream unavailable (${error.message}); polling.`);
         }
         if (ended) break;
       }
       // The final state, whatever the stream's `end` carried (older servers: only a status).
-      job = await api(`/v1/jobs/${ID}`);
-      render();
-      if (!streamed) await poll(Infinity);
+      await reread();
+      // A job queued for long times out every stream, and a refusing service fails them:
+      // after 20 tries, follow it by polling until it ends, however long that takes.
+      await poll(Infinity, 5000, "The event stream keeps closing before the job ends; checking every 5 s.");
     }
 
-    async function poll(rounds) {
+    /** Re-read the job every `delay` ms, `rounds` times at most, until it ends. */
+    async function poll(rounds, delay, note) {
+      if (TERMINAL.includes(job.status)) return;
+      $("job-live").textContent = note;
       for (let i = 0; i < rounds && !TERMINAL.includes(job.status); i++) {
-        await new Promise((resolve) => setTimeout(resolve, 1000));
-        job = await api(`/v1/jobs/${ID}`);
-        render();
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        if (await reread()) $("job-live").textContent = note;
       }
     }
+
+    /** GET the job; a passing failure (a restart, the network) is shown, and following goes on. */
+    async function reread() {
+      try {
+        job = await api(`/v1/jobs/${ID}`);
+        render();
+        return true;
+      } catch (error) {
+        if (fatal(error)) throw error;
+        $("job-live").textContent = `Cannot read the job (${error.message}); trying again.`;
+        return false;
+      }
+    }
+  }
+
+  /** Errors that following a job cannot outlast: no key (the form is up), or no such job. */
+  function fatal(error) {
+    return error instanceof ApiError && (error.status === 401 || error.status === 404);
   }
 
   /** Epochs a fine-tune's phase plans, from what was asked (progress may lag a phase). */

@@ -1,0 +1,224 @@
+"""A running job's progress: throttled writes of where it stands, and the stop check.
+
+Shared by the job bodies (fine-tunes in app.jobs.worker, evaluations in
+app.jobs.evaluations); imports neither, so both can import it.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Select, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs.estimates import record_epoch, record_job
+from app.jobs.service import CANDIDATE_FIELDS, LOADING_PROGRESS, RUNNING
+from app.models import Job
+
+logger = logging.getLogger("p2l.worker")
+
+
+class HeldLease(Protocol):
+    """What a job body needs of the worker's lease on its job."""
+
+    job_id: str
+    worker_id: str
+    lost: threading.Event
+
+
+@dataclass
+class Meter:
+    """What a job's epochs measure the worker's throughput on (see app.jobs.estimates)."""
+
+    worker_id: str
+    architecture: str
+    input_size: int
+    device: str
+    train_images: int
+    val_images: int
+
+
+class ProgressWriter:
+    """Throttled progress writes and the stop check, for one running job.
+
+    Folds the pipeline's events (phase, epoch, step) into the job's ``progress`` (see
+    JobProgress in app.schemas): epochs done out of those planned, elapsed time and ETA.
+    ``plan`` lists the training phases and their epochs; when a phase ends early (early
+    stopping), the epochs it skipped leave the plan.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        lease: HeldLease,
+        plan: list[tuple[str, int]] | None = None,
+        meter: Meter | None = None,
+        estimate_seconds: float | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.lease = lease
+        self.job_id = lease.job_id
+        self.plan = plan or []
+        self.meter = meter
+        self.estimate_seconds = estimate_seconds
+        self.epochs_done = 0
+        self.segment = -1  # index in plan of the phase now training
+        self.segment_key: tuple[str, Any] | None = None
+        self.started = self.epoch_started = time.monotonic()
+        self.last_write = 0.0
+        self.state: dict[str, Any] = {
+            **LOADING_PROGRESS,
+            "epochs_done": 0,
+            # None for a job without epochs (an evaluation): no bar to fill.
+            "epochs_planned": sum(epochs for _, epochs in self.plan) if self.plan else None,
+            "history": [],
+        }
+        self._connection: Connection | None = None
+        self._stop_query: Select[bool, str | None, str] | None = None
+
+    @property
+    def epoch_seconds(self) -> float:
+        """Time spent in the epochs finished so far."""
+        return float(sum(m["seconds"] for m in self.state["history"]))
+
+    def set_phase(self, phase: str, label: str) -> None:
+        """Enter a phase without epochs (loading, evaluating, saving) and store it at once."""
+        for key in ("epoch", "epochs", "step", "steps_per_epoch", *CANDIDATE_FIELDS):
+            self.state.pop(key, None)
+        self.state.update(phase=phase, label=label)
+        self.epoch_started = time.monotonic()
+        self._timing()
+        self.write()
+
+    def update(self, event: dict[str, Any]) -> None:
+        """Fold in a phase, step or epoch event; write at most twice a second (always per
+        epoch and per phase change)."""
+        if "epoch" not in event:
+            self.set_phase(event["phase"], event.get("label") or event["phase"])
+            return
+        event = dict(event)
+        changed = self._enter(event)
+        epoch_end = "metrics" in event
+        if epoch_end:
+            self.epochs_done += 1
+            metrics = {"phase": event["phase"], **event.pop("metrics")}
+            self.state["history"] = [*self.state["history"], metrics]
+            self.state.pop("step", None)
+            self.state.pop("steps_per_epoch", None)
+            self.epoch_started = time.monotonic()
+        self.state.update(event)
+        self.state["epochs_done"] = self.epochs_done
+        self._timing()
+        if epoch_end or changed or time.monotonic() - self.last_write >= 0.5:
+            self.write()
+        # The frozen auto candidate trains the head only, several times faster than the
+        # epochs estimates are about: folding it in would bias them.
+        if epoch_end and (event.get("candidate") or {}).get("freeze_below") != -1:
+            self.record_epoch(metrics)
+
+    def _enter(self, event: dict[str, Any]) -> bool:
+        """Notice a new training phase (or auto candidate): re-plan what is left; True if new."""
+        key = (event["phase"], event.get("candidate_index"))
+        if key == self.segment_key:
+            return False
+        self.segment_key = key
+        self.segment += 1
+        for field_name in CANDIDATE_FIELDS:  # details of the previous phase
+            self.state.pop(field_name, None)
+        if self.segment < len(self.plan):
+            left = sum(epochs for _, epochs in self.plan[self.segment :])
+            self.state["epochs_planned"] = self.epochs_done + left
+        return True
+
+    def _timing(self) -> None:
+        """Elapsed time, and the ETA at the pace so far (the estimate before any is known)."""
+        now = time.monotonic()
+        elapsed = now - self.started
+        self.state["elapsed_seconds"] = round(elapsed, 1)
+        planned = self.state.get("epochs_planned") or 0
+        history = self.state["history"]
+        step, steps = self.state.get("step"), self.state.get("steps_per_epoch")
+        per_epoch: float | None = None
+        into_epoch = 0.0
+        if history:
+            per_epoch = self.epoch_seconds / len(history)
+        elif step and steps:
+            per_epoch = (now - self.epoch_started) / step * steps
+        if step and steps:
+            into_epoch = step / steps
+        if per_epoch is not None:
+            left = max(planned - self.epochs_done - into_epoch, 0.0)
+            self.state["eta_seconds"] = round(per_epoch * left, 1)
+        elif self.estimate_seconds is not None:
+            self.state["eta_seconds"] = round(max(self.estimate_seconds - elapsed, 0.0), 1)
+
+    def write(self) -> None:
+        """Store the progress so far (only while this worker holds the job, running)."""
+        self.last_write = time.monotonic()
+        with self.sessions() as session:
+            session.execute(
+                update(Job)
+                .where(
+                    Job.id == self.job_id,
+                    Job.worker_id == self.lease.worker_id,
+                    Job.status == RUNNING,
+                )
+                .values(progress=dict(self.state))
+            )
+            session.commit()
+
+    def record_epoch(self, measured: dict[str, Any]) -> None:
+        """Fold a finished epoch's speed into the throughput estimates are made from."""
+        if self.meter is None:
+            return
+        meter = self.meter
+        try:  # its own transaction, after the progress: a measurement never fails a job
+            with self.sessions() as session:
+                record_epoch(
+                    session, meter.worker_id, meter.architecture, meter.input_size,
+                    meter.device, meter.train_images, meter.val_images,
+                    measured["seconds"], measured["train_seconds"],
+                )  # fmt: skip
+                session.commit()
+        except Exception:
+            logger.exception("job %s: could not record an epoch's throughput", self.job_id)
+
+    def record_job(self, images: int) -> None:
+        """Record the job's time outside its epochs (loading, evaluating, saving)."""
+        if self.meter is None or not self.state["history"]:
+            return
+        overhead = time.monotonic() - self.started - self.epoch_seconds
+        meter = self.meter
+        try:
+            with self.sessions() as session:
+                record_job(
+                    session, meter.worker_id, meter.architecture, meter.input_size,
+                    meter.device, images, overhead,
+                )  # fmt: skip
+                session.commit()
+        except Exception:  # a measurement is not worth failing a finished job for
+            logger.exception("job %s: could not record its throughput", self.job_id)
+
+    def should_stop(self) -> bool:
+        """True once cancellation was asked or the lease lost (checked before every step)."""
+        if self.lease.lost.is_set():
+            return True
+        if self._connection is None or self._stop_query is None:
+            # One autocommit connection for the whole job: a check costs one small query.
+            engine = self.sessions.kw["bind"]
+            self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._stop_query = select(Job.cancel_requested, Job.worker_id, Job.status).where(
+                Job.id == self.job_id
+            )
+        row = self._connection.execute(self._stop_query).first()
+        if row is None or row.cancel_requested:
+            return True
+        # Reaped (and perhaps claimed by another worker), or ended: not ours to train on.
+        return row.worker_id != self.lease.worker_id or row.status != RUNNING
+
+    def close(self) -> None:
+        """Release the connection of the stop checks."""
+        if self._connection is not None:
+            self._connection.close()

@@ -237,6 +237,10 @@ class EpochMetrics(BaseModel):
     val_accuracy: float | None = Field(description="On the validation split; null without one.")
     seconds: float = Field(description="The whole epoch, validation included.")
     train_seconds: float | None = Field(None, description="The training steps alone.")
+    label: str | None = Field(None, description="Its phase in words.")
+    candidate_index: int | None = Field(
+        None, description="auto_search: which candidate (1-based) the epoch trained."
+    )
 
 
 class JobProgress(BaseModel):

@@ -1,5 +1,6 @@
 """Job leases with real processes and real SQLite: a killed API, two workers, a lost lease."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -85,12 +86,14 @@ def start_finetune(client: TestClient | httpx.Client, target_id: str, epochs: in
 
 
 def training(data_dir: Path, job_id: str, attempt: int | None = None) -> dict | None:
-    """The job's row once it runs (the given attempt) and has reported training steps."""
+    """The job's row once it runs (the given attempt) and is in a training epoch (progress
+    names its epoch; steps come and go between epochs, which may take milliseconds)."""
     row = job_row(data_dir, job_id)
     assert row["status"] in ("queued", "running"), row
     if attempt is not None and row["attempts"] != attempt:
         return None
-    return row if row["status"] == "running" and '"step"' in (row["progress"] or "") else None
+    in_epoch = json.loads(row["progress"] or "{}").get("epoch") is not None
+    return row if row["status"] == "running" and in_epoch else None
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def wait_for_steps(client: TestClient, job_id: str) -> dict:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] == "running" and job["progress"].get("step"):
+        if job["status"] == "running" and job["progress"].get("epoch"):
             return job
         assert job["status"] in ("queued", "running"), job
         time.sleep(0.1)

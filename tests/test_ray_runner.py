@@ -185,7 +185,7 @@ def test_a_job_whose_node_dies_is_requeued_and_runs_once_on_another_node(
     long_job = start_finetune(ray_client, target_id, epochs=1000)
     first = eventually(
         lambda: (
-            (r := job(ray_client, long_job))["status"] == "running" and r["progress"]["step"] and r
+            (r := job(ray_client, long_job))["status"] == "running" and r["progress"]["epoch"] and r
         ),
         120,
         "the job trains",
@@ -202,7 +202,7 @@ def test_a_job_whose_node_dies_is_requeued_and_runs_once_on_another_node(
     # The lease expires, the API's reaper re-queues the job (the run counted), and the
     # dispatcher hands it to a task on the new node: a second run, never alongside the first.
     second = eventually(
-        lambda: (r := job(ray_client, long_job))["attempts"] == 2 and r["progress"]["step"] and r,
+        lambda: (r := job(ray_client, long_job))["attempts"] == 2 and r["progress"]["epoch"] and r,
         120,
         "the job trains again",
     )
@@ -239,7 +239,7 @@ def test_stopping_the_service_hands_its_running_job_back_and_ends_the_task(
 ) -> None:
     target_id = upload_target(ray_client)
     long_job = start_finetune(ray_client, target_id, epochs=1000)
-    eventually(lambda: job(ray_client, long_job)["progress"]["step"], 120, "the job trains")
+    eventually(lambda: job(ray_client, long_job)["progress"]["epoch"], 120, "the job trains")
     task_pid = job_row(postgres_database, long_job)["worker_pid"]
 
     ray_client.__exit__(None, None, None)  # the service stops (a deploy, say)

@@ -116,10 +116,10 @@ def test_two_replicas_one_bucket_one_ray_cluster(
 
     # The Ray node dies mid-job: the job is re-run once on a new node, never twice at once.
     long = fine_tune(api2, target, source, epochs=1000)
-    eventually(lambda: job(api1, long)["progress"]["step"], 180, "the long job trains")
+    eventually(lambda: job(api1, long)["progress"]["epoch"], 180, "the long job trains")
     cluster.kill_node(cluster.nodes[-1])
     cluster.add_node()
-    again = eventually(lambda: (r := job(api1, long))["attempts"] == 2 and r["progress"]["step"]
+    again = eventually(lambda: (r := job(api1, long))["attempts"] == 2 and r["progress"]["epoch"]
                   and r, 180, "the job trains again")  # fmt: skip
     assert isinstance(again, dict) and again["status"] == "running", again
     assert "re-queued after attempt 1" in (again["error"] or "")

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from app.finetune.pipeline import AUTO_CANDIDATES, describe_candidate
 from app.jobs.service import CANDIDATE_FIELDS, get_job
 from app.schemas import JobOut
 
@@ -141,6 +142,38 @@ def _earlier_phase(reference: dict[str, Any], new: list[dict[str, Any]]) -> int:
     return len(new)
 
 
+def _past_phase(first: dict[str, Any], job: Snapshot, epoch: dict[str, Any]) -> dict[str, Any]:
+    """The ``phase`` event of a phase that began (and ended) between two polls, from its
+    first epoch: its name, and for auto search the candidate's number."""
+    name = first.get("phase")
+    event = {
+        "phase": name,
+        "label": first.get("label") or str(name).replace("_", " "),
+        "epochs": _phase_epochs(job, name),
+        "epochs_done": epoch["epochs_done"] - 1,
+        "epochs_planned": epoch["epochs_planned"],
+    }
+    index = first.get("candidate_index")
+    if name == "auto_search" and isinstance(index, int) and 1 <= index <= len(AUTO_CANDIDATES):
+        candidate, count = AUTO_CANDIDATES[index - 1], len(AUTO_CANDIDATES)
+        event.update(candidate=candidate, candidate_index=index, candidates=count)
+        if not first.get("label"):
+            event["label"] = f"auto search {index}/{count}: {describe_candidate(candidate)}"
+    return event
+
+
+def _phase_starts(new: list[dict[str, Any]], first: int) -> set[int]:
+    """Indices (from ``first`` on) of the epochs in ``new`` that begin a phase: the first one,
+    and each where the phase name changes or its epoch count restarts."""
+    return {
+        i
+        for i in range(first, len(new))
+        if i == first
+        or new[i].get("phase") != new[i - 1].get("phase")
+        or (new[i].get("epoch") or 0) <= (new[i - 1].get("epoch") or 0)
+    }
+
+
 def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]]]:
     """The events that take a client from job snapshot ``last`` to ``current``, in order:
     the epochs that finished the phase before, status, phase, the epochs of the new phase,
@@ -169,6 +202,7 @@ def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]
     events: list[tuple[str, dict[str, Any]]] = []
     if _phase_key(before) == _phase_key(now):
         events += epochs
+        split = len(new)
     else:
         reference = seen[-1] if seen and new is not history else before
         split = _earlier_phase(reference, new)
@@ -181,8 +215,21 @@ def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]
         phase["epochs"] = _phase_epochs(current, now.get("phase")) or phase["epochs"]
         if now.get("phase") == "auto_search":
             phase.update({k: now.get(k) for k in CANDIDATE_FIELDS})
-        events.append(("phase", phase))
-        events += epochs[split:]
+        # Phases that began (and perhaps ended) since the last poll are announced before
+        # their first epoch, so a client sees every phase, however short; the current one
+        # with its label, the ones already over by their name.
+        starts = _phase_starts(new, split)
+        current_start = max(
+            (i for i in starts if new[i].get("phase") == now.get("phase")), default=None
+        )
+        for i in range(split, len(new)):
+            if i == current_start:
+                events.append(("phase", phase))
+            elif i in starts:
+                events.append(("phase", _past_phase(new[i], current, epochs[i][1])))
+            events.append(epochs[i])
+        if current_start is None:
+            events.append(("phase", phase))
     position = ("phase", "epoch", "step")
     if now.get("step") and [now.get(k) for k in position] != [before.get(k) for k in position]:
         step = ("phase", "epoch", "step", "steps_per_epoch", *_PLAN_FIELDS, "eta_seconds")

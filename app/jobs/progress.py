@@ -104,6 +104,11 @@ class ProgressWriter:
         if epoch_end:
             self.epochs_done += 1
             metrics = {"phase": event["phase"], **event.pop("metrics")}
+            # Its phase's words and auto candidate: a stream that missed the phase (shorter
+            # than a poll) still announces it properly (app.api.streams).
+            for key in ("label", "candidate_index"):
+                if event.get(key) is not None:
+                    metrics[key] = event[key]
             self.state["history"] = [*self.state["history"], metrics]
             self.state.pop("step", None)
             self.state.pop("steps_per_epoch", None)

@@ -223,8 +223,8 @@ def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]
             (i for i in starts if new[i].get("phase") == now.get("phase")), default=None
         )
         for i in range(split, len(new)):
-            if i == current_start:
-                events.append(("phase", phase))
+            if i == current_start:  # its count as it began, not as it stands now
+                events.append(("phase", {**phase, "epochs_done": epochs[i][1]["epochs_done"] - 1}))
             elif i in starts:
                 events.append(("phase", _past_phase(new[i], current, epochs[i][1])))
             events.append(epochs[i])

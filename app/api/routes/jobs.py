@@ -95,18 +95,14 @@ def start_finetune(
 
     Every problem the request can have is found here (422), not later in the worker.
     """
+    # What both a dry run and a real submission check and plan from.
+    plan = (
+        session, state.store, state.index, state.reference, state.scoring_params(),
+        state.settings.p2l_measure, request.target_dataset_id, request.source_id,
+        request.options(),
+    )  # fmt: skip
     if dry_run:
-        _, estimate = finetunes.plan_finetune(
-            session,
-            state.store,
-            state.index,
-            state.reference,
-            state.scoring_params(),
-            state.settings.p2l_measure,
-            request.target_dataset_id,
-            request.source_id,
-            request.options(),
-        )
+        _, estimate = finetunes.plan_finetune(*plan)
         session.rollback()  # the ranking made for "best" stays unstored
         if warning := no_worker_warning_for(state, session):
             estimate.warnings.append(warning)
@@ -118,17 +114,7 @@ def start_finetune(
             job = jobs.get_job(session, claim.replay_id)
             response.headers["Idempotent-Replayed"] = "true"
         else:
-            job = finetunes.submit_finetune(
-                session,
-                state.store,
-                state.index,
-                state.reference,
-                state.scoring_params(),
-                state.settings.p2l_measure,
-                request.target_dataset_id,
-                request.source_id,
-                request.options(),
-            )
+            job = finetunes.submit_finetune(*plan)
             claim.complete(job.id)  # committed with the job and its ranking
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(state, session, job)

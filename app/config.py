@@ -132,6 +132,25 @@ class Settings(BaseSettings):
         10_000, ge=2, description="Largest num_classes a registered source may have."
     )
 
+    # Speed and memory (see README, "Performance"). The CUDA-only switches are ignored on CPU.
+    mixed_precision: bool = Field(
+        True, description="On CUDA: float16 autocast for embedding and training (off: float32)."
+    )
+    channels_last: bool = Field(
+        True, description="On CUDA: channels-last memory format for convolutions."
+    )
+    pin_memory: bool = Field(
+        True, description="On CUDA: page-locked host batches and non-blocking copies."
+    )
+    pixel_cache_max_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="Decoded-pixel cache in the artifact store (one array per dataset and "
+        "input size, so fine-tunes never decode a dataset's files again); least recently "
+        "used entries are evicted beyond this many bytes; 0 turns it off.",
+    )
+    # --- performance settings (#12): helpers add theirs below this line ---
+
     @field_validator("ray_resources", mode="before")
     @classmethod
     def _parse_resources(cls, value: object) -> object:

@@ -6,7 +6,7 @@ one batch at a time, with image decoding done by a thread pool ahead of the mode
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +57,20 @@ class ReferenceNetwork:
     device: torch.device
 
     def embed(
-        self, paths: Sequence[Path], batch_size: int = 128, threads: int = 0
+        self,
+        paths: Sequence[Path],
+        batch_size: int = 128,
+        threads: int = 0,
+        on_pixels: Callable[[np.ndarray], None] | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield float32 CPU features ``(batch, feature_dim)`` for image files, in order."""
-        yield from self.embed_pixels(pixel_batches(paths, self.input_size, batch_size, threads))
+        """Yield float32 CPU features ``(batch, feature_dim)`` for image files, in order.
+
+        ``on_pixels`` sees each decoded ``(B, size, size, 3)`` uint8 batch (to cache it).
+        """
+        batches = pixel_batches(paths, self.input_size, batch_size, threads)
+        if on_pixels is not None:
+            batches = _tee(batches, on_pixels)
+        yield from self.embed_pixels(batches)
 
     def embed_array(self, images: np.ndarray, batch_size: int = 256) -> Iterator[torch.Tensor]:
         """Features of in-memory ``(N, size, size, 3)`` uint8 images, batch by batch."""
@@ -97,6 +107,12 @@ class ReferenceNetwork:
             "weights_source": self.weights_source,
             "device": str(self.device),
         }
+
+
+def _tee(batches: Iterable[np.ndarray], see: Callable[[np.ndarray], None]) -> Iterator[np.ndarray]:
+    for batch in batches:
+        see(batch)
+        yield batch
 
 
 def load_reference(

@@ -1,7 +1,7 @@
 """Dataset signatures: the few statistics of a dataset in reference-feature space that P2L needs."""
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,10 +166,12 @@ def compute_signature(
     files_by_class: Mapping[str, Sequence[Path]],
     batch_size: int = 128,
     threads: int = 0,
+    on_pixels: Callable[[np.ndarray], None] | None = None,
 ) -> DatasetSignature:
     """Embed every image file once and accumulate the signature batch by batch.
 
     Memory stays at one batch of images plus O(C x d) running sums, whatever the dataset size.
+    ``on_pixels`` sees each decoded batch, in file order (classes sorted by name).
     """
     class_names = sorted(files_by_class)
     paths = [path for name in class_names for path in files_by_class[name]]
@@ -178,7 +180,7 @@ def compute_signature(
     )
     accumulator = SignatureAccumulator(class_names, reference.feature_dim, reference.weights_sha256)
     done = 0
-    for features in reference.embed(paths, batch_size=batch_size, threads=threads):
+    for features in reference.embed(paths, batch_size, threads, on_pixels):
         accumulator.add(features, labels[done : done + len(features)])
         done += len(features)
     return accumulator.finish()

@@ -1,0 +1,106 @@
+"""What the performance benchmarks share: real images on disk, interleaved timing, RSS, machine.
+
+Every figure is a ratio against a baseline timed in the same invocation; runs of the
+contenders are interleaved (A B A B ...) so that drift in the machine's load hits both.
+"""
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.zoo.bundled import BUNDLED_DIR, manifest
+
+
+def bundled_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """All bundled held-out target images (32 px) with 5-way labels."""
+    images, labels = [], []
+    for entry in manifest()["targets"]:
+        data = np.load(BUNDLED_DIR / entry["file"])
+        images.append(data["images"])
+        labels.append(data["labels"])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def write_image_folder(root: Path, count: int, size: int = 96) -> dict[str, list[Path]]:
+    """``count`` real images as ``size``-px PNG files in 5 class folders (ImageFolder layout)."""
+    images, labels = bundled_pixels()
+    files: dict[str, list[Path]] = {}
+    for i in range(count):
+        j = i % len(images)
+        name = f"class{labels[j]}"
+        (root / name).mkdir(parents=True, exist_ok=True)
+        path = root / name / f"{i:05d}.png"
+        Image.fromarray(images[j]).resize((size, size), Image.Resampling.BILINEAR).save(path)
+        files.setdefault(name, []).append(path)
+    return files
+
+
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict]:
+    """Time each contender ``repeats`` times, round-robin; median, spread and every run (s).
+
+    The first round is a warm-up (caches, thread pools, page cache) and is not counted.
+    """
+    runs: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_index in range(repeats + 1):
+        for name, fn in contenders.items():
+            started = time.perf_counter()
+            fn()
+            if round_index:
+                runs[name].append(time.perf_counter() - started)
+    return {name: timing(times) for name, times in runs.items()}
+
+
+def timing(times: list[float]) -> dict[str, Any]:
+    """Median, min, max and all runs of a list of durations (seconds)."""
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+        "max_s": round(max(times), 4),
+        "runs_s": [round(t, 4) for t in times],
+    }
+
+
+def rate(count: int, timed: dict[str, Any]) -> dict[str, float]:
+    """Items per second at the median, with the spread (from the slowest and fastest runs)."""
+    return {
+        "per_s": round(count / timed["median_s"], 1),
+        "per_s_min": round(count / timed["max_s"], 1),
+        "per_s_max": round(count / timed["min_s"], 1),
+    }
+
+
+def ratio(faster: dict[str, Any], slower: dict[str, Any]) -> float:
+    """How many times the first contender's median throughput is the second's."""
+    return round(slower["median_s"] / faster["median_s"], 3)
+
+
+def rss_mb(pid: int | str = "self") -> dict[str, float]:
+    """Resident (VmRSS) and peak resident (VmHWM) memory of a process, MB (Linux)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+
+
+def machine() -> dict[str, Any]:
+    """CPUs, versions, GPU, and the load when the run started (shared machines: say it)."""
+    load1, load5, _ = os.getloadavg()
+    cpus = os.cpu_count() or 1
+    return {
+        "cpus": cpus,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_1m_5m": [round(load1, 2), round(load5, 2)],
+        "idle_at_start": load5 < 0.25 * cpus,
+    }

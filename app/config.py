@@ -150,6 +150,25 @@ class Settings(BaseSettings):
         "used entries are evicted beyond this many bytes; 0 turns it off.",
     )
     # --- performance settings (#12): helpers add theirs below this line ---
+    # (decode)
+    decode_processes: bool = Field(
+        True,
+        description="Decode large uploads (512+ images) for the signature in a pool of "
+        "processes, one per CPU (Pillow decoding does not scale on threads); off: threads.",
+    )
+    # (memory)
+    memory_trim_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often the API process checks whether to give freed memory back "
+        "to the OS (glibc malloc_trim, when RSS is 32 MB above its lowest); 0 turns it off.",
+    )
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description="glibc malloc arenas of the API process and the processes it starts "
+        "(fewer arenas, less memory kept after a burst); 0: glibc's default, 8 per CPU.",
+    )
 
     @field_validator("ray_resources", mode="before")
     @classmethod

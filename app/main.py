@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from app.db import make_engine, migrate, session_factory
 from app.jobs.evaluations import sweep_evaluation_archives
 from app.jobs.runner import make_runner
 from app.jobs.service import reap_expired_leases, sweep_unowned_artifacts
-from app.p2l.reference import share_cpus_with_decoding
+from app.memory import Trimmer, child_malloc_env, limit_arenas
 from app.store import make_store
 from app.zoo.bundled import import_bundled_zoo, load_active_reference
 from app.zoo.sources import load_index
@@ -52,7 +53,7 @@ def build_state(settings: Settings) -> ServiceState:
     # Staging of a dead local process goes now; another host's only once old (it may write).
     store.sweep_tmp(older_than_seconds=TMP_MAX_AGE_SECONDS)
     reference_net = load_active_reference(settings)
-    share_cpus_with_decoding(settings.loader_threads)  # this process embeds; jobs run elsewhere
+    reference_net.share_cpus(settings.loader_threads)  # this process embeds; jobs run elsewhere
     with sessions() as session:
         # A job still 'running' may belong to a live worker elsewhere: only expired leases
         # are reaped (here, then by the supervisor and every worker's poll loop).
@@ -128,14 +129,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Before the request threads exist: each thread would get its own arena, each
+        # keeping its share of a burst's freed buffers.
+        limit_arenas(settings.malloc_arena_max)
+        # glibc reads this at start-up: the worker (spawned, not forked) gets the same cap.
+        for name, value in child_malloc_env(settings.malloc_arena_max).items():
+            os.environ.setdefault(name, value)
         state = build_state(settings)
         app.state.service = state
         if settings.start_worker:
             state.runner = make_runner(settings, state.sessions)
             state.runner.start()
         supervisor = asyncio.create_task(_supervise(state))
+        tasks = [supervisor]
+        if settings.memory_trim_seconds > 0:
+            # After a burst, RSS comes back to about idle within a second or two.
+            tasks.append(asyncio.create_task(Trimmer(settings.memory_trim_seconds).loop()))
         yield
-        supervisor.cancel()
+        for task in tasks:
+            task.cancel()
         if state.runner is not None:
             await asyncio.to_thread(state.runner.stop)
         state.engine.dispose()

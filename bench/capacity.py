@@ -38,7 +38,7 @@ from app.p2l.reference import load_reference
 from app.p2l.signature import compute_signature
 from app.zoo.bundled import BUNDLED_DIR, bundled_target, manifest
 from bench import ranking_speed
-from bench.performance import write_image_folder
+from bench.perf_common import write_image_folder
 
 RESULTS = Path(__file__).parent / "results"
 POSTGRES_URL = os.environ.get(

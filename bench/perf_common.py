@@ -4,14 +4,21 @@ Every figure is a ratio against a baseline timed in the same invocation; runs of
 contenders are interleaved (A B A B ...) so that drift in the machine's load hits both.
 """
 
+import io
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -21,8 +28,11 @@ from app.zoo.bundled import BUNDLED_DIR, manifest
 
 def bundled_pixels() -> tuple[np.ndarray, np.ndarray]:
     """All bundled held-out target images (32 px) with 5-way labels."""
+    info = manifest()
+    if info is None:
+        raise RuntimeError("the bundled zoo is missing (python -m bench.zoo build)")
     images, labels = [], []
-    for entry in manifest()["targets"]:
+    for entry in info["targets"]:
         data = np.load(BUNDLED_DIR / entry["file"])
         images.append(data["images"])
         labels.append(data["labels"])
@@ -104,3 +114,63 @@ def machine() -> dict[str, Any]:
         "load_average_1m_5m": [round(load1, 2), round(load5, 2)],
         "idle_at_start": load5 < 0.25 * cpus,
     }
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def target_zip(root: Path, name: str) -> bytes:
+    """A bundled benchmark target as a zip of class folders of PNGs (what a user uploads)."""
+    data = np.load(BUNDLED_DIR / "targets" / f"{name}.npz")
+    path = root / f"{name}.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i, (pixels, label) in enumerate(zip(data["images"], data["labels"], strict=True)):
+            png = io.BytesIO()
+            Image.fromarray(pixels).save(png, format="PNG")
+            archive.writestr(f"{data['class_names'][label]}/{i}.png", png.getvalue())
+    return path.read_bytes()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until the service at ``url`` answers /healthz (at most 2 minutes)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("service did not start")
+
+
+@contextmanager
+def running_service(work: Path, device: str = "cpu", **settings: str) -> Iterator[tuple[str, int]]:
+    """``python -m app`` over a fresh data dir under ``work``, with P2L_* ``settings``
+    (nothing else of P2L_* inherited); its URL and pid, stopped on exit."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2L_")}
+    env |= {"P2L_DATA_DIR": str(work / "data"), "P2L_PORT": str(port), "P2L_DEVICE": device}
+    env |= {f"P2L_{name.upper()}": value for name, value in settings.items()}
+    with (work / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=env, cwd=ROOT, stdout=log, stderr=log
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(url, server)
+            yield url, server.pid
+        finally:
+            server.terminate()
+            server.wait(60)

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.performance import ROOT, free_port, target_zip, wait_until_up
+from bench.perf_common import ROOT, free_port, target_zip, wait_until_up
 
 RESULTS = Path(__file__).parent / "results"
 STREAM_CLIENTS = 300

@@ -1,20 +1,30 @@
-"""Work per image is bounded by its output size: a 1 x 300,000 image, uploaded or sent for
-prediction, barely moves the peak memory of a real server process."""
+"""Memory of a real server process: work per image is bounded by its output size (a
+1 x 300,000 image, uploaded or sent for prediction, barely moves the peak), and after a burst
+of uploads its RSS comes back near idle."""
 
+import io
 import os
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
+from safetensors.torch import save_file
 
+from app.architectures import build_model, weights_to_save
+from app.jobs.finetunes import MODEL_WEIGHTS, ModelCache
+from app.models import FinetunedModel
+from app.store import LocalArtifactStore
 from tests.archives import (
     bundled_target_images,
     fashion_mnist_images,
     image_folder_entries,
+    png_bytes,
     tall_png,
     zip_bytes,
 )
@@ -122,3 +132,83 @@ def test_a_1_by_300000_image_costs_a_server_under_50_mib(server: Server) -> None
     assert len(prediction["top"]) == 3
     assert upload_growth < MAX_GROWTH_MIB, f"upload: +{upload_growth:.0f} MiB"
     assert predict_growth < MAX_GROWTH_MIB, f"predict: +{predict_growth:.0f} MiB"
+
+
+BACK_WITHIN_MIB = 100  # the issue's bound: about 100 MB of idle, ...
+BACK_WITHIN_SECONDS = 10  # ... within 10 s of the burst's end
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MiB."""
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert match
+    return int(match.group(1)) / 1024
+
+
+def large_archive(copies: int = 6, size: int = 128) -> bytes:
+    """The bundled Fashion-MNIST target, ``size``-px and repeated: 250 x ``copies`` PNGs."""
+    garments = bundled_target_images("fashion")
+    entries = {}
+    for name, images in garments.items():
+        for i, data in enumerate(images):
+            big = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
+            png = png_bytes(big)
+            for copy in range(copies):
+                entries[f"{name}/{copy}-{i:03d}.png"] = png
+    return zip_bytes(entries)
+
+
+def test_after_a_burst_the_api_process_gives_its_memory_back(server: Server) -> None:
+    client = server.client
+    archive = large_archive()
+    garments = bundled_target_images("fashion")
+    model_id = fine_tune(client, upload(client, zip_bytes(image_folder_entries(garments)))["id"])
+    photos = [data for images in garments.values() for data in images]
+    # Warm-up: every path of the burst once (imports, thread pools, the model's first load).
+    upload(client, archive)
+    predict(client, model_id, photos)
+    time.sleep(3)
+    idle = rss_mib(server.pid)
+    server.reset_peak()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        uploads = [pool.submit(upload, client, archive) for _ in range(4)]
+        predictions = [pool.submit(predict, client, model_id, photos) for _ in range(24)]
+        datasets = [u.result() for u in uploads]
+        assert all(len(p.result()) == len(photos) for p in predictions)
+    peak = server.peak_mib()
+    ended = time.monotonic()
+    samples = [rss_mib(server.pid)]
+    while samples[-1] > idle + BACK_WITHIN_MIB and time.monotonic() - ended < BACK_WITHIN_SECONDS:
+        time.sleep(0.5)
+        samples.append(rss_mib(server.pid))
+    print(f"idle {idle:.0f} MiB, peak {peak:.0f} MiB, then {[round(s) for s in samples]} MiB")
+    assert all(d["num_images"] == 1500 for d in datasets)
+    assert samples[-1] <= idle + BACK_WITHIN_MIB, (
+        f"{samples[-1]:.0f} MiB {BACK_WITHIN_SECONDS} s after the burst; idle {idle:.0f} MiB"
+    )
+
+
+def test_the_predict_model_cache_is_bounded_by_the_bytes_of_its_weights(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    rows = []
+    for i in range(3):
+        key = f"models/m{i}"
+        store.path(key).mkdir(parents=True)
+        weights = weights_to_save(build_model("resnet18", 3))
+        save_file(weights, store.path(key) / MODEL_WEIGHTS)
+        rows.append(
+            FinetunedModel(
+                id=f"m{i}", architecture="resnet18", class_names=["a", "b", "c"], artifact_key=key
+            )
+        )
+    # Room for two resnet18 (45 MB of weights each), not three; the count allows four.
+    cache = ModelCache(capacity=4, max_bytes=100 * 1024**2)
+    first, second = cache.get(store, rows[0]), cache.get(store, rows[1])
+    assert cache.get(store, rows[0]) is first  # both held: no reload
+    third = cache.get(store, rows[2])  # the least recently used (the second) goes
+    assert cache.get(store, rows[0]) is first
+    assert cache.get(store, rows[2]) is third
+    assert cache.get(store, rows[1]) is not second  # loaded again
+    # The one just asked for always stays, even above the bound.
+    tiny = ModelCache(max_bytes=1)
+    assert tiny.get(store, rows[0]) is tiny.get(store, rows[0])

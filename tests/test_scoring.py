@@ -129,6 +129,45 @@ def test_index_follows_additions_removals_and_restrictions() -> None:
     assert ranked[0].source_id not in {s.source_id for s in index.rank(target, "p2l", "kl", params)}
 
 
+def test_index_kept_row_by_row_ranks_like_one_built_from_scratch() -> None:
+    """Interleaved adds, replacements and deletes (rows compacted later) change no ranking."""
+    rng = np.random.default_rng(2)
+    index = SignatureIndex(eps=1e-3)
+    alive: dict[str, DatasetSignature] = {}
+    for step in range(300):
+        source_id = f"s{rng.integers(60)}"
+        if source_id in alive and rng.random() < 0.4:
+            index.remove(source_id)
+            del alive[source_id]
+        else:
+            alive[source_id] = signature([rng.random(8).tolist()], [int(rng.integers(5, 500))])
+            index.add(source_id, alive[source_id])
+        if step % 37 == 0 or step == 299:
+            fresh = SignatureIndex(eps=1e-3)
+            for fresh_id, sig in alive.items():
+                fresh.add(fresh_id, sig)
+            target = signature([rng.random(8).tolist()], [10])
+            params = ScoringParams(0.05, 1e-3, 0.01)
+            for measure in ("kl", "js", "cosine"):
+                got = index.rank(target, "p2l", measure, params)
+                want = fresh.rank(target, "p2l", measure, params)
+                assert [s.source_id for s in got] == [s.source_id for s in want]
+                assert [s.score for s in got] == pytest.approx([s.score for s in want])
+    assert len(index) == len(alive)
+
+
+def test_a_new_feature_width_replaces_the_old_rows_as_sources_are_upgraded() -> None:
+    index = SignatureIndex(eps=1e-3)
+    index.add("a", signature([[0.1, 0.2, 0.3]], [10]))
+    index.add("b", signature([[0.3, 0.2, 0.1]], [10]))
+    target = signature([[0.1, 0.2, 0.3, 0.4]], [10])
+    params = ScoringParams(0.0, 1e-3, 0.01)
+    index.add("a", signature([[0.1, 0.2, 0.3, 0.4]], [10]))  # upgraded to 4 dimensions
+    assert [s.source_id for s in index.rank(target, "p2l", "kl", params)] == ["a"]
+    index.add("b", signature([[0.4, 0.3, 0.2, 0.1]], [10]))
+    assert [s.source_id for s in index.rank(target, "p2l", "kl", params)] == ["a", "b"]
+
+
 def test_vectorised_kl_equals_per_source_loop() -> None:
     rng = np.random.default_rng(1)
     index = SignatureIndex(eps=1e-3)

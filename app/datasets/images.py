@@ -29,6 +29,10 @@ class ImageRejected(ValueError):
         super().__init__(reason)
         self.kind = kind
 
+    def __reduce__(self) -> tuple[type["ImageRejected"], tuple[str, str]]:
+        # Decoding may run in another process; the error crosses back pickled.
+        return (ImageRejected, (str(self), self.kind))
+
 
 def open_rgb(source: bytes | Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
     """Decode an image fully and return it as RGB (transparency composited on white).

@@ -1,5 +1,6 @@
 """Dataset use cases: ingest an upload, read, list and delete, keeping DB and files in step."""
 
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -8,6 +9,7 @@ from typing import IO
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.datasets import pixel_cache
 from app.datasets.archive import ArchiveError, ArchiveLimits, ImageFolder, extract_image_folder
 from app.errors import InvalidInput
 from app.models import Dataset
@@ -15,7 +17,9 @@ from app.p2l.reference import ReferenceNetwork
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
 from app.store import ArtifactStore
-from app.unit_of_work import unit_of_work
+from app.unit_of_work import UnitOfWork, unit_of_work
+
+logger = logging.getLogger("p2l.datasets")
 
 SIGNATURE_FILE = "signature.safetensors"
 IMAGES_DIR = "images"
@@ -74,19 +78,35 @@ def ingest_dataset(
 ) -> IngestResult:
     """Validate an archive, compute its signature and store both; all or nothing."""
     check_dataset_name(name, settings)
+    dataset_id = uuid.uuid4().hex
+    cache_key: str | None = None
     with unit_of_work(session, store) as work:
         staging = work.stage()
         folder = _extract(archive, staging, settings)
-        signature = compute_signature(
-            reference,
-            folder.files_by_class,
-            batch_size=settings.embed_batch_size,
-            threads=settings.loader_threads,
-        )
+        # The order fine-tunes read them in (``dataset_files``), so the pixels decoded here
+        # can be cached for them.
+        files = {
+            name: sorted(folder.files_by_class[name]) for name in sorted(folder.files_by_class)
+        }
+        cache = _cache_writer(work, files, reference.input_size, settings.pixel_cache_max_bytes)
+        try:
+            signature = compute_signature(
+                reference,
+                files,
+                batch_size=settings.embed_batch_size,
+                threads=settings.loader_threads,
+                on_pixels=cache,
+            )
+        except BaseException:
+            if cache is not None:
+                cache.abort()
+            raise
         (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
-        dataset_id = uuid.uuid4().hex
         key = f"datasets/{dataset_id}"
         work.publish(staging, key)
+        if cache is not None:
+            # With the dataset or not at all: the unit of work deletes it if the upload fails.
+            cache_key = _publish_cache(work, cache, dataset_id)
         rejected = folder.rejected.summary()
         dataset = Dataset(
             id=dataset_id,
@@ -104,7 +124,41 @@ def ingest_dataset(
         )
         session.add(dataset)
     folder.root = store.path(key) / IMAGES_DIR
+    if cache_key is not None:
+        _settle_cache(store, cache_key, settings.pixel_cache_max_bytes)
     return IngestResult(dataset, folder)
+
+
+def _cache_writer(
+    work: UnitOfWork, files: dict[str, list[Path]], size: int, max_bytes: int
+) -> pixel_cache.EntryWriter | None:
+    """A pixel cache entry to fill while the signature decodes, or None (off, or too big)."""
+    names = [f"{name}/{path.name}" for name, paths in files.items() for path in paths]
+    if not 0 < pixel_cache.payload_bytes(len(names), size) <= max_bytes:
+        return None
+    return pixel_cache.EntryWriter(work.stage(), names, size)
+
+
+def _publish_cache(work: UnitOfWork, cache: pixel_cache.EntryWriter, dataset_id: str) -> str | None:
+    """Publish a filled cache entry with the dataset; its key, or None where the disk or
+    the store refused it (the upload goes on without: the cache is only a shortcut)."""
+    try:
+        nbytes = cache.finish()
+        key = pixel_cache.entry_key(dataset_id, cache.size, nbytes)
+        work.publish(cache.staging, key)
+    except OSError:
+        logger.warning("dataset %s: its pixels were not cached", dataset_id, exc_info=True)
+        cache.abort()
+        return None
+    return key
+
+
+def _settle_cache(store: ArtifactStore, key: str, max_bytes: int) -> None:
+    """Keep the pixel cache within its bound; a failure here must not fail the upload."""
+    try:
+        pixel_cache.settle(store, key, max_bytes)
+    except Exception:
+        logger.exception("could not evict from the pixel cache")
 
 
 def _extract(archive: IO[bytes], staging: Path, settings: Settings) -> ImageFolder:
@@ -187,3 +241,4 @@ def delete_dataset(session: Session, store: ArtifactStore, dataset_id: str) -> N
     session.delete(dataset)
     session.commit()
     store.delete(key)
+    pixel_cache.delete_entries(store, dataset_id)

@@ -13,6 +13,28 @@ from torch.nn import functional as F
 from app.finetune.layers import ParamGroup
 
 
+@dataclass(frozen=True)
+class Accelerator:
+    """Speed switches that only act on CUDA (no-ops on the CPU, where results stay exact).
+
+    ``mixed_precision``: float16 autocast (and a gradient scaler when training);
+    ``channels_last``: channels-last model and inputs; ``pin_memory``: batches are copied
+    from pinned host memory without blocking.
+    """
+
+    mixed_precision: bool = True
+    channels_last: bool = True
+    pin_memory: bool = True
+
+    def on(self, device: torch.device) -> "Accelerator":
+        """The switches in force on ``device``: all off unless it is a CUDA device."""
+        return self if device.type == "cuda" else OFF
+
+
+# Nothing switched on: full precision, default memory format, plain copies.
+OFF = Accelerator(mixed_precision=False, channels_last=False, pin_memory=False)
+
+
 @dataclass
 class TrainConfig:
     """Optimiser and schedule of one training run."""
@@ -27,6 +49,7 @@ class TrainConfig:
     hflip: bool = False
     seed: int = 0
     patience: int | None = None  # epochs without a better validation accuracy before stopping
+    accelerator: Accelerator = field(default_factory=Accelerator)  # CUDA only
 
 
 class Cancelled(Exception):
@@ -67,22 +90,57 @@ class ImageTensors:
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.mean = torch.tensor(list(mean)).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(list(std)).view(1, 3, 1, 1) * 255
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batch(
-        self, index: torch.Tensor, device: torch.device, augment: bool = False, hflip: bool = False
+        self,
+        index: torch.Tensor,
+        device: torch.device,
+        augment: bool = False,
+        hflip: bool = False,
+        accelerator: Accelerator = OFF,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised float images and labels for ``index``, optionally augmented."""
-        images = self.images[index].float()
+        """Normalised float images and labels for ``index``, optionally augmented.
+
+        On a GPU the uint8 batch is copied (4x fewer bytes than floats) and converted,
+        augmented and normalised there.
+        """
+        images, labels = self.images[index], self.labels[index]
+        accelerator = accelerator.on(device)
+        if device.type != "cpu":
+            if accelerator.pin_memory:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            images = images.to(device, non_blocking=accelerator.pin_memory)
+            labels = labels.to(device, non_blocking=accelerator.pin_memory)
+        images = images.float()
         if augment:
-            images = _random_shift(images, pad=3)
-        if augment and hflip:
-            flip = torch.rand(len(images)) < 0.5
-            images[flip] = images[flip].flip(-1)
-        images = (images - self.mean) / self.std
-        return images.to(device, non_blocking=True), self.labels[index].to(device)
+            images = augment_batch(images, hflip)
+        mean, std = self._on(device)
+        images = (images - mean) / std
+        if accelerator.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (x255) on ``device``, copied there once."""
+        if device.type == "cpu":
+            return self.mean, self.std
+        if device not in self._stats:
+            self._stats[device] = (self.mean.to(device), self.std.to(device))
+        return self._stats[device]
+
+
+def augment_batch(images: torch.Tensor, hflip: bool = False) -> torch.Tensor:
+    """The training augmentation: a random shift of up to 3 pixels, optional random flips."""
+    images = _random_shift(images, pad=3)
+    if hflip:
+        # Drawn on the CPU generator wherever the images are: the same draws on any device.
+        flip = (torch.rand(len(images)) < 0.5).to(images.device)
+        images[flip] = images[flip].flip(-1)
+    return images
 
 
 def _random_shift(images: torch.Tensor, pad: int, chunks: int = 8) -> torch.Tensor:
@@ -114,12 +172,15 @@ def train_classifier(
 
     ``param_groups`` carries per-group learning rates (layer-wise fine-tuning); frozen
     BatchNorm layers stay in eval mode. ``should_stop`` is checked before every step and
-    raises Cancelled. Mixed precision on CUDA.
+    raises Cancelled. On CUDA, ``config.accelerator`` switches mixed precision,
+    channels-last and pinned copies.
     """
     device = device or torch.device("cpu")
-    use_amp = device.type == "cuda"
+    fast = config.accelerator.on(device)
     torch.manual_seed(config.seed)
     model.to(device)
+    if fast.channels_last:
+        model.to(memory_format=torch.channels_last)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.SGD(
         groups,
@@ -135,7 +196,7 @@ def train_classifier(
         total_steps=max(1, config.epochs * steps_per_epoch),
         pct_start=0.15,
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=fast.mixed_precision)
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     stale_epochs = 0
@@ -143,32 +204,46 @@ def train_classifier(
         start = time.perf_counter()
         _train_mode(model)
         order = torch.randperm(len(train))
-        total_loss, correct = 0.0, 0
+        # Summed where the model runs, read once per epoch: no per-step wait on a GPU.
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for step, first in enumerate(range(0, len(train), config.batch_size), start=1):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped in epoch {epoch}, before step {step}")
             images, labels = train.batch(
-                order[first : first + config.batch_size], device, config.augment, config.hflip
+                order[first : first + config.batch_size],
+                device,
+                config.augment,
+                config.hflip,
+                fast,
             )
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=torch.float16, enabled=fast.mixed_precision):
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            # torch leaves Tensor.backward unannotated (torch.autograd.backward is typed).
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            scaler.step(optimizer)
-            scaler.update()
+            if fast.mixed_precision:
+                # torch leaves Tensor.backward unannotated (torch.autograd.backward is typed).
+                scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
             scheduler.step()
-            total_loss += float(loss.detach()) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
+            total_loss += loss.detach().double() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
             if on_step:
                 on_step(epoch, step, steps_per_epoch)
+        if device.type == "cuda":  # the epoch's steps are done, not just queued
+            torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - start
-        val_accuracy = evaluate(model, val, device).accuracy if val is not None else None
+        val_accuracy = None
+        if val is not None:
+            val_accuracy = evaluate(model, val, device, accelerator=fast).accuracy
         epoch_result = EpochResult(
             epoch,
-            total_loss / len(train),
-            correct / len(train),
+            float(total_loss) / len(train),
+            int(correct) / len(train),
             val_accuracy,
             time.perf_counter() - start,
             train_seconds,
@@ -217,15 +292,23 @@ def evaluate(
     device: torch.device | None = None,
     batch_size: int = 256,
     probabilities: bool = False,
+    accelerator: Accelerator = OFF,
 ) -> Evaluation:
-    """Top-1 accuracy of ``model`` on ``data``; with ``probabilities``, the softmax too."""
+    """Top-1 accuracy of ``model`` on ``data``; with ``probabilities``, the softmax too.
+
+    ``accelerator`` (CUDA only; off unless given) as in training.
+    """
     device = device or torch.device("cpu")
+    fast = accelerator.on(device)
     model.eval()
     predictions, softmax = [], []
-    with torch.inference_mode():
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.float16, enabled=fast.mixed_precision),
+    ):
         for first in range(0, len(data), batch_size):
             index = torch.arange(first, min(first + batch_size, len(data)))
-            images, _ = data.batch(index, device)
+            images, _ = data.batch(index, device, accelerator=fast)
             logits = model(images).float()
             predictions.append(logits.argmax(1).cpu())
             if probabilities:

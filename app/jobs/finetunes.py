@@ -170,10 +170,15 @@ def model_weights_path(store: ArtifactStore, model: FinetunedModel):
 
 
 class ModelCache:
-    """The few most recently used fine-tuned models, loaded and in eval mode."""
+    """The few most recently used fine-tuned models, loaded and in eval mode.
 
-    def __init__(self, capacity: int = 4) -> None:
+    Bounded by count and by the bytes of their weights (the one just used always stays):
+    a few large models must not keep the API process hundreds of MB above idle.
+    """
+
+    def __init__(self, capacity: int = 4, max_bytes: int = 256 * 1024**2) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._models: OrderedDict[str, torch.nn.Module] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -186,9 +191,19 @@ class ModelCache:
         network = load_model(row.architecture, len(row.class_names), model_weights_path(store, row))
         with self._lock:
             self._models[row.id] = network
-            while len(self._models) > self.capacity:
+            while len(self._models) > 1 and (
+                len(self._models) > self.capacity or self._nbytes() > self.max_bytes
+            ):
                 self._models.popitem(last=False)
         return network
+
+    def _nbytes(self) -> int:
+        """Bytes of the cached models' parameters and buffers."""
+        return sum(
+            t.nbytes
+            for network in self._models.values()
+            for t in [*network.parameters(), *network.buffers()]
+        )
 
     def forget(self, model_id: str) -> None:
         """Drop a deleted model."""

@@ -19,6 +19,12 @@ from app.models import Job
 
 logger = logging.getLogger("p2l.worker")
 
+# Progress is written at most this often during an epoch (always at its end).
+WRITE_SECONDS = 0.5
+# The database is asked about cancellation at most this often: a query (~20 us on SQLite)
+# before every step is 1-2 % of a GPU's millisecond steps; a lost lease shows at every step.
+STOP_CHECK_SECONDS = 0.1
+
 
 class HeldLease(Protocol):
     """What a job body needs of the worker's lease on its job."""
@@ -68,6 +74,7 @@ class ProgressWriter:
         self.segment_key: tuple[str, Any] | None = None
         self.started = self.epoch_started = time.monotonic()
         self.last_write = 0.0
+        self.last_step_write = 0.0
         self.state: dict[str, Any] = {
             **LOADING_PROGRESS,
             "epochs_done": 0,
@@ -77,6 +84,7 @@ class ProgressWriter:
         }
         self._connection: Connection | None = None
         self._stop_query: Select[bool, str | None, str] | None = None
+        self._last_check = -STOP_CHECK_SECONDS  # the first check always asks
 
     @property
     def epoch_seconds(self) -> float:
@@ -93,8 +101,8 @@ class ProgressWriter:
         self.write()
 
     def update(self, event: dict[str, Any]) -> None:
-        """Fold in a phase, step or epoch event; write at most twice a second (always per
-        epoch and per phase change)."""
+        """Fold in a phase, step or epoch event; write steps at most twice a second (epochs
+        and phase changes always)."""
         if "epoch" not in event:
             self.set_phase(event["phase"], event.get("label") or event["phase"])
             return
@@ -116,7 +124,13 @@ class ProgressWriter:
         self.state.update(event)
         self.state["epochs_done"] = self.epochs_done
         self._timing()
-        if epoch_end or changed or time.monotonic() - self.last_write >= 0.5:
+        # Steps are throttled on their own clock: with epochs shorter than WRITE_SECONDS,
+        # the epochs' writes would otherwise keep every step out of the stored progress.
+        now = time.monotonic()
+        step_due = not epoch_end and now - self.last_step_write >= WRITE_SECONDS
+        if epoch_end or changed or step_due:
+            if not epoch_end:
+                self.last_step_write = now
             self.write()
         # The frozen auto candidate trains the head only, several times faster than the
         # epochs estimates are about: folding it in would bias them.
@@ -207,9 +221,14 @@ class ProgressWriter:
             logger.exception("job %s: could not record its throughput", self.job_id)
 
     def should_stop(self) -> bool:
-        """True once cancellation was asked or the lease lost (checked before every step)."""
+        """True once cancellation was asked or the lease lost (checked before every step; the
+        database at most every STOP_CHECK_SECONDS)."""
         if self.lease.lost.is_set():
             return True
+        now = time.monotonic()
+        if now - self._last_check < STOP_CHECK_SECONDS:
+            return False
+        self._last_check = now
         if self._connection is None or self._stop_query is None:
             # One autocommit connection for the whole job: a check costs one small query.
             engine = self.sessions.kw["bind"]

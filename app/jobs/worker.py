@@ -13,7 +13,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 
 import numpy as np
@@ -23,12 +24,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import get_spec, load_model, weights_to_save
 from app.config import Settings
-from app.datasets.loading import load_all_pixels
+from app.datasets import pixel_cache
+from app.datasets.loading import load_all_pixels, pixel_batches
 from app.datasets.service import dataset_files, get_dataset
 from app.db import make_engine, session_factory
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
-from app.finetune.train import Cancelled
+from app.finetune.train import Accelerator, Cancelled
 from app.jobs.estimates import (
     HEARTBEAT_SECONDS,
     device_type,
@@ -51,7 +53,8 @@ from app.jobs.service import (
     release_worker_jobs,
     renew_lease,
 )
-from app.models import FinetunedModel, Job
+from app.memory import limit_arenas, trim
+from app.models import Dataset, FinetunedModel, Job
 from app.p2l.reference import resolve_device
 from app.store import ArtifactStore, make_store
 from app.unit_of_work import unit_of_work
@@ -176,14 +179,24 @@ def run_finetune(
     )  # fmt: skip
     estimate = params.get("estimate") or {}
     progress = ProgressWriter(sessions, lease, phase_plan(options), meter, estimate.get("seconds"))
+    paths = [path for name in class_names for path in files[name]]
+    image_names = [f"{path.parent.name}/{path.name}" for path in paths]
+    labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
+    settings = lease.settings
+    max_bytes = settings.pixel_cache_max_bytes
     try:
-        progress.set_phase(
-            "loading", f"loading {dataset.num_images} images and the source {source.name}"
+        # Whether the pixel cache serves them (a damaged entry still decodes, rarely).
+        cached = max_bytes > 0 and bool(
+            pixel_cache.entries_of(store, dataset.id, source.input_size)
         )
-        paths = [path for name in class_names for path in files[name]]
-        image_names = [f"{path.parent.name}/{path.name}" for path in paths]
-        labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
-        images = load_all_pixels(paths, source.input_size)
+        how = "cached pixels" if cached else "decoding them"
+        progress.set_phase(
+            "loading",
+            f"loading {dataset.num_images} images ({how}) and the source {source.name}",
+        )
+        images = load_images(
+            sessions, store, dataset.id, paths, image_names, source.input_size, max_bytes
+        )
         model = load_model(source.architecture, source.num_classes, source_file)
         spec = get_spec(source.architecture)
         model, report = finetune(
@@ -199,6 +212,11 @@ def run_finetune(
             progress=progress.update,
             should_stop=progress.should_stop,
             image_names=image_names,
+            accelerator=Accelerator(
+                mixed_precision=settings.mixed_precision,
+                channels_last=settings.channels_last,
+                pin_memory=settings.pin_memory,
+            ),
         )
         progress.set_phase("saving", "saving the model")
     finally:
@@ -233,6 +251,56 @@ def run_finetune(
             logger.warning("job %s: lease lost before the commit; model discarded", job.id)
             work.abandon()
     progress.record_job(len(paths))
+
+
+def load_images(
+    sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    dataset_id: str,
+    paths: Sequence[Path],
+    image_names: Sequence[str],
+    size: int,
+    max_bytes: int,
+) -> np.ndarray:
+    """A dataset's images at ``size`` px: from the pixel cache, else decoded once and cached.
+
+    ``max_bytes`` bounds the cache (0: off, decode every time).
+    """
+    if max_bytes <= 0 or pixel_cache.payload_bytes(len(paths), size) > max_bytes:
+        return load_all_pixels(paths, size)
+    cached = pixel_cache.read_entry(store, dataset_id, size, image_names)
+    if cached is not None:
+        return cached
+    staging = store.new_staging_dir()
+    try:
+        writer = pixel_cache.EntryWriter(staging, image_names, size)
+        try:
+            # 256 a batch, as load_all_pixels decodes; each batch goes straight to disk.
+            for batch in pixel_batches(paths, size, 256):
+                writer(batch)
+        except BaseException:
+            writer.abort()
+            raise
+        try:
+            key = pixel_cache.publish_entry(store, staging, writer, dataset_id)
+        except OSError:  # the disk or the store refused the entry: decode into memory instead
+            logger.warning(
+                "dataset %s: pixels not cached; decoding again", dataset_id, exc_info=True
+            )
+            return load_all_pixels(paths, size)
+    finally:
+        store.discard(staging)  # gone already once published
+    pixels = pixel_cache.open_published(store, key)
+    with sessions() as session:
+        dataset_gone = session.get(Dataset, dataset_id) is None
+    if dataset_gone:  # deleted while we decoded: its entries went, so goes this one
+        store.delete(key)  # the mapped pixels stay readable until this job drops them
+    else:
+        try:
+            pixel_cache.settle(store, key, max_bytes)
+        except Exception:  # the job has its pixels; eviction is tried again next time
+            logger.exception("job on dataset %s: could not evict from the pixel cache", dataset_id)
+    return pixels
 
 
 class Heartbeat:
@@ -351,6 +419,7 @@ def run_claimed_job(
     finally:
         if beat is not None:
             beat.running(None)
+        trim()  # the job's freed buffers go back to the OS, not kept until the next job
 
 
 def run_next_job(settings: Settings, worker_id: str) -> str | None:
@@ -385,6 +454,7 @@ def run_worker(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
     worker_id = make_worker_id(os.getpid(), id_suffix)
+    limit_arenas(settings.malloc_arena_max)  # a standalone worker inherits no MALLOC_ARENA_MAX
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
     engine = make_engine(settings.sqlalchemy_url)

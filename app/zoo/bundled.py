@@ -47,7 +47,15 @@ def bundled_reference_weights(architecture: str) -> Path | None:
 def load_active_reference(settings: Settings) -> ReferenceNetwork:
     """The reference network the settings ask for (the bundled one by default)."""
     weights = settings.reference_weights or bundled_reference_weights(settings.reference_arch)
-    return load_reference(settings.reference_arch, weights, settings.device)
+    return load_reference(
+        settings.reference_arch,
+        weights,
+        settings.device,
+        mixed_precision=settings.mixed_precision,
+        channels_last=settings.channels_last,
+        pin_memory=settings.pin_memory,
+        decode_processes=settings.decode_processes,
+    )
 
 
 def import_bundled_zoo(

@@ -94,10 +94,9 @@ def _miss(store: ArtifactStore, paths: list[Path], names: list[str], size: int) 
         writer = pixel_cache.EntryWriter(staging, names, size)
         for batch in pixel_batches(paths, size, 256):
             writer(batch)
-        key = pixel_cache.publish_entry(store, staging, writer, DATASET)
+        key, pixels = pixel_cache.publish_entry(store, staging, writer, DATASET)
     finally:
         store.discard(staging)
-    pixels = pixel_cache.open_published(store, key)
     pixel_cache.settle(store, key, 2 * 1024**3)  # the older entry of this size goes
     return pixels
 
@@ -118,7 +117,7 @@ def _upload(
         try:
             writer = pixel_cache.EntryWriter(staging, names, reference.input_size)
             compute_signature(reference, ordered, on_pixels=writer)
-            key = pixel_cache.publish_entry(store, staging, writer, DATASET)
+            key, _ = pixel_cache.publish_entry(store, staging, writer, DATASET)
         finally:
             store.discard(staging)
         pixel_cache.settle(store, key, 2 * 1024**3)

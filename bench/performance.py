@@ -34,6 +34,7 @@ SECTIONS = [
     ("training", perf_training),
     ("memory", perf_memory),
 ]
+GPU_CPU_SECTIONS = [("cpu_signature", perf_signature), ("cpu_training", perf_training)]
 GPU_BUDGET_SECONDS = 8 * 60
 NO_GPU = (
     "No GPU measured: no GPU was lent to the session that made this run. "
@@ -55,10 +56,13 @@ def run_cpu(quick: bool) -> dict[str, Any]:
 
 
 def run_gpu(quick: bool) -> dict[str, Any]:
-    """Signature and training on CUDA, each against its baseline on the same card."""
+    """Signature and training on CUDA, each against its baseline on the same card; then the
+    same on this machine's CPUs (quick sizes), so the card's gain is measured here too."""
     return {
         "signature": perf_signature.run(quick=quick, device="cuda"),
         "training": perf_training.run(quick=quick, device="cuda"),
+        "cpu_signature": perf_signature.run(quick=True, device="cpu"),
+        "cpu_training": perf_training.run(quick=True, device="cpu"),
     }
 
 
@@ -106,6 +110,10 @@ def report(r: dict[str, Any]) -> str:
     ]
     for section, module in SECTIONS:
         if section in r:
+            lines += [*module.report(r[section]), ""]
+    for section, module in GPU_CPU_SECTIONS:
+        if section in r:
+            lines += ["The same on this machine's CPUs, quick sizes:", ""]
             lines += [*module.report(r[section]), ""]
     if "ranking" in r:
         lines += [

@@ -13,6 +13,7 @@ from app.config import Settings
 from app.datasets import pixel_cache
 from app.datasets.loading import load_all_pixels
 from app.datasets.service import IMAGES_DIR, image_files
+from app.jobs.service import sweep_unowned_artifacts
 from app.jobs.worker import run_next_job
 from app.store import ArtifactStore, LocalArtifactStore
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
@@ -187,6 +188,21 @@ def test_deleting_a_dataset_deletes_its_entries(
     assert len(entries(data_dir, kept)) == 1
 
 
+def test_entries_of_datasets_that_are_gone_are_swept(
+    make_client: Callable[..., TestClient], data_dir: Path, archive: bytes
+) -> None:
+    """An entry left behind by a crash (no dataset row) goes at the next start-up sweep."""
+    client = make_client()
+    kept = upload(client, archive)
+    store = LocalArtifactStore(data_dir)
+    write_entry(store, "0badc0ffee", [f"a/{i}.png" for i in range(4)], 1)
+    state = client.app.state.service
+    with state.sessions() as session:
+        assert sweep_unowned_artifacts(session, store, older_than_seconds=3600) == 0
+        assert sweep_unowned_artifacts(session, store, older_than_seconds=-60) == 1
+    assert [e.dataset_id for e in entries(data_dir)] == [kept]
+
+
 class NoRoomForTheCache(LocalArtifactStore):
     """The store seam (as in test_hardening_api): every pixel cache publish finds the disk
     full; everything else publishes as usual."""
@@ -214,7 +230,7 @@ def write_entry(
     staging = store.new_staging_dir()
     writer = pixel_cache.EntryWriter(staging, names, SIZE)
     writer(np.full((len(names), SIZE, SIZE, 3), fill, dtype=np.uint8))
-    key = pixel_cache.publish_entry(store, staging, writer, dataset_id)
+    key, _ = pixel_cache.publish_entry(store, staging, writer, dataset_id)
     (entry,) = [e for e in pixel_cache.list_entries(store) if e.key == key]
     return entry
 
@@ -257,3 +273,16 @@ def test_two_machines_share_entries_in_an_object_store(
     assert evicted == [second.key]  # the least recently used, by the other machine's read
     assert pixel_cache.delete_entries(there, "d1") == 1
     assert [e.key for e in pixel_cache.list_entries(here)] == [third.key]
+
+
+def test_a_new_entry_evicted_at_once_leaves_the_job_its_pixels(tmp_path: Path) -> None:
+    """Another process's eviction may delete an entry as soon as it is published."""
+    store = LocalArtifactStore(tmp_path)
+    names = [f"a/{i}.png" for i in range(4)]
+    staging = store.new_staging_dir()
+    writer = pixel_cache.EntryWriter(staging, names, SIZE)
+    writer(np.full((len(names), SIZE, SIZE, 3), 7, dtype=np.uint8))
+    key, pixels = pixel_cache.publish_entry(store, staging, writer, "d1")
+    store.delete(key)
+    assert pixel_cache.list_entries(store) == []
+    assert pixels.shape == (4, SIZE, SIZE, 3) and (np.asarray(pixels) == 7).all()

@@ -14,7 +14,7 @@ import time
 import types
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,14 +44,25 @@ def load_pixels(path: Path, size: int) -> np.ndarray:
     return square_pixels(open_rgb(Path(path), LOAD_MAX_PIXELS, draft_size=size), size)
 
 
+# More decoding processes than this feed no model faster, and each holds ~30 MB.
+MAX_DECODE_PROCESSES = 8
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity: a container's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def decode_threads(requested: int = 0) -> int:
     """Threads for in-process image decoding: ``requested``, or half the CPUs."""
-    return requested or max(1, (os.cpu_count() or 1) // 2)
+    return requested or max(1, usable_cpus() // 2)
 
 
 def decode_processes() -> int:
     """Processes in the decoding pool: one per CPU (they share them with the model's threads)."""
-    return os.cpu_count() or 1
+    return min(usable_cpus(), MAX_DECODE_PROCESSES)
 
 
 def uses_processes(count: int, processes: bool | None = None) -> bool:
@@ -142,9 +153,10 @@ def _process_batches(
                     pending.append(submit(*bounds[submitted]))
                     submitted += 1
                 batch = np.concatenate([future.result() for future in pending.popleft()])
-            except BrokenProcessPool:
-                # A worker died (killed, out of memory): the rest decodes here, the next
-                # caller gets a fresh pool.
+            except (BrokenProcessPool, CancelledError, RuntimeError):
+                # A worker died (killed, out of memory), or another caller discarded the
+                # shared pool meanwhile ("cannot schedule new futures after shutdown"): the
+                # rest decodes here, the next caller gets a fresh pool.
                 _discard_pool(pool)
                 pending.clear()
                 yield from _thread_batches(paths[start:], size, batch_size, threads)

@@ -162,18 +162,19 @@ def entry_key(dataset_id: str, size: int, nbytes: int) -> str:
     return f"{PREFIX}/{dataset_id}-{size}px-{nbytes}b-{time.time_ns()}-{uuid.uuid4().hex[:12]}"
 
 
-def publish_entry(store: ArtifactStore, staging: Path, writer: EntryWriter, dataset_id: str) -> str:
-    """Finish ``writer`` and publish its staging folder as a new entry; returns its key."""
+def publish_entry(
+    store: ArtifactStore, staging: Path, writer: EntryWriter, dataset_id: str
+) -> tuple[str, np.ndarray]:
+    """Finish ``writer`` and publish its staging folder as a new entry: its key and pixels.
+
+    The pixels are mapped before the publish: the mapping stays valid however the entry
+    moves afterwards, even if another process's eviction deletes it at once.
+    """
     nbytes = writer.finish()
+    pixels: np.ndarray = np.load(staging / PIXELS_FILE, mmap_mode="r", allow_pickle=False)
     key = entry_key(dataset_id, writer.size, nbytes)
     store.publish(staging, key)
-    return key
-
-
-def open_published(store: ArtifactStore, key: str) -> np.ndarray:
-    """The pixels of an entry this process just published (read-only, memory-mapped)."""
-    pixels: np.ndarray = np.load(store.path(key) / PIXELS_FILE, mmap_mode="r", allow_pickle=False)
-    return pixels
+    return key, pixels
 
 
 def settle(store: ArtifactStore, published: CacheEntry | str, max_bytes: int) -> list[str]:

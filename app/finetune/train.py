@@ -197,6 +197,8 @@ def train_classifier(
         pct_start=0.15,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=fast.mixed_precision)
+    # Apple's MPS has no float64.
+    sum_dtype = torch.float32 if device.type == "mps" else torch.float64
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     stale_epochs = 0
@@ -205,7 +207,7 @@ def train_classifier(
         _train_mode(model)
         order = torch.randperm(len(train))
         # Summed where the model runs, read once per epoch: no per-step wait on a GPU.
-        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        total_loss = torch.zeros((), dtype=sum_dtype, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         for step, first in enumerate(range(0, len(train), config.batch_size), start=1):
             if should_stop is not None and should_stop():
@@ -230,7 +232,7 @@ def train_classifier(
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
             scheduler.step()
-            total_loss += loss.detach().double() * len(labels)
+            total_loss += loss.detach().to(sum_dtype) * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             if on_step:
                 on_step(epoch, step, steps_per_epoch)

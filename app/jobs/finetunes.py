@@ -191,6 +191,7 @@ class ModelCache:
         network = load_model(row.architecture, len(row.class_names), model_weights_path(store, row))
         with self._lock:
             self._models[row.id] = network
+            self._models.move_to_end(row.id)  # loaded twice at once: still the newest
             while len(self._models) > 1 and (
                 len(self._models) > self.capacity or self._nbytes() > self.max_bytes
             ):

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.datasets import pixel_cache
 from app.db import rows_matched
 from app.errors import Conflict
 from app.models import Dataset, FinetunedModel, Job, Source, utcnow
@@ -268,7 +269,7 @@ def reap_expired_leases(session: Session, max_attempts: int) -> tuple[int, int]:
 def sweep_unowned_artifacts(
     session: Session, store: ArtifactStore, older_than_seconds: float
 ) -> int:
-    """Delete dataset, model and source folders that no row points to; returns how many.
+    """Delete dataset, model, source and pixel-cache folders no row owns; returns how many.
 
     Such a folder was published by a process that died before its commit. Recent ones are
     spared: a live worker (or API) elsewhere may be about to commit them.
@@ -286,4 +287,11 @@ def sweep_unowned_artifacts(
             if published <= cutoff:
                 store.delete(key)
                 removed += 1
+    # Pixel-cache entries of deleted datasets (a crash between the two deletes, or a job that
+    # cached a dataset being deleted): they would only count against the cache's bound.
+    datasets = set(session.scalars(select(Dataset.id)))
+    for entry in pixel_cache.list_entries(store):
+        if entry.dataset_id not in datasets and entry.stamp / 1e9 <= cutoff:
+            store.delete(entry.key)
+            removed += 1
     return removed

@@ -183,19 +183,12 @@ def run_finetune(
     image_names = [f"{path.parent.name}/{path.name}" for path in paths]
     labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
     settings = lease.settings
-    max_bytes = settings.pixel_cache_max_bytes
     try:
-        # Whether the pixel cache serves them (a damaged entry still decodes, rarely).
-        cached = max_bytes > 0 and bool(
-            pixel_cache.entries_of(store, dataset.id, source.input_size)
-        )
-        how = "cached pixels" if cached else "decoding them"
         progress.set_phase(
-            "loading",
-            f"loading {dataset.num_images} images ({how}) and the source {source.name}",
+            "loading", f"loading {dataset.num_images} images and the source {source.name}"
         )
         images = load_images(
-            sessions, store, dataset.id, paths, image_names, source.input_size, max_bytes
+            sessions, store, dataset.id, paths, image_names, source.input_size, settings
         )
         model = load_model(source.architecture, source.num_classes, source_file)
         spec = get_spec(source.architecture)
@@ -260,15 +253,21 @@ def load_images(
     paths: Sequence[Path],
     image_names: Sequence[str],
     size: int,
-    max_bytes: int,
+    settings: Settings,
 ) -> np.ndarray:
     """A dataset's images at ``size`` px: from the pixel cache, else decoded once and cached.
 
-    ``max_bytes`` bounds the cache (0: off, decode every time).
+    The cache is a shortcut: whatever goes wrong with it, the images are decoded instead.
     """
+    max_bytes = settings.pixel_cache_max_bytes
+    processes = None if settings.decode_processes else False
     if max_bytes <= 0 or pixel_cache.payload_bytes(len(paths), size) > max_bytes:
-        return load_all_pixels(paths, size)
-    cached = pixel_cache.read_entry(store, dataset_id, size, image_names)
+        return load_all_pixels(paths, size, processes=processes)
+    try:
+        cached = pixel_cache.read_entry(store, dataset_id, size, image_names)
+    except Exception:  # e.g. the object store cannot list now
+        logger.exception("dataset %s: pixel cache unreadable; decoding", dataset_id)
+        return load_all_pixels(paths, size, processes=processes)
     if cached is not None:
         return cached
     staging = store.new_staging_dir()
@@ -276,30 +275,29 @@ def load_images(
         writer = pixel_cache.EntryWriter(staging, image_names, size)
         try:
             # 256 a batch, as load_all_pixels decodes; each batch goes straight to disk.
-            for batch in pixel_batches(paths, size, 256):
+            for batch in pixel_batches(paths, size, 256, processes=processes):
                 writer(batch)
         except BaseException:
             writer.abort()
             raise
         try:
-            key = pixel_cache.publish_entry(store, staging, writer, dataset_id)
+            key, pixels = pixel_cache.publish_entry(store, staging, writer, dataset_id)
         except OSError:  # the disk or the store refused the entry: decode into memory instead
             logger.warning(
                 "dataset %s: pixels not cached; decoding again", dataset_id, exc_info=True
             )
-            return load_all_pixels(paths, size)
+            return load_all_pixels(paths, size, processes=processes)
     finally:
         store.discard(staging)  # gone already once published
-    pixels = pixel_cache.open_published(store, key)
     with sessions() as session:
         dataset_gone = session.get(Dataset, dataset_id) is None
-    if dataset_gone:  # deleted while we decoded: its entries went, so goes this one
-        store.delete(key)  # the mapped pixels stay readable until this job drops them
-    else:
-        try:
+    try:
+        if dataset_gone:  # deleted while we decoded: its entries went, so goes this one
+            store.delete(key)  # the mapped pixels stay readable until this job drops them
+        else:
             pixel_cache.settle(store, key, max_bytes)
-        except Exception:  # the job has its pixels; eviction is tried again next time
-            logger.exception("job on dataset %s: could not evict from the pixel cache", dataset_id)
+    except Exception:  # the job has its pixels; eviction is tried again next time
+        logger.exception("job on dataset %s: could not tidy the pixel cache", dataset_id)
     return pixels
 
 

@@ -5,7 +5,6 @@ one batch at a time, with image decoding done by a thread pool ahead of the mode
 """
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from app.architectures import (
     head_attribute,
     weights_to_save,
 )
-from app.datasets.loading import decode_threads, pixel_batches
+from app.datasets.loading import decode_threads, pixel_batches, usable_cpus
 
 # From this input size on the forward pass dominates decoding (resnet18 at 224 px: ~30 ms
 # an image on one core, decoding ~0.7 ms), so torch gets every CPU.
@@ -37,7 +36,7 @@ def share_cpus_with_decoding(loader_threads: int = 0, input_size: int | None = N
     process pool, 1.5x with a decoding thread. From
     ``FORWARD_BOUND_SIZE`` on, decoding is a few percent of the work: torch gets them all.
     """
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if input_size is not None and input_size >= FORWARD_BOUND_SIZE:
         torch.set_num_threads(cpus)
     else:

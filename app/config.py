@@ -99,8 +99,8 @@ class Settings(BaseSettings):
     loader_threads: int = Field(
         0,
         ge=0,
-        description="Image-decoding threads for embedding; 0: half the CPUs (torch "
-        "gets the rest in the API process).",
+        description="Image-decoding threads for embedding sets too small for the process "
+        "pool; 0: half the CPUs (below 128 px, torch gets the rest in the API process).",
     )
 
     # Upload limits

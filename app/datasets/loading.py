@@ -195,7 +195,8 @@ def _decode_pool() -> ProcessPoolExecutor:
             # Every worker starts now, each submit spawning one (none is idle yet), with the
             # parent's __main__ hidden: a child re-imports a script's __main__ (torch and the
             # rest of a bench or tool: ~0.7 GB per worker, seconds to start), though not
-            # ``python -m app``'s. Only these few ms of this thread start processes.
+            # ``python -m app``'s. Only these few ms of this thread start processes (other
+            # threads see the blank __main__ meanwhile; none of ours reads it).
             with _without_main():
                 for _ in range(decode_processes()):
                     pool.submit(os.getpid)

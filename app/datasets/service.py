@@ -89,6 +89,7 @@ def ingest_dataset(
             name: sorted(folder.files_by_class[name]) for name in sorted(folder.files_by_class)
         }
         cache = _cache_writer(work, files, reference.input_size, settings.pixel_cache_max_bytes)
+        key = f"datasets/{dataset_id}"
         try:
             signature = compute_signature(
                 reference,
@@ -97,16 +98,16 @@ def ingest_dataset(
                 threads=settings.loader_threads,
                 on_pixels=cache,
             )
+            (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
+            work.publish(staging, key)
+            if cache is not None:
+                # With the dataset or not at all: the unit of work deletes it if the upload
+                # fails later.
+                cache_key = _publish_cache(work, cache, dataset_id)
         except BaseException:
             if cache is not None:
-                cache.abort()
+                cache.abort()  # its file closed now, not when collected
             raise
-        (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
-        key = f"datasets/{dataset_id}"
-        work.publish(staging, key)
-        if cache is not None:
-            # With the dataset or not at all: the unit of work deletes it if the upload fails.
-            cache_key = _publish_cache(work, cache, dataset_id)
         rejected = folder.rejected.summary()
         dataset = Dataset(
             id=dataset_id,

@@ -4,7 +4,9 @@ Every figure is a ratio against a baseline timed in the same invocation; runs of
 contenders are interleaved (A B A B ...) so that drift in the machine's load hits both.
 """
 
+import argparse
 import io
+import json
 import os
 import platform
 import socket
@@ -177,3 +179,19 @@ def running_service(work: Path, device: str = "cpu", **settings: str) -> Iterato
         finally:
             server.terminate()
             server.wait(60)
+
+
+def section_main(
+    run: Callable[[bool, str], dict[str, Any]],
+    report: Callable[[dict[str, Any]], list[str]],
+    description: str,
+) -> None:
+    """Command line of one performance section run alone: ``--quick``, ``--device``; prints
+    the figures (JSON) and the section's markdown."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer runs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args()
+    result = run(args.quick, args.device)
+    print(json.dumps(result, indent=1))
+    print("\n".join(report(result)))

@@ -10,9 +10,7 @@ and its RSS every second for 15 s after its part of the burst ended. The goal (i
 within about 100 MB of idle 10 s after the burst.
 """
 
-import argparse
 import io
-import json
 import tempfile
 import threading
 import time
@@ -32,6 +30,7 @@ from bench.perf_common import (
     ratio,
     rss_mb,
     running_service,
+    section_main,
     write_image_folder,
 )
 
@@ -357,16 +356,5 @@ def report(result: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
-    """Run alone: print the figures and the markdown."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="500 images, a shorter burst")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    args = parser.parse_args()
-    result = run(args.quick, args.device)
-    print(json.dumps(result, indent=1))
-    print("\n".join(report(result)))
-
-
 if __name__ == "__main__":
-    main()
+    section_main(run, report, __doc__.splitlines()[0])

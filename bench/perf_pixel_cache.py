@@ -17,7 +17,6 @@ The file pages are in the page cache (a worker reading an entry soon after it wa
 from a cold disk a hit reads ``N x size x size x 3`` bytes instead.
 """
 
-import argparse
 import json
 import os
 import tempfile
@@ -32,7 +31,7 @@ from app.p2l.reference import load_reference
 from app.p2l.signature import compute_signature
 from app.store import ArtifactStore, LocalArtifactStore
 from app.zoo.bundled import BUNDLED_DIR
-from bench.perf_common import interleaved, machine, rate, ratio, write_image_folder
+from bench.perf_common import interleaved, machine, rate, ratio, section_main, write_image_folder
 
 DATASET = "0123456789abcdef0123456789abcdef"
 
@@ -176,14 +175,5 @@ def report(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    result = run(args.quick, args.device)
-    print("\n".join(report(result)))
-
-
 if __name__ == "__main__":
-    main()
+    section_main(run, report, __doc__.splitlines()[0])

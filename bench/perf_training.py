@@ -21,7 +21,6 @@ training images, 1,293 validation), and the 250-image ``wesnoth_small`` few-shot
 reported separately.
 """
 
-import argparse
 import io
 import json
 import os
@@ -46,7 +45,7 @@ from app.finetune.pipeline import three_way_split
 from app.finetune.train import augment_batch
 from app.jobs.progress import STOP_CHECK_SECONDS, WRITE_SECONDS
 from app.zoo.bundled import BUNDLED_DIR, manifest
-from bench.perf_common import bundled_pixels, machine, running_service, timing
+from bench.perf_common import bundled_pixels, machine, running_service, section_main, timing
 
 SOURCE = "fashion_54k"
 FEWSHOT = "wesnoth_small"
@@ -419,16 +418,5 @@ def report(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    """Run alone: print the figures and the markdown."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer epochs and runs")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    args = parser.parse_args()
-    result = run(args.quick, args.device)
-    print(json.dumps(result, indent=2))
-    print("\n".join(report(result)))
-
-
 if __name__ == "__main__":
-    main()
+    section_main(run, report, __doc__.splitlines()[0])

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import get_spec, load_model
 from app.db import make_engine, migrate, session_factory
@@ -103,14 +105,27 @@ class HeldLease:
     lost: threading.Event = field(default_factory=threading.Event)
 
 
-def test_the_stop_check_asks_the_database_at_most_every_interval(tmp_path: Path) -> None:
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a fresh, migrated SQLite database."""
     engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
     migrate(engine)
-    sessions = session_factory(engine)
-    job_id = "a" * 32
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def running_job(sessions: sessionmaker[Session], job_id: str) -> str:
+    """A fine-tune row that worker ``w`` runs."""
     with sessions() as session:
         session.add(Job(id=job_id, kind="finetune", status="running", params={}, worker_id="w"))
         session.commit()
+    return job_id
+
+
+def test_the_stop_check_asks_the_database_at_most_every_interval(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = running_job(sessions, "a" * 32)
     lease = HeldLease(job_id, "w")
     writer = ProgressWriter(sessions, lease)
     try:
@@ -128,13 +143,11 @@ def test_the_stop_check_asks_the_database_at_most_every_interval(tmp_path: Path)
         assert writer.should_stop()
     finally:
         writer.close()
-        engine.dispose()
 
 
-def test_a_lost_lease_stops_at_the_next_step_without_asking(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
-    migrate(engine)
-    sessions = session_factory(engine)
+def test_a_lost_lease_stops_at_the_next_step_without_asking(
+    sessions: sessionmaker[Session],
+) -> None:
     lease = HeldLease("b" * 32, "w")  # no such job: asking the database would say stop too
     writer = ProgressWriter(sessions, lease)
     try:
@@ -143,17 +156,12 @@ def test_a_lost_lease_stops_at_the_next_step_without_asking(tmp_path: Path) -> N
         assert writer.should_stop()
     finally:
         writer.close()
-        engine.dispose()
 
 
-def test_epochs_shorter_than_the_write_interval_still_show_their_steps(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
-    migrate(engine)
-    sessions = session_factory(engine)
-    job_id = "c" * 32
-    with sessions() as session:
-        session.add(Job(id=job_id, kind="finetune", status="running", params={}, worker_id="w"))
-        session.commit()
+def test_epochs_shorter_than_the_write_interval_still_show_their_steps(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = running_job(sessions, "c" * 32)
     writer = ProgressWriter(sessions, HeldLease(job_id, "w"), [("fine_tune", 1000)])
     phase = {"phase": "fine_tune", "label": "fine-tune"}
     metrics = {"train_loss": 1.0, "seconds": 0.01, "train_seconds": 0.01}
@@ -170,7 +178,6 @@ def test_epochs_shorter_than_the_write_interval_still_show_their_steps(tmp_path:
                 stored_steps.append(stored.progress.get("step"))
         time.sleep(0.01)
         writer.update({**phase, "epoch": epoch, "epochs": 1000, "metrics": metrics})
-    engine.dispose()
     assert any(stored_steps), "no step reached the stored progress after the first epoch"
 
 

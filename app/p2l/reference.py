@@ -1,7 +1,7 @@
 """The reference network: one fixed feature extractor that embeds every dataset the same way.
 
 ``ReferenceNetwork.embed`` is the single entry point: image files in, pooled features out,
-one batch at a time, with image decoding done by a thread pool ahead of the model.
+one batch at a time, with image decoding done ahead of the model (app.datasets.loading).
 """
 
 import hashlib

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from app.datasets import pixel_cache
-from app.datasets.loading import load_all_pixels, pixel_batches
+from app.datasets.loading import load_all_pixels
 from app.p2l.reference import load_reference
 from app.p2l.signature import compute_signature
 from app.store import ArtifactStore, LocalArtifactStore
@@ -87,15 +87,8 @@ def _loading(
 
 
 def _miss(store: ArtifactStore, paths: list[Path], names: list[str], size: int) -> np.ndarray:
-    """Decode into a new entry and publish it, as a job does on a miss (app.jobs.worker)."""
-    staging = store.new_staging_dir()
-    try:
-        writer = pixel_cache.EntryWriter(staging, names, size)
-        for batch in pixel_batches(paths, size, 256):
-            writer(batch)
-        key, pixels = pixel_cache.publish_entry(store, staging, writer, DATASET)
-    finally:
-        store.discard(staging)
+    """Decode into a new entry and publish it, as a job does on a miss."""
+    key, pixels = pixel_cache.decode_into_entry(store, DATASET, paths, names, size)
     pixel_cache.settle(store, key, 2 * 1024**3)  # the older entry of this size goes
     return pixels
 

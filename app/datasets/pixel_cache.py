@@ -18,13 +18,14 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
+from app.datasets.loading import load_all_pixels, pixel_batches
 from app.store import ArtifactStore
 
 logger = logging.getLogger("p2l.pixel_cache")
@@ -254,3 +255,68 @@ def _mark_used(store: ArtifactStore, entry: CacheEntry) -> None:
             store.write_file(f"{entry.key}/{USED_FILE}", b"")
     except Exception:  # an object store's own errors too: never worth failing a job over
         logger.warning("could not mark pixel cache entry %s as used", entry.key, exc_info=True)
+
+
+def load_pixels(
+    store: ArtifactStore,
+    dataset_id: str,
+    paths: Sequence[Path],
+    image_names: Sequence[str],
+    size: int,
+    max_bytes: int,
+    processes: bool | None = None,
+    dataset_exists: Callable[[], bool] = lambda: True,
+) -> np.ndarray:
+    """A dataset's images at ``size`` px: from its entry, else decoded once into a new one.
+
+    The cache is a shortcut: whatever goes wrong with it, the images are decoded instead.
+    ``max_bytes`` bounds the cache (0: off); ``dataset_exists`` is asked after a new entry
+    is published (a dataset deleted meanwhile takes its entry with it).
+    """
+    if max_bytes <= 0 or payload_bytes(len(paths), size) > max_bytes:
+        return load_all_pixels(paths, size, processes=processes)
+    try:
+        cached = read_entry(store, dataset_id, size, image_names)
+    except Exception:  # e.g. the object store cannot list now
+        logger.exception("dataset %s: pixel cache unreadable; decoding", dataset_id)
+        return load_all_pixels(paths, size, processes=processes)
+    if cached is not None:
+        return cached
+    try:
+        key, pixels = decode_into_entry(store, dataset_id, paths, image_names, size, processes)
+    except OSError:  # the disk or the store refused the entry: decode into memory instead
+        logger.warning("dataset %s: pixels not cached; decoding again", dataset_id, exc_info=True)
+        return load_all_pixels(paths, size, processes=processes)
+    try:
+        if dataset_exists():
+            settle(store, key, max_bytes)
+        else:
+            store.delete(key)  # the mapped pixels stay readable until the caller drops them
+    except Exception:  # the caller has its pixels; eviction is tried again next time
+        logger.exception("dataset %s: could not tidy the pixel cache", dataset_id)
+    return pixels
+
+
+def decode_into_entry(
+    store: ArtifactStore,
+    dataset_id: str,
+    paths: Sequence[Path],
+    image_names: Sequence[str],
+    size: int,
+    processes: bool | None = None,
+) -> tuple[str, np.ndarray]:
+    """Decode the files straight into a new entry and publish it: its key and pixels
+    (OSError where the disk or the store refuses it)."""
+    staging = store.new_staging_dir()
+    try:
+        writer = EntryWriter(staging, image_names, size)
+        try:
+            # 256 a batch, as load_all_pixels decodes; each batch goes straight to disk.
+            for batch in pixel_batches(paths, size, 256, processes=processes):
+                writer(batch)
+        except BaseException:
+            writer.abort()
+            raise
+        return publish_entry(store, staging, writer, dataset_id)
+    finally:
+        store.discard(staging)  # gone already once published

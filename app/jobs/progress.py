@@ -73,7 +73,6 @@ class ProgressWriter:
         self.segment = -1  # index in plan of the phase now training
         self.segment_key: tuple[str, Any] | None = None
         self.started = self.epoch_started = time.monotonic()
-        self.last_write = 0.0
         self.last_step_write = 0.0
         self.state: dict[str, Any] = {
             **LOADING_PROGRESS,
@@ -175,7 +174,6 @@ class ProgressWriter:
 
     def write(self) -> None:
         """Store the progress so far (only while this worker holds the job, running)."""
-        self.last_write = time.monotonic()
         with self.sessions() as session:
             session.execute(
                 update(Job)

@@ -13,8 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from types import FrameType
 
 import numpy as np
@@ -25,7 +24,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.architectures import get_spec, load_model, weights_to_save
 from app.config import Settings
 from app.datasets import pixel_cache
-from app.datasets.loading import load_all_pixels, pixel_batches
 from app.datasets.service import dataset_files, get_dataset
 from app.db import make_engine, session_factory
 from app.finetune.options import FinetuneOptions
@@ -187,9 +185,12 @@ def run_finetune(
         progress.set_phase(
             "loading", f"loading {dataset.num_images} images and the source {source.name}"
         )
-        images = load_images(
-            sessions, store, dataset.id, paths, image_names, source.input_size, settings
-        )
+        images = pixel_cache.load_pixels(
+            store, dataset.id, paths, image_names, source.input_size,
+            settings.pixel_cache_max_bytes,
+            processes=None if settings.decode_processes else False,
+            dataset_exists=lambda: _dataset_exists(sessions, dataset.id),
+        )  # fmt: skip
         model = load_model(source.architecture, source.num_classes, source_file)
         spec = get_spec(source.architecture)
         model, report = finetune(
@@ -246,59 +247,9 @@ def run_finetune(
     progress.record_job(len(paths))
 
 
-def load_images(
-    sessions: sessionmaker[Session],
-    store: ArtifactStore,
-    dataset_id: str,
-    paths: Sequence[Path],
-    image_names: Sequence[str],
-    size: int,
-    settings: Settings,
-) -> np.ndarray:
-    """A dataset's images at ``size`` px: from the pixel cache, else decoded once and cached.
-
-    The cache is a shortcut: whatever goes wrong with it, the images are decoded instead.
-    """
-    max_bytes = settings.pixel_cache_max_bytes
-    processes = None if settings.decode_processes else False
-    if max_bytes <= 0 or pixel_cache.payload_bytes(len(paths), size) > max_bytes:
-        return load_all_pixels(paths, size, processes=processes)
-    try:
-        cached = pixel_cache.read_entry(store, dataset_id, size, image_names)
-    except Exception:  # e.g. the object store cannot list now
-        logger.exception("dataset %s: pixel cache unreadable; decoding", dataset_id)
-        return load_all_pixels(paths, size, processes=processes)
-    if cached is not None:
-        return cached
-    staging = store.new_staging_dir()
-    try:
-        writer = pixel_cache.EntryWriter(staging, image_names, size)
-        try:
-            # 256 a batch, as load_all_pixels decodes; each batch goes straight to disk.
-            for batch in pixel_batches(paths, size, 256, processes=processes):
-                writer(batch)
-        except BaseException:
-            writer.abort()
-            raise
-        try:
-            key, pixels = pixel_cache.publish_entry(store, staging, writer, dataset_id)
-        except OSError:  # the disk or the store refused the entry: decode into memory instead
-            logger.warning(
-                "dataset %s: pixels not cached; decoding again", dataset_id, exc_info=True
-            )
-            return load_all_pixels(paths, size, processes=processes)
-    finally:
-        store.discard(staging)  # gone already once published
+def _dataset_exists(sessions: sessionmaker[Session], dataset_id: str) -> bool:
     with sessions() as session:
-        dataset_gone = session.get(Dataset, dataset_id) is None
-    try:
-        if dataset_gone:  # deleted while we decoded: its entries went, so goes this one
-            store.delete(key)  # the mapped pixels stay readable until this job drops them
-        else:
-            pixel_cache.settle(store, key, max_bytes)
-    except Exception:  # the job has its pixels; eviction is tried again next time
-        logger.exception("job on dataset %s: could not tidy the pixel cache", dataset_id)
-    return pixels
+        return session.get(Dataset, dataset_id) is not None
 
 
 class Heartbeat:

@@ -239,8 +239,12 @@ class EpochMetrics(BaseModel):
     train_seconds: float | None = Field(None, description="The training steps alone.")
     label: str | None = Field(None, description="Its phase in words.")
     candidate_index: int | None = Field(
-        None, description="auto_search: which candidate (1-based) the epoch trained."
+        None, description="auto_search: which trial (1-based) the epoch belongs to."
     )
+    candidate: dict[str, float] | None = Field(
+        None, description="auto_search: the schedule that trial tried."
+    )
+    candidates: int | None = Field(None, description="auto_search: trials planned.")
 
 
 class JobProgress(BaseModel):
@@ -266,8 +270,12 @@ class JobProgress(BaseModel):
     candidate: dict[str, float] | None = Field(
         None, description='auto_search: the schedule being tried (e.g. {"decay": 0.5}).'
     )
-    candidate_index: int | None = Field(None, description="auto_search: 1-based.")
-    candidates: int | None = Field(None, description="auto_search: how many are tried.")
+    candidate_index: int | None = Field(
+        None,
+        description="auto_search: the trial's number, 1-based (halving tries the "
+        "better candidates again, for longer).",
+    )
+    candidates: int | None = Field(None, description="auto_search: trials planned.")
     elapsed_seconds: float | None = Field(None, description="Since the worker took the job.")
     eta_seconds: float | None = Field(
         None, description="Time left at the pace so far; 0 once the job has ended."
@@ -283,7 +291,8 @@ class Estimate(BaseModel):
         "validation, plus loading, evaluating and saving; early stopping may end it sooner)."
     )
     epochs_planned: int = Field(
-        description="Epochs of every phase together, at most: auto's 4 x auto_epochs, "
+        description="Epochs of every phase together, at most: auto's search (halving: 24 at "
+        "auto_epochs 10; exhaustive: 4 x auto_epochs), "
         "epochs, and epochs again for the baseline."
     )
     train_images: int = Field(description="Images per training epoch.")
@@ -323,6 +332,9 @@ class ScheduleOut(BaseModel):
     multipliers: list[float] | None
     freeze_below: int
     chosen_by: Literal["auto", "manual"]
+    reason: str = Field(
+        "", description="Why this schedule ran: auto's winning score and search, or manual."
+    )
 
 
 class ClassMetrics(BaseModel):
@@ -402,7 +414,11 @@ class FinetuneReport(BaseModel):
     test_images: int = 0
     seconds: float
     auto_search: dict[str, Any] | None = Field(
-        None, description="With schedule auto: the candidates tried and their scores."
+        None,
+        description="With schedule auto: the search (halving or exhaustive) and its score "
+        "(loss or accuracy), every round's candidates with their epochs, validation accuracy "
+        "and validation loss, what each round kept, the choice, the reason, and the search's "
+        "epochs.",
     )
     baseline: BaselineOut | None = None
     warnings: list[str] = Field(default_factory=list)

@@ -64,7 +64,7 @@ def job_seconds() -> dict[str, float]:
         spec.mean, spec.std, FinetuneOptions(),
     )  # fmt: skip
     seconds = time.perf_counter() - started
-    epochs = len(report.history) + 4 * FinetuneOptions().auto_epochs
+    epochs = len(report.history) + (report.auto_search or {}).get("epochs", 0)
     return {
         "seconds": round(seconds, 2),
         "train_images": report.train_images,

@@ -9,6 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.finetune.options import FinetuneOptions
+from app.finetune.search import trial_epochs
 from app.main import create_app
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
 
@@ -138,16 +140,19 @@ def test_auto_search_phases_name_their_candidate(service: TestClient, target_id:
     phases = [data for name, data, _ in events if name == "phase"]
     searches = [p for p in phases if p["phase"] == "auto_search"]
     assert searches, [p["phase"] for p in phases]
+    trials = trial_epochs(FinetuneOptions().auto_search, 2)  # the default search's plan
     indices = [p["candidate_index"] for p in searches]
-    assert indices == sorted(indices) and set(indices) <= {1, 2, 3, 4}
+    assert indices == sorted(indices) and set(indices) <= set(range(1, len(trials) + 1))
     for search in searches:
         index = search["candidate_index"]
-        assert re.fullmatch(rf"auto search {index}/4: \S.*", search["label"]), search
-        assert search["candidates"] == 4 and isinstance(search["candidate"], dict)
+        assert re.fullmatch(rf"auto search {index}/{len(trials)}: \S.*", search["label"]), search
+        assert search["candidates"] == len(trials) and isinstance(search["candidate"], dict)
         assert "{" not in search["label"]
     epochs = [data for name, data, _ in events if name == "epoch"]
-    assert [e["phase"] for e in epochs] == ["auto_search"] * 8 + ["fine_tune"]
-    assert epochs[0]["epochs_planned"] == 9
+    assert [e["phase"] for e in epochs] == ["auto_search"] * sum(trials) + ["fine_tune"]
+    # Each search epoch says how long its own trial is (halving's later trials are longer).
+    assert [e["epochs"] for e in epochs[:-1]] == [n for n in trials for _ in range(n)]
+    assert epochs[0]["epochs_planned"] == sum(trials) + 1
     # A phase shorter than a poll (0.5 s) may pass unseen; its epochs never do.
     for chosen in (p for p in phases if p["phase"] == "fine_tune"):
         assert chosen["label"].startswith("fine-tune: auto's choice, ")

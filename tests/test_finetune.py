@@ -117,6 +117,12 @@ def test_reported_accuracy_comes_from_a_split_that_chose_nothing() -> None:
     assert report.test_accuracy == pytest.approx(evaluate(model, held_out).accuracy)
     assert sum(sum(row) for row in report.confusion_matrix) == len(test)
     assert report.auto_search["candidates"] and report.val_accuracy is not None
+    # Every trial of the search reports both scores; the loss is the mean cross-entropy.
+    trials = [t for r in report.auto_search["rounds"] for t in r["trials"]]
+    assert len(trials) == 6 and all(0 < t["val_loss"] < 20 for t in trials)
+    scored = evaluate(model, held_out, probabilities=True)
+    picked = scored.probabilities[np.arange(len(scored.labels)), scored.labels]
+    assert scored.loss == pytest.approx(-np.log(picked).mean(), rel=1e-4)
 
 
 def test_without_validation_training_runs_its_epochs_and_keeps_the_last_weights() -> None:

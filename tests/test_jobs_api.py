@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load
 
 from app.config import Settings
+from app.finetune.search import describe_candidate
 from app.main import create_app
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
 
@@ -117,9 +118,15 @@ def test_best_source_fine_tunes_beats_scratch_and_predicts(
     assert result["evaluated_on"] == "test" and result["test_images"] == 50
     assert result["test_accuracy"] > result["baseline"]["test_accuracy"], result
     assert result["baseline"]["transfer_gain_split"] == "test"
-    assert result["auto_search"]["budget_epochs_per_candidate"] == 10
-    assert len(result["auto_search"]["candidates"]) == 4
+    # Which schedule ran and why: the search's rounds and scores, its choice in words.
+    search = result["auto_search"]
+    assert search["search"] == "halving" and search["budget_epochs_per_candidate"] == 10
+    assert [r["epochs"] for r in search["rounds"]] == [3, 6]
+    assert [len(r["trials"]) for r in search["rounds"]] == [4, 2] and search["epochs"] == 24
+    assert search["chosen"] in [t["candidate"] for t in search["rounds"][-1]["trials"]]
     assert result["schedule"]["chosen_by"] == "auto"
+    assert result["schedule"]["reason"] == search["reason"]
+    assert search["reason"].startswith(describe_candidate(search["chosen"]))
     assert current["progress"]["history"], "per-epoch metrics are reported"
 
     model_id = current["model_id"]

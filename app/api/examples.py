@@ -7,6 +7,8 @@ them into the generated document, listings (``Page[X]``) included.
 
 from typing import Any
 
+from app.finetune.search import AUTO_CANDIDATES, run_search
+
 DATASET_ID = "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c"
 SOURCE_ID = "8e1d2c3b4a5f60718293a4b5c6d7e8f9"
 RANKING_ID = "c0ffee00aa11bb22cc33dd44ee55ff66"
@@ -43,12 +45,27 @@ _EVALUATION: dict[str, Any] = {
     "misclassified": [_MISCLASSIFIED],
     "misclassified_total": 14,
 }
+# Validation (accuracy, loss) per auto candidate (decay 1, 0.5, 0.1, frozen) and trial length.
+_TRIAL_SCORES = {
+    3: [(0.78, 0.71), (0.82, 0.55), (0.8, 0.6), (0.71, 0.9)],
+    6: [(0.8, 0.66), (0.86, 0.42), (0.84, 0.47), (0.72, 0.88)],
+}
+
+
+def _example_trial(candidate: dict[str, Any], epochs: int, *_: int) -> dict[str, float]:
+    accuracy, loss = _TRIAL_SCORES[epochs][AUTO_CANDIDATES.index(candidate)]
+    return {"val_accuracy": accuracy, "val_loss": loss}
+
+
+# What the service records, made by the same code: the wording cannot drift.
+_AUTO_SEARCH = run_search("halving", "loss", 10, _example_trial)
 _SCHEDULE = {
     "base_lr": 0.05,
     "decay": 0.5,
     "multipliers": None,
     "freeze_below": 0,
     "chosen_by": "auto",
+    "reason": _AUTO_SEARCH["reason"],
 }
 _REPORT = {
     "model_id": MODEL_ID,
@@ -69,11 +86,7 @@ _REPORT = {
     "val_images": 45,
     "test_images": 90,
     "seconds": 41.5,
-    "auto_search": {
-        "budget_epochs_per_candidate": 10,
-        "candidates": [{"candidate": {"decay": 0.5}, "val_accuracy": 0.86}],
-        "chosen": {"decay": 0.5},
-    },
+    "auto_search": _AUTO_SEARCH,
     "baseline": None,
     "warnings": [],
 }
@@ -84,15 +97,15 @@ _PROGRESS = {
     "epochs": 40,
     "step": 4,
     "steps_per_epoch": 6,
-    "epochs_done": 43,
-    "epochs_planned": 80,
+    "epochs_done": 27,
+    "epochs_planned": 64,
     "elapsed_seconds": 38.2,
     "eta_seconds": 32.9,
     "history": [_EPOCH],
 }
 _ESTIMATE = {
     "seconds": 75.0,
-    "epochs_planned": 80,
+    "epochs_planned": 64,
     "train_images": 180,
     "val_images": 45,
     "test_images": 90,

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.finetune.pipeline import AUTO_CANDIDATES, describe_candidate
+from app.finetune.options import PRE_SEARCH_CHOICE
+from app.finetune.search import AUTO_CANDIDATES, describe_candidate, trial_epochs
 from app.jobs.service import CANDIDATE_FIELDS, get_job
 from app.schemas import JobOut
 
@@ -121,11 +122,16 @@ def _phase_key(progress: Snapshot) -> tuple[Any, ...]:
     return (progress.get("phase"), progress.get("label"), progress.get("candidate_index"))
 
 
-def _phase_epochs(job: Snapshot, phase: str | None) -> int | None:
-    """Epochs a fine-tune's phase plans (from its options: the phase may be over by now)."""
+def _phase_epochs(job: Snapshot, phase: str | None, trial: object = None) -> int | None:
+    """Epochs a fine-tune's phase plans (from its options: the phase may be over by now);
+    an auto search's trial (its 1-based number, as stored) by its place in the search's plan."""
     options = (job.get("params") or {}).get("options") or {}
-    key = "auto_epochs" if phase == "auto_search" else "epochs"
-    epochs = options.get(key) if phase in ("auto_search", "fine_tune", "baseline") else None
+    if phase == "auto_search":
+        search = options.get("auto_search", PRE_SEARCH_CHOICE["auto_search"])
+        budget = options.get("auto_epochs")
+        plan = trial_epochs(search, budget) if isinstance(budget, int) else []
+        return plan[trial - 1] if isinstance(trial, int) and 1 <= trial <= len(plan) else None
+    epochs = options.get("epochs") if phase in ("fine_tune", "baseline") else None
     return epochs if isinstance(epochs, int) else None
 
 
@@ -149,15 +155,17 @@ def _past_phase(first: dict[str, Any], job: Snapshot, epoch: dict[str, Any]) -> 
     event = {
         "phase": name,
         "label": first.get("label") or str(name).replace("_", " "),
-        "epochs": _phase_epochs(job, name),
+        "epochs": _phase_epochs(job, name, first.get("candidate_index")),
         "epochs_done": epoch["epochs_done"] - 1,
         "epochs_planned": epoch["epochs_planned"],
     }
-    index = first.get("candidate_index")
-    if name == "auto_search" and isinstance(index, int) and 1 <= index <= len(AUTO_CANDIDATES):
-        candidate, count = AUTO_CANDIDATES[index - 1], len(AUTO_CANDIDATES)
+    index, candidate = first.get("candidate_index"), first.get("candidate")
+    if name == "auto_search" and isinstance(index, int):
+        if candidate is None and 1 <= index <= len(AUTO_CANDIDATES):
+            candidate = AUTO_CANDIDATES[index - 1]  # stored before trials named their candidate
+        count = first.get("candidates") or len(AUTO_CANDIDATES)
         event.update(candidate=candidate, candidate_index=index, candidates=count)
-        if not first.get("label"):
+        if not first.get("label") and candidate is not None:
             event["label"] = f"auto search {index}/{count}: {describe_candidate(candidate)}"
     return event
 
@@ -189,7 +197,9 @@ def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]
             {
                 "phase": metrics.get("phase"),
                 "epoch": metrics.get("epoch"),
-                "epochs": _phase_epochs(current, metrics.get("phase")),
+                "epochs": _phase_epochs(
+                    current, metrics.get("phase"), metrics.get("candidate_index")
+                ),
                 "metrics": metrics,
                 "epochs_done": done - (len(new) - 1 - i),
                 "epochs_planned": now.get("epochs_planned"),
@@ -212,7 +222,9 @@ def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]
     if _phase_key(before) != _phase_key(now):
         phase = {k: now.get(k) for k in ("phase", "label", "epochs", *_PLAN_FIELDS)}
         # The options say what the new phase plans; the progress may still hold the last's.
-        phase["epochs"] = _phase_epochs(current, now.get("phase")) or phase["epochs"]
+        phase["epochs"] = (
+            _phase_epochs(current, now.get("phase"), now.get("candidate_index")) or phase["epochs"]
+        )
         if now.get("phase") == "auto_search":
             phase.update({k: now.get(k) for k in CANDIDATE_FIELDS})
         # Phases that began (and perhaps ended) since the last poll are announced before

@@ -6,8 +6,12 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.finetune.search import AutoScore, AutoSearch
+
 # Fields that only mean something when the schedule is given by hand.
 MANUAL_ONLY = ("decay", "multipliers", "freeze_below")
+# What auto did before auto_search and auto_score existed (jobs stored then lack them).
+PRE_SEARCH_CHOICE = {"auto_search": "exhaustive", "auto_score": "accuracy"}
 
 
 class FinetuneOptions(BaseModel):
@@ -64,7 +68,23 @@ class FinetuneOptions(BaseModel):
         0, ge=0, le=2**32 - 1, description="Seed of the splits, the new head and the batches."
     )
     baseline: bool = Field(False, description="Also train from scratch on the same split.")
-    auto_epochs: int = Field(10, ge=1, le=200, description="Budget per auto candidate.")
+    auto_epochs: int = Field(
+        10,
+        ge=1,
+        le=200,
+        description="Budget per auto candidate: exhaustive trains each this long; halving "
+        "starts each at a quarter of it and doubles the epochs of the better half each round.",
+    )
+    auto_search: AutoSearch = Field(
+        "halving",
+        description="How auto searches: halving (successive halving, 24 epochs at the "
+        "default auto_epochs) or exhaustive (every candidate for auto_epochs, 40).",
+    )
+    auto_score: AutoScore = Field(
+        "loss",
+        description="What auto compares candidates by, on the validation split: loss "
+        "(cross-entropy) or accuracy.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -88,6 +108,8 @@ class FinetuneOptions(BaseModel):
         """Options as a job stored them (every field written out, manual-only ones included)."""
         if record.get("schedule", "auto") == "auto":
             record = {k: v for k, v in record.items() if k not in MANUAL_ONLY}
+        # Jobs stored before auto could choose its search ran the exhaustive one by accuracy.
+        record = {**PRE_SEARCH_CHOICE, **record}
         return cls.model_validate(record)
 
 

@@ -16,6 +16,7 @@ from app.architectures import build_model
 from app.finetune.evaluation import confusion_matrix, evaluation_report
 from app.finetune.layers import LayerwiseLR, describe_groups, layer_groups, replace_head
 from app.finetune.options import FinetuneOptions, held_out_count
+from app.finetune.search import describe_candidate, run_search
 from app.finetune.train import (
     Accelerator,
     EpochResult,
@@ -25,14 +26,6 @@ from app.finetune.train import (
     TrainResult,
     evaluate,
     train_classifier,
-)
-
-# What ``schedule: auto`` tries, from "train everything alike" to "frozen feature extractor".
-AUTO_CANDIDATES: tuple[dict[str, Any], ...] = (
-    {"decay": 1.0},
-    {"decay": 0.5},
-    {"decay": 0.1},
-    {"decay": 1.0, "freeze_below": -1},  # -1: every group below the head
 )
 
 
@@ -166,25 +159,21 @@ def finetune(
     auto_search = None
     overrides: dict[str, Any] = {}
     if options.schedule == "auto":
-        trials: list[dict[str, Any]] = []
-        for index, candidate in enumerate(AUTO_CANDIDATES, start=1):
-            phase = _phase(
-                "auto_search",
-                f"auto search {index}/{len(AUTO_CANDIDATES)}: {describe_candidate(candidate)}",
-                candidate=candidate,
-                candidate_index=index,
-                candidates=len(AUTO_CANDIDATES),
-            )
-            _, trial, _ = run(candidate, options.auto_epochs, phase, None)
-            trials.append({"candidate": candidate, "val_accuracy": trial.best_val_accuracy})
-        best = max(trials, key=lambda t: t["val_accuracy"])  # first wins ties
-        overrides = best["candidate"]
-        auto_search = {
-            "budget_epochs_per_candidate": options.auto_epochs,
-            "candidates": trials,
-            "chosen": overrides,
-            "note": "freeze_below -1 means every group below the head is frozen",
-        }
+
+        def trial(
+            candidate: dict[str, Any], epochs: int, index: int, trials: int
+        ) -> dict[str, float]:
+            label = f"auto search {index}/{trials}: {describe_candidate(candidate)}"
+            details = {"candidate": candidate, "candidate_index": index, "candidates": trials}
+            model, _, _ = run(candidate, epochs, _phase("auto_search", label, **details), None)
+            assert val is not None  # auto refuses to run without a validation split
+            scores = evaluate(model, val, device, accelerator=accelerator)
+            return {"val_accuracy": scores.accuracy, "val_loss": scores.loss}
+
+        auto_search = run_search(
+            options.auto_search, options.auto_score, options.auto_epochs, trial
+        )
+        overrides = auto_search["chosen"]
 
     fine_tune = _phase("fine_tune", f"fine-tune: {_describe_schedule(options, overrides)}")
     model, final, schedule = run(overrides, options.epochs, fine_tune, options.patience)
@@ -207,6 +196,7 @@ def finetune(
             "multipliers": list(schedule.multipliers) if schedule.multipliers else None,
             "freeze_below": schedule.freeze_below,
             "chosen_by": options.schedule,
+            "reason": auto_search["reason"] if auto_search else "manual: as requested",
         },
         groups=describe_groups(model, schedule),
         history=[{"phase": "fine_tune", **asdict(e)} for e in final.history],
@@ -320,13 +310,6 @@ def _phase(phase: str, label: str, **details: Any) -> dict[str, Any]:
 
 # The no-transfer baseline's phase (see train_from_scratch).
 BASELINE_PHASE = _phase("baseline", "baseline: the same architecture trained from scratch")
-
-
-def describe_candidate(candidate: dict[str, Any]) -> str:
-    """An auto-search candidate in words, e.g. "decay 0.5" or "frozen feature extractor"."""
-    if candidate.get("freeze_below") == -1:
-        return "frozen feature extractor (head only)"
-    return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in candidate.items())
 
 
 def _describe_schedule(options: FinetuneOptions, overrides: dict[str, Any]) -> str:

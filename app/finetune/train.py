@@ -286,6 +286,7 @@ class Evaluation:
     predictions: np.ndarray
     labels: np.ndarray
     probabilities: np.ndarray | None = None  # (N, classes) float32
+    loss: float = 0.0  # mean cross-entropy (nats): graded where accuracy only counts hits
 
 
 def evaluate(
@@ -296,7 +297,8 @@ def evaluate(
     probabilities: bool = False,
     accelerator: Accelerator = OFF,
 ) -> Evaluation:
-    """Top-1 accuracy of ``model`` on ``data``; with ``probabilities``, the softmax too.
+    """Top-1 accuracy and mean cross-entropy of ``model`` on ``data``; with
+    ``probabilities``, the softmax too.
 
     ``accelerator`` (CUDA only; off unless given) as in training.
     """
@@ -304,14 +306,16 @@ def evaluate(
     fast = accelerator.on(device)
     model.eval()
     predictions, softmax = [], []
+    loss_sum = 0.0
     with (
         torch.inference_mode(),
         torch.autocast(device.type, dtype=torch.float16, enabled=fast.mixed_precision),
     ):
         for first in range(0, len(data), batch_size):
             index = torch.arange(first, min(first + batch_size, len(data)))
-            images, _ = data.batch(index, device, accelerator=fast)
+            images, batch_labels = data.batch(index, device, accelerator=fast)
             logits = model(images).float()
+            loss_sum += float(F.cross_entropy(logits, batch_labels, reduction="sum"))
             predictions.append(logits.argmax(1).cpu())
             if probabilities:
                 softmax.append(logits.softmax(1).cpu())
@@ -322,4 +326,5 @@ def evaluate(
         predicted,
         labels,
         torch.cat(softmax).numpy() if probabilities else None,
+        loss_sum / max(len(data), 1),
     )

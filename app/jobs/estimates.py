@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from app.architectures import build_model, known_architectures
 from app.db import rows_matched
 from app.finetune.options import FinetuneOptions, split_sizes
-from app.finetune.pipeline import AUTO_CANDIDATES
+from app.finetune.search import trial_epochs
 from app.models import Throughput, Worker, utcnow
 from app.schemas import Estimate
 
@@ -55,8 +55,10 @@ PRIOR_FLOPS_PER_IMAGE = 1e9
 
 def phase_plan(options: FinetuneOptions) -> list[tuple[str, int]]:
     """The training phases a fine-tune runs, in order, with the epochs each plans at most."""
-    plan = [("auto_search", options.auto_epochs)] * (
-        len(AUTO_CANDIDATES) if options.schedule == "auto" else 0
+    plan = (
+        [("auto_search", e) for e in trial_epochs(options.auto_search, options.auto_epochs)]
+        if options.schedule == "auto"
+        else []
     )
     plan.append(("fine_tune", options.epochs))
     if options.baseline:

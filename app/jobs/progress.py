@@ -113,7 +113,7 @@ class ProgressWriter:
             metrics = {"phase": event["phase"], **event.pop("metrics")}
             # Its phase's words and auto candidate: a stream that missed the phase (shorter
             # than a poll) still announces it properly (app.api.streams).
-            for key in ("label", "candidate_index"):
+            for key in ("label", *CANDIDATE_FIELDS):
                 if event.get(key) is not None:
                     metrics[key] = event[key]
             self.state["history"] = [*self.state["history"], metrics]

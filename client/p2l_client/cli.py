@@ -173,6 +173,8 @@ FINETUNE_OPTIONS = (
     "seed",
     "baseline",
     "auto_epochs",
+    "auto_search",
+    "auto_score",
 )
 
 
@@ -257,6 +259,8 @@ def show_report(r: dict[str, Any]) -> None:
             f"schedule {schedule.get('chosen_by')}: decay {schedule.get('decay')}, "
             f"base_lr {schedule.get('base_lr')}"
         )
+        if schedule.get("reason"):
+            out.print(f"  why: {schedule['reason']}")
     baseline = r.get("baseline")
     if baseline:
         gain = baseline.get("transfer_gain")
@@ -566,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     opts = sub.add_argument_group("training options")
     opts.add_argument("--schedule", choices=["auto", "manual"])
     opts.add_argument("--epochs", type=int)
-    opts.add_argument("--auto-epochs", type=int, help="epochs per auto candidate")
+    opts.add_argument("--auto-epochs", type=int, help="auto's budget per candidate")
+    opts.add_argument("--auto-search", choices=["halving", "exhaustive"], help="how auto searches")
+    opts.add_argument("--auto-score", choices=["loss", "accuracy"], help="what auto compares")
     opts.add_argument("--base-lr", type=float)
     opts.add_argument("--decay", type=float, help="manual: per-group learning-rate decay")
     opts.add_argument("--multipliers", type=float_list, help="manual: e.g. 0,0.1,0.5,1,1")

@@ -478,7 +478,7 @@ class Finetunes(Resource):
 
     ``options`` are the service's FinetuneOptions: schedule ("auto" or "manual"), epochs,
     base_lr, decay, multipliers, freeze_below, batch_size, weight_decay, patience, hflip,
-    val_fraction, test_fraction, seed, baseline, auto_epochs.
+    val_fraction, test_fraction, seed, baseline, auto_epochs, auto_search, auto_score.
     """
 
     def start(

@@ -783,21 +783,22 @@
     return error instanceof ApiError && (error.status === 401 || error.status === 404);
   }
 
-  /** Epochs a fine-tune's phase plans, from what was asked (progress may lag a phase). */
+  /** Epochs a fine-tune's phase plans, from what was asked (progress may lag a phase);
+   *  an auto-search trial's own length comes with its progress (halving's trials differ). */
   function plannedEpochs(job, phase) {
     const options = (job.params && job.params.options) || {};
-    if (phase === "auto_search") return options.auto_epochs;
     if (phase === "fine_tune" || phase === "baseline") return options.epochs;
     return null;
   }
 
-  /** Auto-search epochs restart at 1 for each candidate: number the candidates. */
+  /** Auto-search epochs restart at 1 for each trial: number the trials (older jobs did not
+   *  store the number with each epoch). */
   function numberCandidates(history) {
     let candidate = 0;
     return history.map((m) => {
       if (m.phase !== "auto_search") return m;
       if (m.epoch === 1 || candidate === 0) candidate += 1;
-      return { ...m, candidate };
+      return { ...m, candidate: m.candidate_index || candidate };
     });
   }
 
@@ -828,6 +829,7 @@
       evaluation ? ["Macro F1", `${num(evaluation.macro_f1)} (on the ${evaluation.split} split, ${int(evaluation.images)} images)`] : null,
       ["Per-class figures on", report.evaluated_on || dash],
       ["Schedule", scheduleText],
+      schedule.reason ? ["Why this schedule", schedule.reason] : null,
       baseline ? ["From scratch", `${pct(baseline.test_accuracy)} test accuracy; transfer gain ${baseline.transfer_gain === null || baseline.transfer_gain === undefined ? dash : `${baseline.transfer_gain >= 0 ? "+" : ""}${(100 * baseline.transfer_gain).toFixed(1)} points`}`] : null,
       ["Split", `${int(report.train_images)} train · ${int(report.val_images)} validation · ${int(report.test_images)} test images`],
       ["Training time", duration(report.seconds)],

@@ -101,6 +101,8 @@ class Ranking(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     excluded: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # A two-stage ranking's second stage: method, shortlist size and what it cost.
+    refine: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
 
 
 class Job(Base):

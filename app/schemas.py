@@ -6,6 +6,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.finetune.options import FinetuneOptions
+from app.p2l.refine import MAX_REFINE_TOP, RefineMethod
 
 Item = TypeVar("Item")
 
@@ -139,6 +140,21 @@ class SourceOut(BaseModel):
     origin: str = Field(description="bundled, upload or finetune")
 
 
+class RefineRequest(BaseModel):
+    """The second stage of a two-stage ranking."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: RefineMethod = Field(
+        description="logme (You et al. 2021: evidence of a linear model on the source's "
+        "features), leep (Nguyen et al. 2020) or nce (Tran et al. 2019): both from the "
+        "source's own head."
+    )
+    top: int = Field(
+        5, ge=1, le=MAX_REFINE_TOP, description="How many of the first stage's best to re-rank."
+    )
+
+
 class RankingRequest(BaseModel):
     """What to rank, and how."""
 
@@ -162,6 +178,22 @@ class RankingRequest(BaseModel):
     lam: float | None = Field(
         None, alias="lambda", ge=0, le=100, description="Override lambda for this ranking."
     )
+    refine: RefineRequest | None = Field(
+        None,
+        description="Two-stage ranking: re-rank the first stage's top sources by a "
+        "per-candidate measure (one forward pass of the target through each).",
+    )
+
+
+class RefineOut(BaseModel):
+    """What a two-stage ranking's second stage did, and what it cost."""
+
+    method: RefineMethod
+    top: int = Field(description="Sources re-ranked (fewer when fewer were ranked).")
+    forward_passes: int = Field(description="One per re-ranked source.")
+    images_per_pass: int = Field(description="The target's images, through each source.")
+    seconds: float = Field(description="The second stage: decoding, forward passes, scores.")
+    first_stage_ms: float = Field(description="The first stage's scoring, over the whole zoo.")
 
 
 class RankedSource(BaseModel):
@@ -175,6 +207,12 @@ class RankedSource(BaseModel):
     similarity: float = Field(description="exp(-distance).")
     size_term: float = Field(description="lambda * log(n_source).")
     num_images: int
+    first_stage_rank: int | None = Field(
+        None, description="Two-stage rankings: the source's rank after the first stage."
+    )
+    refine_score: float | None = Field(
+        None, description="Two-stage rankings: the second stage's score (re-ranked sources)."
+    )
 
 
 class ExcludedSource(BaseModel):
@@ -197,6 +235,7 @@ class RankingOut(BaseModel):
     results: list[RankedSource]
     excluded: list[ExcludedSource]
     elapsed_ms: float | None = Field(None, description="Time of the scoring itself.")
+    refine: RefineOut | None = Field(None, description="A two-stage ranking's second stage.")
     warnings: list[str] = Field(
         default_factory=list, description="Why nothing was ranked, when nothing was."
     )

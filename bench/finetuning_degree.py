@@ -47,7 +47,6 @@ import numpy as np
 import torch
 
 from app.architectures import get_spec, load_model
-from app.config import Settings
 from app.finetune.layers import layer_groups
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune, three_way_split
@@ -59,12 +58,10 @@ from app.finetune.search import (
     trial_epochs,
 )
 from app.finetune.train import ImageTensors, evaluate
-from app.p2l.reference import load_reference
-from app.p2l.scoring import ScoringParams, SignatureIndex
-from app.p2l.signature import load_signature, signature_of_array
-from app.zoo.bundled import BUNDLED_DIR, manifest
+from app.zoo.bundled import BUNDLED_DIR
 from bench.ground_truth import Target, load_targets, pooled_sd, source_entries
 from bench.perf_common import machine
+from bench.service_ranking import BundledRanker
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache" / "degree" / "cells.jsonl"
@@ -76,8 +73,6 @@ TARGETS = (
 )  # fmt: skip
 QUICK_TARGETS = ("fashion", "clipart_fewshot")
 SEEDS = 3
-# The service's default ranking.
-DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 # Fixed schedules: FinetuneOptions fields, plus "lower_lr" (every group below the head at
 # that rate) and freeze_below "half" (the lower half of the groups below the head).
 SCHEDULES: dict[str, dict[str, Any]] = {
@@ -240,21 +235,12 @@ def runs_so_far() -> list[dict[str, Any]]:
 
 def choose_pairs(targets: list[str]) -> list[dict[str, Any]]:
     """Each target with P2L's pick (service default ranking) and the source it ranks last."""
-    info = manifest()
-    reference = load_reference(info["reference"]["architecture"],
-                               BUNDLED_DIR / info["reference"]["weights"], "cpu")  # fmt: skip
-    index = SignatureIndex(eps=DEFAULTS["p2l_eps"])
-    sizes = {}
-    for entry in info["sources"]:
-        index.add(entry["name"], load_signature(BUNDLED_DIR / entry["signature"]))
-        sizes[entry["name"]] = entry["num_train_images"]
-    params = ScoringParams(DEFAULTS["p2l_lambda"], DEFAULTS["p2l_eps"], DEFAULTS["emd_gamma"])
+    ranker = BundledRanker()
     pairs = []
     for name in targets:
         target = _target(name)
         images, labels = target.train
-        signature = signature_of_array(reference, images, labels, target.class_names)
-        ranked = index.rank(signature, "p2l", DEFAULTS["p2l_measure"], params)
+        ranked = ranker.rank(images, labels, target.class_names)
         per_class = len(labels) / len(target.class_names)
         for role, scored in (("P2L's pick", ranked[0]), ("P2L's last", ranked[-1])):
             pairs.append({

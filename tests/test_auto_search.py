@@ -102,3 +102,11 @@ def test_a_diverged_candidate_never_survives() -> None:
     trainer = Trainer({3: {0: (0.25, nan), 1: (0.8, 0.5), 2: (0.7, 0.6), 3: (0.6, 1.2)},
                        6: {1: (0.9, 0.45), 2: (0.85, 0.4)}})  # fmt: skip
     assert run_search("halving", "loss", 10, trainer)["rounds"][0]["kept"] == [DECAY_05, DECAY_01]
+
+
+def test_a_job_stored_before_the_search_choice_keeps_the_search_it_was_queued_with() -> None:
+    stored = FinetuneOptions().model_dump(exclude={"auto_search", "auto_score"})
+    options = FinetuneOptions.from_record(stored)
+    assert (options.auto_search, options.auto_score) == ("exhaustive", "accuracy")
+    assert phase_plan(options)[:4] == [("auto_search", 10)] * 4
+    assert FinetuneOptions.from_record(FinetuneOptions().model_dump()).auto_search == "halving"

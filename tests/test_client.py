@@ -244,6 +244,19 @@ def test_cli_ranks_the_zoo(flow: Flow) -> None:
     assert results[0]["name"] in flow.human_ranking and "size_term" in flow.human_ranking
 
 
+def test_cli_ranks_in_two_stages(cli: Cli, flow: Flow) -> None:
+    target = flow.upload["id"]
+    human = cli.run("rank", target, "--top-k", "4", "--refine", "logme", "--refine-top", "3")
+    assert human.returncode == 0, human.stderr
+    assert "second stage: logme over the first 3, 3 forward passes" in human.stdout
+    assert "refine_score" in human.stdout and "first_stage_rank" in human.stdout
+    ranking = cli.json("rank", target, "--refine", "nce", "--refine-top", "2")
+    assert ranking["refine"]["method"] == "nce"  # type: ignore[index]
+    assert [r["first_stage_rank"] is not None for r in ranking["results"][:3]] == [  # type: ignore[index]
+        True, True, False,
+    ]  # fmt: skip
+
+
 def test_cli_finetunes_the_best_source_with_progress(flow: Flow) -> None:
     job = flow.job
     assert job["status"] == "succeeded" and job["model_id"]

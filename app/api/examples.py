@@ -178,6 +178,16 @@ _RANKED = {
     "similarity": 0.9636,
     "size_term": 0.0158,
     "num_images": 2700,
+    "first_stage_rank": 2,
+    "refine_score": 1.734,
+}
+_REFINE = {
+    "method": "logme",
+    "top": 3,
+    "forward_passes": 3,
+    "images_per_pass": 250,
+    "seconds": 0.21,
+    "first_stage_ms": 0.4,
 }
 _REJECTED = {
     "path": "garments/dress/broken.png",
@@ -238,7 +248,14 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "variance": [0.01, 0.003, 0.04],
     },
     "SourceOut": _SOURCE,
-    "RankingRequest": {"target_dataset_id": DATASET_ID, "method": "p2l", "top_k": 3},
+    "RankingRequest": {
+        "target_dataset_id": DATASET_ID,
+        "method": "p2l",
+        "top_k": 3,
+        "refine": {"method": "logme", "top": 3},
+    },
+    "RefineRequest": {"method": "logme", "top": 3},
+    "RefineOut": _REFINE,
     "RankedSource": _RANKED,
     "ExcludedSource": {
         "source_id": SOURCE_ID,
@@ -255,6 +272,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "results": [_RANKED],
         "excluded": [],
         "elapsed_ms": 0.4,
+        "refine": _REFINE,
         "warnings": [],
     },
     "FinetuneRequest": {"target_dataset_id": DATASET_ID, "source_id": "best", "baseline": True},

@@ -2,10 +2,12 @@
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import IO
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -233,6 +235,37 @@ def image_files(root: Path) -> dict[str, list[Path]]:
 def dataset_files(store: ArtifactStore, dataset: Dataset) -> dict[str, list[Path]]:
     """The stored image files of a dataset, by class (classes and files sorted)."""
     return image_files(store.path(dataset.artifact_key) / IMAGES_DIR)
+
+
+@dataclass
+class DatasetArrays:
+    """A stored dataset in memory at one input size, in class then file order."""
+
+    images: np.ndarray  # (N, size, size, 3) uint8
+    labels: np.ndarray  # (N,) int64, indices into class_names
+    class_names: list[str]
+    image_names: list[str]  # class/file
+
+
+def dataset_arrays(
+    store: ArtifactStore,
+    dataset: Dataset,
+    size: int,
+    cache_max_bytes: int,
+    processes: bool | None = None,
+    dataset_exists: Callable[[], bool] = lambda: True,
+) -> DatasetArrays:
+    """A dataset's images at ``size`` px (decoded once per size: ``pixel_cache``), labelled."""
+    files = dataset_files(store, dataset)
+    class_names = sorted(files)
+    paths = [path for name in class_names for path in files[name]]
+    image_names = [f"{path.parent.name}/{path.name}" for path in paths]
+    labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
+    images = pixel_cache.load_pixels(
+        store, dataset.id, paths, image_names, size, cache_max_bytes,
+        processes=processes, dataset_exists=dataset_exists,
+    )  # fmt: skip
+    return DatasetArrays(images, labels, class_names, image_names)
 
 
 def delete_dataset(session: Session, store: ArtifactStore, dataset_id: str) -> None:

@@ -16,15 +16,13 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import get_spec, load_model, weights_to_save
 from app.config import Settings
-from app.datasets import pixel_cache
-from app.datasets.service import dataset_files, get_dataset
+from app.datasets.service import dataset_arrays, get_dataset
 from app.db import make_engine, session_factory
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
@@ -165,29 +163,21 @@ def run_finetune(
     with sessions() as session:
         dataset = get_dataset(session, params["target_dataset_id"])
         source = get_source(session, params["source_id"])
-        files = dataset_files(store, dataset)
         source_file = weights_path(store, source)
-    class_names = sorted(files)
-    train_images, val_images, _ = split_totals(
-        {name: len(files[name]) for name in class_names}, options
-    )
+    train_images, val_images, _ = split_totals(dataset.class_counts, options)
     meter = Meter(
         lease.worker_id, source.architecture, source.input_size, device_type(device),
         train_images, val_images,
     )  # fmt: skip
     estimate = params.get("estimate") or {}
     progress = ProgressWriter(sessions, lease, phase_plan(options), meter, estimate.get("seconds"))
-    paths = [path for name in class_names for path in files[name]]
-    image_names = [f"{path.parent.name}/{path.name}" for path in paths]
-    labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
     settings = lease.settings
     try:
         progress.set_phase(
             "loading", f"loading {dataset.num_images} images and the source {source.name}"
         )
-        images = pixel_cache.load_pixels(
-            store, dataset.id, paths, image_names, source.input_size,
-            settings.pixel_cache_max_bytes,
+        target = dataset_arrays(
+            store, dataset, source.input_size, settings.pixel_cache_max_bytes,
             processes=None if settings.decode_processes else False,
             dataset_exists=lambda: _dataset_exists(sessions, dataset.id),
         )  # fmt: skip
@@ -196,16 +186,16 @@ def run_finetune(
         model, report = finetune(
             model,
             source.architecture,
-            images,
-            labels,
-            class_names,
+            target.images,
+            target.labels,
+            target.class_names,
             spec.mean,
             spec.std,
             options,
             device=device,
             progress=progress.update,
             should_stop=progress.should_stop,
-            image_names=image_names,
+            image_names=target.image_names,
             accelerator=Accelerator(
                 mixed_precision=settings.mixed_precision,
                 channels_last=settings.channels_last,
@@ -231,7 +221,7 @@ def run_finetune(
                 target_dataset_id=dataset.id,
                 architecture=source.architecture,
                 input_size=source.input_size,
-                class_names=class_names,
+                class_names=target.class_names,
                 report=result,
                 artifact_key=key,
             )
@@ -244,7 +234,7 @@ def run_finetune(
         ):  # fmt: skip
             logger.warning("job %s: lease lost before the commit; model discarded", job.id)
             work.abandon()
-    progress.record_job(len(paths))
+    progress.record_job(len(target.labels))
 
 
 def _dataset_exists(sessions: sessionmaker[Session], dataset_id: str) -> bool:

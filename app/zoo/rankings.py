@@ -2,17 +2,32 @@
 
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.architectures import get_spec, load_model
+from app.datasets.service import DatasetArrays, dataset_arrays
 from app.errors import InvalidInput
-from app.models import Ranking, Source
+from app.models import Dataset, Ranking, Source
 from app.p2l.reference import ReferenceNetwork
+from app.p2l.refine import RefineMethod, source_outputs, transferability
 from app.p2l.scoring import Measure, Method, ScoringParams, SignatureIndex
 from app.pagination import get_by_id, is_valid_id
 from app.store import ArtifactStore
-from app.zoo.sources import catch_up, signature_for_dataset
+from app.zoo.sources import catch_up, signature_for_dataset, weights_path
+
+
+@dataclass(frozen=True)
+class Refine:
+    """The second stage of a two-stage ranking: ``method`` re-ranks the first stage's top."""
+
+    method: RefineMethod
+    top: int
+    pixel_cache_max_bytes: int = 0  # the target's decoded pixels, kept per input size
 
 
 def rank_sources(
@@ -27,9 +42,12 @@ def rank_sources(
     measure: Measure,
     source_ids: list[str] | None = None,
     top_k: int | None = None,
+    refine: Refine | None = None,
 ) -> tuple[Ranking, float]:
     """Rank (some of) the zoo for a target and add the result; returns it and the ms taken.
 
+    With ``refine``, the first stage's top ``refine.top`` are re-ranked by a per-candidate
+    measure (one forward pass of the target through each); the rest keep their order.
     The ranking is flushed, not committed: it lands with the caller's transaction (the
     request's managed session, so a fine-tune refused after ranking keeps no ranking).
     """
@@ -67,7 +85,8 @@ def rank_sources(
     ]
 
     started = time.perf_counter()
-    scored = index.rank(target, method, measure, params, source_ids=rankable, top_k=top_k)
+    first_stage_k = top_k if refine is None or top_k is None else max(top_k, refine.top)
+    scored = index.rank(target, method, measure, params, source_ids=rankable, top_k=first_stage_k)
     elapsed_ms = (time.perf_counter() - started) * 1000
 
     names = dict(
@@ -96,9 +115,59 @@ def rank_sources(
         ],
         excluded=excluded,
     )
+    if refine is not None:
+        dataset = get_by_id(session, Dataset, target_dataset_id, "dataset")
+        ranking.results, ranking.refine = refine_results(
+            session, store, dataset, ranking.results, refine, reference.device
+        )
+        ranking.refine["first_stage_ms"] = elapsed_ms
+        ranking.results = ranking.results[:top_k]
     session.add(ranking)
     session.flush()
     return ranking, elapsed_ms
+
+
+def refine_results(
+    session: Session,
+    store: ArtifactStore,
+    dataset: Dataset,
+    results: list[dict[str, Any]],
+    refine: Refine,
+    device: torch.device,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The first stage's results with its top ``refine.top`` re-ranked by ``refine.method``
+    (each keeps its first-stage rank as ``first_stage_rank``), and what the stage cost."""
+    started = time.perf_counter()
+    shortlist = results[: refine.top]
+    sources = {s.id: s for s in session.scalars(
+        select(Source).where(Source.id.in_([r["source_id"] for r in shortlist])))}  # fmt: skip
+    targets: dict[int, DatasetArrays] = {}  # by input size: decoded once each
+    for result in shortlist:
+        source = sources[result["source_id"]]
+        if source.input_size not in targets:
+            targets[source.input_size] = dataset_arrays(
+                store, dataset, source.input_size, refine.pixel_cache_max_bytes
+            )
+        target = targets[source.input_size]
+        spec = get_spec(source.architecture)
+        model = load_model(source.architecture, source.num_classes, weights_path(store, source))
+        features, probabilities = source_outputs(model, target.images, spec.mean, spec.std, device)
+        result["refine_score"] = transferability(
+            refine.method, features, probabilities, target.labels
+        )
+    reordered = sorted(shortlist, key=lambda r: -r["refine_score"]) + results[refine.top :]
+    ranked = [
+        {**r, "rank": rank, "first_stage_rank": r["rank"]}
+        for rank, r in enumerate(reordered, start=1)
+    ]
+    cost = {
+        "method": refine.method,
+        "top": len(shortlist),
+        "forward_passes": len(shortlist),
+        "images_per_pass": int(dataset.num_images),
+        "seconds": time.perf_counter() - started,
+    }
+    return ranked, cost
 
 
 def get_ranking(session: Session, ranking_id: str) -> Ranking:

@@ -134,8 +134,9 @@ def show_source(s: dict[str, Any]) -> None:
 def cmd_rank(client: Client, args: argparse.Namespace) -> Answer:
     """`p2l rank`: rank the zoo for a target dataset."""
     ranking = client.rankings.create(
-        args.target, method=args.method, measure=args.measure, top_k=args.top_k, lam=args.lam
-    )
+        args.target, method=args.method, measure=args.measure, top_k=args.top_k, lam=args.lam,
+        refine=args.refine, refine_top=args.refine_top,
+    )  # fmt: skip
     return Answer(ranking, show_ranking)
 
 
@@ -144,7 +145,16 @@ def show_ranking(r: dict[str, Any]) -> None:
     out.print(
         f"ranking {r['id']}: {r['method']} ({r['measure']}) for target {r['target_dataset_id']}"
     )
-    table(r["results"], ["rank", "name", "score", "distance", "size_term", "num_images"])
+    columns = ["rank", "name", "score", "distance", "size_term", "num_images"]
+    refine = r.get("refine")
+    if refine:
+        columns += ["first_stage_rank", "refine_score"]
+    table(r["results"], columns)
+    if refine:
+        out.print(
+            f"second stage: {refine['method']} over the first {refine['top']}, "
+            f"{refine['forward_passes']} forward passes, {refine['seconds']:.2f} s"
+        )
     if r["excluded"]:
         out.print(
             f"{len(r['excluded'])} source(s) excluded, e.g. {r['excluded'][0]['name']}: "
@@ -550,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--method", choices=["p2l", "distance", "largest"], default="p2l")
     sub.add_argument("--measure", choices=["js", "kl", "cosine", "emd"])
     sub.add_argument("--lambda", dest="lam", type=float, help="override lambda (0 to 100)")
+    sub.add_argument(
+        "--refine", choices=["logme", "leep", "nce"], help="re-rank the top by this measure"
+    )
+    sub.add_argument("--refine-top", type=int, default=5, help="how many to re-rank (1-20)")
 
     sub = command(
         commands,

@@ -122,6 +122,19 @@ class RankedSource(TypedDict):
     similarity: float
     size_term: float
     num_images: int
+    first_stage_rank: NotRequired[int | None]
+    refine_score: NotRequired[float | None]
+
+
+class RefineStage(TypedDict):
+    """A two-stage ranking's second stage and its cost."""
+
+    method: str
+    top: int
+    forward_passes: int
+    images_per_pass: int
+    seconds: float
+    first_stage_ms: float
 
 
 class ExcludedSource(TypedDict):
@@ -144,6 +157,7 @@ class Ranking(TypedDict):
     results: list[RankedSource]
     excluded: list[ExcludedSource]
     elapsed_ms: float | None
+    refine: NotRequired[RefineStage | None]
     warnings: NotRequired[list[str]]
 
 

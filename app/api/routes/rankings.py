@@ -23,6 +23,7 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
         results=ranking.results,
         excluded=ranking.excluded,
         elapsed_ms=elapsed_ms,
+        refine=ranking.refine,
         warnings=service.ranking_warnings(ranking),
     )
 
@@ -37,7 +38,12 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
 def create_ranking(
     state: StateDep, session: SessionDep, request: RankingRequest, response: Response
 ) -> RankingOut:
-    """One vectorised scoring pass over the in-memory signature matrix; parts of every score."""
+    """One vectorised scoring pass over the in-memory signature matrix; parts of every score.
+
+    With `refine`, a second stage re-ranks the first's top `k` by LogME, LEEP or NCE: one
+    forward pass of the target through each of those `k` sources (seconds, not
+    milliseconds; `refine` in the answer says what it cost).
+    """
     ranking, elapsed_ms = service.rank_sources(
         session,
         state.store,
@@ -49,6 +55,11 @@ def create_ranking(
         measure=request.measure or state.settings.p2l_measure,
         source_ids=request.source_ids,
         top_k=request.top_k,
+        refine=None
+        if request.refine is None
+        else service.Refine(
+            request.refine.method, request.refine.top, state.settings.pixel_cache_max_bytes
+        ),
     )
     response.headers["Location"] = f"/v1/rankings/{ranking.id}"
     return ranking_out(ranking, elapsed_ms)

@@ -1,0 +1,59 @@
+"""Two-stage ranking: P2L shortlists the zoo in one pass, a per-candidate measure re-ranks it.
+
+P2L needs one forward pass of the target through the reference network, whatever the size
+of the zoo; LogME, LEEP and NCE (``app.p2l.peers``, formulas and papers cited there) need one
+through every candidate. Refining only P2L's top ``k`` costs ``k`` passes: the shortlist is
+scored by the measure that reads each candidate's own features and head.
+"""
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.architectures import head_attribute
+from app.finetune.train import ImageTensors
+from app.p2l.peers import leep, logme, nce
+
+RefineMethod = Literal["logme", "leep", "nce"]
+# Each re-ranked source costs a forward pass of the target inside the request.
+MAX_REFINE_TOP = 20
+
+
+def source_outputs(
+    model: nn.Module,
+    images: np.ndarray,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    device: torch.device,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass of the target: the head's input features and its softmax, per image."""
+    head = getattr(model, head_attribute(model))
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].flatten(1)))
+    data = ImageTensors(images, np.zeros(len(images), dtype=np.int64), mean, std)
+    probabilities = []
+    model.eval().to(device)
+    try:
+        with torch.inference_mode():
+            for first in range(0, len(data), batch_size):
+                index = torch.arange(first, min(first + batch_size, len(data)))
+                batch, _ = data.batch(index, device)
+                probabilities.append(model(batch).float().softmax(1).cpu())
+    finally:
+        hook.remove()
+    features = torch.cat([f.float().cpu() for f in captured]).numpy()
+    return features, torch.cat(probabilities).numpy()
+
+
+def transferability(
+    method: RefineMethod, features: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
+) -> float:
+    """The measure's score of one candidate on the target (higher is better)."""
+    if method == "logme":
+        return logme(features, labels)
+    if method == "leep":
+        return leep(probabilities, labels)
+    return nce(probabilities, labels)

@@ -151,7 +151,7 @@ class RefineRequest(BaseModel):
         "source's own head."
     )
     top: int = Field(
-        5, ge=1, le=MAX_REFINE_TOP, description="How many of the first stage's best to re-rank."
+        3, ge=1, le=MAX_REFINE_TOP, description="How many of the first stage's best to re-rank."
     )
 
 
@@ -211,7 +211,9 @@ class RankedSource(BaseModel):
         None, description="Two-stage rankings: the source's rank after the first stage."
     )
     refine_score: float | None = Field(
-        None, description="Two-stage rankings: the second stage's score (re-ranked sources)."
+        None,
+        description="Two-stage rankings: the second stage's score (null below the shortlist, "
+        "or when the measure could not score the source).",
     )
 
 

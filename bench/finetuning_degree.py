@@ -1,6 +1,6 @@
 """Degree of fine-tuning: what the layer-wise learning rates buy, and what ``auto`` is worth.
 
-    python -m bench.finetuning_degree            # 16 pairs x 3 seeds (about 35 min on 2 CPUs)
+    python -m bench.finetuning_degree            # 16 pairs x 3 seeds (22 min on 2 CPUs)
     python -m bench.finetuning_degree --quick    # 4 pairs x 1 seed (about 1 min)
 
 The lecture's second table (Dube et al., "Degree of finetuning") trains the same source on

@@ -4,14 +4,16 @@
 
 Ground truth: issue 6's selection benchmark (bench/results/selection.json: every bundled
 source fine-tuned on every bundled target, up to 3 seeds, scored on test splits nothing else
-saw). Every method here sees only a target's training images, through the service's own
-code: the default P2L ranking (``bench.service_ranking``), and ``app.p2l.refine`` (what
-``POST /v1/rankings`` with ``refine`` runs) for the per-candidate measures. A method's
-regret on a target: the best source's mean test accuracy minus its pick's.
+saw). Every method here sees only a target's training images (a service ranks whatever
+dataset it is given: here, the training part), through the service's own code: the default
+P2L ranking (``bench.service_ranking``), and ``app.p2l.refine`` (what ``POST /v1/rankings``
+with ``refine`` runs) for the per-candidate measures. A method's regret on a target: the
+best source's mean test accuracy minus its pick's.
 
 Cost is counted in forward passes of the target through a *source* (P2L needs none, only
 one through the reference network; a measure over the whole zoo needs one per source; the
-two-stage ranking needs k) and timed per target.
+two-stage ranking needs k) and timed per target: each source's forward pass, plus the one
+measure a row uses.
 
 Writes bench/results/two_stage.json and .md.
 """
@@ -37,12 +39,14 @@ MEASURES: tuple[RefineMethod, ...] = ("logme", "leep", "nce")
 SHORTLISTS = (2, 3, 4, 5)
 
 
-def measure_scores(target: Target) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Every measure of every bundled source on the target's training images, and the
-    seconds of each source's forward pass plus its measures."""
+def measure_scores(
+    target: Target,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Every measure of every bundled source on the target's training images, and per
+    measure the seconds of each source's forward pass plus that measure."""
     images, labels = target.train
     scores: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
-    seconds = {}
+    seconds: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
     for entry in manifest()["sources"]:
         model = load_model(entry["architecture"], entry["num_classes"],
                            BUNDLED_DIR / entry["weights"])  # fmt: skip
@@ -51,9 +55,11 @@ def measure_scores(target: Target) -> tuple[dict[str, dict[str, float]], dict[st
         features, probabilities = source_outputs(
             model, images, spec.mean, spec.std, torch.device("cpu")
         )
+        forward = time.perf_counter() - started
         for m in MEASURES:
+            started = time.perf_counter()
             scores[m][entry["name"]] = transferability(m, features, probabilities, labels)
-        seconds[entry["name"]] = time.perf_counter() - started
+            seconds[m][entry["name"]] = forward + time.perf_counter() - started
     return scores, seconds
 
 
@@ -75,12 +81,12 @@ def run() -> dict[str, Any]:
             picks[f"{m}, every source"] = (
                 max(scores[m], key=scores[m].get),
                 len(ranked),
-                sum(seconds.values()),
+                sum(seconds[m].values()),
             )
             for k in SHORTLISTS:
                 shortlist = ranked[:k]
                 pick = max(shortlist, key=lambda s, m=m: scores[m][s])
-                cost = p2l_seconds + sum(seconds[s] for s in shortlist)
+                cost = p2l_seconds + sum(seconds[m][s] for s in shortlist)
                 picks[f"p2l top {k}, then {m}"] = (pick, k, cost)
         rows.append({
             "target": target.name, "role": target.role, "kind": target.kind,

@@ -252,7 +252,7 @@ def test_cli_ranks_in_two_stages(cli: Cli, flow: Flow) -> None:
     assert "refine_score" in human.stdout and "first_stage_rank" in human.stdout
     ranking = cli.json("rank", target, "--refine", "nce", "--refine-top", "2")
     assert ranking["refine"]["method"] == "nce"  # type: ignore[index]
-    assert [r["first_stage_rank"] is not None for r in ranking["results"][:3]] == [  # type: ignore[index]
+    assert [r["refine_score"] is not None for r in ranking["results"][:3]] == [  # type: ignore[index]
         True, True, False,
     ]  # fmt: skip
 

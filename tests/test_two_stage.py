@@ -83,3 +83,17 @@ def test_a_bad_refine_is_refused(service: TestClient, refine: dict, detail: str)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == PROBLEM
     assert detail in response.json()["detail"]
+
+
+def test_top_k_below_the_shortlist_and_a_shortlist_longer_than_the_zoo(client: TestClient) -> None:
+    target = upload_target(client, "digits_fewshot")
+    first = rank(client, target, top_k=4)["results"]
+    short = rank(client, target, top_k=2, refine={"method": "logme", "top": 4})
+    # The whole shortlist of 4 is scored; the answer keeps the best 2 of it.
+    assert short["refine"]["top"] == 4 and len(short["results"]) == 2
+    assert {r["source_id"] for r in short["results"]} <= {r["source_id"] for r in first}
+    assert all(r["refine_score"] is not None for r in short["results"])
+    two = [r["source_id"] for r in first[:2]]
+    subset = rank(client, target, source_ids=two, refine={"method": "nce"})
+    assert subset["refine"]["top"] == 2 == subset["refine"]["forward_passes"]
+    assert {r["source_id"] for r in subset["results"]} == set(two)

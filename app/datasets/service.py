@@ -260,7 +260,7 @@ def dataset_arrays(
     class_names = sorted(files)
     paths = [path for name in class_names for path in files[name]]
     image_names = [f"{path.parent.name}/{path.name}" for path in paths]
-    labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]])
+    labels = np.array([i for i, name in enumerate(class_names) for _ in files[name]], np.int64)
     images = pixel_cache.load_pixels(
         store, dataset.id, paths, image_names, size, cache_max_bytes,
         processes=processes, dataset_exists=dataset_exists,

@@ -6,7 +6,7 @@ through every candidate. Refining only P2L's top ``k`` costs ``k`` passes: the s
 scored by the measure that reads each candidate's own features and head.
 """
 
-from typing import Literal
+from typing import Literal, assert_never
 
 import numpy as np
 import torch
@@ -30,9 +30,13 @@ def source_outputs(
     batch_size: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One forward pass of the target: the head's input features and its softmax, per image."""
+    # The head's input: for torchvision classifiers (Dropout, Linear) the pooled features,
+    # as feature_extractor sees them (for MobileNetV3, before its last hidden layer).
     head = getattr(model, head_attribute(model))
     captured: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].flatten(1)))
+    hook = head.register_forward_hook(
+        lambda _m, inputs, _o: captured.append(inputs[0].flatten(1).float().cpu())
+    )
     data = ImageTensors(images, np.zeros(len(images), dtype=np.int64), mean, std)
     probabilities = []
     model.eval().to(device)
@@ -44,7 +48,7 @@ def source_outputs(
                 probabilities.append(model(batch).float().softmax(1).cpu())
     finally:
         hook.remove()
-    features = torch.cat([f.float().cpu() for f in captured]).numpy()
+    features = torch.cat(captured).numpy()
     return features, torch.cat(probabilities).numpy()
 
 
@@ -52,8 +56,12 @@ def transferability(
     method: RefineMethod, features: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
 ) -> float:
     """The measure's score of one candidate on the target (higher is better)."""
-    if method == "logme":
-        return logme(features, labels)
-    if method == "leep":
-        return leep(probabilities, labels)
-    return nce(probabilities, labels)
+    match method:
+        case "logme":
+            return logme(features, labels)
+        case "leep":
+            return leep(probabilities, labels)
+        case "nce":
+            return nce(probabilities, labels)
+        case _:
+            assert_never(method)

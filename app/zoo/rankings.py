@@ -1,5 +1,6 @@
 """Ranking use cases: rank the zoo for a target dataset, store and read rankings."""
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ class Refine:
 
     method: RefineMethod
     top: int
-    pixel_cache_max_bytes: int = 0  # the target's decoded pixels, kept per input size
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the second stage gets the target's pixels (the service's settings)."""
+
+    cache_max_bytes: int = 0  # the pixel cache's bound (0: no cache)
+    processes: bool = True  # False: decode on threads only
 
 
 def rank_sources(
@@ -43,6 +51,7 @@ def rank_sources(
     source_ids: list[str] | None = None,
     top_k: int | None = None,
     refine: Refine | None = None,
+    decoding: Decoding = Decoding(),
 ) -> tuple[Ranking, float]:
     """Rank (some of) the zoo for a target and add the result; returns it and the ms taken.
 
@@ -118,7 +127,7 @@ def rank_sources(
     if refine is not None:
         dataset = get_by_id(session, Dataset, target_dataset_id, "dataset")
         ranking.results, ranking.refine = refine_results(
-            session, store, dataset, ranking.results, refine, reference.device
+            session, store, dataset, ranking.results, refine, decoding, reference.device
         )
         ranking.refine["first_stage_ms"] = elapsed_ms
         ranking.results = ranking.results[:top_k]
@@ -133,41 +142,60 @@ def refine_results(
     dataset: Dataset,
     results: list[dict[str, Any]],
     refine: Refine,
+    decoding: Decoding,
     device: torch.device,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The first stage's results with its top ``refine.top`` re-ranked by ``refine.method``
-    (each keeps its first-stage rank as ``first_stage_rank``), and what the stage cost."""
+    (every result keeps its first-stage rank as ``first_stage_rank``), and what it cost."""
     started = time.perf_counter()
     shortlist = results[: refine.top]
     sources = {s.id: s for s in session.scalars(
         select(Source).where(Source.id.in_([r["source_id"] for r in shortlist])))}  # fmt: skip
     targets: dict[int, DatasetArrays] = {}  # by input size: decoded once each
+    scored, passes = [], 0
     for result in shortlist:
-        source = sources[result["source_id"]]
+        source = sources.get(result["source_id"])
+        if source is None:  # deleted since the first stage: it keeps its place, unscored
+            continue
         if source.input_size not in targets:
             targets[source.input_size] = dataset_arrays(
-                store, dataset, source.input_size, refine.pixel_cache_max_bytes
-            )
+                store, dataset, source.input_size, decoding.cache_max_bytes,
+                processes=None if decoding.processes else False,
+                dataset_exists=lambda: _dataset_exists(session, dataset.id),
+            )  # fmt: skip
         target = targets[source.input_size]
         spec = get_spec(source.architecture)
         model = load_model(source.architecture, source.num_classes, weights_path(store, source))
         features, probabilities = source_outputs(model, target.images, spec.mean, spec.std, device)
-        result["refine_score"] = transferability(
-            refine.method, features, probabilities, target.labels
-        )
-    reordered = sorted(shortlist, key=lambda r: -r["refine_score"]) + results[refine.top :]
+        del model
+        score = transferability(refine.method, features, probabilities, target.labels)
+        result["refine_score"] = score if math.isfinite(score) else None
+        scored.append(result)
+        passes += 1
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    # Scored first (best first), then the shortlist's unscored, then the rest, in order.
+    ranked_first = sorted(
+        scored, key=lambda r: -r["refine_score"] if r["refine_score"] is not None else math.inf
+    )
+    taken = {id(r) for r in ranked_first}
+    rest = [r for r in results if id(r) not in taken]
     ranked = [
         {**r, "rank": rank, "first_stage_rank": r["rank"]}
-        for rank, r in enumerate(reordered, start=1)
+        for rank, r in enumerate(ranked_first + rest, start=1)
     ]
     cost = {
         "method": refine.method,
         "top": len(shortlist),
-        "forward_passes": len(shortlist),
-        "images_per_pass": int(dataset.num_images),
+        "forward_passes": passes,
+        "images_per_pass": next((len(t.labels) for t in targets.values()), 0),
         "seconds": time.perf_counter() - started,
     }
     return ranked, cost
+
+
+def _dataset_exists(session: Session, dataset_id: str) -> bool:
+    return session.scalar(select(Dataset.id).where(Dataset.id == dataset_id)) is not None
 
 
 def get_ranking(session: Session, ranking_id: str) -> Ranking:

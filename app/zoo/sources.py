@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import uuid
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -319,7 +320,7 @@ def catch_up(
         return len(touched)
 
 
-def weights_path(store: ArtifactStore, source: Source):
+def weights_path(store: ArtifactStore, source: Source) -> Path:
     """Where a source's safetensors weights are."""
     return store.path(source.artifact_key) / WEIGHTS_FILE
 

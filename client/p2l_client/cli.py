@@ -563,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--refine", choices=["logme", "leep", "nce"], help="re-rank the top by this measure"
     )
-    sub.add_argument("--refine-top", type=int, default=5, help="how many to re-rank (1-20)")
+    sub.add_argument("--refine-top", type=int, help="how many to re-rank (1-20; default 3)")
 
     sub = command(
         commands,

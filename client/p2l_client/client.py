@@ -452,18 +452,20 @@ class Rankings(Resource):
         source_ids: Sequence[str] | None = None,
         lam: float | None = None,
         refine: Literal["logme", "leep", "nce"] | None = None,
-        refine_top: int = 5,
+        refine_top: int | None = None,
     ) -> Ranking:
         """Rank the sources for a target; every result carries the parts of its score.
 
-        ``refine``: a second stage re-ranks the first's ``refine_top`` best by that measure
-        (one forward pass of the target through each; seconds, not milliseconds).
+        ``refine``: a second stage re-ranks the first's ``refine_top`` best (the service's
+        default: 3) by that measure, one forward pass of the target through each.
         """
         body: dict[str, Any] = {"target_dataset_id": target_dataset_id, "method": method}
         optional = {"measure": measure, "top_k": top_k, "lambda": lam}
         body |= {k: v for k, v in optional.items() if v is not None}
         if refine is not None:
-            body["refine"] = {"method": refine, "top": refine_top}
+            body["refine"] = {"method": refine}
+            if refine_top is not None:
+                body["refine"]["top"] = refine_top
         if source_ids is not None:
             body["source_ids"] = list(source_ids)
         return cast(Ranking, self.client.json("POST", "/v1/rankings", json=body))

@@ -41,8 +41,9 @@ def create_ranking(
     """One vectorised scoring pass over the in-memory signature matrix; parts of every score.
 
     With `refine`, a second stage re-ranks the first's top `k` by LogME, LEEP or NCE: one
-    forward pass of the target through each of those `k` sources (seconds, not
-    milliseconds; `refine` in the answer says what it cost).
+    forward pass of the target through each of those `k` sources (a fraction of a second
+    per source for compact networks at 32 px, seconds at 224 px; `refine` in the answer
+    says what it cost).
     """
     ranking, elapsed_ms = service.rank_sources(
         session,
@@ -55,10 +56,11 @@ def create_ranking(
         measure=request.measure or state.settings.p2l_measure,
         source_ids=request.source_ids,
         top_k=request.top_k,
-        refine=None
-        if request.refine is None
-        else service.Refine(
-            request.refine.method, request.refine.top, state.settings.pixel_cache_max_bytes
+        refine=service.Refine(request.refine.method, request.refine.top)
+        if request.refine is not None
+        else None,
+        decoding=service.Decoding(
+            state.settings.pixel_cache_max_bytes, state.settings.decode_processes
         ),
     )
     response.headers["Location"] = f"/v1/rankings/{ranking.id}"

@@ -453,14 +453,17 @@
     $("rank-error").replaceChildren();
     $("rank-status").textContent = "Ranking the zoo…";
     try {
-      const ranking = await api("/v1/rankings", {
-        method: "POST",
-        // The top 30 are what a person reads (and what the chart can label).
-        json: { target_dataset_id: ID, method: $("rank-method").value, top_k: 30 },
-      });
+      // The top 30 are what a person reads (and what the chart can label).
+      const request = { target_dataset_id: ID, method: $("rank-method").value, top_k: 30 };
+      if ($("rank-refine").value) request.refine = { method: $("rank-refine").value, top: 3 };
+      const ranking = await api("/v1/rankings", { method: "POST", json: request });
       const took = ranking.elapsed_ms !== null && ranking.elapsed_ms !== undefined ? ` in ${num(ranking.elapsed_ms, 1)} ms` : "";
+      const refine = ranking.refine;
+      const second = refine
+        ? ` Second stage: ${refine.method} over the top ${refine.top}, ${refine.forward_passes} forward passes, ${num(refine.seconds, 2)} s.`
+        : "";
       $("rank-status").textContent =
-        `Ranked ${ranking.results.length} source(s) by ${ranking.method} (${ranking.measure}, lambda ${ranking.params.lambda})${took}.`;
+        `Ranked ${ranking.results.length} source(s) by ${ranking.method} (${ranking.measure}, lambda ${ranking.params.lambda})${took}.${second}`;
       const nodes = [];
       if (!ranking.results.length) nodes.push(h("p", { class: "muted" }, "No source could be ranked."));
       else {
@@ -472,6 +475,10 @@
           { label: "Similarity", value: (r) => num(r.similarity), num: true },
           { label: "Size term", value: (r) => num(r.size_term), num: true },
           { label: "Images", value: (r) => int(r.num_images), num: true },
+          ...(refine ? [
+            { label: `${refine.method} score`, value: (r) => (r.refine_score === null || r.refine_score === undefined ? dash : num(r.refine_score)), num: true },
+            { label: "First-stage rank", value: (r) => r.first_stage_rank || dash, num: true },
+          ] : []),
         ], ranking.results, { caption: "Ranking", rowClass: (r) => (r.rank === 1 ? "best" : null) }));
       }
       if (ranking.excluded && ranking.excluded.length) {

@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 
+from app.api.streams import changes
 from app.finetune.options import FinetuneOptions
 from app.finetune.search import (
     AUTO_CANDIDATES,
@@ -110,3 +111,40 @@ def test_a_job_stored_before_the_search_choice_keeps_the_search_it_was_queued_wi
     assert (options.auto_search, options.auto_score) == ("exhaustive", "accuracy")
     assert phase_plan(options)[:4] == [("auto_search", 10)] * 4
     assert FinetuneOptions.from_record(FinetuneOptions().model_dump()).auto_search == "halving"
+
+
+def epoch(trial: int, number: int, **stored: Any) -> dict[str, Any]:
+    """An auto-search epoch as a job's progress history keeps it."""
+    return {"phase": "auto_search", "epoch": number, "candidate_index": trial, "train_loss": 1.0,
+            "train_accuracy": 0.5, "val_accuracy": 0.5, "seconds": 0.1, **stored}  # fmt: skip
+
+
+def stream_of(options: dict[str, Any], history: list[dict[str, Any]]) -> list[tuple[str, dict]]:
+    """The events a client gets when a job's progress jumps from queued to ``history``."""
+    params = {"options": options}
+    last = {"status": "running", "params": params, "progress": {"phase": "queued"}}
+    latest = history[-1]  # the trial now training, as the worker's progress names it
+    now = {"phase": "auto_search", "epoch": latest["epoch"], "history": history,
+           "candidate_index": latest["candidate_index"], "candidate": latest.get("candidate"),
+           "epochs_done": len(history)}  # fmt: skip
+    return changes(last, {"status": "running", "params": params, "progress": now})
+
+
+def test_a_stream_gives_each_halving_trial_its_own_length_and_candidate() -> None:
+    options = FinetuneOptions(auto_epochs=2).model_dump()  # trials of 1, 1, 1, 1, 2, 2 epochs
+    history = [epoch(t, 1, candidate=AUTO_CANDIDATES[t - 1]) for t in (1, 2, 3, 4)]
+    history += [epoch(5, 1, candidate=DECAY_05), epoch(5, 2, candidate=DECAY_05)]
+    events = stream_of(options, history)
+    assert [e["epochs"] for name, e in events if name == "epoch"] == [1, 1, 1, 1, 2, 2]
+    phases = [e for name, e in events if name == "phase"]
+    assert [p["candidate_index"] for p in phases] == [1, 2, 3, 4, 5]
+    assert phases[4]["candidate"] == DECAY_05 and phases[4]["epochs"] == 2
+
+
+def test_a_job_stored_before_halving_streams_the_trials_it_ran() -> None:
+    options = FinetuneOptions(auto_epochs=2).model_dump(exclude={"auto_search", "auto_score"})
+    history = [epoch(1, 1), epoch(1, 2), epoch(2, 1)]  # no candidate stored with the epochs
+    events = stream_of(options, history)
+    assert [e["epochs"] for name, e in events if name == "epoch"] == [2, 2, 2]
+    first = next(e for name, e in events if name == "phase")
+    assert first["candidate"] == DECAY_1 and first["candidates"] == 4

@@ -152,10 +152,10 @@ def refine_results(
     sources = {s.id: s for s in session.scalars(
         select(Source).where(Source.id.in_([r["source_id"] for r in shortlist])))}  # fmt: skip
     targets: dict[int, DatasetArrays] = {}  # by input size: decoded once each
-    scored, passes = [], 0
+    scored = []
     for result in shortlist:
         source = sources.get(result["source_id"])
-        if source is None:  # deleted since the first stage: it keeps its place, unscored
+        if source is None:  # deleted since the first stage: unscored, after the scored ones
             continue
         if source.input_size not in targets:
             targets[source.input_size] = dataset_arrays(
@@ -171,7 +171,6 @@ def refine_results(
         score = transferability(refine.method, features, probabilities, target.labels)
         result["refine_score"] = score if math.isfinite(score) else None
         scored.append(result)
-        passes += 1
     if device.type == "cuda":
         torch.cuda.empty_cache()
     # Scored first (best first), then the shortlist's unscored, then the rest, in order.
@@ -187,7 +186,7 @@ def refine_results(
     cost = {
         "method": refine.method,
         "top": len(shortlist),
-        "forward_passes": passes,
+        "forward_passes": len(scored),
         "images_per_pass": next((len(t.labels) for t in targets.values()), 0),
         "seconds": time.perf_counter() - started,
     }

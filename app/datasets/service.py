@@ -8,6 +8,7 @@ from pathlib import Path, PurePath
 from typing import IO
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -203,6 +204,11 @@ def list_datasets(
 ) -> tuple[list[Dataset], str | None]:
     """Newest first, one page at a time."""
     return paginate(session, Dataset, page_size, page_token)
+
+
+def dataset_exists(session: Session, dataset_id: str) -> bool:
+    """Whether the dataset's row is there now (asked of the database, not the session's cache)."""
+    return session.scalar(select(Dataset.id).where(Dataset.id == dataset_id)) is not None
 
 
 def dataset_signature(store: ArtifactStore, dataset: Dataset) -> DatasetSignature:

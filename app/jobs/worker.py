@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import get_spec, load_model, weights_to_save
 from app.config import Settings
-from app.datasets.service import dataset_arrays, get_dataset
+from app.datasets.service import dataset_arrays, dataset_exists, get_dataset
 from app.db import make_engine, session_factory
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
@@ -50,7 +50,7 @@ from app.jobs.service import (
     renew_lease,
 )
 from app.memory import limit_arenas, trim
-from app.models import Dataset, FinetunedModel, Job
+from app.models import FinetunedModel, Job
 from app.p2l.reference import resolve_device
 from app.store import ArtifactStore, make_store
 from app.unit_of_work import unit_of_work
@@ -239,7 +239,7 @@ def run_finetune(
 
 def _dataset_exists(sessions: sessionmaker[Session], dataset_id: str) -> bool:
     with sessions() as session:
-        return session.get(Dataset, dataset_id) is not None
+        return dataset_exists(session, dataset_id)
 
 
 class Heartbeat:

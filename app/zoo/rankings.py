@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.architectures import get_spec, load_model
-from app.datasets.service import DatasetArrays, dataset_arrays
+from app.datasets.service import DatasetArrays, dataset_arrays, dataset_exists
 from app.errors import InvalidInput
 from app.models import Dataset, Ranking, Source
 from app.p2l.reference import ReferenceNetwork
@@ -161,7 +161,7 @@ def refine_results(
             targets[source.input_size] = dataset_arrays(
                 store, dataset, source.input_size, decoding.cache_max_bytes,
                 processes=None if decoding.processes else False,
-                dataset_exists=lambda: _dataset_exists(session, dataset.id),
+                dataset_exists=lambda: dataset_exists(session, dataset.id),
             )  # fmt: skip
         target = targets[source.input_size]
         spec = get_spec(source.architecture)
@@ -191,10 +191,6 @@ def refine_results(
         "seconds": time.perf_counter() - started,
     }
     return ranked, cost
-
-
-def _dataset_exists(session: Session, dataset_id: str) -> bool:
-    return session.scalar(select(Dataset.id).where(Dataset.id == dataset_id)) is not None
 
 
 def get_ranking(session: Session, ranking_id: str) -> Ranking:

@@ -234,6 +234,8 @@ def test_console_asks_for_the_api_key(browser: Any, garments_zip: Path, tmp_path
         page.get_by_role("button", name="Start fine-tune").click()
         page.wait_for_url(re.compile(rf"/console/jobs/{ID}$"), timeout=30_000)
         expect(page.locator("#job-status")).to_have_text("succeeded", timeout=180_000)
+        # The status event shows "succeeded" a moment before the stream's last event arrives.
+        page.wait_for_function("() => window.p2lJobEvents.includes('end')", timeout=30_000)
         assert page.evaluate("window.p2lJobEvents")[-1] == "end"
         expect(page.get_by_role("link", name=re.compile("Open the model"))).to_be_visible()
 

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     p2l_lambda: float = Field(0.002, ge=0, description="Weight of log(source size) in the score.")
     p2l_eps: float = Field(1e-3, gt=0, description="Added to mean features before normalising.")
     emd_gamma: float = Field(0.01, gt=0, description="gamma of exp(-gamma * EMD).")
+    calibration_auto_refit_targets: int = Field(
+        10,
+        ge=0,
+        description="Refit measure and lambda on the evidence of finished fine-tunes once this "
+        "many targets have evidence from two or more sources (and again with each new one); "
+        "0: only on POST /v1/calibration/refit.",
+    )
     embed_batch_size: int = Field(128, ge=1)
     loader_threads: int = Field(
         0,

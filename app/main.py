@@ -15,7 +15,16 @@ from fastapi_offline import FastAPIOffline
 from app.api.deps import ReadAccess, ServiceState
 from app.api.examples import add_examples
 from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
-from app.api.routes import datasets, health, jobs, models, rankings, reference, sources
+from app.api.routes import (
+    calibration,
+    datasets,
+    health,
+    jobs,
+    models,
+    rankings,
+    reference,
+    sources,
+)
 from app.config import Settings
 from app.console import routes as console
 from app.db import make_engine, migrate, session_factory
@@ -163,7 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     # Plain reads need a key only when the operator closes them; the schema says which do.
     reads = [ReadAccess] if settings.api_keys and not settings.open_reads else []
-    for router in (reference, datasets, sources, rankings, jobs, models):
+    for router in (reference, datasets, sources, rankings, calibration, jobs, models):
         app.include_router(router.router, dependencies=reads)
     app.include_router(console.router)  # the web console at /: HTML pages, no schema
     app.mount("/console/static", console.static_files(), name="console-static")

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     PrimaryKeyConstraint,
     String,
     TypeDecorator,
@@ -103,6 +104,8 @@ class Ranking(Base):
     excluded: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     # A two-stage ranking's second stage: method, shortlist size and what it cost.
     refine: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
+    # The calibration whose measure or lambda it used; None: the bundled defaults.
+    calibration_id: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
 
 
 class Job(Base):
@@ -225,3 +228,41 @@ class Throughput(Base):
     jobs_measured: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str] = mapped_column(String(64))  # who measured last
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Evidence(Base):
+    """What one successful fine-tune showed: how well a source transferred to a target.
+
+    The target's signature is copied here: the evidence outlives the dataset.
+    """
+
+    __tablename__ = "evidence"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    job_id: Mapped[str] = mapped_column(String(32), unique=True)
+    target_dataset_id: Mapped[str] = mapped_column(String(32), index=True)
+    target_signature: Mapped[bytes] = mapped_column(LargeBinary)
+    reference_sha256: Mapped[str] = mapped_column(String(64))
+    source_id: Mapped[str] = mapped_column(String(32))
+    source_name: Mapped[str] = mapped_column(String(200))
+    accuracy: Mapped[float] = mapped_column(Float)
+    accuracy_split: Mapped[str] = mapped_column(String(16))  # test | validation
+    schedule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    baseline_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Calibration(Base):
+    """Ranking parameters refitted on the evidence; the newest one is in force."""
+
+    __tablename__ = "calibrations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    measure: Mapped[str] = mapped_column(String(16))
+    lam: Mapped[float] = mapped_column(Float)
+    trigger: Mapped[str] = mapped_column(String(16))  # refit (asked for) | auto
+    # What it was fitted on, and how it scored (see app.p2l.calibration).
+    evidence_count: Mapped[int] = mapped_column(Integer)
+    targets: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)

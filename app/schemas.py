@@ -1,11 +1,12 @@
 """Request and response bodies of the HTTP API (separate from the tables)."""
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.finetune.options import FinetuneOptions
+from app.finetune.race import RaceOptions
 from app.p2l.refine import MAX_REFINE_TOP, RefineMethod
 
 Item = TypeVar("Item")
@@ -238,6 +239,11 @@ class RankingOut(BaseModel):
     excluded: list[ExcludedSource]
     elapsed_ms: float | None = Field(None, description="Time of the scoring itself.")
     refine: RefineOut | None = Field(None, description="A two-stage ranking's second stage.")
+    calibration_id: str | None = Field(
+        None,
+        description="The calibration (GET /v1/calibration) whose measure or lambda this ranking "
+        "used; null: the bundled defaults, or the request's own measure and lambda.",
+    )
     warnings: list[str] = Field(
         default_factory=list, description="Why nothing was ranked, when nothing was."
     )
@@ -250,8 +256,22 @@ class FinetuneRequest(FinetuneOptions):
     source_id: str = Field(
         "best",
         max_length=64,
-        description='A source id, or "best": the top of the P2L ranking for the target.',
+        description='A source id; "best": the top of the P2L ranking for the target; "race": '
+        "short fine-tunes of P2L's top sources under successive halving pick it (see race).",
     )
+    race: RaceOptions | None = Field(
+        None, description='With source_id "race": the shortlist, the budget and the score.'
+    )
+
+    @model_validator(mode="after")
+    def _race_only_when_racing(self) -> Self:
+        if self.race is not None and self.source_id != "race":
+            raise ValueError('race options are for source_id "race"')
+        if self.source_id == "race" and self.val_fraction == 0:
+            raise ValueError(
+                'source_id "race" scores trials on a validation split (val_fraction > 0)'
+            )
+        return self
 
     def options(self) -> FinetuneOptions:
         """The training options alone, keeping which fields the client set."""
@@ -280,12 +300,12 @@ class EpochMetrics(BaseModel):
     train_seconds: float | None = Field(None, description="The training steps alone.")
     label: str | None = Field(None, description="Its phase in words.")
     candidate_index: int | None = Field(
-        None, description="auto_search: which trial (1-based) the epoch belongs to."
+        None, description="auto_search or race: which trial (1-based) the epoch belongs to."
     )
     candidate: dict[str, float] | None = Field(
         None, description="auto_search: the schedule that trial tried."
     )
-    candidates: int | None = Field(None, description="auto_search: trials planned.")
+    candidates: int | None = Field(None, description="auto_search or race: trials planned.")
 
 
 class JobProgress(BaseModel):
@@ -293,7 +313,7 @@ class JobProgress(BaseModel):
 
     phase: str | None = Field(
         None,
-        description="queued, loading, auto_search, fine_tune, baseline, evaluating, saving, "
+        description="queued, loading, race, auto_search, fine_tune, baseline, evaluating, saving, "
         "done, failed or cancelled.",
     )
     label: str | None = Field(None, description="The phase in words, for people.")
@@ -313,10 +333,10 @@ class JobProgress(BaseModel):
     )
     candidate_index: int | None = Field(
         None,
-        description="auto_search: the trial's number, 1-based (halving tries the "
+        description="auto_search or race: the trial's number, 1-based (halving tries the "
         "better candidates again, for longer).",
     )
-    candidates: int | None = Field(None, description="auto_search: trials planned.")
+    candidates: int | None = Field(None, description="auto_search or race: trials planned.")
     elapsed_seconds: float | None = Field(None, description="Since the worker took the job.")
     eta_seconds: float | None = Field(
         None, description="Time left at the pace so far; 0 once the job has ended."
@@ -461,6 +481,12 @@ class FinetuneReport(BaseModel):
         "and validation loss, what each round kept, the choice, the reason, and the search's "
         "epochs.",
     )
+    race: dict[str, Any] | None = Field(
+        None,
+        description="With source_id \"race\": the contestants (P2L's top k), every round's "
+        "trials (source, epochs, validation accuracy and loss), what each round kept, the "
+        "winner and why, and the cost against fine-tuning every contestant.",
+    )
     baseline: BaselineOut | None = None
     warnings: list[str] = Field(default_factory=list)
 
@@ -563,3 +589,53 @@ class PredictionsOut(BaseModel):
 
     model_id: str
     predictions: list[Prediction]
+
+
+class EvidenceCountsOut(BaseModel):
+    """How much evidence finished fine-tunes have left (under the active reference network)."""
+
+    fine_tunes: int = Field(description="Successful fine-tunes recorded.")
+    targets: int = Field(description="Distinct target datasets among them.")
+    usable_targets: int = Field(
+        description="Targets fine-tuned from two or more sources still in the zoo: the only "
+        "ones that say anything about a ranking."
+    )
+
+
+class CalibrationRegretOut(BaseModel):
+    """Mean regret on the usable targets (best accuracy seen minus the pick's); null without
+    a usable target."""
+
+    current: float | None = Field(description="The parameters in force.")
+    bundled_defaults: float | None = Field(description="The bundled defaults.")
+    refit_in_sample: float | None = Field(description="The parameters a refit would choose now.")
+    refit_leave_one_target_out: float | None = Field(
+        description="Each target under parameters refitted on the other targets: what a refit "
+        "is worth on a target it did not see."
+    )
+    candidates: int = Field(description="Parameter sets a refit chooses among.")
+
+
+class CalibrationOut(BaseModel):
+    """The ranking parameters in force, the evidence they can be refitted on, and regrets."""
+
+    calibration_id: str | None = Field(description="null: the bundled defaults apply.")
+    created_at: datetime | None
+    trigger: Literal["refit", "auto"] | None = Field(
+        description="refit: POST /v1/calibration/refit; auto: after a fine-tune, once "
+        "auto_refit_after_targets targets were usable."
+    )
+    params: dict[str, Any] = Field(
+        description="measure and lambda in force (a ranking request may override either); "
+        "refine: the second stage rankings run by default (null: none)."
+    )
+    bundled_defaults: dict[str, Any] = Field(description="measure and lambda of the settings.")
+    evidence: EvidenceCountsOut
+    regret: CalibrationRegretOut
+    fitted_on: dict[str, Any] | None = Field(
+        description="The evidence the calibration in force was fitted on, and its regrets then."
+    )
+    auto_refit_after_targets: int = Field(
+        description="P2L_CALIBRATION_AUTO_REFIT_TARGETS (0: refits only when asked)."
+    )
+    notes: list[str]

@@ -17,8 +17,9 @@ from app.config import Settings
 from app.jobs.finetunes import ModelCache
 from app.jobs.runner import JobRunner
 from app.p2l.reference import ReferenceNetwork
-from app.p2l.scoring import ScoringParams, SignatureIndex
+from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
 from app.store import ArtifactStore
+from app.zoo.calibration import Constants, params_in_force
 
 
 @dataclass
@@ -39,6 +40,25 @@ class ServiceState:
     def __post_init__(self) -> None:
         self.streams = StreamSlots(self.settings.max_event_streams)
         self.job_snapshots = SnapshotCache(partial(read_job_snapshot, self.sessions))
+
+    def calibration_constants(self) -> Constants:
+        """The bundled ranking defaults and the score's fixed constants."""
+        return Constants.from_settings(self.settings)
+
+    def ranking_params(
+        self, session: Session, measure: Measure | None = None, lam: float | None = None
+    ) -> tuple[ScoringParams, Measure, str | None]:
+        """Score constants and measure for a ranking: the request's own where given, else
+        the calibration's in force (else the bundled defaults); and that calibration's id
+        when it supplied either."""
+        in_force, calibration_id = params_in_force(session, self.calibration_constants().defaults)
+        if measure is not None and lam is not None:
+            calibration_id = None
+        return (
+            self.scoring_params(in_force.lam if lam is None else lam),
+            measure or in_force.measure,
+            calibration_id,
+        )
 
     def scoring_params(self, lam: float | None = None) -> ScoringParams:
         """The score constants in force (``lam`` overrides lambda for one request)."""

@@ -7,6 +7,7 @@ them into the generated document, listings (``Page[X]``) included.
 
 from typing import Any
 
+from app.finetune.race import race_cost, run_race
 from app.finetune.search import AUTO_CANDIDATES, run_search
 
 DATASET_ID = "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c"
@@ -59,6 +60,25 @@ def _example_trial(candidate: dict[str, Any], epochs: int, *_: int) -> dict[str,
 
 # What the service records, made by the same code: the wording cannot drift.
 _AUTO_SEARCH = run_search("halving", "loss", 10, _example_trial)
+# A race over three sources (validation loss per source and trial length).
+_RACE_LOSSES = {
+    6: {"fashion_tops_2700": 0.62, "fashion_9k": 0.55, "mixed_17k": 0.81},
+    10: {"fashion_tops_2700": 0.49, "fashion_9k": 0.44},
+}
+_RACE = run_race(
+    [
+        {"source_id": name, "source_name": name, "p2l_rank": rank}
+        for rank, name in enumerate(_RACE_LOSSES[6], start=1)
+    ],
+    40,
+    "loss",
+    lambda name, epochs, *_: {"val_accuracy": 0.8, "val_loss": _RACE_LOSSES[epochs][name]},
+)
+_RACE["cost"] = {
+    **race_cost(_RACE["epochs"], 64, 3),
+    "race_seconds": 31.5,
+    "finetune_seconds": 52.0,
+}
 _SCHEDULE = {
     "base_lr": 0.05,
     "decay": 0.5,
@@ -206,6 +226,14 @@ _MODEL = {
     "report": _REPORT,
     "registered_source_id": None,
 }
+_EVIDENCE = {"fine_tunes": 31, "targets": 14, "usable_targets": 12}
+_CALIBRATION_REGRET = {
+    "current": 0.021,
+    "bundled_defaults": 0.034,
+    "refit_in_sample": 0.021,
+    "refit_leave_one_target_out": 0.027,
+    "candidates": 24,
+}
 _PREDICTION = {
     "filename": "0001.png",
     "top": [{"label": "dress", "probability": 0.93}, {"label": "shirt", "probability": 0.05}],
@@ -292,7 +320,22 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "transfer_gain": 0.2,
         "transfer_gain_split": "test",
     },
-    "FinetuneReport": _REPORT,
+    "FinetuneReport": {**_REPORT, "race": _RACE},
+    "RaceOptions": {"top": 3, "budget_epochs": 40, "score": "loss"},
+    "EvidenceCountsOut": _EVIDENCE,
+    "CalibrationRegretOut": _CALIBRATION_REGRET,
+    "CalibrationOut": {
+        "calibration_id": "1b2c3d4e5f60718293a4b5c6d7e8f901",
+        "created_at": CREATED,
+        "trigger": "refit",
+        "params": {"measure": "cosine", "lambda": 0.0, "refine": None},
+        "bundled_defaults": {"measure": "js", "lambda": 0.002},
+        "evidence": _EVIDENCE,
+        "regret": _CALIBRATION_REGRET,
+        "fitted_on": {"fine_tunes": 31, "targets": 12, "regret": _CALIBRATION_REGRET},
+        "auto_refit_after_targets": 10,
+        "notes": ["refine (the two-stage ranking) is not refitted"],
+    },
     "JobOut": _JOB,
     "ModelOut": _MODEL,
     "ArchiveEvaluation": {

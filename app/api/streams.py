@@ -124,8 +124,13 @@ def _phase_key(progress: Snapshot) -> tuple[Any, ...]:
 
 def _phase_epochs(job: Snapshot, phase: str | None, trial: object = None) -> int | None:
     """Epochs a fine-tune's phase plans (from its options: the phase may be over by now);
-    an auto search's trial (its 1-based number, as stored) by its place in the search's plan."""
-    options = (job.get("params") or {}).get("options") or {}
+    an auto search's or a race's trial (its 1-based number, as stored) by its place in
+    the plan."""
+    params = job.get("params") or {}
+    options = params.get("options") or {}
+    if phase == "race":
+        plan = (params.get("race") or {}).get("trial_epochs") or []
+        return plan[trial - 1] if isinstance(trial, int) and 1 <= trial <= len(plan) else None
     if phase == "auto_search":
         search = options.get("auto_search", PRE_SEARCH_CHOICE["auto_search"])
         budget = options.get("auto_epochs")
@@ -160,6 +165,8 @@ def _past_phase(first: dict[str, Any], job: Snapshot, epoch: dict[str, Any]) -> 
         "epochs_planned": epoch["epochs_planned"],
     }
     index, candidate = first.get("candidate_index"), first.get("candidate")
+    if name == "race" and isinstance(index, int):
+        event.update(candidate_index=index, candidates=first.get("candidates"))
     if name == "auto_search" and isinstance(index, int):
         if candidate is None and 1 <= index <= len(AUTO_CANDIDATES):
             candidate = AUTO_CANDIDATES[index - 1]  # stored before trials named their candidate
@@ -225,7 +232,7 @@ def changes(last: Snapshot, current: Snapshot) -> list[tuple[str, dict[str, Any]
         phase["epochs"] = (
             _phase_epochs(current, now.get("phase"), now.get("candidate_index")) or phase["epochs"]
         )
-        if now.get("phase") == "auto_search":
+        if now.get("phase") in ("auto_search", "race"):
             phase.update({k: now.get(k) for k in CANDIDATE_FIELDS})
         # Phases that began (and perhaps ended) since the last poll are announced before
         # their first epoch, so a client sees every phase, however short; the current one

@@ -129,32 +129,15 @@ def finetune(
     if options.schedule == "auto" and val is None:
         raise ValueError("schedule 'auto' needs a validation split (val_fraction > 0)")
     source_state = {k: v.clone() for k, v in source.state_dict().items()}
-    num_groups = len(layer_groups(source))
-
-    def fresh_model() -> nn.Module:
-        model = build_model(architecture, _head_size(source))
-        model.load_state_dict(source_state)
-        torch.manual_seed(options.seed)
-        return replace_head(model, len(class_names))
 
     def run(
         overrides: dict[str, Any], epochs: int, phase: dict[str, Any], patience: int | None
     ) -> tuple[nn.Module, TrainResult, LayerwiseLR]:
-        model = fresh_model()
-        schedule = schedule_for(options, overrides, num_groups)
-        config = _config(options, epochs, patience, accelerator)
-        result = train_classifier(
-            model,
-            train,
-            config,
-            val=val,
-            param_groups=schedule.param_groups(model, options.weight_decay),
-            device=device,
-            on_epoch=_epoch_reporter(progress, phase, epochs),
-            on_step=_step_reporter(progress, phase),
-            should_stop=should_stop,
-        )
-        return model, result, schedule
+        return _train_copy(
+            source_state, architecture, _head_size(source), len(class_names), train, val,
+            options, overrides, epochs, phase, patience, device, progress, should_stop,
+            accelerator,
+        )  # fmt: skip
 
     auto_search = None
     overrides: dict[str, Any] = {}
@@ -241,6 +224,80 @@ def finetune(
                 )
     report.seconds = time.perf_counter() - started
     return model, report
+
+
+def race_trial(
+    source: nn.Module,
+    architecture: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    options: FinetuneOptions,
+    epochs: int,
+    phase: dict[str, Any],
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    accelerator: Accelerator | None = None,
+) -> dict[str, float]:
+    """A race's trial: fine-tune ``source`` for ``epochs`` on the job's training split (the
+    manual schedule of ``options``; decay 0.5 under auto) and score it on the validation
+    split, as the full fine-tune will split the target."""
+    device = device or torch.device("cpu")
+    accelerator = accelerator or Accelerator()
+    train_idx, val_idx, _ = three_way_split(
+        labels, options.val_fraction, options.test_fraction, options.seed
+    )
+    if not len(val_idx):
+        raise ValueError("a race needs a validation split (val_fraction > 0)")
+    train = ImageTensors(images[train_idx], labels[train_idx], mean, std)
+    val = ImageTensors(images[val_idx], labels[val_idx], mean, std)
+    state = source.state_dict()
+    model, _, _ = _train_copy(
+        state, architecture, _head_size(source), num_classes, train, val, options, {},
+        epochs, phase, None, device, progress, should_stop, accelerator,
+    )  # fmt: skip
+    scores = evaluate(model, val, device, accelerator=accelerator)
+    return {"val_accuracy": scores.accuracy, "val_loss": scores.loss}
+
+
+def _train_copy(
+    source_state: dict[str, torch.Tensor],
+    architecture: str,
+    source_classes: int,
+    num_classes: int,
+    train: ImageTensors,
+    val: ImageTensors | None,
+    options: FinetuneOptions,
+    overrides: dict[str, Any],
+    epochs: int,
+    phase: dict[str, Any],
+    patience: int | None,
+    device: torch.device,
+    progress: Progress | None,
+    should_stop: Callable[[], bool] | None,
+    accelerator: Accelerator,
+) -> tuple[nn.Module, TrainResult, LayerwiseLR]:
+    """Fine-tune a fresh copy of the source (its state, a new head) under a schedule."""
+    model = build_model(architecture, source_classes)
+    model.load_state_dict(source_state)
+    torch.manual_seed(options.seed)
+    model = replace_head(model, num_classes)
+    schedule = schedule_for(options, overrides, len(layer_groups(model)))
+    result = train_classifier(
+        model,
+        train,
+        _config(options, epochs, patience, accelerator),
+        val=val,
+        param_groups=schedule.param_groups(model, options.weight_decay),
+        device=device,
+        on_epoch=_epoch_reporter(progress, phase, epochs),
+        on_step=_step_reporter(progress, phase),
+        should_stop=should_stop,
+    )
+    return model, result, schedule
 
 
 def train_from_scratch(

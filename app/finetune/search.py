@@ -19,7 +19,7 @@ bench/finetuning_degree.py measures what either choice is worth against every fi
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 AutoSearch = Literal["halving", "exhaustive"]
@@ -69,50 +69,72 @@ def trial_epochs(search: AutoSearch, auto_epochs: int) -> list[int]:
     return [epochs for count, epochs in search_rounds(search, auto_epochs) for _ in range(count)]
 
 
-def run_search(
-    search: AutoSearch, score: AutoScore, auto_epochs: int, train: TrainCandidate
-) -> dict[str, Any]:
-    """Run a search; the record a job's result shows (rounds, scores, choice and reason)."""
-    rounds = search_rounds(search, auto_epochs)
+def merit(trial: dict[str, Any], score: AutoScore) -> float:
+    """How good a trial's validation scores are (larger is better); a diverged run (NaN or
+    infinite loss) is worst."""
+    value = -trial["val_loss"] if score == "loss" else trial["val_accuracy"]
+    return float(value) if math.isfinite(value) else -math.inf
+
+
+def successive_halving(
+    candidates: Sequence[Any],
+    rounds: list[tuple[int, int]],
+    score: AutoScore,
+    train: Callable[[Any, int, int, int], dict[str, float]],
+    keep_one: bool = False,
+) -> list[dict[str, Any]]:
+    """Train the candidates still in, round after round, keeping the better half each time
+    (only the best with ``keep_one``); every round's record, the last one's ``kept[0]`` won.
+
+    ``train(candidate, epochs, trial number, trials planned)`` returns validation scores. A
+    stable sort: on a tie the candidate listed first stays.
+    """
     planned = sum(count for count, _ in rounds)
-
-    def merit(trial: dict[str, Any]) -> float:
-        """Larger is better; a diverged run (NaN or infinite loss) is worst."""
-        value = -trial["val_loss"] if score == "loss" else trial["val_accuracy"]
-        return float(value) if math.isfinite(value) else -math.inf
-
-    alive = list(AUTO_CANDIDATES)
+    alive = list(candidates)
     trial_number = 0
     record: list[dict[str, Any]] = []
     for number, (_, epochs) in enumerate(rounds, start=1):
         trials: list[dict[str, Any]] = []
         for candidate in alive:
             trial_number += 1
-            scores = train(candidate, epochs, trial_number, planned)
-            trials.append({"candidate": candidate, **scores})
-        # A stable sort: on a tie the candidate listed first (the larger decay) stays.
-        ranked = sorted(range(len(trials)), key=lambda i: -merit(trials[i]))
-        keep = 1 if search == "exhaustive" else math.ceil(len(trials) / 2)
+            trials.append(
+                {"candidate": candidate, **train(candidate, epochs, trial_number, planned)}
+            )
+        ranked = sorted(range(len(trials)), key=lambda i: -merit(trials[i], score))
+        keep = 1 if keep_one else math.ceil(len(trials) / 2)
         alive = [alive[i] for i in sorted(ranked[:keep])]  # in the candidates' order
         record.append({"round": number, "epochs": epochs, "trials": trials, "kept": alive})
-    chosen = alive[0]
+    return record
+
+
+def score_words(trial: dict[str, Any], score: AutoScore) -> str:
+    """A trial's deciding figure in words, e.g. "lowest validation loss (0.412)"."""
+    if score == "loss":
+        return f"lowest validation loss ({trial['val_loss']:.3f})"
+    return f"best validation accuracy ({trial['val_accuracy']:.3f})"
+
+
+def run_search(
+    search: AutoSearch, score: AutoScore, auto_epochs: int, train: TrainCandidate
+) -> dict[str, Any]:
+    """Run a search; the record a job's result shows (rounds, scores, choice and reason)."""
+    rounds = search_rounds(search, auto_epochs)
+    record = successive_halving(
+        AUTO_CANDIDATES, rounds, score, train, keep_one=search == "exhaustive"
+    )
+    chosen = record[-1]["kept"][0]
     won = next(t for t in record[-1]["trials"] if t["candidate"] == chosen)
     how = (
         f"every candidate trained {auto_epochs} epochs"
         if search == "exhaustive"
         else f"successive halving, {len(rounds)} rounds, last round {rounds[-1][1]} epochs"
     )
-    figure = (
-        f"lowest validation loss ({won['val_loss']:.3f})"
-        if score == "loss"
-        else f"best validation accuracy ({won['val_accuracy']:.3f})"
-    )
     return {
         "search": search,
         "score": score,
         "chosen": chosen,
-        "reason": f"{describe_candidate(chosen)}: {figure} in the auto search ({how}); ties "
-        "go to the candidate listed first (the larger decay)",
+        "reason": f"{describe_candidate(chosen)}: {score_words(won, score)} in the auto search "
+        f"({how}); ties go to the candidate listed first (the larger decay)",
         "rounds": record,
         "epochs": sum(count * epochs for count, epochs in rounds),
         # The last round's scores, in the shape results had before halving existed.

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -53,13 +53,12 @@ PRIOR_OVERHEAD_SECONDS_PER_IMAGE = 0.01
 PRIOR_FLOPS_PER_IMAGE = 1e9
 
 
-def phase_plan(options: FinetuneOptions) -> list[tuple[str, int]]:
-    """The training phases a fine-tune runs, in order, with the epochs each plans at most."""
-    plan = (
-        [("auto_search", e) for e in trial_epochs(options.auto_search, options.auto_epochs)]
-        if options.schedule == "auto"
-        else []
-    )
+def phase_plan(options: FinetuneOptions, race_trials: Sequence[int] = ()) -> list[tuple[str, int]]:
+    """The training phases a fine-tune runs, in order, with the epochs each plans at most
+    (``race_trials``: the epochs of a race's trials, which come first)."""
+    plan = [("race", epochs) for epochs in race_trials]
+    if options.schedule == "auto":
+        plan += [("auto_search", e) for e in trial_epochs(options.auto_search, options.auto_epochs)]
     plan.append(("fine_tune", options.epochs))
     if options.baseline:
         plan.append(("baseline", options.epochs))
@@ -279,13 +278,15 @@ def estimate_finetune(
     input_size: int,
     class_counts: Mapping[str, int],
     options: FinetuneOptions,
+    race_trials: Sequence[int] = (),
 ) -> Estimate:
-    """The expected run time of a fine-tune once a worker starts it (see module docstring)."""
+    """The expected run time of a fine-tune once a worker starts it (see module docstring);
+    a race's trials are costed at the first contestant's speed."""
     workers = alive_workers(session)
     devices = {w.device for w in workers}
     train, val, test = split_totals(class_counts, options)
     images = train + val + test
-    epochs = sum(epochs for _, epochs in phase_plan(options))
+    epochs = sum(epochs for _, epochs in phase_plan(options, race_trials))
     rows = list(session.scalars(select(Throughput)))
     own = _pick(
         [r for r in rows if (r.architecture, r.input_size) == (architecture, input_size)],

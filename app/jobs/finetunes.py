@@ -14,6 +14,7 @@ from app.datasets.images import ImageRejected, open_rgb, square_pixels
 from app.errors import Conflict, InvalidInput
 from app.finetune.layers import layer_groups
 from app.finetune.options import FinetuneOptions, check_class_sizes
+from app.finetune.race import RaceOptions, race_trial_epochs
 from app.finetune.train import ImageTensors
 from app.jobs.estimates import estimate_finetune
 from app.jobs.service import QUEUED, RUNNING, submit_job
@@ -39,15 +40,19 @@ def submit_finetune(
     target_dataset_id: str,
     source_id: str,
     options: FinetuneOptions,
+    race: RaceOptions | None = None,
+    calibration_id: str | None = None,
 ) -> Job:
-    """Check the request, resolve ``source_id: "best"`` by P2L, estimate, and queue the job.
+    """Check the request, resolve ``source_id`` "best" or "race" by P2L, estimate, and queue
+    the job.
 
-    The ranking made for "best" and the job are committed together: a refused request
-    leaves neither behind.
+    The ranking made for "best" or "race" and the job are committed together: a refused
+    request leaves neither behind.
     """
     params, estimate = plan_finetune(
-        session, store, index, reference, scoring, measure, target_dataset_id, source_id, options
-    )
+        session, store, index, reference, scoring, measure, target_dataset_id, source_id,
+        options, race, calibration_id,
+    )  # fmt: skip
     params["estimate"] = estimate.model_dump(mode="json")
     params["warnings"] = list(estimate.warnings)
     return submit_job(session, "finetune", params)
@@ -63,11 +68,13 @@ def plan_finetune(
     target_dataset_id: str,
     source_id: str,
     options: FinetuneOptions,
+    race: RaceOptions | None = None,
+    calibration_id: str | None = None,
 ) -> tuple[dict[str, Any], Estimate]:
     """Every check of a fine-tune request, its job's params and its estimate; queues nothing.
 
-    For ``source_id: "best"`` the ranking is added to the session (flushed, not committed):
-    a dry run rolls the session back, and nothing stays.
+    For ``source_id`` "best" or "race" the ranking is added to the session (flushed, not
+    committed): a dry run rolls the session back, and nothing stays.
     """
     # Locked until the job is committed: a delete waits, then sees the job (409).
     dataset = get_by_id(session, Dataset, target_dataset_id, "dataset", for_update=True)
@@ -76,41 +83,81 @@ def plan_finetune(
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     chosen_by, ranking_id = "given", None
-    if source_id == "best":
+    if source_id in ("best", "race"):
+        race = (race or RaceOptions()) if source_id == "race" else None
         ranking, _ = rank_sources(
-            session, store, index, reference, scoring,
-            target_dataset_id=dataset.id, method="p2l", measure=measure, top_k=1,
+            session, store, index, reference, scoring, target_dataset_id=dataset.id,
+            method="p2l", measure=measure, top_k=race.top if race is not None else 1,
+            calibration_id=calibration_id,
         )  # fmt: skip
         if not ranking.results:
-            raise InvalidInput("the zoo holds no rankable source to pick the best from")
-        source_id, chosen_by, ranking_id = ranking.results[0]["source_id"], "p2l", ranking.id
-    source = get_by_id(session, Source, source_id, "source", for_update=True)
-    with torch.device("meta"):  # only the layout is needed: allocate nothing
-        model = build_model(source.architecture, source.num_classes)
-    groups = [g.name for g in layer_groups(model)]
-    if options.freeze_below >= len(groups):
-        raise InvalidInput(
-            f"freeze_below={options.freeze_below}, but {source.architecture} has "
-            f"{len(groups)} layer groups {groups}; the head (last) cannot be frozen"
-        )
-    if options.multipliers is not None and len(options.multipliers) != len(groups):
-        raise InvalidInput(
-            f"{len(options.multipliers)} multipliers given; {source.architecture} has "
-            f"{len(groups)} layer groups {groups}"
-        )
+            raise InvalidInput(f"the zoo holds no rankable source to pick from ({source_id!r})")
+        chosen_by, ranking_id = ("race" if race is not None else "p2l"), ranking.id
+        sources = [
+            get_by_id(session, Source, r["source_id"], "source", for_update=True)
+            for r in ranking.results
+        ]
+    else:
+        sources = [get_by_id(session, Source, source_id, "source", for_update=True)]
+    layouts = [_check_layout(source, options) for source in sources]  # every contestant fits
+    groups = layouts[0]
+    race_plan = None
+    if race is not None:
+        budget = race.budget_epochs or options.epochs
+        race_plan = {
+            **race.model_dump(),
+            "budget_epochs": budget,
+            "contestants": [
+                {"source_id": s.id, "source_name": s.name, "p2l_rank": rank}
+                for rank, s in enumerate(sources, start=1)
+            ],
+            "trial_epochs": race_trial_epochs(len(sources), budget),
+        }
+    first = sources[0]
     estimate = estimate_finetune(
-        session, source.architecture, source.input_size, dataset.class_counts, options
-    )
+        session, first.architecture, first.input_size, dataset.class_counts, options,
+        race_plan["trial_epochs"] if race_plan else (),
+    )  # fmt: skip
     params = {
         "target_dataset_id": dataset.id,
-        "source_id": source.id,
-        "source_name": source.name,
+        "source_id": "race" if race_plan else first.id,
+        "source_name": (
+            f"race of {', '.join(s.name for s in sources)}" if race_plan else first.name
+        ),
         "chosen_by": chosen_by,
         "ranking_id": ranking_id,
         "layer_groups": groups,
         "options": options.model_dump(),
     }
+    if race_plan:
+        params["race"] = race_plan
     return params, estimate
+
+
+def _check_layout(source: Source, options: FinetuneOptions) -> list[str]:
+    """The source's layer group names; InvalidInput if the options do not fit them."""
+    with torch.device("meta"):  # only the layout is needed: allocate nothing
+        model = build_model(source.architecture, source.num_classes)
+    groups = [g.name for g in layer_groups(model)]
+    if options.freeze_below >= len(groups):
+        raise InvalidInput(
+            f"freeze_below={options.freeze_below}, but {source.architecture} ({source.name}) "
+            f"has {len(groups)} layer groups {groups}; the head (last) cannot be frozen"
+        )
+    if options.multipliers is not None and len(options.multipliers) != len(groups):
+        raise InvalidInput(
+            f"{len(options.multipliers)} multipliers given; {source.architecture} "
+            f"({source.name}) has {len(groups)} layer groups {groups}"
+        )
+    return groups
+
+
+def job_source_ids(params: dict[str, Any]) -> list[str]:
+    """The sources a fine-tune job needs: its source, or every contestant of its race."""
+    race = params.get("race")
+    if race:
+        return [c["source_id"] for c in race["contestants"]]
+    return [params["source_id"]] if params.get("source_id") else []
 
 
 def get_model(session: Session, model_id: str) -> FinetunedModel:
@@ -153,7 +200,7 @@ def ensure_no_active_job_uses(
         job.id
         for job in active
         if (dataset_id is not None and job.params.get("target_dataset_id") == dataset_id)
-        or (source_id is not None and job.params.get("source_id") == source_id)
+        or (source_id is not None and source_id in job_source_ids(job.params))
     ]
     if users:
         noun = f"dataset {dataset_id}" if dataset_id is not None else f"source {source_id}"

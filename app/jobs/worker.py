@@ -8,12 +8,14 @@ lease it lost, and publishes nothing for it. Stopped on purpose (SIGTERM,
 SIGINT), it hands its job back without using up one of the job's attempts.
 """
 
+import functools
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import FrameType
 
 import torch
@@ -22,10 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import get_spec, load_model, weights_to_save
 from app.config import Settings
-from app.datasets.service import dataset_arrays, dataset_exists, get_dataset
+from app.datasets.service import DatasetArrays, dataset_arrays, dataset_exists, get_dataset
 from app.db import make_engine, session_factory
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
+from app.finetune.race import race_cost
 from app.finetune.train import Accelerator, Cancelled
 from app.jobs.estimates import (
     HEARTBEAT_SECONDS,
@@ -38,6 +41,7 @@ from app.jobs.estimates import (
 from app.jobs.evaluations import run_evaluation
 from app.jobs.finetunes import MODEL_WEIGHTS
 from app.jobs.progress import Meter, ProgressWriter
+from app.jobs.race import race_shortlist
 from app.jobs.service import (
     CANCELLED,
     FAILED,
@@ -54,6 +58,7 @@ from app.models import FinetunedModel, Job
 from app.p2l.reference import resolve_device
 from app.store import ArtifactStore, make_store
 from app.unit_of_work import unit_of_work
+from app.zoo.calibration import record_evidence, refit_if_due
 from app.zoo.sources import get_source, weights_path
 
 logger = logging.getLogger("p2l.worker")
@@ -160,28 +165,52 @@ def run_finetune(
     """Fine-tune the job's source on its target and publish the model (all or nothing)."""
     params = job.params
     options = FinetuneOptions.from_record(params["options"])
+    race = params.get("race")
     with sessions() as session:
         dataset = get_dataset(session, params["target_dataset_id"])
-        source = get_source(session, params["source_id"])
-        source_file = weights_path(store, source)
+        source = get_source(
+            session, race["contestants"][0]["source_id"] if race else params["source_id"]
+        )
     train_images, val_images, _ = split_totals(dataset.class_counts, options)
     meter = Meter(
         lease.worker_id, source.architecture, source.input_size, device_type(device),
         train_images, val_images,
     )  # fmt: skip
     estimate = params.get("estimate") or {}
-    progress = ProgressWriter(sessions, lease, phase_plan(options), meter, estimate.get("seconds"))
+    plan = phase_plan(options, race["trial_epochs"] if race else ())
+    progress = ProgressWriter(sessions, lease, plan, meter, estimate.get("seconds"))
     settings = lease.settings
-    try:
-        progress.set_phase(
-            "loading", f"loading {dataset.num_images} images and the source {source.name}"
-        )
-        target = dataset_arrays(
-            store, dataset, source.input_size, settings.pixel_cache_max_bytes,
+    accelerator = Accelerator(
+        mixed_precision=settings.mixed_precision,
+        channels_last=settings.channels_last,
+        pin_memory=settings.pin_memory,
+    )
+
+    @functools.cache
+    def arrays(size: int) -> DatasetArrays:
+        return dataset_arrays(
+            store, dataset, size, settings.pixel_cache_max_bytes,
             processes=None if settings.decode_processes else False,
             dataset_exists=lambda: _dataset_exists(sessions, dataset.id),
         )  # fmt: skip
-        model = load_model(source.architecture, source.num_classes, source_file)
+
+    race_record = None
+    try:
+        if race:
+            progress.set_phase("loading", f"loading {dataset.num_images} images for the race")
+            race_record = race_shortlist(
+                sessions, store, device, options, race, arrays, progress, accelerator
+            )
+            with sessions() as session:
+                source = get_source(session, race_record["winner"])
+            progress.meter = replace(
+                meter, architecture=source.architecture, input_size=source.input_size
+            )
+        progress.set_phase(
+            "loading", f"loading {dataset.num_images} images and the source {source.name}"
+        )
+        target = arrays(source.input_size)
+        model = load_model(source.architecture, source.num_classes, weights_path(store, source))
         spec = get_spec(source.architecture)
         model, report = finetune(
             model,
@@ -196,19 +225,24 @@ def run_finetune(
             progress=progress.update,
             should_stop=progress.should_stop,
             image_names=target.image_names,
-            accelerator=Accelerator(
-                mixed_precision=settings.mixed_precision,
-                channels_last=settings.channels_last,
-                pin_memory=settings.pin_memory,
-            ),
+            accelerator=accelerator,
         )
         progress.set_phase("saving", "saving the model")
     finally:
         progress.close()
+        arrays.cache_clear()
 
     model_id = os.urandom(16).hex()
     key = f"models/{model_id}"
     result = {"model_id": model_id, **report.__dict__}
+    if race_record is not None:
+        finetune_epochs = sum(e for phase, e in plan if phase in ("auto_search", "fine_tune"))
+        race_record["cost"] = {
+            **race_cost(race_record["epochs"], finetune_epochs, len(race["contestants"])),
+            "race_seconds": race_record.pop("seconds"),
+            "finetune_seconds": round(report.seconds, 3),
+        }
+        result["race"] = race_record
     with sessions() as session, unit_of_work(session, store) as work:
         staging = work.stage()
         save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
@@ -226,6 +260,10 @@ def run_finetune(
                 artifact_key=key,
             )
         )
+        try:  # what the fine-tune showed, for the ranking's calibration
+            record_evidence(session, store, job.id, dataset, source, result)
+        except (OSError, ValueError):  # e.g. its dataset deleted meanwhile: keep the model
+            logger.exception("job %s: no calibration evidence recorded", job.id)
         # The commit checks the lease: a job reaped meanwhile (and perhaps running on
         # another worker) gets nothing from this one.
         if not finish_job(
@@ -234,6 +272,12 @@ def run_finetune(
         ):  # fmt: skip
             logger.warning("job %s: lease lost before the commit; model discarded", job.id)
             work.abandon()
+            return
+    try:  # a refit is advice: it must never cost the finished job
+        with sessions() as session:
+            refit_if_due(session, store, settings, dataset.reference_sha256)
+    except Exception:
+        logger.exception("job %s: the automatic calibration refit failed", job.id)
     progress.record_job(len(target.labels))
 
 

@@ -52,6 +52,7 @@ def rank_sources(
     top_k: int | None = None,
     refine: Refine | None = None,
     decoding: Decoding = Decoding(),
+    calibration_id: str | None = None,
 ) -> tuple[Ranking, float]:
     """Rank (some of) the zoo for a target and add the result; returns it and the ms taken.
 
@@ -123,6 +124,7 @@ def rank_sources(
             for s in scored
         ],
         excluded=excluded,
+        calibration_id=calibration_id,
     )
     if refine is not None:
         dataset = get_by_id(session, Dataset, target_dataset_id, "dataset")

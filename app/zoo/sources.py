@@ -265,7 +265,7 @@ def record_change(session: Session, source_id: str, op: str) -> None:
     session.add(ZooChange(source_id=source_id, op=op))
 
 
-def _rankable_signature(
+def rankable_signature(
     store: ArtifactStore, source_id: str, artifact_key: str, reference_sha256: str
 ) -> DatasetSignature | None:
     """A source's stored signature, or None (logged) if it cannot be read."""
@@ -309,7 +309,7 @@ def catch_up(
             row = rows.get(source_id)
             signature = None
             if row is not None and row.reference_sha256 == reference.weights_sha256:
-                signature = _rankable_signature(
+                signature = rankable_signature(
                     store, source_id, row.artifact_key, row.reference_sha256
                 )
             if signature is None:
@@ -337,7 +337,7 @@ def load_index(
         if source.reference_sha256 != reference.weights_sha256:
             stale += 1
             continue
-        signature = _rankable_signature(
+        signature = rankable_signature(
             store, source.id, source.artifact_key, source.reference_sha256
         )
         if signature is not None:

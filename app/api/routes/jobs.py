@@ -96,10 +96,11 @@ def start_finetune(
     Every problem the request can have is found here (422), not later in the worker.
     """
     # What both a dry run and a real submission check and plan from.
+    params, measure, calibration_id = state.ranking_params(session)
     plan = (
-        session, state.store, state.index, state.reference, state.scoring_params(),
-        state.settings.p2l_measure, request.target_dataset_id, request.source_id,
-        request.options(),
+        session, state.store, state.index, state.reference, params, measure,
+        request.target_dataset_id, request.source_id, request.options(), request.race,
+        calibration_id,
     )  # fmt: skip
     if dry_run:
         _, estimate = finetunes.plan_finetune(*plan)

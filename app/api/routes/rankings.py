@@ -24,6 +24,7 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
         excluded=ranking.excluded,
         elapsed_ms=elapsed_ms,
         refine=ranking.refine,
+        calibration_id=ranking.calibration_id,
         warnings=service.ranking_warnings(ranking),
     )
 
@@ -45,15 +46,17 @@ def create_ranking(
     per source for compact networks at 32 px, seconds at 224 px; `refine` in the answer
     says what it cost).
     """
+    params, measure, calibration_id = state.ranking_params(session, request.measure, request.lam)
     ranking, elapsed_ms = service.rank_sources(
         session,
         state.store,
         state.index,
         state.reference,
-        state.scoring_params(request.lam),
+        params,
         target_dataset_id=request.target_dataset_id,
         method=request.method,
-        measure=request.measure or state.settings.p2l_measure,
+        measure=measure,
+        calibration_id=calibration_id,
         source_ids=request.source_ids,
         top_k=request.top_k,
         refine=service.Refine(request.refine.method, request.refine.top)

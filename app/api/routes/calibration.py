@@ -1,0 +1,45 @@
+"""Calibration: the ranking parameters in force, and refitting them on finished fine-tunes."""
+
+from fastapi import APIRouter, status
+
+from app.api.deps import ApiKeyRequired, SessionDep, StateDep
+from app.api.problems import problem_responses
+from app.schemas import CalibrationOut
+from app.zoo import calibration as service
+
+router = APIRouter(prefix="/v1/calibration", tags=["calibration"])
+
+
+@router.get("", response_model=CalibrationOut, summary="The ranking parameters in force")
+def get_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
+    """Measure and lambda in force (a refit's, or the bundled defaults), the evidence left by
+    successful fine-tunes, and the mean regret on it of the parameters in force, of the
+    defaults and of a refit (leave one target out)."""
+    return CalibrationOut.model_validate(
+        service.calibration_status(
+            session,
+            state.store,
+            state.reference.weights_sha256,
+            state.calibration_constants(),
+            state.settings.calibration_auto_refit_targets,
+        )
+    )
+
+
+@router.post(
+    "/refit",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CalibrationOut,
+    dependencies=[ApiKeyRequired],
+    responses=problem_responses(_409="No target has evidence from two or more sources yet."),
+    summary="Refit measure and lambda on the evidence, and put them in force",
+)
+def refit_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
+    """Choose the measure and lambda with the lowest mean regret on the evidence (ties keep
+    the parameters in force); later rankings use them and record the calibration's id.
+    409 while no target has evidence from two or more sources."""
+    service.refit(
+        session, state.store, state.reference.weights_sha256, state.calibration_constants()
+    )
+    session.commit()
+    return get_calibration(state, session)

@@ -1,0 +1,292 @@
+"""Calibration use cases: record what finished fine-tunes showed, refit the ranking's
+measure and lambda on it (app.p2l.calibration), and say which parameters are in force."""
+
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.datasets.service import dataset_signature
+from app.errors import Conflict
+from app.models import Calibration, Dataset, Evidence, Source
+from app.p2l.calibration import (
+    RankingParams,
+    TargetEvidence,
+    fit,
+    grid,
+    informative,
+    leave_one_target_out,
+    regret_table,
+)
+from app.p2l.signature import DatasetSignature
+from app.store import ArtifactStore
+from app.zoo.sources import rankable_signature
+
+logger = logging.getLogger("p2l.calibration")
+
+NOT_REFITTED = (
+    "refine (the two-stage ranking) is not refitted: the evidence holds no per-candidate "
+    "measure of the sources on its targets; a ranking refines only when asked"
+)
+
+
+@dataclass(frozen=True)
+class Constants:
+    """The bundled defaults and the score's fixed constants (the service's settings)."""
+
+    defaults: RankingParams
+    eps: float
+    emd_gamma: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Constants":
+        """The constants a service or worker runs with."""
+        return cls(
+            RankingParams(settings.p2l_measure, settings.p2l_lambda),
+            settings.p2l_eps,
+            settings.emd_gamma,
+        )
+
+
+def record_evidence(
+    session: Session,
+    store: ArtifactStore,
+    job_id: str,
+    dataset: Dataset,
+    source: Source,
+    report: dict[str, Any],
+) -> Evidence | None:
+    """Add what a successful fine-tune showed (in the caller's transaction); None when it
+    measured no accuracy (no test and no validation split)."""
+    split = "test" if report.get("test_accuracy") is not None else "validation"
+    accuracy = report.get(f"{'test' if split == 'test' else 'val'}_accuracy")
+    if accuracy is None:
+        return None
+    baseline = report.get("baseline") or {}
+    evidence = Evidence(
+        id=uuid.uuid4().hex,
+        job_id=job_id,
+        target_dataset_id=dataset.id,
+        target_signature=dataset_signature(store, dataset).to_bytes(),
+        reference_sha256=dataset.reference_sha256,
+        source_id=source.id,
+        source_name=source.name,
+        accuracy=float(accuracy),
+        accuracy_split=split,
+        schedule=report.get("schedule") or {},
+        baseline_accuracy=baseline.get(f"{'test' if split == 'test' else 'val'}_accuracy"),
+    )
+    session.add(evidence)
+    return evidence
+
+
+def current_calibration(session: Session) -> Calibration | None:
+    """The newest calibration (in force), or None: the bundled defaults apply."""
+    return session.scalars(
+        select(Calibration).order_by(Calibration.created_at.desc(), Calibration.id).limit(1)
+    ).first()
+
+
+def params_in_force(session: Session, defaults: RankingParams) -> tuple[RankingParams, str | None]:
+    """The ranking parameters in force and the id of the calibration that set them."""
+    calibration = current_calibration(session)
+    if calibration is None:
+        return defaults, None
+    return RankingParams(calibration.measure, calibration.lam), calibration.id  # type: ignore[arg-type]
+
+
+@dataclass
+class EvidenceSummary:
+    """The evidence usable under one reference network, as the refit sees it."""
+
+    rows: int
+    targets: int
+    usable: list[TargetEvidence]  # targets with two or more rankable sources tried
+    sources: dict[str, DatasetSignature]
+
+
+def gather_evidence(
+    session: Session, store: ArtifactStore, reference_sha256: str
+) -> EvidenceSummary:
+    """Every fine-tune's evidence made under ``reference_sha256``, per target (mean accuracy
+    per source), with the signatures of the sources still in the zoo."""
+    rows = list(
+        session.scalars(select(Evidence).where(Evidence.reference_sha256 == reference_sha256))
+    )
+    by_target: dict[str, list[Evidence]] = defaultdict(list)
+    for row in rows:
+        by_target[row.target_dataset_id].append(row)
+    source_ids = {row.source_id for row in rows}
+    sources = {
+        s.id: signature
+        for s in session.scalars(
+            select(Source).where(
+                Source.id.in_(source_ids), Source.reference_sha256 == reference_sha256
+            )
+        )
+        if (signature := rankable_signature(store, s.id, s.artifact_key, s.reference_sha256))
+    }
+    evidence = []
+    for items in by_target.values():
+        accuracy: dict[str, list[float]] = defaultdict(list)
+        for item in items:
+            accuracy[item.source_id].append(item.accuracy)
+        newest = max(items, key=lambda e: e.created_at)
+        evidence.append(
+            TargetEvidence(
+                DatasetSignature.from_bytes(newest.target_signature),
+                {s: float(np.mean(values)) for s, values in accuracy.items()},
+            )
+        )
+    return EvidenceSummary(len(rows), len(by_target), informative(evidence, set(sources)), sources)
+
+
+def assess(
+    summary: EvidenceSummary, current: RankingParams, constants: Constants
+) -> dict[str, Any]:
+    """Regret on the evidence of the parameters in force, of the bundled defaults, and of
+    refitting (leave one target out); None each where no target is usable."""
+    candidates = grid(current)
+    if constants.defaults not in candidates:
+        candidates.append(constants.defaults)
+    table = regret_table(
+        summary.usable, summary.sources, candidates, constants.eps, constants.emd_gamma
+    )
+    usable = bool(len(table))
+    best = fit(table)
+    return {
+        "current": float(table[:, 0].mean()) if usable else None,
+        "bundled_defaults": (
+            float(table[:, candidates.index(constants.defaults)].mean()) if usable else None
+        ),
+        "refit_in_sample": float(table[:, best].mean()) if usable else None,
+        "refit_leave_one_target_out": leave_one_target_out(table),
+        "best": candidates[best],
+        "candidates": len(candidates),
+    }
+
+
+def refit(
+    session: Session,
+    store: ArtifactStore,
+    reference_sha256: str,
+    constants: Constants,
+    trigger: str = "refit",
+) -> Calibration:
+    """Fit measure and lambda on the evidence and put them in force (committed by the
+    caller); Conflict while no target has evidence from two or more sources."""
+    summary = gather_evidence(session, store, reference_sha256)
+    if not summary.usable:
+        raise Conflict(
+            f"nothing to refit on: {summary.rows} fine-tune(s) on {summary.targets} target(s), "
+            "but no target has evidence from two or more sources still in the zoo; fine-tune "
+            "a target from another source (or race a shortlist) first"
+        )
+    current, current_id = params_in_force(session, constants.defaults)
+    scores = assess(summary, current, constants)
+    chosen: RankingParams = scores.pop("best")
+    calibration = Calibration(
+        id=uuid.uuid4().hex,
+        measure=chosen.measure,
+        lam=chosen.lam,
+        trigger=trigger,
+        evidence_count=summary.rows,
+        targets=len(summary.usable),
+        report={
+            "regret": scores,
+            "previous": {
+                "calibration_id": current_id,
+                "measure": current.measure,
+                "lambda": current.lam,
+            },
+            "reference_sha256": reference_sha256,
+        },
+    )
+    session.add(calibration)
+    session.flush()
+    logger.info(
+        "calibration %s (%s): %s, lambda %g on %d targets", calibration.id, trigger,
+        chosen.measure, chosen.lam, len(summary.usable),
+    )  # fmt: skip
+    return calibration
+
+
+def auto_refit_due(
+    session: Session, store: ArtifactStore, reference_sha256: str, after: int
+) -> bool:
+    """True once ``after`` (> 0) targets have usable evidence and the calibration in force
+    was fitted on fewer of them."""
+    if after <= 0:
+        return False
+    calibration = current_calibration(session)
+    fitted_on = calibration.targets if calibration is not None else 0
+    # Cheap first: distinct targets with two or more sources tried, before any signature.
+    pairs = (
+        select(Evidence.target_dataset_id)
+        .where(Evidence.reference_sha256 == reference_sha256)
+        .group_by(Evidence.target_dataset_id)
+        .having(func.count(func.distinct(Evidence.source_id)) >= 2)
+    )
+    candidates = len(session.scalars(pairs).all())
+    if candidates < max(after, fitted_on + 1):
+        return False
+    usable = len(gather_evidence(session, store, reference_sha256).usable)
+    return usable >= after and usable > fitted_on
+
+
+def calibration_status(
+    session: Session,
+    store: ArtifactStore,
+    reference_sha256: str,
+    constants: Constants,
+    auto_refit_after: int,
+) -> dict[str, Any]:
+    """What ``GET /v1/calibration`` shows: the parameters in force, the evidence, and regrets."""
+    calibration = current_calibration(session)
+    current, _ = params_in_force(session, constants.defaults)
+    summary = gather_evidence(session, store, reference_sha256)
+    scores = assess(summary, current, constants)
+    scores.pop("best")
+    return {
+        "calibration_id": calibration.id if calibration is not None else None,
+        "created_at": calibration.created_at if calibration is not None else None,
+        "trigger": calibration.trigger if calibration is not None else None,
+        "params": {"measure": current.measure, "lambda": current.lam, "refine": None},
+        "bundled_defaults": {
+            "measure": constants.defaults.measure,
+            "lambda": constants.defaults.lam,
+        },
+        "evidence": {
+            "fine_tunes": summary.rows,
+            "targets": summary.targets,
+            "usable_targets": len(summary.usable),
+        },
+        "regret": scores,
+        "fitted_on": (
+            {
+                "fine_tunes": calibration.evidence_count,
+                "targets": calibration.targets,
+                "regret": calibration.report.get("regret"),
+            }
+            if calibration is not None
+            else None
+        ),
+        "auto_refit_after_targets": auto_refit_after,
+        "notes": [NOT_REFITTED],
+    }
+
+
+def refit_if_due(
+    session: Session, store: ArtifactStore, settings: Settings, reference_sha256: str
+) -> None:
+    """After a fine-tune: refit (trigger "auto") once enough targets are usable, and commit."""
+    after = settings.calibration_auto_refit_targets
+    if auto_refit_due(session, store, reference_sha256, after):
+        refit(session, store, reference_sha256, Constants.from_settings(settings), trigger="auto")
+        session.commit()

@@ -608,12 +608,18 @@ class CalibrationRegretOut(BaseModel):
 
     current: float | None = Field(description="The parameters in force.")
     bundled_defaults: float | None = Field(description="The bundled defaults.")
-    refit_in_sample: float | None = Field(description="The parameters a refit would choose now.")
+    refit_in_sample: float | None = Field(
+        description="The parameters that fit the evidence best (in-sample: optimistic)."
+    )
     refit_leave_one_target_out: float | None = Field(
         description="Each target under parameters refitted on the other targets: what a refit "
         "is worth on a target it did not see."
     )
     candidates: int = Field(description="Parameter sets a refit chooses among.")
+    decision: str = Field(
+        description="What a refit would do now: it switches only when refitting beats the "
+        "parameters in force leave-one-target-out (never on a single usable target)."
+    )
 
 
 class CalibrationOut(BaseModel):

@@ -9,7 +9,9 @@ Only targets with two or more sources tried say anything about a ranking.
 parameters with the lowest mean regret; ties keep the parameters in force, then the grid
 order. ``leave_one_target_out`` tells what the refit is worth on a target it did not see:
 each target scored under parameters fitted on the others (the current ones when there
-are no others). Refine settings (two-stage ranking) are not refitted: the evidence holds
+are no others). A refit uses ``guarded_fit``: the parameters in force stay unless
+refitting beats them leave-one-target-out (bench/calibration.py: on few targets an
+unguarded refit chases noise and loses to the bundled defaults). Refine settings (two-stage ranking) are not refitted: the evidence holds
 no per-candidate measure of the sources on the target.
 """
 
@@ -91,3 +93,14 @@ def leave_one_target_out(table: np.ndarray) -> float | None:
 def informative(evidence: list[TargetEvidence], sources: set[str]) -> list[TargetEvidence]:
     """The targets on which two or more rankable sources were fine-tuned."""
     return [e for e in evidence if sum(s in sources for s in e.accuracy) >= 2]
+
+
+def guarded_fit(table: np.ndarray, targets: np.ndarray | None = None) -> int:
+    """``fit``, but the parameters in force (column 0) stay unless refitting beats them
+    leave-one-target-out on ``targets``: a refit must show it generalises before it is used."""
+    rows = table if targets is None else table[targets]
+    best = fit(rows)
+    if best == 0:
+        return 0
+    loto = leave_one_target_out(rows)
+    return best if loto is not None and loto < rows[:, 0].mean() else 0

@@ -20,6 +20,7 @@ from app.p2l.calibration import (
     TargetEvidence,
     fit,
     grid,
+    guarded_fit,
     informative,
     leave_one_target_out,
     regret_table,
@@ -159,17 +160,39 @@ def assess(
         summary.usable, summary.sources, candidates, constants.eps, constants.emd_gamma
     )
     usable = bool(len(table))
+    loto = leave_one_target_out(table)
+    chosen = guarded_fit(table)
     best = fit(table)
+    if not usable:
+        decision = "no usable target: the parameters in force stay"
+    elif chosen != 0:
+        decision = (
+            f"refitting beats the parameters in force leave-one-target-out ({loto:.4f} < "
+            f"{table[:, 0].mean():.4f}): a refit switches to {_words(candidates[chosen])}"
+        )
+    elif best == 0:
+        decision = "the parameters in force have the lowest regret: a refit keeps them"
+    else:
+        decision = (
+            f"{_words(candidates[best])} fits the evidence better in-sample, but refitting "
+            f"does not beat the parameters in force leave-one-target-out ({loto:.4f} >= "
+            f"{table[:, 0].mean():.4f}): a refit keeps them"
+        )
     return {
         "current": float(table[:, 0].mean()) if usable else None,
         "bundled_defaults": (
             float(table[:, candidates.index(constants.defaults)].mean()) if usable else None
         ),
         "refit_in_sample": float(table[:, best].mean()) if usable else None,
-        "refit_leave_one_target_out": leave_one_target_out(table),
-        "best": candidates[best],
+        "refit_leave_one_target_out": loto,
         "candidates": len(candidates),
+        "decision": decision,
+        "chosen": candidates[chosen],
     }
+
+
+def _words(params: RankingParams) -> str:
+    return f"{params.measure}, lambda {params.lam:g}"
 
 
 def refit(
@@ -179,8 +202,10 @@ def refit(
     constants: Constants,
     trigger: str = "refit",
 ) -> Calibration:
-    """Fit measure and lambda on the evidence and put them in force (committed by the
-    caller); Conflict while no target has evidence from two or more sources."""
+    """Refit measure and lambda on the evidence (guarded: a switch must win leave one
+    target out; see app.p2l.calibration) and record the result as the calibration in force
+    (committed by the caller); Conflict while no target has evidence from two or more
+    sources."""
     summary = gather_evidence(session, store, reference_sha256)
     if not summary.usable:
         raise Conflict(
@@ -190,7 +215,7 @@ def refit(
         )
     current, current_id = params_in_force(session, constants.defaults)
     scores = assess(summary, current, constants)
-    chosen: RankingParams = scores.pop("best")
+    chosen: RankingParams = scores.pop("chosen")
     calibration = Calibration(
         id=uuid.uuid4().hex,
         measure=chosen.measure,
@@ -252,7 +277,7 @@ def calibration_status(
     current, _ = params_in_force(session, constants.defaults)
     summary = gather_evidence(session, store, reference_sha256)
     scores = assess(summary, current, constants)
-    scores.pop("best")
+    scores.pop("chosen")
     return {
         "calibration_id": calibration.id if calibration is not None else None,
         "created_at": calibration.created_at if calibration is not None else None,

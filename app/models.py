@@ -259,6 +259,8 @@ class Calibration(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Fitted on signatures of this reference network: in force only while it is active.
+    reference_sha256: Mapped[str] = mapped_column(String(64))
     measure: Mapped[str] = mapped_column(String(16))
     lam: Mapped[float] = mapped_column(Float)
     trigger: Mapped[str] = mapped_column(String(16))  # refit (asked for) | auto

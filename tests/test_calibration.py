@@ -152,6 +152,10 @@ def test_evidence_from_finished_jobs_refits_the_ranking_and_later_rankings_recor
         assert stored["calibration_id"] == calibration["calibration_id"]
     own = rank(service, targets[0], source_ids=[a, b], measure="js", **{"lambda": 0.002})
     assert own["calibration_id"] is None and own["results"][0]["source_id"] == a
+    # The baselines use neither the calibration's measure nor its lambda.
+    for method in ("distance", "largest"):
+        baseline = rank(service, targets[0], method=method)
+        assert baseline["calibration_id"] is None and baseline["measure"] == "js"
 
     # A third usable target: the worker refits by itself (P2L_CALIBRATION_AUTO_REFIT_TARGETS=3).
     third = upload_target(service, "wesnoth_terrain_fewshot")

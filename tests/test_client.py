@@ -257,6 +257,22 @@ def test_cli_ranks_in_two_stages(cli: Cli, flow: Flow) -> None:
     ]  # fmt: skip
 
 
+def test_cli_races_the_shortlist_and_shows_the_calibration(cli: Cli, flow: Flow) -> None:
+    target = flow.upload["id"]
+    raced = cli.run(
+        "finetune", target, "--source", "race", "--race-top", "2", "--race-budget", "2",
+        "--schedule", "manual", "--epochs", "1", "--wait", "--no-progress",
+    )  # fmt: skip
+    assert raced.returncode == 0, raced.stderr
+    assert "race: " in raced.stdout and "round 1 (1 epochs, val loss)" in raced.stdout
+    assert "of fine-tuning every contestant" in raced.stdout
+    shown = cli.run("calibration", "get")
+    assert shown.returncode == 0, shown.stderr
+    assert "measure js, lambda 0.002: the bundled defaults" in shown.stdout
+    calibration = cli.json("calibration", "get")
+    assert calibration["evidence"]["fine_tunes"] >= 1  # type: ignore[index]
+
+
 def test_cli_finetunes_the_best_source_with_progress(flow: Flow) -> None:
     job = flow.job
     assert job["status"] == "succeeded" and job["model_id"]

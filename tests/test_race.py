@@ -1,7 +1,9 @@
 """``source_id: "race"``: P2L's shortlist raced by successive halving, the survivor fine-tuned."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -12,6 +14,14 @@ from tests.test_zoo_api import upload_target
 CONTESTANTS = [
     {"source_id": f"s{i}", "source_name": f"source {i}", "p2l_rank": i} for i in (1, 2, 3, 4, 5)
 ]
+
+
+def scores(losses: float | np.ndarray, mean: float | None = None) -> dict[str, Any]:
+    """A trial's scores: 20 validation images, each with this loss (or these losses)."""
+    per_image = np.broadcast_to(np.asarray(losses, float), (20,)).copy()
+    loss = float(np.asarray(losses).mean()) if mean is None else mean
+    return {"val_accuracy": 0.5, "val_loss": loss, "val_losses": per_image,
+            "val_correct": per_image < 1}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +53,10 @@ def test_the_survivor_of_the_last_round_wins_even_if_it_trailed_earlier() -> Non
     losses = {2: {"s1": 0.9, "s2": 0.5, "s3": 0.8, "s4": 0.6, "s5": 0.7},
               4: {"s2": 0.6, "s4": 0.5, "s5": 0.4}, 6: {"s4": 0.45, "s5": 0.3}}  # fmt: skip
 
-    def train(source: str, epochs: int, trial: int, trials: int) -> dict[str, float]:
+    def train(source: str, epochs: int, trial: int, trials: int) -> dict[str, Any]:
         calls.append((source, epochs))
         assert trials == 10 and trial == len(calls)
-        return {"val_accuracy": 0.5, "val_loss": losses[epochs][source]}
+        return scores(losses[epochs][source])
 
     record = run_race(CONTESTANTS, 40, "loss", train)
     assert calls[:5] == [(f"s{i}", 2) for i in (1, 2, 3, 4, 5)]
@@ -58,14 +68,40 @@ def test_the_survivor_of_the_last_round_wins_even_if_it_trailed_earlier() -> Non
     assert record["rounds"][2]["trials"][1] == {
         "source_id": "s5", "source_name": "source 5", "val_accuracy": 0.5, "val_loss": 0.3,
     }  # fmt: skip
+    # Every image's loss is 0.15 lower than under s4 (ranked higher by P2L): far beyond noise.
+    assert record["final"]["holder"] == "s4" and record["final"]["overturned"]
+    assert record["final"]["mean_difference"] == pytest.approx(0.15)
+
+
+def test_the_final_keeps_p2ls_order_unless_the_challenger_wins_beyond_noise() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.5, size=20)  # 20 validation images, noisy per-image losses
+
+    def train(lead: float) -> Callable[[str, int, int, int], dict[str, Any]]:
+        def trial(source: str, epochs: int, number: int, planned: int) -> dict[str, Any]:
+            losses = 1.0 + noise * (source == "s2") - lead * (source == "s2")
+            return scores(losses, mean=float(losses.mean()))
+
+        return trial
+
+    # s2's mean loss is lower, but by less than two standard errors of the difference.
+    close = run_race(CONTESTANTS[:2], 4, "loss", train(0.1))
+    assert close["final"]["halving_winner"] == "s2" and not close["final"]["overturned"]
+    assert close["winner"] == "s1" and "within 2 standard errors" in close["reason"]
+    clear = run_race(CONTESTANTS[:2], 4, "loss", train(0.6))
+    assert clear["winner"] == "s2" and clear["final"]["overturned"]
 
 
 def test_a_tie_goes_to_the_source_p2l_ranks_higher_and_a_diverged_run_is_last() -> None:
-    def train(source: str, epochs: int, trial: int, trials: int) -> dict[str, float]:
-        return {"val_accuracy": 0.0 if source == "s1" else 0.7, "val_loss": float("nan")}
+    def train(source: str, epochs: int, trial: int, trials: int) -> dict[str, Any]:
+        return {**scores(float("nan")), "val_accuracy": 0.0 if source == "s1" else 0.7}
 
     assert run_race(CONTESTANTS[:3], 6, "accuracy", train)["winner"] == "s2"
-    assert run_race(CONTESTANTS[:3], 6, "loss", train)["winner"] == "s1"  # all NaN: a tie
+    tied = run_race(CONTESTANTS[:3], 6, "loss", train)
+    assert tied["winner"] == "s1"  # all NaN: a tie
+    # Stored as null (JSON, and PostgreSQL's json type, have no NaN), and said so.
+    assert {t["val_loss"] for r in tied["rounds"] for t in r["trials"]} == {None}
+    assert "lowest validation loss (none: diverged)" in tied["reason"]
 
 
 def test_the_cost_counts_the_race_and_one_fine_tune_against_every_contestant() -> None:
@@ -100,7 +136,10 @@ def test_a_race_job_trains_the_shortlist_then_the_survivor(
     assert [t["source_id"] for t in first["trials"]] == shortlist and first["epochs"] == 1
     assert [t["source_id"] for t in second["trials"]] == first["kept"] and second["epochs"] == 2
     best = min(second["trials"], key=lambda t: t["val_loss"])
-    assert race["winner"] == best["source_id"] == second["kept"][0]
+    final = race["final"]
+    assert final["halving_winner"] == best["source_id"] == second["kept"][0]
+    assert final["holder"] == min(first["kept"], key=shortlist.index)
+    assert race["winner"] == (final["challenger"] if final["overturned"] else final["holder"])
     assert race["cost"]["race_epochs"] == 7 and race["cost"]["every_source_epochs_planned"] == 6
     assert race["cost"]["race_seconds"] > 0 and race["cost"]["finetune_seconds"] > 0
     model = service.get(f"/v1/models/{done['model_id']}").json()

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.jobs.finetunes import ModelCache
 from app.jobs.runner import JobRunner
 from app.p2l.reference import ReferenceNetwork
-from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
+from app.p2l.scoring import Measure, Method, ScoringParams, SignatureIndex
 from app.store import ArtifactStore
 from app.zoo.calibration import Constants, params_in_force
 
@@ -46,14 +46,22 @@ class ServiceState:
         return Constants.from_settings(self.settings)
 
     def ranking_params(
-        self, session: Session, measure: Measure | None = None, lam: float | None = None
+        self,
+        session: Session,
+        method: Method = "p2l",
+        measure: Measure | None = None,
+        lam: float | None = None,
     ) -> tuple[ScoringParams, Measure, str | None]:
-        """Score constants and measure for a ranking: the request's own where given, else
-        the calibration's in force (else the bundled defaults); and that calibration's id
-        when it supplied either."""
-        in_force, calibration_id = params_in_force(session, self.calibration_constants().defaults)
-        if measure is not None and lam is not None:
-            calibration_id = None
+        """Score constants and measure for a ranking: the request's own where given, else,
+        for ``p2l`` (what calibrations are fitted for), the calibration's in force under the
+        active reference network, else the bundled defaults; and that calibration's id when
+        it supplied either."""
+        defaults = self.calibration_constants().defaults
+        in_force, calibration_id = defaults, None
+        if method == "p2l" and (measure is None or lam is None):
+            in_force, calibration_id = params_in_force(
+                session, defaults, self.reference.weights_sha256
+            )
         return (
             self.scoring_params(in_force.lam if lam is None else lam),
             measure or in_force.measure,

@@ -241,10 +241,11 @@ def race_trial(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     accelerator: Accelerator | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """A race's trial: fine-tune ``source`` for ``epochs`` on the job's training split (the
     manual schedule of ``options``; decay 0.5 under auto) and score it on the validation
-    split, as the full fine-tune will split the target."""
+    split, as the full fine-tune will split the target: mean accuracy and loss, and each
+    image's loss and correctness."""
     device = device or torch.device("cpu")
     accelerator = accelerator or Accelerator()
     train_idx, val_idx, _ = three_way_split(
@@ -259,8 +260,15 @@ def race_trial(
         state, architecture, _head_size(source), num_classes, train, val, options, {},
         epochs, phase, None, device, progress, should_stop, accelerator,
     )  # fmt: skip
-    scores = evaluate(model, val, device, accelerator=accelerator)
-    return {"val_accuracy": scores.accuracy, "val_loss": scores.loss}
+    scores = evaluate(model, val, device, probabilities=True, accelerator=accelerator)
+    assert scores.probabilities is not None
+    chance = scores.probabilities[np.arange(len(scores.labels)), scores.labels]
+    return {
+        "val_accuracy": scores.accuracy,
+        "val_loss": scores.loss,
+        "val_losses": -np.log(np.clip(chance, 1e-12, None)),
+        "val_correct": scores.predictions == scores.labels,
+    }
 
 
 def _train_copy(

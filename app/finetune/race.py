@@ -4,7 +4,9 @@ P2L ranks the zoo in one pass; its top ``k`` sources then race: successive halvi
 Koren & Somekh 2013; Jamieson & Talwalkar 2016) gives each round an equal share of the
 race's epoch budget, split between the sources still in; every source trains that long on
 the target's training split and is scored on its validation split (the test split sees
-nothing); the better half goes on. The survivor is then fine-tuned in full like any job.
+nothing); the better half goes on. In the final, the source P2L ranks lower must beat the
+other by more than two standard errors of their per-image difference, or P2L's order stands.
+The survivor is then fine-tuned in full like any job.
 
 Trials train with the job's manual schedule, or with the manual default (decay 0.5) when
 the job's schedule is auto: auto's own search runs once, on the survivor.
@@ -17,11 +19,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.finetune.search import AutoScore, score_words, successive_halving
 
 MAX_TOP = 8
+# The final's lower-ranked source must beat P2L's choice by this many standard errors of
+# the per-image difference (chosen on the development targets: bench/race.py).
+OVERTURN_STANDARD_ERRORS = 2.0
 
 
 class RaceOptions(BaseModel):
@@ -35,8 +41,9 @@ class RaceOptions(BaseModel):
         ge=1,
         le=1000,
         description="Epochs of all the race's trials together (ceil(log2 top) rounds share "
-        "them equally; a round splits its share between the sources in it). Default: the "
-        "fine-tune's own epochs, so the race costs about one more fine-tune.",
+        "them equally; a round splits its share between the sources in it; every trial "
+        "trains at least one epoch). Default: the fine-tune's own epochs, so the race costs "
+        "about one more fine-tune.",
     )
     score: AutoScore = Field(
         "loss",
@@ -46,9 +53,9 @@ class RaceOptions(BaseModel):
 
 
 # Trains one source (by id) for some epochs and returns its validation scores
-# ({"val_accuracy", "val_loss"}); the arguments are the source id, its epochs, and its
-# trial's number and the trials planned.
-TrainSource = Callable[[str, int, int, int], dict[str, float]]
+# ({"val_accuracy", "val_loss"} and, per validation image, "val_losses" and "val_correct");
+# the arguments are the source id, its epochs, and its trial's number and the trials planned.
+TrainSource = Callable[[str, int, int, int], dict[str, Any]]
 
 
 def race_rounds(contestants: int, budget_epochs: int) -> list[tuple[int, int]]:
@@ -78,19 +85,70 @@ def run_race(
     train: TrainSource,
 ) -> dict[str, Any]:
     """Race the contestants ({"source_id", "source_name", ...}, in P2L's order); the record a
-    job's result shows: every round's trials, the winner and why, the race's epochs."""
+    job's result shows: every round's trials, the final's paired comparison, the winner and
+    why, the race's epochs.
+
+    ``train`` returns, beside the mean scores, each validation image's loss and whether it
+    was right (``val_losses``, ``val_correct``): the final compares its two sources image by
+    image, and the one P2L ranks lower wins only if it is better by more than
+    ``OVERTURN_STANDARD_ERRORS`` standard errors of the paired difference. On a validation
+    split of a few images per class short fine-tunes differ mostly by noise; P2L's order
+    stands unless the race shows otherwise.
+    """
     names = {c["source_id"]: c["source_name"] for c in contestants}
+    order = [c["source_id"] for c in contestants]
     rounds = race_rounds(len(contestants), budget_epochs)
-    record = successive_halving([c["source_id"] for c in contestants], rounds, score, train)
-    winner = record[-1]["kept"][0] if record else contestants[0]["source_id"]
+    per_image: dict[tuple[str, int], np.ndarray] = {}
+
+    def scored(source_id: str, epochs: int, number: int, planned: int) -> dict[str, float]:
+        scores = dict(train(source_id, epochs, number, planned))
+        losses, correct = scores.pop("val_losses"), scores.pop("val_correct")
+        merit = -np.asarray(losses, float) if score == "loss" else np.asarray(correct, float)
+        per_image[(source_id, epochs)] = merit
+        return scores
+
+    record = successive_halving(order, rounds, score, scored)
+    final = None
     if record:
-        won = next(t for t in record[-1]["trials"] if t["candidate"] == winner)
+        last = record[-1]
+        plain_winner = last["kept"][0]
+        holder = min((t["candidate"] for t in last["trials"]), key=order.index)
+        challenger = next(t["candidate"] for t in last["trials"] if t["candidate"] != holder)
+        difference = per_image[(challenger, last["epochs"])] - per_image[(holder, last["epochs"])]
+        mean = float(np.mean(difference))
+        error = _standard_error(difference)
+        overturned = plain_winner == challenger and mean > OVERTURN_STANDARD_ERRORS * error
+        winner = challenger if overturned else holder
+        final = {
+            "holder": holder,
+            "challenger": challenger,
+            "halving_winner": plain_winner,
+            "mean_difference": mean,
+            "standard_error": error if math.isfinite(error) else None,
+            "overturned": overturned,
+        }
+        won = next(t for t in last["trials"] if t["candidate"] == winner)
+        measure = "loss" if score == "loss" else "accuracy"
+        if overturned:
+            why = (
+                f"{score_words(won, score)}, better than {names[holder]} (ranked higher by "
+                f"P2L) by {abs(mean):.3f} per validation image in {measure}, more than "
+                f"{OVERTURN_STANDARD_ERRORS:g} standard errors ({error:.3f})"
+            )
+        elif plain_winner == challenger:
+            why = (
+                f"ranked higher by P2L, kept over {names[challenger]}, whose {measure} was "
+                f"better by {abs(mean):.3f} per validation image: within "
+                f"{OVERTURN_STANDARD_ERRORS:g} standard errors ({error:.3f})"
+            )
+        else:
+            why = f"{score_words(won, score)} in the final"
         reason = (
-            f"{names[winner]}: {score_words(won, score)} after {len(rounds)} round(s) of "
-            f"successive halving over P2L's top {len(contestants)}; ties go to the source "
-            "P2L ranks higher"
+            f"{names[winner]}: {why}; {len(rounds)} round(s) of successive halving over "
+            f"P2L's top {len(contestants)}"
         )
     else:
+        winner = order[0]
         reason = f"{names[winner]}: the only rankable source, nothing to race"
     return {
         "contestants": contestants,
@@ -113,11 +171,19 @@ def run_race(
             }
             for r in record
         ],
+        "final": final,
         "winner": winner,
         "winner_name": names[winner],
         "reason": reason,
         "epochs": sum(count * epochs for count, epochs in rounds),
     }
+
+
+def _standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean (infinite for fewer than two values)."""
+    if len(values) < 2:
+        return math.inf
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 def race_cost(race_epochs: int, finetune_epochs: int, contestants: int) -> dict[str, Any]:

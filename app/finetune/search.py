@@ -70,10 +70,12 @@ def trial_epochs(search: AutoSearch, auto_epochs: int) -> list[int]:
 
 
 def merit(trial: dict[str, Any], score: AutoScore) -> float:
-    """How good a trial's validation scores are (larger is better); a diverged run (NaN or
-    infinite loss) is worst."""
-    value = -trial["val_loss"] if score == "loss" else trial["val_accuracy"]
-    return float(value) if math.isfinite(value) else -math.inf
+    """How good a trial's validation scores are (larger is better); a diverged run (NaN,
+    infinite or missing loss) is worst."""
+    value = trial["val_loss"] if score == "loss" else trial["val_accuracy"]
+    if value is None or not math.isfinite(value):
+        return -math.inf
+    return -float(value) if score == "loss" else float(value)
 
 
 def successive_halving(
@@ -103,15 +105,22 @@ def successive_halving(
         ranked = sorted(range(len(trials)), key=lambda i: -merit(trials[i], score))
         keep = 1 if keep_one else math.ceil(len(trials) / 2)
         alive = [alive[i] for i in sorted(ranked[:keep])]  # in the candidates' order
-        record.append({"round": number, "epochs": epochs, "trials": trials, "kept": alive})
+        # A diverged run's NaN or infinite score is stored as null (JSON has no NaN).
+        stored = [
+            {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in t.items()}
+            for t in trials
+        ]
+        record.append({"round": number, "epochs": epochs, "trials": stored, "kept": alive})
     return record
 
 
 def score_words(trial: dict[str, Any], score: AutoScore) -> str:
     """A trial's deciding figure in words, e.g. "lowest validation loss (0.412)"."""
     if score == "loss":
-        return f"lowest validation loss ({trial['val_loss']:.3f})"
-    return f"best validation accuracy ({trial['val_accuracy']:.3f})"
+        words, figure = "lowest validation loss", trial["val_loss"]
+    else:
+        words, figure = "best validation accuracy", trial["val_accuracy"]
+    return f"{words} ({figure:.3f})" if figure is not None else f"{words} (none: diverged)"
 
 
 def run_search(

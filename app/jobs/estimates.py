@@ -281,7 +281,8 @@ def estimate_finetune(
     race_trials: Sequence[int] = (),
 ) -> Estimate:
     """The expected run time of a fine-tune once a worker starts it (see module docstring);
-    a race's trials are costed at the first contestant's speed."""
+    for a race, the whole job (trials and the survivor's fine-tune) is costed at the speed
+    of ``architecture`` and ``input_size`` (its first contestant's)."""
     workers = alive_workers(session)
     devices = {w.device for w in workers}
     train, val, test = split_totals(class_counts, options)

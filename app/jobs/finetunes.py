@@ -93,10 +93,12 @@ def plan_finetune(
         if not ranking.results:
             raise InvalidInput(f"the zoo holds no rankable source to pick from ({source_id!r})")
         chosen_by, ranking_id = ("race" if race is not None else "p2l"), ranking.id
-        sources = [
-            get_by_id(session, Source, r["source_id"], "source", for_update=True)
-            for r in ranking.results
-        ]
+        # Locked in id order: concurrent races over overlapping shortlists cannot deadlock.
+        locked = {
+            source_id: get_by_id(session, Source, source_id, "source", for_update=True)
+            for source_id in sorted(r["source_id"] for r in ranking.results)
+        }
+        sources = [locked[r["source_id"]] for r in ranking.results]
     else:
         sources = [get_by_id(session, Source, source_id, "source", for_update=True)]
     layouts = [_check_layout(source, options) for source in sources]  # every contestant fits
@@ -126,7 +128,7 @@ def plan_finetune(
         ),
         "chosen_by": chosen_by,
         "ranking_id": ranking_id,
-        "layer_groups": groups,
+        "layer_groups": groups,  # a race's: its first contestant's (the result has the winner's)
         "options": options.model_dump(),
     }
     if race_plan:

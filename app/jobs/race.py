@@ -37,7 +37,7 @@ def race_shortlist(
     with sessions() as session:
         sources = {c["source_id"]: get_source(session, c["source_id"]) for c in plan["contestants"]}
 
-    def trial(source_id: str, epochs: int, number: int, planned: int) -> dict[str, float]:
+    def trial(source_id: str, epochs: int, number: int, planned: int) -> dict[str, Any]:
         source = sources[source_id]
         target = arrays(source.input_size)
         model = load_model(source.architecture, source.num_classes, weights_path(store, source))

@@ -20,6 +20,7 @@ from types import FrameType
 
 import torch
 from safetensors.torch import save_file
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.architectures import get_spec, load_model, weights_to_save
@@ -54,11 +55,11 @@ from app.jobs.service import (
     renew_lease,
 )
 from app.memory import limit_arenas, trim
-from app.models import FinetunedModel, Job
+from app.models import Evidence, FinetunedModel, Job
 from app.p2l.reference import resolve_device
 from app.store import ArtifactStore, make_store
 from app.unit_of_work import unit_of_work
-from app.zoo.calibration import record_evidence, refit_if_due
+from app.zoo.calibration import evidence_of, refit_if_due
 from app.zoo.sources import get_source, weights_path
 
 logger = logging.getLogger("p2l.worker")
@@ -203,6 +204,7 @@ def run_finetune(
             )
             with sessions() as session:
                 source = get_source(session, race_record["winner"])
+            arrays.cache_clear()  # only the winner's input size is needed from here on
             progress.meter = replace(
                 meter, architecture=source.architecture, input_size=source.input_size
             )
@@ -243,6 +245,11 @@ def run_finetune(
             "finetune_seconds": round(report.seconds, 3),
         }
         result["race"] = race_record
+    try:  # what the fine-tune showed, for the ranking's calibration: never worth the model
+        evidence = evidence_of(store, job.id, dataset, source, result)
+    except Exception:
+        evidence = None
+        logger.exception("job %s: no calibration evidence recorded", job.id)
     with sessions() as session, unit_of_work(session, store) as work:
         staging = work.stage()
         save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
@@ -260,10 +267,8 @@ def run_finetune(
                 artifact_key=key,
             )
         )
-        try:  # what the fine-tune showed, for the ranking's calibration
-            record_evidence(session, store, job.id, dataset, source, result)
-        except (OSError, ValueError):  # e.g. its dataset deleted meanwhile: keep the model
-            logger.exception("job %s: no calibration evidence recorded", job.id)
+        if evidence is not None:
+            session.add(evidence)
         # The commit checks the lease: a job reaped meanwhile (and perhaps running on
         # another worker) gets nothing from this one.
         if not finish_job(
@@ -272,13 +277,8 @@ def run_finetune(
         ):  # fmt: skip
             logger.warning("job %s: lease lost before the commit; model discarded", job.id)
             work.abandon()
-            return
-    try:  # a refit is advice: it must never cost the finished job
-        with sessions() as session:
-            refit_if_due(session, store, settings, dataset.reference_sha256)
-    except Exception:
-        logger.exception("job %s: the automatic calibration refit failed", job.id)
-    progress.record_job(len(target.labels))
+    if race_record is None:  # a race's loads and trial evaluations are not this speed's
+        progress.record_job(len(target.labels))
 
 
 def _dataset_exists(sessions: sessionmaker[Session], dataset_id: str) -> bool:
@@ -399,10 +399,28 @@ def run_claimed_job(
     try:
         with Lease(sessions, settings, job.id, worker_id, parent_pid) as lease:
             run_job(sessions, store, device, job, lease)
+        if job.kind == "finetune":  # outside the lease: the job has ended
+            refit_after(sessions, store, settings, job.id)
     finally:
         if beat is not None:
             beat.running(None)
         trim()  # the job's freed buffers go back to the OS, not kept until the next job
+
+
+def refit_after(
+    sessions: sessionmaker[Session], store: ArtifactStore, settings: Settings, job_id: str
+) -> None:
+    """The automatic calibration refit after a fine-tune that left evidence, when due (a
+    refit is advice: a failure is logged, never the job's)."""
+    try:
+        with sessions() as session:
+            reference = session.scalar(
+                select(Evidence.reference_sha256).where(Evidence.job_id == job_id)
+            )
+            if reference is not None:
+                refit_if_due(session, store, settings, reference)
+    except Exception:
+        logger.exception("job %s: the automatic calibration refit failed", job_id)
 
 
 def run_next_job(settings: Settings, worker_id: str) -> str | None:

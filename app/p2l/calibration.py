@@ -11,8 +11,9 @@ order. ``leave_one_target_out`` tells what the refit is worth on a target it did
 each target scored under parameters fitted on the others (the current ones when there
 are no others). A refit uses ``guarded_fit``: the parameters in force stay unless
 refitting beats them leave-one-target-out (bench/calibration.py: on few targets an
-unguarded refit chases noise and loses to the bundled defaults). Refine settings (two-stage ranking) are not refitted: the evidence holds
-no per-candidate measure of the sources on the target.
+unguarded refit chases noise and loses to the bundled defaults). Refine settings
+(two-stage ranking) are not refitted: the evidence holds no per-candidate measure of the
+sources on the target.
 """
 
 from dataclasses import dataclass

@@ -55,22 +55,17 @@ class Constants:
         )
 
 
-def record_evidence(
-    session: Session,
-    store: ArtifactStore,
-    job_id: str,
-    dataset: Dataset,
-    source: Source,
-    report: dict[str, Any],
+def evidence_of(
+    store: ArtifactStore, job_id: str, dataset: Dataset, source: Source, report: dict[str, Any]
 ) -> Evidence | None:
-    """Add what a successful fine-tune showed (in the caller's transaction); None when it
-    measured no accuracy (no test and no validation split)."""
-    split = "test" if report.get("test_accuracy") is not None else "validation"
-    accuracy = report.get(f"{'test' if split == 'test' else 'val'}_accuracy")
+    """What a successful fine-tune showed, as a row to add; None when it measured no
+    accuracy (no test and no validation split). Reads the target's signature from the store."""
+    split = "test" if report.get("test_accuracy") is not None else "val"
+    accuracy = report.get(f"{split}_accuracy")
     if accuracy is None:
         return None
     baseline = report.get("baseline") or {}
-    evidence = Evidence(
+    return Evidence(
         id=uuid.uuid4().hex,
         job_id=job_id,
         target_dataset_id=dataset.id,
@@ -79,24 +74,28 @@ def record_evidence(
         source_id=source.id,
         source_name=source.name,
         accuracy=float(accuracy),
-        accuracy_split=split,
+        accuracy_split="test" if split == "test" else "validation",
         schedule=report.get("schedule") or {},
-        baseline_accuracy=baseline.get(f"{'test' if split == 'test' else 'val'}_accuracy"),
+        baseline_accuracy=baseline.get(f"{split}_accuracy"),
     )
-    session.add(evidence)
-    return evidence
 
 
-def current_calibration(session: Session) -> Calibration | None:
-    """The newest calibration (in force), or None: the bundled defaults apply."""
+def current_calibration(session: Session, reference_sha256: str) -> Calibration | None:
+    """The newest calibration fitted under this reference network (in force while it is
+    active), or None: the bundled defaults apply."""
     return session.scalars(
-        select(Calibration).order_by(Calibration.created_at.desc(), Calibration.id).limit(1)
+        select(Calibration)
+        .where(Calibration.reference_sha256 == reference_sha256)
+        .order_by(Calibration.created_at.desc(), Calibration.id)
+        .limit(1)
     ).first()
 
 
-def params_in_force(session: Session, defaults: RankingParams) -> tuple[RankingParams, str | None]:
+def params_in_force(
+    session: Session, defaults: RankingParams, reference_sha256: str
+) -> tuple[RankingParams, str | None]:
     """The ranking parameters in force and the id of the calibration that set them."""
-    calibration = current_calibration(session)
+    calibration = current_calibration(session, reference_sha256)
     if calibration is None:
         return defaults, None
     return RankingParams(calibration.measure, calibration.lam), calibration.id  # type: ignore[arg-type]
@@ -135,6 +134,10 @@ def gather_evidence(
     }
     evidence = []
     for items in by_target.values():
+        # Test and validation accuracies are not comparable (validation chose the
+        # checkpoint): a target's sources are compared on test accuracy where any job had it.
+        if any(item.accuracy_split == "test" for item in items):
+            items = [item for item in items if item.accuracy_split == "test"]
         accuracy: dict[str, list[float]] = defaultdict(list)
         for item in items:
             accuracy[item.source_id].append(item.accuracy)
@@ -211,13 +214,14 @@ def refit(
         raise Conflict(
             f"nothing to refit on: {summary.rows} fine-tune(s) on {summary.targets} target(s), "
             "but no target has evidence from two or more sources still in the zoo; fine-tune "
-            "a target from another source (or race a shortlist) first"
+            "a target from another source first"
         )
-    current, current_id = params_in_force(session, constants.defaults)
+    current, current_id = params_in_force(session, constants.defaults, reference_sha256)
     scores = assess(summary, current, constants)
     chosen: RankingParams = scores.pop("chosen")
     calibration = Calibration(
         id=uuid.uuid4().hex,
+        reference_sha256=reference_sha256,
         measure=chosen.measure,
         lam=chosen.lam,
         trigger=trigger,
@@ -230,7 +234,6 @@ def refit(
                 "measure": current.measure,
                 "lambda": current.lam,
             },
-            "reference_sha256": reference_sha256,
         },
     )
     session.add(calibration)
@@ -249,7 +252,7 @@ def auto_refit_due(
     was fitted on fewer of them."""
     if after <= 0:
         return False
-    calibration = current_calibration(session)
+    calibration = current_calibration(session, reference_sha256)
     fitted_on = calibration.targets if calibration is not None else 0
     # Cheap first: distinct targets with two or more sources tried, before any signature.
     pairs = (
@@ -273,8 +276,8 @@ def calibration_status(
     auto_refit_after: int,
 ) -> dict[str, Any]:
     """What ``GET /v1/calibration`` shows: the parameters in force, the evidence, and regrets."""
-    calibration = current_calibration(session)
-    current, _ = params_in_force(session, constants.defaults)
+    calibration = current_calibration(session, reference_sha256)
+    current, _ = params_in_force(session, constants.defaults, reference_sha256)
     summary = gather_evidence(session, store, reference_sha256)
     scores = assess(summary, current, constants)
     scores.pop("chosen")

@@ -150,6 +150,8 @@ def show_ranking(r: dict[str, Any]) -> None:
     if refine:
         columns += ["first_stage_rank", "refine_score"]
     table(r["results"], columns)
+    if r.get("calibration_id"):
+        out.print(f"measure and lambda from calibration {r['calibration_id']}")
     if refine:
         out.print(
             f"second stage: {refine['method']} over the first {refine['top']}, "
@@ -191,6 +193,10 @@ FINETUNE_OPTIONS = (
 def cmd_finetune(client: Client, args: argparse.Namespace) -> Answer:
     """`p2l finetune`: queue a fine-tune (or estimate it), following it with --wait."""
     options = {k: getattr(args, k) for k in FINETUNE_OPTIONS if getattr(args, k) is not None}
+    race = {k: v for k, v in (("top", args.race_top), ("budget_epochs", args.race_budget))
+            if v is not None}  # fmt: skip
+    if race:
+        options["race"] = race
     if args.dry_run:
         estimate = client.finetunes.estimate(args.target, args.source, **options)
         return Answer(estimate, show_estimate)
@@ -271,6 +277,20 @@ def show_report(r: dict[str, Any]) -> None:
         )
         if schedule.get("reason"):
             out.print(f"  why: {schedule['reason']}")
+    race = r.get("race")
+    if race:
+        out.print(f"race: {race['reason']}")
+        field = "val_loss" if race.get("score", "loss") == "loss" else "val_accuracy"
+        for stage in race["rounds"]:
+            scores = ", ".join(f"{t['source_name']} {cell(t[field])}" for t in stage["trials"])
+            words = field.replace("_", " ")
+            out.print(f"  round {stage['round']} ({stage['epochs']} epochs, {words}): {scores}")
+        cost = race.get("cost") or {}
+        if cost.get("fraction_of_every_source") is not None:
+            out.print(
+                f"  cost: {cost['epochs_planned']} epochs planned, "
+                f"{cost['fraction_of_every_source']:.0%} of fine-tuning every contestant"
+            )
     baseline = r.get("baseline")
     if baseline:
         gain = baseline.get("transfer_gain")
@@ -280,6 +300,38 @@ def show_report(r: dict[str, Any]) -> None:
         out.print(f"from scratch: test_accuracy {scratch_text}{gain_text}")
     for warning in r.get("warnings") or []:
         out.print(f"warning: {warning}", style="yellow")
+
+
+def cmd_calibration_get(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l calibration get`: the ranking parameters in force and the evidence."""
+    return Answer(client.calibration.get(), show_calibration)
+
+
+def cmd_calibration_refit(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l calibration refit`: refit measure and lambda on the evidence."""
+    return Answer(client.calibration.refit(), show_calibration)
+
+
+def show_calibration(c: dict[str, Any]) -> None:
+    """Parameters in force, where they come from, the evidence and the regrets."""
+    params, evidence, regret = c["params"], c["evidence"], c["regret"]
+    origin = (
+        f"calibration {c['calibration_id']} ({c['trigger']})"
+        if c["calibration_id"]
+        else "the bundled defaults"
+    )
+    out.print(f"measure {params['measure']}, lambda {params['lambda']:g}: {origin}")
+    out.print(
+        f"evidence: {evidence['fine_tunes']} fine-tunes on {evidence['targets']} targets, "
+        f"{evidence['usable_targets']} usable (two or more sources)"
+    )
+    if regret["current"] is not None:
+        out.print(
+            f"mean regret: in force {regret['current']:.3f}, bundled defaults "
+            f"{regret['bundled_defaults']:.3f}, refit leave-one-target-out "
+            f"{regret['refit_leave_one_target_out']:.3f}"
+        )
+    out.print(regret["decision"])
 
 
 def cmd_jobs_list(client: Client, args: argparse.Namespace) -> Answer:
@@ -574,7 +626,15 @@ def build_parser() -> argparse.ArgumentParser:
         "TARGET. Options not given keep the service's defaults.",
     )
     sub.add_argument("target", metavar="TARGET", help="target dataset id")
-    sub.add_argument("--source", default="best", help='a source id, or "best" (default)')
+    sub.add_argument(
+        "--source",
+        default="best",
+        help='a source id, "best" (default), or "race" (P2L\'s top sources race)',
+    )
+    sub.add_argument("--race-top", type=int, help="--source race: sources racing (2-8, default 3)")
+    sub.add_argument(
+        "--race-budget", type=int, help="--source race: epochs of all trials (default: --epochs)"
+    )
     sub.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
     sub.add_argument("--no-progress", action="store_true", help="with --wait: no bar")
     sub.add_argument(
@@ -648,6 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("model", metavar="MODEL", help="model id")
     sub.add_argument("data", metavar="ARCHIVE_OR_DIR", help="class folders named like the model's")
     sub.add_argument("--no-progress", action="store_true", help="no bar if it becomes a job")
+
+    calibration = group_of(
+        "calibration", "the ranking's measure and lambda, refitted on finished fine-tunes"
+    )
+    command(calibration, "get", cmd_calibration_get, "parameters in force, evidence, regrets")
+    command(calibration, "refit", cmd_calibration_refit, "refit them on the evidence")
 
     models = group_of("models", "list, show, register and delete fine-tuned models")
     listing(command(models, "list", cmd_models_list, "list models, newest first"))

@@ -34,6 +34,7 @@ from p2l_client.errors import (
 )
 from p2l_client.responses import (
     TERMINAL,
+    Calibration,
     Dataset,
     DatasetCreated,
     Estimate,
@@ -174,6 +175,7 @@ class Client:
         self.sources = Sources(self)
         self.rankings = Rankings(self)
         self.finetunes = Finetunes(self)
+        self.calibration = Calibrations(self)
         self.jobs = Jobs(self)
         self.models = Models(self)
 
@@ -488,7 +490,8 @@ class Finetunes(Resource):
 
     ``options`` are the service's FinetuneOptions: schedule ("auto" or "manual"), epochs,
     base_lr, decay, multipliers, freeze_below, batch_size, weight_decay, patience, hflip,
-    val_fraction, test_fraction, seed, baseline, auto_epochs, auto_search, auto_score.
+    val_fraction, test_fraction, seed, baseline, auto_epochs, auto_search, auto_score; and
+    with ``source="race"``, race ({"top": k, "budget_epochs": n, "score": "loss"}).
     """
 
     def start(
@@ -498,7 +501,8 @@ class Finetunes(Resource):
         idempotency_key: str | None = None,
         **options: Any,
     ) -> Job:
-        """Queue a fine-tune of ``source`` (an id, or "best") on the target; the job (202)."""
+        """Queue a fine-tune of ``source`` (an id, "best", or "race": P2L's top sources race
+        by successive halving of short fine-tunes) on the target; the job (202)."""
         body = {"target_dataset_id": target_dataset_id, "source_id": source, **options}
         return cast(
             Job,
@@ -514,6 +518,18 @@ class Finetunes(Resource):
             Estimate,
             self.client.json("POST", "/v1/finetunes", params={"dry_run": "true"}, json=body),
         )
+
+
+class Calibrations(Resource):
+    """The ranking parameters in force, refitted on finished fine-tunes: /v1/calibration."""
+
+    def get(self) -> Calibration:
+        """Measure and lambda in force, the evidence, and regrets on it."""
+        return cast(Calibration, self.client.json("GET", "/v1/calibration"))
+
+    def refit(self) -> Calibration:
+        """Refit measure and lambda on the evidence (Conflict while there is none to use)."""
+        return cast(Calibration, self.client.json("POST", "/v1/calibration/refit"))
 
 
 class Jobs(Listing):

@@ -158,6 +158,7 @@ class Ranking(TypedDict):
     excluded: list[ExcludedSource]
     elapsed_ms: float | None
     refine: NotRequired[RefineStage | None]
+    calibration_id: NotRequired[str | None]
     warnings: NotRequired[list[str]]
 
 
@@ -253,6 +254,7 @@ class FinetuneReport(TypedDict):
     test_images: int
     seconds: float
     auto_search: NotRequired[dict[str, Any] | None]
+    race: NotRequired[dict[str, Any] | None]
     baseline: NotRequired[dict[str, Any] | None]
     warnings: NotRequired[list[str]]
 
@@ -326,3 +328,18 @@ class Preprocessing(TypedDict):
     scale: str
     resize: str
     output: str
+
+
+class Calibration(TypedDict):
+    """The ranking parameters in force, the evidence of finished fine-tunes, and regrets."""
+
+    calibration_id: str | None
+    created_at: str | None
+    trigger: str | None
+    params: dict[str, Any]
+    bundled_defaults: dict[str, Any]
+    evidence: dict[str, int]
+    regret: dict[str, Any]
+    fitted_on: dict[str, Any] | None
+    auto_refit_after_targets: int
+    notes: list[str]

@@ -35,8 +35,9 @@ def get_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
     summary="Refit measure and lambda on the evidence, and put them in force",
 )
 def refit_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
-    """Choose the measure and lambda with the lowest mean regret on the evidence (ties keep
-    the parameters in force); later rankings use them and record the calibration's id.
+    """Choose the measure and lambda with the lowest mean regret on the evidence, but keep
+    the parameters in force unless refitting beats them leave one target out (never on a
+    single usable target); later rankings use the result and record the calibration's id.
     409 while no target has evidence from two or more sources."""
     service.refit(
         session, state.store, state.reference.weights_sha256, state.calibration_constants()

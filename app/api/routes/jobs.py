@@ -193,10 +193,11 @@ async def job_events(state: StateDep, job_id: str) -> StreamingResponse:
 
     - `job`: once at connect, the whole job.
     - `status`: `{status, attempts, worker_id}` when one of them changes.
-    - `phase`: `{phase, label, epochs, epochs_done, epochs_planned}` (auto_search adds
-      `candidate`, `candidate_index`: the trial's number, `candidates`: trials planned;
-      halving tries the better candidates again, for longer). Phases: queued, loading,
-      auto_search, fine_tune, baseline, evaluating, saving, done, failed, cancelled.
+    - `phase`: `{phase, label, epochs, epochs_done, epochs_planned}` (auto_search and race
+      add `candidate_index`: the trial's number, `candidates`: trials planned; auto_search
+      also `candidate`, the schedule; halving tries the better candidates again, for
+      longer). Phases: queued, loading, race, auto_search, fine_tune, baseline, evaluating,
+      saving, done, failed, cancelled.
     - `epoch`: at every epoch end, `{phase, epoch, epochs, metrics, epochs_done,
       epochs_planned, elapsed_seconds, eta_seconds}`.
     - `step`: within an epoch, at most one per 0.5 s: `{phase, epoch, step,

@@ -46,7 +46,9 @@ def create_ranking(
     per source for compact networks at 32 px, seconds at 224 px; `refine` in the answer
     says what it cost).
     """
-    params, measure, calibration_id = state.ranking_params(session, request.measure, request.lam)
+    params, measure, calibration_id = state.ranking_params(
+        session, request.method, request.measure, request.lam
+    )
     ranking, elapsed_ms = service.rank_sources(
         session,
         state.store,

@@ -427,7 +427,10 @@
   async function fillSourceChoices(ranking) {
     const select = $("ft-source");
     const chosen = select.value;
-    const options = [h("option", { value: "best" }, "best: the top of the P2L ranking")];
+    const options = [
+      h("option", { value: "best" }, "best: the top of the P2L ranking"),
+      h("option", { value: "race" }, "race: P2L's top 3 race in short fine-tunes"),
+    ];
     if (ranking) {
       for (const r of ranking.results) {
         options.push(h("option", { value: r.source_id }, `#${r.rank} ${r.name} (score ${num(r.score)})`));
@@ -649,9 +652,11 @@
 
       const params = job.params || {};
       const options = params.options || {};
-      const source = params.source_name
+      const source = params.race ? params.source_name : params.source_name
         ? `${params.source_name} (${short(params.source_id)})` : short(params.source_id);
-      const chosen = { p2l: "picked by P2L (best)", given: "chosen by hand" }[params.chosen_by];
+      const chosen = {
+        p2l: "picked by P2L (best)", given: "chosen by hand", race: "the survivor is fine-tuned",
+      }[params.chosen_by];
       const pairs = [
         ["Target", params.target_dataset_id ? namedDatasetLink(params.target_dataset_id) : dash],
         ["Source", chosen ? `${source}, ${chosen}` : source],
@@ -837,6 +842,7 @@
       ["Per-class figures on", report.evaluated_on || dash],
       ["Schedule", scheduleText],
       schedule.reason ? ["Why this schedule", schedule.reason] : null,
+      report.race ? ["Why this source", `${report.race.reason}${report.race.cost ? `; the race cost ${Math.round(100 * report.race.cost.fraction_of_every_source)}% of fine-tuning all ${report.race.contestants.length} (planned epochs)` : ""}`] : null,
       baseline ? ["From scratch", `${pct(baseline.test_accuracy)} test accuracy; transfer gain ${baseline.transfer_gain === null || baseline.transfer_gain === undefined ? dash : `${baseline.transfer_gain >= 0 ? "+" : ""}${(100 * baseline.transfer_gain).toFixed(1)} points`}`] : null,
       ["Split", `${int(report.train_images)} train · ${int(report.val_images)} validation · ${int(report.test_images)} test images`],
       ["Training time", duration(report.seconds)],

@@ -37,6 +37,7 @@ def upgrade() -> None:
         "calibrations",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("reference_sha256", sa.String(64), nullable=False),
         sa.Column("measure", sa.String(16), nullable=False),
         sa.Column("lam", sa.Float, nullable=False),
         sa.Column("trigger", sa.String(16), nullable=False),

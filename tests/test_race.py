@@ -101,6 +101,7 @@ def test_a_tie_goes_to_the_source_p2l_ranks_higher_and_a_diverged_run_is_last() 
     assert tied["winner"] == "s1"  # all NaN: a tie
     # Stored as null (JSON, and PostgreSQL's json type, have no NaN), and said so.
     assert {t["val_loss"] for r in tied["rounds"] for t in r["trials"]} == {None}
+    assert tied["final"]["mean_difference"] is None and not tied["final"]["overturned"]
     assert "lowest validation loss (none: diverged)" in tied["reason"]
 
 

@@ -123,7 +123,8 @@ def run_race(
             "holder": holder,
             "challenger": challenger,
             "halving_winner": plain_winner,
-            "mean_difference": mean,
+            # Diverged trials give NaN: stored as null (JSON has no NaN).
+            "mean_difference": mean if math.isfinite(mean) else None,
             "standard_error": error if math.isfinite(error) else None,
             "overturned": overturned,
         }

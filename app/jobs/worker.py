@@ -240,7 +240,7 @@ def run_finetune(
     if race_record is not None:
         finetune_epochs = sum(e for phase, e in plan if phase in ("auto_search", "fine_tune"))
         race_record["cost"] = {
-            **race_cost(race_record["epochs"], finetune_epochs, len(race["contestants"])),
+            **race_cost(race_record["epochs"], finetune_epochs, len(race_record["contestants"])),
             "race_seconds": race_record.pop("seconds"),
             "finetune_seconds": round(report.seconds, 3),
         }

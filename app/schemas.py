@@ -627,9 +627,10 @@ class CalibrationOut(BaseModel):
 
     calibration_id: str | None = Field(description="null: the bundled defaults apply.")
     created_at: datetime | None
-    trigger: Literal["refit", "auto"] | None = Field(
+    trigger: Literal["refit", "auto", "reset"] | None = Field(
         description="refit: POST /v1/calibration/refit; auto: after a fine-tune, once "
-        "auto_refit_after_targets targets were usable."
+        "auto_refit_after_targets targets were usable; reset: POST /v1/calibration/reset "
+        "(the bundled defaults again)."
     )
     params: dict[str, Any] = Field(
         description="measure and lambda in force (a ranking request may override either); "

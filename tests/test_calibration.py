@@ -171,6 +171,16 @@ def test_evidence_from_finished_jobs_refits_the_ranking_and_later_rankings_recor
     assert status["fitted_on"]["targets"] == 3
     assert status["evidence"] == {"fine_tunes": 6, "targets": 3, "usable_targets": 3}
 
+    # A reset puts the bundled defaults back; rankings record it; the evidence stays.
+    reset = service.post("/v1/calibration/reset")
+    assert reset.status_code == 201, reset.text
+    back = reset.json()
+    assert back["trigger"] == "reset" and {k: back["params"][k] for k in DEFAULTS} == DEFAULTS
+    assert back["evidence"]["fine_tunes"] == 6
+    again = rank(service, targets[0], source_ids=[a, b])
+    assert again["calibration_id"] == back["calibration_id"]
+    assert [r["source_id"] for r in again["results"]] == [a, b]
+
 
 def test_leave_one_target_out_scores_each_target_under_the_others_fit() -> None:
     # Three targets, three candidate parameter sets (column 0: those in force).

@@ -245,6 +245,35 @@ def refit(
     return calibration
 
 
+def reset(
+    session: Session, store: ArtifactStore, reference_sha256: str, constants: Constants
+) -> Calibration:
+    """Put the bundled defaults back in force (committed by the caller), as a calibration
+    of their own: later rankings record it, and an automatic refit waits for a new target."""
+    summary = gather_evidence(session, store, reference_sha256)
+    current, current_id = params_in_force(session, constants.defaults, reference_sha256)
+    calibration = Calibration(
+        id=uuid.uuid4().hex,
+        reference_sha256=reference_sha256,
+        measure=constants.defaults.measure,
+        lam=constants.defaults.lam,
+        trigger="reset",
+        evidence_count=summary.rows,
+        targets=len(summary.usable),
+        report={
+            "regret": None,
+            "previous": {
+                "calibration_id": current_id,
+                "measure": current.measure,
+                "lambda": current.lam,
+            },
+        },
+    )
+    session.add(calibration)
+    session.flush()
+    return calibration
+
+
 def auto_refit_due(
     session: Session, store: ArtifactStore, reference_sha256: str, after: int
 ) -> bool:

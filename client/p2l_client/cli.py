@@ -312,12 +312,17 @@ def cmd_calibration_refit(client: Client, args: argparse.Namespace) -> Answer:
     return Answer(client.calibration.refit(), show_calibration)
 
 
+def cmd_calibration_reset(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l calibration reset`: put the bundled defaults back in force."""
+    return Answer(client.calibration.reset(), show_calibration)
+
+
 def show_calibration(c: dict[str, Any]) -> None:
     """Parameters in force, where they come from, the evidence and the regrets."""
     params, evidence, regret = c["params"], c["evidence"], c["regret"]
     origin = (
         f"calibration {c['calibration_id']} ({c['trigger']})"
-        if c["calibration_id"]
+        if c["calibration_id"] and c["trigger"] != "reset"
         else "the bundled defaults"
     )
     out.print(f"measure {params['measure']}, lambda {params['lambda']:g}: {origin}")
@@ -714,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command(calibration, "get", cmd_calibration_get, "parameters in force, evidence, regrets")
     command(calibration, "refit", cmd_calibration_refit, "refit them on the evidence")
+    command(calibration, "reset", cmd_calibration_reset, "put the bundled defaults back")
 
     models = group_of("models", "list, show, register and delete fine-tuned models")
     listing(command(models, "list", cmd_models_list, "list models, newest first"))

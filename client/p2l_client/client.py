@@ -531,6 +531,10 @@ class Calibrations(Resource):
         """Refit measure and lambda on the evidence (Conflict while there is none to use)."""
         return cast(Calibration, self.client.json("POST", "/v1/calibration/refit"))
 
+    def reset(self) -> Calibration:
+        """Put the bundled defaults back in force (the evidence stays)."""
+        return cast(Calibration, self.client.json("POST", "/v1/calibration/reset"))
+
 
 class Jobs(Listing):
     """Background jobs: /v1/jobs."""

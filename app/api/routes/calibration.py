@@ -44,3 +44,20 @@ def refit_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
     )
     session.commit()
     return get_calibration(state, session)
+
+
+@router.post(
+    "/reset",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CalibrationOut,
+    dependencies=[ApiKeyRequired],
+    summary="Put the bundled defaults back in force",
+)
+def reset_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
+    """Later rankings use the settings' measure and lambda again, and record this reset as
+    their calibration; the evidence stays, and an automatic refit waits for a new target."""
+    service.reset(
+        session, state.store, state.reference.weights_sha256, state.calibration_constants()
+    )
+    session.commit()
+    return get_calibration(state, session)

@@ -122,9 +122,10 @@ def test_console_upload_rank_finetune_and_report(
 
         # Fine-tune the ranking's top source, tiny: manual schedule, 2 epochs.
         source = page.get_by_label("Source")
-        expect(source.locator("option")).not_to_have_count(1)
-        source.select_option(index=1)  # "#1 ..." of the ranking
-        assert source.input_value() != "best"
+        expect(source.locator("option")).not_to_have_count(2)
+        assert source.locator("option").nth(1).get_attribute("value") == "race"
+        source.select_option(index=2)  # "#1 ..." of the ranking, after "best" and "race"
+        assert source.input_value() not in ("best", "race")
         page.get_by_role("radio", name=re.compile("^manual")).check()
         page.get_by_label("Epochs", exact=True).fill("2")
         page.get_by_role("button", name="Start fine-tune").click()

@@ -116,7 +116,7 @@ def drive(url: str, archive: Path, out: Path) -> None:
         page.wait_for_function(
             "() => document.getElementById('target-map').naturalWidth > 0", timeout=60_000
         )
-        page.get_by_label("Source").select_option(index=1)
+        page.get_by_label("Source").select_option(index=2)  # the ranking's #1 (after best, race)
         page.get_by_label("Epochs", exact=True).fill("8")
         page.get_by_label("Epochs per auto candidate").fill("2")
         page.get_by_role("checkbox", name=re.compile("^Baseline")).check()

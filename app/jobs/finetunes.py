@@ -95,8 +95,8 @@ def plan_finetune(
         chosen_by, ranking_id = ("race" if race is not None else "p2l"), ranking.id
         # Locked in id order: concurrent races over overlapping shortlists cannot deadlock.
         locked = {
-            source_id: get_by_id(session, Source, source_id, "source", for_update=True)
-            for source_id in sorted(r["source_id"] for r in ranking.results)
+            ranked: get_by_id(session, Source, ranked, "source", for_update=True)
+            for ranked in sorted(r["source_id"] for r in ranking.results)
         }
         sources = [locked[r["source_id"]] for r in ranking.results]
     else:

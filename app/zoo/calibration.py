@@ -96,9 +96,13 @@ def params_in_force(
 ) -> tuple[RankingParams, str | None]:
     """The ranking parameters in force and the id of the calibration that set them."""
     calibration = current_calibration(session, reference_sha256)
+    return _params_of(calibration, defaults), calibration.id if calibration else None
+
+
+def _params_of(calibration: Calibration | None, defaults: RankingParams) -> RankingParams:
     if calibration is None:
-        return defaults, None
-    return RankingParams(calibration.measure, calibration.lam), calibration.id  # type: ignore[arg-type]
+        return defaults
+    return RankingParams(calibration.measure, calibration.lam)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -204,40 +208,23 @@ def refit(
     reference_sha256: str,
     constants: Constants,
     trigger: str = "refit",
+    summary: EvidenceSummary | None = None,
 ) -> Calibration:
     """Refit measure and lambda on the evidence (guarded: a switch must win leave one
     target out; see app.p2l.calibration) and record the result as the calibration in force
     (committed by the caller); Conflict while no target has evidence from two or more
-    sources."""
-    summary = gather_evidence(session, store, reference_sha256)
+    sources. ``summary``: the evidence, when the caller has just gathered it."""
+    summary = summary or gather_evidence(session, store, reference_sha256)
     if not summary.usable:
         raise Conflict(
             f"nothing to refit on: {summary.rows} fine-tune(s) on {summary.targets} target(s), "
             "but no target has evidence from two or more sources still in the zoo; fine-tune "
             "a target from another source first"
         )
-    current, current_id = params_in_force(session, constants.defaults, reference_sha256)
+    current, _ = params_in_force(session, constants.defaults, reference_sha256)
     scores = assess(summary, current, constants)
     chosen: RankingParams = scores.pop("chosen")
-    calibration = Calibration(
-        id=uuid.uuid4().hex,
-        reference_sha256=reference_sha256,
-        measure=chosen.measure,
-        lam=chosen.lam,
-        trigger=trigger,
-        evidence_count=summary.rows,
-        targets=len(summary.usable),
-        report={
-            "regret": scores,
-            "previous": {
-                "calibration_id": current_id,
-                "measure": current.measure,
-                "lambda": current.lam,
-            },
-        },
-    )
-    session.add(calibration)
-    session.flush()
+    calibration = _put_in_force(session, reference_sha256, chosen, trigger, summary, scores)
     logger.info(
         "calibration %s (%s): %s, lambda %g on %d targets", calibration.id, trigger,
         chosen.measure, chosen.lam, len(summary.usable),
@@ -251,21 +238,33 @@ def reset(
     """Put the bundled defaults back in force (committed by the caller), as a calibration
     of their own: later rankings record it, and an automatic refit waits for a new target."""
     summary = gather_evidence(session, store, reference_sha256)
-    current, current_id = params_in_force(session, constants.defaults, reference_sha256)
+    return _put_in_force(session, reference_sha256, constants.defaults, "reset", summary, None)
+
+
+def _put_in_force(
+    session: Session,
+    reference_sha256: str,
+    params: RankingParams,
+    trigger: str,
+    summary: EvidenceSummary,
+    regret: dict[str, Any] | None,
+) -> Calibration:
+    """Add (and flush) the calibration that is in force from now on, naming the one before."""
+    previous = current_calibration(session, reference_sha256)
     calibration = Calibration(
         id=uuid.uuid4().hex,
         reference_sha256=reference_sha256,
-        measure=constants.defaults.measure,
-        lam=constants.defaults.lam,
-        trigger="reset",
+        measure=params.measure,
+        lam=params.lam,
+        trigger=trigger,
         evidence_count=summary.rows,
         targets=len(summary.usable),
         report={
-            "regret": None,
+            "regret": regret,
             "previous": {
-                "calibration_id": current_id,
-                "measure": current.measure,
-                "lambda": current.lam,
+                "calibration_id": previous.id if previous is not None else None,
+                "measure": previous.measure if previous is not None else None,
+                "lambda": previous.lam if previous is not None else None,
             },
         },
     )
@@ -274,13 +273,15 @@ def reset(
     return calibration
 
 
-def auto_refit_due(
-    session: Session, store: ArtifactStore, reference_sha256: str, after: int
-) -> bool:
-    """True once ``after`` (> 0) targets have usable evidence and the calibration in force
-    was fitted on fewer of them."""
+def refit_if_due(
+    session: Session, store: ArtifactStore, settings: Settings, reference_sha256: str
+) -> None:
+    """After a fine-tune: refit (trigger "auto") and commit once
+    ``calibration_auto_refit_targets`` (> 0) targets have usable evidence and the
+    calibration in force was fitted on fewer of them."""
+    after = settings.calibration_auto_refit_targets
     if after <= 0:
-        return False
+        return
     calibration = current_calibration(session, reference_sha256)
     fitted_on = calibration.targets if calibration is not None else 0
     # Cheap first: distinct targets with two or more sources tried, before any signature.
@@ -290,11 +291,13 @@ def auto_refit_due(
         .group_by(Evidence.target_dataset_id)
         .having(func.count(func.distinct(Evidence.source_id)) >= 2)
     )
-    candidates = len(session.scalars(pairs).all())
-    if candidates < max(after, fitted_on + 1):
-        return False
-    usable = len(gather_evidence(session, store, reference_sha256).usable)
-    return usable >= after and usable > fitted_on
+    if len(session.scalars(pairs).all()) < max(after, fitted_on + 1):
+        return
+    summary = gather_evidence(session, store, reference_sha256)
+    if len(summary.usable) >= after and len(summary.usable) > fitted_on:
+        constants = Constants.from_settings(settings)
+        refit(session, store, reference_sha256, constants, trigger="auto", summary=summary)
+        session.commit()
 
 
 def calibration_status(
@@ -306,7 +309,7 @@ def calibration_status(
 ) -> dict[str, Any]:
     """What ``GET /v1/calibration`` shows: the parameters in force, the evidence, and regrets."""
     calibration = current_calibration(session, reference_sha256)
-    current, _ = params_in_force(session, constants.defaults, reference_sha256)
+    current = _params_of(calibration, constants.defaults)
     summary = gather_evidence(session, store, reference_sha256)
     scores = assess(summary, current, constants)
     scores.pop("chosen")
@@ -337,13 +340,3 @@ def calibration_status(
         "auto_refit_after_targets": auto_refit_after,
         "notes": [NOT_REFITTED],
     }
-
-
-def refit_if_due(
-    session: Session, store: ArtifactStore, settings: Settings, reference_sha256: str
-) -> None:
-    """After a fine-tune: refit (trigger "auto") once enough targets are usable, and commit."""
-    after = settings.calibration_auto_refit_targets
-    if auto_refit_due(session, store, reference_sha256, after):
-        refit(session, store, reference_sha256, Constants.from_settings(settings), trigger="auto")
-        session.commit()

@@ -13,6 +13,7 @@ from PIL import Image
 from app.zoo.bundled import bundled_target
 
 DATA = Path(__file__).parent / "data"
+FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -57,9 +58,11 @@ def zip_bytes(entries: dict[str, bytes], symlinks: dict[str, str] | None = None)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in entries.items():
-            archive.writestr(name, data)
+            # A fixed timestamp: the same entries make the same bytes (writestr stamps now).
+            info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
+            archive.writestr(info, data, zipfile.ZIP_DEFLATED)
         for name, target in (symlinks or {}).items():
-            info = zipfile.ZipInfo(name)
+            info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
             info.external_attr = (0o120777 << 16) | 0  # S_IFLNK | rwx
             archive.writestr(info, target)
     return buffer.getvalue()

@@ -80,4 +80,5 @@ def test_no_5xx_and_no_schema_violation(server: str) -> None:
 
 
 def test_the_fuzzed_server_still_answers(server: str) -> None:
-    assert httpx.get(f"{server}/healthz").json()["status"] == "ok"
+    # A generous timeout: the check is that it answers, not how fast on a loaded machine.
+    assert httpx.get(f"{server}/healthz", timeout=30).json()["status"] == "ok"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.errors import NotFound, ServiceError
 
@@ -47,10 +47,15 @@ def get_by_id(
 
 
 def paginate(
-    session: Session, model: Any, page_size: int, page_token: str | None
+    session: Session,
+    model: Any,
+    page_size: int,
+    page_token: str | None,
+    skip_columns: tuple[Any, ...] = (),
 ) -> tuple[list[Any], str | None]:
-    """One page of ``model``'s rows and the token of the next page (None on the last)."""
-    query: Select[Any] = select(model)
+    """One page of ``model``'s rows and the token of the next page (None on the last);
+    ``skip_columns`` (large ones the page does not show) are not loaded."""
+    query: Select[Any] = select(model).options(*(defer(column) for column in skip_columns))
     if page_token:
         created_at, row_id = _decode(page_token)
         query = query.where(

@@ -591,6 +591,32 @@ class PredictionsOut(BaseModel):
     predictions: list[Prediction]
 
 
+class EvidenceOut(BaseModel):
+    """What one successful fine-tune showed: how well a source transferred to a target."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: datetime
+    job_id: str = Field(description="The fine-tune job that left it.")
+    target_dataset_id: str = Field(
+        description="The target (its signature is kept with the evidence, so the evidence "
+        "outlives the dataset)."
+    )
+    reference_sha256: str = Field(description="The reference network of that signature.")
+    source_id: str
+    source_name: str
+    accuracy: float
+    accuracy_split: Literal["test", "validation"] = Field(
+        description="test when the job held out a test split, else validation; a target's "
+        "sources are compared within one split."
+    )
+    schedule: dict[str, Any] = Field(description="The schedule the fine-tune trained with.")
+    baseline_accuracy: float | None = Field(
+        description="The from-scratch baseline's accuracy on the same split, when it ran."
+    )
+
+
 class EvidenceCountsOut(BaseModel):
     """How much evidence finished fine-tunes have left (under the active reference network)."""
 

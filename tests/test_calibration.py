@@ -112,6 +112,18 @@ def test_evidence_from_finished_jobs_refits_the_ranking_and_later_rankings_recor
     assert rows[strong["id"]].schedule == strong["result"]["schedule"]
     assert rows[strong["id"]].baseline_accuracy == strong["result"]["baseline"]["test_accuracy"]
     assert rows[weak["id"]].baseline_accuracy is None
+    # The listing shows the same rows, newest first, page by page, without the signatures.
+    first = service.get("/v1/calibration/evidence", params={"page_size": 1}).json()
+    token = first["next_page_token"]
+    second = service.get("/v1/calibration/evidence", params={"page_token": token}).json()
+    listed = first["items"] + second["items"]
+    assert second["next_page_token"] is None and [e["job_id"] for e in listed] == [
+        strong["id"], weak["id"],
+    ]  # fmt: skip
+    assert listed[0]["accuracy"] == strong["result"]["test_accuracy"]
+    assert listed[0]["accuracy_split"] == "test" and listed[0]["source_id"] == b
+    assert listed[0]["baseline_accuracy"] == strong["result"]["baseline"]["test_accuracy"]
+    assert "target_signature" not in listed[0]
 
     # One usable target: the evidence shows the defaults' regret, but one target cannot
     # show that a refit generalises, so a refit keeps the parameters in force.

@@ -271,6 +271,13 @@ def test_cli_races_the_shortlist_and_shows_the_calibration(cli: Cli, flow: Flow)
     assert "measure js, lambda 0.002: the bundled defaults" in shown.stdout
     calibration = cli.json("calibration", "get")
     assert calibration["evidence"]["fine_tunes"] >= 1  # type: ignore[index]
+    evidence = cli.json("calibration", "evidence", "--page-size", "1")
+    assert isinstance(evidence, list)
+    assert len(evidence) == calibration["evidence"]["fine_tunes"]  # type: ignore[index]
+    newest, model = evidence[0], cli.json("models", "list", "--limit", "1")[0]  # type: ignore[index]
+    assert newest["source_id"] == model["source_id"]  # the race's survivor
+    listed = cli.run("calibration", "evidence", "--limit", "1")
+    assert listed.returncode == 0 and newest["job_id"] in listed.stdout, listed.stderr
 
 
 def test_cli_finetunes_the_best_source_with_progress(flow: Flow) -> None:

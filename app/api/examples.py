@@ -238,6 +238,19 @@ _MODEL = {
     "registered_source_id": None,
 }
 _EVIDENCE = {"fine_tunes": 31, "targets": 14, "usable_targets": 12}
+_EVIDENCE_ROW = {
+    "id": "7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a29",
+    "created_at": CREATED,
+    "job_id": JOB_ID,
+    "target_dataset_id": DATASET_ID,
+    "reference_sha256": REFERENCE_SHA,
+    "source_id": SOURCE_ID,
+    "source_name": "fashion_54k",
+    "accuracy": 0.84,
+    "accuracy_split": "test",
+    "schedule": _SCHEDULE,
+    "baseline_accuracy": 0.66,
+}
 _CALIBRATION_REGRET = {
     "current": 0.021,
     "bundled_defaults": 0.034,
@@ -335,6 +348,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "FinetuneReport": {**_REPORT, "race": _RACE},
     "RaceOptions": {"top": 3, "budget_epochs": 40, "score": "loss"},
     "EvidenceCountsOut": _EVIDENCE,
+    "EvidenceOut": _EVIDENCE_ROW,
     "CalibrationRegretOut": _CALIBRATION_REGRET,
     "CalibrationOut": {
         "calibration_id": "1b2c3d4e5f60718293a4b5c6d7e8f901",
@@ -379,7 +393,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 # Listings: one item and the token of the next page.
-PAGE_ITEMS = {"DatasetOut": _DATASET, "SourceOut": _SOURCE, "JobOut": _JOB, "ModelOut": _MODEL}
+PAGE_ITEMS = {
+    "DatasetOut": _DATASET,
+    "SourceOut": _SOURCE,
+    "JobOut": _JOB,
+    "ModelOut": _MODEL,
+    "EvidenceOut": _EVIDENCE_ROW,
+}
 NEXT_PAGE_TOKEN = "MjAyNi0xMS0yNlQwOTozMDowMHw1YTZiN2M4ZA"
 
 

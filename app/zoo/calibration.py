@@ -26,6 +26,7 @@ from app.p2l.calibration import (
     regret_table,
 )
 from app.p2l.signature import DatasetSignature
+from app.pagination import paginate
 from app.store import ArtifactStore
 from app.zoo.sources import rankable_signature
 
@@ -78,6 +79,13 @@ def evidence_of(
         schedule=report.get("schedule") or {},
         baseline_accuracy=baseline.get(f"{split}_accuracy"),
     )
+
+
+def list_evidence(
+    session: Session, page_size: int, page_token: str | None
+) -> tuple[list[Evidence], str | None]:
+    """Newest first, one page at a time, without the signatures (they can be large)."""
+    return paginate(session, Evidence, page_size, page_token, (Evidence.target_signature,))
 
 
 def current_calibration(session: Session, reference_sha256: str) -> Calibration | None:

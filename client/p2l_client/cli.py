@@ -317,6 +317,13 @@ def cmd_calibration_reset(client: Client, args: argparse.Namespace) -> Answer:
     return Answer(client.calibration.reset(), show_calibration)
 
 
+def cmd_calibration_evidence(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l calibration evidence`: finished fine-tunes' evidence, newest first, as a table."""
+    rows = limited(client.calibration.evidence(args.page_size), args.limit)
+    columns = ["job_id", "target_dataset_id", "source_name", "accuracy", "accuracy_split"]
+    return Answer(rows, lambda r: table(r, columns))
+
+
 def show_calibration(c: dict[str, Any]) -> None:
     """Parameters in force, where they come from, the evidence and the regrets."""
     params, evidence, regret = c["params"], c["evidence"], c["regret"]
@@ -720,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(calibration, "get", cmd_calibration_get, "parameters in force, evidence, regrets")
     command(calibration, "refit", cmd_calibration_refit, "refit them on the evidence")
     command(calibration, "reset", cmd_calibration_reset, "put the bundled defaults back")
+    listing(command(calibration, "evidence", cmd_calibration_evidence, "list the evidence"))
 
     models = group_of("models", "list, show, register and delete fine-tuned models")
     listing(command(models, "list", cmd_models_list, "list models, newest first"))

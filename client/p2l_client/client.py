@@ -39,6 +39,7 @@ from p2l_client.responses import (
     DatasetCreated,
     Estimate,
     EvaluationReport,
+    Evidence,
     Health,
     Job,
     Model,
@@ -534,6 +535,10 @@ class Calibrations(Resource):
     def reset(self) -> Calibration:
         """Put the bundled defaults back in force (the evidence stays)."""
         return cast(Calibration, self.client.json("POST", "/v1/calibration/reset"))
+
+    def evidence(self, page_size: int = 50) -> Iterator[Evidence]:
+        """Every finished fine-tune's evidence, newest first (pages fetched as you iterate)."""
+        return self.client.pages("/v1/calibration/evidence", page_size)
 
 
 class Jobs(Listing):

@@ -330,6 +330,22 @@ class Preprocessing(TypedDict):
     output: str
 
 
+class Evidence(TypedDict):
+    """What one successful fine-tune showed: a source's accuracy on a target."""
+
+    id: str
+    created_at: str
+    job_id: str
+    target_dataset_id: str
+    reference_sha256: str
+    source_id: str
+    source_name: str
+    accuracy: float
+    accuracy_split: str
+    schedule: dict[str, Any]
+    baseline_accuracy: float | None
+
+
 class Calibration(TypedDict):
     """The ranking parameters in force, the evidence of finished fine-tunes, and regrets."""
 

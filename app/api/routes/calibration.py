@@ -1,10 +1,12 @@
 """Calibration: the ranking parameters in force, and refitting them on finished fine-tunes."""
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
-from app.api.deps import ApiKeyRequired, SessionDep, StateDep
+from fastapi import APIRouter, Query, status
+
+from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
 from app.api.problems import problem_responses
-from app.schemas import CalibrationOut
+from app.schemas import CalibrationOut, EvidenceOut, Page
 from app.zoo import calibration as service
 
 router = APIRouter(prefix="/v1/calibration", tags=["calibration"])
@@ -23,6 +25,25 @@ def get_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
             state.calibration_constants(),
             state.settings.calibration_auto_refit_targets,
         )
+    )
+
+
+@router.get(
+    "/evidence",
+    response_model=Page[EvidenceOut],
+    summary="List the evidence of finished fine-tunes, newest first",
+    responses=PAGE_PROBLEMS,
+)
+def list_evidence(
+    session: SessionDep,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_token: PageToken = None,
+) -> Page[EvidenceOut]:
+    """One page of evidence rows: target, source, accuracy (and its split), schedule and the
+    baseline's accuracy of each successful fine-tune, whatever the reference network."""
+    rows, next_token = service.list_evidence(session, page_size, page_token)
+    return Page[EvidenceOut](
+        items=[EvidenceOut.model_validate(r) for r in rows], next_page_token=next_token
     )
 
 

@@ -222,17 +222,20 @@ def refit(
     target out; see app.p2l.calibration) and record the result as the calibration in force
     (committed by the caller); Conflict while no target has evidence from two or more
     sources. ``summary``: the evidence, when the caller has just gathered it."""
-    summary = summary or gather_evidence(session, store, reference_sha256)
+    if summary is None:
+        summary = gather_evidence(session, store, reference_sha256)
     if not summary.usable:
         raise Conflict(
             f"nothing to refit on: {summary.rows} fine-tune(s) on {summary.targets} target(s), "
             "but no target has evidence from two or more sources still in the zoo; fine-tune "
             "a target from another source first"
         )
-    current, _ = params_in_force(session, constants.defaults, reference_sha256)
-    scores = assess(summary, current, constants)
+    previous = current_calibration(session, reference_sha256)
+    scores = assess(summary, _params_of(previous, constants.defaults), constants)
     chosen: RankingParams = scores.pop("chosen")
-    calibration = _put_in_force(session, reference_sha256, chosen, trigger, summary, scores)
+    calibration = _put_in_force(
+        session, previous, reference_sha256, chosen, trigger, summary, scores
+    )
     logger.info(
         "calibration %s (%s): %s, lambda %g on %d targets", calibration.id, trigger,
         chosen.measure, chosen.lam, len(summary.usable),
@@ -246,19 +249,23 @@ def reset(
     """Put the bundled defaults back in force (committed by the caller), as a calibration
     of their own: later rankings record it, and an automatic refit waits for a new target."""
     summary = gather_evidence(session, store, reference_sha256)
-    return _put_in_force(session, reference_sha256, constants.defaults, "reset", summary, None)
+    previous = current_calibration(session, reference_sha256)
+    return _put_in_force(
+        session, previous, reference_sha256, constants.defaults, "reset", summary, None
+    )
 
 
 def _put_in_force(
     session: Session,
+    previous: Calibration | None,
     reference_sha256: str,
     params: RankingParams,
     trigger: str,
     summary: EvidenceSummary,
     regret: dict[str, Any] | None,
 ) -> Calibration:
-    """Add (and flush) the calibration that is in force from now on, naming the one before."""
-    previous = current_calibration(session, reference_sha256)
+    """Add (and flush) the calibration that is in force from now on, naming ``previous``,
+    the one in force until now."""
     calibration = Calibration(
         id=uuid.uuid4().hex,
         reference_sha256=reference_sha256,

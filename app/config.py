@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.measures import Measure
+
 
 class Settings(BaseSettings):
     """Every knob of the service; the README lists them with their defaults."""
@@ -91,7 +93,7 @@ class Settings(BaseSettings):
     )
 
     # P2L score (defaults: see README, "Calibration")
-    p2l_measure: Literal["kl", "js", "cosine", "emd"] = "js"
+    p2l_measure: Measure = "js"
     p2l_lambda: float = Field(0.002, ge=0, description="Weight of log(source size) in the score.")
     p2l_eps: float = Field(1e-3, gt=0, description="Added to mean features before normalising.")
     emd_gamma: float = Field(0.01, gt=0, description="gamma of exp(-gamma * EMD).")

@@ -28,13 +28,13 @@ from app.api.routes import (
 from app.config import Settings
 from app.console import routes as console
 from app.db import make_engine, migrate, session_factory
-from app.jobs.evaluations import sweep_evaluation_archives
-from app.jobs.runner import make_runner
 from app.jobs.service import reap_expired_leases, sweep_unowned_artifacts
 from app.memory import Trimmer, child_malloc_env, limit_arenas
+from app.services.evaluations import sweep_evaluation_archives
+from app.services.sources import load_index
 from app.store import make_store
+from app.worker import make_runner
 from app.zoo.bundled import import_bundled_zoo, load_active_reference
-from app.zoo.sources import load_index
 
 logger = logging.getLogger("p2l")
 

@@ -1,6 +1,7 @@
 """SQLAlchemy tables (metadata only; files live in the artifact store)."""
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -8,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Enum,
     Float,
     ForeignKey,
     Integer,
@@ -108,6 +110,24 @@ class Ranking(Base):
     calibration_id: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
 
 
+class JobStatus(StrEnum):
+    """Where a job is in its life; the values are what the API and the database hold."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """The job has ended: nothing will change its status again."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
 class Job(Base):
     """A background job (fine-tuning); its state survives restarts of the service."""
 
@@ -116,7 +136,17 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), index=True)  # see app.jobs.service
+    # Stored as the status's plain string (VARCHAR, no database enum): the values are the API's.
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(
+            JobStatus,
+            native_enum=False,
+            create_constraint=False,
+            length=16,
+            values_callable=lambda statuses: [status.value for status in statuses],
+        ),
+        index=True,
+    )
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

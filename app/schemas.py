@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.finetune.options import FinetuneOptions
 from app.finetune.race import RaceOptions
-from app.p2l.refine import MAX_REFINE_TOP, RefineMethod
+from app.jobs.cost import Estimate
+from app.measures import MAX_REFINE_TOP, Measure, Method, RefineMethod
 
 Item = TypeVar("Item")
 
@@ -162,12 +163,12 @@ class RankingRequest(BaseModel):
     model_config = ConfigDict(populate_by_name=True, allow_inf_nan=False)
 
     target_dataset_id: str = Field(max_length=64, description="The dataset to rank for.")
-    method: Literal["p2l", "distance", "largest"] = Field(
+    method: Method = Field(
         "p2l",
         description="p2l: similarity and source size; distance: similarity only; largest: "
         "source size only (the paper's two baselines).",
     )
-    measure: Literal["kl", "js", "cosine", "emd"] | None = Field(
+    measure: Measure | None = Field(
         None, description="Distance measure; default P2L_P2L_MEASURE (js)."
     )
     source_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
@@ -279,6 +280,8 @@ class FinetuneRequest(FinetuneOptions):
         return FinetuneOptions.model_validate(self.model_dump(include=fields))
 
 
+# JobStatus's values (app.models), spelled out so the OpenAPI document shows them inline;
+# tests/test_openapi.py keeps the two equal.
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -342,38 +345,6 @@ class JobProgress(BaseModel):
         None, description="Time left at the pace so far; 0 once the job has ended."
     )
     history: list[EpochMetrics] = Field(default_factory=list, description="Every epoch so far.")
-
-
-class Estimate(BaseModel):
-    """What a fine-tune will cost, told before it runs."""
-
-    seconds: float = Field(
-        description="Expected run time once a worker starts it (every planned epoch, with "
-        "validation, plus loading, evaluating and saving; early stopping may end it sooner)."
-    )
-    epochs_planned: int = Field(
-        description="Epochs of every phase together, at most: auto's search (halving: 24 at "
-        "auto_epochs 10; exhaustive: 4 x auto_epochs), "
-        "epochs, and epochs again for the baseline."
-    )
-    train_images: int = Field(description="Images per training epoch.")
-    val_images: int = Field(0, description="Images validated after every epoch.")
-    test_images: int = Field(0, description="Images of the final evaluation.")
-    seconds_per_epoch: float | None = Field(None, description="Training plus validation.")
-    architecture: str
-    input_size: int
-    images_per_second: float = Field(description="Training throughput the estimate assumes.")
-    flops_per_image: float | None = Field(
-        None, description="Forward FLOPs of one image (what 'scaled' scales by)."
-    )
-    basis: Literal["measured", "scaled", "prior"] = Field(
-        description="measured: from what workers measured on this architecture and input "
-        "size; scaled: measured on another architecture, scaled by compute; prior: nothing "
-        "measured yet."
-    )
-    device: str | None = Field(None, description="The device type the measurement is from.")
-    workers_alive: int = Field(description="Workers that reported in recently.")
-    warnings: list[str] = Field(default_factory=list)
 
 
 class GroupOut(BaseModel):

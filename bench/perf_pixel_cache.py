@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from app.datasets import pixel_cache
-from app.datasets.loading import load_all_pixels
+from app.imaging import pixel_cache
+from app.imaging.loading import load_all_pixels
 from app.p2l.reference import load_reference
 from app.p2l.signature import compute_signature
 from app.store import ArtifactStore, LocalArtifactStore

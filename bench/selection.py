@@ -32,8 +32,9 @@ import torch
 
 from app.architectures import feature_extractor, get_spec, load_model
 from app.finetune.train import ImageTensors
+from app.measures import MEASURES
 from app.p2l.peers import leep, logme, nce
-from app.p2l.scoring import MEASURES, SignatureIndex
+from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import load_signature, signature_of_array
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from bench.ground_truth import (

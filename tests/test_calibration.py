@@ -14,7 +14,8 @@ from app.main import create_app
 from app.models import Evidence
 from app.p2l.calibration import RankingParams, fit, grid, guarded_fit, leave_one_target_out
 from app.p2l.scoring import ScoringParams
-from app.zoo.sources import signature_for_dataset
+from app.services.calibration import Constants
+from app.services.sources import signature_for_dataset
 from tests.test_jobs_api import PROBLEM, start_job, wait
 from tests.test_zoo_api import rank, upload_target
 
@@ -43,7 +44,7 @@ def pair_only_a_refit_flips(service: TestClient, targets: list[str]) -> tuple[st
         signatures = [
             signature_for_dataset(session, state.store, state.reference, t) for t in targets
         ]
-    constants = state.calibration_constants()
+    constants = Constants.from_settings(state.settings)
     candidates = grid(constants.defaults)
 
     def b_first(params: RankingParams, a: str, b: str) -> list[bool]:

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.datasets.archive import REJECTION_KINDS
+from app.imaging.archive import REJECTION_KINDS
 from app.main import _supervise
 from app.models import Dataset
 from app.store import tmp_owner

@@ -118,7 +118,7 @@ def test_without_a_worker_the_job_is_accepted_with_a_warning_and_stays_queued(
     assert response.status_code == 202, response.text
     job = response.json()
     warning = next(w for w in job["warnings"] if w.startswith(NO_WORKER))
-    assert "python -m app.jobs.worker" in warning and "P2L_START_WORKER" in warning
+    assert "python -m app.worker" in warning and "P2L_START_WORKER" in warning
     dry = client.post("/v1/finetunes?dry_run=true", json=body).json()
     assert any(w.startswith(NO_WORKER) for w in dry["warnings"]) and dry["workers_alive"] == 0
     time.sleep(1.5)
@@ -129,7 +129,7 @@ def test_without_a_worker_the_job_is_accepted_with_a_warning_and_stays_queued(
 
     # Do what the warning says: a standalone worker registers, runs the job, and the
     # warning is gone.
-    worker = spawn(["-m", "app.jobs.worker"], lease_env(data_dir), tmp_path / "worker.log")
+    worker = spawn(["-m", "app.worker"], lease_env(data_dir), tmp_path / "worker.log")
     processes.append(worker)
     done = wait(client, job["id"], ("succeeded", "failed"), timeout=120)
     assert done["status"] == "succeeded", done["error"]

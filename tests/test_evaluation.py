@@ -17,10 +17,10 @@ from app.config import Settings
 from app.finetune.evaluation import evaluation_report
 from app.finetune.pipeline import FinetuneOptions, finetune, three_way_split
 from app.finetune.train import ImageTensors, evaluate
-from app.jobs.evaluations import evaluation_key, sweep_evaluation_archives
 from app.jobs.service import submit_job
 from app.main import create_app
 from app.models import FinetunedModel, Job
+from app.services.evaluations import evaluation_key, sweep_evaluation_archives
 from app.zoo.bundled import BUNDLED_DIR
 from app.zoo.plots import confusion_plot
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bomb, zip_bytes

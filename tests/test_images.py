@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.datasets.images import ImageRejected, open_rgb, square_pixels
+from app.imaging.images import ImageRejected, open_rgb, square_pixels
 from tests.archives import clipart_images, huge_png, tall_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_square_pixels_matches_resize_then_crop_on_ordinary_images(size: int) ->
 PEAK_GROWTH_SCRIPT = r"""
 import re, sys
 from pathlib import Path
-from app.datasets.images import open_rgb, square_pixels
+from app.imaging.images import open_rgb, square_pixels
 
 def peak_kib():
     return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))

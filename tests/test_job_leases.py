@@ -158,7 +158,7 @@ def test_graceful_stops_never_use_up_a_jobs_attempts(
     job_id = start_finetune(client, upload_target(client), epochs=60)
 
     # A worker of its own, stopped as a deploy stops it (SIGTERM)...
-    worker = spawn(["-m", "app.jobs.worker"], lease_env(data_dir, **limits), tmp_path / "w1.log")
+    worker = spawn(["-m", "app.worker"], lease_env(data_dir, **limits), tmp_path / "w1.log")
     processes.append(worker)
     first = eventually(lambda: training(data_dir, job_id, attempt=1), 90, "run 1 trains")
     assert first["worker_pid"] == worker.pid
@@ -177,7 +177,7 @@ def test_graceful_stops_never_use_up_a_jobs_attempts(
     assert row["error"] == HANDED_BACK + "its worker was stopped (SIGTERM)"
 
     # Two hand-backs, one attempt allowed: the job still runs, to its end.
-    last = spawn(["-m", "app.jobs.worker"], lease_env(data_dir, **limits), tmp_path / "w3.log")
+    last = spawn(["-m", "app.worker"], lease_env(data_dir, **limits), tmp_path / "w3.log")
     processes.append(last)
     eventually(
         lambda: job_row(data_dir, job_id)["status"] not in ("queued", "running"), 120, "run 3 ends"
@@ -193,7 +193,7 @@ def test_two_workers_run_two_jobs_once_each(
     client = make_client(job_lease_seconds=LEASE)  # no worker of its own
     target_id = upload_target(client)
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
-    workers = [spawn(["-m", "app.jobs.worker"], lease_env(data_dir), log) for log in logs]
+    workers = [spawn(["-m", "app.worker"], lease_env(data_dir), log) for log in logs]
     processes.extend(workers)
     eventually(lambda: all("ready" in log.read_text() for log in logs), 90, "workers ready")
 
@@ -227,7 +227,7 @@ def test_a_worker_keeps_its_job_until_its_lease_is_taken_then_publishes_nothing(
 ) -> None:
     client = make_client(job_lease_seconds=LEASE)
     target_id = upload_target(client)
-    worker = spawn(["-m", "app.jobs.worker"], lease_env(data_dir), tmp_path / "worker.log")
+    worker = spawn(["-m", "app.worker"], lease_env(data_dir), tmp_path / "worker.log")
     processes.append(worker)
     long_job = start_finetune(client, target_id, epochs=1000)
     running = eventually(lambda: training(data_dir, long_job), 90, "the job trains")
@@ -310,6 +310,7 @@ def test_a_job_over_the_time_limit_is_failed_with_the_reason(
 ) -> None:
     from app.jobs.service import claim_next_job
     from app.jobs.worker import Lease, run_job
+    from app.worker import JOB_KINDS
 
     client = make_client(job_lease_seconds=LEASE)
     state = client.app.state.service
@@ -320,7 +321,7 @@ def test_a_job_over_the_time_limit_is_failed_with_the_reason(
 
     def work() -> None:
         with Lease(state.sessions, settings, job.id, "worker-t") as lease:
-            run_job(state.sessions, state.store, torch.device("cpu"), job, lease)
+            run_job(JOB_KINDS, state.sessions, state.store, torch.device("cpu"), job, lease)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app.datasets import loading
-from app.datasets.images import ImageRejected, open_rgb, square_pixels
+from app.imaging import loading
+from app.imaging.images import ImageRejected, open_rgb, square_pixels
 from app.p2l.reference import FORWARD_BOUND_SIZE, load_reference, share_cpus_with_decoding
 from app.p2l.signature import compute_signature
 from app.zoo.bundled import BUNDLED_DIR
@@ -106,7 +106,7 @@ def test_workers_end_with_their_owner_even_when_it_is_killed(image_files: list[P
         f"""
         import sys, time
         from pathlib import Path
-        from app.datasets import loading
+        from app.imaging import loading
         paths = [Path(p) for p in {[str(p) for p in image_files]!r}]
         loading.load_all_pixels(paths, 32, processes=True)
         print(*loading.decode_pool_pids(), flush=True)

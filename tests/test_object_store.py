@@ -17,10 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.datasets.service import SIGNATURE_FILE, stored_signature
 from app.jobs.service import sweep_unowned_artifacts
 from app.models import Dataset
 from app.p2l.signature import DatasetSignature
+from app.services.datasets import SIGNATURE_FILE, stored_signature
 from app.store import LocalArtifactStore, ObjectArtifactStore, make_store
 from app.unit_of_work import unit_of_work
 from tests.servers import free_port

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from app import schemas
 from app.api.examples import EXAMPLES
+from app.models import JobStatus
 
 
 @pytest.fixture
@@ -46,6 +47,7 @@ def test_job_and_model_fields_are_typed(spec: dict[str, Any]) -> None:
     components = spec["components"]["schemas"]
     job = components["JobOut"]["properties"]
     assert set(job["status"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
+    assert set(job["status"]["enum"]) == {status.value for status in JobStatus}
     assert job["progress"] == {"$ref": "#/components/schemas/JobProgress"}
     result_refs = {ref["$ref"] for ref in job["result"]["anyOf"] if "$ref" in ref}
     assert result_refs == {

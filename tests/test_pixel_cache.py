@@ -10,12 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.datasets import pixel_cache
-from app.datasets.loading import load_all_pixels
-from app.datasets.service import IMAGES_DIR, image_files
+from app.imaging import pixel_cache
+from app.imaging.loading import load_all_pixels
 from app.jobs.service import sweep_unowned_artifacts
-from app.jobs.worker import run_next_job
+from app.services.datasets import IMAGES_DIR, image_files
 from app.store import ArtifactStore, LocalArtifactStore
+from app.worker import run_next_job
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
 from tests.test_object_store import MOTO_SERVER, endpoint, object_store, url
 

@@ -18,10 +18,10 @@ from app import db
 from app.config import Settings
 from app.models import Base, Source, ZooChange
 from app.p2l.scoring import SignatureIndex
+from app.services.sources import catch_up, load_index
 from app.store import LocalArtifactStore
 from app.zoo import bundled as bundled_module
 from app.zoo.bundled import import_bundled_zoo, load_active_reference, manifest
-from app.zoo.sources import catch_up, load_index
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
 from tests.servers import (
     free_port,

@@ -1,5 +1,6 @@
 """Request dependencies: settings, database session, artifact store, reference network, auth."""
 
+import hashlib
 import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,12 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.problems import problem_responses
 from app.api.streams import SnapshotCache, StreamSlots, read_job_snapshot
 from app.config import Settings
-from app.jobs.finetunes import ModelCache
 from app.jobs.runner import JobRunner
 from app.p2l.reference import ReferenceNetwork
-from app.p2l.scoring import Measure, Method, ScoringParams, SignatureIndex
+from app.p2l.scoring import SignatureIndex
+from app.services.context import ANONYMOUS, Caller, Context
+from app.services.models import ModelCache
 from app.store import ArtifactStore
-from app.zoo.calibration import Constants, params_in_force
 
 
 @dataclass
@@ -40,42 +41,6 @@ class ServiceState:
     def __post_init__(self) -> None:
         self.streams = StreamSlots(self.settings.max_event_streams)
         self.job_snapshots = SnapshotCache(partial(read_job_snapshot, self.sessions))
-
-    def calibration_constants(self) -> Constants:
-        """The bundled ranking defaults and the score's fixed constants."""
-        return Constants.from_settings(self.settings)
-
-    def ranking_params(
-        self,
-        session: Session,
-        method: Method = "p2l",
-        measure: Measure | None = None,
-        lam: float | None = None,
-    ) -> tuple[ScoringParams, Measure, str | None]:
-        """Score constants and measure for a ranking: the request's own where given, else,
-        for ``p2l`` (what calibrations are fitted for), the calibration's in force under the
-        active reference network, else the bundled defaults; and that calibration's id when
-        it supplied either."""
-        defaults = self.calibration_constants().defaults
-        in_force, calibration_id = defaults, None
-        if method == "p2l" and (measure is None or lam is None):
-            in_force, calibration_id = params_in_force(
-                session, defaults, self.reference.weights_sha256
-            )
-        return (
-            self.scoring_params(in_force.lam if lam is None else lam),
-            measure or in_force.measure,
-            calibration_id,
-        )
-
-    def scoring_params(self, lam: float | None = None) -> ScoringParams:
-        """The score constants in force (``lam`` overrides lambda for one request)."""
-        settings = self.settings
-        return ScoringParams(
-            lam=settings.p2l_lambda if lam is None else lam,
-            eps=settings.p2l_eps,
-            emd_gamma=settings.emd_gamma,
-        )
 
 
 def get_state(request: Request) -> ServiceState:
@@ -141,6 +106,27 @@ def require_read_key(state: StateDep, api_key: ApiKeyHeader) -> None:
     if not state.settings.open_reads:
         require_api_key(state, api_key)
 
+
+def caller_of(api_key: str | None) -> Caller:
+    """The caller a request's key names: by a fingerprint, never the key itself."""
+    if not api_key:
+        return ANONYMOUS
+    return Caller("key:" + hashlib.sha256(api_key.encode()).hexdigest()[:12])
+
+
+def get_context(state: StateDep, session: SessionDep, api_key: ApiKeyHeader) -> Context:
+    """The use cases' context for this request (its session, the shared state, the caller)."""
+    return Context(
+        session=session,
+        store=state.store,
+        index=state.index,
+        reference=state.reference,
+        settings=state.settings,
+        caller=caller_of(api_key),
+    )
+
+
+ContextDep = Annotated[Context, Depends(get_context)]
 
 # Needs a key whenever keys are set: every POST and DELETE, and the GETs that compute on
 # demand or hold the server's resources (plots, the zoo map, event streams).

@@ -4,7 +4,7 @@ streams of one job share one database read per poll)."""
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -260,7 +260,7 @@ async def job_events(
     first: Snapshot,
     cache: SnapshotCache,
     slot: Slot,
-    terminal: tuple[str, ...],
+    terminal: Collection[str],
     idle_seconds: float,
 ) -> AsyncIterator[str]:
     """``job`` (the whole job) at once; then ``status``, ``phase``, ``epoch`` and ``step``

@@ -41,7 +41,7 @@ RESIZE_WORDS = (
     "pixels (the longer side rounded to the nearest pixel), then cut the centre "
     "input_size x input_size square (offsets floor((scaled - input_size) / 2)); bilinear "
     "(PIL Image.resize with BILINEAR and box = that square in source coordinates, as "
-    "app.datasets.images.square_pixels does). Downscales by more than 2x first average whole "
+    "app.imaging.images.square_pixels does). Downscales by more than 2x first average whole "
     "pixel blocks aligned to the full image (Pillow Image.reduce), so a plain bilinear resize "
     "of a large image differs by a few grey levels. Transparency is composited on white; grey "
     "or palette images are converted to RGB first."

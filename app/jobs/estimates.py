@@ -26,8 +26,8 @@ from app.architectures import build_model, known_architectures
 from app.db import rows_matched
 from app.finetune.options import FinetuneOptions, split_sizes
 from app.finetune.search import trial_epochs
+from app.jobs.cost import Estimate
 from app.models import Throughput, Worker, utcnow
-from app.schemas import Estimate
 
 logger = logging.getLogger("p2l.estimates")
 
@@ -261,7 +261,7 @@ def no_worker_warning(runner: str | None) -> str:
     return (
         f"no worker is alive to run this job: {reason} and no worker has reported in for "
         f"{WORKER_FRESH_SECONDS:g} s; it stays queued until one runs. Start one with "
-        f"`python -m app.jobs.worker` (same P2L_ settings, same database and data dir), "
+        f"`python -m app.worker` (same P2L_ settings, same database and data dir), "
         f"{remedy}."
     )
 

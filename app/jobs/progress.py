@@ -1,7 +1,7 @@
 """A running job's progress: throttled writes of where it stands, and the stop check.
 
-Shared by the job bodies (fine-tunes in app.jobs.worker, evaluations in
-app.jobs.evaluations); imports neither, so both can import it.
+Shared by the job bodies (fine-tunes in app.services.finetunes, evaluations in
+app.services.evaluations); imports neither, so both can import it.
 """
 
 import logging
@@ -14,8 +14,8 @@ from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs.estimates import record_epoch, record_job
-from app.jobs.service import CANDIDATE_FIELDS, LOADING_PROGRESS, RUNNING
-from app.models import Job
+from app.jobs.service import CANDIDATE_FIELDS, LOADING_PROGRESS
+from app.models import Job, JobStatus
 
 logger = logging.getLogger("p2l.worker")
 
@@ -180,7 +180,7 @@ class ProgressWriter:
                 .where(
                     Job.id == self.job_id,
                     Job.worker_id == self.lease.worker_id,
-                    Job.status == RUNNING,
+                    Job.status == JobStatus.RUNNING,
                 )
                 .values(progress=dict(self.state))
             )
@@ -238,7 +238,7 @@ class ProgressWriter:
         if row is None or row.cancel_requested:
             return True
         # Reaped (and perhaps claimed by another worker), or ended: not ours to train on.
-        return row.worker_id != self.lease.worker_id or row.status != RUNNING
+        return row.worker_id != self.lease.worker_id or row.status != JobStatus.RUNNING
 
     def close(self) -> None:
         """Release the connection of the stop checks."""

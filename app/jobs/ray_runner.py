@@ -10,6 +10,7 @@ training throughput it measures, like any worker (see app.jobs.estimates).
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -18,9 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.jobs.runner import JobRunner
-from app.jobs.service import QUEUED, RUNNING, release_jobs
-from app.jobs.worker import run_next_job
-from app.models import Job
+from app.jobs.service import release_jobs
+from app.models import Job, JobStatus
 
 logger = logging.getLogger("p2l")
 
@@ -30,7 +30,11 @@ def ray_worker_id(node_id: str, suffix: str) -> str:
     return f"ray-{node_id[:12]}-{suffix}"
 
 
-def _run_on_ray(settings: Settings, suffix: str) -> str | None:
+# A Ray task's body: claim the oldest queued job and run it; its id, or None (app.worker).
+NextJob = Callable[[Settings, str], str | None]
+
+
+def _run_on_ray(run_next_job: NextJob, settings: Settings, suffix: str) -> str | None:
     """The Ray task: claim the oldest queued job and run it, as the local worker would."""
     node_id = ray.get_runtime_context().get_node_id()
     return run_next_job(settings, ray_worker_id(node_id, suffix))
@@ -47,9 +51,12 @@ class RayRunner(JobRunner):
     task have it, so a job never runs twice at once.
     """
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], run_next_job: NextJob
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.run_next_job = run_next_job
         self.remote: Any = None  # the remote function, once connected
         self.unit = "CPU"  # what each task asks one of: "GPU" where the cluster has some
         self.task_settings = settings
@@ -102,10 +109,11 @@ class RayRunner(JobRunner):
         if free <= 0:
             return
         with self.sessions() as session:
-            queued = session.scalar(select(func.count()).where(Job.status == QUEUED)) or 0
+            queued = session.scalar(select(func.count()).where(Job.status == JobStatus.QUEUED)) or 0
         for _ in range(min(free, queued)):
             suffix = uuid.uuid4().hex[:16]
-            self.pending[self.remote.remote(self.task_settings, suffix)] = suffix
+            task = self.remote.remote(self.run_next_job, self.task_settings, suffix)
+            self.pending[task] = suffix
 
     def stop(self) -> None:
         if not ray.is_initialized():
@@ -129,6 +137,8 @@ class RayRunner(JobRunner):
         """The worker ids this runner's unfinished tasks run under (on whichever node)."""
         suffixes = set(self.pending.values())
         ids = session.scalars(
-            select(Job.worker_id).where(Job.status == RUNNING, Job.worker_id.like("ray-%"))
+            select(Job.worker_id).where(
+                Job.status == JobStatus.RUNNING, Job.worker_id.like("ray-%")
+            )
         )
         return [i for i in ids if i and i.rsplit("-", 1)[-1] in suffixes]

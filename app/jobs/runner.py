@@ -5,14 +5,18 @@ import multiprocessing
 import os
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.jobs.service import make_worker_id, release_worker_jobs
-from app.jobs.worker import run_worker
 
 logger = logging.getLogger("p2l")
+
+# A worker process's body: (settings, the parent's pid, the worker id's suffix). The
+# service's composition root (app.worker) binds the job kinds to it.
+WorkerMain = Callable[[Settings, int | None, str | None], None]
 
 
 class JobRunner(ABC):
@@ -39,9 +43,12 @@ class JobRunner(ABC):
 class LocalProcessRunner(JobRunner):
     """One worker process beside the API (spawned, so it shares no state with it)."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], worker_main: WorkerMain
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.worker_main = worker_main
         self.process: multiprocessing.process.BaseProcess | None = None
         self.worker_id: str | None = None
 
@@ -59,7 +66,7 @@ class LocalProcessRunner(JobRunner):
         suffix = uuid.uuid4().hex[:8]
         context = multiprocessing.get_context("spawn")
         self.process = context.Process(
-            target=run_worker,
+            target=self.worker_main,
             args=(self.settings, os.getpid(), suffix),
             name="p2l-worker",
             daemon=True,
@@ -103,12 +110,3 @@ class LocalProcessRunner(JobRunner):
             return release_worker_jobs(
                 session, self.worker_id, reason, self.settings.job_max_attempts, handed_back
             )
-
-
-def make_runner(settings: Settings, sessions: sessionmaker[Session]) -> JobRunner:
-    """The runner the settings ask for: a local worker process, or tasks on a Ray cluster."""
-    if settings.runner == "ray":
-        from app.jobs.ray_runner import RayRunner  # lazily: ray is an optional extra
-
-        return RayRunner(settings, sessions)
-    return LocalProcessRunner(settings, sessions)

@@ -15,19 +15,19 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.datasets import pixel_cache
 from app.db import rows_matched
 from app.errors import Conflict
-from app.models import Dataset, FinetunedModel, Job, Source, utcnow
+from app.imaging import pixel_cache
+from app.models import TERMINAL_STATUSES, Dataset, FinetunedModel, Job, JobStatus, Source, utcnow
 from app.pagination import get_by_id, paginate
 from app.store import ArtifactStore
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued", "running", "succeeded", "failed", "cancelled",
-)  # fmt: skip
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 # The phase a job's progress ends in (see JobProgress in app.schemas).
-FINAL_PHASES = {SUCCEEDED: "done", FAILED: "failed", CANCELLED: "cancelled"}
+FINAL_PHASES = {
+    JobStatus.SUCCEEDED: "done",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
 QUEUED_PROGRESS = {"phase": "queued", "label": "waiting for a worker"}
 # A worker just took the job: it loads the data and the model before the first epoch.
 LOADING_PROGRESS = {"phase": "loading", "label": "loading the images and the model"}
@@ -39,7 +39,7 @@ _TRANSIENT = ("step", "steps_per_epoch", *CANDIDATE_FIELDS)
 
 def final_progress(
     progress: dict[str, Any] | None,
-    status: str,
+    status: JobStatus,
     started_at: datetime | None,
     error: str | None = None,
 ) -> dict[str, Any]:
@@ -50,10 +50,10 @@ def final_progress(
     took = f" in {elapsed:.0f} s" if elapsed is not None else ""
     phase = FINAL_PHASES[status]
     epochs = f" {done} epochs" if done else ""  # an evaluation job trains none
-    if status == SUCCEEDED:
+    if status == JobStatus.SUCCEEDED:
         label = f"done:{epochs}{took}" if epochs or took else "done"
         final["epochs_planned"] = done  # the bar ends full (early stopping ends sooner)
-    elif status == CANCELLED:
+    elif status == JobStatus.CANCELLED:
         label = f"cancelled after{epochs}{took}" if epochs or took else "cancelled"
     else:
         after = f" after{epochs}{took}" if epochs or took else ""
@@ -67,7 +67,11 @@ def final_progress(
 def submit_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
     """Queue a job (the caller commits, with whatever else the request wrote)."""
     job = Job(
-        id=uuid.uuid4().hex, kind=kind, status=QUEUED, params=params, progress=QUEUED_PROGRESS
+        id=uuid.uuid4().hex,
+        kind=kind,
+        status=JobStatus.QUEUED,
+        params=params,
+        progress=QUEUED_PROGRESS,
     )
     session.add(job)
     session.flush()
@@ -89,17 +93,17 @@ def list_jobs(
 def cancel_job(session: Session, job_id: str) -> Job:
     """Cancel a queued job at once; ask a running one to stop (within one training step)."""
     job = get_job(session, job_id)
-    if job.status in TERMINAL:
+    if job.status in TERMINAL_STATUSES:
         raise Conflict(f"job {job_id} already finished ({job.status})")
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status=CANCELLED,
+            status=JobStatus.CANCELLED,
             finished_at=utcnow(),
             error="cancelled before it started",
             progress={
-                **final_progress(None, CANCELLED, None),
+                **final_progress(None, JobStatus.CANCELLED, None),
                 "label": "cancelled before it started",
             },
         )
@@ -121,7 +125,7 @@ def delete_job(session: Session, job_id: str) -> Job:
     Returns the deleted job: the caller removes any files that were the job's alone.
     """
     job = get_job(session, job_id)
-    if job.status not in TERMINAL:
+    if job.status not in TERMINAL_STATUSES:
         raise Conflict(f"job {job_id} is {job.status}; cancel it first, then delete it")
     session.delete(job)
     session.commit()
@@ -131,16 +135,16 @@ def delete_job(session: Session, job_id: str) -> Job:
 def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
     """Atomically move the oldest queued job to running, leased to this worker."""
     candidate = session.scalar(
-        select(Job.id).where(Job.status == QUEUED).order_by(Job.created_at).limit(1)
+        select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at).limit(1)
     )
     if candidate is None:
         return None
     now = utcnow()
     claimed = session.execute(
         update(Job)
-        .where(Job.id == candidate, Job.status == QUEUED)
+        .where(Job.id == candidate, Job.status == JobStatus.QUEUED)
         .values(
-            status=RUNNING,
+            status=JobStatus.RUNNING,
             worker_id=worker_id,
             worker_pid=os.getpid(),
             lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -159,21 +163,23 @@ def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: fl
     """Extend this worker's lease on a running job; False if the lease was lost."""
     renewed = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     )
     session.commit()
     return rows_matched(renewed) == 1
 
 
-def finish_job(session: Session, job_id: str, worker_id: str, status: str, **values: Any) -> bool:
+def finish_job(
+    session: Session, job_id: str, worker_id: str, status: JobStatus, **values: Any
+) -> bool:
     """Move a job this worker holds to a terminal state (caller commits); False if not ours.
 
     Its progress becomes final (see ``final_progress``) unless ``values`` gives one.
     """
     finished = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
         .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
     )
     if rows_matched(finished) != 1:
@@ -206,7 +212,7 @@ def release_jobs(
     """
     rows = session.execute(
         select(Job.id, Job.attempts, Job.cancel_requested, Job.progress, Job.started_at).where(
-            Job.status == RUNNING, *which
+            Job.status == JobStatus.RUNNING, *which
         )
     ).all()
     requeued = ended = 0
@@ -214,21 +220,21 @@ def release_jobs(
         attempt = f"attempt {max(attempts, 1)} of {max_attempts}"
         values: dict[str, Any]
         if cancel_requested:
-            values = {"status": CANCELLED, "error": f"cancelled: {reason} ({attempt})"}
+            values = {"status": JobStatus.CANCELLED, "error": f"cancelled: {reason} ({attempt})"}
         elif handed_back:
             # The attempt bound is for lost leases (killed or hung workers, poison jobs);
             # a stopped worker says nothing about the job, so rolling deploys cost none.
             values = {
-                "status": QUEUED,
+                "status": JobStatus.QUEUED,
                 "attempts": max(attempts - 1, 0),
                 "error": f"handed back, not counted as an attempt: {reason}",
             }
         elif attempts < max_attempts:
-            values = {"status": QUEUED, "error": f"re-queued after {attempt}: {reason}"}
+            values = {"status": JobStatus.QUEUED, "error": f"re-queued after {attempt}: {reason}"}
         else:
-            values = {"status": FAILED, "error": f"{reason} ({attempt})"}
+            values = {"status": JobStatus.FAILED, "error": f"{reason} ({attempt})"}
         # A re-queued job is nobody's; an ended one keeps the id of the worker it lost.
-        if values["status"] == QUEUED:
+        if values["status"] == JobStatus.QUEUED:
             values["worker_id"] = None
             values["progress"] = {**QUEUED_PROGRESS, "label": f"waiting for a worker ({reason})"}
         else:
@@ -238,12 +244,12 @@ def release_jobs(
             )
         done = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == RUNNING, *which)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, *which)
             .values(lease_expires_at=None, **values)
         )
         if rows_matched(done) == 1:
-            requeued += values["status"] == QUEUED
-            ended += values["status"] != QUEUED
+            requeued += values["status"] == JobStatus.QUEUED
+            ended += values["status"] != JobStatus.QUEUED
     session.commit()
     return requeued, ended
 

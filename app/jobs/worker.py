@@ -1,52 +1,31 @@
 """The job worker: a separate process that takes queued jobs from the database and runs them.
 
-Started by the service (app.jobs.runner), or on its own with ``python -m app.jobs.worker``
+Started by the service (app.jobs.runner), or on its own with ``python -m app.worker``
 (same P2L_ settings) to run jobs on another process or machine sharing the database and
-data dir; on a Ray cluster, each task runs one job through ``run_next_job``. A worker
+data dir; on a Ray cluster, each task runs one job through ``run_next_job``. What it can
+run is the ``kinds`` it is given (``app.worker.JOB_KINDS``): this module knows none. A worker
 holds each job through a lease it renews (see app.jobs.service); it stops a job whose
 lease it lost, and publishes nothing for it. Stopped on purpose (SIGTERM,
 SIGINT), it hands its job back without using up one of the job's attempts.
 """
 
-import functools
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
 from types import FrameType
+from typing import Any
 
 import torch
-from safetensors.torch import save_file
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.architectures import get_spec, load_model, weights_to_save
 from app.config import Settings
-from app.datasets.service import DatasetArrays, dataset_arrays, dataset_exists, get_dataset
 from app.db import make_engine, session_factory
-from app.finetune.options import FinetuneOptions
-from app.finetune.pipeline import finetune
-from app.finetune.race import race_cost
-from app.finetune.train import Accelerator, Cancelled
-from app.jobs.estimates import (
-    HEARTBEAT_SECONDS,
-    device_type,
-    forget_worker,
-    heartbeat,
-    phase_plan,
-    split_totals,
-)
-from app.jobs.evaluations import run_evaluation
-from app.jobs.finetunes import MODEL_WEIGHTS
-from app.jobs.progress import Meter, ProgressWriter
-from app.jobs.race import race_shortlist
+from app.finetune.train import Cancelled
+from app.jobs.estimates import HEARTBEAT_SECONDS, device_type, forget_worker, heartbeat
+from app.jobs.kinds import JobKinds, JobRun
 from app.jobs.service import (
-    CANCELLED,
-    FAILED,
-    SUCCEEDED,
     claim_next_job,
     finish_job,
     make_worker_id,
@@ -55,12 +34,9 @@ from app.jobs.service import (
     renew_lease,
 )
 from app.memory import limit_arenas, trim
-from app.models import Evidence, FinetunedModel, Job
+from app.models import Job, JobStatus
 from app.p2l.reference import resolve_device
 from app.store import ArtifactStore, make_store
-from app.unit_of_work import unit_of_work
-from app.zoo.calibration import evidence_of, refit_if_due
-from app.zoo.sources import get_source, weights_path
 
 logger = logging.getLogger("p2l.worker")
 
@@ -136,7 +112,7 @@ class Lease:
     def _fail(self, reason: str) -> None:
         """End the job as failed now, whatever the training is doing, and stop it."""
         with self.sessions() as session:
-            finish_job(session, self.job_id, self.worker_id, FAILED, error=reason)
+            finish_job(session, self.job_id, self.worker_id, JobStatus.FAILED, error=reason)
             session.commit()
         logger.error("job %s: %s", self.job_id, reason)
         self.lost.set()
@@ -154,136 +130,6 @@ class Lease:
             logger.warning("job %s: parent process gone; job released, exiting", self.job_id)
         finally:  # even without a database: the lease then expires and is reaped
             os._exit(1)
-
-
-def run_finetune(
-    sessions: sessionmaker[Session],
-    store: ArtifactStore,
-    device: torch.device,
-    job: Job,
-    lease: Lease,
-) -> None:
-    """Fine-tune the job's source on its target and publish the model (all or nothing)."""
-    params = job.params
-    options = FinetuneOptions.from_record(params["options"])
-    race = params.get("race")
-    with sessions() as session:
-        dataset = get_dataset(session, params["target_dataset_id"])
-        source = get_source(
-            session, race["contestants"][0]["source_id"] if race else params["source_id"]
-        )
-    train_images, val_images, _ = split_totals(dataset.class_counts, options)
-    meter = Meter(
-        lease.worker_id, source.architecture, source.input_size, device_type(device),
-        train_images, val_images,
-    )  # fmt: skip
-    estimate = params.get("estimate") or {}
-    plan = phase_plan(options, race["trial_epochs"] if race else ())
-    progress = ProgressWriter(sessions, lease, plan, meter, estimate.get("seconds"))
-    settings = lease.settings
-    accelerator = Accelerator(
-        mixed_precision=settings.mixed_precision,
-        channels_last=settings.channels_last,
-        pin_memory=settings.pin_memory,
-    )
-
-    @functools.cache
-    def arrays(size: int) -> DatasetArrays:
-        return dataset_arrays(
-            store, dataset, size, settings.pixel_cache_max_bytes,
-            processes=None if settings.decode_processes else False,
-            dataset_exists=lambda: _dataset_exists(sessions, dataset.id),
-        )  # fmt: skip
-
-    race_record = None
-    try:
-        if race:
-            progress.set_phase("loading", f"loading {dataset.num_images} images for the race")
-            race_record = race_shortlist(
-                sessions, store, device, options, race, arrays, progress, accelerator
-            )
-            with sessions() as session:
-                source = get_source(session, race_record["winner"])
-            arrays.cache_clear()  # only the winner's input size is needed from here on
-            progress.meter = replace(
-                meter, architecture=source.architecture, input_size=source.input_size
-            )
-        progress.set_phase(
-            "loading", f"loading {dataset.num_images} images and the source {source.name}"
-        )
-        target = arrays(source.input_size)
-        model = load_model(source.architecture, source.num_classes, weights_path(store, source))
-        spec = get_spec(source.architecture)
-        model, report = finetune(
-            model,
-            source.architecture,
-            target.images,
-            target.labels,
-            target.class_names,
-            spec.mean,
-            spec.std,
-            options,
-            device=device,
-            progress=progress.update,
-            should_stop=progress.should_stop,
-            image_names=target.image_names,
-            accelerator=accelerator,
-        )
-        progress.set_phase("saving", "saving the model")
-    finally:
-        progress.close()
-        arrays.cache_clear()
-
-    model_id = os.urandom(16).hex()
-    key = f"models/{model_id}"
-    result = {"model_id": model_id, **report.__dict__}
-    if race_record is not None:
-        finetune_epochs = sum(e for phase, e in plan if phase in ("auto_search", "fine_tune"))
-        race_record["cost"] = {
-            **race_cost(race_record["epochs"], finetune_epochs, len(race_record["contestants"])),
-            "race_seconds": race_record.pop("seconds"),
-            "finetune_seconds": round(report.seconds, 3),
-        }
-        result["race"] = race_record
-    try:  # what the fine-tune showed, for the ranking's calibration: never worth the model
-        evidence = evidence_of(store, job.id, dataset, source, result)
-    except Exception:
-        evidence = None
-        logger.exception("job %s: no calibration evidence recorded", job.id)
-    with sessions() as session, unit_of_work(session, store) as work:
-        staging = work.stage()
-        save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
-        work.publish(staging, key)
-        session.add(
-            FinetunedModel(
-                id=model_id,
-                job_id=job.id,
-                source_id=source.id,
-                target_dataset_id=dataset.id,
-                architecture=source.architecture,
-                input_size=source.input_size,
-                class_names=target.class_names,
-                report=result,
-                artifact_key=key,
-            )
-        )
-        if evidence is not None:
-            session.add(evidence)
-        # The commit checks the lease: a job reaped meanwhile (and perhaps running on
-        # another worker) gets nothing from this one.
-        if not finish_job(
-            session, job.id, lease.worker_id, SUCCEEDED,
-            result=result, model_id=model_id, error=None,
-        ):  # fmt: skip
-            logger.warning("job %s: lease lost before the commit; model discarded", job.id)
-            work.abandon()
-    if race_record is None:  # a race's loads and trial evaluations are not this speed's
-        progress.record_job(len(target.labels))
-
-
-def _dataset_exists(sessions: sessionmaker[Session], dataset_id: str) -> bool:
-    with sessions() as session:
-        return dataset_exists(session, dataset_id)
 
 
 class Heartbeat:
@@ -348,29 +194,39 @@ class Heartbeat:
             self.beat()
 
 
-JobBody = Callable[[sessionmaker[Session], ArtifactStore, torch.device, Job, Lease], None]
-
-# What a worker runs for each job kind.
-JOB_KINDS: dict[str, JobBody] = {"finetune": run_finetune, "evaluate": run_evaluation}
-
-
-def run_job(
+def job_run(
+    kinds: JobKinds,
     sessions: sessionmaker[Session],
     store: ArtifactStore,
     device: torch.device,
     job: Job,
     lease: Lease,
-) -> None:
-    """Run one claimed job and record how it ended (only while this worker holds it)."""
+) -> JobRun[Any]:
+    """The claimed job as its kind's handler takes it (ValueError: unknown kind or params)."""
+    kind = kinds.get(job.kind)
+    if kind is None:
+        raise ValueError(f"unknown job kind {job.kind!r}; this worker runs {sorted(kinds)}")
+    return JobRun(job, kind.params_of(job), sessions, store, lease.settings, device, lease)
+
+
+def run_job(
+    kinds: JobKinds,
+    sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    device: torch.device,
+    job: Job,
+    lease: Lease,
+) -> JobRun[Any] | None:
+    """Run one claimed job and record how it ended (only while this worker holds it); the
+    run, for the kind's ``after``, when it got as far as its handler."""
+    run = None
     try:
-        runner = JOB_KINDS.get(job.kind)
-        if runner is None:
-            raise ValueError(f"unknown job kind {job.kind!r}")
-        runner(sessions, store, device, job, lease)
+        run = job_run(kinds, sessions, store, device, job, lease)
+        kinds[job.kind].run(run)
     except Cancelled as exc:
         with sessions() as session:
             if not finish_job(
-                session, job.id, lease.worker_id, CANCELLED, error=f"cancelled: {exc}"
+                session, job.id, lease.worker_id, JobStatus.CANCELLED, error=f"cancelled: {exc}"
             ):
                 logger.warning("job %s stopped: this worker no longer holds it", job.id)
             session.commit()
@@ -378,11 +234,13 @@ def run_job(
         logger.exception("job %s failed", job.id)
         with sessions() as session:
             error = f"{type(exc).__name__}: {exc}"[:2000]
-            finish_job(session, job.id, lease.worker_id, FAILED, error=error)
+            finish_job(session, job.id, lease.worker_id, JobStatus.FAILED, error=error)
             session.commit()
+    return run
 
 
 def run_claimed_job(
+    kinds: JobKinds,
     sessions: sessionmaker[Session],
     store: ArtifactStore,
     device: torch.device,
@@ -398,32 +256,20 @@ def run_claimed_job(
         beat.running(job.id)
     try:
         with Lease(sessions, settings, job.id, worker_id, parent_pid) as lease:
-            run_job(sessions, store, device, job, lease)
-        if job.kind == "finetune":  # outside the lease: the job has ended
-            refit_after(sessions, store, settings, job.id)
+            run = run_job(kinds, sessions, store, device, job, lease)
+        after = kinds[job.kind].after if run is not None else None
+        if after is not None and run is not None:  # outside the lease: the job has ended
+            try:
+                after(run)
+            except Exception:  # advice: never the job's failure
+                logger.exception("job %s: %s's follow-up failed", job.id, job.kind)
     finally:
         if beat is not None:
             beat.running(None)
         trim()  # the job's freed buffers go back to the OS, not kept until the next job
 
 
-def refit_after(
-    sessions: sessionmaker[Session], store: ArtifactStore, settings: Settings, job_id: str
-) -> None:
-    """The automatic calibration refit after a fine-tune that left evidence, when due (a
-    refit is advice: a failure is logged, never the job's)."""
-    try:
-        with sessions() as session:
-            reference = session.scalar(
-                select(Evidence.reference_sha256).where(Evidence.job_id == job_id)
-            )
-            if reference is not None:
-                refit_if_due(session, store, settings, reference)
-    except Exception:
-        logger.exception("job %s: the automatic calibration refit failed", job_id)
-
-
-def run_next_job(settings: Settings, worker_id: str) -> str | None:
+def run_next_job(kinds: JobKinds, settings: Settings, worker_id: str) -> str | None:
     """Claim the oldest queued job and run it like the worker loop does; its id, or None.
 
     The body of a Ray task (app.jobs.ray_runner): a process with no parent to watch, one
@@ -440,14 +286,17 @@ def run_next_job(settings: Settings, worker_id: str) -> str | None:
             if job is None:  # another worker took it first
                 return None
             store = make_store(settings)
-            run_claimed_job(sessions, store, device, settings, job, worker_id, beat=beat)
+            run_claimed_job(kinds, sessions, store, device, settings, job, worker_id, beat=beat)
             return job.id
     finally:
         engine.dispose()
 
 
 def run_worker(
-    settings: Settings, parent_pid: int | None = None, id_suffix: str | None = None
+    kinds: JobKinds,
+    settings: Settings,
+    parent_pid: int | None = None,
+    id_suffix: str | None = None,
 ) -> None:
     """Run queued jobs one at a time until stopped, or until the parent process is gone.
 
@@ -473,7 +322,9 @@ def run_worker(
                 if job is None:
                     time.sleep(POLL_SECONDS)
                     continue
-                run_claimed_job(sessions, store, device, settings, job, worker_id, parent_pid, beat)
+                run_claimed_job(
+                    kinds, sessions, store, device, settings, job, worker_id, parent_pid, beat
+                )
     except StopRequested as exc:
         stop = exc
         raise
@@ -511,7 +362,3 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise StopRequested(signum)
-
-
-if __name__ == "__main__":
-    run_worker(Settings())

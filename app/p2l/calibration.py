@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.p2l.scoring import Measure, ScoringParams, SignatureIndex
+from app.measures import CALIBRATED_MEASURES, Measure
+from app.p2l.scoring import ScoringParams, SignatureIndex
 from app.p2l.signature import DatasetSignature
 
-GRID_MEASURES: tuple[Measure, ...] = ("kl", "js", "cosine")
 GRID_LAMBDAS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
@@ -45,7 +45,7 @@ class TargetEvidence:
 
 def grid(current: RankingParams) -> list[RankingParams]:
     """The parameters a refit chooses among, the current ones first (they win ties)."""
-    candidates = [RankingParams(m, lam) for m in GRID_MEASURES for lam in GRID_LAMBDAS]
+    candidates = [RankingParams(m, lam) for m in CALIBRATED_MEASURES for lam in GRID_LAMBDAS]
     return [current, *(c for c in candidates if c != current)]
 
 

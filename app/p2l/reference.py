@@ -1,7 +1,7 @@
 """The reference network: one fixed feature extractor that embeds every dataset the same way.
 
 ``ReferenceNetwork.embed`` is the single entry point: image files in, pooled features out,
-one batch at a time, with image decoding done ahead of the model (app.datasets.loading).
+one batch at a time, with image decoding done ahead of the model (app.imaging.loading).
 """
 
 import hashlib
@@ -21,7 +21,7 @@ from app.architectures import (
     head_attribute,
     weights_to_save,
 )
-from app.datasets.loading import decode_threads, pixel_batches, usable_cpus
+from app.imaging.loading import decode_threads, pixel_batches, usable_cpus
 
 # From this input size on the forward pass dominates decoding (resnet18 at 224 px: ~30 ms
 # an image on one core, decoding ~0.7 ms), so torch gets every CPU.
@@ -68,7 +68,7 @@ class ReferenceNetwork:
     mixed_precision: bool = True
     channels_last: bool = True
     pin_memory: bool = True
-    # Large sets decode in a process pool (see app.datasets.loading); False: threads only.
+    # Large sets decode in a process pool (see app.imaging.loading); False: threads only.
     decode_processes: bool = True
 
     def share_cpus(self, loader_threads: int = 0) -> None:

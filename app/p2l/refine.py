@@ -6,7 +6,7 @@ through every candidate. Refining only P2L's top ``k`` costs ``k`` passes: the s
 scored by the measure that reads each candidate's own features and head.
 """
 
-from typing import Literal, assert_never
+from typing import assert_never
 
 import numpy as np
 import torch
@@ -14,11 +14,8 @@ from torch import nn
 
 from app.architectures import head_attribute
 from app.finetune.train import ImageTensors
+from app.measures import RefineMethod
 from app.p2l.peers import leep, logme, nce
-
-RefineMethod = Literal["logme", "leep", "nce"]
-# Each re-ranked source costs a forward pass of the target inside the request.
-MAX_REFINE_TOP = 20
 
 
 def source_outputs(

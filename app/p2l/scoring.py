@@ -15,17 +15,13 @@ Every measure reports ``similarity = exp(-D)``. Methods: ``p2l`` (the score abov
 
 import threading
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import linprog
 
+from app.measures import MEASURES, METHODS, Measure, Method
 from app.p2l.signature import DatasetSignature
-
-Measure = Literal["kl", "js", "cosine", "emd"]
-Method = Literal["p2l", "distance", "largest"]
-MEASURES: tuple[Measure, ...] = ("kl", "js", "cosine", "emd")
-METHODS: tuple[Method, ...] = ("p2l", "distance", "largest")
 
 
 @dataclass(frozen=True)
@@ -55,10 +51,6 @@ def to_distribution(mean: np.ndarray, eps: float) -> np.ndarray:
     distribution: np.ndarray = shifted / shifted.sum(axis=-1, keepdims=True)
     return distribution
 
-
-def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """``KL(p || q)`` of two probability vectors."""
-    return float(np.sum(p * (np.log(p) - np.log(q))))
 
 
 def emd(
@@ -255,7 +247,7 @@ class SignatureIndex:
                     )
                 ]
             )
-        raise ValueError(f"unknown measure {measure!r}; choose one of {MEASURES}")
+        raise ValueError(f"unknown measure {measure!r}; choose one of {tuple(MEASURES)}")
 
     def rank(
         self,

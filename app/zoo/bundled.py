@@ -22,8 +22,8 @@ from app.models import Source
 from app.p2l.reference import ReferenceNetwork, load_reference
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import load_signature
+from app.services.sources import register_source
 from app.store import ArtifactStore
-from app.zoo.sources import register_source
 
 logger = logging.getLogger("p2l")
 

@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.datasets.images import ImageRejected
-from app.datasets.service import SIGNATURE_FILE as DATASET_SIGNATURE
-from app.datasets.service import dataset_files, dataset_signature
+from app.imaging.images import ImageRejected
 from app.models import Dataset, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature
+from app.services.datasets import SIGNATURE_FILE as DATASET_SIGNATURE
+from app.services.datasets import dataset_files, dataset_signature
+from app.services.sources import SIGNATURE_FILE as SOURCE_SIGNATURE
+from app.services.sources import record_change
 from app.store import ArtifactStore
 from app.zoo.bundled import import_bundled_sources, missing_bundled_sources
-from app.zoo.sources import SIGNATURE_FILE as SOURCE_SIGNATURE
-from app.zoo.sources import record_change
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from app.datasets.images import ImageRejected, open_rgb, square_pixels, to_rgb
+from app.imaging.images import ImageRejected, open_rgb, square_pixels, to_rgb
 
 SIZE = 32
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "families"

@@ -4,26 +4,26 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, ContextDep, PageToken, SessionDep
 from app.api.problems import problem_responses
 from app.schemas import CalibrationOut, EvidenceOut, Page
-from app.zoo import calibration as service
+from app.services import calibration as service
 
 router = APIRouter(prefix="/v1/calibration", tags=["calibration"])
 
 
 @router.get("", response_model=CalibrationOut, summary="The ranking parameters in force")
-def get_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
+def get_calibration(ctx: ContextDep) -> CalibrationOut:
     """Measure and lambda in force (a refit's, or the bundled defaults), the evidence left by
     successful fine-tunes, and the mean regret on it of the parameters in force, of the
     defaults and of a refit (leave one target out)."""
     return CalibrationOut.model_validate(
         service.calibration_status(
-            session,
-            state.store,
-            state.reference.weights_sha256,
-            state.calibration_constants(),
-            state.settings.calibration_auto_refit_targets,
+            ctx.session,
+            ctx.store,
+            ctx.reference.weights_sha256,
+            service.Constants.from_settings(ctx.settings),
+            ctx.settings.calibration_auto_refit_targets,
         )
     )
 
@@ -55,16 +55,19 @@ def list_evidence(
     responses=problem_responses(_409="No target has evidence from two or more sources yet."),
     summary="Refit measure and lambda on the evidence, and put them in force",
 )
-def refit_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
+def refit_calibration(ctx: ContextDep) -> CalibrationOut:
     """Choose the measure and lambda with the lowest mean regret on the evidence, but keep
     the parameters in force unless refitting beats them leave one target out (never on a
     single usable target); later rankings use the result and record the calibration's id.
     409 while no target has evidence from two or more sources."""
     service.refit(
-        session, state.store, state.reference.weights_sha256, state.calibration_constants()
+        ctx.session,
+        ctx.store,
+        ctx.reference.weights_sha256,
+        service.Constants.from_settings(ctx.settings),
     )
-    session.commit()
-    return get_calibration(state, session)
+    ctx.session.commit()
+    return get_calibration(ctx)
 
 
 @router.post(
@@ -74,11 +77,14 @@ def refit_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
     dependencies=[ApiKeyRequired],
     summary="Put the bundled defaults back in force",
 )
-def reset_calibration(state: StateDep, session: SessionDep) -> CalibrationOut:
+def reset_calibration(ctx: ContextDep) -> CalibrationOut:
     """Later rankings use the settings' measure and lambda again, and record this reset as
     their calibration; the evidence stays, and an automatic refit waits for a new target."""
     service.reset(
-        session, state.store, state.reference.weights_sha256, state.calibration_constants()
+        ctx.session,
+        ctx.store,
+        ctx.reference.weights_sha256,
+        service.Constants.from_settings(ctx.settings),
     )
-    session.commit()
-    return get_calibration(state, session)
+    ctx.session.commit()
+    return get_calibration(ctx)

@@ -8,10 +8,10 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
-from app.datasets import service
-from app.jobs.finetunes import ensure_no_active_job_uses
 from app.models import Dataset
 from app.schemas import DatasetCreated, DatasetOut, Page, SignatureOut
+from app.services import datasets as service
+from app.services.finetunes import ensure_no_active_job_uses
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

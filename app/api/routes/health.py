@@ -8,9 +8,9 @@ from sqlalchemy import distinct, func, select, text
 
 from app.api.deps import SessionDep, StateDep
 from app.jobs.estimates import alive_workers
-from app.models import Dataset, FinetunedModel, Job, Source, utcnow
+from app.models import Dataset, FinetunedModel, Job, JobStatus, Source, utcnow
 from app.schemas import HealthOut
-from app.zoo.sources import catch_up
+from app.services.sources import catch_up
 
 router = APIRouter(tags=["health"])
 
@@ -62,6 +62,6 @@ def metrics(state: StateDep, session: SessionDep) -> str:
     jobs_by_status = dict(
         session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
     )
-    for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+    for status in JobStatus:
         lines.append(f'p2l_jobs{{status="{status}"}} {jobs_by_status.get(status, 0)}')
     return "\n".join(lines) + "\n"

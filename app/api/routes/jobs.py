@@ -10,6 +10,7 @@ from app.api import streams
 from app.api.deps import (
     PAGE_PROBLEMS,
     ApiKeyRequired,
+    ContextDep,
     PageToken,
     ServiceState,
     SessionDep,
@@ -18,12 +19,12 @@ from app.api.deps import (
 from app.api.idempotency import IdempotencyHeader, digest_json, idempotent
 from app.api.problems import problem_responses
 from app.errors import NotFound
-from app.jobs import evaluations, finetunes
 from app.jobs import service as jobs
 from app.jobs.estimates import alive_workers, no_worker_warning
-from app.models import Job
+from app.models import TERMINAL_STATUSES, Job, JobStatus
 from app.pagination import is_valid_id
 from app.schemas import Estimate, FinetuneRequest, JobOut, Page
+from app.services import evaluations, finetunes
 
 router = APIRouter(tags=["jobs"])
 
@@ -41,11 +42,11 @@ def no_worker_warning_for(state: ServiceState, session: Session) -> str | None:
 def job_outs(state: ServiceState, session: Session, rows: list[Job]) -> list[JobOut]:
     """The jobs' bodies, queued ones with the warning that no worker is alive while that
     holds (looked up once for them all)."""
-    queued = any(job.status == jobs.QUEUED for job in rows)
+    queued = any(job.status == JobStatus.QUEUED for job in rows)
     warning = no_worker_warning_for(state, session) if queued else None
     outs = [JobOut.model_validate(job) for job in rows]
     for out in outs:
-        if out.status == jobs.QUEUED and warning is not None:
+        if out.status == JobStatus.QUEUED and warning is not None:
             out.warnings = [*out.warnings, warning]
     return outs
 
@@ -84,7 +85,7 @@ DryRun = Annotated[
 )
 def start_finetune(
     state: StateDep,
-    session: SessionDep,
+    ctx: ContextDep,
     request: FinetuneRequest,
     response: Response,
     idempotency_key: IdempotencyHeader,
@@ -96,12 +97,8 @@ def start_finetune(
     Every problem the request can have is found here (422), not later in the worker.
     """
     # What both a dry run and a real submission check and plan from.
-    params, measure, calibration_id = state.ranking_params(session)
-    plan = (
-        session, state.store, state.index, state.reference, params, measure,
-        request.target_dataset_id, request.source_id, request.options(), request.race,
-        calibration_id,
-    )  # fmt: skip
+    session = ctx.session
+    plan = (ctx, request.target_dataset_id, request.source_id, request.options(), request.race)
     if dry_run:
         _, estimate = finetunes.plan_finetune(*plan)
         session.rollback()  # the ranking made for "best" stays unstored
@@ -218,7 +215,11 @@ async def job_events(state: StateDep, job_id: str) -> StreamingResponse:
             headers={"Retry-After": "5"},
         )
     events = streams.job_events(
-        first, state.job_snapshots, slot, jobs.TERMINAL, state.settings.event_stream_idle_seconds
+        first,
+        state.job_snapshots,
+        slot,
+        TERMINAL_STATUSES,
+        state.settings.event_stream_idle_seconds,
     )
     return streams.SlotStreamingResponse(
         events, slot, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}

@@ -12,14 +12,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 from starlette.background import BackgroundTask
 
-from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, ContextDep, PageToken, SessionDep, StateDep
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.api.routes.jobs import job_out
-from app.datasets.service import IMAGES_DIR
 from app.errors import NotFound, TooLarge
 from app.finetune.export import MODEL_FILES, ExportFormat, export_model, preprocessing_spec
-from app.jobs import evaluations, finetunes
 from app.jobs import service as jobs
 from app.models import Dataset, FinetunedModel, Job, Source
 from app.schemas import (
@@ -31,6 +29,9 @@ from app.schemas import (
     PreprocessingOut,
     SourceOut,
 )
+from app.services import evaluations
+from app.services import models as service
+from app.services.datasets import IMAGES_DIR
 from app.zoo import plots
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -48,7 +49,7 @@ def list_models(
     page_token: PageToken = None,
 ) -> Page[ModelOut]:
     """One page of models."""
-    rows, next_token = finetunes.list_models(session, page_size, page_token)
+    rows, next_token = service.list_models(session, page_size, page_token)
     return Page[ModelOut](
         items=[ModelOut.model_validate(r) for r in rows], next_page_token=next_token
     )
@@ -57,7 +58,7 @@ def list_models(
 @router.get("/{model_id}", response_model=ModelOut, summary="A fine-tuned model and its report")
 def get_model(session: SessionDep, model_id: str) -> FinetunedModel:
     """Per-epoch metrics, validation accuracy, per-class accuracy, confusion matrix, schedule."""
-    return finetunes.get_model(session, model_id)
+    return service.get_model(session, model_id)
 
 
 @router.get(
@@ -68,9 +69,9 @@ def get_model(session: SessionDep, model_id: str) -> FinetunedModel:
 )
 def download_weights(state: StateDep, session: SessionDep, model_id: str) -> FileResponse:
     """The weights exactly as the job wrote them."""
-    row = finetunes.get_model(session, model_id)
+    row = service.get_model(session, model_id)
     return FileResponse(
-        finetunes.model_weights_path(state.store, row),
+        service.model_weights_path(state.store, row),
         media_type="application/octet-stream",
         filename=f"model-{model_id}.safetensors",
     )
@@ -105,9 +106,9 @@ def predict(
                 f"file {i} is larger than the limit of {settings.max_image_bytes:,} bytes"
             )
         images.append((upload.filename or f"file{i}", data))
-    row = finetunes.get_model(session, model_id)
+    row = service.get_model(session, model_id)
     network = state.models.get(state.store, row)
-    predictions = finetunes.predict(network, row, images, settings.max_image_pixels, top_k)
+    predictions = service.predict(network, row, images, settings.max_image_pixels, top_k)
     return PredictionsOut(model_id=model_id, predictions=predictions)
 
 
@@ -119,7 +120,7 @@ def predict(
 )
 def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Response:
     """A source registered from the model keeps its own copy of the weights."""
-    finetunes.delete_model(session, state.store, state.models, model_id)
+    service.delete_model(session, state.store, state.models, model_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -135,8 +136,7 @@ def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Respons
     ),
 )
 def register(
-    state: StateDep,
-    session: SessionDep,
+    ctx: ContextDep,
     model_id: str,
     name: Annotated[
         str | None,
@@ -150,11 +150,7 @@ def register(
     ] = None,
 ) -> Source:
     """The new source's signature is its target dataset's: the zoo grows with use."""
-    return finetunes.register_model(
-        session, state.store, state.index, state.reference, model_id, name,
-        max_classes=state.settings.max_source_classes,
-        max_name_bytes=state.settings.max_name_bytes,
-    )  # fmt: skip
+    return service.register_model(ctx, model_id, name)
 
 
 @router.get(
@@ -164,7 +160,7 @@ def register(
 )
 def get_preprocessing(session: SessionDep, model_id: str) -> dict[str, Any]:
     """Input size, mean and std, class names, layout, colour, scale and the resize in words."""
-    row = finetunes.get_model(session, model_id)
+    row = service.get_model(session, model_id)
     return preprocessing_spec(row.architecture, row.input_size, row.class_names)
 
 
@@ -189,7 +185,7 @@ def export(
 ) -> FileResponse:
     """A zip of ``model.onnx`` or ``model.pt`` and ``preprocessing.json``: run it anywhere
     without this project (onnxruntime, or ``torch.jit.load``). Built on demand (seconds)."""
-    row = finetunes.get_model(session, model_id)
+    row = service.get_model(session, model_id)
     network = state.models.get(state.store, row)  # the cache's lock is not held past this
     folder = state.store.new_staging_dir()
     try:
@@ -220,7 +216,7 @@ def export(
 def confusion_png(session: SessionDep, model_id: str) -> Response:
     """Rows: true class, columns: predicted class, counts in the cells; the title names the
     split and the accuracy."""
-    row = finetunes.get_model(session, model_id)
+    row = service.get_model(session, model_id)
     report = row.report
     evaluation = report.get("evaluation")
     if evaluation:
@@ -260,7 +256,7 @@ def misclassified_image(
 ) -> Response:
     """Its bytes from the model's target dataset; ``report.evaluation.misclassified[k]``
     says its name, true and predicted label."""
-    row = finetunes.get_model(session, model_id)
+    row = service.get_model(session, model_id)
     evaluation = row.report.get("evaluation")
     if not evaluation:
         raise NotFound(
@@ -306,7 +302,7 @@ def misclassified_image(
 )
 def evaluate_archive(
     state: StateDep,
-    session: SessionDep,
+    ctx: ContextDep,
     idempotency_key: IdempotencyHeader,
     model_id: str,
     file: Annotated[
@@ -322,16 +318,15 @@ def evaluate_archive(
     P2L_EVALUATE_SYNC_MAX_IMAGES (500) images: 200 with the report; more: 202 with a job of
     kind ``evaluate`` (Location), whose result is the report. The archive is checked like a
     dataset upload."""
-    row = finetunes.get_model(session, model_id)
+    session = ctx.session
+    row = service.get_model(session, model_id)
     digest = digest_files([file.file], model_id)
     with idempotent(state.sessions, session, "evaluations", idempotency_key, digest) as claim:
         replayed = claim.replay_id is not None
         if claim.replay_id is not None:
             outcome: dict[str, Any] | Job = jobs.get_job(session, claim.replay_id)
         else:
-            outcome = evaluations.evaluate_upload(
-                session, state.store, state.settings, state.models, row, file.file
-            )
+            outcome = evaluations.evaluate_upload(ctx, state.models, row, file.file)
             if isinstance(outcome, Job):
                 claim.complete(outcome.id)  # a report made at once has nothing to replay
     if isinstance(outcome, dict):

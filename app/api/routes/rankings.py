@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import ApiKeyRequired, SessionDep, StateDep
+from app.api.deps import ApiKeyRequired, ContextDep, SessionDep
 from app.models import Ranking
 from app.schemas import RankingOut, RankingRequest
+from app.services import rankings as service
+from app.services.calibration import ranking_params
 from app.zoo import plots
-from app.zoo import rankings as service
 
 router = APIRouter(prefix="/v1/rankings", tags=["rankings"])
 
@@ -36,9 +37,7 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
     dependencies=[ApiKeyRequired],
     summary="Rank the sources for a target dataset",
 )
-def create_ranking(
-    state: StateDep, session: SessionDep, request: RankingRequest, response: Response
-) -> RankingOut:
+def create_ranking(ctx: ContextDep, request: RankingRequest, response: Response) -> RankingOut:
     """One vectorised scoring pass over the in-memory signature matrix; parts of every score.
 
     With `refine`, a second stage re-ranks the first's top `k` by LogME, LEEP or NCE: one
@@ -46,14 +45,11 @@ def create_ranking(
     per source for compact networks at 32 px, seconds at 224 px; `refine` in the answer
     says what it cost).
     """
-    params, measure, calibration_id = state.ranking_params(
-        session, request.method, request.measure, request.lam
+    params, measure, calibration_id = ranking_params(
+        ctx, request.method, request.measure, request.lam
     )
     ranking, elapsed_ms = service.rank_sources(
-        session,
-        state.store,
-        state.index,
-        state.reference,
+        ctx,
         params,
         target_dataset_id=request.target_dataset_id,
         method=request.method,
@@ -64,9 +60,6 @@ def create_ranking(
         refine=service.Refine(request.refine.method, request.refine.top)
         if request.refine is not None
         else None,
-        decoding=service.Decoding(
-            state.settings.pixel_cache_max_bytes, state.settings.decode_processes
-        ),
     )
     response.headers["Location"] = f"/v1/rankings/{ranking.id}"
     return ranking_out(ranking, elapsed_ms)

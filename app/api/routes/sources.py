@@ -11,13 +11,13 @@ from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, S
 from app.api.examples import DATASET_ID
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
-from app.datasets.service import get_dataset
 from app.errors import InvalidInput
-from app.jobs.finetunes import ensure_no_active_job_uses
 from app.models import Source
 from app.schemas import Page, SourceOut
+from app.services import sources as service
+from app.services.datasets import get_dataset
+from app.services.finetunes import ensure_no_active_job_uses
 from app.zoo import plots
-from app.zoo import sources as service
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 

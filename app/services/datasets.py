@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.datasets import pixel_cache
-from app.datasets.archive import ArchiveError, ArchiveLimits, ImageFolder, extract_image_folder
 from app.errors import InvalidInput
+from app.imaging import pixel_cache
+from app.imaging.archive import ArchiveError, ArchiveLimits, ImageFolder, extract_image_folder
 from app.models import Dataset
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature

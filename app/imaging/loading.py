@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.datasets.images import open_rgb, square_pixels
+from app.imaging.images import open_rgb, square_pixels
 
 # Stored images passed validation at upload; this only bounds the work a stray file can cause.
 LOAD_MAX_PIXELS = 100_000_000

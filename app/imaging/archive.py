@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from app.datasets.images import ImageRejected, open_rgb
+from app.imaging.images import ImageRejected, open_rgb
 
 # What each rejection ``kind`` means (the API documents these; the reason says the details).
 REJECTION_KINDS: dict[str, str] = {

@@ -11,15 +11,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.architectures import get_spec, load_model
-from app.datasets.service import DatasetArrays, dataset_arrays, dataset_exists
 from app.errors import InvalidInput
+from app.measures import Measure, Method, RefineMethod
 from app.models import Dataset, Ranking, Source
-from app.p2l.reference import ReferenceNetwork
-from app.p2l.refine import RefineMethod, source_outputs, transferability
-from app.p2l.scoring import Measure, Method, ScoringParams, SignatureIndex
+from app.p2l.refine import source_outputs, transferability
+from app.p2l.scoring import ScoringParams
 from app.pagination import get_by_id, is_valid_id
-from app.store import ArtifactStore
-from app.zoo.sources import catch_up, signature_for_dataset, weights_path
+from app.services.context import Context
+from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists
+from app.services.sources import catch_up, signature_for_dataset, weights_path
 
 
 @dataclass(frozen=True)
@@ -30,19 +30,8 @@ class Refine:
     top: int
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """How the second stage gets the target's pixels (the service's settings)."""
-
-    cache_max_bytes: int = 0  # the pixel cache's bound (0: no cache)
-    processes: bool = True  # False: decode on threads only
-
-
 def rank_sources(
-    session: Session,
-    store: ArtifactStore,
-    index: SignatureIndex,
-    reference: ReferenceNetwork,
+    ctx: Context,
     params: ScoringParams,
     *,
     target_dataset_id: str,
@@ -51,7 +40,6 @@ def rank_sources(
     source_ids: list[str] | None = None,
     top_k: int | None = None,
     refine: Refine | None = None,
-    decoding: Decoding = Decoding(),
     calibration_id: str | None = None,
 ) -> tuple[Ranking, float]:
     """Rank (some of) the zoo for a target and add the result; returns it and the ms taken.
@@ -61,6 +49,7 @@ def rank_sources(
     The ranking is flushed, not committed: it lands with the caller's transaction (the
     request's managed session, so a fine-tune refused after ranking keeps no ranking).
     """
+    session, store, index, reference = ctx.session, ctx.store, ctx.index, ctx.reference
     target = signature_for_dataset(session, store, reference, target_dataset_id)
     # The index caches the database: take in what other replicas changed meanwhile.
     catch_up(session, store, index, reference)
@@ -128,9 +117,7 @@ def rank_sources(
     )
     if refine is not None:
         dataset = get_by_id(session, Dataset, target_dataset_id, "dataset")
-        ranking.results, ranking.refine = refine_results(
-            session, store, dataset, ranking.results, refine, decoding, reference.device
-        )
+        ranking.results, ranking.refine = refine_results(ctx, dataset, ranking.results, refine)
         ranking.refine["first_stage_ms"] = elapsed_ms
         ranking.results = ranking.results[:top_k]
     session.add(ranking)
@@ -139,16 +126,11 @@ def rank_sources(
 
 
 def refine_results(
-    session: Session,
-    store: ArtifactStore,
-    dataset: Dataset,
-    results: list[dict[str, Any]],
-    refine: Refine,
-    decoding: Decoding,
-    device: torch.device,
+    ctx: Context, dataset: Dataset, results: list[dict[str, Any]], refine: Refine
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The first stage's results with its top ``refine.top`` re-ranked by ``refine.method``
     (every result keeps its first-stage rank as ``first_stage_rank``), and what it cost."""
+    session, store, settings, device = ctx.session, ctx.store, ctx.settings, ctx.reference.device
     started = time.perf_counter()
     shortlist = results[: refine.top]
     sources = {s.id: s for s in session.scalars(
@@ -161,8 +143,8 @@ def refine_results(
             continue
         if source.input_size not in targets:
             targets[source.input_size] = dataset_arrays(
-                store, dataset, source.input_size, decoding.cache_max_bytes,
-                processes=None if decoding.processes else False,
+                store, dataset, source.input_size, settings.pixel_cache_max_bytes,
+                processes=None if settings.decode_processes else False,
                 dataset_exists=lambda: dataset_exists(session, dataset.id),
             )  # fmt: skip
         target = targets[source.input_size]

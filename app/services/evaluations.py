@@ -16,21 +16,24 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from app.architectures import get_spec, load_model
 from app.config import Settings
-from app.datasets.archive import ArchiveError, ImageFolder, extract_image_folder
-from app.datasets.loading import pixel_batches
-from app.datasets.service import IMAGES_DIR, archive_limits, image_files
 from app.errors import InvalidInput
 from app.finetune.evaluation import evaluation_report
 from app.finetune.train import Cancelled, ImageTensors, evaluate
-from app.jobs.finetunes import ModelCache, get_model, model_weights_path
-from app.jobs.progress import HeldLease, ProgressWriter
-from app.jobs.service import SUCCEEDED, TERMINAL, finish_job, submit_job
-from app.models import FinetunedModel, Job
+from app.imaging.archive import ArchiveError, ImageFolder, extract_image_folder
+from app.imaging.loading import pixel_batches
+from app.jobs.kinds import JobKind, JobRun
+from app.jobs.progress import ProgressWriter
+from app.jobs.service import finish_job, submit_job
+from app.models import TERMINAL_STATUSES, FinetunedModel, Job, JobStatus
+from app.services.context import Context
+from app.services.datasets import IMAGES_DIR, archive_limits, image_files
+from app.services.models import ModelCache, get_model, model_weights_path
 from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
 
@@ -91,7 +94,7 @@ def evaluate_files(
     """The EvaluationReport of ``network`` on image files; images named ``class/file``.
 
     Decoded and scored a batch at a time, the way training and the fine-tune's own
-    evaluation see images (``app.datasets.loading``). ``should_stop`` is checked before
+    evaluation see images (``app.imaging.loading``). ``should_stop`` is checked before
     every batch and raises Cancelled.
     """
     device = device or torch.device("cpu")
@@ -122,13 +125,20 @@ def evaluate_files(
     )
 
 
+class EvaluationJobParams(BaseModel):
+    """What an evaluation job scores: the model, and the stored archive's images."""
+
+    model_id: str
+    images: int
+    class_counts: dict[str, int]
+    rejected: list[dict[str, Any]] = []
+    rejected_counts: dict[str, int] = {}
+    rejected_total: int = 0
+    artifact_key: str = ""  # set once the job's id (which names the key) is known
+
+
 def evaluate_upload(
-    session: Session,
-    store: ArtifactStore,
-    settings: Settings,
-    cache: ModelCache,
-    model: FinetunedModel,
-    archive: IO[bytes],
+    ctx: Context, cache: ModelCache, model: FinetunedModel, archive: IO[bytes]
 ) -> dict[str, Any] | Job:
     """Check an uploaded archive; score it now (the report), or queue a job (the Job).
 
@@ -136,6 +146,7 @@ def evaluate_upload(
     archive is stored and queued, the two committed together. A refused archive leaves
     nothing behind.
     """
+    session, store, settings = ctx.session, ctx.store, ctx.settings
     with unit_of_work(session, store) as work:
         staging = work.stage()
         folder = extract_labelled_archive(
@@ -150,35 +161,25 @@ def evaluate_upload(
                 folder.files_by_class, "archive",
             )  # fmt: skip
             return {**report, **rejected}
-        job = submit_job(
-            session,
-            "evaluate",
-            {
-                "model_id": model.id,
-                "images": count,
-                "class_counts": folder.class_counts,
-                **rejected,
-            },
+        params = EvaluationJobParams(
+            model_id=model.id, images=count, class_counts=folder.class_counts, **rejected
         )
+        job = submit_job(session, EVALUATE.name, params.model_dump(mode="json"))
         key = evaluation_key(job.id)
-        job.params = {**job.params, "artifact_key": key}
+        params.artifact_key = key
+        job.params = params.model_dump(mode="json")
         work.publish(staging, key)
     return job
 
 
-def run_evaluation(
-    sessions: sessionmaker[Session],
-    store: ArtifactStore,
-    device: torch.device,
-    job: Job,
-    lease: HeldLease,
-) -> None:
-    """Score the job's model on its stored archive and record the report as the job's result."""
+def run_evaluation(run: JobRun[EvaluationJobParams]) -> None:
+    """The job's handler: score the job's model on its stored archive and record the report
+    as the job's result."""
     started = time.monotonic()
-    params = job.params
-    key = params["artifact_key"]
+    sessions, store, device, job, lease = run.sessions, run.store, run.device, run.job, run.lease
+    key = run.params.artifact_key
     with sessions() as session:
-        model = get_model(session, params["model_id"])  # NotFound: deleted since; job fails
+        model = get_model(session, run.params.model_id)  # NotFound: deleted since; job fails
         weights = model_weights_path(store, model)
     root = store.path(key) / IMAGES_DIR
     if not root.is_dir():
@@ -205,7 +206,7 @@ def run_evaluation(
     }
     with sessions() as session:
         finished = finish_job(
-            session, job.id, lease.worker_id, SUCCEEDED,
+            session, job.id, lease.worker_id, JobStatus.SUCCEEDED,
             result=report, error=None, progress=final,
         )  # fmt: skip
         session.commit()
@@ -229,7 +230,7 @@ def sweep_evaluation_archives(
     active = {
         evaluation_key(job_id)
         for job_id in session.scalars(
-            select(Job.id).where(Job.kind == "evaluate", Job.status.not_in(TERMINAL))
+            select(Job.id).where(Job.kind == EVALUATE.name, Job.status.not_in(TERMINAL_STATUSES))
         )
     }
     removed = 0
@@ -242,3 +243,6 @@ def sweep_evaluation_archives(
             store.delete(key)
             removed += 1
     return removed
+
+
+EVALUATE = JobKind("evaluate", EvaluationJobParams, run_evaluation)

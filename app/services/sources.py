@@ -14,13 +14,6 @@ from sqlalchemy.orm import Session
 
 from app.architectures import build_model, get_spec, known_architectures
 from app.config import Settings
-from app.datasets.service import (
-    SIGNATURE_FILE,
-    dataset_files,
-    dataset_signature,
-    get_dataset,
-    stored_signature,
-)
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
 from app.models import Source, ZooChange
@@ -28,6 +21,13 @@ from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature
 from app.pagination import get_by_id, paginate
+from app.services.datasets import (
+    SIGNATURE_FILE,
+    dataset_files,
+    dataset_signature,
+    get_dataset,
+    stored_signature,
+)
 from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
 

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from app.datasets.loading import load_all_pixels, pixel_batches
+from app.imaging.loading import load_all_pixels, pixel_batches
 from app.store import ArtifactStore
 
 logger = logging.getLogger("p2l.pixel_cache")

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.datasets.service import dataset_signature
 from app.errors import Conflict
+from app.measures import Measure, Method
 from app.models import Calibration, Dataset, Evidence, Source
 from app.p2l.calibration import (
     RankingParams,
@@ -25,10 +25,13 @@ from app.p2l.calibration import (
     leave_one_target_out,
     regret_table,
 )
+from app.p2l.scoring import ScoringParams
 from app.p2l.signature import DatasetSignature
 from app.pagination import paginate
+from app.services.context import Context
+from app.services.datasets import dataset_signature
+from app.services.sources import rankable_signature
 from app.store import ArtifactStore
-from app.zoo.sources import rankable_signature
 
 logger = logging.getLogger("p2l.calibration")
 
@@ -111,6 +114,28 @@ def _params_of(calibration: Calibration | None, defaults: RankingParams) -> Rank
     if calibration is None:
         return defaults
     return RankingParams(calibration.measure, calibration.lam)  # type: ignore[arg-type]
+
+
+def ranking_params(
+    ctx: Context,
+    method: Method = "p2l",
+    measure: Measure | None = None,
+    lam: float | None = None,
+) -> tuple[ScoringParams, Measure, str | None]:
+    """Score constants and measure for a ranking: the request's own where given, else,
+    for ``p2l`` (what calibrations are fitted for), the calibration's in force under the
+    active reference network, else the bundled defaults; and that calibration's id when
+    it supplied either."""
+    constants = Constants.from_settings(ctx.settings)
+    in_force, calibration_id = constants.defaults, None
+    if method == "p2l" and (measure is None or lam is None):
+        in_force, calibration_id = params_in_force(
+            ctx.session, constants.defaults, ctx.reference.weights_sha256
+        )
+    scoring = ScoringParams(
+        lam=in_force.lam if lam is None else lam, eps=constants.eps, emd_gamma=constants.emd_gamma
+    )
+    return scoring, measure or in_force.measure, calibration_id
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Decoding: archives, images, batched loading and the decoded-pixel cache (no use cases)."""

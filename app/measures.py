@@ -1,0 +1,48 @@
+"""Every measure the service knows, in one place: the API's schema, the scorer, the
+second stage and calibration all read their names from here (no torch, no numpy).
+
+Adding a P2L measure: its name in ``Measure`` and an entry in ``MEASURES`` here, and its
+vectorised distance in ``SignatureIndex.distances`` (``app.p2l.scoring``). Adding a
+second-stage measure: ``RefineMethod``, ``REFINE_METHODS`` and its formula in
+``app.p2l.peers`` (``app.p2l.refine.transferability`` dispatches on the name).
+"""
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Measure = Literal["kl", "js", "cosine", "emd"]
+Method = Literal["p2l", "distance", "largest"]
+RefineMethod = Literal["logme", "leep", "nce"]
+
+
+@dataclass(frozen=True)
+class MeasureInfo:
+    """What a P2L measure compares and whether a calibration refit may choose it."""
+
+    name: Measure
+    summary: str
+    # EMD compares per-class means and is slow per source: refits choose among the others.
+    calibrated: bool = True
+
+
+MEASURES: dict[Measure, MeasureInfo] = {
+    info.name: info
+    for info in (
+        MeasureInfo("kl", "KL(p_t || p_s) of the mean features as distributions"),
+        MeasureInfo("js", "Jensen-Shannon divergence of the mean features as distributions"),
+        MeasureInfo("cosine", "1 - cosine similarity of the mean features"),
+        MeasureInfo(
+            "emd",
+            "gamma * EMD between class-mean histograms weighted by class counts (Cui et al.)",
+            calibrated=False,
+        ),
+    )
+}
+METHODS: tuple[Method, ...] = get_args(Method)
+REFINE_METHODS: tuple[RefineMethod, ...] = get_args(RefineMethod)
+# Each re-ranked source costs a forward pass of the target inside the request.
+MAX_REFINE_TOP = 20
+# The measures a calibration refit chooses among.
+CALIBRATED_MEASURES: tuple[Measure, ...] = tuple(m for m, i in MEASURES.items() if i.calibrated)
+
+assert tuple(MEASURES) == get_args(Measure), "every Measure needs its MeasureInfo"

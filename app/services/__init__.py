@@ -1,0 +1,1 @@
+"""Use cases, one module per resource; each takes a Context (see app.services.context)."""

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from app.architectures import head_attribute
-from app.finetune.train import ImageTensors
 from app.measures import RefineMethod
 from app.p2l.peers import leep, logme, nce
 
@@ -34,14 +33,17 @@ def source_outputs(
     hook = head.register_forward_hook(
         lambda _m, inputs, _o: captured.append(inputs[0].flatten(1).float().cpu())
     )
-    data = ImageTensors(images, np.zeros(len(images), dtype=np.int64), mean, std)
+    # Normalised as training normalises (app.finetune.train.ImageTensors): uint8 NHWC in,
+    # (x - 255 mean) / (255 std) out, a batch at a time.
+    scaled_mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+    scaled_std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
     probabilities = []
     model.eval().to(device)
     try:
         with torch.inference_mode():
-            for first in range(0, len(data), batch_size):
-                index = torch.arange(first, min(first + batch_size, len(data)))
-                batch, _ = data.batch(index, device)
+            for first in range(0, len(images), batch_size):
+                pixels = torch.from_numpy(np.ascontiguousarray(images[first : first + batch_size]))
+                batch = (pixels.to(device).permute(0, 3, 1, 2).float() - scaled_mean) / scaled_std
                 probabilities.append(model(batch).float().softmax(1).cpu())
     finally:
         hook.remove()

@@ -16,9 +16,9 @@ from app.errors import InvalidInput
 from app.imaging import pixel_cache
 from app.imaging.archive import ArchiveError, ArchiveLimits, ImageFolder, extract_image_folder
 from app.models import Dataset
-from app.p2l.reference import ReferenceNetwork
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
+from app.services.context import Context
 from app.store import ArtifactStore
 from app.unit_of_work import UnitOfWork, unit_of_work
 
@@ -71,15 +71,9 @@ def default_dataset_name(filename: str | None, settings: Settings) -> str:
     return data.decode("utf-8", "ignore") or "dataset"
 
 
-def ingest_dataset(
-    session: Session,
-    store: ArtifactStore,
-    reference: ReferenceNetwork,
-    settings: Settings,
-    archive: IO[bytes],
-    name: str,
-) -> IngestResult:
+def ingest_dataset(ctx: Context, archive: IO[bytes], name: str) -> IngestResult:
     """Validate an archive, compute its signature and store both; all or nothing."""
+    session, store, reference, settings = ctx.session, ctx.store, ctx.reference, ctx.settings
     check_dataset_name(name, settings)
     dataset_id = uuid.uuid4().hex
     cache_key: str | None = None

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, ContextDep, PageToken, SessionDep, StateDep
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.models import Dataset
@@ -57,7 +57,7 @@ def replayed_rejections(dataset: Dataset) -> dict[str, object]:
 )
 def upload_dataset(
     state: StateDep,
-    session: SessionDep,
+    ctx: ContextDep,
     response: Response,
     idempotency_key: IdempotencyHeader,
     file: Annotated[
@@ -82,6 +82,7 @@ def upload_dataset(
     The answer lists classes and counts, the first P2L_MAX_REJECTED_LISTED rejected files
     with their kind and reason, and every rejected file counted by kind.
     """
+    session = ctx.session
     name = name or service.default_dataset_name(file.filename, state.settings)
     digest = digest_files([file.file], name)
     with idempotent(state.sessions, session, "datasets", idempotency_key, digest) as claim:
@@ -92,9 +93,7 @@ def upload_dataset(
                 **dataset_out(dataset).model_dump(), **replayed_rejections(dataset)
             )
         else:
-            result = service.ingest_dataset(
-                session, state.store, state.reference, state.settings, file.file, name
-            )
+            result = service.ingest_dataset(ctx, file.file, name)
             claim.complete(result.dataset.id)
             body = DatasetCreated(
                 **dataset_out(result.dataset).model_dump(), **result.folder.rejected.summary()

@@ -46,7 +46,7 @@ def job_outs(state: ServiceState, session: Session, rows: list[Job]) -> list[Job
     warning = no_worker_warning_for(state, session) if queued else None
     outs = [JobOut.model_validate(job) for job in rows]
     for out in outs:
-        if out.status == JobStatus.QUEUED and warning is not None:
+        if out.status == "queued" and warning is not None:
             out.warnings = [*out.warnings, warning]
     return outs
 

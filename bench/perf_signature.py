@@ -32,8 +32,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from app.architectures import build_model, weights_to_save
 from app.datasets import loading
+from app.families import build_model, weights_to_save
 from app.p2l.reference import FORWARD_BOUND_SIZE, ReferenceNetwork, load_reference
 from app.p2l.signature import compute_signature
 from app.zoo.bundled import BUNDLED_DIR

@@ -39,7 +39,7 @@ import torch
 from scipy.cluster.vq import kmeans2
 from scipy.stats import spearmanr
 
-from app.architectures import get_spec, load_model
+from app.families import get_spec, load_model
 from app.finetune.pipeline import _head_size, _train_copy
 from app.finetune.train import Accelerator, ImageTensors, evaluate
 from app.zoo.bundled import BUNDLED_DIR

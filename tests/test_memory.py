@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
-from app.architectures import build_model, weights_to_save
+from app.families import build_model, weights_to_save
 from app.jobs.finetunes import MODEL_WEIGHTS, ModelCache
 from app.models import FinetunedModel
 from app.store import LocalArtifactStore

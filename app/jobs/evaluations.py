@@ -19,12 +19,12 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.architectures import get_spec, load_model
 from app.config import Settings
 from app.datasets.archive import ArchiveError, ImageFolder, extract_image_folder
 from app.datasets.loading import pixel_batches
 from app.datasets.service import IMAGES_DIR, archive_limits, image_files
 from app.errors import InvalidInput
+from app.families import get_spec, load_model
 from app.finetune.evaluation import evaluation_report
 from app.finetune.train import Cancelled, ImageTensors, evaluate
 from app.jobs.finetunes import ModelCache, get_model, model_weights_path

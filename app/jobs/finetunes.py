@@ -9,10 +9,9 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.architectures import build_model, get_spec, load_model
 from app.datasets.images import ImageRejected, open_rgb, square_pixels
 from app.errors import Conflict, InvalidInput
-from app.finetune.layers import layer_groups
+from app.families import build_model, get_spec, layer_groups, load_model
 from app.finetune.options import FinetuneOptions, check_class_sizes
 from app.finetune.race import RaceOptions, race_trial_epochs
 from app.finetune.train import ImageTensors

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.architectures import get_spec, load_model
 from app.datasets.service import DatasetArrays
+from app.families import get_spec, load_model
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import race_trial
 from app.finetune.race import run_race

@@ -23,10 +23,10 @@ from safetensors.torch import save_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.architectures import get_spec, load_model, weights_to_save
 from app.config import Settings
 from app.datasets.service import DatasetArrays, dataset_arrays, dataset_exists, get_dataset
 from app.db import make_engine, session_factory
+from app.families import get_spec, load_model, weights_to_save
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
 from app.finetune.race import race_cost

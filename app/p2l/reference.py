@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from app.architectures import (
+from app.datasets.loading import decode_threads, pixel_batches, usable_cpus
+from app.families import (
     build_model,
     feature_dim,
     feature_extractor,
@@ -21,7 +22,6 @@ from app.architectures import (
     head_attribute,
     weights_to_save,
 )
-from app.datasets.loading import decode_threads, pixel_batches, usable_cpus
 
 # From this input size on the forward pass dominates decoding (resnet18 at 224 px: ~30 ms
 # an image on one core, decoding ~0.7 ms), so torch gets every CPU.

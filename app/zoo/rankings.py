@@ -10,9 +10,9 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.architectures import get_spec, load_model
 from app.datasets.service import DatasetArrays, dataset_arrays, dataset_exists
 from app.errors import InvalidInput
+from app.families import get_spec, load_model
 from app.models import Dataset, Ranking, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.refine import RefineMethod, source_outputs, transferability

@@ -12,7 +12,6 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.architectures import build_model, get_spec, known_architectures
 from app.config import Settings
 from app.datasets.service import (
     SIGNATURE_FILE,
@@ -23,6 +22,7 @@ from app.datasets.service import (
 )
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
+from app.families import build_model, get_spec, known_architectures
 from app.models import Source, ZooChange
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex

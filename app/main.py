@@ -16,6 +16,7 @@ from app.api.deps import ReadAccess, ServiceState
 from app.api.examples import add_examples
 from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
 from app.api.routes import (
+    architectures,
     calibration,
     datasets,
     health,
@@ -172,7 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     # Plain reads need a key only when the operator closes them; the schema says which do.
     reads = [ReadAccess] if settings.api_keys and not settings.open_reads else []
-    for router in (reference, datasets, sources, rankings, calibration, jobs, models):
+    routers = (reference, architectures, datasets, sources, rankings, calibration, jobs, models)
+    for router in routers:
         app.include_router(router.router, dependencies=reads)
     app.include_router(console.router)  # the web console at /: HTML pages, no schema
     app.mount("/console/static", console.static_files(), name="console-static")

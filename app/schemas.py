@@ -103,6 +103,32 @@ class ReferenceOut(BaseModel):
     device: str
 
 
+class ArchitectureOut(BaseModel):
+    """An architecture sources can have: how to feed it and how it is fine-tuned."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str = Field(description="What `architecture` takes wherever one is asked for.")
+    family: str = Field(description="Its model family: compact, resnet, mobilenet, vit...")
+    input_size: int = Field(description="Default side of the square input, in pixels.")
+    fixed_input_size: bool = Field(
+        description="True when no other input size runs (a ViT's position embedding)."
+    )
+    mean: list[float] = Field(description="Per-channel mean subtracted from pixel / 255.")
+    std: list[float] = Field(description="Per-channel divisor after the mean.")
+    layer_groups: list[str] = Field(
+        description="Its layer groups, input -> head: what `multipliers` and `freeze_below` "
+        "of a fine-tune count."
+    )
+    feature_dim: int = Field(description="Width of its pooled features (the head's input).")
+
+
+class ArchitectureList(BaseModel):
+    """Every architecture the service builds (one page: the list is short and fixed)."""
+
+    items: list[ArchitectureOut]
+
+
 class HealthOut(BaseModel):
     """Liveness and readiness."""
 

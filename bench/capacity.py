@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from sqlalchemy import create_engine, text
 
-from app.architectures import get_spec, load_model
 from app.db import make_engine, migrate, session_factory
+from app.families import get_spec, load_model
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
 from app.jobs.service import claim_next_job, finish_job, submit_job

@@ -46,8 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.architectures import get_spec, load_model
-from app.finetune.layers import layer_groups
+from app.families import get_spec, layer_groups, load_model
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune, three_way_split
 from app.finetune.search import (

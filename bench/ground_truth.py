@@ -2,7 +2,7 @@
 
 The cache (``bench/.cache/selection``) is keyed by the protocol, the target's images and the
 source's weights, not by the training code: after changing ``app/finetune`` or
-``app/architectures``, delete the cache.
+``app/families``, delete the cache.
 
 One fixed protocol for every cell (``PROTOCOL``): layer-wise fine-tuning with decay 0.5 for
 a fixed budget of about 200 SGD steps on the target's training images, no validation split,
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from app.architectures import get_spec, load_model
+from app.families import get_spec, load_model
 from app.finetune.pipeline import FinetuneOptions, finetune, train_from_scratch
 from app.finetune.train import ImageTensors, evaluate
 from app.zoo.bundled import BUNDLED_DIR, bundled_target, manifest

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.architectures import get_spec, load_model
+from app.families import get_spec, load_model
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
 

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from app.architectures import build_model, weights_to_save
+from app.families import build_model, weights_to_save
 from app.imaging import loading
 from app.p2l.reference import FORWARD_BOUND_SIZE, ReferenceNetwork, load_reference
 from app.p2l.signature import compute_signature

@@ -39,8 +39,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from app.architectures import get_spec, load_model
-from app.finetune.layers import LayerwiseLR, replace_head
+from app.families import get_spec, load_model, replace_head
+from app.finetune.layers import LayerwiseLR
 from app.finetune.pipeline import three_way_split
 from app.finetune.train import augment_batch
 from app.jobs.progress import STOP_CHECK_SECONDS, WRITE_SECONDS

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from app.architectures import get_spec, load_model
+from app.families import get_spec, load_model
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import race_trial
 from app.finetune.race import RaceOptions, run_race

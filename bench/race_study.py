@@ -39,8 +39,8 @@ import torch
 from scipy.cluster.vq import kmeans2
 from scipy.stats import spearmanr
 
-from app.architectures import get_spec, load_model
-from app.finetune.pipeline import _head_size, _train_copy
+from app.families import get_spec, head_outputs, load_model
+from app.finetune.pipeline import _train_copy
 from app.finetune.train import Accelerator, ImageTensors, evaluate
 from app.zoo.bundled import BUNDLED_DIR
 from bench.ground_truth import load_targets, options_for, source_entries
@@ -121,7 +121,7 @@ def study_target(name: str, split: str) -> dict[str, Any]:
             train = ImageTensors(images[fold != k], labels[fold != k], spec.mean, spec.std)
             held = ImageTensors(images[fold == k], labels[fold == k], spec.mean, spec.std)
             tuned, _, _ = _train_copy(
-                model.state_dict(), entry["architecture"], _head_size(model),
+                model.state_dict(), entry["architecture"], head_outputs(model),
                 len(target.class_names), train, None, options, {}, epochs, {}, None,
                 torch.device("cpu"), None, None, Accelerator(),
             )  # fmt: skip

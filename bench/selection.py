@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.architectures import feature_extractor, get_spec, load_model
+from app.families import feature_extractor, get_spec, load_model
 from app.finetune.train import ImageTensors
 from app.measures import MEASURES
 from app.p2l.peers import leep, logme, nce

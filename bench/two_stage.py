@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.architectures import get_spec, load_model
+from app.families import get_spec, load_model
 from app.p2l.refine import RefineMethod, source_outputs, transferability
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from bench.ground_truth import Target, load_targets

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from app.architectures import get_spec, load_model
 from app.config import Settings
+from app.families import get_spec, load_model
 from app.finetune.evaluation import evaluation_report
 from app.finetune.pipeline import FinetuneOptions, finetune, three_way_split
 from app.finetune.train import ImageTensors, evaluate

@@ -15,8 +15,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.architectures import get_spec
 from app.config import Settings
+from app.families import get_spec
 from app.main import create_app
 from tests.archives import image_folder_entries, png_bytes, zip_bytes
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.architectures import build_model, get_spec, load_model
-from app.finetune.layers import LayerwiseLR, layer_groups, replace_head
+from app.families import build_model, get_spec, layer_groups, load_model, replace_head
+from app.finetune.layers import LayerwiseLR
 from app.finetune.pipeline import FinetuneOptions, finetune, stratified_split, three_way_split
 from app.finetune.train import ImageTensors, TrainConfig, evaluate, train_classifier
 from app.zoo.bundled import BUNDLED_DIR, bundled_target
@@ -157,7 +157,7 @@ def test_torchvision_families_split_into_groups(architecture: str, first: str, c
     model = build_model(architecture, 1000)
     groups = layer_groups(model)
     assert groups[0].name == first and groups[-1].name == "head" and len(groups) == count
-    owned = sum(p.numel() for g in groups for p in g.module.parameters())
+    owned = sum(g.numel() for g in groups)
     assert owned == sum(p.numel() for p in model.parameters())
     replace_head(model, 7)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 7)

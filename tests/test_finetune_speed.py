@@ -13,9 +13,8 @@ import torch
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.architectures import get_spec, load_model
 from app.db import make_engine, migrate, session_factory
-from app.finetune.layers import replace_head
+from app.families import get_spec, load_model, replace_head
 from app.finetune.options import FinetuneOptions
 from app.finetune.pipeline import finetune
 from app.finetune.train import (

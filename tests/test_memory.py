@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
-from app.architectures import build_model, weights_to_save
+from app.families import build_model, weights_to_save
 from app.models import FinetunedModel
-from app.services.finetunes import MODEL_WEIGHTS, ModelCache
+from app.services.models import MODEL_WEIGHTS, ModelCache
 from app.store import LocalArtifactStore
 from tests.archives import (
     bundled_target_images,

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from app.architectures import build_model
+from app.families import build_model
 from app.p2l.reference import load_reference
 from app.p2l.signature import DatasetSignature, compute_signature
 from tests.archives import fashion_mnist_images

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 from sqlalchemy import create_engine, func, select
 
-from app.architectures import build_model
+from app.families import build_model
 from app.models import Source
 from app.p2l.signature import DatasetSignature
 from app.zoo.bundled import BUNDLED_DIR

@@ -7,7 +7,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.architectures import get_spec, load_model
+from app.families import get_spec, load_model
 from app.p2l.peers import leep, logme
 from app.p2l.refine import source_outputs
 from app.zoo.bundled import BUNDLED_DIR, bundled_target, manifest

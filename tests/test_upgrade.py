@@ -13,7 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from app.architectures import build_model, weights_to_save
+from app.families import build_model, weights_to_save
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
 

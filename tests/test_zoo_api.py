@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from app.architectures import build_model
 from app.config import Settings
+from app.families import build_model
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
 

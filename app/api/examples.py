@@ -259,6 +259,16 @@ _CALIBRATION_REGRET = {
     "candidates": 24,
     "decision": "the parameters in force have the lowest regret: a refit keeps them",
 }
+_ARCHITECTURE = {
+    "name": "vit_tiny",
+    "family": "vit",
+    "input_size": 32,
+    "fixed_input_size": True,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "layer_groups": ["embed", "block1", "block2", "block3", "block4", "head"],
+    "feature_dim": 64,
+}
 _PREDICTION = {
     "filename": "0001.png",
     "top": [{"label": "dress", "probability": 0.93}, {"label": "shirt", "probability": 0.05}],
@@ -281,6 +291,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "weights_source": "bundled",
         "device": "cpu",
     },
+    "ArchitectureOut": _ARCHITECTURE,
+    "ArchitectureList": {"items": [_ARCHITECTURE]},
     "RejectedFileOut": _REJECTED,
     "ClassCount": {"name": "dress", "count": 50},
     "SignatureSummary": _SIGNATURE,

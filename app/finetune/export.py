@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from app.architectures import get_spec
+from app.families import get_spec
 
 logger = logging.getLogger("p2l.export")
 

@@ -1,54 +1,15 @@
-"""Layer groups (input -> head) and layer-wise learning rates for fine-tuning."""
+"""Layer-wise learning rates over the layer groups of ``app.families`` (input -> head)."""
 
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
-from torchvision.models import EfficientNet, MobileNetV2, MobileNetV3, ResNet
 
-from app.architectures import CompactCNN, head_attribute
+from app.families import layer_groups, no_weight_decay
 
 # One optimiser parameter group: "params" plus per-group settings ("lr", "weight_decay"...),
 # the mapping torch.optim takes.
 ParamGroup = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """A named block of the model; groups are ordered from the input to the head."""
-
-    name: str
-    module: nn.Module
-
-
-def layer_groups(model: nn.Module) -> list[LayerGroup]:
-    """Split a supported model into ordered groups: stem, each stage/block, head."""
-    if isinstance(model, CompactCNN):
-        stages = [LayerGroup(f"stage{i + 1}", m) for i, m in enumerate(model.stages)]
-        return [LayerGroup("stem", model.stem), *stages, LayerGroup("head", model.head)]
-    if isinstance(model, ResNet):
-        stem = nn.ModuleList([model.conv1, model.bn1])
-        layers = [LayerGroup(f"layer{i}", getattr(model, f"layer{i}")) for i in range(1, 5)]
-        return [LayerGroup("stem", stem), *layers, LayerGroup("head", model.fc)]
-    if isinstance(model, MobileNetV2 | MobileNetV3 | EfficientNet):
-        blocks = list(model.features)
-        groups = [LayerGroup("stem", blocks[0])]
-        groups += [LayerGroup(f"block{i}", block) for i, block in enumerate(blocks[1:], start=1)]
-        return [*groups, LayerGroup("head", model.classifier)]
-    raise ValueError(f"no layer groups known for {type(model).__name__}")
-
-
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """Give the model a freshly initialised classifier for ``num_classes`` classes."""
-    attr = head_attribute(model)
-    head = getattr(model, attr)
-    if isinstance(head, nn.Linear):
-        setattr(model, attr, nn.Linear(head.in_features, num_classes))
-        return model
-    # torchvision classifiers are Sequential(..., Linear): replace the last Linear.
-    last = max(i for i, layer in enumerate(head) if isinstance(layer, nn.Linear))
-    head[last] = nn.Linear(head[last].in_features, num_classes)
-    return model
 
 
 @dataclass(frozen=True)
@@ -82,20 +43,22 @@ class LayerwiseLR:
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[ParamGroup]:
         """Optimiser param groups; freezes groups with zero rate (and their BatchNorm stats).
 
-        Biases and normalisation parameters (1-D tensors) get no weight decay.
+        Biases, normalisation parameters (1-D tensors) and whatever else the model's family
+        names (a ViT's class token and position embedding) get no weight decay.
         """
         groups = layer_groups(model)
+        plain_names = no_weight_decay(model)
         if not 0 <= self.freeze_below < len(groups):
             raise ValueError(f"freeze_below must be in [0, {len(groups) - 1}]")
         param_groups: list[ParamGroup] = []
         for group, lr in zip(groups, self.group_lrs(len(groups)), strict=True):
-            params = list(group.module.parameters())
             if lr == 0.0:
-                for param in params:
+                for param in group.parameters():
                     param.requires_grad_(False)
                 continue
-            decayed = [p for p in params if p.ndim > 1]
-            plain = [p for p in params if p.ndim <= 1]
+            named = group.named_parameters
+            decayed = [p for name, p in named if name not in plain_names]
+            plain = [p for name, p in named if name in plain_names]
             for chunk, wd in ((decayed, weight_decay), (plain, 0.0)):
                 if chunk:
                     param_groups.append(
@@ -104,18 +67,13 @@ class LayerwiseLR:
         return param_groups
 
 
-def count_trainable(model: nn.Module) -> int:
-    """Number of parameters that will be updated."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def describe_groups(model: nn.Module, schedule: LayerwiseLR) -> list[dict[str, object]]:
     """Name, size and learning rate of each group (for job results)."""
     groups = layer_groups(model)
     return [
         {
             "group": g.name,
-            "parameters": sum(p.numel() for p in g.module.parameters()),
+            "parameters": g.numel(),
             "lr": lr,
             "frozen": lr == 0.0,
         }

@@ -44,7 +44,11 @@ class FinetuneOptions(BaseModel):
     )
     batch_size: int = Field(32, ge=1, le=4096, description="Images per SGD step.")
     weight_decay: float = Field(
-        5e-4, ge=0, le=1, description="SGD weight decay (not on biases and norm parameters)."
+        5e-4,
+        ge=0,
+        le=1,
+        description="SGD weight decay (not on biases and norm parameters, nor on a ViT's "
+        "class token and position embedding).",
     )
     val_fraction: float = Field(
         0.2,

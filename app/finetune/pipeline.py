@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.architectures import build_model
+from app.families import build_model, head_outputs, layer_groups, replace_head
 from app.finetune.evaluation import confusion_matrix, evaluation_report
-from app.finetune.layers import LayerwiseLR, describe_groups, layer_groups, replace_head
+from app.finetune.layers import LayerwiseLR, describe_groups
 from app.finetune.options import FinetuneOptions, held_out_count
 from app.finetune.search import describe_candidate, run_search
 from app.finetune.train import (
@@ -134,7 +134,7 @@ def finetune(
         overrides: dict[str, Any], epochs: int, phase: dict[str, Any], patience: int | None
     ) -> tuple[nn.Module, TrainResult, LayerwiseLR]:
         return _train_copy(
-            source_state, architecture, _head_size(source), len(class_names), train, val,
+            source_state, architecture, head_outputs(source), len(class_names), train, val,
             options, overrides, epochs, phase, patience, device, progress, should_stop,
             accelerator,
         )  # fmt: skip
@@ -257,7 +257,7 @@ def race_trial(
     val = ImageTensors(images[val_idx], labels[val_idx], mean, std)
     state = source.state_dict()
     model, _, _ = _train_copy(
-        state, architecture, _head_size(source), num_classes, train, val, options, {},
+        state, architecture, head_outputs(source), num_classes, train, val, options, {},
         epochs, phase, None, device, progress, should_stop, accelerator,
     )  # fmt: skip
     scores = evaluate(model, val, device, probabilities=True, accelerator=accelerator)
@@ -414,12 +414,6 @@ def _step_reporter(
         progress({**phase, "epoch": epoch, "step": step, "steps_per_epoch": steps})
 
     return report
-
-
-def _head_size(model: nn.Module) -> int:
-    last = layer_groups(model)[-1].module
-    linears = [m for m in last.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features
 
 
 def _tuple(values: list[float] | None) -> tuple[float, ...] | None:

@@ -22,8 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from torch.utils.flop_counter import FlopCounterMode
 
-from app.architectures import build_model, known_architectures
 from app.db import rows_matched
+from app.families import build_model, known_architectures
 from app.finetune.options import FinetuneOptions, split_sizes
 from app.finetune.search import trial_epochs
 from app.jobs.cost import Estimate

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from app.architectures import (
+from app.families import (
     build_model,
     feature_dim,
     feature_extractor,

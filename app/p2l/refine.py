@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.architectures import head_attribute
+from app.families import head_attribute
 from app.measures import RefineMethod
 from app.p2l.peers import leep, logme, nce
 

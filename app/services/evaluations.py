@@ -20,9 +20,9 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.architectures import get_spec, load_model
 from app.config import Settings
 from app.errors import InvalidInput
+from app.families import get_spec, load_model
 from app.finetune.evaluation import evaluation_report
 from app.finetune.train import Cancelled, ImageTensors, evaluate
 from app.imaging.archive import ArchiveError, ImageFolder, extract_image_folder

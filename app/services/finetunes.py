@@ -15,9 +15,8 @@ from safetensors.torch import save_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.architectures import build_model, get_spec, load_model, weights_to_save
 from app.errors import Conflict, InvalidInput
-from app.finetune.layers import layer_groups
+from app.families import build_model, get_spec, layer_groups, load_model, weights_to_save
 from app.finetune.options import FinetuneOptions, check_class_sizes
 from app.finetune.pipeline import finetune, race_trial
 from app.finetune.race import RaceOptions, race_cost, race_trial_epochs, run_race

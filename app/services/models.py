@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from app.architectures import get_spec, load_model
 from app.errors import Conflict, InvalidInput
+from app.families import get_spec, load_model
 from app.finetune.train import ImageTensors
 from app.imaging.images import ImageRejected, open_rgb, square_pixels
 from app.models import FinetunedModel, Source

@@ -10,8 +10,8 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.architectures import get_spec, load_model
 from app.errors import InvalidInput
+from app.families import get_spec, load_model
 from app.measures import Measure, Method, RefineMethod
 from app.models import Dataset, Ranking, Source
 from app.p2l.refine import source_outputs, transferability

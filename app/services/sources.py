@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.architectures import build_model, get_spec, known_architectures
 from app.config import Settings
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
+from app.families import build_model, get_spec, known_architectures
 from app.models import Source, ZooChange
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
@@ -57,12 +57,22 @@ def parse_signature(data: bytes) -> DatasetSignature:
 
 
 def check_architecture(
-    architecture: str, num_classes: int, max_classes: int = DEFAULT_MAX_CLASSES
+    architecture: str,
+    num_classes: int,
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    input_size: int | None = None,
 ) -> None:
-    """InvalidInput unless the architecture is known and num_classes within the limit."""
+    """InvalidInput unless the architecture is known, runs at ``input_size`` (None: its
+    default) and num_classes is within the limit."""
     if architecture not in known_architectures():
         raise InvalidInput(
             f"unknown architecture {architecture!r}; choose one of {known_architectures()}"
+        )
+    spec = get_spec(architecture)
+    if spec.fixed_input_size and input_size not in (None, spec.default_input_size):
+        raise InvalidInput(
+            f"{architecture} runs at {spec.default_input_size} px only; "
+            f"input_size={input_size} does not fit it"
         )
     if not 1 <= num_classes <= max_classes:
         raise InvalidInput(
@@ -162,7 +172,7 @@ def register_source(
     second source of the same model raises Conflict naming the first (nothing is kept).
     """
     # The cheap checks first: the weights are parsed only for a model that may exist.
-    check_architecture(architecture, num_classes, max_classes)
+    check_architecture(architecture, num_classes, max_classes, input_size)
     check_class_names("the signature", signature.class_names, max_classes, max_name_bytes)
     if class_names is not None:
         check_class_names("class_names", class_names, max_classes, max_name_bytes)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from app.architectures import build_model, get_spec, weights_to_save
+from app.families import build_model, get_spec, weights_to_save
 from app.finetune.train import ImageTensors, TrainConfig, evaluate, train_classifier
 from app.p2l.reference import ReferenceNetwork, load_reference
 from app.p2l.signature import load_signature, signature_of_array

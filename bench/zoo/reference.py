@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from app.architectures import CompactCNN, build_model, get_spec
+from app.families import build_model, get_spec
+from app.families.compact import CompactCNN
 from app.finetune.train import ImageTensors, TrainConfig, train_classifier
 
 ARCHITECTURE = "compact_cnn"

@@ -63,6 +63,18 @@ def cmd_reference(client: Client, args: argparse.Namespace) -> Answer:
     return Answer(client.reference())
 
 
+def cmd_architectures(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l architectures`: what a source can be, with its layer groups, as a table."""
+    columns = ["name", "family", "input_size", "feature_dim", "layer_groups"]
+    return Answer(
+        client.architectures.list(),
+        # Group names, input -> head, in one cell: what multipliers and freeze_below count.
+        lambda rows: table(
+            [{**row, "layer_groups": " ".join(row["layer_groups"])} for row in rows], columns
+        ),
+    )
+
+
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> Answer:
     """`p2l datasets upload`: send a folder (zipped here) or an archive."""
     path = Path(args.path)
@@ -596,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     command(commands, "health", cmd_health, "is the service up (GET /healthz)")
     command(commands, "reference", cmd_reference, "the active reference network")
+    command(
+        commands,
+        "architectures",
+        cmd_architectures,
+        "the architectures a source can have, with their layer groups",
+    )
 
     datasets = group_of("datasets", "upload, list, show and delete datasets")
     sub = command(

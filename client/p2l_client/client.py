@@ -34,6 +34,7 @@ from p2l_client.errors import (
 )
 from p2l_client.responses import (
     TERMINAL,
+    Architecture,
     Calibration,
     Dataset,
     DatasetCreated,
@@ -172,6 +173,7 @@ class Client:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,
         )
+        self.architectures = Architectures(self)
         self.datasets = Datasets(self)
         self.sources = Sources(self)
         self.rankings = Rankings(self)
@@ -327,6 +329,14 @@ class Listing(Resource):
         if page_token:
             params["page_token"] = page_token
         return cast(dict[str, Any], self.client.json("GET", self.path, params=params))
+
+
+class Architectures(Resource):
+    """The architectures the service builds: /v1/architectures."""
+
+    def list(self) -> list[Architecture]:
+        """Every architecture: family, input size, normalisation, layer groups, feature dim."""
+        return cast(list[Architecture], self.client.json("GET", "/v1/architectures")["items"])
 
 
 class Datasets(Listing):

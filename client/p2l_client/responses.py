@@ -30,6 +30,19 @@ class Reference(TypedDict):
     device: str
 
 
+class Architecture(TypedDict):
+    """One entry of GET /v1/architectures: an architecture sources can have."""
+
+    name: str
+    family: str
+    input_size: int
+    fixed_input_size: bool
+    mean: list[float]
+    std: list[float]
+    layer_groups: list[str]
+    feature_dim: int
+
+
 class ClassCount(TypedDict):
     """One class of a dataset and its image count."""
 

@@ -45,7 +45,8 @@ def register_source(
     architecture: Annotated[
         str,
         Form(
-            description="compact_cnn, compact_cnn_wide, or a torchvision name (resnet18, ...)",
+            description="compact_cnn, vit_tiny, a torchvision name (resnet18, vit_b_16, ...): "
+            "GET /v1/architectures lists them",
             examples=["compact_cnn"],
         ),
     ],
@@ -92,7 +93,7 @@ def register_source(
     # Before anything is read, computed or built for it.
     max_classes = state.settings.max_source_classes
     max_name_bytes = state.settings.max_name_bytes
-    service.check_architecture(architecture, num_classes, max_classes)
+    service.check_architecture(architecture, num_classes, max_classes, input_size)
     names = _parse_names(class_names)
     if names is not None:
         service.check_class_names("class_names", names, max_classes, max_name_bytes)

@@ -7,14 +7,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.finetune.options import PRE_SEARCH_CHOICE
-from app.finetune.search import AUTO_CANDIDATES, describe_candidate, trial_epochs
+from app.finetune.search import AUTO_CANDIDATES, describe_candidate
 from app.jobs.service import CANDIDATE_FIELDS, get_job
 from app.schemas import JobOut
+from app.services.finetunes import FINETUNE
 
 POLL_SECONDS = 0.5
 
@@ -123,21 +124,19 @@ def _phase_key(progress: Snapshot) -> tuple[Any, ...]:
 
 
 def _phase_epochs(job: Snapshot, phase: str | None, trial: object = None) -> int | None:
-    """Epochs a fine-tune's phase plans (from its options: the phase may be over by now);
-    an auto search's or a race's trial (its 1-based number, as stored) by its place in
-    the plan."""
-    params = job.get("params") or {}
-    options = params.get("options") or {}
-    if phase == "race":
-        plan = (params.get("race") or {}).get("trial_epochs") or []
+    """Epochs a fine-tune's phase plans (from its params: the phase may be over by now); an
+    auto search's or a race's trial (its 1-based number, as stored) by its place in the
+    plan."""
+    if job.get("kind") != FINETUNE.name:
+        return None
+    try:
+        params = FINETUNE.params.model_validate(job.get("params") or {})
+    except ValidationError:  # a record this service did not write: no plan to tell
+        return None
+    plan = [epochs for name, epochs in params.phases() if name == phase]
+    if phase in ("race", "auto_search"):
         return plan[trial - 1] if isinstance(trial, int) and 1 <= trial <= len(plan) else None
-    if phase == "auto_search":
-        search = options.get("auto_search", PRE_SEARCH_CHOICE["auto_search"])
-        budget = options.get("auto_epochs")
-        plan = trial_epochs(search, budget) if isinstance(budget, int) else []
-        return plan[trial - 1] if isinstance(trial, int) and 1 <= trial <= len(plan) else None
-    epochs = options.get("epochs") if phase in ("fine_tune", "baseline") else None
-    return epochs if isinstance(epochs, int) else None
+    return plan[0] if plan else None
 
 
 def _earlier_phase(reference: dict[str, Any], new: list[dict[str, Any]]) -> int:

@@ -85,6 +85,10 @@ class FinetuneJobParams(BaseModel):
             return [c.source_id for c in self.race.contestants]
         return [self.source_id]
 
+    def phases(self) -> list[tuple[str, int]]:
+        """The training phases the job runs, in order, with the epochs each plans at most."""
+        return phase_plan(self.options, self.race.trial_epochs if self.race else ())
+
     def stored(self) -> dict[str, Any]:
         """The params as the job row keeps them (JSON; no ``race`` key unless it races)."""
         return self.model_dump(mode="json", exclude={"race"} if self.race is None else None)
@@ -244,7 +248,7 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
         train_images, val_images,
     )  # fmt: skip
     estimate = params.estimate or {}
-    plan = phase_plan(options, race.trial_epochs if race else ())
+    plan = params.phases()
     progress = ProgressWriter(sessions, lease, plan, meter, estimate.get("seconds"))
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision,

@@ -3,8 +3,10 @@
 import hashlib
 import logging
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -16,11 +18,12 @@ from app.config import Settings
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
 from app.families import build_model, get_spec, known_architectures
-from app.models import Source, ZooChange
+from app.models import Dataset, Source, ZooChange
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature
 from app.pagination import get_by_id, paginate
+from app.services.context import Context
 from app.services.datasets import (
     SIGNATURE_FILE,
     dataset_files,
@@ -358,3 +361,36 @@ def load_index(
             stale,
         )
     return index
+
+
+@dataclass(frozen=True)
+class ZooPoints:
+    """What the zoo map draws: each rankable source's name, mean feature and size, and
+    optionally a target's (label, mean feature)."""
+
+    names: list[str]
+    means: np.ndarray
+    sizes: list[int]
+    eps: float
+    target: tuple[str, np.ndarray] | None
+
+
+def zoo_points(ctx: Context, target_dataset_id: str | None = None) -> ZooPoints:
+    """The zoo's signatures (and a target's) for a map; InvalidInput when none is rankable."""
+    session, index = ctx.session, ctx.index
+    catch_up(session, ctx.store, index, ctx.reference)
+    rows = [s for s in all_sources(session) if s.id in index]
+    if not rows:
+        raise InvalidInput("the zoo holds no rankable source to draw")
+    target = None
+    if target_dataset_id is not None:
+        signature = signature_for_dataset(session, ctx.store, ctx.reference, target_dataset_id)
+        name = get_by_id(session, Dataset, target_dataset_id, "dataset").name
+        target = (f"target: {name}", signature.mean)
+    return ZooPoints(
+        names=[s.name for s in rows],
+        means=np.stack([index.signature(s.id).mean for s in rows]),
+        sizes=[s.num_images for s in rows],
+        eps=ctx.settings.p2l_eps,
+        target=target,
+    )

@@ -3,11 +3,17 @@
 import json
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, PageToken, SessionDep, StateDep
+from app.api.deps import (
+    PAGE_PROBLEMS,
+    ApiKeyRequired,
+    ContextDep,
+    PageToken,
+    SessionDep,
+    StateDep,
+)
 from app.api.examples import DATASET_ID
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
@@ -15,7 +21,6 @@ from app.errors import InvalidInput
 from app.models import Source
 from app.schemas import Page, SourceOut
 from app.services import sources as service
-from app.services.datasets import get_dataset
 from app.services.finetunes import ensure_no_active_job_uses
 from app.zoo import plots
 
@@ -172,22 +177,10 @@ def list_sources(
     dependencies=[ApiKeyRequired],
     summary="Map of the zoo (and a target) in feature space",
 )
-def zoo_map(state: StateDep, session: SessionDep, target_dataset_id: str | None = None) -> Response:
+def zoo_map(ctx: ContextDep, target_dataset_id: str | None = None) -> Response:
     """MDS of the Jensen-Shannon distances between signatures; marker size ~ log(n)."""
-    service.catch_up(session, state.store, state.index, state.reference)
-    rows = [s for s in service.all_sources(session) if s.id in state.index]
-    if not rows:
-        raise InvalidInput("the zoo holds no rankable source to draw")
-    means = np.stack([state.index.signature(s.id).mean for s in rows])
-    target = None
-    if target_dataset_id is not None:
-        sig = service.signature_for_dataset(
-            session, state.store, state.reference, target_dataset_id
-        )
-        target = (f"target: {get_dataset(session, target_dataset_id).name}", sig.mean)
-    png = plots.zoo_map(
-        [s.name for s in rows], means, [s.num_images for s in rows], state.settings.p2l_eps, target
-    )
+    points = service.zoo_points(ctx, target_dataset_id)
+    png = plots.zoo_map(points.names, points.means, points.sizes, points.eps, points.target)
     return Response(png, media_type="image/png")
 
 

@@ -5,7 +5,6 @@ renews while it runs. A lease that is not renewed in time is reaped by any worke
 the job is re-queued while it has attempts left, else failed with the reason.
 """
 
-import os
 import socket
 import time
 import uuid
@@ -146,7 +145,6 @@ def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Jo
         .values(
             status=JobStatus.RUNNING,
             worker_id=worker_id,
-            worker_pid=os.getpid(),
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
             started_at=now,

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
+from tests.jobs.test_job_leases import eventually
+from tests.jobs.test_ray_runner import RAY_ENV, Cluster, cluster, job_node_ids, ran_on, ray  # noqa: F401
 from tests.servers import free_port, serve, uvicorn_args
-from tests.test_job_leases import eventually
-from tests.test_object_store import BUCKET, endpoint  # noqa: F401 (fixture)
-from tests.test_ray_runner import RAY_ENV, Cluster, cluster, job_node_ids, ran_on, ray  # noqa: F401
+from tests.storage.test_object_store import BUCKET, endpoint  # noqa: F401 (fixture)
 
 LEASE = "2"
 

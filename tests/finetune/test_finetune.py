@@ -165,7 +165,7 @@ def test_torchvision_families_split_into_groups(architecture: str, first: str, c
 
 def test_readme_defaults_table_is_the_options_model() -> None:
     """Every FinetuneOptions field is in the README's table, with the model's default."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("### Fine-tuning", 1)[1]
     table = section[section.index("\n| field |") :].split("\n\n", 1)[0]
     documented: dict[str, str] = {}

@@ -20,7 +20,7 @@ from app.p2l.signature import compute_signature
 from app.zoo.bundled import BUNDLED_DIR
 
 needs_two_cpus = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one CPU: no pool")
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from tests.archives import (
     zip_bytes,
     zip_with_special_entries,
 )
-from tests.test_store import dead_pid
+from tests.storage.test_store import dead_pid
 
 PROBLEM = "application/problem+json"
 

@@ -17,7 +17,7 @@ from app.jobs.service import sweep_unowned_artifacts
 from app.jobs.worker import run_next_job
 from app.store import ArtifactStore, LocalArtifactStore
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
-from tests.test_object_store import MOTO_SERVER, endpoint, object_store, url
+from tests.storage.test_object_store import MOTO_SERVER, endpoint, object_store, url
 
 __all__ = ["endpoint", "url"]  # fixtures of the object-store tests, used here too
 

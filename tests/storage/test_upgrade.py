@@ -17,7 +17,7 @@ from app.architectures import build_model, weights_to_save
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def upgrade(data_dir: Path, database_url: str | None, *flags: str) -> dict:

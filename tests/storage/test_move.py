@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
-from tests.test_object_store import BUCKET, endpoint  # noqa: F401 (fixture)
+from tests.storage.test_object_store import BUCKET, endpoint  # noqa: F401 (fixture)
 
 
 def test_an_install_moves_to_postgresql_and_object_storage_and_keeps_working(

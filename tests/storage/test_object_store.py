@@ -24,7 +24,7 @@ from app.p2l.signature import DatasetSignature
 from app.store import LocalArtifactStore, ObjectArtifactStore, make_store
 from app.unit_of_work import unit_of_work
 from tests.servers import free_port
-from tests.test_unit_of_work import row
+from tests.storage.test_unit_of_work import row
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install s3fs)")
 

@@ -15,8 +15,8 @@ from app.models import Evidence
 from app.p2l.calibration import RankingParams, fit, grid, guarded_fit, leave_one_target_out
 from app.p2l.scoring import ScoringParams
 from app.zoo.sources import signature_for_dataset
-from tests.test_jobs_api import PROBLEM, start_job, wait
-from tests.test_zoo_api import rank, upload_target
+from tests.api.test_zoo_api import rank, upload_target
+from tests.jobs.test_jobs_api import PROBLEM, start_job, wait
 
 DEFAULTS = {"measure": "js", "lambda": 0.002}
 

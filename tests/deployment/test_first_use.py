@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_prints_usage_and_starts_nothing(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.servers import Service, free_port, serve, uvicorn_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 

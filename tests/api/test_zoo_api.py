@@ -239,7 +239,7 @@ def test_metrics_count_what_the_service_holds(client: TestClient) -> None:
 
 def test_defaults_are_what_the_selection_benchmark_chose() -> None:
     # The README's calibration section and the service must agree with the committed results.
-    results = json.loads((Path(__file__).parents[1] / "bench/results/selection.json").read_text())
+    results = json.loads((Path(__file__).parents[2] / "bench/results/selection.json").read_text())
     chosen = results["chosen"]["all_targets"]
     settings = Settings(_env_file=None)
     assert (settings.p2l_measure, settings.p2l_lambda) == (chosen["measure"], chosen["lambda"])

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.finetune.race import race_cost, race_rounds, race_trial_epochs, run_race
-from tests.test_jobs_api import PROBLEM, start, start_job, wait, wait_for_steps
-from tests.test_zoo_api import upload_target
+from tests.api.test_zoo_api import upload_target
+from tests.jobs.test_jobs_api import PROBLEM, start, start_job, wait, wait_for_steps
 
 CONTESTANTS = [
     {"source_id": f"s{i}", "source_name": f"source {i}", "p2l_rank": i} for i in (1, 2, 3, 4, 5)

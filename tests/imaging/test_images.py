@@ -13,7 +13,7 @@ from PIL import Image
 from app.datasets.images import ImageRejected, open_rgb, square_pixels
 from tests.archives import clipart_images, huge_png, tall_png
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:

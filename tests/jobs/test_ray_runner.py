@@ -14,8 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from tests.servers import free_port
-from tests.test_job_leases import (
+from tests.jobs.test_job_leases import (
     HANDED_BACK,
     LEASE,
     eventually,
@@ -23,6 +22,7 @@ from tests.test_job_leases import (
     start_finetune,
     upload_target,
 )
+from tests.servers import free_port
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
 

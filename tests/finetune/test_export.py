@@ -18,9 +18,8 @@ from PIL import Image
 from app.architectures import get_spec
 from app.config import Settings
 from app.main import create_app
-from tests.archives import image_folder_entries, png_bytes, zip_bytes
+from tests.archives import DATA, image_folder_entries, png_bytes, zip_bytes
 
-DATA = Path(__file__).parent / "data"
 PROBLEM = "application/problem+json"
 UPLOADED_PER_CLASS = 30  # the rest of the sample's 50 per class is held out
 

@@ -18,8 +18,8 @@ from app.jobs.estimates import estimate_finetune, forward_flops, record_epoch, r
 from app.jobs.progress import Meter, ProgressWriter
 from app.models import Ranking, Throughput
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
+from tests.jobs.test_job_leases import lease_env
 from tests.servers import spawn
-from tests.test_job_leases import lease_env
 
 NO_WORKER = "no worker is alive to run this job: "
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from app.config import Settings
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
 
 

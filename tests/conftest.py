@@ -1,6 +1,7 @@
 """Fixtures: a real service over a temporary data dir, on SQLite and on real PostgreSQL."""
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,3 +99,13 @@ def session(tmp_path: Path) -> Iterator[Session]:
     with session_factory(engine)() as session:
         yield session
     engine.dispose()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts; killed at its end whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        process.kill()
+        process.wait(10)

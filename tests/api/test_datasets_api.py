@@ -33,9 +33,10 @@ from tests.archives import (
     zip_bytes,
     zip_with_special_entries,
 )
+from tests.helpers import (
+    PROBLEM,
+)
 from tests.storage.test_store import dead_pid
-
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import resource
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,10 @@ from app.architectures import build_model
 from app.models import Source
 from app.p2l.signature import DatasetSignature
 from app.zoo.bundled import BUNDLED_DIR
-from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
+from tests.helpers import (
+    upload_target,
+    wait_for_job,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # A real signature of the bundled reference: 10 digit classes, 1,132 images.
@@ -75,14 +77,6 @@ def signature_bytes(signature: DatasetSignature) -> bytes:
             "reference_sha256": signature.reference_sha256,
         },
     )
-
-
-def upload_target(client: TestClient, name: str) -> str:
-    """Upload a bundled target's training part; returns the dataset id."""
-    archive = zip_bytes(image_folder_entries(bundled_target_images(name)))
-    response = client.post("/v1/datasets", files={"file": (f"{name}.zip", archive)})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
 
 
 def first_for(client: TestClient, target: str) -> str | int:
@@ -262,12 +256,7 @@ def fine_tuned_model(client: TestClient) -> str:
         },
     )
     assert job.status_code == 202, job.text
-    deadline = time.monotonic() + 120
-    while (state := client.get(f"/v1/jobs/{job.json()['id']}").json())["status"] in (
-        "queued", "running",
-    ):  # fmt: skip
-        assert time.monotonic() < deadline, state
-        time.sleep(0.2)
+    state = wait_for_job(client, job.json()["id"])
     assert state["status"] == "succeeded", state
     return state["model_id"]
 

@@ -13,9 +13,12 @@ from safetensors.torch import save
 from app.architectures import build_model
 from app.config import Settings
 from app.zoo.bundled import BUNDLED_DIR, manifest
-from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
+from tests.helpers import (
+    PROBLEM,
+    rank,
+    upload_target,
+)
 
-PROBLEM = "application/problem+json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -23,20 +26,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def service(make_client: Callable[..., TestClient], database_url: str | None) -> TestClient:
     """The service with its bundled zoo, on each storage backend."""
     return make_client(database_url=database_url)
-
-
-def upload_target(client: TestClient, name: str) -> str:
-    """Upload a bundled target's training part as a zip of PNGs; returns the dataset id."""
-    archive = zip_bytes(image_folder_entries(bundled_target_images(name)))
-    response = client.post("/v1/datasets", files={"file": (f"{name}.zip", archive)})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def rank(client: TestClient, target: str, **options: object) -> dict:
-    response = client.post("/v1/rankings", json={"target_dataset_id": target, **options})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def zoo(client: TestClient) -> dict[str, dict]:

@@ -3,7 +3,6 @@ own predictions, without this project's code."""
 
 import io
 import json
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,11 @@ from app.architectures import get_spec
 from app.config import Settings
 from app.main import create_app
 from tests.archives import DATA, image_folder_entries, png_bytes, zip_bytes
+from tests.helpers import (
+    PROBLEM,
+    wait_for_job,
+)
 
-PROBLEM = "application/problem+json"
 UPLOADED_PER_CLASS = 30  # the rest of the sample's 50 per class is held out
 
 
@@ -80,12 +82,7 @@ def model_id(service: TestClient, garments: dict[str, list[bytes]]) -> str:
         },
     )  # fmt: skip
     assert job.status_code == 202, job.text
-    deadline = time.monotonic() + 180
-    while (current := service.get(f"/v1/jobs/{job.json()['id']}").json())["status"] in (
-        "queued", "running",
-    ):  # fmt: skip
-        assert time.monotonic() < deadline, current["progress"]
-        time.sleep(0.2)
+    current = wait_for_job(service, job.json()["id"])
     assert current["status"] == "succeeded", current
     return str(current["model_id"])
 

@@ -8,8 +8,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.finetune.race import race_cost, race_rounds, race_trial_epochs, run_race
-from tests.api.test_zoo_api import upload_target
-from tests.jobs.test_jobs_api import PROBLEM, start, start_job, wait, wait_for_steps
+from tests.helpers import (
+    PROBLEM,
+    start_job,
+    start_with_worker,
+    upload_target,
+    wait_for_job,
+    wait_for_training,
+)
 
 CONTESTANTS = [
     {"source_id": f"s{i}", "source_name": f"source {i}", "p2l_rank": i} for i in (1, 2, 3, 4, 5)
@@ -26,7 +32,7 @@ def scores(losses: float | np.ndarray, mean: float | None = None) -> dict[str, A
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    client = start(tmp_path_factory.mktemp("race") / "data")
+    client = start_with_worker(tmp_path_factory.mktemp("race") / "data")
     yield client
     client.__exit__(None, None, None)
 
@@ -130,7 +136,7 @@ def test_a_race_job_trains_the_shortlist_then_the_survivor(
     assert job["params"]["source_id"] == "race" and job["params"]["chosen_by"] == "race"
     assert plan["trial_epochs"] == [1, 1, 1, 2, 2]
 
-    done = wait(service, job["id"], ("succeeded", "failed", "cancelled"))
+    done = wait_for_job(service, job["id"])
     assert done["status"] == "succeeded", done["error"]
     race = done["result"]["race"]
     first, second = race["rounds"]
@@ -164,13 +170,13 @@ def test_a_running_race_holds_every_contestant_and_can_be_cancelled(
         service, target_dataset_id=target_id, source_id="race", schedule="manual",
         patience=None, race={"top": 3, "budget_epochs": 1000},
     )  # fmt: skip
-    running = wait_for_steps(service, job["id"])
+    running = wait_for_training(service, job["id"])
     assert running["progress"]["phase"] == "race" and running["progress"]["candidates"] == 5
     last = job["params"]["race"]["contestants"][-1]["source_id"]
     refused = service.delete(f"/v1/sources/{last}")
     assert refused.status_code == 409 and job["id"] in refused.json()["detail"]
     assert service.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
-    assert wait(service, job["id"], ("cancelled", "failed", "succeeded"))["status"] == "cancelled"
+    assert wait_for_job(service, job["id"])["status"] == "cancelled"
     assert service.get("/v1/models").json()["items"] == models_before
     assert service.get(f"/v1/sources/{last}").status_code == 200
 

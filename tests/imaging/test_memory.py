@@ -28,6 +28,7 @@ from tests.archives import (
     tall_png,
     zip_bytes,
 )
+from tests.helpers import wait_for_job
 from tests.servers import ROOT, free_port, serve, uvicorn_args
 
 MAX_GROWTH_MIB = 50
@@ -92,10 +93,7 @@ def fine_tune(client: httpx.Client, dataset_id: str) -> str:
     response = client.post("/v1/finetunes", json={**body, "epochs": 1})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    deadline = time.monotonic() + 120
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, f"job still {job['status']}: {job['progress']}"
-        time.sleep(0.2)
+    job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded", job
     return str(job["model_id"])
 

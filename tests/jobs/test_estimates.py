@@ -3,7 +3,7 @@
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,28 +17,14 @@ from app.finetune.options import FinetuneOptions
 from app.jobs.estimates import estimate_finetune, forward_flops, record_epoch, record_job
 from app.jobs.progress import Meter, ProgressWriter
 from app.models import Ranking, Throughput
-from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
-from tests.jobs.test_job_leases import lease_env
+from tests.helpers import (
+    lease_env,
+    upload_garments,
+    wait_for_job,
+)
 from tests.servers import spawn
 
 NO_WORKER = "no worker is alive to run this job: "
-
-
-def upload(client: TestClient, per_class: int = 20) -> str:
-    archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=per_class)))
-    response = client.post("/v1/datasets", files={"file": ("garments.zip", archive)})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in until:
-            return job
-        time.sleep(0.2)
-    pytest.fail(f"job {job_id} still {job['status']} after {timeout} s")
 
 
 def counts(client: TestClient) -> tuple[int, int]:
@@ -49,20 +35,11 @@ def counts(client: TestClient) -> tuple[int, int]:
     return len(jobs), rankings
 
 
-@pytest.fixture
-def processes() -> Iterator[list]:
-    started: list = []
-    yield started
-    for process in started:
-        process.kill()
-        process.wait(10)
-
-
 def test_estimates_are_measured_once_a_job_ran_and_dry_runs_store_nothing(
     make_client: Callable[..., TestClient],
 ) -> None:
     client = make_client(start_worker=True)
-    target = upload(client)
+    target = upload_garments(client, per_class=20)
     body = {"target_dataset_id": target, "source_id": "best", "schedule": "manual", "epochs": 3,
             "patience": None}  # fmt: skip
 
@@ -91,7 +68,7 @@ def test_estimates_are_measured_once_a_job_ran_and_dry_runs_store_nothing(
     assert any("rough prior" in w for w in job["warnings"])
     assert not any(w.startswith(NO_WORKER) for w in job["warnings"])  # its runner is up
     assert counts(client) == (1, 1)
-    done = wait(client, job["id"], ("succeeded", "failed"))
+    done = wait_for_job(client, job["id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done["error"]
     assert done["estimate"] == job["estimate"]  # kept with the job
 
@@ -112,7 +89,7 @@ def test_without_a_worker_the_job_is_accepted_with_a_warning_and_stays_queued(
     make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
 ) -> None:
     client = make_client()  # P2L_START_WORKER=false, as the fixture sets it
-    target = upload(client, per_class=10)
+    target = upload_garments(client, per_class=10)
     body = {"target_dataset_id": target, "source_id": "best", "schedule": "manual", "epochs": 1}
     response = client.post("/v1/finetunes", json=body)
     assert response.status_code == 202, response.text
@@ -131,7 +108,7 @@ def test_without_a_worker_the_job_is_accepted_with_a_warning_and_stays_queued(
     # warning is gone.
     worker = spawn(["-m", "app.jobs.worker"], lease_env(data_dir), tmp_path / "worker.log")
     processes.append(worker)
-    done = wait(client, job["id"], ("succeeded", "failed"), timeout=120)
+    done = wait_for_job(client, job["id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done["error"]
     assert not any(w.startswith(NO_WORKER) for w in done["warnings"])
     again = client.post("/v1/finetunes?dry_run=true", json=body).json()

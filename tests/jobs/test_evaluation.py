@@ -2,7 +2,6 @@
 POST /v1/models/{id}/evaluate on labelled archives (at once, or as a job)."""
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +23,11 @@ from app.models import FinetunedModel, Job
 from app.zoo.bundled import BUNDLED_DIR
 from app.zoo.plots import confusion_plot
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bomb, zip_bytes
+from tests.helpers import (
+    PROBLEM,
+    wait_for_job,
+)
 
-PROBLEM = "application/problem+json"
 SYNC_LIMIT = 30  # P2L_EVALUATE_SYNC_MAX_IMAGES of the test service
 UPLOADED_PER_CLASS = 30  # of the 50 garments per class; the rest are held out
 
@@ -171,14 +173,6 @@ def held_out(garments: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
     return {k: v[UPLOADED_PER_CLASS:] for k, v in garments.items()}
 
 
-def wait(client: TestClient, job_id: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job["progress"]
-        time.sleep(0.2)
-    return job
-
-
 @pytest.fixture(scope="module")
 def model(service: TestClient, uploaded: dict[str, bytes]) -> dict:
     """A digits source fine-tuned for one epoch on garments: a model that makes mistakes."""
@@ -194,7 +188,7 @@ def model(service: TestClient, uploaded: dict[str, bytes]) -> dict:
         },
     )  # fmt: skip
     assert job.status_code == 202, job.text
-    finished = wait(service, job.json()["id"])
+    finished = wait_for_job(service, job.json()["id"])
     assert finished["status"] == "succeeded", finished
     return service.get(f"/v1/models/{finished['model_id']}").json()
 
@@ -312,7 +306,7 @@ def test_large_archive_becomes_an_evaluation_job(
     assert again.status_code == 202 and again.json()["id"] == job["id"]
     assert again.headers["idempotent-replayed"] == "true"
 
-    finished = wait(service, job["id"])
+    finished = wait_for_job(service, job["id"])
     assert finished["status"] == "succeeded", finished
     assert finished["progress"]["phase"] == "done"
     report = finished["result"]

@@ -2,7 +2,6 @@
 
 import json
 import re
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,12 @@ from app.finetune.options import FinetuneOptions
 from app.finetune.search import trial_epochs
 from app.main import create_app
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
+from tests.helpers import (
+    eventually,
+    get_job,
+    start_job,
+    wait_for_job,
+)
 
 PHASES = {
     "queued", "loading", "auto_search", "fine_tune", "baseline", "evaluating", "saving",
@@ -37,12 +42,6 @@ def target_id(service: TestClient) -> str:
     return response.json()["id"]
 
 
-def start_job(client: TestClient, **body: object) -> dict:
-    response = client.post("/v1/finetunes", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
 def read_events(client: TestClient, job_id: str) -> list[tuple[str, dict, int]]:
     """Every event of the job's stream until it closes: (name, data, size of its data)."""
     events = []
@@ -57,16 +56,6 @@ def read_events(client: TestClient, job_id: str) -> list[tuple[str, dict, int]]:
                 assert name is not None
                 events.append((name, json.loads(raw), len(raw)))
     return events
-
-
-def wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in until:
-            return job
-        time.sleep(0.1)
-    pytest.fail(f"job {job_id} still {job['status']} after {timeout} s")
 
 
 def test_a_jobs_stream_has_few_small_events_in_words_and_a_final_progress(
@@ -163,14 +152,13 @@ def test_a_cancelled_job_ends_with_a_final_progress(service: TestClient, target_
         service, target_dataset_id=target_id, source_id="best", schedule="manual",
         epochs=1000, patience=None,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not (running := service.get(f"/v1/jobs/{job['id']}").json())["progress"]["step"]:
-        assert time.monotonic() < deadline, running
-        time.sleep(0.1)
+    running = eventually(
+        lambda: (j := get_job(service, job["id"]))["progress"]["step"] and j, what="a step"
+    )
     assert running["progress"]["phase"] == "fine_tune"
     assert running["progress"]["epochs_planned"] == 1000
     assert service.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
-    ended = wait(service, job["id"], ("cancelled", "failed", "succeeded"))
+    ended = wait_for_job(service, job["id"])
     assert ended["status"] == "cancelled"
     progress = ended["progress"]
     assert progress["phase"] == "cancelled" and progress["eta_seconds"] == 0
@@ -181,7 +169,7 @@ def test_a_cancelled_job_ends_with_a_final_progress(service: TestClient, target_
     cancelled = service.post(f"/v1/jobs/{queued['id']}/cancel").json()
     if cancelled["status"] == "cancelled":  # still queued when cancelled
         assert cancelled["progress"]["phase"] == "cancelled"
-    ended = wait(service, queued["id"], ("cancelled", "failed", "succeeded"))
+    ended = wait_for_job(service, queued["id"])
     assert ended["progress"]["phase"] == "cancelled", ended["progress"]
 
 

@@ -11,20 +11,19 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load
 
-from app.config import Settings
 from app.finetune.search import describe_candidate
-from app.main import create_app
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
-
-PROBLEM = "application/problem+json"
-
-
-def start(data_dir: Path) -> TestClient:
-    """A started service with its job worker."""
-    settings = Settings(_env_file=None, data_dir=data_dir, start_worker=True)
-    client = TestClient(create_app(settings), raise_server_exceptions=False)
-    client.__enter__()
-    return client
+from tests.helpers import (
+    ACTIVE,
+    JOB_TIMEOUT,
+    PROBLEM,
+    eventually,
+    get_job,
+    start_job,
+    start_with_worker,
+    wait_for_job,
+    wait_for_training,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(data_dir: Path) -> Iterator[TestClient]:
-    client = start(data_dir)
+    client = start_with_worker(data_dir)
     yield client
     client.__exit__(None, None, None)
 
@@ -54,13 +53,6 @@ def target_id(service: TestClient) -> str:
     return response.json()["id"]
 
 
-def start_job(client: TestClient, **body: object) -> dict:
-    response = client.post("/v1/finetunes", json=body)
-    assert response.status_code == 202, response.text
-    assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
-    return response.json()
-
-
 def start_long_job(client: TestClient, target_id: str) -> dict:
     """A job that would train for a long time (1,000 epochs, no early stopping)."""
     return start_job(
@@ -69,49 +61,21 @@ def start_long_job(client: TestClient, target_id: str) -> dict:
     )  # fmt: skip
 
 
-def wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in until:
-            return job
-        time.sleep(0.2)
-    pytest.fail(f"job {job_id} still {job['status']} after {timeout} s: {job['progress']}")
-
-
-def wait_for_steps(client: TestClient, job_id: str) -> dict:
-    """Until the job is running and has reported training steps."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] == "running" and job["progress"].get("epoch"):
-            return job
-        assert job["status"] in ("queued", "running"), job
-        time.sleep(0.1)
-    pytest.fail("job never started training")
-
-
 def test_best_source_fine_tunes_beats_scratch_and_predicts(
     service: TestClient, target_id: str, garments: dict[str, list[bytes]]
 ) -> None:
-    submitted = time.monotonic()
     job = start_job(service, target_dataset_id=target_id, source_id="best", baseline=True)
     assert job["status"] == "queued"
     assert job["params"]["chosen_by"] == "p2l"
     assert job["params"]["source_name"].startswith("fashion")  # a garment source
 
-    reference_times = []
-    while (current := service.get(f"/v1/jobs/{job['id']}").json())["status"] in (
-        "queued", "running",
-    ):  # fmt: skip
-        started = time.perf_counter()
+    # The API keeps answering while the worker trains (how fast is bench/'s business).
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while (current := get_job(service, job["id"]))["status"] in ACTIVE:
         assert service.get("/v1/reference").status_code == 200
-        reference_times.append(time.perf_counter() - started)
+        assert time.monotonic() < deadline, current["progress"]
         time.sleep(0.2)
-    elapsed = time.monotonic() - submitted
     assert current["status"] == "succeeded", current
-    assert elapsed < 120
-    assert max(reference_times) < 0.2, max(reference_times)
 
     result = current["result"]
     # The figure to quote comes from the test split, which chose nothing.
@@ -181,16 +145,16 @@ def test_progress_streams_as_server_sent_events(service: TestClient, target_id: 
         events = [line for line in stream.iter_lines() if line.startswith("event:")]
     assert events[0] == "event: job" and events[-1] == "event: end"
     assert "event: epoch" in events and "event: phase" in events
-    assert wait(service, job["id"], ("succeeded",))["status"] == "succeeded"
+    assert wait_for_job(service, job["id"], ("succeeded",))["status"] == "succeeded"
 
 
 def test_cancel_stops_a_running_job(service: TestClient, target_id: str) -> None:
     models_before = service.get("/v1/models").json()["items"]
     job = start_long_job(service, target_id)
-    wait_for_steps(service, job["id"])
+    wait_for_training(service, job["id"])
     cancelled = service.post(f"/v1/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["cancel_requested"]
-    final = wait(service, job["id"], ("cancelled", "failed", "succeeded"), timeout=10)
+    final = wait_for_job(service, job["id"])
     assert final["status"] == "cancelled", final
     assert service.get("/v1/models").json()["items"] == models_before
     again = service.post(f"/v1/jobs/{job['id']}/cancel")
@@ -202,26 +166,27 @@ def test_killed_worker_job_is_retried_once_then_failed_and_leaves_no_model(
 ) -> None:
     models_before = {m["id"] for m in service.get("/v1/models").json()["items"]}
     job = start_long_job(service, target_id)
-    running = wait_for_steps(service, job["id"])
+    running = wait_for_training(service, job["id"])
     worker_pid = service.app.state.service.runner.pid
     assert worker_pid is not None and running["status"] == "running"
     os.kill(worker_pid, signal.SIGKILL)
 
     # The supervisor re-queues the job (P2L_JOB_MAX_ATTEMPTS=2) and its new worker runs it.
-    deadline = time.monotonic() + 15
-    while "re-queued" not in (service.get(f"/v1/jobs/{job['id']}").json()["error"] or ""):
-        assert time.monotonic() < deadline, "the job was not re-queued"
-        time.sleep(0.1)
-    retried = wait_for_steps(service, job["id"])
+    eventually(
+        lambda: "re-queued" in (get_job(service, job["id"])["error"] or ""), what="re-queued"
+    )
+    retried = wait_for_training(service, job["id"])
     assert retried["error"].startswith("re-queued after attempt 1 of 2: the worker process died")
     second_pid = service.app.state.service.runner.pid
     assert second_pid not in (None, worker_pid)
     os.kill(second_pid, signal.SIGKILL)
 
-    failed = wait(service, job["id"], ("failed", "succeeded", "cancelled"), timeout=15)
+    failed = wait_for_job(service, job["id"])
     assert failed["status"] == "failed" and "worker process died" in failed["error"]
     assert failed["error"].endswith("(attempt 2 of 2)")
-    restarted = start(data_dir)  # a second service over the same data: the job stays terminal
+    restarted = start_with_worker(
+        data_dir
+    )  # a second service over the same data: the job stays terminal
     try:
         assert restarted.get(f"/v1/jobs/{job['id']}").json()["status"] == "failed"
         models = {m["id"] for m in restarted.get("/v1/models").json()["items"]}
@@ -233,7 +198,7 @@ def test_killed_worker_job_is_retried_once_then_failed_and_leaves_no_model(
     # The supervisor replaced the worker: new jobs still run.
     quick = start_job(service, target_dataset_id=target_id, source_id="best", schedule="manual",
                       epochs=1)  # fmt: skip
-    assert wait(service, quick["id"], ("succeeded", "failed"))["status"] == "succeeded"
+    assert wait_for_job(service, quick["id"], ("succeeded", "failed"))["status"] == "succeeded"
 
 
 @pytest.mark.parametrize(

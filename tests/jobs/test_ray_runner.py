@@ -14,13 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from tests.jobs.test_job_leases import (
+from tests.helpers import (
     HANDED_BACK,
+    JOB_TIMEOUT,
     LEASE,
     eventually,
+    get_job,
     model_folders,
     start_finetune,
-    upload_target,
+    upload_garments,
 )
 from tests.servers import free_port
 
@@ -136,12 +138,6 @@ def job_node_ids() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n["Alive"] and "p2l_node" in n["Resources"]}
 
 
-def job(client: TestClient, job_id: str) -> dict:
-    response = client.get(f"/v1/jobs/{job_id}")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def job_row(database_url: str, job_id: str) -> dict:
     """The job's row, read straight from the database (the service may be stopped)."""
     engine = create_engine(database_url)
@@ -161,11 +157,11 @@ def ran_on(record: dict, node_id: str) -> bool:
 def test_a_finetune_runs_as_a_ray_task_on_the_node_with_the_resource(
     cluster: Cluster, ray_client: TestClient, data_dir: Path
 ) -> None:
-    target_id = upload_target(ray_client)
+    target_id = upload_garments(ray_client)
     job_id = start_finetune(ray_client, target_id, epochs=2)
     record = eventually(
-        lambda: (r := job(ray_client, job_id))["status"] not in ("queued", "running") and r,
-        120,
+        lambda: (r := get_job(ray_client, job_id))["status"] not in ("queued", "running") and r,
+        JOB_TIMEOUT,
         "the job ends",
     )
     assert isinstance(record, dict)
@@ -181,13 +177,15 @@ def test_a_finetune_runs_as_a_ray_task_on_the_node_with_the_resource(
 def test_a_job_whose_node_dies_is_requeued_and_runs_once_on_another_node(
     cluster: Cluster, ray_client: TestClient, data_dir: Path, postgres_database: str
 ) -> None:
-    target_id = upload_target(ray_client)
+    target_id = upload_garments(ray_client)
     long_job = start_finetune(ray_client, target_id, epochs=1000)
     first = eventually(
         lambda: (
-            (r := job(ray_client, long_job))["status"] == "running" and r["progress"]["epoch"] and r
+            (r := get_job(ray_client, long_job))["status"] == "running"
+            and r["progress"]["epoch"]
+            and r
         ),
-        120,
+        JOB_TIMEOUT,
         "the job trains",
     )
     assert isinstance(first, dict) and first["attempts"] == 1
@@ -202,8 +200,10 @@ def test_a_job_whose_node_dies_is_requeued_and_runs_once_on_another_node(
     # The lease expires, the API's reaper re-queues the job (the run counted), and the
     # dispatcher hands it to a task on the new node: a second run, never alongside the first.
     second = eventually(
-        lambda: (r := job(ray_client, long_job))["attempts"] == 2 and r["progress"]["epoch"] and r,
-        120,
+        lambda: (
+            (r := get_job(ray_client, long_job))["attempts"] == 2 and r["progress"]["epoch"] and r
+        ),
+        JOB_TIMEOUT,
         "the job trains again",
     )
     assert isinstance(second, dict)
@@ -215,7 +215,7 @@ def test_a_job_whose_node_dies_is_requeued_and_runs_once_on_another_node(
     # The second run answers to the job table like the first: cancel it there.
     assert ray_client.post(f"/v1/jobs/{long_job}/cancel").status_code == 200
     ended = eventually(
-        lambda: (r := job(ray_client, long_job))["status"] != "running" and r, 60, "it stops"
+        lambda: (r := get_job(ray_client, long_job))["status"] != "running" and r, 60, "it stops"
     )
     assert isinstance(ended, dict)
     assert ended["status"] == "cancelled" and ended["attempts"] == 2, ended
@@ -224,8 +224,8 @@ def test_a_job_whose_node_dies_is_requeued_and_runs_once_on_another_node(
     # The cluster keeps serving: the next job runs once, on the new node, with one model.
     quick_job = start_finetune(ray_client, target_id, epochs=1)
     quick = eventually(
-        lambda: (r := job(ray_client, quick_job))["status"] not in ("queued", "running") and r,
-        120,
+        lambda: (r := get_job(ray_client, quick_job))["status"] not in ("queued", "running") and r,
+        JOB_TIMEOUT,
         "the next job ends",
     )
     assert isinstance(quick, dict)
@@ -237,9 +237,11 @@ def test_a_job_whose_node_dies_is_requeued_and_runs_once_on_another_node(
 def test_stopping_the_service_hands_its_running_job_back_and_ends_the_task(
     cluster: Cluster, ray_client: TestClient, postgres_database: str
 ) -> None:
-    target_id = upload_target(ray_client)
+    target_id = upload_garments(ray_client)
     long_job = start_finetune(ray_client, target_id, epochs=1000)
-    eventually(lambda: job(ray_client, long_job)["progress"]["epoch"], 120, "the job trains")
+    eventually(
+        lambda: get_job(ray_client, long_job)["progress"]["epoch"], JOB_TIMEOUT, "the job trains"
+    )
     task_pid = job_row(postgres_database, long_job)["worker_pid"]
 
     ray_client.__exit__(None, None, None)  # the service stops (a deploy, say)

@@ -1,7 +1,6 @@
 """Learning from finished jobs: evidence from real fine-tunes, refits, and the calibration
 each later ranking records."""
 
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,8 +14,14 @@ from app.models import Evidence
 from app.p2l.calibration import RankingParams, fit, grid, guarded_fit, leave_one_target_out
 from app.p2l.scoring import ScoringParams
 from app.zoo.sources import signature_for_dataset
-from tests.api.test_zoo_api import rank, upload_target
-from tests.jobs.test_jobs_api import PROBLEM, start_job, wait
+from tests.helpers import (
+    PROBLEM,
+    eventually,
+    rank,
+    start_job,
+    upload_target,
+    wait_for_job,
+)
 
 DEFAULTS = {"measure": "js", "lambda": 0.002}
 
@@ -76,9 +81,7 @@ def fine_tune_pair(service: TestClient, target: str, a: str, b: str) -> tuple[di
         service, target_dataset_id=target, source_id=b, schedule="manual", epochs=10,
         baseline=True,
     )  # fmt: skip
-    done = [
-        wait(service, job["id"], ("succeeded", "failed", "cancelled")) for job in (weak, strong)
-    ]
+    done = [wait_for_job(service, job["id"]) for job in (weak, strong)]
     assert [job["status"] for job in done] == ["succeeded", "succeeded"], done
     assert done[0]["result"]["test_accuracy"] < done[1]["result"]["test_accuracy"]
     return done[0], done[1]
@@ -175,11 +178,12 @@ def test_evidence_from_finished_jobs_refits_the_ranking_and_later_rankings_recor
         quick = start_job(
             service, target_dataset_id=third, source_id=source, schedule="manual", epochs=1
         )
-        assert wait(service, quick["id"], ("succeeded", "failed"))["status"] == "succeeded"
-    deadline = time.monotonic() + 30  # the worker refits just after the job's commit
-    while (status := service.get("/v1/calibration").json())["trigger"] != "auto":
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+        assert wait_for_job(service, quick["id"], ("succeeded", "failed"))["status"] == "succeeded"
+    # The worker refits just after the job's commit.
+    status = eventually(
+        lambda: (c := service.get("/v1/calibration").json())["trigger"] == "auto" and c,
+        what="the worker refits",
+    )
     assert status["fitted_on"]["targets"] == 3
     assert status["evidence"] == {"fine_tunes": 6, "targets": 3, "usable_targets": 3}
 

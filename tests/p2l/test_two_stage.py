@@ -11,7 +11,11 @@ from app.architectures import get_spec, load_model
 from app.p2l.peers import leep, logme
 from app.p2l.refine import source_outputs
 from app.zoo.bundled import BUNDLED_DIR, bundled_target, manifest
-from tests.api.test_zoo_api import PROBLEM, rank, upload_target
+from tests.helpers import (
+    PROBLEM,
+    rank,
+    upload_target,
+)
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def endpoint() -> Iterator[str]:
         env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120  # a hang guard: moto_server starts
             while True:
                 try:
                     urllib.request.urlopen(url, timeout=1).close()

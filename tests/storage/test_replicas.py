@@ -216,14 +216,11 @@ def test_catch_up_applies_adds_and_removes_and_costs_one_query_when_idle(
 
     event.listen(state.engine, "before_cursor_execute", count)
     try:
-        started = time.perf_counter()
         with state.sessions() as session:
             assert catch_up(session, state.store, replica, state.reference) == 0
-        elapsed = time.perf_counter() - started
     finally:
         event.remove(state.engine, "before_cursor_execute", count)
     assert len(statements) == 1, statements  # nothing changed: one indexed query
-    assert elapsed < 1.0
 
 
 def test_uvicorn_workers_rank_the_same_zoo(postgres_database: str, tmp_path: Path) -> None:

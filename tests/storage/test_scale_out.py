@@ -15,7 +15,12 @@ import httpx
 import pytest
 
 from tests.archives import bundled_target_images, image_folder_entries, zip_bytes
-from tests.jobs.test_job_leases import eventually
+from tests.helpers import (
+    eventually,
+    get_job,
+    start_finetune,
+    wait_for_job,
+)
 from tests.jobs.test_ray_runner import RAY_ENV, Cluster, cluster, job_node_ids, ran_on, ray  # noqa: F401
 from tests.servers import free_port, serve, uvicorn_args
 from tests.storage.test_object_store import BUCKET, endpoint  # noqa: F401 (fixture)
@@ -59,20 +64,6 @@ def apis(
         yield clients
 
 
-def job(api: httpx.Client, job_id: str) -> dict:
-    response = api.get(f"/v1/jobs/{job_id}")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def fine_tune(api: httpx.Client, target: str, source: str, epochs: int) -> str:
-    body = {"target_dataset_id": target, "source_id": source, "schedule": "manual",
-            "epochs": epochs, "patience": None}  # fmt: skip
-    response = api.post("/v1/finetunes", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
-
-
 def test_two_replicas_one_bucket_one_ray_cluster(
     apis: list[httpx.Client],
     cluster: Cluster,  # noqa: F811
@@ -102,9 +93,8 @@ def test_two_replicas_one_bucket_one_ray_cluster(
     assert nearest["source_id"] == source
 
     # Fine-tune through API 2 on the Ray node; predict through API 1.
-    first = fine_tune(api2, target, source, epochs=2)
-    done = eventually(lambda: (r := job(api1, first))["status"] not in ("queued", "running") and r,
-                 180, "the fine-tune ends")  # fmt: skip
+    first = start_finetune(api2, target, epochs=2, source=source)
+    done = wait_for_job(api1, first)
     assert isinstance(done, dict) and done["status"] == "succeeded", done
     (node,) = job_node_ids()
     assert ran_on(done, node) and done["attempts"] == 1
@@ -115,16 +105,20 @@ def test_two_replicas_one_bucket_one_ray_cluster(
     assert len(predicted.json()["predictions"]) == len(held_back)
 
     # The Ray node dies mid-job: the job is re-run once on a new node, never twice at once.
-    long = fine_tune(api2, target, source, epochs=1000)
-    eventually(lambda: job(api1, long)["progress"]["epoch"], 180, "the long job trains")
+    long = start_finetune(api2, target, epochs=1000, source=source)
+    eventually(lambda: get_job(api1, long)["progress"]["epoch"], what="the long job trains")
     cluster.kill_node(cluster.nodes[-1])
     cluster.add_node()
-    again = eventually(lambda: (r := job(api1, long))["attempts"] == 2 and r["progress"]["epoch"]
-                  and r, 180, "the job trains again")  # fmt: skip
+    again = eventually(
+        lambda: (r := get_job(api1, long))["attempts"] == 2 and r["progress"]["epoch"] and r,
+        what="the job trains again",
+    )
     assert isinstance(again, dict) and again["status"] == "running", again
     assert "re-queued after attempt 1" in (again["error"] or "")
     assert api2.post(f"/v1/jobs/{long}/cancel").status_code == 200
-    ended = eventually(lambda: (r := job(api1, long))["status"] != "running" and r, 60, "it stops")
+    ended = eventually(
+        lambda: (r := get_job(api1, long))["status"] != "running" and r, 60, "it stops"
+    )
     assert isinstance(ended, dict) and ended["status"] == "cancelled", ended
     models = api1.get("/v1/models").json()["items"]
     assert [m["id"] for m in models] == [done["model_id"]]  # nothing from the cancelled job

@@ -16,6 +16,24 @@ from app.config import Settings
 from app.db import make_engine, migrate, session_factory
 from app.main import create_app
 
+TIERS = ("unit", "api", "system")  # the markers declared in pyproject.toml
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse to run a test that has not exactly one tier marker (unit, api or system)."""
+    wrong = [
+        f"{item.nodeid} ({', '.join(sorted(tiers)) or 'none'})"
+        for item in items
+        if len(tiers := {mark.name for mark in item.iter_markers() if mark.name in TIERS}) != 1
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "every test needs exactly one of the markers unit, api, system "
+            "(see [tool.pytest.ini_options] markers in pyproject.toml):\n  " + "\n  ".join(wrong)
+        )
+
+
 POSTGRES_URL = os.environ.get(
     "P2L_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

@@ -2,9 +2,12 @@
 
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
+
+pytestmark = pytest.mark.api
 
 
 def archive() -> dict[str, tuple[str, bytes]]:

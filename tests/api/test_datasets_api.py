@@ -38,6 +38,8 @@ from tests.helpers import (
 )
 from tests.storage.test_store import dead_pid
 
+pytestmark = pytest.mark.api
+
 
 @pytest.fixture
 def service(make_client: Callable[..., TestClient], database_url: str | None) -> TestClient:

@@ -16,6 +16,7 @@ from tests.servers import free_port, serve
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.api
 def test_docs_pages_use_no_cdn(client: TestClient) -> None:
     for page in ("/docs", "/redoc"):
         html = client.get(page).text
@@ -63,6 +64,7 @@ def rendered_dom(url: str) -> str:
     return result.stdout
 
 
+@pytest.mark.system
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
 def test_swagger_ui_and_redoc_render_in_chromium(live_server: str) -> None:
     assert httpx.get(f"{live_server}/v1/reference").json()["feature_dim"] > 0

@@ -17,6 +17,8 @@ from schemathesis.checks import positive_data_acceptance
 
 from tests.servers import free_port, serve, uvicorn_args
 
+pytestmark = pytest.mark.system
+
 EXAMPLES_PER_OPERATION = 30
 TIME_CAP_SECONDS = 240
 API_KEY = "fuzz-key"

@@ -29,6 +29,8 @@ from app.store import LocalArtifactStore
 from tests.archives import fashion_mnist_images, image_folder_entries, png_bytes, zip_bytes
 from tests.helpers import PROBLEM
 
+pytestmark = pytest.mark.api
+
 SOME_ID = "0" * 32
 
 

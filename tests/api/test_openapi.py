@@ -10,6 +10,8 @@ from pydantic import BaseModel
 from app import schemas
 from app.api.examples import EXAMPLES
 
+pytestmark = pytest.mark.api
+
 
 @pytest.fixture
 def spec(client: TestClient) -> dict[str, Any]:

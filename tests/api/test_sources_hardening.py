@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import safetensors.numpy
 import torch
 from fastapi.testclient import TestClient
@@ -102,6 +103,7 @@ def with_value(
     return changed
 
 
+@pytest.mark.api
 def test_non_finite_weights_are_refused_and_nothing_is_kept(
     client: TestClient, data_dir: Path
 ) -> None:
@@ -125,6 +127,7 @@ def test_non_finite_weights_are_refused_and_nothing_is_kept(
     assert register(client, small_weights(torch.float16))["status"] == 201
 
 
+@pytest.mark.api
 def test_poisoned_signatures_are_refused_and_the_map_still_draws(
     make_client: Callable[..., TestClient], database_url: str | None, data_dir: Path
 ) -> None:
@@ -174,6 +177,7 @@ def test_poisoned_signatures_are_refused_and_the_map_still_draws(
     assert client.get("/v1/sources/map.png").status_code == 200
 
 
+@pytest.mark.api
 def test_num_classes_above_the_limit_is_refused_before_any_model_is_built(
     client: TestClient, data_dir: Path
 ) -> None:
@@ -197,6 +201,7 @@ def with_classes(names: list[str]) -> DatasetSignature:
     return dataclasses.replace(SIGNATURE, class_names=names, class_counts=counts, class_means=means)
 
 
+@pytest.mark.api
 def test_too_many_classes_and_too_long_class_names_are_refused_and_nothing_is_kept(
     client: TestClient, data_dir: Path
 ) -> None:
@@ -261,6 +266,7 @@ def fine_tuned_model(client: TestClient) -> str:
     return state["model_id"]
 
 
+@pytest.mark.system
 def test_concurrent_registrations_of_one_model_make_one_source(
     database_url: str | None, make_client: Callable[..., TestClient], data_dir: Path
 ) -> None:

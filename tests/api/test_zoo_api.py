@@ -36,6 +36,7 @@ def source_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "sources").rglob("*") if p.is_file())
 
 
+@pytest.mark.api
 def test_fresh_start_lists_the_bundled_zoo(client: TestClient) -> None:
     sources = zoo(client)
     assert len(sources) >= 10
@@ -48,11 +49,13 @@ def test_fresh_start_lists_the_bundled_zoo(client: TestClient) -> None:
     assert all(s["reference_sha256"] == reference["weights_sha256"] for s in sources.values())
 
 
+@pytest.mark.api
 def test_bundled_import_can_be_turned_off(make_client: Callable[..., TestClient]) -> None:
     client = make_client(import_bundled_zoo=False)
     assert client.get("/v1/sources").json()["items"] == []
 
 
+@pytest.mark.api
 def test_p2l_ranks_related_sources_first_and_differs_from_largest(service: TestClient) -> None:
     # Ground truth (bench/results/selection.md): garments are best served by a garment source,
     # glyphs of scripts no source saw by a glyph source.
@@ -71,6 +74,7 @@ def test_p2l_ranks_related_sources_first_and_differs_from_largest(service: TestC
     assert [r["name"] for r in rank(service, scripts, method="largest")["results"]] != scripts_p2l
 
 
+@pytest.mark.api
 def test_ranking_reports_the_parts_of_every_score(service: TestClient) -> None:
     target = upload_target(service, "digits_fewshot")
     body = rank(service, target, measure="kl", top_k=4, **{"lambda": 0.2})
@@ -85,6 +89,7 @@ def test_ranking_reports_the_parts_of_every_score(service: TestClient) -> None:
     assert again["results"] == body["results"]
 
 
+@pytest.mark.api
 @pytest.mark.parametrize("measure", ["js", "cosine", "emd"])
 def test_every_measure_ranks_the_whole_zoo(client: TestClient, measure: str) -> None:
     target = upload_target(client, "unseen_scripts")
@@ -93,6 +98,7 @@ def test_every_measure_ranks_the_whole_zoo(client: TestClient, measure: str) -> 
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(results))
 
 
+@pytest.mark.api
 def test_ranking_a_subset_and_bad_requests(client: TestClient) -> None:
     target = upload_target(client, "fashion")
     sources = zoo(client)
@@ -114,6 +120,7 @@ def test_ranking_a_subset_and_bad_requests(client: TestClient) -> None:
     assert client.get("/v1/rankings/nope").status_code == 404
 
 
+@pytest.mark.api
 def test_register_download_and_delete_a_source(service: TestClient, data_dir: Path) -> None:
     dataset = upload_target(service, "fashion")
     weights = (BUNDLED_DIR / "sources" / "fashion_9k.safetensors").read_bytes()
@@ -143,6 +150,7 @@ def test_register_download_and_delete_a_source(service: TestClient, data_dir: Pa
     assert not (data_dir / "sources" / source["id"]).exists()
 
 
+@pytest.mark.api
 def test_register_with_an_uploaded_signature(client: TestClient) -> None:
     dataset = upload_target(client, "digits_fewshot")
     signature = client.get(f"/v1/datasets/{dataset}/signature", params={"format": "safetensors"})
@@ -164,6 +172,7 @@ def test_register_with_an_uploaded_signature(client: TestClient) -> None:
     assert response.json()["class_names"] == ["1", "3", "4", "5", "6"]
 
 
+@pytest.mark.api
 @pytest.mark.parametrize(
     ("architecture", "num_classes", "weights", "detail"),
     [
@@ -206,6 +215,7 @@ def test_weights_that_do_not_fit_are_refused_and_nothing_is_kept(
     assert list((data_dir / "tmp").iterdir()) == []
 
 
+@pytest.mark.api
 def test_plots_are_pngs(client: TestClient) -> None:
     target = upload_target(client, "clipart_fewshot")
     ranking = rank(client, target)
@@ -218,6 +228,7 @@ def test_plots_are_pngs(client: TestClient) -> None:
     assert client.get("/v1/sources/map.png", params={"target_dataset_id": "x"}).status_code == 404
 
 
+@pytest.mark.api
 def test_metrics_count_what_the_service_holds(client: TestClient) -> None:
     upload_target(client, "clipart_fewshot")
     body = client.get("/metrics").text
@@ -226,6 +237,7 @@ def test_metrics_count_what_the_service_holds(client: TestClient) -> None:
     assert 'p2l_jobs{status="running"} 0' in body
 
 
+@pytest.mark.unit
 def test_defaults_are_what_the_selection_benchmark_chose() -> None:
     # The README's calibration section and the service must agree with the committed results.
     results = json.loads((Path(__file__).parents[2] / "bench/results/selection.json").read_text())

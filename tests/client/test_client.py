@@ -207,6 +207,7 @@ def flow(cli: Cli) -> Flow:
 # -- the fresh venv ------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_client_installs_without_torch(client_venv: Venv) -> None:
     python = str(client_venv.bin / "python")
     probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
@@ -227,6 +228,7 @@ def test_client_installs_without_torch(client_venv: Venv) -> None:
 # -- the CLI flow (fresh venv, open service) -----------------------------------------------
 
 
+@pytest.mark.system
 def test_cli_uploads_a_folder_skipping_hidden_files(flow: Flow) -> None:
     upload = flow.upload
     assert upload["name"] == "garments"
@@ -236,6 +238,7 @@ def test_cli_uploads_a_folder_skipping_hidden_files(flow: Flow) -> None:
     assert upload["rejected_total"] == 0, upload["rejected"]
 
 
+@pytest.mark.system
 def test_cli_ranks_the_zoo(flow: Flow) -> None:
     results = flow.ranking["results"]
     assert [r["rank"] for r in results] == [1, 2, 3]
@@ -244,6 +247,7 @@ def test_cli_ranks_the_zoo(flow: Flow) -> None:
     assert results[0]["name"] in flow.human_ranking and "size_term" in flow.human_ranking
 
 
+@pytest.mark.system
 def test_cli_ranks_in_two_stages(cli: Cli, flow: Flow) -> None:
     target = flow.upload["id"]
     human = cli.run("rank", target, "--top-k", "4", "--refine", "logme", "--refine-top", "3")
@@ -257,6 +261,7 @@ def test_cli_ranks_in_two_stages(cli: Cli, flow: Flow) -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.system
 def test_cli_races_the_shortlist_and_shows_the_calibration(cli: Cli, flow: Flow) -> None:
     target = flow.upload["id"]
     raced = cli.run(
@@ -280,6 +285,7 @@ def test_cli_races_the_shortlist_and_shows_the_calibration(cli: Cli, flow: Flow)
     assert listed.returncode == 0 and newest["job_id"] in listed.stdout, listed.stderr
 
 
+@pytest.mark.system
 def test_cli_finetunes_the_best_source_with_progress(flow: Flow) -> None:
     job = flow.job
     assert job["status"] == "succeeded" and job["model_id"]
@@ -291,6 +297,7 @@ def test_cli_finetunes_the_best_source_with_progress(flow: Flow) -> None:
     assert job["progress"]["phase"] == "done" and job["progress"]["epochs_done"] == 2
 
 
+@pytest.mark.system
 def test_cli_predicts_held_out_images(cli: Cli, flow: Flow) -> None:
     files = sorted(flow.heldout.glob("*/*.png"))
     answer = cli.json("predict", flow.job["model_id"], *map(str, files), "--top-k", "2")
@@ -303,6 +310,7 @@ def test_cli_predicts_held_out_images(cli: Cli, flow: Flow) -> None:
     assert human.returncode == 0 and f"{files[0].name} -> " in human.stdout
 
 
+@pytest.mark.system
 def test_cli_lists_and_gets(cli: Cli, flow: Flow) -> None:
     model_id, target = flow.job["model_id"], flow.upload["id"]
     assert target in {d["id"] for d in cli.json("datasets", "list")}  # type: ignore[union-attr]
@@ -318,6 +326,7 @@ def test_cli_lists_and_gets(cli: Cli, flow: Flow) -> None:
     assert field.returncode == 0 and field.stdout == f"{model_id}\n"
 
 
+@pytest.mark.system
 def test_cli_api_errors_exit_1_with_the_problem_on_stderr(cli: Cli) -> None:
     missing = cli.run("datasets", "get", "0" * 32)
     assert missing.returncode == 1 and missing.stdout == ""
@@ -330,6 +339,7 @@ def test_cli_api_errors_exit_1_with_the_problem_on_stderr(cli: Cli) -> None:
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
 
 
+@pytest.mark.system
 def test_cli_exports_onnx_with_its_preprocessing(cli: Cli, flow: Flow) -> None:
     target = cli.cwd / "model-onnx.zip"
     answer = cli.json("export", flow.job["model_id"], "--format", "onnx", "-o", str(target))
@@ -342,6 +352,7 @@ def test_cli_exports_onnx_with_its_preprocessing(cli: Cli, flow: Flow) -> None:
     assert spec["layout"] == "NCHW" and len(spec["mean"]) == len(spec["std"])
 
 
+@pytest.mark.system
 def test_cli_evaluates_a_labelled_folder(cli: Cli, flow: Flow) -> None:
     report = cli.json("evaluate", flow.job["model_id"], str(flow.heldout))
     assert isinstance(report, dict)
@@ -351,6 +362,7 @@ def test_cli_evaluates_a_labelled_folder(cli: Cli, flow: Flow) -> None:
     assert 0 <= report["accuracy"] <= 1
 
 
+@pytest.mark.system
 def test_cli_dry_run_estimates_and_queues_nothing(cli: Cli, flow: Flow) -> None:
     jobs_before = cli.json("jobs", "list")
     estimate = cli.json("finetune", flow.upload["id"], "--dry-run", *TINY)
@@ -360,6 +372,7 @@ def test_cli_dry_run_estimates_and_queues_nothing(cli: Cli, flow: Flow) -> None:
     assert cli.json("jobs", "list") == jobs_before
 
 
+@pytest.mark.system
 def test_readme_cli_session_runs_as_written(cli: Cli) -> None:
     """client/examples/session.sh, the README's CLI twin of its curl session."""
     demo = cli.cwd / "demo"
@@ -386,6 +399,7 @@ def test_readme_cli_session_runs_as_written(cli: Cli) -> None:
 # -- the library (this venv) ---------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_pagination_follows_every_page(service: Service) -> None:
     with Client(service.url) as client:
         tokens: list[str | None] = []
@@ -403,6 +417,7 @@ def test_pagination_follows_every_page(service: Service) -> None:
     assert tokens[0] is None and all(tokens[1:pages])  # each next page by its token
 
 
+@pytest.mark.system
 def test_a_partial_iteration_fetches_only_the_pages_it_needs(service: Service) -> None:
     with Client(service.url) as client:
         requests: list[str] = []
@@ -411,6 +426,7 @@ def test_a_partial_iteration_fetches_only_the_pages_it_needs(service: Service) -
         assert len(first_five) == 5 and len(requests) == 3
 
 
+@pytest.mark.system
 def test_errors_carry_the_problem_detail(service: Service, tmp_path: Path) -> None:
     with Client(service.url) as client:
         with pytest.raises(NotFound) as missing:
@@ -436,6 +452,7 @@ def test_errors_carry_the_problem_detail(service: Service, tmp_path: Path) -> No
         nowhere.health()
 
 
+@pytest.mark.system
 def test_api_keys_from_argument_environment_and_cli(
     keyed_service: Service,
     tmp_path: Path,
@@ -470,6 +487,7 @@ def test_api_keys_from_argument_environment_and_cli(
     assert uploaded["name"] == "two" and uploaded["num_classes"] == 5
 
 
+@pytest.mark.unit
 def test_parse_sse_follows_the_event_stream_rules() -> None:
     text = (
         ": keep-alive comment\r\n"
@@ -494,6 +512,7 @@ def test_parse_sse_follows_the_event_stream_rules() -> None:
     ]
 
 
+@pytest.mark.system
 def test_job_events_stream_parsed_to_spec(service: Service, flow: Flow) -> None:
     """A tiny real fine-tune's stream: job first, then phases and epochs, end last."""
     with Client(service.url) as client:
@@ -511,6 +530,7 @@ def test_job_events_stream_parsed_to_spec(service: Service, flow: Flow) -> None:
     assert "fine_tune" in phases and all(isinstance(p, str) for p in phases)
 
 
+@pytest.mark.system
 def test_wait_falls_back_to_polling_when_the_stream_times_out(keyed_service: Service) -> None:
     """No worker: the job stays queued, the stream times out after 1 s, wait() polls until
     the job is cancelled from elsewhere."""
@@ -556,6 +576,7 @@ def zip_bytes_of(images: dict[str, list[bytes]]) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.unit
 def test_zip_folder_skips_hidden_files_and_refuses_an_empty_folder(tmp_path: Path) -> None:
     root = tmp_path / "set"
     (root / "a" / ".git").mkdir(parents=True)
@@ -574,6 +595,7 @@ def test_zip_folder_skips_hidden_files_and_refuses_an_empty_folder(tmp_path: Pat
         zip_folder(tmp_path / "empty")
 
 
+@pytest.mark.unit
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     """`--help` on the command, every group and every subcommand."""
     parser = build_parser()
@@ -596,6 +618,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert "--json" in shown and "--url" in shown, path
 
 
+@pytest.mark.unit
 def test_a_cut_download_leaves_no_partial_file(tmp_path: Path) -> None:
     """A stream cut mid-body (a real socket that closes early): no file, no ``.part``."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -624,6 +647,7 @@ def test_a_cut_download_leaves_no_partial_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_progress_prints_a_retried_jobs_epochs_again() -> None:
     """A retry starts the history over: the new attempt's epochs are printed as they come."""
     shown = io.StringIO()
@@ -647,6 +671,7 @@ def test_progress_prints_a_retried_jobs_epochs_again() -> None:
     assert epochs == ["1", "2", "3", "1", "2"], lines
 
 
+@pytest.mark.unit
 def test_field_past_the_end_of_a_list_is_a_clean_error() -> None:
     """``--field results.5.name`` on a shorter list: the KeyError main() reports, no traceback."""
     answer = {"results": [{"name": "a"}], "id": "r"}
@@ -656,6 +681,7 @@ def test_field_past_the_end_of_a_list_is_a_clean_error() -> None:
             pick(answer, path)
 
 
+@pytest.mark.unit
 def test_an_empty_ranking_shows_the_services_warnings(capsys: pytest.CaptureFixture[str]) -> None:
     ranking = {
         "id": "r",
@@ -674,6 +700,7 @@ def test_an_empty_ranking_shows_the_services_warnings(capsys: pytest.CaptureFixt
     assert "no source ranked" in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_archive_part_closes_what_it_opened(tmp_path: Path) -> None:
     """A folder's zip and an archive's file are closed after use; a caller's file is not."""
     (tmp_path / "set" / "a").mkdir(parents=True)

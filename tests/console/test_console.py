@@ -87,6 +87,7 @@ def upload(page: Any, archive: Path, name: str) -> str:
     return page.url.rsplit("/", 1)[1]
 
 
+@pytest.mark.system
 def test_console_upload_rank_finetune_and_report(
     browser: Any, garments_zip: Path, tmp_path: Path
 ) -> None:
@@ -195,6 +196,7 @@ def test_console_upload_rank_finetune_and_report(
         assert not errors, errors
 
 
+@pytest.mark.system
 def test_console_asks_for_the_api_key(browser: Any, garments_zip: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -245,6 +247,7 @@ def test_console_asks_for_the_api_key(browser: Any, garments_zip: Path, tmp_path
         expect(page.get_by_label("API key", exact=True)).to_be_visible()
 
 
+@pytest.mark.api
 def test_console_pages_are_html_outside_the_schema(client: TestClient) -> None:
     """Without a browser: the pages render, bad ids are a 404, the schema does not list them."""
     page = client.get("/")
@@ -263,6 +266,7 @@ def test_console_pages_are_html_outside_the_schema(client: TestClient) -> None:
     assert not [p for p in paths if p == "/" or p.startswith("/console")]
 
 
+@pytest.mark.api
 def test_console_says_when_keys_are_needed(make_client: Callable[..., TestClient]) -> None:
     """The page tells its script that keys are set (and whether reads are open)."""
     page = make_client(api_keys=[KEY], open_reads=False).get("/")
@@ -271,6 +275,7 @@ def test_console_says_when_keys_are_needed(make_client: Callable[..., TestClient
     assert KEY not in page.text
 
 
+@pytest.mark.system
 def test_console_keeps_following_a_long_queued_job(
     browser: Any, garments_zip: Path, tmp_path: Path
 ) -> None:

@@ -5,7 +5,11 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from app.config import Settings
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()

@@ -5,6 +5,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
@@ -12,6 +13,7 @@ from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.unit
 def test_help_prints_usage_and_starts_nothing(tmp_path: Path) -> None:
     """`python -m app --help` used to start the server and create a data dir where it ran."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "P2L_PORT": "1"}
@@ -25,6 +27,7 @@ def test_help_prints_usage_and_starts_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # no models_store/ created
 
 
+@pytest.mark.api
 def test_ranking_an_empty_zoo_says_why_nothing_is_ranked(
     make_client: Callable[..., TestClient],
 ) -> None:

@@ -13,6 +13,8 @@ import pytest
 
 from tests.servers import Service, free_port, serve, uvicorn_args
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 

@@ -3,9 +3,12 @@
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.models import FinetunedModel, Job
+
+pytestmark = pytest.mark.api
 
 CLASSES = ["dress", "shirt"]
 

@@ -15,6 +15,8 @@ from app.finetune.search import (
 )
 from app.jobs.estimates import phase_plan
 
+pytestmark = pytest.mark.unit
+
 DECAY_1, DECAY_05, DECAY_01, FROZEN = AUTO_CANDIDATES
 
 

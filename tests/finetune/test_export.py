@@ -23,6 +23,8 @@ from tests.helpers import (
     wait_for_job,
 )
 
+pytestmark = pytest.mark.system
+
 UPLOADED_PER_CLASS = 30  # the rest of the sample's 50 per class is held out
 
 

@@ -12,6 +12,8 @@ from app.finetune.pipeline import FinetuneOptions, finetune, stratified_split, t
 from app.finetune.train import ImageTensors, TrainConfig, evaluate, train_classifier
 from app.zoo.bundled import BUNDLED_DIR, bundled_target
 
+pytestmark = pytest.mark.unit
+
 ARCH = "compact_cnn"
 
 

@@ -30,6 +30,8 @@ from app.jobs.progress import STOP_CHECK_SECONDS, WRITE_SECONDS, ProgressWriter
 from app.models import Job
 from app.zoo.bundled import BUNDLED_DIR, bundled_target
 
+pytestmark = pytest.mark.unit
+
 ARCH = "compact_cnn"
 
 

@@ -42,6 +42,7 @@ def target_id(service: TestClient) -> str:
     return upload_target(service, "fashion")
 
 
+@pytest.mark.unit
 def test_rounds_share_the_budget_equally_and_halve_the_field() -> None:
     # ceil(log2 k) rounds; each round's share is split between the sources still in.
     assert race_rounds(3, 40) == [(3, 6), (2, 10)]
@@ -53,6 +54,7 @@ def test_rounds_share_the_budget_equally_and_halve_the_field() -> None:
     assert all(sum(c * e for c, e in race_rounds(k, 40)) <= 40 for k in range(2, 9))
 
 
+@pytest.mark.unit
 def test_the_survivor_of_the_last_round_wins_even_if_it_trailed_earlier() -> None:
     calls: list[tuple[str, int]] = []
     # Round 1 (5 sources, 2 epochs): s2, s4, s5 go on; round 2: s4 and s5; round 3: s5 wins.
@@ -79,6 +81,7 @@ def test_the_survivor_of_the_last_round_wins_even_if_it_trailed_earlier() -> Non
     assert record["final"]["mean_difference"] == pytest.approx(0.15)
 
 
+@pytest.mark.unit
 def test_the_final_keeps_p2ls_order_unless_the_challenger_wins_beyond_noise() -> None:
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 0.5, size=20)  # 20 validation images, noisy per-image losses
@@ -98,6 +101,7 @@ def test_the_final_keeps_p2ls_order_unless_the_challenger_wins_beyond_noise() ->
     assert clear["winner"] == "s2" and clear["final"]["overturned"]
 
 
+@pytest.mark.unit
 def test_a_tie_goes_to_the_source_p2l_ranks_higher_and_a_diverged_run_is_last() -> None:
     def train(source: str, epochs: int, trial: int, trials: int) -> dict[str, Any]:
         return {**scores(float("nan")), "val_accuracy": 0.0 if source == "s1" else 0.7}
@@ -111,12 +115,14 @@ def test_a_tie_goes_to_the_source_p2l_ranks_higher_and_a_diverged_run_is_last() 
     assert "lowest validation loss (none: diverged)" in tied["reason"]
 
 
+@pytest.mark.unit
 def test_the_cost_counts_the_race_and_one_fine_tune_against_every_contestant() -> None:
     cost = race_cost(race_epochs=38, finetune_epochs=64, contestants=3)
     assert cost["epochs_planned"] == 102 and cost["every_source_epochs_planned"] == 192
     assert cost["fraction_of_every_source"] == pytest.approx(102 / 192, abs=1e-3)
 
 
+@pytest.mark.system
 def test_a_race_job_trains_the_shortlist_then_the_survivor(
     service: TestClient, target_id: str
 ) -> None:
@@ -162,6 +168,7 @@ def test_a_race_job_trains_the_shortlist_then_the_survivor(
     assert lines[0] == "event: job" and lines[-1] == "event: end"
 
 
+@pytest.mark.system
 def test_a_running_race_holds_every_contestant_and_can_be_cancelled(
     service: TestClient, target_id: str
 ) -> None:
@@ -181,6 +188,7 @@ def test_a_running_race_holds_every_contestant_and_can_be_cancelled(
     assert service.get(f"/v1/sources/{last}").status_code == 200
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("body", "detail"),
     [

@@ -13,6 +13,8 @@ from PIL import Image
 from app.datasets.images import ImageRejected, open_rgb, square_pixels
 from tests.archives import clipart_images, huge_png, tall_png
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

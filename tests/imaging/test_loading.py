@@ -49,6 +49,7 @@ def expected(paths: list[Path], size: int) -> np.ndarray:
     return np.stack([square_pixels(open_rgb(p, 10**8, draft_size=size), size) for p in paths])
 
 
+@pytest.mark.unit
 @needs_two_cpus
 @pytest.mark.parametrize("size", [32, 224])
 def test_pool_gives_the_same_pixels_in_the_same_order(image_files: list[Path], size: int) -> None:
@@ -60,6 +61,7 @@ def test_pool_gives_the_same_pixels_in_the_same_order(image_files: list[Path], s
     np.testing.assert_array_equal(threaded, expected(image_files, size))
 
 
+@pytest.mark.unit
 @needs_two_cpus
 def test_pool_is_kept_and_reused(image_files: list[Path]) -> None:
     loading.load_all_pixels(image_files, 32, processes=True)
@@ -69,12 +71,14 @@ def test_pool_is_kept_and_reused(image_files: list[Path]) -> None:
     assert loading.decode_pool_pids() == pids
 
 
+@pytest.mark.unit
 def test_small_sets_stay_in_process_large_ones_use_the_pool() -> None:
     assert not loading.uses_processes(loading.PROCESS_MIN_IMAGES - 1)
     assert not loading.uses_processes(10**6, processes=False)
     assert loading.uses_processes(loading.PROCESS_MIN_IMAGES) == ((os.cpu_count() or 1) > 1)
 
 
+@pytest.mark.unit
 @needs_two_cpus
 def test_a_bad_file_fails_with_its_reason_from_the_pool(
     image_files: list[Path], tmp_path: Path
@@ -88,6 +92,7 @@ def test_a_bad_file_fails_with_its_reason_from_the_pool(
     assert loading.load_all_pixels(image_files[:9], 32, processes=True).shape == (9, 32, 32, 3)
 
 
+@pytest.mark.unit
 @needs_two_cpus
 def test_a_killed_worker_does_not_lose_the_batch(image_files: list[Path]) -> None:
     loading.load_all_pixels(image_files, 32, processes=True)
@@ -99,6 +104,7 @@ def test_a_killed_worker_does_not_lose_the_batch(image_files: list[Path]) -> Non
     assert len(loading.decode_pool_pids()) == os.cpu_count()  # a fresh pool
 
 
+@pytest.mark.unit
 @needs_two_cpus
 def test_workers_end_with_their_owner_even_when_it_is_killed(image_files: list[Path]) -> None:
     """A SIGKILLed API process leaves no decoding process behind."""
@@ -132,6 +138,7 @@ def _decode_in(paths: list[Path], results: "multiprocessing.Queue[object]") -> N
     results.put(loading.load_all_pixels(paths, 32, processes=True).shape)
 
 
+@pytest.mark.system
 def test_a_daemonic_process_decodes_on_threads(image_files: list[Path]) -> None:
     """The local job worker is daemonic (no children allowed): large sets still decode."""
     context = multiprocessing.get_context("spawn")
@@ -145,6 +152,7 @@ def test_a_daemonic_process_decodes_on_threads(image_files: list[Path]) -> None:
     assert worker.exitcode == 0
 
 
+@pytest.mark.unit
 def test_signature_is_the_same_whichever_decoder(
     image_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,6 +167,7 @@ def test_signature_is_the_same_whichever_decoder(
     assert in_pool.class_names == in_threads.class_names == ["a", "b"]
 
 
+@pytest.mark.unit
 def test_cuda_switches_are_kept_and_harmless_on_cpu(image_files: list[Path]) -> None:
     plain = load_reference("compact_cnn", BUNDLED_DIR / "reference.safetensors", "cpu")
     switched = load_reference(
@@ -182,6 +191,7 @@ def test_cuda_switches_are_kept_and_harmless_on_cpu(image_files: list[Path]) -> 
     assert torch.equal(a, b)
 
 
+@pytest.mark.unit
 def test_torch_gets_every_cpu_when_the_forward_pass_dominates() -> None:
     before = torch.get_num_threads()
     cpus = os.cpu_count() or 1

@@ -98,6 +98,7 @@ def fine_tune(client: httpx.Client, dataset_id: str) -> str:
     return str(job["model_id"])
 
 
+@pytest.mark.system
 def test_a_1_by_300000_image_costs_a_server_under_50_mib(server: Server) -> None:
     client = server.client
     garments = bundled_target_images("fashion")
@@ -156,6 +157,7 @@ def large_archive(copies: int = 6, size: int = 128) -> bytes:
     return zip_bytes(entries)
 
 
+@pytest.mark.system
 def test_after_a_burst_the_api_process_gives_its_memory_back(server: Server) -> None:
     client = server.client
     archive = large_archive()
@@ -186,6 +188,7 @@ def test_after_a_burst_the_api_process_gives_its_memory_back(server: Server) -> 
     )
 
 
+@pytest.mark.unit
 def test_the_predict_model_cache_is_bounded_by_the_bytes_of_its_weights(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     rows = []

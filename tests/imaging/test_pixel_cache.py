@@ -86,6 +86,7 @@ def spoil_images(data_dir: Path, dataset_id: str) -> None:
             path.write_bytes(b"not an image any more")
 
 
+@pytest.mark.system
 def test_upload_caches_its_pixels_and_a_finetune_decodes_nothing(
     make_client: Callable[..., TestClient], data_dir: Path, archive: bytes
 ) -> None:
@@ -102,6 +103,7 @@ def test_upload_caches_its_pixels_and_a_finetune_decodes_nothing(
     assert job["result"]["train_images"] > 0
 
 
+@pytest.mark.system
 def test_without_the_cache_a_finetune_decodes_and_then_writes_the_entry(
     make_client: Callable[..., TestClient], data_dir: Path, archive: bytes
 ) -> None:
@@ -128,6 +130,7 @@ def test_without_the_cache_a_finetune_decodes_and_then_writes_the_entry(
     assert entries(data_dir, dataset_id) == [entry]
 
 
+@pytest.mark.system
 def test_a_damaged_entry_is_ignored_and_rebuilt(
     make_client: Callable[..., TestClient], data_dir: Path, archive: bytes
 ) -> None:
@@ -145,6 +148,7 @@ def test_a_damaged_entry_is_ignored_and_rebuilt(
     np.testing.assert_array_equal(cached(data_dir, rebuilt), expected)
 
 
+@pytest.mark.system
 def test_the_bound_evicts_least_recently_used_and_refuses_oversized_entries(
     make_client: Callable[..., TestClient], data_dir: Path, archive: bytes
 ) -> None:
@@ -165,6 +169,7 @@ def test_the_bound_evicts_least_recently_used_and_refuses_oversized_entries(
     assert pixel_cache.total_bytes(LocalArtifactStore(data_dir)) <= bound
 
 
+@pytest.mark.system
 def test_an_entry_beyond_the_bound_is_not_written(
     make_client: Callable[..., TestClient], data_dir: Path, archive: bytes
 ) -> None:
@@ -177,6 +182,7 @@ def test_an_entry_beyond_the_bound_is_not_written(
     assert entries(data_dir) == []
 
 
+@pytest.mark.api
 def test_deleting_a_dataset_deletes_its_entries(
     make_client: Callable[..., TestClient], data_dir: Path, archive: bytes
 ) -> None:
@@ -188,6 +194,7 @@ def test_deleting_a_dataset_deletes_its_entries(
     assert len(entries(data_dir, kept)) == 1
 
 
+@pytest.mark.api
 def test_entries_of_datasets_that_are_gone_are_swept(
     make_client: Callable[..., TestClient], data_dir: Path, archive: bytes
 ) -> None:
@@ -213,6 +220,7 @@ class NoRoomForTheCache(LocalArtifactStore):
         return super().publish(staging, key)
 
 
+@pytest.mark.api
 def test_a_cache_the_store_refuses_does_not_fail_the_upload(
     client: TestClient, data_dir: Path, archive: bytes
 ) -> None:
@@ -235,6 +243,7 @@ def write_entry(
     return entry
 
 
+@pytest.mark.unit
 def test_racing_writers_the_last_publish_wins(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     names = [f"a/{i}.png" for i in range(4)]
@@ -251,6 +260,7 @@ def test_racing_writers_the_last_publish_wins(tmp_path: Path) -> None:
     assert pixel_cache.read_entry(store, "d1", SIZE, [*names[:-1], "a/x.png"]) is None
 
 
+@pytest.mark.system
 @pytest.mark.skipif(MOTO_SERVER is None, reason="moto_server is not installed")
 def test_two_machines_share_entries_in_an_object_store(
     url: str, endpoint: str, tmp_path: Path
@@ -275,6 +285,7 @@ def test_two_machines_share_entries_in_an_object_store(
     assert [e.key for e in pixel_cache.list_entries(here)] == [third.key]
 
 
+@pytest.mark.unit
 def test_a_new_entry_evicted_at_once_leaves_the_job_its_pixels(tmp_path: Path) -> None:
     """Another process's eviction may delete an entry as soon as it is published."""
     store = LocalArtifactStore(tmp_path)

@@ -35,6 +35,7 @@ def counts(client: TestClient) -> tuple[int, int]:
     return len(jobs), rankings
 
 
+@pytest.mark.system
 def test_estimates_are_measured_once_a_job_ran_and_dry_runs_store_nothing(
     make_client: Callable[..., TestClient],
 ) -> None:
@@ -85,6 +86,7 @@ def test_estimates_are_measured_once_a_job_ran_and_dry_runs_store_nothing(
     assert "p2l_workers_alive 1" in metrics and "p2l_job_worker_running 1" in metrics
 
 
+@pytest.mark.system
 def test_without_a_worker_the_job_is_accepted_with_a_warning_and_stays_queued(
     make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
 ) -> None:
@@ -120,6 +122,7 @@ def test_without_a_worker_the_job_is_accepted_with_a_warning_and_stays_queued(
     assert "p2l_workers_alive 0" in client.get("/metrics").text
 
 
+@pytest.mark.unit
 def test_another_architectures_measurement_is_scaled_by_compute(session: Session) -> None:
     options = FinetuneOptions(schedule="manual", epochs=2)
     classes = {"a": 30, "b": 30}
@@ -143,6 +146,7 @@ def test_another_architectures_measurement_is_scaled_by_compute(session: Session
     assert wide.seconds > own.seconds
 
 
+@pytest.mark.unit
 def test_unknown_compute_falls_back_to_a_prior_with_a_warning(session: Session) -> None:
     # Counting FLOPs fails for an architecture the registry cannot build: still an estimate.
     options = FinetuneOptions(schedule="manual", epochs=2)
@@ -151,6 +155,7 @@ def test_unknown_compute_falls_back_to_a_prior_with_a_warning(session: Session) 
     assert any("could not be counted" in w for w in guess.warnings)
 
 
+@pytest.mark.api
 def test_workers_measuring_the_same_key_at_once_both_count(
     tmp_path: Path, database_url: str | None
 ) -> None:
@@ -200,6 +205,7 @@ class HeldFor:
     lost: threading.Event = field(default_factory=threading.Event)
 
 
+@pytest.mark.unit
 def test_head_only_auto_candidate_epochs_are_not_measured(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
     migrate(engine)

@@ -35,6 +35,7 @@ UPLOADED_PER_CLASS = 30  # of the 50 garments per class; the rest are held out
 # --- the report itself ---------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_report_metrics_by_hand() -> None:
     # 4 classes: "c" is in the split but never predicted, "d" neither in it nor predicted.
     labels = np.array([0, 0, 0, 1, 1, 2, 2])
@@ -71,6 +72,7 @@ def test_report_metrics_by_hand() -> None:
         evaluation_report(predicted, labels, probabilities, list("abcd"), names[:3], "test")
 
 
+@pytest.mark.unit
 def test_evaluate_gives_softmax_probabilities_on_request() -> None:
     images = np.stack(
         [np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize((32, 32)))
@@ -89,6 +91,7 @@ def test_evaluate_gives_softmax_probabilities_on_request() -> None:
     assert scored.accuracy == plain.accuracy
 
 
+@pytest.mark.unit
 def test_finetune_reports_on_test_then_validation_with_image_names() -> None:
     garments = fashion_mnist_images(per_class=20)
     class_names = sorted(garments)
@@ -131,6 +134,7 @@ def test_finetune_reports_on_test_then_validation_with_image_names() -> None:
     assert without_test.evaluation["images"] == without_test.val_images
 
 
+@pytest.mark.unit
 def test_confusion_plot_is_a_labelled_png() -> None:
     png = confusion_plot([[5, 1], [2, 7]], ["sandal", "sneaker"], "test split: accuracy 0.800")
     image = Image.open(io.BytesIO(png))
@@ -206,6 +210,7 @@ def stored(data_dir: Path, folder: str) -> list[Path]:
     return sorted(root.rglob("*")) if root.exists() else []
 
 
+@pytest.mark.system
 def test_model_report_has_its_evaluation_and_pictures(
     service: TestClient, model: dict, uploaded: dict[str, bytes]
 ) -> None:
@@ -235,6 +240,7 @@ def test_model_report_has_its_evaluation_and_pictures(
     assert service.get(f"/v1/models/{model['id']}/misclassified/-1").status_code == 422
 
 
+@pytest.mark.system
 def test_small_archive_is_evaluated_at_once(
     service: TestClient, model: dict, held_out: dict[str, list[bytes]], data_dir: Path
 ) -> None:
@@ -268,6 +274,7 @@ def test_small_archive_is_evaluated_at_once(
     assert two["per_class"]["sneaker"]["recall"] is None
 
 
+@pytest.mark.system
 def test_bad_archives_are_refused_and_leave_nothing(
     service: TestClient, model: dict, held_out: dict[str, list[bytes]], data_dir: Path
 ) -> None:
@@ -291,6 +298,7 @@ def test_bad_archives_are_refused_and_leave_nothing(
     assert not any((data_dir / "tmp").iterdir())
 
 
+@pytest.mark.system
 def test_large_archive_becomes_an_evaluation_job(
     service: TestClient, model: dict, held_out: dict[str, list[bytes]], data_dir: Path
 ) -> None:
@@ -318,6 +326,7 @@ def test_large_archive_becomes_an_evaluation_job(
     assert stored(data_dir, "evaluations") == []
 
 
+@pytest.mark.system
 def test_models_made_before_evaluation_reports_still_work(
     service: TestClient, model: dict, held_out: dict[str, list[bytes]]
 ) -> None:
@@ -342,6 +351,7 @@ def test_models_made_before_evaluation_reports_still_work(
             session.commit()
 
 
+@pytest.mark.system
 def test_misclassified_image_of_a_deleted_dataset_is_a_clear_404(
     service: TestClient, model: dict
 ) -> None:
@@ -355,6 +365,7 @@ def test_misclassified_image_of_a_deleted_dataset_is_a_clear_404(
     assert service.get(f"/v1/models/{model['id']}/confusion.png").status_code == 200
 
 
+@pytest.mark.api
 def test_sweep_removes_archives_of_ended_or_missing_jobs(tmp_path: Path) -> None:
     settings = Settings(
         _env_file=None, data_dir=tmp_path / "data", start_worker=False, import_bundled_zoo=False
@@ -388,6 +399,7 @@ def _sweep_checks(client: TestClient) -> None:
         store.delete(evaluation_key(queued_id))
 
 
+@pytest.mark.api
 def test_deleting_an_evaluation_job_deletes_its_archive(tmp_path: Path) -> None:
     settings = Settings(
         _env_file=None, data_dir=tmp_path / "data", start_worker=False, import_bundled_zoo=False

@@ -19,6 +19,8 @@ from tests.helpers import (
     wait_for_job,
 )
 
+pytestmark = pytest.mark.system
+
 PHASES = {
     "queued", "loading", "auto_search", "fine_tune", "baseline", "evaluating", "saving",
     "done", "failed", "cancelled",

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -61,6 +62,7 @@ def training(data_dir: Path, job_id: str, attempt: int | None = None) -> dict | 
     return row if row["status"] == "running" and in_epoch else None
 
 
+@pytest.mark.system
 def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
     make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
 ) -> None:
@@ -103,6 +105,7 @@ def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
         kill_if_alive(first_worker)
 
 
+@pytest.mark.system
 def test_graceful_stops_never_use_up_a_jobs_attempts(
     make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
 ) -> None:
@@ -144,6 +147,7 @@ def test_graceful_stops_never_use_up_a_jobs_attempts(
     assert row["error"] is None and model_folders(data_dir) == {row["model_id"]}
 
 
+@pytest.mark.system
 def test_two_workers_run_two_jobs_once_each(
     make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
 ) -> None:
@@ -173,6 +177,7 @@ def test_two_workers_run_two_jobs_once_each(
     assert model_folders(data_dir) == {row["model_id"] for row in rows}
 
 
+@pytest.mark.system
 def test_a_worker_keeps_its_job_until_its_lease_is_taken_then_publishes_nothing(
     make_client: Callable[..., TestClient], data_dir: Path, tmp_path: Path, processes: list
 ) -> None:
@@ -216,6 +221,7 @@ def test_a_worker_keeps_its_job_until_its_lease_is_taken_then_publishes_nothing(
     assert [m["id"] for m in client.get("/v1/models").json()["items"]] == [quick_model]
 
 
+@pytest.mark.api
 def test_expired_leases_are_requeued_then_failed(make_client: Callable[..., TestClient]) -> None:
     from app.jobs.service import (
         claim_next_job,
@@ -256,6 +262,7 @@ def test_expired_leases_are_requeued_then_failed(make_client: Callable[..., Test
         assert job.error == "its worker stopped renewing its lease (attempt 2 of 2)"
 
 
+@pytest.mark.api
 def test_a_job_over_the_time_limit_is_failed_with_the_reason(
     make_client: Callable[..., TestClient], data_dir: Path
 ) -> None:
@@ -282,6 +289,7 @@ def test_a_job_over_the_time_limit_is_failed_with_the_reason(
     assert row["model_id"] is None and model_folders(data_dir) == set()
 
 
+@pytest.mark.api
 def test_start_sweeps_model_and_source_folders_no_row_owns(
     make_client: Callable[..., TestClient], data_dir: Path
 ) -> None:
@@ -303,6 +311,7 @@ def test_start_sweeps_model_and_source_folders_no_row_owns(
     assert sources and all((data_dir / "sources" / s["id"]).is_dir() for s in sources)
 
 
+@pytest.mark.unit
 def test_a_stopped_workers_heartbeat_stays_gone(tmp_path: Path) -> None:
     from app.db import make_engine, migrate, session_factory
     from app.jobs.estimates import alive_workers

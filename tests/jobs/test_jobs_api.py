@@ -25,6 +25,8 @@ from tests.helpers import (
     wait_for_training,
 )
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -26,6 +26,8 @@ from tests.helpers import (
 )
 from tests.servers import free_port
 
+pytestmark = pytest.mark.system
+
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
 
 RAY = str(Path(sys.executable).parent / "ray")

@@ -87,6 +87,7 @@ def fine_tune_pair(service: TestClient, target: str, a: str, b: str) -> tuple[di
     return done[0], done[1]
 
 
+@pytest.mark.system
 def test_evidence_from_finished_jobs_refits_the_ranking_and_later_rankings_record_it(
     service: TestClient,
 ) -> None:
@@ -198,6 +199,7 @@ def test_evidence_from_finished_jobs_refits_the_ranking_and_later_rankings_recor
     assert [r["source_id"] for r in again["results"]] == [a, b]
 
 
+@pytest.mark.unit
 def test_leave_one_target_out_scores_each_target_under_the_others_fit() -> None:
     # Three targets, three candidate parameter sets (column 0: those in force).
     table = np.array([[0.1, 0.0, 0.2], [0.1, 0.0, 0.2], [0.0, 0.15, 0.0]])

@@ -13,6 +13,8 @@ from app.p2l.reference import load_reference
 from app.p2l.signature import DatasetSignature, compute_signature
 from tests.archives import fashion_mnist_images
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def garment_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:

@@ -10,6 +10,8 @@ from app.p2l.peers import leep, logme, nce
 from app.p2l.scoring import ScoringParams, SignatureIndex, emd, to_distribution
 from app.p2l.signature import DatasetSignature
 
+pytestmark = pytest.mark.unit
+
 EPS = 1e-12
 
 

@@ -17,6 +17,8 @@ from tests.helpers import (
     upload_target,
 )
 
+pytestmark = pytest.mark.api
+
 
 @pytest.fixture
 def service(make_client: Callable[..., TestClient], database_url: str | None) -> TestClient:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
@@ -10,6 +11,7 @@ from app.db import make_engine, migrate
 from app.models import Base
 
 
+@pytest.mark.unit
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
     with engine.connect() as connection:
@@ -17,6 +19,7 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
+@pytest.mark.unit
 def test_migrations_match_the_models(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'p2l.db'}")
     migrate(engine)
@@ -26,6 +29,7 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     assert diff == []
 
 
+@pytest.mark.api
 def test_migrations_on_postgresql(postgres_database: str) -> None:
     engine = make_engine(postgres_database)
     migrate(engine)

@@ -9,10 +9,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
 from tests.storage.test_object_store import BUCKET, endpoint  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.system
 
 
 def test_an_install_moves_to_postgresql_and_object_storage_and_keeps_working(

@@ -97,6 +97,7 @@ def remote_files(store: ObjectArtifactStore) -> list[str]:
     return sorted(store.fs.find(store.root))
 
 
+@pytest.mark.system
 def test_published_files_are_readable_here_and_on_another_machine(
     store: ObjectArtifactStore, url: str, tmp_path: Path, endpoint: str
 ) -> None:
@@ -122,6 +123,7 @@ def test_published_files_are_readable_here_and_on_another_machine(
     assert not there.path("datasets/none").exists()  # like a missing local path
 
 
+@pytest.mark.system
 def test_publishing_an_existing_key_is_refused(store: ObjectArtifactStore) -> None:
     store.publish(stage(store, {"w.bin": b"1"}), "models/m")
     again = stage(store, {"w.bin": b"2", "extra.bin": b"3"})
@@ -134,6 +136,7 @@ def test_publishing_an_existing_key_is_refused(store: ObjectArtifactStore) -> No
     assert store.keys_under("models") == {"models/m", "models/m2"}
 
 
+@pytest.mark.system
 def test_concurrent_first_reads_all_see_the_whole_artifact(
     store: ObjectArtifactStore, url: str, tmp_path: Path, endpoint: str
 ) -> None:
@@ -147,12 +150,14 @@ def test_concurrent_first_reads_all_see_the_whole_artifact(
     assert list(there.tmp.iterdir()) == []  # the losers' downloads are gone
 
 
+@pytest.mark.system
 def test_keys_cannot_escape_the_root(store: ObjectArtifactStore) -> None:
     for key in ("../outside", "/etc/passwd", "a/../../b", "", "a//b"):
         with pytest.raises(ValueError, match="escapes the store"):
             store.path(key)
 
 
+@pytest.mark.system
 def test_write_file_delete_and_keys_under(
     store: ObjectArtifactStore, url: str, tmp_path: Path, endpoint: str
 ) -> None:
@@ -182,6 +187,7 @@ def test_write_file_delete_and_keys_under(
     assert list(store.tmp.iterdir()) == []
 
 
+@pytest.mark.system
 def test_a_failed_commit_leaves_no_remote_object(
     session: Session, store: ObjectArtifactStore
 ) -> None:
@@ -205,6 +211,7 @@ def dataset_row(key: str) -> Dataset:
     )  # fmt: skip
 
 
+@pytest.mark.system
 def test_startup_sweep_removes_unreferenced_objects(
     session: Session, store: ObjectArtifactStore, url: str, tmp_path: Path, endpoint: str
 ) -> None:
@@ -221,6 +228,7 @@ def test_startup_sweep_removes_unreferenced_objects(
     assert (store.path("datasets/owned") / "f.bin").read_bytes() == b"datasets/owned"
 
 
+@pytest.mark.system
 def test_make_store_picks_the_backend(tmp_path: Path, endpoint: str) -> None:
     data = tmp_path / "data"
     assert isinstance(make_store(Settings(data_dir=data)), LocalArtifactStore)
@@ -239,6 +247,7 @@ def test_make_store_picks_the_backend(tmp_path: Path, endpoint: str) -> None:
         make_store(Settings(data_dir=data, store_url="ftp://host/x"))
 
 
+@pytest.mark.unit
 def test_file_urls_work_through_fsspec_too(tmp_path: Path) -> None:
     root = tmp_path / "shared"
     store = ObjectArtifactStore(root.as_uri(), tmp_path / "scratch", auto_mkdir=True)
@@ -263,6 +272,7 @@ def signature_bytes(reference_sha256: str) -> bytes:
     ).to_bytes()
 
 
+@pytest.mark.system
 def test_a_signature_re_signed_elsewhere_is_fetched_again(
     url: str, tmp_path: Path, endpoint: str
 ) -> None:

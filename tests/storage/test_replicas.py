@@ -101,6 +101,7 @@ def replicas(postgres_database: str, tmp_path: Path) -> Iterator[list[httpx.Clie
             stop(process)
 
 
+@pytest.mark.system
 def test_replicas_started_together_import_the_bundled_zoo_once_and_rank_alike(
     replicas: list[httpx.Client],
 ) -> None:
@@ -120,6 +121,7 @@ def test_replicas_started_together_import_the_bundled_zoo_once_and_rank_alike(
     assert gauge(api2, "p2l_rankable_sources") == bundled
 
 
+@pytest.mark.system
 def test_processes_migrating_at_once_all_succeed(postgres_database: str, tmp_path: Path) -> None:
     # Each process imports first, then waits for the same instant: the migrations overlap.
     code = (
@@ -140,6 +142,7 @@ def test_processes_migrating_at_once_all_succeed(postgres_database: str, tmp_pat
     assert diff == []
 
 
+@pytest.mark.api
 def test_concurrent_starts_import_the_bundled_zoo_once(
     postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,6 +187,7 @@ def test_concurrent_starts_import_the_bundled_zoo_once(
     assert sorted(imported) == [0, bundled] and count == bundled
 
 
+@pytest.mark.api
 def test_catch_up_applies_adds_and_removes_and_costs_one_query_when_idle(
     client: TestClient,
 ) -> None:
@@ -223,6 +227,7 @@ def test_catch_up_applies_adds_and_removes_and_costs_one_query_when_idle(
     assert len(statements) == 1, statements  # nothing changed: one indexed query
 
 
+@pytest.mark.system
 def test_uvicorn_workers_rank_the_same_zoo(postgres_database: str, tmp_path: Path) -> None:
     env = {
         **os.environ,

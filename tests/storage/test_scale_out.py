@@ -25,6 +25,8 @@ from tests.jobs.test_ray_runner import RAY_ENV, Cluster, cluster, job_node_ids, 
 from tests.servers import free_port, serve, uvicorn_args
 from tests.storage.test_object_store import BUCKET, endpoint  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.system
+
 LEASE = "2"
 
 

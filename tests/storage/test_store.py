@@ -10,6 +10,8 @@ import pytest
 
 from app.store import LocalArtifactStore, tmp_owner
 
+pytestmark = pytest.mark.unit
+
 
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""

@@ -11,6 +11,8 @@ from app.models import Ranking
 from app.store import LocalArtifactStore
 from app.unit_of_work import UnitOfWork, unit_of_work
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalArtifactStore:

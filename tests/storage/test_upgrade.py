@@ -43,6 +43,7 @@ def old_reference(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.system
 def test_upgrade_resigns_what_it_can_lists_the_rest_and_imports_the_bundled_zoo(
     make_client: Callable[..., TestClient],
     data_dir: Path,
@@ -116,6 +117,7 @@ def test_upgrade_resigns_what_it_can_lists_the_rest_and_imports_the_bundled_zoo(
     assert nearest["distance"] == pytest.approx(0, abs=1e-5)
 
 
+@pytest.mark.system
 def test_export_target_names_the_targets_it_knows(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "app.zoo", "export-target", "nope", "--out", str(tmp_path)],

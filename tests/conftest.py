@@ -3,6 +3,7 @@
 import os
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,13 +20,22 @@ from app.main import create_app
 TIERS = ("unit", "api", "system")  # the markers declared in pyproject.toml
 
 
+def declared_tiers(item: pytest.Item) -> list[str]:
+    """The tier markers a test declares itself (module, class or function), not counting
+    the one a parameter adds: ``database_url`` moves its PostgreSQL variant to system."""
+    names = Counter(mark.name for mark in item.iter_markers() if mark.name in TIERS)
+    callspec = getattr(item, "callspec", None)
+    names -= Counter(mark.name for mark in (callspec.marks if callspec else []))
+    return sorted(names.elements())
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects anything
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Refuse to run a test that has not exactly one tier marker (unit, api or system)."""
+    """Refuse to run a test that does not declare exactly one tier (unit, api or system)."""
     wrong = [
-        f"{item.nodeid} ({', '.join(sorted(tiers)) or 'none'})"
+        f"{item.nodeid} ({', '.join(tiers) or 'none'})"
         for item in items
-        if len(tiers := {mark.name for mark in item.iter_markers() if mark.name in TIERS}) != 1
+        if len(tiers := declared_tiers(item)) != 1
     ]
     if wrong:
         raise pytest.UsageError(
@@ -66,9 +76,13 @@ def postgres_database(postgres_server: str) -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])
 def database_url(request: pytest.FixtureRequest) -> str | None:
-    """Each storage test runs on the default SQLite file and on a real PostgreSQL database."""
+    """Each storage test runs on the default SQLite file and on a real PostgreSQL database.
+
+    The PostgreSQL variant is a system test: a database created and dropped per test costs
+    seconds, so the inner loop (``-m "not system"``) runs the SQLite one.
+    """
     if request.param == "sqlite":
         return None
     return request.getfixturevalue("postgres_database")

@@ -38,8 +38,6 @@ from tests.helpers import (
 )
 from tests.storage.test_store import dead_pid
 
-pytestmark = pytest.mark.api
-
 
 @pytest.fixture
 def service(make_client: Callable[..., TestClient], database_url: str | None) -> TestClient:
@@ -71,6 +69,7 @@ def assert_nothing_stored(client: TestClient, data_dir: Path) -> None:
     assert stored_files(data_dir) == []
 
 
+@pytest.mark.api
 def test_upload_real_five_class_archive(service: TestClient) -> None:
     images = fashion_mnist_images(per_class=50)
     response = upload(service, zip_bytes(image_folder_entries(images)), name="garments")
@@ -102,6 +101,7 @@ def test_upload_real_five_class_archive(service: TestClient) -> None:
     assert service.get(f"/v1/datasets/{body['id']}").json()["num_images"] == 250
 
 
+@pytest.mark.api
 @pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
 def test_tar_archives_with_one_top_folder(client: TestClient, compression: str) -> None:
     images = fashion_mnist_images(per_class=4)
@@ -111,6 +111,7 @@ def test_tar_archives_with_one_top_folder(client: TestClient, compression: str) 
     assert [c["count"] for c in response.json()["classes"]] == [4] * 5
 
 
+@pytest.mark.api
 def test_transparent_clipart_is_composited_and_kept(client: TestClient) -> None:
     images = clipart_images()
     response = upload(client, zip_bytes(image_folder_entries(images)))
@@ -120,6 +121,7 @@ def test_transparent_clipart_is_composited_and_kept(client: TestClient) -> None:
     }
 
 
+@pytest.mark.api
 def test_hostile_archive_keeps_good_images_and_explains_the_rest(
     service: TestClient, data_dir: Path
 ) -> None:
@@ -172,6 +174,7 @@ def test_hostile_archive_keeps_good_images_and_explains_the_rest(
     assert not {"evil.png", "link.png", "corrupt.png", "notes.txt", "huge.png"} & set(names)
 
 
+@pytest.mark.api
 def test_tar_links_are_never_followed(client: TestClient, data_dir: Path) -> None:
     good = image_folder_entries(fashion_mnist_images(per_class=2))
     archive = tar_bytes(
@@ -186,6 +189,7 @@ def test_tar_links_are_never_followed(client: TestClient, data_dir: Path) -> Non
     assert all(p.is_file() and not p.is_symlink() for p in stored_files(data_dir))
 
 
+@pytest.mark.api
 @pytest.mark.parametrize("make_bomb", [zip_bomb, tar_bomb], ids=["zip", "tar.gz"])
 def test_compression_bomb_is_refused_and_leaves_nothing(
     service: TestClient, data_dir: Path, make_bomb: Callable[[int], bytes]
@@ -199,6 +203,7 @@ def test_compression_bomb_is_refused_and_leaves_nothing(
     assert_nothing_stored(service, data_dir)
 
 
+@pytest.mark.api
 def test_expansion_cap_applies_to_honest_archives_too(
     make_client: Callable[..., TestClient], data_dir: Path
 ) -> None:
@@ -210,6 +215,7 @@ def test_expansion_cap_applies_to_honest_archives_too(
     assert_nothing_stored(client, data_dir)
 
 
+@pytest.mark.api
 def test_oversize_upload_is_413_and_leaves_nothing(
     make_client: Callable[..., TestClient], database_url: str | None, data_dir: Path
 ) -> None:
@@ -223,6 +229,7 @@ def test_oversize_upload_is_413_and_leaves_nothing(
     assert_nothing_stored(client, data_dir)
 
 
+@pytest.mark.api
 @pytest.mark.parametrize(
     ("entries", "expected", "rejected"),
     [
@@ -248,6 +255,7 @@ def test_unusable_layouts_are_422_with_nothing_left(
     assert_nothing_stored(service, data_dir)
 
 
+@pytest.mark.api
 def test_not_an_archive_is_422(client: TestClient, data_dir: Path) -> None:
     response = upload(client, b"this is not an archive at all", filename="data.zip")
     assert response.status_code == 422
@@ -255,6 +263,7 @@ def test_not_an_archive_is_422(client: TestClient, data_dir: Path) -> None:
     assert_nothing_stored(client, data_dir)
 
 
+@pytest.mark.api
 def test_missing_file_field_is_a_problem(client: TestClient) -> None:
     response = client.post("/v1/datasets", data={"name": "x"})
     assert response.status_code == 422
@@ -262,6 +271,7 @@ def test_missing_file_field_is_a_problem(client: TestClient) -> None:
     assert "file" in response.json()["detail"]
 
 
+@pytest.mark.api
 def test_list_paginates_newest_first(service: TestClient) -> None:
     archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
     ids = [upload(service, archive, name=f"d{i}").json()["id"] for i in range(3)]
@@ -281,6 +291,7 @@ def test_list_paginates_newest_first(service: TestClient) -> None:
     assert malformed.status_code == 422  # outside the documented pattern
 
 
+@pytest.mark.api
 def test_delete_removes_row_and_files(service: TestClient, data_dir: Path) -> None:
     archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
     dataset_id = upload(service, archive).json()["id"]
@@ -295,6 +306,7 @@ def test_delete_removes_row_and_files(service: TestClient, data_dir: Path) -> No
     assert_nothing_stored(service, data_dir)
 
 
+@pytest.mark.api
 def test_restart_clears_what_a_dead_process_left(
     make_client: Callable[..., TestClient], data_dir: Path
 ) -> None:
@@ -324,6 +336,7 @@ def test_restart_clears_what_a_dead_process_left(
     assert [d["id"] for d in restarted.get("/v1/datasets").json()["items"]] == [kept]
 
 
+@pytest.mark.api
 def test_the_supervisor_sweeps_a_dead_writers_staging_while_running(
     client: TestClient, data_dir: Path
 ) -> None:
@@ -352,6 +365,7 @@ def stored_rejections(client: TestClient, dataset_id: str) -> list[dict]:
         return session.get(Dataset, dataset_id).rejected
 
 
+@pytest.mark.api
 def test_rejected_files_are_listed_up_to_the_cap_and_counted_by_kind(
     service: TestClient, data_dir: Path
 ) -> None:
@@ -382,6 +396,7 @@ def test_rejected_files_are_listed_up_to_the_cap_and_counted_by_kind(
     assert problem["rejected_counts"] == {"not_an_image": 131}
 
 
+@pytest.mark.api
 def test_a_replayed_upload_answers_what_the_first_did(service: TestClient) -> None:
     good = image_folder_entries(fashion_mnist_images(per_class=2))
     notes = {f"dress/notes-{i}.txt": b"not an image" for i in range(130)}
@@ -407,12 +422,14 @@ def test_a_replayed_upload_answers_what_the_first_did(service: TestClient) -> No
     assert sum(old["rejected_counts"].values()) == 100
 
 
+@pytest.mark.api
 def test_every_rejection_kind_is_documented_in_the_api(client: TestClient) -> None:
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     described = schemas["RejectedFileOut"]["properties"]["kind"]["description"]
     assert [kind for kind in REJECTION_KINDS if kind not in described] == []
 
 
+@pytest.mark.api
 def test_names_over_the_byte_limit_are_rejected_per_file(service: TestClient) -> None:
     good = image_folder_entries(fashion_mnist_images(per_class=2))
     image = good["dress/0000.png"]
@@ -439,6 +456,7 @@ def test_names_over_the_byte_limit_are_rejected_per_file(service: TestClient) ->
     assert len(rejected["path"]) <= 1024 and deep.startswith(rejected["path"].rstrip("…"))
 
 
+@pytest.mark.api
 @pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
 def test_tar_with_a_32_mib_name_is_refused_in_a_short_answer(
     client: TestClient, data_dir: Path, tar_format: int
@@ -457,6 +475,7 @@ def test_tar_with_a_32_mib_name_is_refused_in_a_short_answer(
     assert_nothing_stored(client, data_dir)
 
 
+@pytest.mark.api
 def test_encrypted_and_unsupported_zip_entries_are_rejected_per_file(service: TestClient) -> None:
     good = image_folder_entries(fashion_mnist_images(per_class=2))
     image = good["dress/0000.png"]
@@ -479,6 +498,7 @@ def test_encrypted_and_unsupported_zip_entries_are_rejected_per_file(service: Te
     assert rejected["dress/odd.png"]["kind"] == "unsupported_compression"
 
 
+@pytest.mark.api
 def test_undecodable_tar_names_are_rejected_and_chained_headers_refused(
     service: TestClient, data_dir: Path
 ) -> None:
@@ -502,6 +522,7 @@ def test_undecodable_tar_names_are_rejected_and_chained_headers_refused(
     assert "chained" in chained.json()["detail"]
 
 
+@pytest.mark.api
 def test_dataset_name_is_limited_in_utf8_bytes(service: TestClient, data_dir: Path) -> None:
     archive = zip_bytes(image_folder_entries(fashion_mnist_images(per_class=2)))
 
@@ -524,6 +545,7 @@ def declare_entries(archive: bytes, count: int) -> bytes:
     return archive[: at + 8] + struct.pack("<HH", count, count) + archive[at + 12 :]
 
 
+@pytest.mark.api
 def test_zip_entry_count_is_refused_before_zipfile_reads_the_directory(
     make_client: Callable[..., TestClient], data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -552,6 +574,7 @@ def test_zip_entry_count_is_refused_before_zipfile_reads_the_directory(
     assert upload(client, fits).status_code == 201 and opened
 
 
+@pytest.mark.system
 def test_a_zip_of_many_empty_entries_is_refused_in_little_memory(client: TestClient) -> None:
     # 200,000 entries in 18 MB (a ZIP64 archive); zipfile would hold ~550 bytes for each.
     buffer = io.BytesIO()

@@ -29,8 +29,6 @@ from app.store import LocalArtifactStore
 from tests.archives import fashion_mnist_images, image_folder_entries, png_bytes, zip_bytes
 from tests.helpers import PROBLEM
 
-pytestmark = pytest.mark.api
-
 SOME_ID = "0" * 32
 
 
@@ -57,6 +55,7 @@ def count_rows(data_dir: Path, table: type) -> int:
 # 2. Keys guard every POST and DELETE (predict included) and GETs that compute on demand.
 
 
+@pytest.mark.api
 def test_with_keys_every_post_and_delete_needs_one(make_client: Callable[..., TestClient]) -> None:
     client = make_client(api_keys="k1")
     paths = client.get("/openapi.json").json()["paths"]
@@ -73,6 +72,7 @@ def test_with_keys_every_post_and_delete_needs_one(make_client: Callable[..., Te
     assert client.get("/v1/sources").status_code == 200  # plain reads stay open
 
 
+@pytest.mark.api
 def test_open_reads_off_closes_every_v1_route(make_client: Callable[..., TestClient]) -> None:
     client = make_client(api_keys="k1", open_reads=False)
     assert client.get("/v1/sources").status_code == 401
@@ -81,6 +81,7 @@ def test_open_reads_off_closes_every_v1_route(make_client: Callable[..., TestCli
     assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.api
 def test_a_key_list_of_only_separators_refuses_to_start() -> None:
     with pytest.raises(ValidationError, match="holds no key"):
         Settings(_env_file=None, api_keys=" , ")
@@ -95,6 +96,7 @@ def test_a_key_list_of_only_separators_refuses_to_start() -> None:
     assert started.returncode != 0 and "holds no key" in started.stderr
 
 
+@pytest.mark.api
 def test_predict_caps_the_number_and_size_of_files(
     make_client: Callable[..., TestClient],
 ) -> None:
@@ -116,6 +118,7 @@ def _token(created_at: str, row_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+@pytest.mark.api
 def test_ids_and_page_tokens_the_database_cannot_hold_are_4xx(
     make_client: Callable[..., TestClient], database_url: str | None
 ) -> None:
@@ -165,6 +168,7 @@ def noise_images(classes: int, per_class: int, size: int = 256) -> dict[str, lis
     }
 
 
+@pytest.mark.api
 def test_a_full_disk_answers_507_and_keeps_nothing(
     make_client: Callable[..., TestClient], small_disk: Path
 ) -> None:
@@ -188,6 +192,7 @@ class FullDiskStore(LocalArtifactStore):
         raise OSError(errno.ENOSPC, "No space left on device", str(staging))
 
 
+@pytest.mark.api
 def test_a_full_disk_at_the_store_seam_answers_507(client: TestClient, data_dir: Path) -> None:
     client.app.state.service.store = FullDiskStore(data_dir)
     archive = zip_bytes(image_folder_entries(fashion_mnist_images(3)))
@@ -198,6 +203,7 @@ def test_a_full_disk_at_the_store_seam_answers_507(client: TestClient, data_dir:
     assert not list((data_dir / "tmp").iterdir())
 
 
+@pytest.mark.api
 def test_a_500_closes_the_connection(client: TestClient, dataset_id: str, data_dir: Path) -> None:
     for signature in (data_dir / "datasets" / dataset_id).glob("signature*"):
         signature.unlink()  # the server's own files broken behind its back
@@ -223,6 +229,7 @@ BAD_FINETUNES = [
 ]
 
 
+@pytest.mark.api
 @pytest.mark.parametrize("body", BAD_FINETUNES, ids=lambda b: json.dumps(b)[:40])
 def test_bad_finetune_numbers_are_refused_before_queueing(
     client: TestClient, dataset_id: str, data_dir: Path, body: dict
@@ -237,6 +244,7 @@ def test_bad_finetune_numbers_are_refused_before_queueing(
     assert count_rows(data_dir, Ranking) == 0
 
 
+@pytest.mark.api
 def test_infinite_lambda_is_refused(client: TestClient, dataset_id: str) -> None:
     body = f'{{"target_dataset_id": "{dataset_id}", "lambda": Infinity}}'
     response = client.post(
@@ -245,6 +253,7 @@ def test_infinite_lambda_is_refused(client: TestClient, dataset_id: str) -> None
     assert response.status_code == 422, response.text
 
 
+@pytest.mark.api
 def test_classes_too_small_for_the_splits_are_refused_up_front(
     client: TestClient, data_dir: Path
 ) -> None:
@@ -260,6 +269,7 @@ def test_classes_too_small_for_the_splits_are_refused_up_front(
     assert accepted.status_code == 202, accepted.text
 
 
+@pytest.mark.api
 def test_a_refused_best_finetune_leaves_no_ranking(
     client: TestClient, dataset_id: str, data_dir: Path
 ) -> None:
@@ -274,6 +284,7 @@ def test_a_refused_best_finetune_leaves_no_ranking(
 # 10. What a job uses cannot be deleted under it; jobs and rankings can be deleted.
 
 
+@pytest.mark.api
 def test_deleting_what_a_queued_job_uses_is_a_409(client: TestClient, dataset_id: str) -> None:
     job = client.post("/v1/finetunes", json={"target_dataset_id": dataset_id}).json()
     source_id = job["params"]["source_id"]
@@ -295,6 +306,7 @@ def test_deleting_what_a_queued_job_uses_is_a_409(client: TestClient, dataset_id
 # 11. Event streams are bounded and end when idle.
 
 
+@pytest.mark.system
 def test_event_streams_are_bounded_and_time_out_when_idle(
     make_client: Callable[..., TestClient],
 ) -> None:
@@ -328,6 +340,7 @@ def test_event_streams_are_bounded_and_time_out_when_idle(
 # 12. A retried request with the same Idempotency-Key does not do the work twice.
 
 
+@pytest.mark.api
 def test_idempotency_key_makes_retries_safe(client: TestClient, dataset_id: str) -> None:
     body = {"target_dataset_id": dataset_id, "epochs": 3}
     first = client.post("/v1/finetunes", json=body, headers={"Idempotency-Key": "job-1"})
@@ -356,6 +369,7 @@ def test_idempotency_key_makes_retries_safe(client: TestClient, dataset_id: str)
     assert len(client.get("/v1/datasets").json()["items"]) == before + 1
 
 
+@pytest.mark.api
 def test_a_refused_request_releases_its_idempotency_key(client: TestClient) -> None:
     body = {"target_dataset_id": SOME_ID}
     headers = {"Idempotency-Key": "retry-me"}
@@ -366,6 +380,7 @@ def test_a_refused_request_releases_its_idempotency_key(client: TestClient) -> N
 # 13. Schema details.
 
 
+@pytest.mark.api
 def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
     response = client.put(f"/v1/datasets/{SOME_ID}")
     assert response.status_code == 405
@@ -373,6 +388,7 @@ def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
     assert client.post("/openapi.json").headers["allow"]  # routes outside the schema too
 
 
+@pytest.mark.api
 def test_page_token_is_documented_as_what_it_accepts(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     for path in ("/v1/datasets", "/v1/sources", "/v1/jobs", "/v1/models"):
@@ -383,6 +399,7 @@ def test_page_token_is_documented_as_what_it_accepts(client: TestClient) -> None
         assert "400" in spec["paths"][path]["get"]["responses"], path
 
 
+@pytest.mark.api
 def test_idempotency_keys_belong_to_one_client(make_client: Callable[..., TestClient]) -> None:
     client = make_client(api_keys="alice,bob")
     target = upload(client, fashion_mnist_images(8), **{"X-API-Key": "alice"})["id"]
@@ -399,6 +416,7 @@ def test_idempotency_keys_belong_to_one_client(make_client: Callable[..., TestCl
     assert post("alice") == alice
 
 
+@pytest.mark.api
 def test_a_key_left_by_a_dead_request_waits_then_is_taken_over(
     client: TestClient, dataset_id: str
 ) -> None:
@@ -422,6 +440,7 @@ def test_a_key_left_by_a_dead_request_waits_then_is_taken_over(
     assert len(client.get("/v1/jobs").json()["items"]) == 1
 
 
+@pytest.mark.system
 def test_event_streams_of_unknown_jobs_leave_nothing_behind(client: TestClient) -> None:
     for i in range(300):
         assert client.get(f"/v1/jobs/{i:032x}/events").status_code == 404
@@ -430,6 +449,7 @@ def test_event_streams_of_unknown_jobs_leave_nothing_behind(client: TestClient) 
     assert client.app.state.service.streams.open == 0
 
 
+@pytest.mark.api
 def test_a_retried_source_registration_stores_one_source(
     client: TestClient, dataset_id: str
 ) -> None:

@@ -12,8 +12,6 @@ from app.finetune.pipeline import FinetuneOptions, finetune, stratified_split, t
 from app.finetune.train import ImageTensors, TrainConfig, evaluate, train_classifier
 from app.zoo.bundled import BUNDLED_DIR, bundled_target
 
-pytestmark = pytest.mark.unit
-
 ARCH = "compact_cnn"
 
 
@@ -32,6 +30,7 @@ def lrs_by_group(param_groups: list[dict]) -> dict[str, float]:
     return {g["group"]: g["lr"] for g in param_groups}
 
 
+@pytest.mark.unit
 def test_decay_sets_one_rate_per_group_from_the_head_down() -> None:
     model = replace_head(garments_source(), 5)
     groups = [g.name for g in layer_groups(model)]
@@ -46,6 +45,7 @@ def test_decay_sets_one_rate_per_group_from_the_head_down() -> None:
     assert set(plain.values()) == {0.1}
 
 
+@pytest.mark.unit
 def test_multipliers_freezing_and_weight_decay_rules() -> None:
     model = replace_head(garments_source(), 5)
     explicit = LayerwiseLR(0.2, multipliers=(0.0, 0.1, 0.2, 0.5, 1.0)).param_groups(model, 1e-3)
@@ -66,6 +66,7 @@ def test_multipliers_freezing_and_weight_decay_rules() -> None:
         LayerwiseLR(0.1, multipliers=(1.0, 1.0)).param_groups(model, 0)
 
 
+@pytest.mark.unit
 def test_freeze_below_keeps_frozen_weights_bit_identical() -> None:
     images, labels, _ = garments_target()
     spec = get_spec(ARCH)
@@ -84,6 +85,7 @@ def test_freeze_below_keeps_frozen_weights_bit_identical() -> None:
     assert not torch.equal(before["stages.2.0.0.weight"], after["stages.2.0.0.weight"])
 
 
+@pytest.mark.unit
 def test_decay_changes_the_result() -> None:
     images, labels, names = garments_target()
     spec = get_spec(ARCH)
@@ -102,6 +104,7 @@ def test_decay_changes_the_result() -> None:
     assert [h["train_loss"] for h in r_full.history] != [h["train_loss"] for h in r_low.history]
 
 
+@pytest.mark.system
 def test_reported_accuracy_comes_from_a_split_that_chose_nothing() -> None:
     images, labels, names = garments_target()
     spec = get_spec(ARCH)
@@ -127,6 +130,7 @@ def test_reported_accuracy_comes_from_a_split_that_chose_nothing() -> None:
     assert scored.loss == pytest.approx(-np.log(picked).mean(), rel=1e-4)
 
 
+@pytest.mark.unit
 def test_without_validation_training_runs_its_epochs_and_keeps_the_last_weights() -> None:
     images, labels, names = garments_target()
     spec = get_spec(ARCH)
@@ -142,6 +146,7 @@ def test_without_validation_training_runs_its_epochs_and_keeps_the_last_weights(
                  FinetuneOptions(schedule="auto", val_fraction=0))  # fmt: skip
 
 
+@pytest.mark.unit
 def test_stratified_split_is_per_class_and_deterministic() -> None:
     labels = np.repeat(np.arange(3), [10, 20, 5])
     train, val = stratified_split(labels, 0.2, seed=3)
@@ -151,6 +156,7 @@ def test_stratified_split_is_per_class_and_deterministic() -> None:
     assert np.array_equal(again[1], val)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("architecture", "first", "count"),
     [("resnet18", "stem", 6), ("mobilenet_v3_small", "stem", 14), ("efficientnet_b0", "stem", 10)],
@@ -165,6 +171,7 @@ def test_torchvision_families_split_into_groups(architecture: str, first: str, c
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 7)
 
 
+@pytest.mark.unit
 def test_readme_defaults_table_is_the_options_model() -> None:
     """Every FinetuneOptions field is in the README's table, with the model's default."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()

@@ -127,7 +127,7 @@ def test_non_finite_weights_are_refused_and_nothing_is_kept(
     assert register(client, small_weights(torch.float16))["status"] == 201
 
 
-@pytest.mark.api
+@pytest.mark.system
 def test_poisoned_signatures_are_refused_and_the_map_still_draws(
     make_client: Callable[..., TestClient], database_url: str | None, data_dir: Path
 ) -> None:

@@ -17,8 +17,6 @@ from tests.helpers import (
     upload_target,
 )
 
-pytestmark = pytest.mark.api
-
 
 @pytest.fixture
 def service(make_client: Callable[..., TestClient], database_url: str | None) -> TestClient:
@@ -38,6 +36,7 @@ def bundled_scores(source_name: str, target_name: str) -> tuple[float, float]:
     return logme(features, labels[~is_test]), leep(probabilities, labels[~is_test])
 
 
+@pytest.mark.system
 def test_the_shortlist_is_reranked_by_the_measure_and_the_rest_keeps_its_order(
     service: TestClient,
 ) -> None:
@@ -67,6 +66,7 @@ def test_the_shortlist_is_reranked_by_the_measure_and_the_rest_keeps_its_order(
     assert service.get(f"/v1/rankings/{body['id']}").json() == {**body, "elapsed_ms": None}
 
 
+@pytest.mark.api
 def test_leep_reads_the_source_head(service: TestClient) -> None:
     target = upload_target(service, "digits_fewshot")
     body = rank(service, target, refine={"method": "leep", "top": 2})
@@ -78,6 +78,7 @@ def test_leep_reads_the_source_head(service: TestClient) -> None:
     assert np.isfinite(top["refine_score"]) and top["refine_score"] <= 0
 
 
+@pytest.mark.api
 @pytest.mark.parametrize(
     ("refine", "detail"),
     [({"method": "magic", "top": 3}, "method"), ({"method": "logme", "top": 0}, "top"),
@@ -91,6 +92,7 @@ def test_a_bad_refine_is_refused(service: TestClient, refine: dict, detail: str)
     assert detail in response.json()["detail"]
 
 
+@pytest.mark.api
 def test_top_k_below_the_shortlist_and_a_shortlist_longer_than_the_zoo(client: TestClient) -> None:
     target = upload_target(client, "digits_fewshot")
     first = rank(client, target, top_k=4)["results"]

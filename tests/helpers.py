@@ -6,6 +6,8 @@ wait longer. How fast something runs is measured in bench/, not asserted by test
 """
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,3 +151,14 @@ def model_folders(data_dir: Path) -> set[str]:
     """The model folders in a local data dir."""
     folder = data_dir / "models"
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)

@@ -35,8 +35,8 @@ from tests.archives import (
 )
 from tests.helpers import (
     PROBLEM,
+    dead_pid,
 )
-from tests.storage.test_store import dead_pid
 
 
 @pytest.fixture

@@ -1,27 +1,15 @@
 """The artifact store publishes atomically and never writes outside its root."""
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from app.store import LocalArtifactStore, tmp_owner
+from tests.helpers import dead_pid
 
 pytestmark = pytest.mark.unit
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
 
 
 def test_publish_and_write_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:

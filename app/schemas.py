@@ -307,7 +307,7 @@ class FinetuneRequest(FinetuneOptions):
 
 
 # JobStatus's values (app.models), spelled out so the OpenAPI document shows them inline;
-# tests/test_openapi.py keeps the two equal.
+# tests/api/test_openapi.py keeps the two equal.
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 

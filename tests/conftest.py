@@ -1,7 +1,9 @@
 """Fixtures: a real service over a temporary data dir, on SQLite and on real PostgreSQL."""
 
 import os
+import subprocess
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +16,33 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import make_engine, migrate, session_factory
 from app.main import create_app
+
+TIERS = ("unit", "api", "system")  # the markers declared in pyproject.toml
+
+
+def declared_tiers(item: pytest.Item) -> list[str]:
+    """The tier markers a test declares itself (module, class or function), not counting
+    the one a parameter adds: ``database_url`` moves its PostgreSQL variant to system."""
+    names = Counter(mark.name for mark in item.iter_markers() if mark.name in TIERS)
+    callspec = getattr(item, "callspec", None)
+    names -= Counter(mark.name for mark in (callspec.marks if callspec else []))
+    return sorted(names.elements())
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse to run a test that does not declare exactly one tier (unit, api or system)."""
+    wrong = [
+        f"{item.nodeid} ({', '.join(tiers) or 'none'})"
+        for item in items
+        if len(tiers := declared_tiers(item)) != 1
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "every test needs exactly one of the markers unit, api, system "
+            "(see [tool.pytest.ini_options] markers in pyproject.toml):\n  " + "\n  ".join(wrong)
+        )
+
 
 POSTGRES_URL = os.environ.get(
     "P2L_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -47,9 +76,13 @@ def postgres_database(postgres_server: str) -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])
 def database_url(request: pytest.FixtureRequest) -> str | None:
-    """Each storage test runs on the default SQLite file and on a real PostgreSQL database."""
+    """Each storage test runs on the default SQLite file and on a real PostgreSQL database.
+
+    The PostgreSQL variant is a system test: a database created and dropped per test costs
+    seconds, so the inner loop (``-m "not system"``) runs the SQLite one.
+    """
     if request.param == "sqlite":
         return None
     return request.getfixturevalue("postgres_database")
@@ -98,3 +131,13 @@ def session(tmp_path: Path) -> Iterator[Session]:
     with session_factory(engine)() as session:
         yield session
     engine.dispose()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts; killed at its end whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        process.kill()
+        process.wait(10)

@@ -1,0 +1,95 @@
+"""The OpenAPI document documents itself: examples that are true, typed fields, clean text."""
+
+import re
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from app import schemas
+from app.api.examples import EXAMPLES
+from app.config import Settings
+from app.main import create_app
+from app.models import JobStatus
+
+pytestmark = pytest.mark.api
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The service's OpenAPI document (one service for the module: it only reads it)."""
+    data_dir = tmp_path_factory.mktemp("openapi") / "data"
+    settings = Settings(_env_file=None, data_dir=data_dir, start_worker=False)
+    with TestClient(create_app(settings)) as client:
+        return dict(client.get("/openapi.json").json())
+
+
+def _is_upload(prop: dict[str, Any]) -> bool:
+    """A multipart file part (binary), alone or in a list, optional or not."""
+    text = str(prop)
+    return "contentMediaType" in text or "'format': 'binary'" in text
+
+
+def test_every_schema_has_an_example(spec: dict[str, Any]) -> None:
+    missing = []
+    for name, component in spec["components"]["schemas"].items():
+        if name.startswith("Body_"):  # multipart forms: every field that is not a file
+            fields = [p for p, prop in component["properties"].items() if not _is_upload(prop)]
+            missing += [
+                f"{name}.{f}" for f in fields if "examples" not in component["properties"][f]
+            ]
+        elif not component.get("examples"):
+            missing.append(name)
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_example_is_a_valid_body_of_its_schema(name: str) -> None:
+    model = getattr(schemas, name)
+    assert isinstance(model, type) and issubclass(model, BaseModel)
+    model.model_validate(EXAMPLES[name])
+
+
+def test_job_and_model_fields_are_typed(spec: dict[str, Any]) -> None:
+    components = spec["components"]["schemas"]
+    job = components["JobOut"]["properties"]
+    assert set(job["status"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
+    assert set(job["status"]["enum"]) == {status.value for status in JobStatus}
+    assert job["progress"] == {"$ref": "#/components/schemas/JobProgress"}
+    result_refs = {ref["$ref"] for ref in job["result"]["anyOf"] if "$ref" in ref}
+    assert result_refs == {
+        "#/components/schemas/FinetuneReport",
+        "#/components/schemas/EvaluationReport",
+    }
+    assert components["ModelOut"]["properties"]["report"] == {
+        "$ref": "#/components/schemas/FinetuneReport"
+    }
+
+
+def test_request_fields_are_described(spec: dict[str, Any]) -> None:
+    components = spec["components"]["schemas"]
+    undescribed = [
+        f"{name}.{field}"
+        for name in ("RankingRequest", "FinetuneRequest")
+        for field, prop in components[name]["properties"].items()
+        if not prop.get("description")
+    ]
+    assert undescribed == []
+
+
+def _descriptions(node: object) -> list[str]:
+    """Every description string anywhere in a JSON document."""
+    if isinstance(node, dict):
+        own = [node["description"]] if isinstance(node.get("description"), str) else []
+        return own + [text for value in node.values() for text in _descriptions(value)]
+    if isinstance(node, list):
+        return [text for value in node for text in _descriptions(value)]
+    return []
+
+
+def test_no_text_that_renders_as_html_tags(spec: dict[str, Any]) -> None:
+    """ReDoc renders descriptions as Markdown: a bare <class> vanishes as an unknown tag."""
+    texts = _descriptions(spec)
+    assert len(texts) > 100
+    assert [t for t in texts if re.search(r"<[a-zA-Z_][\w-]*>", t)] == []

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from app.finetune.search import AUTO_CANDIDATES, describe_candidate
 from app.jobs.service import CANDIDATE_FIELDS, get_job
 from app.schemas import JobOut
-from app.services.finetunes import FINETUNE
+from app.services.finetunes import FINETUNE, planned_phases
 
 POLL_SECONDS = 0.5
 
@@ -127,13 +127,13 @@ def _phase_epochs(job: Snapshot, phase: str | None, trial: object = None) -> int
     """Epochs a fine-tune's phase plans (from its params: the phase may be over by now); an
     auto search's or a race's trial (its 1-based number, as stored) by its place in the
     plan."""
-    if job.get("kind") != FINETUNE.name:
+    if job.get("kind", FINETUNE.name) != FINETUNE.name:
         return None
     try:
-        params = FINETUNE.params.model_validate(job.get("params") or {})
+        phases = planned_phases(job.get("params") or {})
     except ValidationError:  # a record this service did not write: no plan to tell
         return None
-    plan = [epochs for name, epochs in params.phases() if name == phase]
+    plan = [epochs for name, epochs in phases if name == phase]
     if phase in ("race", "auto_search"):
         return plan[trial - 1] if isinstance(trial, int) and 1 <= trial <= len(plan) else None
     return plan[0] if plan else None

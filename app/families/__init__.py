@@ -27,6 +27,7 @@ __all__ = [
     "LayerGroup",
     "architecture_catalogue",
     "build_model",
+    "expected_state",
     "family_of",
     "feature_dim",
     "feature_extractor",
@@ -71,6 +72,15 @@ def get_spec(name: str) -> ArchitectureSpec:
 def build_model(name: str, num_classes: int) -> nn.Module:
     """A freshly initialised classifier of the named architecture."""
     return get_spec(name).build(num_classes)
+
+
+@cache
+def expected_state(name: str, num_classes: int) -> dict[str, torch.Tensor]:
+    """The state dict a classifier of this architecture has, as meta tensors (shapes and
+    dtypes, no storage); built once per architecture and class count, for checking
+    uploaded weights (read only: the tensors are shared)."""
+    with torch.device("meta"):
+        return build_model(name, num_classes).state_dict()
 
 
 def load_model(name: str, num_classes: int, weights: Path) -> nn.Module:

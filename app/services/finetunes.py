@@ -5,7 +5,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -92,6 +92,14 @@ class FinetuneJobParams(BaseModel):
     def stored(self) -> dict[str, Any]:
         """The params as the job row keeps them (JSON; no ``race`` key unless it races)."""
         return self.model_dump(mode="json", exclude={"race"} if self.race is None else None)
+
+
+def planned_phases(stored: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The phases a fine-tune job's stored params plan, reading only their options and race
+    (what a job snapshot is sure to hold; see ``FinetuneJobParams.phases``)."""
+    options = FinetuneOptions.from_record(stored.get("options") or {})
+    race = RacePlan.model_validate(stored["race"]) if stored.get("race") else None
+    return phase_plan(options, race.trial_epochs if race else ())
 
 
 def submit_finetune(

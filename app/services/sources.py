@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
-from app.families import build_model, get_spec, known_architectures
+from app.families import expected_state, get_spec, known_architectures
 from app.models import Dataset, Source, ZooChange
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
@@ -113,9 +113,7 @@ def check_weights(
 ) -> None:
     """InvalidInput naming the first missing/extra/mis-shaped/non-finite tensor, if any."""
     check_architecture(architecture, num_classes, max_classes)
-    # On the meta device the model has shapes and dtypes but no storage: nothing is allocated.
-    with torch.device("meta"):
-        expected = build_model(architecture, num_classes).state_dict()
+    expected = expected_state(architecture, num_classes)
     try:
         check_state_dict(expected, weights)
     except ValueError as exc:

@@ -91,6 +91,25 @@ def start_finetune(client: httpx.Client, target_id: str, epochs: int, source: st
     )  # fmt: skip
 
 
+def finetuned_model(client: httpx.Client, archive: bytes, source_name: str, epochs: int) -> dict:
+    """The finished job of a manual fine-tune of the named source on an uploaded archive."""
+    dataset = client.post("/v1/datasets", files={"file": ("garments.zip", archive)})
+    assert dataset.status_code == 201, dataset.text
+    sources = client.get("/v1/sources", params={"page_size": 200}).json()["items"]
+    source = next(s for s in sources if s["name"] == source_name)
+    job = client.post(
+        "/v1/finetunes",
+        json={
+            "target_dataset_id": dataset.json()["id"], "source_id": source["id"],
+            "schedule": "manual", "epochs": epochs, "patience": None,
+        },
+    )  # fmt: skip
+    assert job.status_code == 202, job.text
+    finished = wait_for_job(client, job.json()["id"])
+    assert finished["status"] == "succeeded", finished
+    return finished
+
+
 def get_job(client: httpx.Client, job_id: str) -> dict:
     """GET /v1/jobs/{id} (200 checked)."""
     response = client.get(f"/v1/jobs/{job_id}")

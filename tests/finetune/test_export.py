@@ -18,10 +18,7 @@ from app.config import Settings
 from app.families import get_spec
 from app.main import create_app
 from tests.archives import DATA, image_folder_entries, png_bytes, zip_bytes
-from tests.helpers import (
-    PROBLEM,
-    wait_for_job,
-)
+from tests.helpers import PROBLEM, finetuned_model
 
 pytestmark = pytest.mark.system
 
@@ -71,22 +68,7 @@ def model_id(service: TestClient, garments: dict[str, list[bytes]]) -> str:
     """A compact_cnn garment source fine-tuned (2 epochs) on 30 garments per class."""
     uploaded = {label: images[:UPLOADED_PER_CLASS] for label, images in garments.items()}
     archive = zip_bytes(image_folder_entries(uploaded))
-    dataset = service.post("/v1/datasets", files={"file": ("garments.zip", archive)})
-    assert dataset.status_code == 201, dataset.text
-    sources = service.get("/v1/sources", params={"page_size": 200}).json()["items"]
-    source = next(s for s in sources if s["name"] == "fashion_9k")
-    assert source["architecture"] == "compact_cnn"
-    job = service.post(
-        "/v1/finetunes",
-        json={
-            "target_dataset_id": dataset.json()["id"], "source_id": source["id"],
-            "schedule": "manual", "epochs": 2, "patience": None,
-        },
-    )  # fmt: skip
-    assert job.status_code == 202, job.text
-    current = wait_for_job(service, job.json()["id"])
-    assert current["status"] == "succeeded", current
-    return str(current["model_id"])
+    return str(finetuned_model(service, archive, "fashion_9k", epochs=2)["model_id"])
 
 
 def service_probabilities(

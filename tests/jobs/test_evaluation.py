@@ -23,10 +23,7 @@ from app.services.evaluations import evaluation_key, sweep_evaluation_archives
 from app.zoo.bundled import BUNDLED_DIR
 from app.zoo.plots import confusion_plot
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bomb, zip_bytes
-from tests.helpers import (
-    PROBLEM,
-    wait_for_job,
-)
+from tests.helpers import PROBLEM, finetuned_model, wait_for_job
 
 SYNC_LIMIT = 30  # P2L_EVALUATE_SYNC_MAX_IMAGES of the test service
 UPLOADED_PER_CLASS = 30  # of the 50 garments per class; the rest are held out
@@ -180,20 +177,7 @@ def held_out(garments: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
 @pytest.fixture(scope="module")
 def model(service: TestClient, uploaded: dict[str, bytes]) -> dict:
     """A digits source fine-tuned for one epoch on garments: a model that makes mistakes."""
-    dataset = service.post("/v1/datasets", files={"file": ("garments.zip", zip_bytes(uploaded))})
-    assert dataset.status_code == 201, dataset.text
-    sources = service.get("/v1/sources", params={"page_size": 200}).json()["items"]
-    source = next(s for s in sources if s["name"] == "digits_1100")
-    job = service.post(
-        "/v1/finetunes",
-        json={
-            "target_dataset_id": dataset.json()["id"], "source_id": source["id"],
-            "schedule": "manual", "epochs": 1, "patience": None,
-        },
-    )  # fmt: skip
-    assert job.status_code == 202, job.text
-    finished = wait_for_job(service, job.json()["id"])
-    assert finished["status"] == "succeeded", finished
+    finished = finetuned_model(service, zip_bytes(uploaded), "digits_1100", epochs=1)
     return service.get(f"/v1/models/{finished['model_id']}").json()
 
 

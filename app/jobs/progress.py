@@ -238,7 +238,7 @@ class ProgressWriter:
         if row is None or row.cancel_requested:
             return True
         # Reaped (and perhaps claimed by another worker), or ended: not ours to train on.
-        return row.worker_id != self.lease.worker_id or row.status != JobStatus.RUNNING
+        return bool(row.worker_id != self.lease.worker_id or row.status != JobStatus.RUNNING)
 
     def close(self) -> None:
         """Release the connection of the stop checks."""

@@ -40,6 +40,12 @@ def _run_on_ray(run_next_job: NextJob, settings: Settings, suffix: str) -> str |
     return run_next_job(settings, ray_worker_id(node_id, suffix))
 
 
+def _cluster_resources() -> dict[str, float]:
+    """What the cluster holds, by resource name (ray ships no type hints for it)."""
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return resources
+
+
 class RayRunner(JobRunner):
     """Dispatches queued jobs to a Ray cluster, one task per job, from the supervisor's check.
 
@@ -74,7 +80,7 @@ class RayRunner(JobRunner):
             "max_retries": 0,
             "resources": dict(self.settings.ray_resources),
         }
-        self.unit = "GPU" if ray.cluster_resources().get("GPU", 0) >= 1 else "CPU"
+        self.unit = "GPU" if _cluster_resources().get("GPU", 0) >= 1 else "CPU"
         options["num_gpus" if self.unit == "GPU" else "num_cpus"] = 1
         self.remote = ray.remote(**options)(_run_on_ray)
         # What each task gets: the service's settings, less the API keys it has no use for.
@@ -84,7 +90,7 @@ class RayRunner(JobRunner):
 
     def capacity(self) -> int:
         """How many jobs the cluster can run at once (per task: 1 GPU or CPU, and resources)."""
-        totals = ray.cluster_resources()
+        totals = _cluster_resources()
         asked = {self.unit: 1.0, **self.settings.ray_resources}
         return min(
             math.floor(totals.get(name, 0) / amount) for name, amount in asked.items() if amount > 0

@@ -17,9 +17,7 @@ from app.models import Dataset, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature
-from app.services.datasets import SIGNATURE_FILE as DATASET_SIGNATURE
-from app.services.datasets import dataset_files, dataset_signature
-from app.services.sources import SIGNATURE_FILE as SOURCE_SIGNATURE
+from app.services.datasets import SIGNATURE_FILE, dataset_files, dataset_signature
 from app.services.sources import record_change
 from app.store import ArtifactStore
 from app.zoo.bundled import import_bundled_sources, missing_bundled_sources
@@ -70,7 +68,7 @@ def upgrade(
         report.resigned_datasets.append(entry)
         if signature is None:  # dry run
             continue
-        store.write_file(f"{dataset.artifact_key}/{DATASET_SIGNATURE}", signature.to_bytes())
+        store.write_file(f"{dataset.artifact_key}/{SIGNATURE_FILE}", signature.to_bytes())
         dataset.reference_sha256, dataset.feature_dim = active, signature.feature_dim
         session.commit()
         fresh[dataset.id] = signature
@@ -97,7 +95,7 @@ def upgrade(
             continue
         # Every readable dataset is signed by the active network by now.
         signature = fresh.get(trained_on.id) or dataset_signature(store, trained_on)
-        store.write_file(f"{source.artifact_key}/{SOURCE_SIGNATURE}", signature.to_bytes())
+        store.write_file(f"{source.artifact_key}/{SIGNATURE_FILE}", signature.to_bytes())
         source.reference_sha256, source.feature_dim = active, signature.feature_dim
         session.flush()
         # Running API replicas re-read the new signature when they catch up.

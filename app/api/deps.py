@@ -114,15 +114,21 @@ def caller_of(api_key: str | None) -> Caller:
     return Caller("key:" + hashlib.sha256(api_key.encode()).hexdigest()[:12])
 
 
-def get_context(state: StateDep, session: SessionDep, api_key: ApiKeyHeader) -> Context:
-    """The use cases' context for this request (its session, the shared state, the caller)."""
+def get_context(request: Request, state: StateDep, session: SessionDep) -> Context:
+    """The use cases' context for this request (its session, the shared state, the caller).
+
+    The key is read from the request itself, not through ``ApiKeyHeader``: a security
+    dependency here would mark every route that takes a Context as needing a key in the
+    OpenAPI document, open reads included; whether a key is needed is ``ApiKeyRequired``'s
+    and ``ReadAccess``'s to say (they run first and refuse a missing or wrong one).
+    """
     return Context(
         session=session,
         store=state.store,
         index=state.index,
         reference=state.reference,
         settings=state.settings,
-        caller=caller_of(api_key),
+        caller=caller_of(request.headers.get(_api_key_header.model.name)),
     )
 
 

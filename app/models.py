@@ -152,6 +152,10 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # No longer written (a worker's pid is in its heartbeat row, workers.pid). The column
+    # stays one release, so a replica of the previous release, which reads and writes it,
+    # can run beside this one during a rolling upgrade; a later migration drops it.
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Lease: the worker that claimed the job renews lease_expires_at while it runs; an
     # expired lease is reaped (re-queued while attempts < P2L_JOB_MAX_ATTEMPTS, else failed).
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

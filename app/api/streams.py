@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -131,7 +130,7 @@ def _phase_epochs(job: Snapshot, phase: str | None, trial: object = None) -> int
         return None
     try:
         phases = planned_phases(job.get("params") or {})
-    except ValidationError:  # a record this service did not write: no plan to tell
+    except ValueError:  # a record this service did not write: no plan to tell
         return None
     plan = [epochs for name, epochs in phases if name == phase]
     if phase in ("race", "auto_search"):

@@ -9,9 +9,11 @@ Every architecture is split into a *feature extractor* (input -> non-negative po
 and a *head* (feature -> logits); the reference network uses the first, sources both.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from safetensors.torch import load_file
@@ -74,13 +76,14 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return get_spec(name).build(num_classes)
 
 
-@cache
-def expected_state(name: str, num_classes: int) -> dict[str, torch.Tensor]:
+# Bounded: the class count comes from requests (up to P2L_MAX_SOURCE_CLASSES).
+@lru_cache(maxsize=32)
+def expected_state(name: str, num_classes: int) -> Mapping[str, torch.Tensor]:
     """The state dict a classifier of this architecture has, as meta tensors (shapes and
-    dtypes, no storage); built once per architecture and class count, for checking
-    uploaded weights (read only: the tensors are shared)."""
+    dtypes, no storage); built once per architecture and class count while recently used,
+    for checking uploaded weights (read only: it is shared)."""
     with torch.device("meta"):
-        return build_model(name, num_classes).state_dict()
+        return MappingProxyType(build_model(name, num_classes).state_dict())
 
 
 def load_model(name: str, num_classes: int, weights: Path) -> nn.Module:

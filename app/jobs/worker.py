@@ -362,3 +362,8 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise StopRequested(signum)
+
+
+if __name__ == "__main__":
+    # The worker's entry point moved to the composition root, which binds the job kinds.
+    raise SystemExit("the standalone worker is `python -m app.worker` (same P2L_ settings)")

@@ -5,7 +5,7 @@ one batch at a time, with image decoding done ahead of the model (app.imaging.lo
 """
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,7 +211,9 @@ def load_backbone(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
     model.load_state_dict(given, strict=False)
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> None:
     """Raise ValueError describing the first missing, unexpected or mis-shaped tensor."""
     for key, tensor in expected.items():
         if key not in given:

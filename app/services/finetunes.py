@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, ValidationError, field_validator
 from safetensors.torch import save_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -96,10 +96,13 @@ class FinetuneJobParams(BaseModel):
 
 def planned_phases(stored: Mapping[str, Any]) -> list[tuple[str, int]]:
     """The phases a fine-tune job's stored params plan, reading only their options and race
-    (what a job snapshot is sure to hold; see ``FinetuneJobParams.phases``)."""
-    options = FinetuneOptions.from_record(stored.get("options") or {})
-    race = RacePlan.model_validate(stored["race"]) if stored.get("race") else None
-    return phase_plan(options, race.trial_epochs if race else ())
+    (what a job snapshot is sure to hold; see ``FinetuneJobParams.phases``); ValueError
+    (a ValidationError among them) for params this service did not write."""
+    options, race = stored.get("options") or {}, stored.get("race")
+    if not isinstance(options, Mapping):
+        raise ValueError(f"stored options are a {type(options).__name__}, not a mapping")
+    plan = RacePlan.model_validate(race) if race else None
+    return phase_plan(FinetuneOptions.from_record(options), plan.trial_epochs if plan else ())
 
 
 def submit_finetune(
@@ -227,7 +230,11 @@ def ensure_no_active_job_uses(
     )
     users = []
     for job in active:
-        params = FINETUNE.params_of(job)
+        try:
+            params = FINETUNE.params_of(job)
+        except ValidationError:  # a row this service did not write: it may need anything
+            users.append(job.id)
+            continue
         if (dataset_id is not None and params.target_dataset_id == dataset_id) or (
             source_id is not None and source_id in params.source_ids()
         ):

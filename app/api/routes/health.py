@@ -51,7 +51,7 @@ def metrics(state: StateDep, session: SessionDep) -> str:
         # Workers anywhere (local, standalone, other hosts) that hold a live job lease.
         "p2l_job_workers_busy": session.scalar(
             select(func.count(distinct(Job.worker_id))).where(
-                Job.status == "running", Job.lease_expires_at >= utcnow()
+                Job.status == JobStatus.RUNNING, Job.lease_expires_at >= utcnow()
             )
         ),
     }

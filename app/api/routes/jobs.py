@@ -25,6 +25,7 @@ from app.models import TERMINAL_STATUSES, Job, JobStatus
 from app.pagination import is_valid_id
 from app.schemas import Estimate, FinetuneRequest, JobOut, Page
 from app.services import evaluations, finetunes
+from app.services.evaluations import EVALUATE
 
 router = APIRouter(tags=["jobs"])
 
@@ -165,7 +166,7 @@ def delete_job(state: StateDep, session: SessionDep, job_id: str) -> Response:
     """The model the job produced, if any, is kept (delete it at /v1/models/{id}); an
     evaluation job's stored images go with it."""
     job = jobs.delete_job(session, job_id)
-    if job.kind == "evaluate":  # the images were this job's alone (gone once it succeeded)
+    if job.kind == EVALUATE.name:  # the images were this job's alone (gone once it succeeded)
         state.store.delete(evaluations.evaluation_key(job.id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -3,8 +3,9 @@ second stage and calibration all read their names from here (no torch, no numpy)
 
 Adding a P2L measure: its name in ``Measure`` and an entry in ``MEASURES`` here, and its
 vectorised distance in ``SignatureIndex.distances`` (``app.p2l.scoring``). Adding a
-second-stage measure: ``RefineMethod``, ``REFINE_METHODS`` and its formula in
-``app.p2l.peers`` (``app.p2l.refine.transferability`` dispatches on the name).
+second-stage measure: its name in ``RefineMethod`` and its formula in ``app.p2l.peers``
+(``app.p2l.refine.transferability`` dispatches on the name). The client package keeps its
+own copy of both lists (it imports nothing of the service).
 """
 
 from dataclasses import dataclass
@@ -39,7 +40,6 @@ MEASURES: dict[Measure, MeasureInfo] = {
     )
 }
 METHODS: tuple[Method, ...] = get_args(Method)
-REFINE_METHODS: tuple[RefineMethod, ...] = get_args(RefineMethod)
 # Each re-ranked source costs a forward pass of the target inside the request.
 MAX_REFINE_TOP = 20
 # The measures a calibration refit chooses among.

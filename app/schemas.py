@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.finetune.options import FinetuneOptions
 from app.finetune.race import RaceOptions
 from app.jobs.cost import Estimate
-from app.measures import MAX_REFINE_TOP, Measure, Method, RefineMethod
+from app.measures import MAX_REFINE_TOP, MEASURES, Measure, Method, RefineMethod
 
 Item = TypeVar("Item")
 
@@ -195,7 +195,10 @@ class RankingRequest(BaseModel):
         "source size only (the paper's two baselines).",
     )
     measure: Measure | None = Field(
-        None, description="Distance measure; default P2L_P2L_MEASURE (js)."
+        None,
+        description="Distance measure; default P2L_P2L_MEASURE (js). "
+        + "; ".join(f"{info.name}: {info.summary}" for info in MEASURES.values())
+        + ".",
     )
     source_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=10_000, description="Rank only these sources."

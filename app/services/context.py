@@ -1,14 +1,17 @@
-"""The one object every use case takes: what it works on, and who is asking.
+"""The one object every use case of a request takes: what it works on, and who is asking.
 
-Built once per request (``app.api.deps.get_context``) or per job, so a use case's signature
-names its own inputs only, not the five collaborators every use case needs.
+Built once per request (``app.api.deps.get_context``), so a use case's signature names its
+own inputs only, not the five collaborators every use case needs. A job's handler gets a
+``JobRun`` instead (``app.jobs.kinds``): a job opens short sessions, never one for its
+whole run.
 
-Who commits (the one rule): a use case that writes files commits through its unit of work
-(``app.unit_of_work``: files and rows land together, or neither does). Any other use case
-adds and flushes; its caller commits: the request's session when the route returns
-(``get_session``), or the job handler when the job ends (``finish_job``). A few writes
-commit on their own because others must see them at once: a cancel request, a deleted
-row before its files go, and calibration refits.
+Who commits (the one rule, also in docs/DESIGN.md): a use case that writes files commits
+through its unit of work (``app.unit_of_work``: files and rows land together, or neither
+does). Any other use case adds and flushes; its caller commits: the request's session when
+the route returns (``get_session``), or the job's handler when it ends the job
+(``finish_job``). Writes that others must see at once commit on their own: deletes (the row
+goes before its files), a cancel request, a calibration put in force, and a fine-tuned
+model's link to the source registered from it.
 """
 
 from dataclasses import dataclass
@@ -23,18 +26,14 @@ from app.store import ArtifactStore
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking: ``principal`` names an API key by its fingerprint (``key:...``), the
-    service itself (``service``), or anyone when keys are off (``anonymous``)."""
+    """Who is asking: ``principal`` names an API key by its fingerprint (``key:...``), or
+    anyone (``anonymous``) when the request carries no key. Nothing reads it yet: it is
+    the handle that per-caller rules (projects, roles, quotas) will need."""
 
     principal: str
 
-    @property
-    def anonymous(self) -> bool:
-        return self.principal == "anonymous"
-
 
 ANONYMOUS = Caller("anonymous")
-SERVICE = Caller("service")
 
 
 @dataclass(frozen=True)

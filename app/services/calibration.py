@@ -235,20 +235,29 @@ def _words(params: RankingParams) -> str:
     return f"{params.measure}, lambda {params.lam:g}"
 
 
-def refit(
+def refit(ctx: Context) -> Calibration:
+    """Refit measure and lambda on the evidence under the active reference network and put
+    the result in force, committed (see ``_refit``); Conflict while no target has evidence
+    from two or more sources."""
+    session, reference_sha256 = ctx.session, ctx.reference.weights_sha256
+    summary = gather_evidence(session, ctx.store, reference_sha256)
+    calibration = _refit(
+        session, reference_sha256, Constants.from_settings(ctx.settings), "refit", summary
+    )
+    session.commit()
+    return calibration
+
+
+def _refit(
     session: Session,
-    store: ArtifactStore,
     reference_sha256: str,
     constants: Constants,
-    trigger: str = "refit",
-    summary: EvidenceSummary | None = None,
+    trigger: str,
+    summary: EvidenceSummary,
 ) -> Calibration:
-    """Refit measure and lambda on the evidence (guarded: a switch must win leave one
+    """Refit measure and lambda on ``summary`` (guarded: a switch must win leave one
     target out; see app.p2l.calibration) and record the result as the calibration in force
-    (committed by the caller); Conflict while no target has evidence from two or more
-    sources. ``summary``: the evidence, when the caller has just gathered it."""
-    if summary is None:
-        summary = gather_evidence(session, store, reference_sha256)
+    (committed by the caller); Conflict while no target has usable evidence."""
     if not summary.usable:
         raise Conflict(
             f"nothing to refit on: {summary.rows} fine-tune(s) on {summary.targets} target(s), "
@@ -268,16 +277,18 @@ def refit(
     return calibration
 
 
-def reset(
-    session: Session, store: ArtifactStore, reference_sha256: str, constants: Constants
-) -> Calibration:
-    """Put the bundled defaults back in force (committed by the caller), as a calibration
-    of their own: later rankings record it, and an automatic refit waits for a new target."""
-    summary = gather_evidence(session, store, reference_sha256)
+def reset(ctx: Context) -> Calibration:
+    """Put the bundled defaults back in force, committed, as a calibration of their own:
+    later rankings record it, and an automatic refit waits for a new target."""
+    session, reference_sha256 = ctx.session, ctx.reference.weights_sha256
+    summary = gather_evidence(session, ctx.store, reference_sha256)
     previous = current_calibration(session, reference_sha256)
-    return _put_in_force(
-        session, previous, reference_sha256, constants.defaults, "reset", summary, None
+    defaults = Constants.from_settings(ctx.settings).defaults
+    calibration = _put_in_force(
+        session, previous, reference_sha256, defaults, "reset", summary, None
     )
+    session.commit()
+    return calibration
 
 
 def _put_in_force(
@@ -335,19 +346,14 @@ def refit_if_due(
         return
     summary = gather_evidence(session, store, reference_sha256)
     if len(summary.usable) >= after and len(summary.usable) > fitted_on:
-        constants = Constants.from_settings(settings)
-        refit(session, store, reference_sha256, constants, trigger="auto", summary=summary)
+        _refit(session, reference_sha256, Constants.from_settings(settings), "auto", summary)
         session.commit()
 
 
-def calibration_status(
-    session: Session,
-    store: ArtifactStore,
-    reference_sha256: str,
-    constants: Constants,
-    auto_refit_after: int,
-) -> dict[str, Any]:
+def calibration_status(ctx: Context) -> dict[str, Any]:
     """What ``GET /v1/calibration`` shows: the parameters in force, the evidence, and regrets."""
+    session, store, reference_sha256 = ctx.session, ctx.store, ctx.reference.weights_sha256
+    constants = Constants.from_settings(ctx.settings)
     calibration = current_calibration(session, reference_sha256)
     current = _params_of(calibration, constants.defaults)
     summary = gather_evidence(session, store, reference_sha256)
@@ -377,6 +383,6 @@ def calibration_status(
             if calibration is not None
             else None
         ),
-        "auto_refit_after_targets": auto_refit_after,
+        "auto_refit_after_targets": ctx.settings.calibration_auto_refit_targets,
         "notes": [NOT_REFITTED],
     }

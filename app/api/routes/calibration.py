@@ -1,6 +1,5 @@
 """Calibration: the ranking parameters in force, and refitting them on finished fine-tunes."""
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -9,7 +8,6 @@ from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, ContextDep, PageToken, S
 from app.api.problems import problem_responses
 from app.schemas import CalibrationOut, EvidenceOut, Page
 from app.services import calibration as service
-from app.services.context import Context
 
 router = APIRouter(prefix="/v1/calibration", tags=["calibration"])
 
@@ -19,15 +17,7 @@ def get_calibration(ctx: ContextDep) -> CalibrationOut:
     """Measure and lambda in force (a refit's, or the bundled defaults), the evidence left by
     successful fine-tunes, and the mean regret on it of the parameters in force, of the
     defaults and of a refit (leave one target out)."""
-    return CalibrationOut.model_validate(
-        service.calibration_status(
-            ctx.session,
-            ctx.store,
-            ctx.reference.weights_sha256,
-            service.Constants.from_settings(ctx.settings),
-            ctx.settings.calibration_auto_refit_targets,
-        )
-    )
+    return CalibrationOut.model_validate(service.calibration_status(ctx))
 
 
 @router.get(
@@ -62,7 +52,8 @@ def refit_calibration(ctx: ContextDep) -> CalibrationOut:
     the parameters in force unless refitting beats them leave one target out (never on a
     single usable target); later rankings use the result and record the calibration's id.
     409 while no target has evidence from two or more sources."""
-    return _after(ctx, service.refit)
+    service.refit(ctx)
+    return get_calibration(ctx)
 
 
 @router.post(
@@ -75,13 +66,5 @@ def refit_calibration(ctx: ContextDep) -> CalibrationOut:
 def reset_calibration(ctx: ContextDep) -> CalibrationOut:
     """Later rankings use the settings' measure and lambda again, and record this reset as
     their calibration; the evidence stays, and an automatic refit waits for a new target."""
-    return _after(ctx, service.reset)
-
-
-def _after(ctx: Context, change: Callable[..., object]) -> CalibrationOut:
-    """Put a refit or a reset in force (committed: later rankings read it), then answer
-    with the calibration status."""
-    constants = service.Constants.from_settings(ctx.settings)
-    change(ctx.session, ctx.store, ctx.reference.weights_sha256, constants)
-    ctx.session.commit()
+    service.reset(ctx)
     return get_calibration(ctx)

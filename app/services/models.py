@@ -2,20 +2,23 @@
 
 import threading
 from collections import OrderedDict
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, InvalidInput
+from app.errors import Conflict, InvalidInput, NotFound
 from app.families import get_spec, load_model
 from app.finetune.train import ImageTensors
 from app.imaging.images import ImageRejected, open_rgb, square_pixels
-from app.models import FinetunedModel, Source
+from app.models import Dataset, FinetunedModel, Source
 from app.pagination import get_by_id, paginate
 from app.services.context import Context
+from app.services.datasets import IMAGES_DIR
 from app.services.sources import register_source, signature_for_dataset
 from app.store import ArtifactStore
 
@@ -165,3 +168,92 @@ def register_model(ctx: Context, model_id: str, name: str | None) -> Source:
     row.registered_source_id = source.id
     session.commit()
     return source
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """A model's confusion matrix on its held-out split, and what to title it."""
+
+    matrix: list[list[int]]
+    class_names: list[str]
+    title: str
+
+
+def confusion(session: Session, model_id: str) -> Confusion:
+    """The confusion matrix of the model's test (or validation) split; NotFound without one."""
+    row = get_model(session, model_id)
+    report = row.report
+    evaluation = report.get("evaluation")
+    if evaluation:
+        matrix, names = evaluation["confusion_matrix"], evaluation["class_names"]
+        split, accuracy = evaluation["split"], evaluation["accuracy"]
+    else:  # a model made before evaluation reports: the report's own matrix
+        matrix, names, split = (
+            report.get("confusion_matrix"),
+            row.class_names,
+            report.get("evaluated_on", "validation"),  # first releases: validation,
+        )
+        accuracy = report.get("test_accuracy" if split == "test" else "val_accuracy")
+    if not matrix or split == "none":
+        raise NotFound(
+            f"model {model_id} has no confusion matrix: it was trained without a test or "
+            "validation split (test_fraction and val_fraction 0)"
+        )
+    images = sum(sum(r) for r in matrix)
+    shown = f"{accuracy:.3f}" if accuracy is not None else "n/a"
+    title = f"model {model_id[:8]}, {split} split ({images} images): accuracy {shown}"
+    return Confusion(matrix, names, title)
+
+
+def misclassified_image(ctx: Context, model_id: str, k: int) -> tuple[bytes, str]:
+    """The bytes and MIME type of the k-th misclassified image of the model's evaluation
+    report, read from its target dataset; NotFound when there is none (or it is gone)."""
+    session = ctx.session
+    row = get_model(session, model_id)
+    evaluation = row.report.get("evaluation")
+    if not evaluation:
+        raise NotFound(
+            f"model {model_id} has no evaluation report (it was made before they existed, or "
+            "without a held-out split): no misclassified images are listed"
+        )
+    listed = evaluation["misclassified"]
+    if k >= len(listed):
+        raise NotFound(
+            f"model {model_id} lists {len(listed)} misclassified images (k from 0 to "
+            f"{len(listed) - 1}); k={k}"
+            if listed
+            else f"model {model_id} misclassified no image of its {evaluation['split']} split"
+        )
+    name = listed[k]["image"]
+    dataset = session.get(Dataset, row.target_dataset_id)
+    if dataset is None:
+        raise NotFound(
+            f"the model's target dataset {row.target_dataset_id} was deleted, and its images "
+            f"with it ({name!r})"
+        )
+    path = _dataset_image(ctx.store.path(dataset.artifact_key) / IMAGES_DIR, name)
+    try:
+        if path is None:
+            raise FileNotFoundError(name)
+        return path.read_bytes(), _image_type(path)
+    except FileNotFoundError:  # never stored, or deleted with its dataset just now
+        raise NotFound(f"image {name!r} is no longer in dataset {dataset.id}") from None
+
+
+def _dataset_image(root: Path, name: str) -> Path | None:
+    """The stored file ``root/<class>/<file>`` that ``name`` names, if it is there."""
+    relative = PurePosixPath(name)
+    parts = relative.parts
+    if relative.is_absolute() or len(parts) != 2 or any(p in ("", ".", "..") for p in parts):
+        return None
+    path = root.joinpath(*parts)
+    return path if path.is_file() else None
+
+
+def _image_type(path: Path) -> str:
+    """The MIME type of an image file, from its content (names can say anything)."""
+    try:
+        with Image.open(path) as image:
+            return Image.MIME.get(image.format or "", "application/octet-stream")
+    except OSError:
+        return "application/octet-stream"

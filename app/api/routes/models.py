@@ -2,24 +2,23 @@
 new source."""
 
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Query, Response, UploadFile, status
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image
 from starlette.background import BackgroundTask
 
 from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, ContextDep, PageToken, SessionDep, StateDep
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.api.routes.jobs import job_out
-from app.errors import NotFound, TooLarge
+from app.errors import TooLarge
 from app.finetune.export import MODEL_FILES, ExportFormat, export_model, preprocessing_spec
 from app.jobs import service as jobs
-from app.models import Dataset, FinetunedModel, Job, Source
+from app.models import FinetunedModel, Job, Source
 from app.schemas import (
     ArchiveEvaluation,
     JobOut,
@@ -31,7 +30,6 @@ from app.schemas import (
 )
 from app.services import evaluations
 from app.services import models as service
-from app.services.datasets import IMAGES_DIR
 from app.zoo import plots
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -216,28 +214,9 @@ def export(
 def confusion_png(session: SessionDep, model_id: str) -> Response:
     """Rows: true class, columns: predicted class, counts in the cells; the title names the
     split and the accuracy."""
-    row = service.get_model(session, model_id)
-    report = row.report
-    evaluation = report.get("evaluation")
-    if evaluation:
-        matrix, names = evaluation["confusion_matrix"], evaluation["class_names"]
-        split, accuracy = evaluation["split"], evaluation["accuracy"]
-    else:  # a model made before evaluation reports: the report's own matrix
-        matrix, names, split = (
-            report.get("confusion_matrix"),
-            row.class_names,
-            report.get("evaluated_on", "validation"),  # first releases: validation,
-        )
-        accuracy = report.get("test_accuracy" if split == "test" else "val_accuracy")
-    if not matrix or split == "none":
-        raise NotFound(
-            f"model {model_id} has no confusion matrix: it was trained without a test or "
-            "validation split (test_fraction and val_fraction 0)"
-        )
-    images = sum(sum(r) for r in matrix)
-    shown = f"{accuracy:.3f}" if accuracy is not None else "n/a"
-    title = f"model {model_id[:8]}, {split} split ({images} images): accuracy {shown}"
-    return Response(plots.confusion_plot(matrix, names, title), media_type="image/png")
+    confusion = service.confusion(session, model_id)
+    png = plots.confusion_plot(confusion.matrix, confusion.class_names, confusion.title)
+    return Response(png, media_type="image/png")
 
 
 @router.get(
@@ -252,39 +231,12 @@ def confusion_png(session: SessionDep, model_id: str) -> Response:
     summary="The k-th misclassified image of the model's evaluation report (0-based)",
 )
 def misclassified_image(
-    state: StateDep, session: SessionDep, model_id: str, k: Annotated[int, PathParam(ge=0)]
+    ctx: ContextDep, model_id: str, k: Annotated[int, PathParam(ge=0)]
 ) -> Response:
     """Its bytes from the model's target dataset; ``report.evaluation.misclassified[k]``
     says its name, true and predicted label."""
-    row = service.get_model(session, model_id)
-    evaluation = row.report.get("evaluation")
-    if not evaluation:
-        raise NotFound(
-            f"model {model_id} has no evaluation report (it was made before they existed, or "
-            "without a held-out split): no misclassified images are listed"
-        )
-    listed = evaluation["misclassified"]
-    if k >= len(listed):
-        raise NotFound(
-            f"model {model_id} lists {len(listed)} misclassified images (k from 0 to "
-            f"{len(listed) - 1}); k={k}"
-            if listed
-            else f"model {model_id} misclassified no image of its {evaluation['split']} split"
-        )
-    name = listed[k]["image"]
-    dataset = session.get(Dataset, row.target_dataset_id)
-    if dataset is None:
-        raise NotFound(
-            f"the model's target dataset {row.target_dataset_id} was deleted, and its images "
-            f"with it ({name!r})"
-        )
-    path = _dataset_image(state.store.path(dataset.artifact_key) / IMAGES_DIR, name)
-    try:
-        if path is None:
-            raise FileNotFoundError(name)
-        return Response(path.read_bytes(), media_type=_image_type(path))
-    except FileNotFoundError:  # never stored, or deleted with its dataset just now
-        raise NotFound(f"image {name!r} is no longer in dataset {dataset.id}") from None
+    data, media_type = service.misclassified_image(ctx, model_id, k)
+    return Response(data, media_type=media_type)
 
 
 @router.post(
@@ -343,22 +295,3 @@ def _zip(target: Path, files: list[Path]) -> None:
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         for item in files:
             archive.write(item, item.name)
-
-
-def _dataset_image(root: Path, name: str) -> Path | None:
-    """The stored file ``root/<class>/<file>`` that ``name`` names, if it is there."""
-    relative = PurePosixPath(name)
-    parts = relative.parts
-    if relative.is_absolute() or len(parts) != 2 or any(p in ("", ".", "..") for p in parts):
-        return None
-    path = root.joinpath(*parts)
-    return path if path.is_file() else None
-
-
-def _image_type(path: Path) -> str:
-    """The MIME type of an image file, from its content (names can say anything)."""
-    try:
-        with Image.open(path) as image:
-            return Image.MIME.get(image.format or "", "application/octet-stream")
-    except OSError:
-        return "application/octet-stream"

@@ -5,6 +5,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -237,6 +238,62 @@ def register_source(
         raise
     index.add(source.id, signature)
     return source
+
+
+def check_upload(
+    settings: Settings,
+    architecture: str,
+    num_classes: int,
+    input_size: int | None,
+    class_names: list[str] | None,
+    dataset_id: str | None,
+    has_signature: bool,
+) -> None:
+    """The checks of a source upload that need none of its files (InvalidInput)."""
+    if (dataset_id is None) == (not has_signature):
+        raise InvalidInput("give exactly one of dataset_id or signature")
+    max_classes = settings.max_source_classes
+    check_architecture(architecture, num_classes, max_classes, input_size)
+    if class_names is not None:
+        check_class_names("class_names", class_names, max_classes, settings.max_name_bytes)
+
+
+def register_upload(
+    ctx: Context,
+    *,
+    name: str,
+    architecture: str,
+    num_classes: int,
+    weights: IO[bytes],
+    signature: IO[bytes] | None,
+    dataset_id: str | None,
+    class_names: list[str] | None,
+    input_size: int | None,
+) -> Source:
+    """Register an uploaded model with the signature of a stored dataset (``dataset_id``)
+    or an uploaded one (exactly one of the two: see ``check_upload``); nothing is kept if
+    any check fails."""
+    if dataset_id is not None:
+        dataset_signature = signature_for_dataset(ctx.session, ctx.store, ctx.reference, dataset_id)
+    else:
+        assert signature is not None  # exactly one of the two (check_upload)
+        dataset_signature = parse_signature(signature.read())
+    return register_source(
+        ctx.session,
+        ctx.store,
+        ctx.index,
+        ctx.reference,
+        name=name,
+        architecture=architecture,
+        num_classes=num_classes,
+        weights_data=weights.read(),
+        signature=dataset_signature,
+        class_names=class_names,
+        input_size=input_size,
+        dataset_id=dataset_id,
+        max_classes=ctx.settings.max_source_classes,
+        max_name_bytes=ctx.settings.max_name_bytes,
+    )
 
 
 def get_source(session: Session, source_id: str) -> Source:

@@ -43,7 +43,7 @@ PNG = {"content": {"image/png": {}}, "description": "PNG image"}
 )
 def register_source(
     state: StateDep,
-    session: SessionDep,
+    ctx: ContextDep,
     response: Response,
     idempotency_key: IdempotencyHeader,
     weights: Annotated[UploadFile, File(description="Model weights (.safetensors)")],
@@ -93,45 +93,35 @@ def register_source(
     ] = None,
 ) -> Source:
     """Check the weights load into the architecture, attach the signature, add to the zoo."""
-    if (dataset_id is None) == (signature is None):
-        raise InvalidInput("give exactly one of dataset_id or signature")
-    # Before anything is read, computed or built for it.
-    max_classes = state.settings.max_source_classes
-    max_name_bytes = state.settings.max_name_bytes
-    service.check_architecture(architecture, num_classes, max_classes, input_size)
     names = _parse_names(class_names)
-    if names is not None:
-        service.check_class_names("class_names", names, max_classes, max_name_bytes)
+    # Before anything is read, computed or built for it.
+    service.check_upload(
+        ctx.settings,
+        architecture,
+        num_classes,
+        input_size,
+        names,
+        dataset_id,
+        signature is not None,
+    )
     uploads = [weights.file] + ([signature.file] if signature is not None else [])
     fields = (architecture, num_classes, name, dataset_id, input_size, class_names)
     digest = digest_files(uploads, *fields)
-    with idempotent(state.sessions, session, "sources", idempotency_key, digest) as claim:
+    with idempotent(state.sessions, ctx.session, "sources", idempotency_key, digest) as claim:
         if claim.replay_id is not None:
             response.headers["Idempotent-Replayed"] = "true"
-            source = service.get_source(session, claim.replay_id)
+            source = service.get_source(ctx.session, claim.replay_id)
         else:
-            if dataset_id is not None:
-                sig = service.signature_for_dataset(
-                    session, state.store, state.reference, dataset_id
-                )
-            else:
-                assert signature is not None  # exactly one of the two, checked above
-                sig = service.parse_signature(signature.file.read())
-            source = service.register_source(
-                session,
-                state.store,
-                state.index,
-                state.reference,
+            source = service.register_upload(
+                ctx,
                 name=name,
                 architecture=architecture,
                 num_classes=num_classes,
-                weights_data=weights.file.read(),
-                signature=sig,
+                weights=weights.file,
+                signature=signature.file if signature is not None else None,
+                dataset_id=dataset_id,
                 class_names=names,
                 input_size=input_size,
-                dataset_id=dataset_id,
-                max_classes=max_classes,
-                max_name_bytes=max_name_bytes,
             )
             claim.complete(source.id)
     response.headers["Location"] = f"/v1/sources/{source.id}"

@@ -12,6 +12,7 @@ import onnxruntime
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from safetensors.torch import save
 from torch import nn
 
 from app.families import (
@@ -27,6 +28,7 @@ from app.families import (
     layer_groups,
     no_weight_decay,
     replace_head,
+    weights_to_save,
 )
 from app.finetune.export import export_model
 from app.finetune.layers import LayerwiseLR
@@ -34,6 +36,8 @@ from app.finetune.pipeline import FinetuneOptions, finetune
 from app.finetune.train import ImageTensors
 from app.p2l.refine import source_outputs
 from app.zoo.bundled import bundled_target
+from tests.archives import fashion_mnist_images
+from tests.helpers import start_job, upload_garments, wait_for_job
 from tests.servers import ROOT
 
 sys.path.insert(0, str(ROOT / "client"))
@@ -256,3 +260,42 @@ def test_architectures_is_a_plain_read(make_client: Callable[..., TestClient]) -
     closed = make_client(api_keys="k1", open_reads=False)
     assert closed.get("/v1/architectures").status_code == 401
     assert closed.get("/v1/architectures", headers={"X-API-Key": "k1"}).status_code == 200
+
+
+@pytest.mark.system
+def test_a_vit_source_is_registered_fine_tuned_and_predicts_through_the_service(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """The whole path a user takes with a new family: register its weights with a stored
+    dataset's signature, fine-tune it as a job (layer-wise rates over the ViT's own groups),
+    and classify with the model the job made."""
+    client = make_client(start_worker=True)
+    target = upload_garments(client, per_class=12)
+    weights = save(weights_to_save(build_model(TINY, 10)))
+    registered = client.post(
+        "/v1/sources",
+        files={"weights": ("vit.safetensors", weights)},
+        data={
+            "architecture": TINY, "num_classes": "10", "name": "vit-garments",
+            "dataset_id": target,
+        },  # fmt: skip
+    )
+    assert registered.status_code == 201, registered.text
+    assert registered.json()["input_size"] == 32
+    job = start_job(
+        client, target_dataset_id=target, source_id=registered.json()["id"],
+        schedule="manual", epochs=2, decay=0.5, patience=None,
+    )  # fmt: skip
+    groups = ["embed", "block1", "block2", "block3", "block4", "head"]
+    assert job["params"]["layer_groups"] == groups
+    finished = wait_for_job(client, job["id"])
+    assert finished["status"] == "succeeded", finished
+    model = client.get(f"/v1/models/{finished['model_id']}").json()
+    lrs = [g["lr"] for g in model["report"]["groups"]]
+    assert lrs == pytest.approx([lrs[-1] * 0.5**k for k in range(5, -1, -1)])
+    png = next(iter(fashion_mnist_images(per_class=1).values()))[0]
+    predicted = client.post(
+        f"/v1/models/{finished['model_id']}/predict", files=[("files", ("x.png", png))]
+    )
+    assert predicted.status_code == 200, predicted.text
+    assert len(predicted.json()["predictions"][0]["top"]) >= 1

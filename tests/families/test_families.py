@@ -276,9 +276,11 @@ def test_a_vit_source_is_registered_fine_tuned_and_predicts_through_the_service(
         "/v1/sources",
         files={"weights": ("vit.safetensors", weights)},
         data={
-            "architecture": TINY, "num_classes": "10", "name": "vit-garments",
+            "architecture": TINY,
+            "num_classes": "10",
+            "name": "vit-garments",
             "dataset_id": target,
-        },  # fmt: skip
+        },
     )
     assert registered.status_code == 201, registered.text
     assert registered.json()["input_size"] == 32

@@ -32,12 +32,12 @@ from tests.servers import free_port, local_url, spawn, uvicorn_args, wait_health
 
 
 def job_row(data_dir: Path, job_id: str) -> dict:
-    """The job's row, read straight from the database file, with ``worker_pid``: the process
+    """The job's row, read straight from the database file, with ``holder_pid``: the process
     of the worker that holds it, from its heartbeat row."""
     with sqlite3.connect(data_dir / "p2l.db", timeout=30) as db:
         db.row_factory = sqlite3.Row
         query = (
-            "SELECT jobs.*, workers.pid AS worker_pid FROM jobs "
+            "SELECT jobs.*, workers.pid AS holder_pid FROM jobs "
             "LEFT JOIN workers ON workers.id = jobs.worker_id WHERE jobs.id = ?"
         )
         return dict(db.execute(query, (job_id,)).fetchone())
@@ -82,7 +82,7 @@ def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
         with httpx.Client(base_url=local_url(port), timeout=30) as http:
             job_id = start_finetune(http, upload_garments(http), epochs=1000)
             first = eventually(lambda: training(data_dir, job_id), JOB_TIMEOUT, "the job trains")
-        first_worker = first["worker_pid"]
+        first_worker = first["holder_pid"]
         assert first_worker != api.pid
 
         api.send_signal(signal.SIGKILL)  # the API, not its worker
@@ -97,11 +97,11 @@ def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
         client = make_client(start_worker=True, job_lease_seconds=LEASE)
         second = eventually(lambda: training(data_dir, job_id, attempt=2), JOB_TIMEOUT, "attempt 2")
         assert second["worker_id"] != first["worker_id"]
-        assert second["worker_pid"] == client.app.state.service.runner.pid != first_worker
+        assert second["holder_pid"] == client.app.state.service.runner.pid != first_worker
         # A graceful stop hands the job back on purpose: that run does not count, so the
         # job is queued again, not failed, though that was its last attempt.
         client.__exit__(None, None, None)
-        assert gone(second["worker_pid"])
+        assert gone(second["holder_pid"])
         final = job_row(data_dir, job_id)
         assert (final["status"], final["worker_id"], final["attempts"]) == ("queued", None, 1)
         assert final["error"] == HANDED_BACK + "its worker was stopped (SIGTERM)"
@@ -124,7 +124,7 @@ def test_graceful_stops_never_use_up_a_jobs_attempts(
     worker = spawn(["-m", "app.worker"], lease_env(data_dir, **limits), tmp_path / "w1.log")
     processes.append(worker)
     first = eventually(lambda: training(data_dir, job_id, attempt=1), JOB_TIMEOUT, "run 1 trains")
-    assert first["worker_pid"] == worker.pid
+    assert first["holder_pid"] == worker.pid
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 128 + signal.SIGTERM
     row = job_row(data_dir, job_id)
@@ -148,7 +148,7 @@ def test_graceful_stops_never_use_up_a_jobs_attempts(
         "run 3 ends",
     )
     row = job_row(data_dir, job_id)
-    assert (row["status"], row["attempts"], row["worker_pid"]) == ("succeeded", 1, last.pid), row
+    assert (row["status"], row["attempts"], row["holder_pid"]) == ("succeeded", 1, last.pid), row
     assert row["error"] is None and model_folders(data_dir) == {row["model_id"]}
 
 
@@ -172,7 +172,7 @@ def test_two_workers_run_two_jobs_once_each(
         wait_for_job(client, job_id)
     rows = [job_row(data_dir, job_id) for job_id in jobs]
     assert [row["status"] for row in rows] == ["succeeded", "succeeded"], rows
-    assert {row["worker_pid"] for row in rows} == {worker.pid for worker in workers}
+    assert {row["holder_pid"] for row in rows} == {worker.pid for worker in workers}
     assert rows[0]["worker_id"] and rows[1]["worker_id"]
     assert rows[0]["worker_id"] != rows[1]["worker_id"]
     assert [row["attempts"] for row in rows] == [1, 1]

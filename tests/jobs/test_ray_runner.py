@@ -142,12 +142,12 @@ def job_node_ids() -> set[str]:
 
 def job_row(database_url: str, job_id: str) -> dict:
     """The job's row, read straight from the database (the service may be stopped), with
-    ``worker_pid``: the process of the worker that holds it, from its heartbeat row."""
+    ``holder_pid``: the process of the worker that holds it, from its heartbeat row."""
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
             query = text(
-                "SELECT jobs.*, workers.pid AS worker_pid FROM jobs "
+                "SELECT jobs.*, workers.pid AS holder_pid FROM jobs "
                 "LEFT JOIN workers ON workers.id = jobs.worker_id WHERE jobs.id = :id"
             )
             return dict(connection.execute(query, {"id": job_id}).mappings().one())
@@ -199,7 +199,7 @@ def test_a_job_whose_node_dies_is_requeued_and_runs_once_on_another_node(
     assert ran_on(first, old_node)
 
     # The run is a process of that node: killing the node ends it (checked in kill_node).
-    run_pid = job_row(postgres_database, long_job)["worker_pid"]
+    run_pid = job_row(postgres_database, long_job)["holder_pid"]
     assert run_pid in node_processes(cluster.nodes[-1].pid)
     cluster.kill_node(cluster.nodes[-1])
     cluster.add_node()
@@ -248,7 +248,7 @@ def test_stopping_the_service_hands_its_running_job_back_and_ends_the_task(
     eventually(
         lambda: get_job(ray_client, long_job)["progress"]["epoch"], JOB_TIMEOUT, "the job trains"
     )
-    task_pid = job_row(postgres_database, long_job)["worker_pid"]
+    task_pid = job_row(postgres_database, long_job)["holder_pid"]
 
     ray_client.__exit__(None, None, None)  # the service stops (a deploy, say)
     row = job_row(postgres_database, long_job)

@@ -113,7 +113,30 @@ class Settings(BaseSettings):
     )
 
     # Upload limits
-    max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Whole request body cap.")
+    max_upload_bytes: int = Field(
+        512 * 1024**2, ge=1, description="Request body cap of uploads (multipart, octet-stream)."
+    )
+    max_json_bytes: int = Field(
+        1024**2, ge=1, description="Request body cap of every other body (JSON)."
+    )
+    body_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Time a client has to send a request's whole body; slower ones end 408.",
+    )
+    decode_memory_bytes: int = Field(
+        256 * 1024**2,
+        ge=1,
+        description="Full-size image buffers decoding may hold at once, in the API process "
+        "and its decode pool together (a 6,300 x 6,300 image takes 159 MB); beyond it "
+        "decodes wait. A job worker has a budget of this size of its own.",
+    )
+    decode_wait_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long a request waits for decode memory before it is answered 503 "
+        "with Retry-After (jobs wait as long as it takes).",
+    )
     max_archive_members: int = Field(50_000, ge=1)
     max_uncompressed_bytes: int = Field(2 * 1024**3, ge=1)
     max_compression_ratio: float = Field(

@@ -13,6 +13,7 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extensions = extensions
+        self.headers: dict[str, str] = {}  # sent with the response (e.g. Retry-After)
 
 
 class NotFound(ServiceError):

@@ -12,9 +12,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api.deps import ReadAccess, ServiceState
+from app.api.deps import ReadAccess, ServiceState, key_check
 from app.api.examples import add_examples
-from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
+from app.api.limits import RequestLimits
+from app.api.problems import DEFAULT_PROBLEMS, add_problem_handlers
 from app.api.routes import (
     architectures,
     calibration,
@@ -29,6 +30,7 @@ from app.api.routes import (
 from app.config import Settings
 from app.console import routes as console
 from app.db import make_engine, migrate, session_factory
+from app.imaging.budget import configure_decode_budget
 from app.jobs.service import reap_expired_leases, sweep_unowned_artifacts
 from app.memory import Trimmer, child_malloc_env, limit_arenas
 from app.services.evaluations import sweep_evaluation_archives
@@ -145,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # glibc reads this at start-up: the worker (spawned, not forked) gets the same cap.
         for name, value in child_malloc_env(settings.malloc_arena_max).items():
             os.environ.setdefault(name, value)
+        # Requests wait this long for decode memory, then get 503 + Retry-After.
+        configure_decode_budget(settings.decode_memory_bytes, settings.decode_wait_seconds)
         state = build_state(settings)
         app.state.service = state
         if settings.start_worker:
@@ -181,7 +185,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # FastAPI's documented way to change the schema is to replace this method.
     app.openapi = partial(_openapi, app, not settings.api_keys)  # type: ignore[method-assign]
     add_problem_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        RequestLimits,
+        key_check=key_check(app, settings),
+        max_upload_bytes=settings.max_upload_bytes,
+        max_json_bytes=settings.max_json_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
+    )
     return app
 
 

@@ -1,6 +1,7 @@
 """Builders of real-image archives (good and hostile) for the tests."""
 
 import io
+from functools import cache
 import tarfile
 import time
 import zipfile
@@ -100,6 +101,17 @@ def huge_png(pixels: int = 100_000_000) -> bytes:
     """A genuine, tiny-on-disk PNG of ``pixels`` pixels (1-bit), i.e. a decompression bomb."""
     side = int(pixels**0.5)
     return png_bytes(Image.new("1", (side, side)))
+
+
+@cache
+def big_rgba_png(side: int = 6300) -> bytes:
+    """A ~170 KB PNG of ``side x side`` RGBA pixels (159 MB decoded at 6,300): half-transparent
+    green with an opaque red square in the centre."""
+    image = Image.new("RGBA", (side, side), (10, 200, 30, 128))
+    image.paste(
+        (255, 0, 0, 255), (side * 9 // 20, side * 9 // 20, side * 11 // 20, side * 11 // 20)
+    )
+    return png_bytes(image)
 
 
 def zip_bomb(expanded_bytes: int = 300 * 1024**2) -> bytes:

@@ -2,16 +2,21 @@
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import Headers
+from starlette.routing import compile_path
+from starlette.types import Scope
 
+from app.api.limits import KeyCheck
 from app.api.problems import problem_responses
 from app.api.streams import SnapshotCache, StreamSlots, read_job_snapshot
 from app.config import Settings
@@ -83,22 +88,23 @@ _api_key_header = APIKeyHeader(
 ApiKeyHeader = Annotated[str | None, Security(_api_key_header)]
 
 
-def require_api_key(state: StateDep, api_key: ApiKeyHeader) -> None:
-    """Reject the request unless auth is off or X-API-Key matches a configured key."""
-    keys = state.settings.api_keys
+def key_refusal(settings: Settings, api_key: str | None) -> str | None:
+    """Why a request offering ``api_key`` is refused (None: a configured key, or auth off)."""
+    keys = settings.api_keys
     if not keys:
-        return
+        return None
     offered = (api_key or "").encode()
     # Compare against every key, without early exit, so timing reveals nothing.
     matches = [hmac.compare_digest(offered, key.encode()) for key in keys]
-    if not any(matches):
-        raise HTTPException(
-            status_code=401,
-            detail="missing or invalid X-API-Key header"
-            if api_key
-            else "X-API-Key header required",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
+    if any(matches):
+        return None
+    return "missing or invalid X-API-Key header" if api_key else "X-API-Key header required"
+
+
+def require_api_key(state: StateDep, api_key: ApiKeyHeader) -> None:
+    """Reject the request unless auth is off or X-API-Key matches a configured key."""
+    if (refusal := key_refusal(state.settings, api_key)) is not None:
+        raise HTTPException(status_code=401, detail=refusal, headers={"WWW-Authenticate": "ApiKey"})
 
 
 def require_read_key(state: StateDep, api_key: ApiKeyHeader) -> None:
@@ -133,6 +139,32 @@ def get_context(request: Request, state: StateDep, session: SessionDep) -> Conte
 
 
 ContextDep = Annotated[Context, Depends(get_context)]
+
+
+def key_check(app: FastAPI, settings: Settings) -> KeyCheck:
+    """The check ``RequestLimits`` makes from the headers, before any body is read: an
+    operation the OpenAPI document marks as secured (``ApiKeyRequired``, or ``ReadAccess``
+    on a closed service) needs one of the service's keys."""
+    if not settings.api_keys:
+        return lambda scope: None
+    secured: list[tuple[re.Pattern[str], str]] = []
+
+    def check(scope: Scope) -> str | None:
+        if not secured:  # every route is in place by the first request
+            for template, operations in app.openapi()["paths"].items():
+                pattern = compile_path(template)[0]
+                secured.extend(
+                    (pattern, method.upper())
+                    for method, operation in operations.items()
+                    if operation.get("security")
+                )
+        method, path = scope["method"], scope["path"]
+        if any(verb == method and pattern.match(path) for pattern, verb in secured):
+            return key_refusal(settings, Headers(scope=scope).get(_api_key_header.model.name))
+        return None
+
+    return check
+
 
 # Needs a key whenever keys are set: every POST and DELETE, and the GETs that compute on
 # demand or hold the server's resources (plots, the zoo map, event streams).

@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ServiceError
 from app.schemas import Problem
@@ -54,7 +53,9 @@ def add_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return problem(exc.status, exc.detail, request.url.path, **exc.extensions)
+        response = problem(exc.status, exc.detail, request.url.path, **exc.extensions)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -120,39 +121,3 @@ def _allowed_methods(app: FastAPI, path: str) -> set[str]:
         if compile_path(template)[0].match(path):
             methods |= {method.upper() for method in operations}
     return methods
-
-
-class BodySizeLimit:
-    """Refuse request bodies above ``max_bytes`` with a 413 problem, before or while reading.
-
-    A declared Content-Length over the cap is answered at once; a chunked body is counted as
-    it streams and cut off at the cap, so an upload never reaches disk beyond it.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _detail(self) -> str:
-        return f"request body is larger than the limit of {self.max_bytes:,} bytes"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length", b"").decode()
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await problem(413, self._detail(), scope["path"])(scope, receive, send)
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, self._detail())
-            return message
-
-        await self.app(scope, counting_receive, send)

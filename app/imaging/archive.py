@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from app.imaging.images import ImageRejected, open_rgb
+from app.imaging.images import ImageRejected, verify_image
 
 # What each rejection ``kind`` means (the API documents these; the reason says the details).
 REJECTION_KINDS: dict[str, str] = {
@@ -231,7 +231,7 @@ def extract_image_folder(archive: IO[bytes], dest: Path, limits: ArchiveLimits) 
         if total_read > limits.max_uncompressed_bytes:
             raise ArchiveError(f"archive expands beyond {limits.max_uncompressed_bytes:,} bytes")
         try:
-            open_rgb(data, limits.max_image_pixels)
+            verify_image(data, limits.max_image_pixels)
         except ImageRejected as exc:
             reject(member.name, exc.kind, str(exc))
             continue

@@ -3,10 +3,14 @@
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from app.imaging.budget import DecodeBusy, decode_budget
 
 # Formats with mature, widely-fuzzed decoders; anything else is refused rather than parsed.
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -17,6 +21,9 @@ Image.MAX_IMAGE_PIXELS = 100_000_000
 
 # Downscales by more than this factor first average whole pixel blocks (fast, and no aliasing).
 _REDUCING_GAP = 2.0
+# Source pixels converted and reduced at a time (16 MB in RGBA): the only copies of a large
+# image's pixels besides the decoder's own buffer.
+STRIP_PIXELS = 4_000_000
 
 
 class ImageRejected(ValueError):
@@ -34,12 +41,11 @@ class ImageRejected(ValueError):
         return (ImageRejected, (str(self), self.kind))
 
 
-def open_rgb(source: bytes | Path, max_pixels: int, draft_size: int | None = None) -> Image.Image:
-    """Decode an image fully and return it as RGB (transparency composited on white).
+@contextmanager
+def _opened(source: bytes | Path, max_pixels: int) -> Iterator[Image.Image]:
+    """The image, its header read and checked (format, pixel cap), not yet decoded.
 
-    ``draft_size`` lets JPEG decode at a reduced scale when only a small image is needed.
-    Raises ImageRejected with a human-readable reason for undecodable, unsupported or
-    oversized (decompression-bomb) images.
+    Any error while the block decodes it becomes ImageRejected with a readable reason.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     try:
@@ -61,11 +67,8 @@ def open_rgb(source: bytes | Path, max_pixels: int, draft_size: int | None = Non
                 )
             if width == 0 or height == 0:
                 raise ImageRejected("image has zero width or height", "corrupt_image")
-            if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()
-            return to_rgb(image)
-    except ImageRejected:
+            yield image
+    except (ImageRejected, DecodeBusy):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(f"decompression bomb: {exc}", "too_many_pixels") from None
@@ -75,12 +78,67 @@ def open_rgb(source: bytes | Path, max_pixels: int, draft_size: int | None = Non
         stream.close()
 
 
+def decoded_bytes(image: Image.Image) -> int:
+    """Bytes of the buffer Pillow decodes ``image`` into (RGB is stored as 4 bytes a pixel)."""
+    width, height = image.size
+    if image.mode in ("1", "L", "P"):
+        per_pixel = 1
+    elif image.mode.startswith("I;16"):
+        per_pixel = 2
+    else:
+        per_pixel = 4
+    return width * height * per_pixel
+
+
+def _decode(image: Image.Image) -> None:
+    """Decode the pixels, under the process's decode budget (waits while it is taken)."""
+    with decode_budget().reserve(decoded_bytes(image)):
+        image.load()
+
+
+def verify_image(source: bytes | Path, max_pixels: int) -> None:
+    """Decode an image once to prove it usable, keeping nothing (uploads store the file).
+
+    JPEG decodes at 1/8 scale (every block is still read); other formats at full size, in
+    the one buffer their decoder fills. Raises ImageRejected saying why it cannot be used.
+    """
+    with _opened(source, max_pixels) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (1, 1))
+        try:
+            _decode(image)
+            to_rgb(image.crop((0, 0, 1, 1)))  # a mode that cannot become RGB fails here
+        finally:
+            image.close()
+
+
+def decode_square(source: bytes | Path, max_pixels: int, size: int) -> np.ndarray:
+    """The service's one preprocessing of an image file: ``square_pixels`` at ``size``.
+
+    Memory stays at one full-size buffer (the decoder's; JPEG decodes straight to near
+    ``size``) plus ``size``-bounded work, whatever the image's dimensions or mode.
+    """
+    with _opened(source, max_pixels) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (size, size))
+        try:
+            _decode(image)
+            return square_pixels(image, size)
+        finally:
+            image.close()
+
+
+def open_rgb(source: bytes | Path, max_pixels: int) -> Image.Image:
+    """A whole image as RGB, for tools over trusted files; the service decodes through
+    ``decode_square`` and ``verify_image``, which keep one full-size buffer at most."""
+    with _opened(source, max_pixels) as image:
+        _decode(image)
+        return to_rgb(image)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any mode to RGB, compositing transparent pixels on a white background."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -89,16 +147,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+
+
 def square_pixels(image: Image.Image, size: int) -> np.ndarray:
     """``size x size x 3`` uint8 pixels: shorter side resized to ``size``, centre crop.
 
     The one geometric preprocessing of the service: signatures, training and prediction
-    all see images through it. Only the source pixels under the centre square are read, so
-    the work is bounded by ``size`` and that square, whatever the aspect ratio: scaling a
-    1 x 300,000 image's short side up first would build a 32 x 9,600,000 intermediate (GBs).
+    all see images through it. Only the source pixels under the centre square are read, a
+    strip at a time, so the work and the memory beyond ``image`` itself are bounded by
+    ``size``, whatever the image's dimensions, aspect ratio or mode: scaling a 1 x 300,000
+    image's short side up first would build a 32 x 9,600,000 intermediate (GBs), and
+    converting a 6,300 x 6,300 RGBA image to RGB whole would copy its 159 MB several times.
     """
-    if image.mode != "RGB":
-        image = to_rgb(image)
     width, height = image.size
     # The geometry of "scale the short side to size, round the long one, crop the centre",
     # expressed as the centre box in source coordinates.
@@ -111,18 +175,44 @@ def square_pixels(image: Image.Image, size: int) -> np.ndarray:
     # aligned to the full image's grid, as if the whole image had been reduced, so the output
     # matches the resize-everything-then-crop result to within rounding.
     factor_x, factor_y = max(1, int(step_x / _REDUCING_GAP)), max(1, int(step_y / _REDUCING_GAP))
-    if factor_x > 1 or factor_y > 1:
-        # The bilinear filter reaches half an output pixel beyond the box.
-        x0 = int(max(0.0, box[0] - step_x / 2)) // factor_x * factor_x
-        y0 = int(max(0.0, box[1] - step_y / 2)) // factor_y * factor_y
-        x1 = min(width, math.ceil(math.ceil(box[2] + step_x / 2) / factor_x) * factor_x)
-        y1 = min(height, math.ceil(math.ceil(box[3] + step_y / 2) / factor_y) * factor_y)
-        image = image.reduce((factor_x, factor_y), box=(x0, y0, x1, y1))
-        box = (
-            (box[0] - x0) / factor_x,
-            (box[1] - y0) / factor_y,
-            (box[2] - x0) / factor_x,
-            (box[3] - y0) / factor_y,
-        )
-    square = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    # The region the bilinear filter reads (its support: an output pixel, or a source pixel
+    # when enlarging, beyond the box; one more for rounding), on the blocks' grid.
+    margin_x, margin_y = max(step_x, 1.0) + 1, max(step_y, 1.0) + 1
+    x0 = int(max(0.0, box[0] - margin_x)) // factor_x * factor_x
+    y0 = int(max(0.0, box[1] - margin_y)) // factor_y * factor_y
+    x1 = min(width, math.ceil(math.ceil(box[2] + margin_x) / factor_x) * factor_x)
+    y1 = min(height, math.ceil(math.ceil(box[3] + margin_y) / factor_y) * factor_y)
+    region = _reduced_region(image, (factor_x, factor_y), (x0, y0, x1, y1))
+    box = (
+        (box[0] - x0) / factor_x,
+        (box[1] - y0) / factor_y,
+        (box[2] - x0) / factor_x,
+        (box[3] - y0) / factor_y,
+    )
+    square = to_rgb(region).resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(square, dtype=np.uint8)
+
+
+def _reduced_region(
+    image: Image.Image, factors: tuple[int, int], region: tuple[int, int, int, int]
+) -> Image.Image:
+    """``region`` of ``image`` in RGB (RGBA if it has transparency), each ``factors`` block
+    averaged to one pixel; built a strip of about STRIP_PIXELS source pixels at a time.
+
+    Averaging before compositing on white gives the composite of the average (Pillow
+    reduces RGBA premultiplied), so transparency is handled at the small size.
+    """
+    factor_x, factor_y = factors
+    x0, y0, x1, y1 = region
+    mode = "RGBA" if _has_alpha(image) else "RGB"
+    out = Image.new(mode, (math.ceil((x1 - x0) / factor_x), math.ceil((y1 - y0) / factor_y)))
+    rows = max(1, STRIP_PIXELS // max(1, (x1 - x0) * factor_y))  # output rows a strip
+    for row in range(0, out.height, rows):
+        top = y0 + row * factor_y
+        strip = image.crop((x0, top, x1, min(y1, top + rows * factor_y)))
+        if strip.mode != mode:
+            strip = strip.convert(mode)
+        if factors != (1, 1):
+            strip = strip.reduce(factors)
+        out.paste(strip, (0, row))
+    return out

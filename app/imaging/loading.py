@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.imaging.images import open_rgb, square_pixels
+from app.imaging.budget import DecodeBudget, decode_budget, decode_context, install_decode_budget
+from app.imaging.images import decode_square
 
 # Stored images passed validation at upload; this only bounds the work a stray file can cause.
 LOAD_MAX_PIXELS = 100_000_000
@@ -41,7 +42,7 @@ _pool_lock = threading.Lock()
 
 def load_pixels(path: Path, size: int) -> np.ndarray:
     """One image file as ``size x size x 3`` uint8 (the service's one preprocessing)."""
-    return square_pixels(open_rgb(Path(path), LOAD_MAX_PIXELS, draft_size=size), size)
+    return decode_square(Path(path), LOAD_MAX_PIXELS, size)
 
 
 # More decoding processes than this feed no model faster, and each holds ~30 MB.
@@ -180,17 +181,14 @@ def _decode_pool() -> ProcessPoolExecutor:
             # Never fork: the API process runs threads (a forked lock could be held forever).
             # The forkserver starts workers from a clean process that imported only this
             # module (numpy, Pillow: small), not torch or the web stack.
-            method = (
-                "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            )
-            context = multiprocessing.get_context(method)
-            if method == "forkserver":
+            context = decode_context()
+            if context.get_start_method() == "forkserver":
                 context.set_forkserver_preload([__name__])
             pool = ProcessPoolExecutor(
                 max_workers=decode_processes(),
                 mp_context=context,
-                initializer=_watch_parent,
-                initargs=(os.getpid(),),
+                initializer=_start_worker,
+                initargs=(os.getpid(), decode_budget()),
             )
             # Every worker starts now, each submit spawning one (none is idle yet), with the
             # parent's __main__ hidden: a child re-imports a script's __main__ (torch and the
@@ -239,8 +237,14 @@ def shutdown_decode_pool() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _start_worker(owner_pid: int, budget: DecodeBudget) -> None:
+    """Worker initializer: decode under the owner's budget; exit when the owner is gone."""
+    install_decode_budget(budget)
+    _watch_parent(owner_pid)
+
+
 def _watch_parent(owner_pid: int) -> None:
-    """Worker initializer: exit once the process that owns the pool is gone (no orphans).
+    """Exit once the process that owns the pool is gone (no orphans).
 
     A worker's parent is the forkserver, which exits when the owner dies; the worker is then
     re-parented, which this notices. Under "spawn" the owner is the parent itself.

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, session_factory
 from app.finetune.train import Cancelled
+from app.imaging.budget import configure_decode_budget
 from app.jobs.estimates import HEARTBEAT_SECONDS, device_type, forget_worker, heartbeat
 from app.jobs.kinds import JobKinds, JobRun
 from app.jobs.service import (
@@ -305,6 +306,7 @@ def run_worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
     worker_id = make_worker_id(os.getpid(), id_suffix)
     limit_arenas(settings.malloc_arena_max)  # a standalone worker inherits no MALLOC_ARENA_MAX
+    configure_decode_budget(settings.decode_memory_bytes, wait_seconds=None)  # jobs wait
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
     engine = make_engine(settings.sqlalchemy_url)

@@ -52,7 +52,6 @@ def to_distribution(mean: np.ndarray, eps: float) -> np.ndarray:
     return distribution
 
 
-
 def emd(
     weights_a: np.ndarray, points_a: np.ndarray, weights_b: np.ndarray, points_b: np.ndarray
 ) -> float:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, InvalidInput, NotFound
 from app.families import get_spec, load_model
 from app.finetune.train import ImageTensors
-from app.imaging.images import ImageRejected, open_rgb, square_pixels
+from app.imaging.images import ImageRejected, decode_square
 from app.models import Dataset, FinetunedModel, Source
 from app.pagination import get_by_id, paginate
 from app.services.context import Context
@@ -110,7 +110,7 @@ def predict(
     pixels, problems = [], []
     for filename, data in images:
         try:
-            pixels.append(square_pixels(open_rgb(data, max_pixels), row.input_size))
+            pixels.append(decode_square(data, max_pixels, row.input_size))
         except ImageRejected as exc:
             problems.append({"path": filename, "reason": str(exc)})
     if problems:

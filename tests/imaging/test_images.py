@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging.images import ImageRejected, open_rgb, square_pixels
-from tests.archives import clipart_images, huge_png, tall_png
+from app.imaging.images import ImageRejected, decode_square, open_rgb, square_pixels, to_rgb
+from tests.archives import big_rgba_png, clipart_images, huge_png, tall_png
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +133,67 @@ def test_extreme_aspect_ratio_costs_memory_of_its_output_only(
     assert grown_kib < 10 * 1024, f"square_pixels raised peak RSS by {grown_kib / 1024:.0f} MiB"
     # What the model sees is the centre of the strip: its green band.
     assert green_min == 255 and red_max == 0
+
+
+def gradient(mode: str, size: tuple[int, int]) -> Image.Image:
+    """An image of ``mode`` whose colour and transparency vary across it."""
+    width, height = size
+    x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)
+    y = np.linspace(255, 0, height, dtype=np.uint8)[:, None].repeat(width, 1)
+    rgba = Image.fromarray(np.stack([x, y, (x // 2 + y // 2), (x // 3 + y // 2 + 40)], axis=2))
+    if mode == "P":
+        return rgba.convert("RGB").quantize(64)
+    return rgba.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "RGB", "I;16"])
+@pytest.mark.parametrize("size", [(3000, 2000), (700, 5000), (40, 30)])
+def test_decoding_a_strip_at_a_time_gives_the_whole_image_conversion(
+    mode: str, size: tuple[int, int]
+) -> None:
+    # The pixels a model sees did not change when decoding stopped converting whole images.
+    image = gradient(mode, size)
+    data = encode(image)
+    for side in (32, 224):
+        got = decode_square(data, 40_000_000, side).astype(int)
+        whole = resize_then_crop(to_rgb(Image.open(io.BytesIO(data))), side).astype(int)
+        assert np.abs(got - whole).max() <= 2, (mode, size, side)
+
+
+# Each step in a fresh process: this one's peak-RSS high-water mark would hide the growth.
+DECODE_PEAK_SCRIPT = r"""
+import re, sys
+from pathlib import Path
+from app.imaging.images import decode_square, verify_image
+
+def peak_kib():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+data = Path(sys.argv[1]).read_bytes()
+before = peak_kib()
+if sys.argv[2] == "verify":
+    verify_image(data, 40_000_000)
+    print(peak_kib() - before)
+else:
+    pixels = decode_square(data, 40_000_000, 224)
+    print(peak_kib() - before, *pixels[112, 112], *pixels[0, 0])
+"""
+
+
+@pytest.mark.parametrize("step", ["verify", "decode"])
+def test_a_6300_px_rgba_png_costs_one_full_size_buffer(step: str, tmp_path: Path) -> None:
+    # 159 MB of pixels; decoded whole and converted to RGB it took ~760 MB (issue #23).
+    path = tmp_path / "big.png"
+    path.write_bytes(big_rgba_png())
+    run = subprocess.run(
+        [sys.executable, "-c", DECODE_PEAK_SCRIPT, str(path), step],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    grown_kib, *pixels = map(int, run.stdout.split())
+    assert grown_kib < 200 * 1024, f"{step}: peak RSS +{grown_kib / 1024:.0f} MiB"
+    if step == "decode":  # the opaque red centre; half-transparent green on white around it
+        assert pixels == [255, 0, 0, 132, 227, 142]

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from app.imaging import loading
-from app.imaging.images import ImageRejected, open_rgb, square_pixels
+from app.imaging.images import ImageRejected, decode_square
 from app.p2l.reference import FORWARD_BOUND_SIZE, load_reference, share_cpus_with_decoding
 from app.p2l.signature import compute_signature
 from app.zoo.bundled import BUNDLED_DIR
@@ -46,7 +46,7 @@ def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def expected(paths: list[Path], size: int) -> np.ndarray:
     """What the service's one preprocessing gives, image by image, in this process."""
-    return np.stack([square_pixels(open_rgb(p, 10**8, draft_size=size), size) for p in paths])
+    return np.stack([decode_square(p, 10**8, size) for p in paths])
 
 
 @pytest.mark.unit

@@ -5,6 +5,7 @@ of uploads its RSS comes back near idle."""
 import io
 import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from app.models import FinetunedModel
 from app.services.models import MODEL_WEIGHTS, ModelCache
 from app.store import LocalArtifactStore
 from tests.archives import (
+    big_rgba_png,
     bundled_target_images,
     fashion_mnist_images,
     image_folder_entries,
@@ -98,15 +100,22 @@ def fine_tune(client: httpx.Client, dataset_id: str) -> str:
     return str(job["model_id"])
 
 
-@pytest.mark.system
-def test_a_1_by_300000_image_costs_a_server_under_50_mib(server: Server) -> None:
-    client = server.client
+@pytest.fixture(scope="module")
+def model_id(server: Server) -> str:
+    """A model fine-tuned on the bundled garments target (which warms the fine-tune path)."""
     garments = bundled_target_images("fashion")
+    return fine_tune(
+        server.client, upload(server.client, zip_bytes(image_folder_entries(garments)))["id"]
+    )
+
+
+@pytest.mark.system
+def test_a_1_by_300000_image_costs_a_server_under_50_mib(server: Server, model_id: str) -> None:
+    client = server.client
     two_classes = {c: images[:5] for c, images in fashion_mnist_images(per_class=5).items()}
     two_classes = dict(list(two_classes.items())[:2])
     ordinary = [images[0] for images in bundled_target_images("fashion", part="test").values()]
     # Warm up every path measured below with ordinary images (imports, pools, arenas).
-    model_id = fine_tune(client, upload(client, zip_bytes(image_folder_entries(garments)))["id"])
     predict(client, model_id, ordinary)
     upload(client, zip_bytes(image_folder_entries(two_classes)))
 
@@ -131,6 +140,116 @@ def test_a_1_by_300000_image_costs_a_server_under_50_mib(server: Server) -> None
     assert len(prediction["top"]) == 3
     assert upload_growth < MAX_GROWTH_MIB, f"upload: +{upload_growth:.0f} MiB"
     assert predict_growth < MAX_GROWTH_MIB, f"predict: +{predict_growth:.0f} MiB"
+
+
+# A 6,300 x 6,300 RGBA PNG: 170 KB on disk, 159 MB of pixels (issue #23, defect 1).
+ONE_BUFFER_MIB = 200
+FOUR_AT_ONCE_MIB = 400
+PREDICT_MIB = 400
+PREDICT_SECONDS = 15
+
+
+@pytest.mark.system
+def test_a_6300_px_png_costs_one_full_size_buffer_however_many_arrive(
+    server: Server, model_id: str
+) -> None:
+    client = server.client
+    two_classes = dict(list(fashion_mnist_images(per_class=3).items())[:2])
+    entries = image_folder_entries(two_classes)
+    entries[f"{next(iter(two_classes))}/big.png"] = big_rgba_png()
+    archive = zip_bytes(entries)
+    ordinary = [images[0] for images in bundled_target_images("fashion", part="test").values()]
+    upload(client, zip_bytes(image_folder_entries(two_classes)))  # warm-up
+    predict(client, model_id, ordinary)
+
+    before = server.reset_peak()
+    assert upload(client, archive)["num_images"] == 7  # kept: a valid image
+    one = server.peak_mib() - before
+    before = server.reset_peak()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        created = list(pool.map(lambda _: upload(client, archive), range(4)))
+    four = server.peak_mib() - before
+    before = server.reset_peak()
+    started = time.monotonic()
+    predictions = predict(client, model_id, [big_rgba_png()] * 8)
+    seconds = time.monotonic() - started
+    eight = server.peak_mib() - before
+    print(
+        f"peak RSS above the start: one upload +{one:.0f} MiB, four at once +{four:.0f} MiB, "
+        f"predict 8 +{eight:.0f} MiB in {seconds:.1f} s"
+    )
+    assert all(d["num_images"] == 7 for d in created)
+    assert len({p["top"][0]["label"] for p in predictions}) == 1  # the same image, 8 times
+    assert one < ONE_BUFFER_MIB, f"one upload: +{one:.0f} MiB"
+    assert four < FOUR_AT_ONCE_MIB, f"four uploads at once: +{four:.0f} MiB"
+    assert eight < PREDICT_MIB, f"predict 8: +{eight:.0f} MiB"
+    assert seconds < PREDICT_SECONDS, f"predict 8: {seconds:.1f} s"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """A server with API keys and no worker; its temporary files go to the folder given."""
+    work = tmp_path_factory.mktemp("keyed")
+    spool = work / "tmp"
+    spool.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2L_")}
+    env |= {
+        "P2L_DATA_DIR": str(work / "data"),
+        "P2L_START_WORKER": "false",
+        "P2L_API_KEYS": "the-key",
+        "TMPDIR": str(spool),
+        "PYTHONPATH": str(ROOT),
+    }
+    port = free_port()
+    args = uvicorn_args(port, "--log-level", "warning")
+    with (
+        serve(args, env, work / "server.log", port, cwd=work) as live,
+        httpx.Client(base_url=live.url, timeout=60) as client,
+    ):
+        yield Server(client, live.process.pid), spool
+
+
+def answer_before_body(server: Server, head: str, chunk: bytes, declared: int) -> int:
+    """Send a request's headers (declaring ``declared`` body bytes) and one ``chunk``; the
+    status the server answers before it gets more. Then the rest of the body is sent
+    (``chunk`` repeated) for as long as the server takes it."""
+    port = int(str(server.client.base_url).rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"{head}Content-Length: {declared}\r\nHost: x\r\n\r\n".encode() + chunk)
+        sock.settimeout(10)  # the old code answered only once the whole body was in
+        status = int(sock.recv(4096).split(b"\r\n", 1)[0].split()[1])
+        sent = len(chunk)
+        try:
+            while sent < declared:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # the server may close the connection instead of reading on
+            pass
+    return status
+
+
+@pytest.mark.system
+def test_an_anonymous_200_mb_body_is_refused_before_it_is_read(
+    keyed_server: tuple[Server, Path],
+) -> None:
+    server, spool = keyed_server
+    declared = 200 * 2**20
+    chunk = b"x" * 2**20
+    as_json = "POST /v1/rankings HTTP/1.1\r\nContent-Type: application/json\r\n"
+    answer_before_body(server, as_json, chunk, 2**20)  # warm-up
+    before = server.reset_peak()
+    json_status = answer_before_body(server, as_json, chunk, declared)
+    json_growth = server.peak_mib() - before
+    multipart = "POST /v1/datasets HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    part = b"--b\r\nContent-Disposition: form-data; name=file; filename=a.zip\r\n\r\n"
+    before = server.reset_peak()
+    upload_status = answer_before_body(server, multipart, part + chunk, declared)
+    upload_growth = server.peak_mib() - before
+    print(f"JSON: {json_status}, +{json_growth:.1f} MiB; multipart: {upload_status}, "
+          f"+{upload_growth:.1f} MiB")  # fmt: skip
+    assert json_status == 401 and upload_status == 401
+    assert json_growth < 20 and upload_growth < 20
+    assert not list(spool.iterdir()), "the anonymous upload was spooled"
 
 
 BACK_WITHIN_MIB = 100  # the issue's bound: about 100 MB of idle, ...
@@ -158,11 +277,10 @@ def large_archive(copies: int = 6, size: int = 128) -> bytes:
 
 
 @pytest.mark.system
-def test_after_a_burst_the_api_process_gives_its_memory_back(server: Server) -> None:
+def test_after_a_burst_the_api_process_gives_its_memory_back(server: Server, model_id: str) -> None:
     client = server.client
     archive = large_archive()
     garments = bundled_target_images("fashion")
-    model_id = fine_tune(client, upload(client, zip_bytes(image_folder_entries(garments)))["id"])
     photos = [data for images in garments.values() for data in images]
     # Warm-up: every path of the burst once (imports, thread pools, the model's first load).
     upload(client, archive)

@@ -340,6 +340,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "refine": _REFINE,
         "warnings": [],
     },
+    "RegisterRequest": {"name": "fashion-finetuned"},
     "FinetuneRequest": {"target_dataset_id": DATASET_ID, "source_id": "best", "baseline": True},
     "EpochMetrics": _EPOCH,
     "JobProgress": _PROGRESS,

@@ -99,7 +99,10 @@ class ReferenceOut(BaseModel):
     input_size: int
     feature_dim: int
     weights_sha256: str = Field(description="sha256 of the weights file (or of the init).")
-    weights_source: str
+    weights_source: str = Field(
+        description="file: and the weights file's name (never its path), or "
+        "seeded-random-init: and the seed."
+    )
     device: str
 
 

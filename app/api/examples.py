@@ -288,7 +288,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "input_size": 32,
         "feature_dim": 128,
         "weights_sha256": REFERENCE_SHA,
-        "weights_source": "bundled",
+        "weights_source": "file:reference.safetensors",
         "device": "cpu",
     },
     "ArchitectureOut": _ARCHITECTURE,

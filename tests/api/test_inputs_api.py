@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
+import app
 from app.config import Settings
 from app.imaging.archive import ArchiveLimits, extract_image_folder
 from app.main import create_app
@@ -189,3 +190,16 @@ def test_a_long_form_field_is_refused_in_a_short_answer(client: TestClient) -> N
     named = client.post("/v1/datasets", data={"name": huge}, files={"file": ("d.zip", b"PK")})
     assert named.status_code == 422 and len(named.content) < 2000
 
+
+# --- 11. GET /v1/reference names the weights file, not where the server keeps it ----------
+
+
+@pytest.mark.api
+def test_reference_does_not_show_the_install_path(client: TestClient, data_dir: Path) -> None:
+    response = client.get("/v1/reference")
+
+    assert response.status_code == 200
+    assert response.json()["weights_source"] == "file:reference.safetensors"
+    install = Path(app.__file__).resolve().parent.parent
+    for path in (install, data_dir.resolve()):
+        assert str(path) not in response.text

@@ -41,3 +41,10 @@ class Conflict(ServiceError):
 
     status = 409
     title = "Conflict"
+
+
+class StorageFull(ServiceError):
+    """Too little free space to write what the request would (answered before writing it)."""
+
+    status = 507
+    title = "Insufficient storage"

@@ -54,7 +54,10 @@ def add_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return problem(exc.status, exc.detail, request.url.path, **exc.extensions)
+        response = problem(exc.status, exc.detail, request.url.path, **exc.extensions)
+        if exc.status == 507:  # as for a full disk met while writing (_storage_full)
+            response.headers["Retry-After"] = "60"
+        return response
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -3,26 +3,31 @@ unknown fields, a leaked install path, a fine-tune started on a full disk. Each 
 on the code before the fix."""
 
 import io
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
 import app
 from app.config import Settings
 from app.imaging.archive import ArchiveLimits, extract_image_folder
+from app.jobs.service import claim_next_job
+from app.jobs.worker import Lease, run_job
 from app.main import create_app
-from app.models import Ranking
+from app.models import Job, Ranking
+from app.worker import JOB_KINDS
 from tests.archives import (
     fashion_mnist_images,
     image_folder_entries,
     zip_bytes,
     zip_with_raw_names,
 )
-from tests.helpers import PROBLEM
+from tests.helpers import PROBLEM, model_folders, start_finetune, upload_garments
 
 
 def count_rows(data_dir: Path, table: type) -> int:
@@ -203,3 +208,55 @@ def test_reference_does_not_show_the_install_path(client: TestClient, data_dir: 
     install = Path(app.__file__).resolve().parent.parent
     for path in (install, data_dir.resolve()):
         assert str(path) not in response.text
+
+
+# --- 4. A fine-tune on a full disk is refused before it trains -----------------------------
+
+
+def more_than_free(data_dir: Path) -> int:
+    """A reserve the data dir's disk cannot keep: what a full disk looks like to the check."""
+    return shutil.disk_usage(data_dir).free + 2**40
+
+
+@pytest.mark.api
+def test_a_finetune_that_cannot_fit_on_disk_is_refused_at_once(
+    make_client: Callable[..., TestClient], data_dir: Path
+) -> None:
+    client = make_client()
+    target = upload_garments(client, per_class=4)
+    full = make_client(store_reserve_bytes=more_than_free(data_dir))
+
+    for body in ({"source_id": "best"}, {"source_id": "race", "race": {"top": 2}}):
+        response = full.post("/v1/finetunes", json={"target_dataset_id": target, **body})
+        assert response.status_code == 507, response.text
+        assert response.headers["content-type"] == PROBLEM
+        assert response.headers["Retry-After"] == "60"
+        detail = response.json()["detail"]
+        assert "storage is too full" in detail and "P2L_STORE_RESERVE_BYTES" in detail
+    assert count_rows(data_dir, Job) == 0 and count_rows(data_dir, Ranking) == 0
+    # With room to spare, the same request is queued.
+    fine = client.post("/v1/finetunes", json={"target_dataset_id": target, "epochs": 1})
+    assert fine.status_code == 202, fine.text
+
+
+@pytest.mark.api
+def test_a_queued_finetune_fails_before_training_once_the_disk_is_full(
+    make_client: Callable[..., TestClient], data_dir: Path
+) -> None:
+    client = make_client()
+    state = client.app.state.service
+    job_id = start_finetune(client, upload_garments(client, per_class=4), epochs=1)
+    # The disk fills while the job waits: the worker's settings see it.
+    settings = state.settings.model_copy(update={"store_reserve_bytes": more_than_free(data_dir)})
+    with state.sessions() as session:
+        job = claim_next_job(session, "worker-full", 60)
+    assert job is not None and job.id == job_id
+    with Lease(state.sessions, settings, job.id, "worker-full") as lease:
+        run_job(JOB_KINDS, state.sessions, state.store, torch.device("cpu"), job, lease)
+
+    ended = client.get(f"/v1/jobs/{job_id}").json()
+    assert ended["status"] == "failed", ended
+    assert ended["error"].startswith("StorageFull: the server's storage is too full")
+    assert "P2L_STORE_RESERVE_BYTES" in ended["error"]
+    assert ended["progress"]["epochs_done"] == 0 and ended["progress"]["history"] == []
+    assert ended["model_id"] is None and model_folders(data_dir) == set()

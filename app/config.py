@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="Endpoint of an S3-compatible service (MinIO, ...); default AWS."
     )
+    store_reserve_bytes: int = Field(
+        100 * 1024**2,
+        ge=0,
+        description="Free space the store's local disk must keep beyond what a fine-tune will "
+        "write (its model's weights, twice): a fine-tune that would leave less is refused "
+        "(507) when submitted, and fails before training when its job starts.",
+    )
 
     # Server
     host: str = "127.0.0.1"

@@ -42,3 +42,14 @@ class Conflict(ServiceError):
 
     status = 409
     title = "Conflict"
+
+
+class StorageFull(ServiceError):
+    """Too little free space to write what the request would (answered before writing it)."""
+
+    status = 507
+    title = "Insufficient storage"
+
+    def __init__(self, detail: str, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["Retry-After"] = "60"  # as for a full disk met while writing

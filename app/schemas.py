@@ -99,7 +99,10 @@ class ReferenceOut(BaseModel):
     input_size: int
     feature_dim: int
     weights_sha256: str = Field(description="sha256 of the weights file (or of the init).")
-    weights_source: str
+    weights_source: str = Field(
+        description="file: and the weights file's name (never its path), or "
+        "seeded-random-init: and the seed."
+    )
     device: str
 
 
@@ -168,10 +171,17 @@ class SourceOut(BaseModel):
     origin: str = Field(description="bundled, upload or finetune")
 
 
-class RefineRequest(BaseModel):
-    """The second stage of a two-stage ranking."""
+class RequestBody(BaseModel):
+    """A JSON request body: a field it does not know is refused (422), never ignored.
+
+    (FinetuneOptions and RaceOptions, in app.finetune below this layer, say the same.)
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+
+class RefineRequest(RequestBody):
+    """The second stage of a two-stage ranking."""
 
     method: RefineMethod = Field(
         description="logme (You et al. 2021: evidence of a linear model on the source's "
@@ -183,7 +193,7 @@ class RefineRequest(BaseModel):
     )
 
 
-class RankingRequest(BaseModel):
+class RankingRequest(RequestBody):
     """What to rank, and how."""
 
     model_config = ConfigDict(populate_by_name=True, allow_inf_nan=False)
@@ -307,6 +317,17 @@ class FinetuneRequest(FinetuneOptions):
         """The training options alone, keeping which fields the client set."""
         fields = set(FinetuneOptions.model_fields) & self.model_fields_set
         return FinetuneOptions.model_validate(self.model_dump(include=fields))
+
+
+class RegisterRequest(RequestBody):
+    """Add a fine-tuned model to the zoo as a new source."""
+
+    name: str | None = Field(
+        None,
+        max_length=200,
+        description="The new source's name; default: `finetuned-` and the first 8 characters "
+        "of the model id.",
+    )
 
 
 # JobStatus's values (app.models), spelled out so the OpenAPI document shows them inline;

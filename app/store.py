@@ -69,6 +69,10 @@ class ArtifactStore(ABC):
     def forget_cached(self, key: str) -> None:  # noqa: B027 (a no-op where nothing is cached)
         """Drop this machine's copy of an artifact, if it keeps one (the next read refetches)."""
 
+    def free_bytes(self) -> int:
+        """Free space where artifacts are staged (and, for the local store, kept)."""
+        return shutil.disk_usage(self.tmp).free
+
     def new_staging_dir(self) -> Path:
         """A fresh private directory to build an artifact in."""
         return Path(tempfile.mkdtemp(prefix=f"stage-{tmp_owner()}-", dir=self.tmp))

@@ -1,11 +1,12 @@
 """Builders of real-image archives (good and hostile) for the tests."""
 
 import io
-from functools import cache
+import struct
 import tarfile
 import time
 import zipfile
 import zlib
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,20 @@ def tall_png(height: int = 300_000, width: int = 1) -> bytes:
     else:
         image.paste((0, 255, 0), (width // 2 - 20, 0, width // 2 + 20, height))
     return png_bytes(image)
+
+
+def zip_with_raw_names(entries: dict[str, bytes], raw_names: dict[str, bytes]) -> bytes:
+    """A zip of ``entries`` whose member ``name`` is stored as the bytes ``raw_names[name]``
+    (same length) in its local and central headers, both flagged UTF-8 (bit 0x800): names
+    zipfile cannot write itself (a NUL byte, bytes that are not UTF-8)."""
+    archive = bytearray(zip_bytes(entries))
+    for name, raw in raw_names.items():
+        placeholder = name.encode("utf-8")
+        assert len(raw) == len(placeholder) and archive.count(placeholder) == 2, name
+        local = archive.index(placeholder)  # local headers come first, the directory last
+        central = archive.index(placeholder, local + 1)
+        for name_at, flags_at in ((local, local - 30 + 6), (central, central - 46 + 8)):
+            archive[name_at : name_at + len(raw)] = raw
+            (flags,) = struct.unpack_from("<H", archive, flags_at)
+            struct.pack_into("<H", archive, flags_at, flags | 0x800)
+    return bytes(archive)

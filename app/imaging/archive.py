@@ -55,6 +55,7 @@ _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zip
 _ZIP_METHOD_NAMES = {9: "Deflate64", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "AES"}
 _ZIP_ENCRYPTED = 0x1 | 0x40  # traditional and strong encryption flag bits
 _ZIP_PATCHED = 0x20  # compressed patched data
+_ZIP_UTF8_NAME = 0x800  # the name (and comment) are UTF-8 (APPNOTE appendix D)
 
 # Zip records read before zipfile is trusted with an archive (APPNOTE 4.3.12-4.3.16): the end
 # of central directory (EOCD), the ZIP64 EOCD locator and record, and a central header.
@@ -62,6 +63,7 @@ _EOCD = struct.Struct("<4s4H2LH")  # sig, disk, cd disk, entries here, entries, 
 _EOCD64_LOCATOR = struct.Struct("<4sLQL")
 _EOCD64 = struct.Struct("<4sQ2H2L4Q")  # sig, size, versions, disks, entries x2, cd size/offset
 _CENTRAL_HEADER = struct.Struct("<4s4B4HL2L5H2L")
+_CENTRAL_FLAG_HIGH_BYTE = 9  # where bits 8-15 of its flags are (little-endian, at 8)
 _ZIP_TAIL = 1 << 16  # an archive comment is at most 64 KiB - 1; zipfile searches this far
 
 # Errors a damaged member can raise while it is read.
@@ -256,9 +258,9 @@ def _read_members(archive: IO[bytes], archive_size: int, limits: ArchiveLimits) 
     declared = 0
     try:
         if zipfile.is_zipfile(archive):
-            _check_zip_entry_count(archive, archive_size, limits.max_members)
+            names = _zip_central_names(archive, archive_size, limits.max_members)
             archive.seek(0)
-            iterator = _zip_members(archive)
+            iterator = _zip_members(archive, names)
         else:
             archive.seek(0)
             try:
@@ -297,33 +299,73 @@ def _read_members(archive: IO[bytes], archive_size: int, limits: ArchiveLimits) 
     return members
 
 
-def _check_zip_entry_count(archive: IO[bytes], archive_size: int, max_members: int) -> None:
-    """ArchiveError if the zip has more than ``max_members`` entries, before zipfile reads it.
+@dataclass
+class _ZipNames:
+    """What the central directory's raw names say that zipfile would hide or choke on."""
 
-    zipfile builds an object for every central directory entry before the first one can be
-    looked at (some 550 bytes of memory per 85 bytes of archive), so the count is read from
-    the end of central directory record, and the central headers are then counted, at most
-    ``max_members + 1`` of them, since zipfile ignores a declared count that lies.
+    entries: int  # central headers walked
+    # Entry index (central directory order) -> (printable name, kind, reason).
+    problems: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    # Offsets of the flag byte holding bit 0x800 (UTF-8 name) to clear for zipfile: a
+    # flagged name that is not UTF-8 makes zipfile fail on the whole archive.
+    utf8_flag_bytes: set[int] = field(default_factory=set)
+
+
+def _zip_central_names(archive: IO[bytes], archive_size: int, max_members: int) -> _ZipNames | None:
+    """Walk the central directory before zipfile reads it: count its entries and read the
+    raw names (None when it cannot be walked: zipfile then says why).
+
+    ArchiveError if the zip has more than ``max_members`` entries: zipfile builds an object
+    for every central directory entry before the first one can be looked at (some 550 bytes
+    of memory per 85 bytes of archive), so the count is read from the end of central
+    directory record, and the central headers are then counted, at most ``max_members + 1``
+    of them, since zipfile ignores a declared count that lies.
+
+    The raw names are what zipfile hides: it cuts a name at a NUL byte (``b/x\\0.png``
+    would be kept as ``b/x``), and refuses the whole archive when a name flagged UTF-8
+    (general purpose bit 11) is not UTF-8. Such entries are noted by position, rejected one
+    by one later (``unsafe_path``, ``invalid_name``).
     """
     refusal = ArchiveError(f"archive has more than {max_members:,} members")
     found = _zip_central_directory(archive, archive_size)
     if found is None:
-        return  # not a zip zipfile can open either: it says why
+        return None  # not a zip zipfile can open either: it says why
     declared, start, size = found
     if declared > max_members:
         raise refusal
     # Walk the central directory as zipfile will (from the same place, by the same sizes).
-    counted = offset = 0
+    names = _ZipNames(entries=0)
+    offset = 0
     while offset < size:
-        archive.seek(start + offset)
+        at = start + offset
+        archive.seek(at)
         header = archive.read(_CENTRAL_HEADER.size)
         if len(header) != _CENTRAL_HEADER.size or header[:4] != b"PK\x01\x02":
-            return  # zipfile refuses the archive as corrupt
-        name_size, extra_size, comment_size = _CENTRAL_HEADER.unpack(header)[12:15]
+            return None  # zipfile refuses the archive as corrupt
+        fields = _CENTRAL_HEADER.unpack(header)
+        flags = fields[5]
+        name_size, extra_size, comment_size = fields[12:15]
+        raw = archive.read(name_size)
         offset += _CENTRAL_HEADER.size + name_size + extra_size + comment_size
-        counted += 1
-        if counted > max_members:
+        index = names.entries
+        names.entries += 1
+        if names.entries > max_members:
             raise refusal
+        echo = raw.decode("utf-8", "replace")
+        if flags & _ZIP_UTF8_NAME:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                names.utf8_flag_bytes.add(at + _CENTRAL_FLAG_HIGH_BYTE)
+                names.problems[index] = (
+                    echo,
+                    "invalid_name",
+                    "name is flagged UTF-8 but is not valid UTF-8",
+                )
+                continue
+        if b"\0" in raw:
+            names.problems[index] = (echo, "unsafe_path", "unsafe path: contains a NUL byte")
+    return names
 
 
 def _zip_central_directory(archive: IO[bytes], archive_size: int) -> tuple[int, int, int] | None:
@@ -356,12 +398,24 @@ def _zip_central_directory(archive: IO[bytes], archive_size: int) -> tuple[int, 
     return (entries, start, size) if start >= 0 else None
 
 
-def _zip_members(archive: IO[bytes]) -> Iterator[_Member]:
+def _zip_members(archive: IO[bytes], names: _ZipNames | None) -> Iterator[_Member]:
+    stream: IO[bytes] = archive
+    if names is not None and names.utf8_flag_bytes:
+        stream = _ClearedUtf8Flags(archive, names.utf8_flag_bytes)  # type: ignore[assignment]
     try:
-        zf = zipfile.ZipFile(archive)
+        zf = zipfile.ZipFile(stream)
     except zipfile.BadZipFile as exc:
         raise ArchiveError(f"zip archive is corrupt: {exc}") from None
-    for info in zf.infolist():
+    except UnicodeDecodeError as exc:  # not expected: the walk above clears such flags
+        raise ArchiveError(f"zip archive has a member name that is not UTF-8: {exc}") from None
+    infos = zf.infolist()
+    problems = names.problems if names is not None else {}
+    if names is not None and names.entries != len(infos):
+        raise ArchiveError(
+            f"zip archive is corrupt: its central directory holds {names.entries:,} entries "
+            f"by their sizes, but {len(infos):,} as read"
+        )
+    for index, info in enumerate(infos):
         mode = info.external_attr >> 16
         if info.is_dir():
             kind = "dir"
@@ -372,8 +426,42 @@ def _zip_members(archive: IO[bytes]) -> Iterator[_Member]:
         else:
             kind = "file"
         name, problem = _checked_name(info.filename)
+        if index in problems:  # what zipfile's name hides (NUL) or could not decode
+            name, bad_kind, reason = problems[index]
+            name, problem = _printable(name, MAX_LISTED_PATH_CHARS), (bad_kind, reason)
         problem = problem or _zip_problem(info)
         yield _Member(name, kind, info.file_size, partial(zf.open, info), problem)
+
+
+class _ClearedUtf8Flags:
+    """A read-only view of a zip with the UTF-8 name flag cleared in some central headers.
+
+    zipfile then decodes those names as cp437 (never an error) instead of refusing the
+    whole archive; the entries themselves are rejected by position and never opened.
+    """
+
+    def __init__(self, inner: IO[bytes], flag_bytes: set[int]) -> None:
+        self._inner = inner
+        self._flag_bytes = sorted(flag_bytes)
+
+    def read(self, size: int = -1) -> bytes:
+        at = self._inner.tell()
+        data = self._inner.read(size)
+        patched: bytearray | None = None
+        for offset in self._flag_bytes:
+            if at <= offset < at + len(data):
+                patched = patched if patched is not None else bytearray(data)
+                patched[offset - at] &= ~(_ZIP_UTF8_NAME >> 8) & 0xFF
+        return bytes(patched) if patched is not None else data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def seekable(self) -> bool:
+        return True
 
 
 def _zip_problem(info: zipfile.ZipInfo) -> tuple[str, str] | None:

@@ -168,7 +168,7 @@ def load_reference(
         model = build_model(architecture, num_classes=_head_classes(architecture, state))
         load_backbone(model, state)
         digest = _file_sha256(weights)
-        source = f"file:{weights}"
+        source = f"file:{weights.name}"  # not its path: where the server keeps files is its own
     elif architecture.startswith("compact"):
         torch.manual_seed(seed)
         model = build_model(architecture, num_classes=1)

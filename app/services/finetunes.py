@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import Conflict, InvalidInput
+from app.errors import Conflict, InvalidInput, StorageFull
 from app.families import build_model, get_spec, layer_groups, load_model, weights_to_save
 from app.finetune.options import FinetuneOptions, check_class_sizes
 from app.finetune.pipeline import finetune, race_trial
@@ -34,6 +34,7 @@ from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists,
 from app.services.models import MODEL_WEIGHTS
 from app.services.rankings import rank_sources
 from app.services.sources import get_source, weights_path
+from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
 
 logger = logging.getLogger("p2l.worker")
@@ -177,6 +178,8 @@ def plan_finetune(
             trial_epochs=race_trial_epochs(len(sources), budget),
         )
     first = sources[0]
+    need = max(artifact_bytes(s.architecture, len(dataset.class_counts)) for s in sources)
+    check_free_space(ctx.store, ctx.settings.store_reserve_bytes, need)
     estimate = estimate_finetune(
         session, first.architecture, first.input_size, dataset.class_counts, options,
         race_plan.trial_epochs if race_plan else (),
@@ -192,6 +195,29 @@ def plan_finetune(
         race=race_plan,
     )
     return params, estimate
+
+
+def artifact_bytes(architecture: str, num_classes: int) -> int:
+    """What a fine-tune of ``architecture`` for ``num_classes`` classes writes, at most: its
+    model's weights twice (the staged file, and room for the writes around it), plus 16 MiB
+    for the report, the calibration evidence and the database."""
+    with torch.device("meta"):  # sizes only: allocate nothing
+        model = build_model(architecture, num_classes)
+    weights = int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    return 2 * weights + 16 * 1024**2
+
+
+def check_free_space(store: ArtifactStore, reserve: int, need: int) -> None:
+    """StorageFull (507) unless ``need`` bytes can be written and ``reserve`` stay free."""
+    free = store.free_bytes()
+    if free - need < reserve:
+        mib = 1024**2
+        raise StorageFull(
+            f"the server's storage is too full for this fine-tune: its model needs about "
+            f"{need / mib:,.0f} MiB and P2L_STORE_RESERVE_BYTES ({reserve / mib:,.0f} MiB) must "
+            f"stay free, but {free / mib:,.0f} MiB are free. Free space or delete datasets, "
+            "models or sources, then retry"
+        )
 
 
 def _check_layout(source: Source, options: FinetuneOptions) -> list[str]:
@@ -256,7 +282,11 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
     options, race = params.options, params.race
     with sessions() as session:
         dataset = get_dataset(session, params.target_dataset_id)
-        source = get_source(session, params.source_ids()[0])
+        sources = [get_source(session, source_id) for source_id in params.source_ids()]
+    source = sources[0]
+    # The disk may have filled since the job was queued: fail now, not after training.
+    need = max(artifact_bytes(s.architecture, len(dataset.class_counts)) for s in sources)
+    check_free_space(store, settings.store_reserve_bytes, need)
     train_images, val_images, _ = split_totals(dataset.class_counts, options)
     meter = Meter(
         lease.worker_id, source.architecture, source.input_size, device_type(device),

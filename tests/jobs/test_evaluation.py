@@ -22,7 +22,13 @@ from app.models import FinetunedModel, Job
 from app.services.evaluations import evaluation_key, sweep_evaluation_archives
 from app.zoo.bundled import BUNDLED_DIR
 from app.zoo.plots import confusion_plot
-from tests.archives import fashion_mnist_images, image_folder_entries, zip_bomb, zip_bytes
+from tests.archives import (
+    fashion_mnist_images,
+    image_folder_entries,
+    zip_bomb,
+    zip_bytes,
+    zip_with_raw_names,
+)
 from tests.helpers import PROBLEM, finetuned_model, wait_for_job
 
 SYNC_LIMIT = 30  # P2L_EVALUATE_SYNC_MAX_IMAGES of the test service
@@ -280,6 +286,28 @@ def test_bad_archives_are_refused_and_leave_nothing(
     assert service.get("/v1/jobs").json()["items"] == jobs_before
     assert stored(data_dir, "evaluations") == []
     assert not any((data_dir / "tmp").iterdir())
+
+
+@pytest.mark.system
+def test_zip_members_with_undecodable_or_nul_names_are_rejected_alone(
+    service: TestClient, model: dict, held_out: dict[str, list[bytes]]
+) -> None:
+    # Issue #23 (8, 9): a name flagged UTF-8 that is not made zipfile fail on the whole
+    # archive (500); a NUL byte was cut off by zipfile, so dress/y\0.png was read as dress/y.
+    entries = image_folder_entries({name: images[:2] for name, images in held_out.items()})
+    image = entries["dress/0000.png"]
+    archive = zip_with_raw_names(
+        {**entries, "dress/xx.png": image, "dress/yy.png": image},
+        {"dress/xx.png": b"dress/\xff\xfe.png", "dress/yy.png": b"dress/y\x00.png"},
+    )
+    response = evaluate_archive(service, model["id"], archive)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["images"] == 10
+    assert {(r["path"], r["kind"]) for r in report["rejected"]} == {
+        ("dress/\ufffd\ufffd.png", "invalid_name"),
+        ("dress/y\ufffd.png", "unsafe_path"),
+    }
 
 
 @pytest.mark.system

@@ -48,7 +48,7 @@ def test_torchvision_reference_loads_local_safetensors(tmp_path: Path) -> None:
     save_file(build_model("resnet18", num_classes=10).state_dict(), weights)
     reference = load_reference("resnet18", weights)
     assert reference.feature_dim == 512 and reference.input_size == 224
-    assert reference.weights_source == f"file:{weights}"
+    assert reference.weights_source == "file:resnet18.safetensors"  # the name, not the path
     assert len(reference.weights_sha256) == 64
 
 

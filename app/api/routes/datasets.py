@@ -71,6 +71,7 @@ def upload_dataset(
     name: Annotated[
         str | None,
         Form(
+            max_length=255,  # P2L_MAX_NAME_BYTES is at most 255: so are the characters
             description="At most P2L_MAX_NAME_BYTES (200) UTF-8 bytes; leave it out to use "
             "the archive's file name.",
             examples=["garments"],

@@ -82,6 +82,10 @@ DryRun = Annotated[
             "model": Estimate,
             "description": "`dry_run=true`: what the job would cost; nothing was stored.",
         },
+        **problem_responses(
+            _507="Too little free disk for the model the job would write, beyond "
+            "P2L_STORE_RESERVE_BYTES; nothing is queued"
+        ),
     },
 )
 def start_finetune(

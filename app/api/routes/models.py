@@ -5,7 +5,7 @@ import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Query, Response, UploadFile, status
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse
@@ -26,6 +26,7 @@ from app.schemas import (
     Page,
     PredictionsOut,
     PreprocessingOut,
+    RegisterRequest,
     SourceOut,
 )
 from app.services import evaluations
@@ -89,7 +90,11 @@ def predict(
     state: StateDep,
     session: SessionDep,
     model_id: str,
-    files: Annotated[list[UploadFile], File(description="One or more images")],
+    files: Annotated[
+        list[UploadFile],
+        # The multipart parser takes 1,000 files at most; P2L_MAX_PREDICT_FILES counts too.
+        File(max_length=1000, description="One or more images (P2L_MAX_PREDICT_FILES)"),
+    ],
     top_k: Annotated[int, Query(ge=1, le=100)] = 3,
 ) -> PredictionsOut:
     """Top-k labels with probabilities for every image, in upload order."""
@@ -133,22 +138,10 @@ def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Respons
         _422="The model has more classes than P2L_MAX_SOURCE_CLASSES",
     ),
 )
-def register(
-    ctx: ContextDep,
-    model_id: str,
-    name: Annotated[
-        str | None,
-        Body(
-            embed=True,
-            max_length=200,
-            description="The new source's name; default: `finetuned-` and the first 8 "
-            "characters of the model id.",
-            examples=["fashion-finetuned"],
-        ),
-    ] = None,
-) -> Source:
-    """The new source's signature is its target dataset's: the zoo grows with use."""
-    return service.register_model(ctx, model_id, name)
+def register(ctx: ContextDep, model_id: str, body: RegisterRequest | None = None) -> Source:
+    """The new source's signature is its target dataset's: the zoo grows with use. The body
+    may be left out (the default name)."""
+    return service.register_model(ctx, model_id, body.name if body is not None else None)
 
 
 @router.get(

@@ -24,6 +24,9 @@ from app.services import sources as service
 from app.services.finetunes import ensure_no_active_job_uses
 from app.zoo import plots
 
+# class_names in characters: the multipart parser's cap on one form field (1 MiB) anyway.
+MAX_CLASS_NAMES_CHARS = 1024**2
+
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
 PNG = {"content": {"image/png": {}}, "description": "PNG image"}
@@ -50,6 +53,7 @@ def register_source(
     architecture: Annotated[
         str,
         Form(
+            max_length=64,
             description="compact_cnn, vit_tiny, a torchvision name (resnet18, vit_b_16, ...): "
             "GET /v1/architectures lists them",
             examples=["compact_cnn"],
@@ -65,6 +69,7 @@ def register_source(
     dataset_id: Annotated[
         str | None,
         Form(
+            max_length=64,
             description="A stored dataset the model was trained on: the service counts its "
             "images and computes its signature. Give this or `signature`, not both.",
             examples=[DATASET_ID],
@@ -86,8 +91,10 @@ def register_source(
     class_names: Annotated[
         str | None,
         Form(
+            max_length=MAX_CLASS_NAMES_CHARS,
             description="JSON list or comma-separated names, one per class; default: the "
-            "signature's class names when there are num_classes of them, else class_0, ...",
+            "signature's class names when there are num_classes of them, else class_0, ... "
+            "(at most 1 MiB: the size of any one multipart field).",
             examples=["coat,dress,pullover,shirt,top"],
         ),
     ] = None,

@@ -16,6 +16,7 @@ from typing import TypeVar
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select
 
 from app.config import Settings
 from app.main import create_app
@@ -181,3 +182,12 @@ def dead_pid() -> int:
         check=True,
     )
     return int(done.stdout)
+
+
+def count_rows(data_dir: Path, table: type) -> int:
+    """Rows of ``table`` in the SQLite database of the service over ``data_dir``."""
+    engine = create_engine(f"sqlite:///{data_dir / 'p2l.db'}")
+    with engine.connect() as connection:
+        count = connection.scalar(select(func.count()).select_from(table))
+    engine.dispose()
+    return int(count or 0)

@@ -137,11 +137,12 @@ class DecodeBudget:
     def _reclaim_dead(self) -> None:
         """Free what processes that no longer exist held (a killed decode worker)."""
         for index in range(_SLOTS):
-            if self._held[index] and not _alive(self._pids[index]):
+            if self._held[index] and not process_alive(self._pids[index]):
                 self._held[index] = 0
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from app.imaging.budget import DecodeBudget, decode_budget, decode_context, install_decode_budget
+from app.imaging.budget import (
+    DecodeBudget,
+    decode_budget,
+    decode_context,
+    install_decode_budget,
+    process_alive,
+)
 from app.imaging.images import decode_square
 
 # Stored images passed validation at upload; this only bounds the work a stray file can cause.
@@ -254,17 +260,7 @@ def _watch_parent(owner_pid: int) -> None:
     def watch() -> None:
         while True:
             time.sleep(1.0)
-            if os.getppid() != parent or not _alive(owner_pid):
+            if os.getppid() != parent or not process_alive(owner_pid):
                 os._exit(0)
 
     threading.Thread(target=watch, name="p2l-decode-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
-from sqlalchemy import create_engine, func, select, update
+from sqlalchemy import update
 
 from app.api.idempotency import ABANDONED, digest_json
 from app.config import Settings
@@ -27,7 +27,7 @@ from app.models import IdempotencyKey, Job, Ranking
 from app.schemas import FinetuneRequest
 from app.store import LocalArtifactStore
 from tests.archives import fashion_mnist_images, image_folder_entries, png_bytes, zip_bytes
-from tests.helpers import PROBLEM
+from tests.helpers import PROBLEM, count_rows
 
 SOME_ID = "0" * 32
 
@@ -42,14 +42,6 @@ def upload(client: TestClient, images: dict[str, list[bytes]], **headers: str) -
 @pytest.fixture
 def dataset_id(client: TestClient) -> str:
     return upload(client, fashion_mnist_images(8))["id"]
-
-
-def count_rows(data_dir: Path, table: type) -> int:
-    engine = create_engine(f"sqlite:///{data_dir / 'p2l.db'}")
-    with engine.connect() as connection:
-        count = connection.scalar(select(func.count()).select_from(table))
-    engine.dispose()
-    return int(count or 0)
 
 
 # 2. Keys guard every POST and DELETE (predict included) and GETs that compute on demand.

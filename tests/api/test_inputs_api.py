@@ -11,14 +11,11 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, select
 
 import app
-from app.config import Settings
 from app.imaging.archive import ArchiveLimits, extract_image_folder
 from app.jobs.service import claim_next_job
 from app.jobs.worker import Lease, run_job
-from app.main import create_app
 from app.models import Job, Ranking
 from app.worker import JOB_KINDS
 from tests.archives import (
@@ -27,16 +24,7 @@ from tests.archives import (
     zip_bytes,
     zip_with_raw_names,
 )
-from tests.helpers import PROBLEM, model_folders, start_finetune, upload_garments
-
-
-def count_rows(data_dir: Path, table: type) -> int:
-    engine = create_engine(f"sqlite:///{data_dir / 'p2l.db'}")
-    with engine.connect() as connection:
-        count = connection.scalar(select(func.count()).select_from(table))
-    engine.dispose()
-    return int(count or 0)
-
+from tests.helpers import PROBLEM, count_rows, model_folders, start_finetune, upload_garments
 
 # --- 8, 9. Zip member names: flagged UTF-8 but not UTF-8; a NUL byte zipfile cuts off ------
 
@@ -87,15 +75,6 @@ def test_upload_rejects_zip_members_with_undecodable_or_nul_names(client: TestCl
 
 
 # --- 3, 10. Request bodies: every string and list bounded, unknown fields refused ----------
-
-
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The service's OpenAPI document."""
-    data_dir = tmp_path_factory.mktemp("inputs-openapi") / "data"
-    settings = Settings(_env_file=None, data_dir=data_dir, start_worker=False)
-    with TestClient(create_app(settings)) as client:
-        return dict(client.get("/openapi.json").json())
 
 
 def request_body_nodes(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -14,7 +14,12 @@ from fastapi_offline import FastAPIOffline
 
 from app.api.deps import ReadAccess, ServiceState
 from app.api.examples import add_examples
-from app.api.problems import DEFAULT_PROBLEMS, BodySizeLimit, add_problem_handlers
+from app.api.problems import (
+    DEFAULT_PROBLEMS,
+    BodySizeLimit,
+    RetryDroppedReads,
+    add_problem_handlers,
+)
 from app.api.routes import (
     architectures,
     calibration,
@@ -182,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = partial(_openapi, app, not settings.api_keys)  # type: ignore[method-assign]
     add_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RetryDroppedReads)
     return app
 
 

@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -115,7 +115,7 @@ def is_transient(exc: BaseException) -> bool:
 def user_error_text(exc: BaseException) -> str | None:
     """What a user may read of a database error (never its SQL); None if ``exc`` is not
     one. The caller logs the error itself."""
-    if not isinstance(exc, DBAPIError):
+    if not isinstance(exc, StatementError):  # DBAPIError and the others that quote SQL
         return None
     return DATABASE_UNAVAILABLE if is_transient(exc) else DATABASE_FAILED
 

@@ -2,16 +2,9 @@
 test's own, started, stopped and started again on one port, under a service that keeps
 running."""
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -19,84 +12,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from tests.helpers import PROBLEM, eventually, upload_garments
-from tests.servers import free_port
+from tests.servers import Postgres
 
 pytestmark = pytest.mark.system
 
 # Reads a client makes all the time: each must answer 503 + Retry-After while the
 # database is away, and 200 once it is back.
 READS = ("/v1/datasets", "/v1/sources", "/v1/jobs", "/v1/models")
-
-
-@dataclass
-class Postgres:
-    """A PostgreSQL cluster of the test's own (a data dir, a port), run as ``user``."""
-
-    bin_dir: Path
-    root: Path
-    port: int
-    as_user: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def run(self, tool: str, *args: str) -> None:
-        done = subprocess.run(
-            [*self.as_user, str(self.bin_dir / tool), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            log = self.root / "server.log"
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            pytest.fail(f"{tool} {' '.join(args)} failed:\n{done.stdout}{done.stderr}\n{tail}")
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
-            "-c full_page_writes=off"
-        )
-        self.run("pg_ctl", "-D", str(self.root / "data"), "-o", options,
-                 "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
-
-    def stop(self) -> None:
-        self.run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[Postgres]:
-    """A fresh PostgreSQL cluster on a free port (skipped where none can be run here)."""
-    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdbs:
-        pytest.skip("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb)")
-    as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="p2l-pg-"))
-    if os.geteuid() == 0:  # postgres refuses to run as root: run it as the postgres user
-        runuser = shutil.which("runuser")
-        if runuser is None:
-            shutil.rmtree(root)
-            pytest.skip("running as root and no runuser to start PostgreSQL as another user")
-        try:
-            shutil.chown(root, "postgres", "postgres")
-        except (LookupError, PermissionError) as exc:
-            shutil.rmtree(root)
-            pytest.skip(f"running as root and no postgres user to run PostgreSQL as ({exc})")
-        as_user = [runuser, "-u", "postgres", "--"]
-    server = Postgres(Path(initdbs[-1]).parent, root, free_port(), as_user)
-    try:
-        server.run("initdb", "-D", str(root / "data"), "-U", "postgres", "-A", "trust",
-                   "--no-sync")  # fmt: skip
-        server.start()
-        yield server
-    finally:
-        subprocess.run(
-            [*as_user, str(server.bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m",
-             "immediate", "-w", "stop"],
-            capture_output=True, timeout=60,
-        )  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def assert_unavailable(response: httpx.Response) -> None:

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         2, ge=1, description="Runs a job gets before a lost lease fails it instead of re-queueing."
     )
+    db_retry_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a worker keeps retrying a lost database connection (with "
+        "backoff) while its job trains on; past it, the job is handed back (re-queued, the "
+        "run not counted) once the database answers again.",
+    )
     job_time_limit_seconds: float = Field(
         6 * 3600.0, gt=0, description="A job running longer than this is stopped and failed."
     )

@@ -1,18 +1,31 @@
 """Database engine and sessions: SQLite (WAL) by default, PostgreSQL by URL; Alembic migrates."""
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+logger = logging.getLogger("p2l.db")
+
+T = TypeVar("T")
+
+# What users read instead of a database error's text (which may quote SQL and values).
+DATABASE_UNAVAILABLE = "the database is unavailable (connection lost or refused)"
+DATABASE_FAILED = "a database error occurred; the server log has the details"
+# A PostgreSQL connection that cannot be made in this long fails (default: wait forever).
+CONNECT_TIMEOUT_SECONDS = 10
 
 # PostgreSQL advisory lock keys (any constants unique to this service).
 MIGRATE_LOCK = 0x7032_6C01
@@ -26,7 +39,11 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # pre-ping: a connection dropped while idle in the pool is replaced at check-out.
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS  # never hang on a dead host
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -84,3 +101,43 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def rows_matched(result: Result[Any]) -> int:
     """Rows an UPDATE or DELETE matched (SQLAlchemy types execute() as a plain Result)."""
     return cast(CursorResult[Any], result).rowcount
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that a fresh connection may not meet again: the connection was
+    dropped (the server restarted, a backend was terminated) or could not be made, or the
+    database was busy. Not a constraint, a bad value, or a bug in a statement."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def user_error_text(exc: BaseException) -> str | None:
+    """What a user may read of a database error (never its SQL); None if ``exc`` is not
+    one. The caller logs the error itself."""
+    if not isinstance(exc, StatementError):  # DBAPIError and the others that quote SQL
+        return None
+    return DATABASE_UNAVAILABLE if is_transient(exc) else DATABASE_FAILED
+
+
+def retry_transient(
+    work: Callable[[], T],
+    seconds: float,
+    what: str,
+    first_delay: float = 0.2,
+    max_delay: float = 5.0,
+) -> T:
+    """``work()``, again with backoff while it fails transiently (``is_transient``), for up
+    to ``seconds``; then its error. Each try must open its own session: the pool replaces
+    the dropped connection."""
+    deadline = time.monotonic() + seconds
+    delay = first_delay
+    while True:
+        try:
+            return work()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s: database unavailable (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, max_delay)

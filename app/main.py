@@ -15,7 +15,7 @@ from fastapi_offline import FastAPIOffline
 from app.api.deps import ReadAccess, ServiceState, key_check
 from app.api.examples import add_examples
 from app.api.limits import RequestLimits
-from app.api.problems import DEFAULT_PROBLEMS, add_problem_handlers
+from app.api.problems import DEFAULT_PROBLEMS, RetryDroppedReads, add_problem_handlers
 from app.api.routes import (
     architectures,
     calibration,
@@ -185,6 +185,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # FastAPI's documented way to change the schema is to replace this method.
     app.openapi = partial(_openapi, app, not settings.api_keys)  # type: ignore[method-assign]
     add_problem_handlers(app)
+    # The last added runs first: limits (HEAD becomes GET there), then the retry of reads.
+    app.add_middleware(RetryDroppedReads)
     app.add_middleware(
         RequestLimits,
         key_check=key_check(app, settings),

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import make_engine, migrate, session_factory
 from app.main import create_app
+from tests.servers import Postgres, own_postgres_server
 
 TIERS = ("unit", "api", "system")  # the markers declared in pyproject.toml
 
@@ -74,6 +75,13 @@ def postgres_database(postgres_server: str) -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server of the test's own, which it may stop and start again (same port)."""
+    with own_postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])

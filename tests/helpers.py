@@ -32,7 +32,14 @@ JOB_TIMEOUT = 600.0  # seconds: a hang guard for one job, not a bound on its spe
 ACTIVE = ("queued", "running")
 ENDED = ("succeeded", "failed", "cancelled")
 LEASE = 2.0  # seconds: a short job lease, so that a lost lease shows within a test
-HANDED_BACK = "handed back, not counted as an attempt: "  # a job's error after a graceful stop
+# Why a job waits again, in its progress label (its error is None: it has not failed).
+HANDED_BACK = "handed back, not counted as an attempt: "  # after a graceful stop
+
+
+def waiting_because(why: str) -> str:
+    """A re-queued job's progress label: why it waits for a worker again."""
+    return f"waiting for a worker ({why})"
+
 
 T = TypeVar("T")
 

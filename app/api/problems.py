@@ -12,13 +12,21 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.db import DATABASE_UNAVAILABLE, is_transient
 from app.errors import ServiceError
 from app.schemas import Problem
 
 logger = logging.getLogger("p2l")
 
 PROBLEM_JSON = "application/problem+json"
+
+# A 503 for an unreachable database asks the client to come back after this long.
+DATABASE_RETRY_AFTER_SECONDS = 5
+# Set in a request's scope when its database connection was dropped under it: a read is
+# then tried once more (RetryDroppedReads), on a fresh connection.
+DROPPED_CONNECTION = "p2l.dropped_connection"
 
 
 def problem_responses(**descriptions: str) -> dict[int | str, dict[str, Any]]:
@@ -90,7 +98,9 @@ def add_problem_handlers(app: FastAPI) -> None:
             return _storage_full(request, exc)
         if isinstance(exc, DataError):  # a value the database cannot hold (PostgreSQL)
             return problem(422, "a value in the request cannot be stored", request.url.path)
-        return await unexpected_error(request, exc)
+        if is_transient(exc):  # connection dropped or refused: the database, not the request
+            return _database_unavailable(request, exc)
+        return await unexpected_error(request, exc)  # its detail names the type, never SQL
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -112,6 +122,46 @@ def _storage_full(request: Request, exc: Exception) -> JSONResponse:
     )
     response.headers["Retry-After"] = "60"
     return response
+
+
+def _database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
+    """503 + Retry-After: the database could not be reached (the raw error is logged)."""
+    if exc.connection_invalidated:
+        request.scope[DROPPED_CONNECTION] = True
+    logger.warning(
+        "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig or exc
+    )
+    response = problem(503, f"{DATABASE_UNAVAILABLE}; retry in a few seconds", request.url.path)
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
+
+
+class RetryDroppedReads:
+    """Try a GET or HEAD once more when its database connection was dropped under it.
+
+    The pool's pre-ping replaces connections that died while idle; one that dies while a
+    request uses it (a database restart, a terminated backend) fails that request. A read
+    has no effect, so its first answer (the 503 of ``_database_unavailable``) is dropped
+    and the request runs again on a fresh connection; the second answer is final.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+
+        async def unless_dropped(message: Message) -> None:
+            if not scope.get(DROPPED_CONNECTION):  # else: the retry answers instead
+                await send(message)
+
+        await self.app(scope, receive, unless_dropped)
+        if scope.pop(DROPPED_CONNECTION, False):
+            logger.warning("retrying %s %s on a fresh connection", scope["method"], scope["path"])
+            await self.app(scope, receive, send)
+            scope.pop(DROPPED_CONNECTION, None)
 
 
 def _allowed_methods(app: FastAPI, path: str) -> set[str]:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import is_transient
 from app.jobs.estimates import record_epoch, record_job
 from app.jobs.service import CANDIDATE_FIELDS, LOADING_PROGRESS
 from app.models import Job, JobStatus
@@ -24,6 +25,10 @@ WRITE_SECONDS = 0.5
 # The database is asked about cancellation at most this often: a query (~20 us on SQLite)
 # before every step is 1-2 % of a GPU's millisecond steps; a lost lease shows at every step.
 STOP_CHECK_SECONDS = 0.1
+# While the database is away, a stop check or progress write tries again after this long,
+# doubling up to the cap (training goes on meanwhile).
+DB_RETRY_FIRST_SECONDS = 0.2
+DB_RETRY_MAX_SECONDS = 5.0
 
 
 class HeldLease(Protocol):
@@ -53,6 +58,12 @@ class ProgressWriter:
     JobProgress in app.schemas): epochs done out of those planned, elapsed time and ETA.
     ``plan`` lists the training phases and their epochs; when a phase ends early (early
     stopping), the epochs it skipped leave the plan.
+
+    A lost database connection does not stop the job: the stop check reconnects (with
+    backoff) and answers "go on" meanwhile, and a progress write that fails is skipped (the
+    next one writes the whole state). Only once the database has been away for
+    ``db_retry_seconds`` does the stop check raise its error: the worker then hands the
+    job back (app.jobs.worker.run_job).
     """
 
     def __init__(
@@ -62,8 +73,10 @@ class ProgressWriter:
         plan: list[tuple[str, int]] | None = None,
         meter: Meter | None = None,
         estimate_seconds: float | None = None,
+        db_retry_seconds: float = 60.0,
     ) -> None:
         self.sessions = sessions
+        self.db_retry_seconds = db_retry_seconds
         self.lease = lease
         self.job_id = lease.job_id
         self.plan = plan or []
@@ -84,6 +97,12 @@ class ProgressWriter:
         self._connection: Connection | None = None
         self._stop_query: Select[bool, str | None, str] | None = None
         self._last_check = -STOP_CHECK_SECONDS  # the first check always asks
+        self._db_lost_since: float | None = None  # the stop check's database is away since
+        self._check_retry_at = 0.0
+        self._check_delay = DB_RETRY_FIRST_SECONDS
+        self._write_pending = False  # the last write failed: write at the next chance
+        self._write_retry_at = 0.0
+        self._write_delay = DB_RETRY_FIRST_SECONDS
 
     @property
     def epoch_seconds(self) -> float:
@@ -127,7 +146,7 @@ class ProgressWriter:
         # the epochs' writes would otherwise keep every step out of the stored progress.
         now = time.monotonic()
         step_due = not epoch_end and now - self.last_step_write >= WRITE_SECONDS
-        if epoch_end or changed or step_due:
+        if epoch_end or changed or step_due or self._write_pending:
             if not epoch_end:
                 self.last_step_write = now
             self.write()
@@ -172,8 +191,42 @@ class ProgressWriter:
         elif self.estimate_seconds is not None:
             self.state["eta_seconds"] = round(max(self.estimate_seconds - elapsed, 0.0), 1)
 
+    @property
+    def _database_away_now(self) -> bool:
+        """The last progress write or stop check found no database (measurements wait)."""
+        return self._write_pending or self._db_lost_since is not None
+
     def write(self) -> None:
-        """Store the progress so far (only while this worker holds the job, running)."""
+        """Store the progress so far (only while this worker holds the job, running).
+
+        A write the database cannot take now (connection lost) is skipped and logged: the
+        next one, after a backoff, stores the whole state. Other errors are raised.
+        """
+        now = time.monotonic()
+        if self._write_pending and now < self._write_retry_at:
+            return
+        try:
+            self._write()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            try:  # a dropped connection: the pool hands out a fresh one at once
+                self._write()
+            except Exception as again:
+                if not is_transient(again):
+                    raise
+                self._write_pending = True
+                self._write_retry_at = time.monotonic() + self._write_delay
+                self._write_delay = min(2 * self._write_delay, DB_RETRY_MAX_SECONDS)
+                logger.warning(
+                    "job %s: progress not stored, database unavailable (%s); training goes on",
+                    self.job_id, again,
+                )  # fmt: skip
+                return
+        self._write_pending = False
+        self._write_delay = DB_RETRY_FIRST_SECONDS
+
+    def _write(self) -> None:
         with self.sessions() as session:
             session.execute(
                 update(Job)
@@ -188,7 +241,7 @@ class ProgressWriter:
 
     def record_epoch(self, measured: dict[str, Any]) -> None:
         """Fold a finished epoch's speed into the throughput estimates are made from."""
-        if self.meter is None:
+        if self.meter is None or self._database_away_now:
             return
         meter = self.meter
         try:  # its own transaction, after the progress: a measurement never fails a job
@@ -204,7 +257,7 @@ class ProgressWriter:
 
     def record_job(self, images: int) -> None:
         """Record the job's time outside its epochs (loading, evaluating, saving)."""
-        if self.meter is None or not self.state["history"]:
+        if self.meter is None or not self.state["history"] or self._database_away_now:
             return
         overhead = time.monotonic() - self.started - self.epoch_seconds
         meter = self.meter
@@ -220,13 +273,41 @@ class ProgressWriter:
 
     def should_stop(self) -> bool:
         """True once cancellation was asked or the lease lost (checked before every step; the
-        database at most every STOP_CHECK_SECONDS)."""
+        database at most every STOP_CHECK_SECONDS).
+
+        While the database is unreachable, False (training goes on) and the check
+        reconnects with backoff; after ``db_retry_seconds`` without it, the error is raised.
+        """
         if self.lease.lost.is_set():
             return True
         now = time.monotonic()
-        if now - self._last_check < STOP_CHECK_SECONDS:
+        if now - self._last_check < STOP_CHECK_SECONDS or now < self._check_retry_at:
             return False
         self._last_check = now
+        try:
+            row = self._check()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._drop_connection()
+            try:  # a dropped connection (the server is up): reconnect at once
+                row = self._check()
+            except Exception as again:
+                if not is_transient(again):
+                    raise
+                self._drop_connection()
+                return self._database_away(again)
+            logger.info("job %s: database connection lost (%s); reconnected", self.job_id, exc)
+        self._db_lost_since = None
+        self._check_retry_at = 0.0
+        self._check_delay = DB_RETRY_FIRST_SECONDS
+        if row is None or row.cancel_requested:
+            return True
+        # Reaped (and perhaps claimed by another worker), or ended: not ours to train on.
+        return bool(row.worker_id != self.lease.worker_id or row.status != JobStatus.RUNNING)
+
+    def _check(self) -> Any:
+        """The job's stop fields, read over the stop checks' own connection."""
         if self._connection is None or self._stop_query is None:
             # One autocommit connection for the whole job: a check costs one small query.
             engine = self.sessions.kw["bind"]
@@ -234,13 +315,41 @@ class ProgressWriter:
             self._stop_query = select(Job.cancel_requested, Job.worker_id, Job.status).where(
                 Job.id == self.job_id
             )
-        row = self._connection.execute(self._stop_query).first()
-        if row is None or row.cancel_requested:
-            return True
-        # Reaped (and perhaps claimed by another worker), or ended: not ours to train on.
-        return bool(row.worker_id != self.lease.worker_id or row.status != JobStatus.RUNNING)
+        return self._connection.execute(self._stop_query).first()
+
+    def _database_away(self, exc: Exception) -> bool:
+        """Go on training while the database is away; raise ``exc`` once it has been away
+        for db_retry_seconds."""
+        now = time.monotonic()
+        if self._db_lost_since is None:
+            self._db_lost_since = now
+        away = now - self._db_lost_since
+        if away >= self.db_retry_seconds:
+            logger.error("job %s: database unavailable for %.0f s; stopping", self.job_id, away)
+            raise exc
+        logger.warning(
+            "job %s: database unavailable for %.1f s (%s); training goes on",
+            self.job_id, away, exc,
+        )  # fmt: skip
+        self._check_retry_at = now + self._check_delay
+        self._check_delay = min(2 * self._check_delay, DB_RETRY_MAX_SECONDS)
+        return False
+
+    def _drop_connection(self) -> None:
+        """Let go of the stop checks' connection (a dead one: the next check makes another)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.invalidate()
+                connection.close()
+            except Exception:  # it is gone already
+                logger.debug("job %s: closing a dead connection failed", self.job_id)
 
     def close(self) -> None:
         """Release the connection of the stop checks."""
-        if self._connection is not None:
-            self._connection.close()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # a dead connection: nothing left to release
+                logger.debug("job %s: closing the stop checks' connection failed", self.job_id)

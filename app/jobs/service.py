@@ -148,7 +148,8 @@ def claim_next_job(session: Session, worker_id: str, lease_seconds: float) -> Jo
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
             started_at=now,
-            progress=LOADING_PROGRESS,  # progress is the current attempt's
+            progress=LOADING_PROGRESS,  # progress and error are the current attempt's
+            error=None,
         )
     )
     session.commit()
@@ -206,7 +207,8 @@ def release_jobs(
     A job is re-queued while it has attempts left, otherwise failed (cancelled if that was
     asked) with the reason. ``handed_back``: the worker gave the job back on purpose (it
     was stopped), so the run is not counted and the job is re-queued whatever its attempts.
-    Each update re-checks ``which``, so a renewal in between wins.
+    Each update re-checks ``which``, so a renewal in between wins. A re-queued job has not
+    failed: its ``error`` is cleared, and why it waits again is its progress label.
     """
     rows = session.execute(
         select(Job.id, Job.attempts, Job.cancel_requested, Job.progress, Job.started_at).where(
@@ -233,8 +235,12 @@ def release_jobs(
             values = {"status": JobStatus.FAILED, "error": f"{reason} ({attempt})"}
         # A re-queued job is nobody's; an ended one keeps the id of the worker it lost.
         if values["status"] == JobStatus.QUEUED:
+            # Not an error of the job (it has not failed): why it waits again is in its
+            # progress label while it waits, and in the log.
+            why = values.pop("error")
+            values["error"] = None
             values["worker_id"] = None
-            values["progress"] = {**QUEUED_PROGRESS, "label": f"waiting for a worker ({reason})"}
+            values["progress"] = {**QUEUED_PROGRESS, "label": f"waiting for a worker ({why})"}
         else:
             values["finished_at"] = utcnow()
             values["progress"] = final_progress(

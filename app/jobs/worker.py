@@ -21,7 +21,7 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db import make_engine, session_factory
+from app.db import is_transient, make_engine, retry_transient, session_factory, user_error_text
 from app.finetune.train import Cancelled
 from app.imaging.budget import configure_decode_budget
 from app.jobs.estimates import HEARTBEAT_SECONDS, device_type, forget_worker, heartbeat
@@ -31,6 +31,7 @@ from app.jobs.service import (
     finish_job,
     make_worker_id,
     reap_expired_leases,
+    release_jobs,
     release_worker_jobs,
     renew_lease,
 )
@@ -107,8 +108,11 @@ class Lease:
                             self.lost.set()
                             return
                     last_renewal = now
-            except Exception:  # a database hiccup: the lease has slack, try again next tick
-                logger.exception("job %s: could not renew the lease", self.job_id)
+            except Exception as exc:  # a database hiccup: the lease has slack, retry next tick
+                if is_transient(exc):  # the pool reconnects at the next try
+                    logger.warning("job %s: could not renew the lease: %s", self.job_id, exc)
+                else:
+                    logger.exception("job %s: could not renew the lease", self.job_id)
 
     def _fail(self, reason: str) -> None:
         """End the job as failed now, whatever the training is doing, and stop it."""
@@ -219,25 +223,71 @@ def run_job(
     lease: Lease,
 ) -> JobRun[Any] | None:
     """Run one claimed job and record how it ended (only while this worker holds it); the
-    run, for the kind's ``after``, when it got as far as its handler."""
+    run, for the kind's ``after``, when it got as far as its handler.
+
+    A job stopped by a lost database connection (see ProgressWriter.should_stop) is handed
+    back, not failed: the run does not count. A job's ``error`` never quotes a database
+    error (SQL, values): those are in the log."""
     run = None
     try:
         run = job_run(kinds, sessions, store, device, job, lease)
         kinds[job.kind].run(run)
     except Cancelled as exc:
-        with sessions() as session:
-            if not finish_job(
-                session, job.id, lease.worker_id, JobStatus.CANCELLED, error=f"cancelled: {exc}"
-            ):
-                logger.warning("job %s stopped: this worker no longer holds it", job.id)
-            session.commit()
+        reason = f"cancelled: {exc}"
+
+        def cancel() -> None:
+            with sessions() as session:
+                if not finish_job(
+                    session, job.id, lease.worker_id, JobStatus.CANCELLED, error=reason
+                ):
+                    logger.warning("job %s stopped: this worker no longer holds it", job.id)
+                session.commit()
+
+        retry_transient(cancel, lease.settings.db_retry_seconds, f"job {job.id}: recording its end")
     except Exception as exc:
+        if is_transient(exc):  # the database went away (for long): not the job's fault
+            logger.exception("job %s: database unavailable; handing it back", job.id)
+            hand_back(sessions, lease.settings, job.id, lease.worker_id)
+            return None
         logger.exception("job %s failed", job.id)
-        with sessions() as session:
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-            finish_job(session, job.id, lease.worker_id, JobStatus.FAILED, error=error)
-            session.commit()
+        # A user reads the error: a database error's text (SQL, values) stays in the log.
+        error = user_error_text(exc) or f"{type(exc).__name__}: {exc}"[:2000]
+
+        def fail() -> None:
+            with sessions() as session:
+                finish_job(session, job.id, lease.worker_id, JobStatus.FAILED, error=error)
+                session.commit()
+
+        retry_transient(fail, lease.settings.db_retry_seconds, f"job {job.id}: recording its end")
     return run
+
+
+def hand_back(
+    sessions: sessionmaker[Session], settings: Settings, job_id: str, worker_id: str
+) -> None:
+    """Re-queue a job this worker holds without counting the run (its database connection
+    was lost), as soon as the database answers again (this worker can do nothing else
+    meanwhile). Should a reaper see the expired lease first, the run counts after all."""
+    reason = "its worker lost its database connection"
+
+    def release() -> None:
+        with sessions() as session:
+            release_jobs(
+                session, reason, settings.job_max_attempts,
+                Job.id == job_id, Job.worker_id == worker_id, handed_back=True,
+            )  # fmt: skip
+
+    try:
+        # Tried every second at most, so that it comes before a reaper's look at the lease.
+        retry_transient(
+            release,
+            max(settings.db_retry_seconds, settings.job_time_limit_seconds),
+            f"job {job_id}: handing it back",
+            max_delay=1.0,
+        )
+        logger.warning("job %s handed back, not counted as an attempt: %s", job_id, reason)
+    except Exception:
+        logger.exception("job %s: could not hand it back; its lease will expire", job_id)
 
 
 def run_claimed_job(

@@ -186,7 +186,7 @@ def run_evaluation(run: JobRun[EvaluationJobParams]) -> None:
         raise FileNotFoundError(f"the images of this evaluation ({key}) are gone")
     files = image_files(root)
     count = sum(len(paths) for paths in files.values())
-    progress = ProgressWriter(sessions, lease)
+    progress = ProgressWriter(sessions, lease, db_retry_seconds=run.settings.db_retry_seconds)
     try:
         progress.set_phase("evaluating", f"evaluating {count} images")
         network = load_model(model.architecture, len(model.class_names), weights).to(device)

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import retry_transient
 from app.errors import Conflict, InvalidInput, StorageFull
 from app.families import build_model, get_spec, layer_groups, load_model, weights_to_save
 from app.finetune.options import FinetuneOptions, check_class_sizes
@@ -294,7 +295,9 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
     )  # fmt: skip
     estimate = params.estimate or {}
     plan = params.phases()
-    progress = ProgressWriter(sessions, lease, plan, meter, estimate.get("seconds"))
+    progress = ProgressWriter(
+        sessions, lease, plan, meter, estimate.get("seconds"), settings.db_retry_seconds
+    )
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision,
         channels_last=settings.channels_last,
@@ -362,33 +365,39 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
     except Exception:
         evidence = None
         logger.exception("job %s: no calibration evidence recorded", job.id)
-    with sessions() as session, unit_of_work(session, store) as work:
-        staging = work.stage()
-        save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
-        work.publish(staging, key)
-        session.add(
-            FinetunedModel(
-                id=model_id,
-                job_id=job.id,
-                source_id=source.id,
-                target_dataset_id=dataset.id,
-                architecture=source.architecture,
-                input_size=source.input_size,
-                class_names=target.class_names,
-                report=result,
-                artifact_key=key,
+
+    def publish() -> None:
+        with sessions() as session, unit_of_work(session, store) as work:
+            staging = work.stage()
+            save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
+            work.publish(staging, key)
+            session.add(
+                FinetunedModel(
+                    id=model_id,
+                    job_id=job.id,
+                    source_id=source.id,
+                    target_dataset_id=dataset.id,
+                    architecture=source.architecture,
+                    input_size=source.input_size,
+                    class_names=target.class_names,
+                    report=result,
+                    artifact_key=key,
+                )
             )
-        )
-        if evidence is not None:
-            session.add(evidence)
-        # The commit checks the lease: a job reaped meanwhile (and perhaps running on
-        # another worker) gets nothing from this one.
-        if not finish_job(
-            session, job.id, lease.worker_id, JobStatus.SUCCEEDED,
-            result=result, model_id=model_id, error=None,
-        ):  # fmt: skip
-            logger.warning("job %s: lease lost before the commit; model discarded", job.id)
-            work.abandon()
+            if evidence is not None:
+                session.add(evidence)
+            # The commit checks the lease: a job reaped meanwhile (and perhaps running on
+            # another worker) gets nothing from this one.
+            if not finish_job(
+                session, job.id, lease.worker_id, JobStatus.SUCCEEDED,
+                result=result, model_id=model_id, error=None,
+            ):  # fmt: skip
+                logger.warning("job %s: lease lost before the commit; model discarded", job.id)
+                work.abandon()
+
+    # A connection dropped at the end costs a retry, not the training (the unit of work
+    # undid the files): the commit is all or nothing.
+    retry_transient(publish, settings.db_retry_seconds, f"job {job.id}: publishing its model")
     if race_record is None:  # a race's loads and trial evaluations are not this speed's
         progress.record_job(len(target.labels))
 

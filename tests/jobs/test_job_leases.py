@@ -27,8 +27,11 @@ from tests.helpers import (
     start_finetune,
     upload_garments,
     wait_for_job,
+    waiting_because,
 )
 from tests.servers import free_port, local_url, spawn, uvicorn_args, wait_healthy
+
+STOPPED = waiting_because(HANDED_BACK + "its worker was stopped (SIGTERM)")
 
 
 def job_row(data_dir: Path, job_id: str) -> dict:
@@ -91,7 +94,9 @@ def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
         released = job_row(data_dir, job_id)
         assert released["status"] == "queued" and released["worker_id"] is None, released
         assert released["attempts"] == 1
-        assert "re-queued after attempt 1 of 2" in released["error"], released["error"]
+        # Not failed, so no error: why it waits again is in its progress label.
+        assert released["error"] is None, released
+        assert "re-queued after attempt 1 of 2" in json.loads(released["progress"])["label"]
 
         # A new API on the same data: its worker runs the job again, alone.
         client = make_client(start_worker=True, job_lease_seconds=LEASE)
@@ -104,7 +109,8 @@ def test_a_killed_api_hands_its_job_back_once_and_its_worker_exits(
         assert gone(second["holder_pid"])
         final = job_row(data_dir, job_id)
         assert (final["status"], final["worker_id"], final["attempts"]) == ("queued", None, 1)
-        assert final["error"] == HANDED_BACK + "its worker was stopped (SIGTERM)"
+        assert final["error"] is None, final
+        assert json.loads(final["progress"])["label"] == STOPPED
         assert model_folders(data_dir) == set()
     finally:
         kill_if_alive(first_worker)
@@ -129,7 +135,7 @@ def test_graceful_stops_never_use_up_a_jobs_attempts(
     assert worker.wait(30) == 128 + signal.SIGTERM
     row = job_row(data_dir, job_id)
     assert (row["status"], row["worker_id"], row["attempts"]) == ("queued", None, 0), row
-    assert row["error"] == HANDED_BACK + "its worker was stopped (SIGTERM)"
+    assert row["error"] is None and json.loads(row["progress"])["label"] == STOPPED, row
 
     # ... and the worker of a service that stops gracefully: the job is handed back again.
     service = make_client(start_worker=True, **limits)
@@ -137,7 +143,7 @@ def test_graceful_stops_never_use_up_a_jobs_attempts(
     service.__exit__(None, None, None)
     row = job_row(data_dir, job_id)
     assert (row["status"], row["worker_id"], row["attempts"]) == ("queued", None, 0), row
-    assert row["error"] == HANDED_BACK + "its worker was stopped (SIGTERM)"
+    assert row["error"] is None and json.loads(row["progress"])["label"] == STOPPED, row
 
     # Two hand-backs, one attempt allowed: the job still runs, to its end.
     last = spawn(["-m", "app.worker"], lease_env(data_dir, **limits), tmp_path / "w3.log")
@@ -253,7 +259,10 @@ def test_expired_leases_are_requeued_then_failed(make_client: Callable[..., Test
         job = session.get(Job, job_id)
         session.refresh(job)
         assert (job.status, job.worker_id, job.attempts) == ("queued", None, 1)
-        assert job.error == "re-queued after attempt 1 of 2: its worker stopped renewing its lease"
+        assert job.error is None
+        assert job.progress["label"] == waiting_because(
+            "re-queued after attempt 1 of 2: its worker stopped renewing its lease"
+        )
 
         assert claim_next_job(session, "worker-b", 60).attempts == 2
         # The first worker comes back: its lease is gone, nothing of it is accepted.
@@ -335,3 +344,47 @@ def test_a_stopped_workers_heartbeat_stays_gone(tmp_path: Path) -> None:
     with sessions() as session:
         assert alive_workers(session) == []
     engine.dispose()
+
+
+@pytest.mark.api
+def test_a_requeued_job_shows_no_error_while_it_waits_or_runs_again(
+    make_client: Callable[..., TestClient],
+) -> None:
+    # Issue #23 (7): a re-queued job kept its previous run's end as its error while it
+    # waited, and while it ran again; the reason belongs in its progress label.
+    from app.jobs.service import claim_next_job, reap_expired_leases, release_worker_jobs
+    from app.jobs.service import submit_job as submit
+    from app.models import Job
+
+    state = make_client(import_bundled_zoo=False).app.state.service
+    with state.sessions() as session:
+        job_id = submit(session, "finetune", {}).id
+        session.commit()
+        claim_next_job(session, "worker-a", 60)
+        job = session.get(Job, job_id)
+
+        # Lease lost: reaped, re-queued (the run counted).
+        job.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        session.commit()
+        assert reap_expired_leases(session, max_attempts=3) == (1, 0)
+        session.refresh(job)
+        assert (job.status, job.error) == ("queued", None), job.error
+        assert "re-queued after attempt 1 of 3" in job.progress["label"]
+
+        # Claimed again: still no error (the current attempt has none).
+        assert claim_next_job(session, "worker-b", 60) is not None
+        session.refresh(job)
+        assert (job.status, job.error, job.attempts) == ("running", None, 2), job.error
+
+        # Handed back by a stopped worker: queued, no error, the run not counted.
+        assert release_worker_jobs(session, "worker-b", "stopped", 3, handed_back=True) == (1, 0)
+        session.refresh(job)
+        assert (job.status, job.error, job.attempts) == ("queued", None, 1), job.error
+        assert job.progress["label"] == waiting_because(HANDED_BACK + "stopped")
+
+        # A row re-queued by an older release still carries the text: a claim clears it.
+        job.error = "re-queued after attempt 1 of 3: its worker stopped renewing its lease"
+        session.commit()
+        assert claim_next_job(session, "worker-c", 60) is not None
+        session.refresh(job)
+        assert (job.status, job.error) == ("running", None), job.error

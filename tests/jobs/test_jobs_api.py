@@ -174,11 +174,16 @@ def test_killed_worker_job_is_retried_once_then_failed_and_leaves_no_model(
     os.kill(worker_pid, signal.SIGKILL)
 
     # The supervisor re-queues the job (P2L_JOB_MAX_ATTEMPTS=2) and its new worker runs it.
-    eventually(
-        lambda: "re-queued" in (get_job(service, job["id"])["error"] or ""), what="re-queued"
+    requeued = eventually(
+        lambda: "re-queued" in (j := get_job(service, job["id"]))["progress"]["label"] and j,
+        what="re-queued",
     )
+    assert requeued["progress"]["label"].startswith(
+        "waiting for a worker (re-queued after attempt 1 of 2: the worker process died"
+    )
+    assert requeued["error"] is None  # it has not failed
     retried = wait_for_training(service, job["id"])
-    assert retried["error"].startswith("re-queued after attempt 1 of 2: the worker process died")
+    assert retried["error"] is None  # the current attempt's: none yet
     second_pid = service.app.state.service.runner.pid
     assert second_pid not in (None, worker_pid)
     os.kill(second_pid, signal.SIGKILL)

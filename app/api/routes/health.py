@@ -29,7 +29,9 @@ def health(session: SessionDep) -> JSONResponse:
         database=database,
         version=version("p2l-service"),
     )
-    return JSONResponse(body.model_dump(), status_code=status_code)
+    # Not ready: a balancer takes the replica out; a client may come back shortly.
+    headers = {"Retry-After": "5"} if status_code == 503 else None
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

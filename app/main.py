@@ -31,7 +31,7 @@ from app.config import Settings
 from app.console import routes as console
 from app.db import make_engine, migrate, session_factory
 from app.imaging.budget import configure_decode_budget
-from app.jobs.service import reap_expired_leases, sweep_unowned_artifacts
+from app.jobs.service import LeaseReaper, reap_expired_leases, sweep_unowned_artifacts
 from app.memory import Trimmer, child_malloc_env, limit_arenas
 from app.services.evaluations import sweep_evaluation_archives
 from app.services.sources import load_index
@@ -91,12 +91,13 @@ async def _supervise(
 ) -> None:
     """Replace a dead local worker promptly, reap expired leases (any worker's), sweep tmp/."""
     next_sweep = time.monotonic() + sweep_every_seconds
+    reaper = LeaseReaper(state.settings.job_lease_seconds, state.settings.job_max_attempts)
     while True:
         await asyncio.sleep(every_seconds)
         try:
             if state.runner is not None:
                 await asyncio.to_thread(state.runner.check)
-            await asyncio.to_thread(_reap, state)
+            await asyncio.to_thread(_reap, state, reaper)
             # A writer killed mid-upload (its whole service included) must not hold its
             # staging (up to the upload cap) until the next restart.
             if time.monotonic() >= next_sweep:
@@ -115,10 +116,10 @@ def _sweep_evaluations(state: ServiceState) -> None:
         sweep_evaluation_archives(session, state.store, state.settings.job_lease_seconds)
 
 
-def _reap(state: ServiceState) -> None:
+def _reap(state: ServiceState, reaper: LeaseReaper) -> None:
     """Re-queue or fail the jobs whose worker stopped renewing its lease."""
     with state.sessions() as session:
-        requeued, ended = reap_expired_leases(session, state.settings.job_max_attempts)
+        requeued, ended = reaper.reap(session)
     if requeued or ended:
         logger.warning("reaped expired job leases: %d re-queued, %d ended", requeued, ended)
 

@@ -27,10 +27,10 @@ from app.imaging.budget import configure_decode_budget
 from app.jobs.estimates import HEARTBEAT_SECONDS, device_type, forget_worker, heartbeat
 from app.jobs.kinds import JobKinds, JobRun
 from app.jobs.service import (
+    LeaseReaper,
     claim_next_job,
     finish_job,
     make_worker_id,
-    reap_expired_leases,
     release_jobs,
     release_worker_jobs,
     renew_lease,
@@ -333,7 +333,8 @@ def run_next_job(kinds: JobKinds, settings: Settings, worker_id: str) -> str | N
     device = resolve_device(settings.device)
     try:
         with Heartbeat(sessions, worker_id, "ray", device) as beat:
-            job = _next_job(sessions, settings, worker_id)
+            reaper = LeaseReaper(settings.job_lease_seconds, settings.job_max_attempts)
+            job = _next_job(sessions, settings, worker_id, reaper)
             if job is None:  # another worker took it first
                 return None
             store = make_store(settings)
@@ -367,16 +368,18 @@ def run_worker(
     stop: StopRequested | None = None
     # Its heartbeat tells the API (and estimates) that a worker is alive, idle or busy.
     beat = Heartbeat(sessions, worker_id, "local" if parent_pid else "standalone", device)
+    reaper = LeaseReaper(settings.job_lease_seconds, settings.job_max_attempts)
     try:
         with beat:
             while parent_pid is None or os.getppid() == parent_pid:
-                job = _next_job(sessions, settings, worker_id)
+                job = _next_job(sessions, settings, worker_id, reaper)
                 if job is None:
                     time.sleep(POLL_SECONDS)
                     continue
                 run_claimed_job(
                     kinds, sessions, store, device, settings, job, worker_id, parent_pid, beat
                 )
+                reaper.reached()  # a job's length is no outage: the next poll reaps
     except StopRequested as exc:
         stop = exc
         raise
@@ -394,11 +397,13 @@ def run_worker(
         engine.dispose()
 
 
-def _next_job(sessions: sessionmaker[Session], settings: Settings, worker_id: str) -> Job | None:
+def _next_job(
+    sessions: sessionmaker[Session], settings: Settings, worker_id: str, reaper: LeaseReaper
+) -> Job | None:
     """Reap expired leases (any worker's), then claim the oldest queued job."""
     try:
         with sessions() as session:
-            requeued, ended = reap_expired_leases(session, settings.job_max_attempts)
+            requeued, ended = reaper.reap(session)
             if requeued or ended:
                 logger.warning("reaped expired leases: %d re-queued, %d ended", requeued, ended)
             return claim_next_job(session, worker_id, settings.job_lease_seconds)

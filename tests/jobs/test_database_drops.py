@@ -2,6 +2,7 @@
 worker process on a real PostgreSQL, its connections terminated from a separate one, or
 the whole server stopped for a while."""
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,3 +126,40 @@ def test_a_finetune_whose_database_stays_away_is_handed_back_then_runs_again(
     assert f"job {job_id} handed back, not counted as an attempt" in log_text, log_text[-3000:]
     assert log_text.count(f"running job {job_id}") == 2
     assert ended["attempts"] == 1  # the handed-back run did not count
+
+
+def test_a_database_away_longer_than_a_lease_costs_the_job_no_attempt(
+    make_client: Callable[..., TestClient],
+    own_postgres: Postgres,
+    data_dir: Path,
+    tmp_path: Path,
+    processes: list,
+) -> None:
+    # No worker could renew its lease while the database was away: the reapers (the API's
+    # supervisor here, every second) extend the leases that expired meanwhile, not reap them.
+    lease = 4.0
+    limits = {"database_url": own_postgres.url, "job_lease_seconds": lease}
+    client = make_client(**limits)
+    target = upload_garments(client, per_class=6)
+    log = tmp_path / "worker.log"
+    worker = spawn(["-m", "app.worker"], lease_env(data_dir, **limits), log)
+    processes.append(worker)
+    job_id = start_finetune(client, target, epochs=400)
+    eventually(lambda: get_job(client, job_id)["progress"].get("epoch"), JOB_TIMEOUT, "it trains")
+
+    own_postgres.stop()
+    time.sleep(lease + 2)  # its lease expires meanwhile
+    # The worker is slower to reconnect than the API's reaper (backoff, a busy host): it is
+    # paused until well after the database is back.
+    worker.send_signal(signal.SIGSTOP)
+    try:
+        own_postgres.start()
+        time.sleep(2.5)
+    finally:
+        worker.send_signal(signal.SIGCONT)
+
+    ended = wait_for_job(client, job_id)
+    log_text = log.read_text(errors="replace")
+    assert ended["status"] == "succeeded", (ended["error"], log_text[-3000:])
+    assert ended["attempts"] == 1, log_text[-3000:]
+    assert log_text.count(f"running job {job_id}") == 1  # trained on through it, never re-run

@@ -388,3 +388,32 @@ def test_a_requeued_job_shows_no_error_while_it_waits_or_runs_again(
         assert claim_next_job(session, "worker-c", 60) is not None
         session.refresh(job)
         assert (job.status, job.error) == ("running", None), job.error
+
+
+@pytest.mark.api
+def test_the_first_reap_after_an_outage_extends_expired_leases(
+    make_client: Callable[..., TestClient],
+) -> None:
+    from app.jobs.service import LeaseReaper, claim_next_job, submit_job
+    from app.models import Job
+
+    state = make_client(import_bundled_zoo=False).app.state.service
+    reaper = LeaseReaper(lease_seconds=3, max_attempts=2)
+    with state.sessions() as session:
+        job_id = submit_job(session, "finetune", {}).id
+        claim_next_job(session, "worker-a", 60)
+        job = session.get(Job, job_id)
+        assert reaper.reap(session) == (0, 0)  # reached: the next reaps are ordinary
+        job.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        session.commit()
+        # The reaper last reached the database more than a third of a lease ago (an
+        # outage): the expired lease is extended, not reaped; the worker may renew it.
+        reaper._last_reached = time.monotonic() - 2
+        assert reaper.reap(session) == (0, 0)
+        session.refresh(job)
+        assert job.status == "running" and job.worker_id == "worker-a"
+        assert job.lease_expires_at.replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(seconds=2)
+        # A lease that expires again with the database there is reaped as ever.
+        job.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        session.commit()
+        assert reaper.reap(session) == (1, 0)

@@ -9,25 +9,31 @@ budget however many requests arrive at once, and the service never runs out of i
 
 The counters live in shared memory, with one slot per process, so the pool's workers (handed
 the budget when they start) draw from the same budget as the process that owns them; the
-bytes a killed process held are reclaimed when someone next waits.
+bytes a killed process held are reclaimed when someone next waits, and a process killed
+while it held the counters' lock gives it up a second later.
 """
 
+import logging
 import math
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from multiprocessing.context import BaseContext
 
 from app.errors import ServiceError
 
+logger = logging.getLogger("p2l")
+
 DEFAULT_BUDGET_BYTES = 256 * 1024**2
 # Processes that may hold reservations at once: the owner and its decode pool (8 at most).
 _SLOTS = 32
-# A waiter wakes at least this often to reclaim what dead processes held.
-_RECLAIM_SECONDS = 1.0
+# A decode waiting for the budget looks again this often (a decode takes 10s of ms or more).
+_POLL_SECONDS = 0.02
+# The counters' lock is held for microseconds: one not freed in this long has a dead holder.
+_LOCK_SECONDS = 1.0
 
 
 def decode_context() -> BaseContext:
@@ -58,7 +64,12 @@ class DecodeBudget:
 
     def __init__(self, total_bytes: int, wait_seconds: float | None) -> None:
         context = decode_context()
-        self._changed = context.Condition()
+        # A plain lock and polling, not a Condition: a process killed inside a Condition's
+        # wait() leaves it waiting for a wake-up that never comes, and every notify after it
+        # blocks for ever. The lock's holder is written down, so a lock whose holder died
+        # inside (a few microseconds of bookkeeping) is taken back (``_locked``).
+        self._lock = context.Lock()
+        self._lock_holder = context.RawValue("q", 0)
         self._total = context.RawValue("q", total_bytes)
         self._pids = context.RawArray("q", _SLOTS)
         self._held = context.RawArray("q", _SLOTS)
@@ -71,13 +82,12 @@ class DecodeBudget:
 
     @total_bytes.setter
     def total_bytes(self, value: int) -> None:
-        with self._changed:
+        with self._locked():
             self._total.value = value
-            self._changed.notify_all()
 
     def reserved_bytes(self) -> int:
         """Bytes reserved now, by every process."""
-        with self._changed:
+        with self._locked():
             return int(sum(self._held))
 
     @contextmanager
@@ -89,27 +99,41 @@ class DecodeBudget:
         """
         pid = os.getpid()
         started = time.monotonic()
-        with self._changed:
-            need = max(0, min(nbytes, int(self._total.value)))
-            while sum(self._held) + need > self._total.value:
-                self._reclaim_dead()
+        while True:
+            with self._locked():
+                need = max(0, min(nbytes, int(self._total.value)))
+                if sum(self._held) + need > self._total.value:
+                    self._reclaim_dead()
                 if sum(self._held) + need <= self._total.value:
+                    slot = self._slot(pid)
+                    self._held[slot] += need
                     break
-                timeout = _RECLAIM_SECONDS
-                if self.wait_seconds is not None:
-                    left = started + self.wait_seconds - time.monotonic()
-                    if left <= 0:
-                        raise self._busy(nbytes)
-                    timeout = min(timeout, left)
-                self._changed.wait(timeout)
-            slot = self._slot(pid)
-            self._held[slot] += need
+            if self.wait_seconds is not None and time.monotonic() - started >= self.wait_seconds:
+                raise self._busy(nbytes)
+            time.sleep(_POLL_SECONDS)
         try:
             yield
         finally:
-            with self._changed:
+            with self._locked():
                 self._held[slot] -= need
-                self._changed.notify_all()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The counters' lock; taken back from a holder that died holding it."""
+        while not self._lock.acquire(timeout=_LOCK_SECONDS):
+            holder = self._lock_holder.value
+            if holder and process_alive(holder):
+                continue
+            # Dead inside, or never got to write its pid (a second to do it in): free it.
+            logger.warning("decode budget: taking back the lock of dead process %d", holder)
+            with suppress(ValueError):  # another waiter freed it first
+                self._lock.release()
+        self._lock_holder.value = os.getpid()
+        try:
+            yield
+        finally:
+            self._lock_holder.value = 0
+            self._lock.release()
 
     def _busy(self, nbytes: int) -> DecodeBusy:
         retry = max(1, math.ceil(self.wait_seconds or 1))

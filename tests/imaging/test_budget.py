@@ -83,3 +83,35 @@ def test_other_processes_share_it_and_a_killed_holder_gives_its_share_back() -> 
             assert budget.reserved_bytes() == 50 * MIB
     finally:
         other.kill()
+
+
+def _die_holding_the_lock(budget: DecodeBudget) -> None:
+    with budget._locked():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for_the_budget(budget: DecodeBudget, waiting: Event) -> None:
+    waiting.set()
+    with budget.reserve(50 * MIB):
+        pass
+
+
+def test_processes_killed_waiting_or_inside_the_lock_stop_no_one() -> None:
+    # The pool kills its other workers when one dies: some were waiting for the budget.
+    budget = DecodeBudget(100 * MIB, wait_seconds=5)
+    context = decode_context()
+    with budget.reserve(80 * MIB):
+        waiting = context.Event()
+        waiter = context.Process(target=_wait_for_the_budget, args=(budget, waiting))
+        waiter.start()
+        assert waiting.wait(30)
+        time.sleep(0.2)
+        os.kill(waiter.pid or 0, signal.SIGKILL)
+        waiter.join(10)
+    dying = context.Process(target=_die_holding_the_lock, args=(budget,))
+    dying.start()
+    dying.join(10)
+    started = time.monotonic()
+    with budget.reserve(100 * MIB):  # the whole budget: nothing was left reserved
+        assert budget.reserved_bytes() == 100 * MIB
+    assert time.monotonic() - started < 5

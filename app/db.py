@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -103,19 +103,37 @@ def rows_matched(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
+# SQLSTATEs of a lost or refused connection: class 08 (connection exception), and a server
+# shutting down or starting (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03
+# cannot_connect_now).
+_CONNECTION_SQLSTATES = ("57P01", "57P02", "57P03")
+# SQLite's transient errors: another writer holds the database for longer than the timeout.
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+
 def is_transient(exc: BaseException) -> bool:
     """A database error that a fresh connection may not meet again: the connection was
     dropped (the server restarted, a backend was terminated) or could not be made, or the
-    database was busy. Not a constraint, a bad value, or a bug in a statement."""
+    database was busy. Not a constraint, a bad value, a missing table, a full disk, a
+    timeout or deadlock of a statement, or a bug in one: retried, those fail the same way."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, OperationalError | InterfaceError)
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    original = exc.orig
+    if type(original).__module__ == "sqlite3":
+        return any(words in str(original) for words in _SQLITE_BUSY)
+    sqlstate = getattr(original, "sqlstate", None)
+    if sqlstate:  # the server answered with a reason
+        return sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES
+    # No SQLSTATE: the client could not reach the server or lost it (refused, reset, closed).
+    return True
 
 
 def user_error_text(exc: BaseException) -> str | None:
     """What a user may read of a database error (never its SQL); None if ``exc`` is not
     one. The caller logs the error itself."""
-    if not isinstance(exc, StatementError):  # DBAPIError and the others that quote SQL
+    if not isinstance(exc, SQLAlchemyError):  # its text may quote SQL and values
         return None
     return DATABASE_UNAVAILABLE if is_transient(exc) else DATABASE_FAILED
 

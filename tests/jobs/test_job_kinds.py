@@ -5,10 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import BaseModel
+from sqlalchemy import text
 
 from app.config import Settings
-from app.db import make_engine, migrate, session_factory
+from app.db import DATABASE_FAILED, make_engine, migrate, session_factory
 from app.finetune.options import FinetuneOptions
+from app.jobs.kinds import JobKind, JobRun
 from app.jobs.service import claim_next_job, submit_job
 from app.jobs.worker import Lease, run_job
 from app.models import Job, JobStatus
@@ -75,4 +78,37 @@ def test_a_job_no_kind_can_run_ends_failed_with_the_reason(
         assert ended is not None and ended.status == JobStatus.FAILED
         assert ended.error is not None and ended.error.startswith(reason), ended.error
         assert ended.progress["phase"] == "failed"
+    engine.dispose()
+
+
+class NoParams(BaseModel):
+    pass
+
+
+def query_a_missing_table(run: JobRun[NoParams]) -> None:
+    with run.sessions() as session:
+        session.execute(text("SELECT secret FROM no_such_table"))
+
+
+def test_a_job_whose_query_fails_fails_it_is_not_handed_back_for_ever(tmp_path: Path) -> None:
+    # A missing table is a database error (OperationalError on SQLite) but no lost
+    # connection: retried it fails the same, so the job fails, its error free of SQL.
+    kinds = {"broken": JobKind("broken", NoParams, query_a_missing_table)}
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", start_worker=False)
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        job_id = submit_job(session, "broken", {}).id
+        session.commit()
+        job = claim_next_job(session, "worker-k", settings.job_lease_seconds)
+    assert job is not None
+    with Lease(sessions, settings, job.id, "worker-k") as lease:
+        run_job(kinds, sessions, make_store(settings), torch.device("cpu"), job, lease)
+    with sessions() as session:
+        ended = session.get(Job, job_id)
+        assert ended is not None and ended.status == JobStatus.FAILED, ended.progress
+        assert ended.attempts == 1
+        assert ended.error == DATABASE_FAILED
     engine.dispose()

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api.deps import ReadAccess, ServiceState, key_check
+from app.api.deps import ReadAccess, ServiceState, route_rules
 from app.api.examples import add_examples
 from app.api.limits import RequestLimits
 from app.api.problems import DEFAULT_PROBLEMS, RetryDroppedReads, add_problem_handlers
@@ -190,7 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RetryDroppedReads)
     app.add_middleware(
         RequestLimits,
-        key_check=key_check(app, settings),
+        route_rules=route_rules(app, settings),
         max_upload_bytes=settings.max_upload_bytes,
         max_json_bytes=settings.max_json_bytes,
         body_timeout_seconds=settings.body_timeout_seconds,

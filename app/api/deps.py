@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.routing import compile_path
 from starlette.types import Scope
 
-from app.api.limits import KeyCheck
+from app.api.limits import UPLOAD_TYPES, RouteRules
 from app.api.problems import problem_responses
 from app.api.streams import SnapshotCache, StreamSlots, read_job_snapshot
 from app.config import Settings
@@ -141,29 +141,36 @@ def get_context(request: Request, state: StateDep, session: SessionDep) -> Conte
 ContextDep = Annotated[Context, Depends(get_context)]
 
 
-def key_check(app: FastAPI, settings: Settings) -> KeyCheck:
-    """The check ``RequestLimits`` makes from the headers, before any body is read: an
-    operation the OpenAPI document marks as secured (``ApiKeyRequired``, or ``ReadAccess``
-    on a closed service) needs one of the service's keys."""
-    if not settings.api_keys:
-        return lambda scope: None
-    secured: list[tuple[re.Pattern[str], str]] = []
+def route_rules(app: FastAPI, settings: Settings) -> RouteRules:
+    """What ``RequestLimits`` needs to know of the operation a request reaches, read from
+    the OpenAPI document: whether it takes an upload (a multipart or binary body: the upload
+    cap; every other body gets the JSON cap, whatever its Content-Type says), and whether
+    it needs a key (secured: ``ApiKeyRequired``, or ``ReadAccess`` on a closed service)."""
+    operations: list[tuple[re.Pattern[str], str, bool, bool]] = []
 
-    def check(scope: Scope) -> str | None:
-        if not secured:  # every route is in place by the first request
-            for template, operations in app.openapi()["paths"].items():
+    def rules(scope: Scope) -> tuple[bool, str | None]:
+        if not operations:  # every route is in place by the first request
+            for template, by_method in app.openapi()["paths"].items():
                 pattern = compile_path(template)[0]
-                secured.extend(
-                    (pattern, method.upper())
-                    for method, operation in operations.items()
-                    if operation.get("security")
-                )
-        method, path = scope["method"], scope["path"]
-        if any(verb == method and pattern.match(path) for pattern, verb in secured):
-            return key_refusal(settings, Headers(scope=scope).get(_api_key_header.model.name))
-        return None
+                for method, operation in by_method.items():
+                    content = operation.get("requestBody", {}).get("content", {})
+                    upload = any(kind.startswith(UPLOAD_TYPES) for kind in content)
+                    secured = bool(settings.api_keys and operation.get("security"))
+                    operations.append((pattern, method.upper(), upload, secured))
+        # Routes match the path below the root path (behind a proxy's prefix), as Starlette's.
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        for pattern, method, upload, secured in operations:
+            if method == scope["method"] and pattern.match(path):
+                refusal = None
+                if secured:
+                    offered = Headers(scope=scope).get(_api_key_header.model.name)
+                    refusal = key_refusal(settings, offered)
+                return upload, refusal
+        return False, None
 
-    return check
+    return rules
 
 
 # Needs a key whenever keys are set: every POST and DELETE, and the GETs that compute on

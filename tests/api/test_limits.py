@@ -40,6 +40,7 @@ def call(
     path: str,
     headers: dict[str, str],
     body: list[bytes | float],
+    root_path: str = "",
 ) -> Answer:
     """Call the ASGI app as a server would, feeding the body chunk by chunk (a float in
     ``body``: a pause of that many seconds before the next chunk)."""
@@ -69,7 +70,7 @@ def call(
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "root_path": "",
+        "root_path": root_path,
         "query_string": b"",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 50000),
@@ -105,6 +106,10 @@ def test_a_route_that_needs_a_key_refuses_it_before_reading_a_byte_of_the_body(
     refused = call(client, "POST", "/v1/datasets", upload, [b"--x\r\n" + b"y" * MIB] * 50)
     assert refused.status == 401 and refused.chunks_read == 0
     assert "invalid" in refused.problem()["detail"]
+    # Behind a proxy's prefix (uvicorn --root-path) the same routes need the same key.
+    prefixed = {**big_json}
+    refused = call(client, "POST", "/p2l/v1/rankings", prefixed, [b"x"], root_path="/p2l")
+    assert refused.status == 401 and refused.chunks_read == 0
     # A good key goes through to the route; open reads need none.
     ranked = client.post("/v1/rankings", json={}, headers={"X-API-Key": "alpha-key"})
     assert ranked.status_code == 422
@@ -132,6 +137,11 @@ def test_json_bodies_have_a_cap_of_their_own(make_client: Callable[..., TestClie
         client, "POST", "/v1/rankings", {"content-type": "application/json"}, [b"x" * 3000] * 5
     )
     assert streamed.status == 413 and streamed.chunks_read == 2
+    assert streamed.headers["connection"] == "close"
+    # The route decides, not the Content-Type the client claims.
+    disguised = {"content-type": "multipart/form-data; boundary=x"}
+    claimed = call(client, "POST", "/v1/rankings", disguised, [b"x" * 3000] * 5)
+    assert claimed.status == 413 and claimed.chunks_read == 2
     # Uploads keep the upload cap.
     created = client.post("/v1/datasets", files={"file": ("d.zip", archive)})
     assert created.status_code == 201, created.text
@@ -141,7 +151,7 @@ def test_a_body_that_trickles_in_past_the_deadline_ends_408(
     make_client: Callable[..., TestClient],
 ) -> None:
     client = make_client(body_timeout_seconds=0.5)
-    json_body = {"content-type": "application/json"}
+    json_body = {"content-type": "application/json", "transfer-encoding": "chunked"}
     slow = call(client, "POST", "/v1/rankings", json_body, [b'{"target', 0.3, b"_dat", 0.4, b"a"])
     assert slow.status == 408
     assert "P2L_BODY_TIMEOUT_SECONDS" in slow.problem()["detail"]

@@ -29,7 +29,7 @@ from app.api.routes import (
 )
 from app.config import Settings
 from app.console import routes as console
-from app.db import make_engine, migrate, session_factory
+from app.db import is_transient, make_engine, migrate, session_factory, user_error_text
 from app.imaging.budget import configure_decode_budget
 from app.jobs.service import LeaseReaper, reap_expired_leases, sweep_unowned_artifacts
 from app.memory import Trimmer, child_malloc_env, limit_arenas
@@ -106,8 +106,12 @@ async def _supervise(
                     logger.warning("removed %d tmp/ entries of dead or stale writers", removed)
                 # The images of an evaluation job that failed or was cancelled.
                 await asyncio.to_thread(_sweep_evaluations, state)
-        except Exception:  # the supervisor must outlive any one failure
-            logger.exception("job supervisor check failed")
+        except Exception as exc:  # the supervisor must outlive any one failure
+            if is_transient(exc):  # the database is away: leases may expire meanwhile
+                reaper.unreachable()
+                logger.warning("job supervisor: %s", user_error_text(exc))
+            else:
+                logger.exception("job supervisor check failed")
 
 
 def _sweep_evaluations(state: ServiceState) -> None:

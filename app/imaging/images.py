@@ -21,6 +21,8 @@ Image.MAX_IMAGE_PIXELS = 100_000_000
 
 # Downscales by more than this factor first average whole pixel blocks (fast, and no aliasing).
 _REDUCING_GAP = 2.0
+# Full-size buffers a format's decoder holds at once, where it is more than one.
+_DECODER_BUFFERS = {"WEBP": 4}
 # Source pixels converted and reduced at a time (4 MB in RGBA): the only copies of a large
 # image's pixels besides the decoder's own buffer.
 STRIP_PIXELS = 1_000_000
@@ -84,7 +86,8 @@ def _opened(source: bytes | Path, max_pixels: int) -> Iterator[Image.Image]:
 
 
 def decoded_bytes(image: Image.Image) -> int:
-    """Bytes of the buffer Pillow decodes ``image`` into (RGB is stored as 4 bytes a pixel)."""
+    """Bytes of the buffers Pillow decodes ``image`` into (RGB is stored as 4 bytes a pixel;
+    WebP's decoder holds its canvas, a frame and two copies: four buffers, measured)."""
     width, height = image.size
     if image.mode in ("1", "L", "P"):
         per_pixel = 1
@@ -92,7 +95,7 @@ def decoded_bytes(image: Image.Image) -> int:
         per_pixel = 2
     else:
         per_pixel = 4
-    return width * height * per_pixel
+    return width * height * per_pixel * _DECODER_BUFFERS.get(image.format or "", 1)
 
 
 @contextmanager

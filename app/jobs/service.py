@@ -296,38 +296,37 @@ def extend_running_leases(session: Session, lease_seconds: float) -> int:
 
 
 class LeaseReaper:
-    """Reaps expired leases (``reap_expired_leases``), except right after its own outage.
+    """Reaps expired leases (``reap_expired_leases``), except right after an outage.
 
     While the database is away no worker can renew its lease either, so leases that expired
-    meanwhile say nothing about the workers. The first reap after this reaper could not
-    reach the database for a third of a lease (the renewals' interval) instead gives every
-    running job one lease more: a worker that trained on through the outage renews it, and
-    its run is not counted as an attempt; a worker that really died is reaped a lease later.
+    meanwhile say nothing about the workers. A reaper told its reaps could not reach the
+    database (``unreachable``) for a third of a lease (the renewals' interval) gives every
+    running job one lease more at its first reap that can: a worker that trained on through
+    the outage renews it, and its run is not counted as an attempt; a worker that really
+    died is reaped a lease later.
     """
 
     def __init__(self, lease_seconds: float, max_attempts: int) -> None:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
-        self._last_reached: float | None = None  # monotonic time of the last reap that ran
+        self._unreachable_since: float | None = None  # monotonic time of the first failure
 
-    def reached(self) -> None:
-        """Note that the database answered just now (elsewhere than in ``reap``)."""
-        self._last_reached = time.monotonic()
+    def unreachable(self) -> None:
+        """Note that a reap (or what came with it) could not reach the database."""
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
 
     def reap(self, session: Session) -> tuple[int, int]:
-        """(re-queued, ended), as ``reap_expired_leases``; (0, 0) after an outage."""
-        now = time.monotonic()
-        cut_off = (
-            self._last_reached is not None and now - self._last_reached > self.lease_seconds / 3
-        )
-        if cut_off:
+        """(re-queued, ended), as ``reap_expired_leases``; (0, 0) right after an outage."""
+        since = self._unreachable_since
+        if since is not None and time.monotonic() - since >= self.lease_seconds / 3:
             if extended := extend_running_leases(session, self.lease_seconds):
                 logger.warning("database reached again: %d running lease(s) extended, not "
                                "reaped", extended)  # fmt: skip
             result = (0, 0)
         else:
             result = reap_expired_leases(session, self.max_attempts)
-        self.reached()
+        self._unreachable_since = None
         return result
 
 

@@ -379,7 +379,6 @@ def run_worker(
                 run_claimed_job(
                     kinds, sessions, store, device, settings, job, worker_id, parent_pid, beat
                 )
-                reaper.reached()  # a job's length is no outage: the next poll reaps
     except StopRequested as exc:
         stop = exc
         raise
@@ -407,8 +406,12 @@ def _next_job(
             if requeued or ended:
                 logger.warning("reaped expired leases: %d re-queued, %d ended", requeued, ended)
             return claim_next_job(session, worker_id, settings.job_lease_seconds)
-    except Exception:  # the database is briefly unreachable: poll again later
-        logger.exception("could not poll for jobs")
+    except Exception as exc:  # the database is briefly unreachable: poll again later
+        if is_transient(exc):
+            reaper.unreachable()
+            logger.warning("could not poll for jobs: %s", user_error_text(exc))
+        else:
+            logger.exception("could not poll for jobs")
         return None
 
 

@@ -1,6 +1,7 @@
 """The decode memory budget: decodes wait while it is taken, requests give up with a 503 after
 their wait, and a process that dies holding part of it gives that part back."""
 
+import io
 import os
 import signal
 import threading
@@ -8,8 +9,10 @@ import time
 from multiprocessing.synchronize import Event
 
 import pytest
+from PIL import Image
 
 from app.imaging.budget import DecodeBudget, DecodeBusy, decode_context
+from app.imaging.images import decoded_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -115,3 +118,11 @@ def test_processes_killed_waiting_or_inside_the_lock_stop_no_one() -> None:
     with budget.reserve(100 * MIB):  # the whole budget: nothing was left reserved
         assert budget.reserved_bytes() == 100 * MIB
     assert time.monotonic() - started < 5
+
+
+def test_a_webp_reserves_the_four_buffers_its_decoder_holds() -> None:
+    image = Image.new("RGB", (300, 200))
+    for fmt, buffers in (("PNG", 1), ("WEBP", 4)):
+        data = io.BytesIO()
+        image.save(data, fmt)
+        assert decoded_bytes(Image.open(data)) == 300 * 200 * 4 * buffers

@@ -391,29 +391,33 @@ def test_a_requeued_job_shows_no_error_while_it_waits_or_runs_again(
 
 
 @pytest.mark.api
-def test_the_first_reap_after_an_outage_extends_expired_leases(
-    make_client: Callable[..., TestClient],
-) -> None:
+def test_the_first_reap_after_an_outage_extends_expired_leases(tmp_path: Path) -> None:
+    from app.db import make_engine, migrate, session_factory
     from app.jobs.service import LeaseReaper, claim_next_job, submit_job
     from app.models import Job
 
-    state = make_client(import_bundled_zoo=False).app.state.service
+    # A database of its own: no service's supervisor reaps behind the test's back.
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    migrate(engine)
     reaper = LeaseReaper(lease_seconds=3, max_attempts=2)
-    with state.sessions() as session:
+    with session_factory(engine)() as session:
         job_id = submit_job(session, "finetune", {}).id
         claim_next_job(session, "worker-a", 60)
         job = session.get(Job, job_id)
-        assert reaper.reap(session) == (0, 0)  # reached: the next reaps are ordinary
+        assert reaper.reap(session) == (0, 0)  # a live lease stays
         job.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
         session.commit()
-        # The reaper last reached the database more than a third of a lease ago (an
-        # outage): the expired lease is extended, not reaped; the worker may renew it.
-        reaper._last_reached = time.monotonic() - 2
+        # Reaps failed for more than a third of a lease (an outage): the lease that expired
+        # meanwhile is extended, not reaped; its worker may renew it.
+        reaper.unreachable()
+        time.sleep(1.1)
         assert reaper.reap(session) == (0, 0)
         session.refresh(job)
         assert job.status == "running" and job.worker_id == "worker-a"
         assert job.lease_expires_at.replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(seconds=2)
-        # A lease that expires again with the database there is reaped as ever.
+        # After a failure too brief to matter, an expired lease is reaped as ever.
         job.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
         session.commit()
+        reaper.unreachable()
         assert reaper.reap(session) == (1, 0)
+    engine.dispose()

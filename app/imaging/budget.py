@@ -9,31 +9,30 @@ budget however many requests arrive at once, and the service never runs out of i
 
 The counters live in shared memory, with one slot per process, so the pool's workers (handed
 the budget when they start) draw from the same budget as the process that owns them; the
-bytes a killed process held are reclaimed when someone next waits, and a process killed
-while it held the counters' lock gives it up a second later.
+bytes a killed process held are reclaimed when someone next waits, and the counters' lock
+is one the kernel releases when its holder dies.
 """
 
-import logging
+import fcntl
 import math
 import multiprocessing
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
+from multiprocessing.reduction import DupFd
+from typing import IO, Any
 
 from app.errors import ServiceError
-
-logger = logging.getLogger("p2l")
 
 DEFAULT_BUDGET_BYTES = 256 * 1024**2
 # Processes that may hold reservations at once: the owner and its decode pool (8 at most).
 _SLOTS = 32
 # A decode waiting for the budget looks again this often (a decode takes 10s of ms or more).
 _POLL_SECONDS = 0.02
-# The counters' lock is held for microseconds: one not freed in this long has a dead holder.
-_LOCK_SECONDS = 1.0
 
 
 def decode_context() -> BaseContext:
@@ -64,12 +63,12 @@ class DecodeBudget:
 
     def __init__(self, total_bytes: int, wait_seconds: float | None) -> None:
         context = decode_context()
-        # A plain lock and polling, not a Condition: a process killed inside a Condition's
-        # wait() leaves it waiting for a wake-up that never comes, and every notify after it
-        # blocks for ever. The lock's holder is written down, so a lock whose holder died
-        # inside (a few microseconds of bookkeeping) is taken back (``_locked``).
-        self._lock = context.Lock()
-        self._lock_holder = context.RawValue("q", 0)
+        # The counters' lock is a POSIX record lock on an unnamed file, which the kernel
+        # releases when its holder dies, whatever it was doing; a semaphore (or a
+        # Condition's wait) would stay taken for ever by a process killed inside. Record
+        # locks belong to a process: its threads take a lock of their own first.
+        self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (lives with the budget)
+        self._threads = threading.Lock()
         self._total = context.RawValue("q", total_bytes)
         self._pids = context.RawArray("q", _SLOTS)
         self._held = context.RawArray("q", _SLOTS)
@@ -119,21 +118,26 @@ class DecodeBudget:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """The counters' lock; taken back from a holder that died holding it."""
-        while not self._lock.acquire(timeout=_LOCK_SECONDS):
-            holder = self._lock_holder.value
-            if holder and process_alive(holder):
-                continue
-            # Dead inside, or never got to write its pid (a second to do it in): free it.
-            logger.warning("decode budget: taking back the lock of dead process %d", holder)
-            with suppress(ValueError):  # another waiter freed it first
-                self._lock.release()
-        self._lock_holder.value = os.getpid()
-        try:
-            yield
-        finally:
-            self._lock_holder.value = 0
-            self._lock.release()
+        """The counters' lock, held for microseconds: one thread of one process at a time."""
+        with self._threads:
+            fcntl.lockf(self._file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._file, fcntl.LOCK_UN)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled only to start a process (a decode-pool worker): the file travels as a
+        # duplicate of its descriptor, the counters as shared memory.
+        state = self.__dict__.copy()
+        state["_file"] = DupFd(self._file.fileno())
+        del state["_threads"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._file = os.fdopen(state["_file"].detach(), "r+b")
+        self._threads = threading.Lock()
 
     def _busy(self, nbytes: int) -> DecodeBusy:
         retry = max(1, math.ceil(self.wait_seconds or 1))

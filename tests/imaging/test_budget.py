@@ -100,6 +100,7 @@ def _wait_for_the_budget(budget: DecodeBudget, waiting: Event) -> None:
 
 
 def test_processes_killed_waiting_or_inside_the_lock_stop_no_one() -> None:
+    # A lock the kernel releases when its holder dies: not a semaphore, nor a Condition.
     # The pool kills its other workers when one dies: some were waiting for the budget.
     budget = DecodeBudget(100 * MIB, wait_seconds=5)
     context = decode_context()

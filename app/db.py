@@ -103,10 +103,12 @@ def rows_matched(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-# SQLSTATEs of a lost or refused connection: class 08 (connection exception), and a server
-# shutting down or starting (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03
-# cannot_connect_now).
-_CONNECTION_SQLSTATES = ("57P01", "57P02", "57P03")
+# SQLSTATEs worth a new try, besides class 08 (connection exception): a server shutting down
+# or starting (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now), a
+# session ended for idling (57P05, 25P03), and a transaction that lost a race and is meant
+# to be run again (40001 serialization_failure, 40P01 deadlock_detected, 55P03
+# lock_not_available).
+_RETRY_SQLSTATES = ("57P01", "57P02", "57P03", "57P05", "25P03", "40001", "40P01", "55P03")
 # SQLite's transient errors: another writer holds the database for longer than the timeout.
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
 
@@ -125,8 +127,9 @@ def is_transient(exc: BaseException) -> bool:
         return any(words in str(original) for words in _SQLITE_BUSY)
     sqlstate = getattr(original, "sqlstate", None)
     if sqlstate:  # the server answered with a reason
-        return sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES
-    # No SQLSTATE: the client could not reach the server or lost it (refused, reset, closed).
+        return sqlstate.startswith("08") or sqlstate in _RETRY_SQLSTATES
+    # No SQLSTATE: the client could not reach the server or lost it (refused, reset, closed;
+    # also a refused login or a missing database, which only an operator fixes).
     return True
 
 

@@ -95,9 +95,11 @@ async def _supervise(
     while True:
         await asyncio.sleep(every_seconds)
         try:
+            # Reap first: after an outage its extension of the leases must come before the
+            # runner starts anything that could look at them.
+            await asyncio.to_thread(_reap, state, reaper)
             if state.runner is not None:
                 await asyncio.to_thread(state.runner.check)
-            await asyncio.to_thread(_reap, state, reaper)
             # A writer killed mid-upload (its whole service included) must not hold its
             # staging (up to the upload cap) until the next restart.
             if time.monotonic() >= next_sweep:

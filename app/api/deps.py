@@ -13,7 +13,7 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import Headers
-from starlette.routing import compile_path
+from starlette.routing import compile_path, get_route_path
 from starlette.types import Scope
 
 from app.api.limits import UPLOAD_TYPES, RouteRules
@@ -157,10 +157,7 @@ def route_rules(app: FastAPI, settings: Settings) -> RouteRules:
                     upload = any(kind.startswith(UPLOAD_TYPES) for kind in content)
                     secured = bool(settings.api_keys and operation.get("security"))
                     operations.append((pattern, method.upper(), upload, secured))
-        # Routes match the path below the root path (behind a proxy's prefix), as Starlette's.
-        path, root = scope["path"], scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
+        path = get_route_path(scope)  # below the root path (a proxy's prefix), as routes see it
         for pattern, method, upload, secured in operations:
             if method == scope["method"] and pattern.match(path):
                 refusal = None

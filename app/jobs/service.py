@@ -309,16 +309,19 @@ class LeaseReaper:
     def __init__(self, lease_seconds: float, max_attempts: int) -> None:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
-        self._unreachable_since: float | None = None  # monotonic time of the first failure
+        self._last_reached: float | None = None  # monotonic time of the last reap
+        # Since when the database has been away: from the last reap before the first failure
+        # (a hung connection fails late), or that failure if none came before it.
+        self._away_since: float | None = None
 
     def unreachable(self) -> None:
         """Note that a reap (or what came with it) could not reach the database."""
-        if self._unreachable_since is None:
-            self._unreachable_since = time.monotonic()
+        if self._away_since is None:
+            self._away_since = self._last_reached or time.monotonic()
 
     def reap(self, session: Session) -> tuple[int, int]:
         """(re-queued, ended), as ``reap_expired_leases``; (0, 0) right after an outage."""
-        since = self._unreachable_since
+        since = self._away_since
         if since is not None and time.monotonic() - since >= self.lease_seconds / 3:
             if extended := extend_running_leases(session, self.lease_seconds):
                 logger.warning("database reached again: %d running lease(s) extended, not "
@@ -326,7 +329,8 @@ class LeaseReaper:
             result = (0, 0)
         else:
             result = reap_expired_leases(session, self.max_attempts)
-        self._unreachable_since = None
+        self._away_since = None
+        self._last_reached = time.monotonic()
         return result
 
 

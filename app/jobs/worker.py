@@ -333,8 +333,9 @@ def run_next_job(kinds: JobKinds, settings: Settings, worker_id: str) -> str | N
     device = resolve_device(settings.device)
     try:
         with Heartbeat(sessions, worker_id, "ray", device) as beat:
-            reaper = LeaseReaper(settings.job_lease_seconds, settings.job_max_attempts)
-            job = _next_job(sessions, settings, worker_id, reaper)
+            # No reaping here: a task's reaper would not have seen an outage (the API's
+            # supervisor reaps, and extends the leases that expired during one).
+            job = _next_job(sessions, settings, worker_id, reaper=None)
             if job is None:  # another worker took it first
                 return None
             store = make_store(settings)
@@ -397,18 +398,25 @@ def run_worker(
 
 
 def _next_job(
-    sessions: sessionmaker[Session], settings: Settings, worker_id: str, reaper: LeaseReaper
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    worker_id: str,
+    reaper: LeaseReaper | None,
 ) -> Job | None:
-    """Reap expired leases (any worker's), then claim the oldest queued job."""
+    """Reap expired leases (any worker's, with a ``reaper``), then claim the oldest queued
+    job."""
     try:
         with sessions() as session:
-            requeued, ended = reaper.reap(session)
-            if requeued or ended:
-                logger.warning("reaped expired leases: %d re-queued, %d ended", requeued, ended)
+            if reaper is not None:
+                requeued, ended = reaper.reap(session)
+                if requeued or ended:
+                    logger.warning("reaped expired leases: %d re-queued, %d ended",
+                                   requeued, ended)  # fmt: skip
             return claim_next_job(session, worker_id, settings.job_lease_seconds)
     except Exception as exc:  # the database is briefly unreachable: poll again later
         if is_transient(exc):
-            reaper.unreachable()
+            if reaper is not None:
+                reaper.unreachable()
             logger.warning("could not poll for jobs: %s", user_error_text(exc))
         else:
             logger.exception("could not poll for jobs")

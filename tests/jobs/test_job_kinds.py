@@ -11,7 +11,7 @@ from sqlalchemy import text
 from app.config import Settings
 from app.db import DATABASE_FAILED, make_engine, migrate, session_factory
 from app.finetune.options import FinetuneOptions
-from app.jobs.kinds import JobKind, JobRun
+from app.jobs.kinds import JobKind, JobKinds, JobRun
 from app.jobs.service import claim_next_job, submit_job
 from app.jobs.worker import Lease, run_job
 from app.models import Job, JobStatus
@@ -60,25 +60,11 @@ def test_finetune_params_are_stored_as_json_and_read_back_the_same() -> None:
 def test_a_job_no_kind_can_run_ends_failed_with_the_reason(
     tmp_path: Path, kind: str, params: dict, reason: str
 ) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data", start_worker=False)
-    settings.data_dir.mkdir(parents=True)
-    engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    with sessions() as session:
-        job_id = submit_job(session, kind, params).id
-        session.commit()
-        job = claim_next_job(session, "worker-k", settings.job_lease_seconds)
-    assert job is not None and job.id == job_id
-    with Lease(sessions, settings, job.id, "worker-k") as lease:
-        run = run_job(JOB_KINDS, sessions, make_store(settings), torch.device("cpu"), job, lease)
+    run, ended = run_one_job(tmp_path, JOB_KINDS, kind, params)
     assert run is None  # it never reached a handler
-    with sessions() as session:
-        ended = session.get(Job, job_id)
-        assert ended is not None and ended.status == JobStatus.FAILED
-        assert ended.error is not None and ended.error.startswith(reason), ended.error
-        assert ended.progress["phase"] == "failed"
-    engine.dispose()
+    assert ended.status == JobStatus.FAILED
+    assert ended.error is not None and ended.error.startswith(reason), ended.error
+    assert ended.progress["phase"] == "failed"
 
 
 class NoParams(BaseModel):
@@ -94,21 +80,31 @@ def test_a_job_whose_query_fails_fails_it_is_not_handed_back_for_ever(tmp_path: 
     # A missing table is a database error (OperationalError on SQLite) but no lost
     # connection: retried it fails the same, so the job fails, its error free of SQL.
     kinds = {"broken": JobKind("broken", NoParams, query_a_missing_table)}
+    _, ended = run_one_job(tmp_path, kinds, "broken", {})
+    assert ended.status == JobStatus.FAILED, ended.progress
+    assert ended.attempts == 1
+    assert ended.error == DATABASE_FAILED
+
+
+def run_one_job(
+    tmp_path: Path, kinds: JobKinds, kind: str, params: dict
+) -> tuple[JobRun | None, Job]:
+    """Submit a job, claim it and run it as a worker does, over a fresh SQLite database;
+    what ``run_job`` returned, and the job's row once it ended."""
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", start_worker=False)
     settings.data_dir.mkdir(parents=True)
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     sessions = session_factory(engine)
     with sessions() as session:
-        job_id = submit_job(session, "broken", {}).id
+        job_id = submit_job(session, kind, params).id
         session.commit()
         job = claim_next_job(session, "worker-k", settings.job_lease_seconds)
-    assert job is not None
+    assert job is not None and job.id == job_id
     with Lease(sessions, settings, job.id, "worker-k") as lease:
-        run_job(kinds, sessions, make_store(settings), torch.device("cpu"), job, lease)
+        run = run_job(kinds, sessions, make_store(settings), torch.device("cpu"), job, lease)
     with sessions() as session:
         ended = session.get(Job, job_id)
-        assert ended is not None and ended.status == JobStatus.FAILED, ended.progress
-        assert ended.attempts == 1
-        assert ended.error == DATABASE_FAILED
     engine.dispose()
+    assert ended is not None
+    return run, ended

@@ -128,10 +128,10 @@ class Settings(BaseSettings):
 
     # Upload limits
     max_upload_bytes: int = Field(
-        512 * 1024**2, ge=1, description="Request body cap of uploads (multipart, octet-stream)."
+        512 * 1024**2, ge=1, description="Request body cap of the upload routes (multipart bodies)."
     )
     max_json_bytes: int = Field(
-        1024**2, ge=1, description="Request body cap of every other body (JSON)."
+        1024**2, ge=1, description="Request body cap of every other route (JSON bodies)."
     )
     body_timeout_seconds: float = Field(
         300.0,

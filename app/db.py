@@ -24,6 +24,8 @@ T = TypeVar("T")
 # What users read instead of a database error's text (which may quote SQL and values).
 DATABASE_UNAVAILABLE = "the database is unavailable (connection lost or refused)"
 DATABASE_FAILED = "a database error occurred; the server log has the details"
+# A 503 for an unreachable database (a request's, or readiness) asks to come back this soon.
+DATABASE_RETRY_AFTER_SECONDS = 5
 # A PostgreSQL connection that cannot be made in this long fails (default: wait forever).
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -114,10 +116,11 @@ _SQLITE_BUSY = ("database is locked", "database table is locked", "database is b
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A database error that a fresh connection may not meet again: the connection was
-    dropped (the server restarted, a backend was terminated) or could not be made, or the
-    database was busy. Not a constraint, a bad value, a missing table, a full disk, a
-    timeout or deadlock of a statement, or a bug in one: retried, those fail the same way."""
+    """A database error that a new try may not meet again: the connection was dropped (the
+    server restarted, a backend was terminated) or could not be made, the database was busy,
+    or the transaction lost a race it is meant to be retried after (a deadlock, a
+    serialization failure). Not a constraint, a bad value, a missing table, a full disk, a
+    statement's timeout, or a bug in one: retried, those fail the same way."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     if not isinstance(exc, OperationalError | InterfaceError):

@@ -12,7 +12,7 @@ Pure ASGI, so it runs before FastAPI parses anything:
   trickles its body cannot hold a connection and its buffers for ever;
 - HEAD is answered as the GET of the same path, without its body.
 
-The early answers (401, 413) close the connection: the server reads nothing more of it.
+The early answers (401, 413, 408) close the connection: the server reads nothing more of it.
 """
 
 import asyncio

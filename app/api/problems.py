@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import DATABASE_UNAVAILABLE, is_transient
+from app.db import DATABASE_RETRY_AFTER_SECONDS, DATABASE_UNAVAILABLE, is_transient
 from app.errors import ServiceError
 from app.schemas import Problem
 
@@ -22,8 +22,6 @@ logger = logging.getLogger("p2l")
 
 PROBLEM_JSON = "application/problem+json"
 
-# A 503 for an unreachable database asks the client to come back after this long.
-DATABASE_RETRY_AFTER_SECONDS = 5
 # Set in a request's scope when its database connection was dropped under it: a read is
 # then tried once more (RetryDroppedReads), on a fresh connection.
 DROPPED_CONNECTION = "p2l.dropped_connection"

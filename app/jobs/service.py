@@ -240,8 +240,7 @@ def release_jobs(
         if values["status"] == JobStatus.QUEUED:
             # Not an error of the job (it has not failed): why it waits again is in its
             # progress label while it waits, and in the log.
-            why = values.pop("error")
-            values["error"] = None
+            why, values["error"] = values["error"], None
             values["worker_id"] = None
             values["progress"] = {**QUEUED_PROGRESS, "label": f"waiting for a worker ({why})"}
         else:

@@ -233,17 +233,7 @@ def run_job(
         run = job_run(kinds, sessions, store, device, job, lease)
         kinds[job.kind].run(run)
     except Cancelled as exc:
-        reason = f"cancelled: {exc}"
-
-        def cancel() -> None:
-            with sessions() as session:
-                if not finish_job(
-                    session, job.id, lease.worker_id, JobStatus.CANCELLED, error=reason
-                ):
-                    logger.warning("job %s stopped: this worker no longer holds it", job.id)
-                session.commit()
-
-        retry_transient(cancel, lease.settings.db_retry_seconds, f"job {job.id}: recording its end")
+        _record_end(sessions, lease, job.id, JobStatus.CANCELLED, f"cancelled: {exc}")
     except Exception as exc:
         if is_transient(exc):  # the database went away (for long): not the job's fault
             logger.exception("job %s: database unavailable; handing it back", job.id)
@@ -252,14 +242,22 @@ def run_job(
         logger.exception("job %s failed", job.id)
         # A user reads the error: a database error's text (SQL, values) stays in the log.
         error = user_error_text(exc) or f"{type(exc).__name__}: {exc}"[:2000]
-
-        def fail() -> None:
-            with sessions() as session:
-                finish_job(session, job.id, lease.worker_id, JobStatus.FAILED, error=error)
-                session.commit()
-
-        retry_transient(fail, lease.settings.db_retry_seconds, f"job {job.id}: recording its end")
+        _record_end(sessions, lease, job.id, JobStatus.FAILED, error)
     return run
+
+
+def _record_end(
+    sessions: sessionmaker[Session], lease: Lease, job_id: str, status: JobStatus, error: str
+) -> None:
+    """End a job this worker holds (retried while the database is away)."""
+
+    def end() -> None:
+        with sessions() as session:
+            if not finish_job(session, job_id, lease.worker_id, status, error=error):
+                logger.warning("job %s stopped: this worker no longer holds it", job_id)
+            session.commit()
+
+    retry_transient(end, lease.settings.db_retry_seconds, f"job {job_id}: recording its end")
 
 
 def hand_back(

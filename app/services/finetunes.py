@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import retry_transient
 from app.errors import Conflict, InvalidInput, StorageFull
-from app.families import build_model, get_spec, layer_groups, load_model, weights_to_save
+from app.families import (
+    build_model,
+    expected_state,
+    get_spec,
+    layer_groups,
+    load_model,
+    weights_to_save,
+)
 from app.finetune.options import FinetuneOptions, check_class_sizes
 from app.finetune.pipeline import finetune, race_trial
 from app.finetune.race import RaceOptions, race_cost, race_trial_epochs, run_race
@@ -202,9 +209,8 @@ def artifact_bytes(architecture: str, num_classes: int) -> int:
     """What a fine-tune of ``architecture`` for ``num_classes`` classes writes, at most: its
     model's weights twice (the staged file, and room for the writes around it), plus 16 MiB
     for the report, the calibration evidence and the database."""
-    with torch.device("meta"):  # sizes only: allocate nothing
-        model = build_model(architecture, num_classes)
-    weights = int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    state = expected_state(architecture, num_classes)  # meta tensors, cached: sizes only
+    weights = int(sum(t.numel() * t.element_size() for t in state.values()))
     return 2 * weights + 16 * 1024**2
 
 

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import distinct, func, select, text
 
 from app.api.deps import SessionDep, StateDep
+from app.db import DATABASE_RETRY_AFTER_SECONDS
 from app.jobs.estimates import alive_workers
 from app.models import Dataset, FinetunedModel, Job, JobStatus, Source, utcnow
 from app.schemas import HealthOut
@@ -30,7 +31,7 @@ def health(session: SessionDep) -> JSONResponse:
         version=version("p2l-service"),
     )
     # Not ready: a balancer takes the replica out; a client may come back shortly.
-    headers = {"Retry-After": "5"} if status_code == 503 else None
+    headers = {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)} if status_code == 503 else None
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 

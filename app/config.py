@@ -43,13 +43,53 @@ class Settings(BaseSettings):
     port: int = 8000
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated keys; when set, every POST and DELETE (predict "
-        "included) and every GET that computes on demand need X-API-Key.",
+        description="Comma-separated operator keys (service-wide; they act in the default "
+        "project unless a request names another with ?project=). With these set, or with "
+        "any key made by `python -m app keys create` or POST /v1/projects/{id}/keys, every "
+        "/v1 route needs X-API-Key; with none, the service is open (a trusted machine).",
     )
-    open_reads: bool = Field(
-        True,
-        description="With keys set: plain reads (lists, records, weights, signatures) stay "
-        "open; false: every /v1 route needs a key.",
+
+    # Teams: what one project or key may take (defaults of every project's quotas; an
+    # operator changes them per project with PATCH /v1/projects/{id}; empty or 'none':
+    # unlimited)
+    quota_max_active_jobs: int | None = Field(
+        4, ge=0, description="Jobs a project may have queued or running at once (429)."
+    )
+    quota_max_job_seconds: float | None = Field(
+        2 * 3600.0,
+        ge=0,
+        description="Longest estimated run time of a job a project may submit (422 naming "
+        "the estimate and the limit).",
+    )
+    quota_max_storage_bytes: int | None = Field(
+        20 * 1024**3,
+        ge=0,
+        description="Bytes a project may store: its datasets, models, private sources and "
+        "their decoded-pixel cache (507 once reached).",
+    )
+    quota_max_event_streams_per_key: int | None = Field(
+        8, ge=0, description="Job event streams one key may hold open at once (429)."
+    )
+    quota_requests_per_minute_per_key: int | None = Field(
+        1200,
+        ge=0,
+        description="Requests one key may make per minute, counted by each API replica "
+        "(429 with Retry-After); not counted on an open service (no keys).",
+    )
+    claimed_images_cap: int = Field(
+        10_000,
+        ge=1,
+        description="Image count a source registered with an uploaded signature (its counts "
+        "claimed, not counted by the service) weighs at most in the size term.",
+    )
+    ranking_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Stored rankings older than this are deleted (jobs keep their own "
+        "record of the pick); 0 keeps them for ever.",
+    )
+    audit_retention_days: float = Field(
+        365.0, ge=0, description="Audit log entries older than this are deleted; 0: kept."
     )
 
     # Compute
@@ -224,6 +264,20 @@ class Settings(BaseSettings):
         if isinstance(value, dict) and (reserved := {"CPU", "GPU", "memory"} & set(value)):
             # Ray takes these as num_cpus / num_gpus, which the runner sets itself.
             raise ValueError(f"P2L_RAY_RESOURCES may not name {sorted(reserved)}")
+        return value
+
+    @field_validator(
+        "quota_max_active_jobs",
+        "quota_max_job_seconds",
+        "quota_max_storage_bytes",
+        "quota_max_event_streams_per_key",
+        "quota_requests_per_minute_per_key",
+        mode="before",
+    )
+    @classmethod
+    def _unlimited(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
         return value
 
     @field_validator("api_keys", mode="before")

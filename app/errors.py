@@ -53,3 +53,58 @@ class StorageFull(ServiceError):
     def __init__(self, detail: str, **extensions: Any) -> None:
         super().__init__(detail, **extensions)
         self.headers["Retry-After"] = "60"  # as for a full disk met while writing
+
+
+class Unauthorized(ServiceError):
+    """No key, or a key that names no live API key, where one is needed."""
+
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["WWW-Authenticate"] = "ApiKey"
+
+
+class Forbidden(ServiceError):
+    """A key whose role may not do what it asks (in a project it may see)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class QuotaExceeded(ServiceError):
+    """A project's quota or a key's rate would be exceeded; the answer names the quota,
+    the usage and the limit. 429 with Retry-After where waiting helps (a job ending, the
+    next minute); 413 where it cannot (a job longer than any allowed)."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        quota: str,
+        usage: float,
+        limit: float,
+        retry_after: int | None = None,
+        status: int = 429,
+    ) -> None:
+        super().__init__(detail, quota=quota, usage=usage, limit=limit)
+        self.status = status
+        if status != 429:
+            self.title = "Content too large" if status == 413 else "Unprocessable content"
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(retry_after)
+
+
+class ServiceUnavailable(ServiceError):
+    """A dependency (the database) cannot be reached: retry soon."""
+
+    status = 503
+    title = "Service unavailable"
+
+    def __init__(self, detail: str, retry_after: int = 5, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["Retry-After"] = str(retry_after)

@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api.deps import ReadAccess, ServiceState, route_rules
+from app.api.audit import AuditLog, template_finder
+from app.api.deps import KeyDocumented, ServiceState, authenticator, route_rules
 from app.api.examples import add_examples
 from app.api.limits import RequestLimits
 from app.api.problems import DEFAULT_PROBLEMS, RetryDroppedReads, add_problem_handlers
@@ -23,6 +24,7 @@ from app.api.routes import (
     health,
     jobs,
     models,
+    projects,
     rankings,
     reference,
     sources,
@@ -50,8 +52,9 @@ DESCRIPTION = """
 Pick the best pretrained **source** model for a small **target** dataset from one forward
 pass of the target through a reference network (P2L), then fine-tune it.
 
-State-changing routes need an `X-API-Key` header when the service runs with `P2L_API_KEYS`
-set (use *Authorize*); otherwise the service is open.
+Every `/v1` route needs an `X-API-Key` header once the service has a key (P2L_API_KEYS, or
+one made with `python -m app keys create`; use *Authorize*); with none, it is open. A key
+belongs to a project, with a role: viewer, member, admin or operator (see `/v1/whoami`).
 """
 
 
@@ -130,16 +133,9 @@ def _reap(state: ServiceState, reaper: LeaseReaper) -> None:
         logger.warning("reaped expired job leases: %d re-queued, %d ended", requeued, ended)
 
 
-def _openapi(app: FastAPI, open_service: bool) -> dict[str, Any]:
-    """The schema with an example for every body; for an open service (no keys set), no
-    operation claims to need a key."""
-    schema = add_examples(FastAPI.openapi(app))  # cached by FastAPI; both steps idempotent
-    if open_service:
-        for operations in schema["paths"].values():
-            for operation in operations.values():
-                operation.pop("security", None)
-        schema.get("components", {}).pop("securitySchemes", None)
-    return schema
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The schema with an example for every body."""
+    return add_examples(FastAPI.openapi(app))  # cached by FastAPI; idempotent
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -182,24 +178,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=DEFAULT_PROBLEMS,
     )
     app.include_router(health.router)
-    # Plain reads need a key only when the operator closes them; the schema says which do.
-    reads = [ReadAccess] if settings.api_keys and not settings.open_reads else []
-    routers = (reference, architectures, datasets, sources, rankings, calibration, jobs, models)
-    for router in routers:
-        app.include_router(router.router, dependencies=reads)
+    routers = (
+        projects, reference, architectures, datasets, sources, rankings, calibration, jobs, models
+    )  # fmt: skip
+    for router in routers:  # every /v1 route: a principal (RequestLimits checks the key)
+        app.include_router(router.router, dependencies=[KeyDocumented])
     app.include_router(console.router)  # the web console at /: HTML pages, no schema
     app.mount("/console/static", console.static_files(), name="console-static")
     # FastAPI's documented way to change the schema is to replace this method.
-    app.openapi = partial(_openapi, app, not settings.api_keys)  # type: ignore[method-assign]
+    app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     add_problem_handlers(app)
-    # The last added runs first: limits (HEAD becomes GET there), then the retry of reads.
+    # The last added runs first: the audit log (it sees what answered), limits (the key;
+    # HEAD becomes GET there), then the retry of reads.
     app.add_middleware(RetryDroppedReads)
     app.add_middleware(
         RequestLimits,
-        route_rules=route_rules(app, settings),
+        route_rules=route_rules(app),
+        authenticate=authenticator(lambda: app.state.service.sessions(), settings),
         max_upload_bytes=settings.max_upload_bytes,
         max_json_bytes=settings.max_json_bytes,
         body_timeout_seconds=settings.body_timeout_seconds,
+    )
+    app.add_middleware(
+        AuditLog,
+        sessions=lambda: app.state.service.sessions(),
+        route_template=template_finder(lambda: list(app.openapi()["paths"])),
     )
     return app
 

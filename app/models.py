@@ -25,6 +25,19 @@ class Base(DeclarativeBase):
     """Declarative base of every table."""
 
 
+# The project every install has: where single-user mode works, and where the rows of an
+# install from before projects landed (revision 0010).
+DEFAULT_PROJECT_ID = "0" * 32
+DEFAULT_PROJECT_NAME = "default"
+
+
+def project_column() -> Mapped[str]:
+    """The owning project of a row: what a request of another project never sees (no
+    foreign key: SQLite cannot add one to an existing table, and deleting a project deletes
+    its rows and files in ``app.services.projects``, not by cascade)."""
+    return mapped_column(String(32), index=True)
+
+
 def utcnow() -> datetime:
     """Timezone-aware now, in UTC."""
     return datetime.now(UTC)
@@ -51,6 +64,7 @@ class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = project_column()
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     num_images: Mapped[int] = mapped_column(Integer)
@@ -70,6 +84,7 @@ class Source(Base):
     __tablename__ = "sources"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = project_column()
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     architecture: Mapped[str] = mapped_column(String(64))
@@ -89,6 +104,13 @@ class Source(Base):
     # The fine-tuned model this source was registered from: unique, so a model becomes at
     # most one source even under concurrent requests.
     model_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
+    # In the shared zoo (every project ranks over it; only operators change it), or private
+    # to its project.
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How its image counts were known: 'verified' (the service counted the images: a
+    # dataset, a fine-tuned model's target, the bundled zoo) or 'claimed' (an uploaded
+    # signature's word; its size term is capped by P2L_CLAIMED_IMAGES_CAP).
+    image_counts: Mapped[str] = mapped_column(String(16), default="verified")
 
 
 class Ranking(Base):
@@ -97,6 +119,7 @@ class Ranking(Base):
     __tablename__ = "rankings"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = project_column()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     target_dataset_id: Mapped[str] = mapped_column(String(32))
     method: Mapped[str] = mapped_column(String(16))
@@ -129,6 +152,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = project_column()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     # Stored as the status's plain string (VARCHAR, no database enum): the values are the API's.
@@ -179,6 +203,7 @@ class FinetunedModel(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = project_column()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     job_id: Mapped[str] = mapped_column(String(32))
     source_id: Mapped[str] = mapped_column(String(32))
@@ -197,7 +222,8 @@ class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (PrimaryKeyConstraint("scope", "key"),)
 
-    scope: Mapped[str] = mapped_column(String(32))  # which route, e.g. "finetunes"
+    # Which route and project, e.g. "finetunes:<project id>": projects' keys never meet.
+    scope: Mapped[str] = mapped_column(String(80))
     key: Mapped[str] = mapped_column(String(200))
     request_sha256: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -267,6 +293,7 @@ class Evidence(Base):
     __tablename__ = "evidence"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = project_column()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     job_id: Mapped[str] = mapped_column(String(32), unique=True)
     target_dataset_id: Mapped[str] = mapped_column(String(32), index=True)
@@ -296,3 +323,68 @@ class Calibration(Base):
     evidence_count: Mapped[int] = mapped_column(Integer)
     targets: Mapped[int] = mapped_column(Integer)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Role(StrEnum):
+    """What an API key may do, each role including the ones before it."""
+
+    VIEWER = "viewer"  # reads its project
+    MEMBER = "member"  # creates and deletes in its project
+    ADMIN = "admin"  # also the project's keys, usage and audit log
+    OPERATOR = "operator"  # service-wide: projects, quotas, the shared zoo, the calibration
+
+    @property
+    def level(self) -> int:
+        """Order of the roles: a role may do what every lower one may."""
+        return list(Role).index(self)
+
+
+class Project(Base):
+    """A team's space: its datasets, private sources, rankings, jobs and models."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Quotas set for this project (a missing one: the setting's default; None: unlimited).
+    quotas: Mapped[dict[str, int | float | None]] = mapped_column(JSON, default=dict)
+    # Whether its finished fine-tunes' evidence feeds the shared calibration.
+    share_evidence: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiKey(Base):
+    """An API key of a project: only its SHA-256 is stored; the key is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))
+    # A random 32-byte key: one SHA-256 is enough (nothing to brute-force, unlike a password).
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(
+        String(16)
+    )  # the key's first characters, to tell keys apart
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AuditEntry(Base):
+    """One state-changing request: who (key id, never the key), where, what, and its status."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # None: open service
+    project_id: Mapped[str] = mapped_column(String(32), index=True)  # kept after a delete
+    action: Mapped[str] = mapped_column(String(120))  # e.g. "DELETE /v1/datasets/{dataset_id}"
+    object_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(String(300), nullable=True)

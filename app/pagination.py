@@ -52,10 +52,14 @@ def paginate(
     page_size: int,
     page_token: str | None,
     skip_columns: tuple[Any, ...] = (),
+    where: Any = None,
 ) -> tuple[list[Any], str | None]:
-    """One page of ``model``'s rows and the token of the next page (None on the last);
-    ``skip_columns`` (large ones the page does not show) are not loaded."""
+    """One page of ``model``'s rows (those matching ``where``, if given) and the token of
+    the next page (None on the last); ``skip_columns`` (large ones the page does not show)
+    are not loaded."""
     query: Select[Any] = select(model).options(*(defer(column) for column in skip_columns))
+    if where is not None:
+        query = query.where(where)
     if page_token:
         created_at, row_id = _decode(page_token)
         query = query.where(

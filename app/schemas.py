@@ -11,6 +11,8 @@ from app.jobs.cost import Estimate
 from app.measures import MAX_REFINE_TOP, MEASURES, Measure, Method, RefineMethod
 
 Item = TypeVar("Item")
+ImageCounts = Literal["verified", "claimed"]
+RoleName = Literal["viewer", "member", "admin", "operator"]
 
 
 class Page(BaseModel, Generic[Item]):
@@ -169,6 +171,16 @@ class SourceOut(BaseModel):
     weights_sha256: str
     dataset_id: str | None
     origin: str = Field(description="bundled, upload or finetune")
+    project_id: str = Field(description="The project that registered it.")
+    shared: bool = Field(
+        description="In the shared zoo (every project ranks over it; only operators change "
+        "it); false: private to its project."
+    )
+    image_counts: ImageCounts = Field(
+        description="verified: the service counted its images (a stored dataset, a "
+        "fine-tuned model's target, the bundled zoo); claimed: an uploaded signature's word, "
+        "weighed at most as P2L_CLAIMED_IMAGES_CAP images in the size term."
+    )
 
 
 class RequestBody(BaseModel):
@@ -246,8 +258,17 @@ class RankedSource(BaseModel):
     score: float
     distance: float = Field(description="D(target, source) under the measure.")
     similarity: float = Field(description="exp(-distance).")
-    size_term: float = Field(description="lambda * log(n_source).")
+    size_term: float = Field(
+        description="lambda * log(n_source); a claimed count weighs at most as "
+        "P2L_CLAIMED_IMAGES_CAP images."
+    )
     num_images: int
+    image_counts: ImageCounts = Field(
+        "verified",
+        description="Whether the source's image count was counted by the service (verified) "
+        "or only claimed by an uploaded signature (claimed; its size term is capped).",
+    )
+    shared: bool = Field(True, description="From the shared zoo (false: the project's own).")
     first_stage_rank: int | None = Field(
         None, description="Two-stage rankings: the source's rank after the first stage."
     )
@@ -693,3 +714,137 @@ class CalibrationOut(BaseModel):
         description="P2L_CALIBRATION_AUTO_REFIT_TARGETS (0: refits only when asked)."
     )
     notes: list[str]
+
+
+class Quotas(BaseModel):
+    """A project's quotas in force (null: unlimited)."""
+
+    max_active_jobs: int | None = Field(description="Jobs queued or running at once.")
+    max_job_seconds: float | None = Field(description="Longest job estimate accepted.")
+    max_storage_bytes: int | None = Field(
+        description="Datasets, models, private sources and their pixel cache."
+    )
+    max_event_streams_per_key: int | None = Field(description="Open event streams per key.")
+    requests_per_minute_per_key: int | None = Field(
+        description="Requests per key and minute (each API replica counts its own)."
+    )
+
+
+class QuotasPatch(RequestBody):
+    """Quotas to set; a quota left out keeps its value, null makes it unlimited."""
+
+    max_active_jobs: int | None = Field(None, ge=0)
+    max_job_seconds: float | None = Field(None, ge=0)
+    max_storage_bytes: int | None = Field(None, ge=0)
+    max_event_streams_per_key: int | None = Field(None, ge=0)
+    requests_per_minute_per_key: int | None = Field(None, ge=0)
+
+
+PROJECT_NAME = Field(
+    min_length=1,
+    max_length=100,
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    description="Unique; letters, digits, '.', '_' and '-'.",
+    examples=["vision-team"],
+)
+
+
+class ProjectCreate(RequestBody):
+    """A new project."""
+
+    name: Annotated[str, PROJECT_NAME]
+    quotas: QuotasPatch | None = Field(None, description="Quotas other than the defaults.")
+    share_evidence: bool = Field(
+        False,
+        description="Whether its finished fine-tunes' evidence feeds the shared calibration.",
+    )
+
+
+class ProjectPatch(RequestBody):
+    """What an operator changes of a project."""
+
+    quotas: QuotasPatch | None = None
+    share_evidence: bool | None = None
+
+
+class ProjectOut(BaseModel):
+    """A project."""
+
+    id: str
+    name: str
+    created_at: datetime
+    quotas: Quotas
+    share_evidence: bool
+
+
+class UsageOut(BaseModel):
+    """What a project holds and runs now, and its quotas."""
+
+    project_id: str
+    active_jobs: int = Field(description="Queued and running jobs.")
+    storage_bytes: int = Field(description="Datasets, models, private sources, pixel cache.")
+    datasets: int
+    sources: int = Field(description="Private sources (the shared zoo is not counted).")
+    models: int
+    rankings: int
+    jobs: int
+    quotas: Quotas
+
+
+class KeyCreate(RequestBody):
+    """A new API key of a project."""
+
+    role: RoleName = Field(
+        description="viewer (reads), member (creates and deletes), admin (also keys, usage, "
+        "audit), operator (service-wide; operators only)."
+    )
+    name: str = Field(min_length=1, max_length=100, examples=["ci"])
+    expires_at: datetime | None = Field(None, description="When it stops working (UTC).")
+
+
+class KeyOut(BaseModel):
+    """An API key, without the key."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    project_id: str
+    name: str
+    role: RoleName
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(description="To the minute.")
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    """A new API key: ``key`` is shown this once and never stored."""
+
+    key: str
+
+
+class WhoAmIOut(BaseModel):
+    """Who the request's key acts as."""
+
+    project_id: str
+    project_name: str
+    role: RoleName
+    key_id: str | None = Field(description="Null for an open service or a P2L_API_KEYS key.")
+    key_name: str | None
+    authenticated: bool = Field(description="False: an open service (no keys), nobody named.")
+
+
+class AuditOut(BaseModel):
+    """One state-changing request."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: datetime
+    key_id: str | None = Field(description="The key's id (or env:<fingerprint>); never the key.")
+    project_id: str
+    action: str = Field(description="Method and route, e.g. DELETE /v1/datasets/{dataset_id}.")
+    object_id: str | None
+    status: int
+    detail: str | None

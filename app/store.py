@@ -66,6 +66,10 @@ class ArtifactStore(ABC):
     def published_at(self, key: str) -> float:
         """When an artifact was published or last written (POSIX time)."""
 
+    @abstractmethod
+    def size_bytes(self, key: str) -> int:
+        """Bytes an artifact takes (every file under its key; 0 when it is missing)."""
+
     def forget_cached(self, key: str) -> None:  # noqa: B027 (a no-op where nothing is cached)
         """Drop this machine's copy of an artifact, if it keeps one (the next read refetches)."""
 
@@ -170,6 +174,12 @@ class LocalArtifactStore(ArtifactStore):
             return set()
         return {f"{prefix}/{entry.name}" for entry in folder.iterdir()}
 
+    def size_bytes(self, key: str) -> int:
+        target = self.path(key)
+        if target.is_file():
+            return target.stat().st_size
+        return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+
     def published_at(self, key: str) -> float:
         # Publishing renames a folder just written: its mtime is when it was published.
         return self.path(key).stat().st_mtime
@@ -253,6 +263,12 @@ class ObjectArtifactStore(ArtifactStore):
         except FileNotFoundError:
             return set()
         return {f"{prefix}/{PurePosixPath(entry).name}" for entry in entries}
+
+    def size_bytes(self, key: str) -> int:
+        try:
+            return int(self.fs.du(self._remote(key), total=True))
+        except FileNotFoundError:
+            return 0
 
     def published_at(self, key: str) -> float:
         found = self.fs.find(self._remote(key), detail=True)

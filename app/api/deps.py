@@ -1,30 +1,35 @@
 """Request dependencies: settings, database session, artifact store, reference network, auth."""
 
-import hashlib
-import hmac
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated
+from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+import anyio
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import Headers
 from starlette.routing import compile_path, get_route_path
 from starlette.types import Scope
 
-from app.api.limits import UPLOAD_TYPES, RouteRules
+from app.api.limits import PRINCIPAL, UPLOAD_TYPES, Authenticate, RouteRules
 from app.api.problems import problem_responses
 from app.api.streams import SnapshotCache, StreamSlots, read_job_snapshot
 from app.config import Settings
+from app.db import DATABASE_RETRY_AFTER_SECONDS, DATABASE_UNAVAILABLE, is_transient
+from app.errors import ServiceUnavailable
 from app.jobs.runner import JobRunner
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import SignatureIndex
-from app.services.context import ANONYMOUS, Caller, Context
+from app.services.access import Principal, authenticate, scope_session
+from app.services.context import Context
 from app.services.models import ModelCache
+from app.services.projects import project_quotas
 from app.store import ArtifactStore
 
 
@@ -53,10 +58,18 @@ def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_session(state: Annotated[ServiceState, Depends(get_state)]) -> Iterator[Session]:
-    """One database session per request: committed when the route returns, rolled back if
-    it raises, before the response is sent (so a failed commit is the client's error too)."""
+def get_session(
+    request: Request, state: Annotated[ServiceState, Depends(get_state)]
+) -> Iterator[Session]:
+    """One database session per request, scoped to its principal's project (see
+    ``app.services.access``): committed when the route returns, rolled back if it raises,
+    before the response is sent (so a failed commit is the client's error too)."""
     with state.sessions() as session:
+        # Every /v1 request has its principal (RequestLimits refuses it otherwise); the
+        # routes outside /v1 (health, metrics) read service-wide state.
+        principal = request.scope.get("state", {}).get(PRINCIPAL)
+        if isinstance(principal, Principal):
+            scope_session(session, principal.project_id)
         try:
             yield session
         except BaseException:
@@ -79,99 +92,100 @@ PageToken = Annotated[
 PAGE_PROBLEMS = problem_responses(_400="page_token is not one this service issued")
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
+API_KEY_HEADER = "X-API-Key"
 _api_key_header = APIKeyHeader(
-    name="X-API-Key",
+    name=API_KEY_HEADER,
     auto_error=False,
-    description="Needed by every POST and DELETE, and by GETs that compute on demand, when the "
-    "service sets P2L_API_KEYS (by every /v1 route when P2L_OPEN_READS=false too).",
+    description="An API key (`python -m app keys create`, POST /v1/projects/{id}/keys, or "
+    "one of P2L_API_KEYS). Needed by every /v1 route once any key exists; an open service "
+    "(no keys) ignores it. The key's role says what it may do: viewer (reads), member "
+    "(creates and deletes in its project), admin (also its keys, usage and audit log), "
+    "operator (service-wide).",
 )
-ApiKeyHeader = Annotated[str | None, Security(_api_key_header)]
+# Documentation only: the key is checked by ``RequestLimits`` from the headers, before the
+# body is read; this puts the *Authorize* lock on every /v1 operation in Swagger UI.
+KeyDocumented = Security(_api_key_header)
 
 
-def key_refusal(settings: Settings, api_key: str | None) -> str | None:
-    """Why a request offering ``api_key`` is refused (None: a configured key, or auth off)."""
-    keys = settings.api_keys
-    if not keys:
-        return None
-    offered = (api_key or "").encode()
-    # Compare against every key, without early exit, so timing reveals nothing.
-    matches = [hmac.compare_digest(offered, key.encode()) for key in keys]
-    if any(matches):
-        return None
-    return "missing or invalid X-API-Key header" if api_key else "X-API-Key header required"
+def get_principal(request: Request) -> Principal:
+    """Who the request acts as (found by ``RequestLimits`` before the route ran)."""
+    principal = request.scope.get("state", {}).get(PRINCIPAL)
+    if not isinstance(principal, Principal):  # a route outside /v1 asked: a wiring mistake
+        raise RuntimeError(f"{request.url.path} is not authenticated (only /v1 routes are)")
+    return principal
 
 
-def require_api_key(state: StateDep, api_key: ApiKeyHeader) -> None:
-    """Reject the request unless auth is off or X-API-Key matches a configured key."""
-    if (refusal := key_refusal(state.settings, api_key)) is not None:
-        raise HTTPException(status_code=401, detail=refusal, headers={"WWW-Authenticate": "ApiKey"})
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require_read_key(state: StateDep, api_key: ApiKeyHeader) -> None:
-    """Plain reads need a key only when keys are set and P2L_OPEN_READS is false."""
-    if not state.settings.open_reads:
-        require_api_key(state, api_key)
-
-
-def caller_of(api_key: str | None) -> Caller:
-    """The caller a request's key names: by a fingerprint, never the key itself."""
-    if not api_key:
-        return ANONYMOUS
-    return Caller("key:" + hashlib.sha256(api_key.encode()).hexdigest()[:12])
-
-
-def get_context(request: Request, state: StateDep, session: SessionDep) -> Context:
-    """The use cases' context for this request (its session, the shared state, the caller).
-
-    The key is read from the request itself, not through ``ApiKeyHeader``: a security
-    dependency here would mark every route that takes a Context as needing a key in the
-    OpenAPI document, open reads included; whether a key is needed is ``ApiKeyRequired``'s
-    and ``ReadAccess``'s to say (they run first and refuse a missing or wrong one).
-    """
+def get_context(state: StateDep, session: SessionDep, principal: PrincipalDep) -> Context:
+    """The use cases' context for this request: its session (scoped to the principal's
+    project), the shared state, and the principal."""
     return Context(
         session=session,
         store=state.store,
         index=state.index,
         reference=state.reference,
         settings=state.settings,
-        caller=caller_of(request.headers.get(_api_key_header.model.name)),
+        principal=principal,
     )
 
 
 ContextDep = Annotated[Context, Depends(get_context)]
 
 
-def route_rules(app: FastAPI, settings: Settings) -> RouteRules:
+def route_rules(app: FastAPI) -> RouteRules:
     """What ``RequestLimits`` needs to know of the operation a request reaches, read from
     the OpenAPI document: whether it takes an upload (a multipart or binary body: the upload
     cap; every other body gets the JSON cap, whatever its Content-Type says), and whether
-    it needs a key (secured: ``ApiKeyRequired``, or ``ReadAccess`` on a closed service)."""
+    it acts for someone (every /v1 operation: it needs a principal)."""
     operations: list[tuple[re.Pattern[str], str, bool, bool]] = []
 
-    def rules(scope: Scope) -> tuple[bool, str | None]:
+    def rules(scope: Scope) -> tuple[bool, bool]:
         if not operations:  # every route is in place by the first request
             for template, by_method in app.openapi()["paths"].items():
                 pattern = compile_path(template)[0]
                 for method, operation in by_method.items():
                     content = operation.get("requestBody", {}).get("content", {})
                     upload = any(kind.startswith(UPLOAD_TYPES) for kind in content)
-                    secured = bool(settings.api_keys and operation.get("security"))
+                    secured = template.startswith("/v1/")
                     operations.append((pattern, method.upper(), upload, secured))
         path = get_route_path(scope)  # below the root path (a proxy's prefix), as routes see it
         for pattern, method, upload, secured in operations:
             if method == scope["method"] and pattern.match(path):
-                refusal = None
-                if secured:
-                    offered = Headers(scope=scope).get(_api_key_header.model.name)
-                    refusal = key_refusal(settings, offered)
-                return upload, refusal
-        return False, None
+                return upload, secured
+        # No operation: a 404 or 405 to come; a /v1 path still needs a key first, so that
+        # an anonymous caller learns nothing of which paths exist.
+        return False, path.startswith("/v1/")
 
     return rules
 
 
-# Needs a key whenever keys are set: every POST and DELETE, and the GETs that compute on
-# demand or hold the server's resources (plots, the zoo map, event streams).
-ApiKeyRequired = Depends(require_api_key)
-# Every /v1 router: lists, records, weights and signatures.
-ReadAccess = Depends(require_read_key)
+def authenticator(sessions: Callable[[], Session], settings: Settings) -> Authenticate:
+    """``RequestLimits``' check of a request's key, from its headers and ``?project=``: the
+    principal, the key's request rate limit (None: unlimited), or a ServiceError to answer
+    (401, 404; 503 while the database is away: a key cannot be told wrong then)."""
+
+    def check(scope: Scope) -> tuple[Principal, int | None]:
+        offered = Headers(scope=scope).get(API_KEY_HEADER)
+        project = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("project")
+        with sessions() as session:
+            try:
+                principal = authenticate(
+                    session, settings, offered, project[0] if project else None
+                )
+                if not principal.authenticated:
+                    return principal, None  # an open service counts nothing
+                quotas = project_quotas(session, principal.project_id, settings)
+            except DBAPIError as exc:
+                if is_transient(exc):
+                    raise ServiceUnavailable(
+                        DATABASE_UNAVAILABLE, DATABASE_RETRY_AFTER_SECONDS
+                    ) from exc
+                raise
+        return principal, quotas["requests_per_minute_per_key"]
+
+    async def run(scope: Scope) -> tuple[Principal, int | None]:
+        return await anyio.to_thread.run_sync(check, scope)
+
+    return run

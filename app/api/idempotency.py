@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import rows_matched
 from app.errors import Conflict, InvalidInput
 from app.models import IdempotencyKey, utcnow
+from app.services.access import session_project
 
 REMEMBERED = timedelta(hours=24)
 # A claim older than this belongs to a request that died mid-way: a retry may take it over.
@@ -119,7 +120,8 @@ def idempotent(
     if key is None:
         yield Claim(session)
         return
-    scope = f"{route}:{key.client}"
+    # Per route, key and project: an operator key acting in two projects keeps two.
+    scope = f"{route}:{key.client}:{session_project(session) or ''}"
     claim = Claim(session, scope=scope, key=key.key)
     claim.replay_id = _claim(sessions, scope, key.key, request_sha256)
     if claim.replay_id is not None:

@@ -2,8 +2,10 @@
 
 Pure ASGI, so it runs before FastAPI parses anything:
 
-- a route that needs a key refuses a missing or wrong one from the headers alone (401): an
-  anonymous 200 MB body is never read, an anonymous upload never spooled;
+- every /v1 request is authenticated from its headers alone (``app.services.access``): a
+  missing or wrong key is refused (401), a viewer's write (403), a key past its rate
+  (429): an anonymous 200 MB body is never read, an anonymous upload never spooled. The
+  principal is left in the request's state for the route;
 - bodies are capped by what the route takes, not by what the client says it sends: the
   upload routes (multipart) at P2L_MAX_UPLOAD_BYTES, every other at P2L_MAX_JSON_BYTES; a
   declared Content-Length over the cap is answered 413 at once, a chunked body is counted
@@ -12,11 +14,16 @@ Pure ASGI, so it runs before FastAPI parses anything:
   trickles its body cannot hold a connection and its buffers for ever;
 - HEAD is answered as the GET of the same path, without its body.
 
-The early answers (401, 413, 408) close the connection: the server reads nothing more of it.
+The early answers (401, 403, 404, 413, 408, 429, 503) close the connection: the server
+reads nothing more of it.
 """
 
 import asyncio
-from collections.abc import Callable
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -24,13 +31,46 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import problem
+from app.errors import ServiceError
+from app.models import Role
+from app.services.access import Principal
 
 # Request body types of the upload routes (in their OpenAPI document): the upload cap.
 UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
 
-# (the request's scope) -> (whether its route takes an upload, None or the detail of the
-# 401 that refuses it).
-RouteRules = Callable[[Scope], tuple[bool, str | None]]
+# (the request's scope) -> (whether its route takes an upload, whether it needs a principal).
+RouteRules = Callable[[Scope], tuple[bool, bool]]
+# (the request's scope) -> its principal and the key's requests per minute (None: no limit);
+# raises a ServiceError to answer instead.
+Authenticate = Callable[[Scope], Awaitable[tuple[Principal, int | None]]]
+PRINCIPAL = "principal"  # the key of a /v1 request's principal in its scope's state
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class KeyRates:
+    """Requests per key in the last minute, in this process (each API replica counts its
+    own): a sliding window of request times per key."""
+
+    WINDOW_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, key: str, limit: int) -> float | None:
+        """None when one more request of ``key`` is within ``limit`` a minute (it is
+        counted); else the seconds until it would be."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.setdefault(key, deque())
+            while seen and seen[0] <= now - self.WINDOW_SECONDS:
+                seen.popleft()
+            if len(seen) >= limit:
+                return seen[0] + self.WINDOW_SECONDS - now if seen else self.WINDOW_SECONDS
+            seen.append(now)
+            if len(self._seen) > 100_000:  # keys seen once long ago: forget them
+                self._seen = {k: v for k, v in self._seen.items() if v}
+            return None
 
 
 class RequestLimits:
@@ -41,12 +81,15 @@ class RequestLimits:
         app: ASGIApp,
         *,
         route_rules: RouteRules,
+        authenticate: Authenticate,
         max_upload_bytes: int,
         max_json_bytes: int,
         body_timeout_seconds: float,
     ) -> None:
         self.app = app
         self.route_rules = route_rules
+        self.authenticate = authenticate
+        self.rates = KeyRates()
         self.max_upload_bytes = max_upload_bytes
         self.max_json_bytes = max_json_bytes
         self.body_timeout_seconds = body_timeout_seconds
@@ -58,12 +101,12 @@ class RequestLimits:
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
             receive, send = _without_body(receive, send)
-        is_upload, refusal = self.route_rules(scope)
-        if refusal is not None:
-            response = problem(401, refusal, scope["path"])
-            response.headers["WWW-Authenticate"] = "ApiKey"
-            await _closing(response)(scope, receive, send)
-            return
+        is_upload, needs_principal = self.route_rules(scope)
+        if needs_principal:
+            refusal = await self._admit(scope)
+            if refusal is not None:
+                await _closing(refusal)(scope, receive, send)
+                return
         headers = Headers(scope=scope)
         cap = self.max_upload_bytes if is_upload else self.max_json_bytes
         too_large = (
@@ -77,6 +120,42 @@ class RequestLimits:
         # No Content-Length (or 0) and no chunked Transfer-Encoding: there is no body.
         has_body = declared not in ("", "0") or "transfer-encoding" in headers
         await self.app(scope, self._bounded(receive, cap, too_large, has_body), send)
+
+    async def _admit(self, scope: Scope) -> Response | None:
+        """Authenticate the request and leave its principal in its state; or the answer
+        that refuses it."""
+        try:
+            principal, per_minute = await self.authenticate(scope)
+        except ServiceError as exc:
+            response = problem(exc.status, exc.detail, scope["path"], **exc.extensions)
+            response.headers.update(exc.headers)
+            return response
+        if scope["method"] not in READ_METHODS and not principal.can(Role.MEMBER):
+            return problem(
+                403,
+                f"this key's role ({principal.role.value}) may only read; {scope['method']} "
+                "needs member",
+                scope["path"],
+                role=principal.role.value,
+                required_role=Role.MEMBER.value,
+            )
+        if per_minute is not None:
+            key = principal.key_id or principal.key_name or ""
+            wait = self.rates.admit(key, per_minute)
+            if wait is not None:
+                response = problem(
+                    429,
+                    f"this key made {per_minute} requests in the last minute, its quota "
+                    "requests_per_minute_per_key",
+                    scope["path"],
+                    quota="requests_per_minute_per_key",
+                    usage=per_minute,
+                    limit=per_minute,
+                )
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response
+        scope.setdefault("state", {})[PRINCIPAL] = principal
+        return None
 
     def _bounded(self, receive: Receive, cap: int, too_large: str, has_body: bool) -> Receive:
         """``receive`` that counts the body against ``cap`` and its time against the deadline."""

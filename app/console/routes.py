@@ -11,6 +11,7 @@ from fastapi.templating import Jinja2Templates
 from app.api.deps import StateDep
 from app.errors import NotFound
 from app.pagination import is_valid_id
+from app.services.access import keys_required
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -37,16 +38,10 @@ def static_files() -> StaticFiles:
 
 def _page(request: Request, state: StateDep, template: str, **context: object) -> HTMLResponse:
     """Render a page with what its script needs to know about the service's auth."""
-    settings = state.settings
+    with state.sessions() as session:
+        required = keys_required(session, state.settings)
     response = templates.TemplateResponse(
-        request,
-        template,
-        {
-            "version": VERSION,
-            "keys_required": bool(settings.api_keys),
-            "open_reads": settings.open_reads or not settings.api_keys,
-            **context,
-        },
+        request, template, {"version": VERSION, "keys_required": required, **context}
     )
     response.headers["Content-Security-Policy"] = CSP
     response.headers["Cache-Control"] = "no-store"

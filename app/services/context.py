@@ -21,29 +21,19 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import SignatureIndex
+from app.services.access import OPEN, Principal
 from app.store import ArtifactStore
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: ``principal`` names an API key by its fingerprint (``key:...``), or
-    anyone (``anonymous``) when the request carries no key. Nothing reads it yet: it is
-    the handle that per-caller rules (projects, roles, quotas) will need."""
-
-    principal: str
-
-
-ANONYMOUS = Caller("anonymous")
 
 
 @dataclass(frozen=True)
 class Context:
     """The database session, the artifact store, the in-memory signature index, the active
-    reference network, the settings, and the caller: everything a use case reaches for."""
+    reference network, the settings, and who is asking (the principal: a role in a
+    project; the session is scoped to that project): everything a use case reaches for."""
 
     session: Session
     store: ArtifactStore
     index: SignatureIndex
     reference: ReferenceNetwork
     settings: Settings
-    caller: Caller = ANONYMOUS
+    principal: Principal = OPEN

@@ -19,11 +19,12 @@ from app.config import Settings
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
 from app.families import expected_state, get_spec, known_architectures
-from app.models import Dataset, Source, ZooChange
+from app.models import DEFAULT_PROJECT_ID, Dataset, Role, Source, ZooChange
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature
 from app.pagination import get_by_id, paginate
+from app.services.access import Principal, session_project
 from app.services.context import Context
 from app.services.datasets import (
     SIGNATURE_FILE,
@@ -167,8 +168,15 @@ def register_source(
     model_id: str | None = None,
     max_classes: int = DEFAULT_MAX_CLASSES,
     max_name_bytes: int = DEFAULT_MAX_NAME_BYTES,
+    shared: bool = False,
+    image_counts: str = "verified",
 ) -> Source:
     """Validate and store a source; nothing is kept if any check fails.
+
+    It belongs to the session's project (``app.services.access``; an unscoped session: the
+    default project), private to it unless ``shared`` (the shared zoo). ``image_counts``:
+    'verified' when the service counted the signature's images, 'claimed' when it was
+    uploaded.
 
     ``model_id`` links a fine-tuned model's source; it is unique in the database, so a
     second source of the same model raises Conflict naming the first (nothing is kept).
@@ -217,6 +225,9 @@ def register_source(
         origin=origin,
         artifact_key=key,
         model_id=model_id,
+        project_id=session_project(session) or DEFAULT_PROJECT_ID,
+        shared=shared,
+        image_counts=image_counts,
     )
     try:
         with unit_of_work(session, store) as work:
@@ -293,6 +304,7 @@ def register_upload(
         dataset_id=dataset_id,
         max_classes=ctx.settings.max_source_classes,
         max_name_bytes=ctx.settings.max_name_bytes,
+        image_counts="verified" if dataset_id is not None else "claimed",
     )
 
 
@@ -314,10 +326,17 @@ def all_sources(session: Session) -> list[Source]:
 
 
 def delete_source(
-    session: Session, store: ArtifactStore, index: SignatureIndex, source_id: str
+    session: Session,
+    store: ArtifactStore,
+    index: SignatureIndex,
+    source_id: str,
+    principal: Principal,
 ) -> None:
-    """Remove a source from the index, the database and the store."""
+    """Remove a source from the index, the database and the store (one of the shared zoo:
+    operators only)."""
     source = get_source(session, source_id)
+    if source.shared:
+        principal.require(Role.OPERATOR, "delete a source of the shared zoo")
     key = source.artifact_key
     session.delete(source)
     session.flush()
@@ -325,6 +344,18 @@ def delete_source(
     session.commit()
     index.remove(source_id)
     store.delete(key)
+
+
+def publish_source(session: Session, source_id: str, principal: Principal) -> Source:
+    """Move a project's source into the shared zoo, where every project ranks over it
+    (operators only); a shared one stays as it is."""
+    principal.require(Role.OPERATOR, "publish a source into the shared zoo")
+    source = get_source(session, source_id)
+    if not source.shared:
+        source.shared = True
+        session.flush()
+        record_change(session, source.id, "add")  # other replicas re-read it
+    return source
 
 
 def record_change(session: Session, source_id: str, op: str) -> None:

@@ -136,6 +136,7 @@ def _import_missing(
             weights_data=(BUNDLED_DIR / entry["weights"]).read_bytes(),
             signature=load_signature(BUNDLED_DIR / entry["signature"]),
             origin="bundled",
+            shared=True,  # the shared zoo every project ranks over
         )
         for entry in missing_bundled_sources(session, reference)
     ]

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, ContextDep, PageToken, SessionDep
+from app.api.deps import PAGE_PROBLEMS, ContextDep, PageToken, SessionDep
 from app.api.problems import problem_responses
 from app.schemas import CalibrationOut, EvidenceOut, Page
 from app.services import calibration as service
@@ -43,7 +43,6 @@ def list_evidence(
     "/refit",
     status_code=status.HTTP_201_CREATED,
     response_model=CalibrationOut,
-    dependencies=[ApiKeyRequired],
     responses=problem_responses(_409="No target has evidence from two or more sources yet."),
     summary="Refit measure and lambda on the evidence, and put them in force",
 )
@@ -60,7 +59,6 @@ def refit_calibration(ctx: ContextDep) -> CalibrationOut:
     "/reset",
     status_code=status.HTTP_201_CREATED,
     response_model=CalibrationOut,
-    dependencies=[ApiKeyRequired],
     summary="Put the bundled defaults back in force",
 )
 def reset_calibration(ctx: ContextDep) -> CalibrationOut:

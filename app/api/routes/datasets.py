@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, ContextDep, PageToken, SessionDep, StateDep
+from app.api.deps import PAGE_PROBLEMS, ContextDep, PageToken, SessionDep, StateDep
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.models import Dataset
@@ -48,7 +48,6 @@ def replayed_rejections(dataset: Dataset) -> dict[str, object]:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetCreated,
-    dependencies=[ApiKeyRequired],
     summary="Upload a dataset archive (one folder per class)",
     responses=problem_responses(
         _413="Upload above P2L_MAX_UPLOAD_BYTES; nothing is stored",
@@ -155,7 +154,6 @@ def get_signature(
 @router.delete(
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[ApiKeyRequired],
     summary="Delete a dataset and its files",
 )
 def delete_dataset(state: StateDep, session: SessionDep, dataset_id: str) -> Response:

@@ -11,7 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.background import BackgroundTask
 
-from app.api.deps import PAGE_PROBLEMS, ApiKeyRequired, ContextDep, PageToken, SessionDep, StateDep
+from app.api.deps import PAGE_PROBLEMS, ContextDep, PageToken, SessionDep, StateDep
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.api.routes.jobs import job_out
@@ -79,7 +79,6 @@ def download_weights(state: StateDep, session: SessionDep, model_id: str) -> Fil
 @router.post(
     "/{model_id}/predict",
     response_model=PredictionsOut,
-    dependencies=[ApiKeyRequired],
     summary="Classify uploaded images",
     responses=problem_responses(
         _413="More files than P2L_MAX_PREDICT_FILES, or one above P2L_MAX_IMAGE_BYTES",
@@ -118,7 +117,6 @@ def predict(
 @router.delete(
     "/{model_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[ApiKeyRequired],
     summary="Delete a fine-tuned model and its weights",
 )
 def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Response:
@@ -131,7 +129,6 @@ def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Respons
     "/{model_id}/register",
     status_code=status.HTTP_201_CREATED,
     response_model=SourceOut,
-    dependencies=[ApiKeyRequired],
     summary="Add a fine-tuned model to the zoo as a new source",
     responses=problem_responses(
         _409="The model is already a source (the detail and source_id name it)",
@@ -158,7 +155,6 @@ def get_preprocessing(session: SessionDep, model_id: str) -> dict[str, Any]:
 @router.get(
     "/{model_id}/export",
     response_class=FileResponse,
-    dependencies=[ApiKeyRequired],
     responses={
         200: {"content": {"application/zip": {}}, "description": "model file + preprocessing.json"},
         **problem_responses(_422="format is neither onnx nor torchscript"),
@@ -197,7 +193,6 @@ def export(
 @router.get(
     "/{model_id}/confusion.png",
     response_class=Response,
-    dependencies=[ApiKeyRequired],
     responses={
         200: {"content": {"image/png": {}}, "description": "PNG image"},
         **problem_responses(_404="No such model, or it has no held-out split to report on"),
@@ -235,7 +230,6 @@ def misclassified_image(
 @router.post(
     "/{model_id}/evaluate",
     response_model=ArchiveEvaluation,
-    dependencies=[ApiKeyRequired],
     responses={
         202: {"model": JobOut, "description": "Too many images to answer at once: a job"},
         **problem_responses(

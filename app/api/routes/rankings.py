@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import ApiKeyRequired, ContextDep, SessionDep
+from app.api.deps import ContextDep, SessionDep
 from app.models import Ranking
 from app.schemas import RankingOut, RankingRequest
 from app.services import rankings as service
@@ -34,7 +34,6 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=RankingOut,
-    dependencies=[ApiKeyRequired],
     summary="Rank the sources for a target dataset",
 )
 def create_ranking(ctx: ContextDep, request: RankingRequest, response: Response) -> RankingOut:
@@ -75,7 +74,6 @@ def get_ranking(session: SessionDep, ranking_id: str) -> RankingOut:
     "/{ranking_id}/plot.png",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "PNG image"}},
-    dependencies=[ApiKeyRequired],
     summary="Bar chart of a ranking's score parts",
 )
 def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
@@ -92,7 +90,6 @@ def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
 @router.delete(
     "/{ranking_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[ApiKeyRequired],
     summary="Delete a ranking",
 )
 def delete_ranking(session: SessionDep, ranking_id: str) -> Response:

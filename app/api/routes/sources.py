@@ -8,9 +8,9 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import (
     PAGE_PROBLEMS,
-    ApiKeyRequired,
     ContextDep,
     PageToken,
+    PrincipalDep,
     SessionDep,
     StateDep,
 )
@@ -36,7 +36,6 @@ PNG = {"content": {"image/png": {}}, "description": "PNG image"}
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=SourceOut,
-    dependencies=[ApiKeyRequired],
     summary="Register a pretrained source model",
     responses=problem_responses(
         _422="Weights do not fit the architecture or hold NaN/Inf, num_classes or the "
@@ -171,7 +170,6 @@ def list_sources(
     "/map.png",
     response_class=Response,
     responses={200: PNG},
-    dependencies=[ApiKeyRequired],
     summary="Map of the zoo (and a target) in feature space",
 )
 def zoo_map(ctx: ContextDep, target_dataset_id: str | None = None) -> Response:
@@ -206,12 +204,23 @@ def download_weights(state: StateDep, session: SessionDep, source_id: str) -> Fi
 @router.delete(
     "/{source_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[ApiKeyRequired],
     summary="Delete a source",
 )
-def delete_source(state: StateDep, session: SessionDep, source_id: str) -> Response:
+def delete_source(
+    state: StateDep, session: SessionDep, principal: PrincipalDep, source_id: str
+) -> Response:
     """Remove the source from the zoo, its files and the ranking index (409 while a job
-    needs it)."""
+    needs it; a source of the shared zoo: operators only)."""
     ensure_no_active_job_uses(session, source_id=source_id)
-    service.delete_source(session, state.store, state.index, source_id)
+    service.delete_source(session, state.store, state.index, source_id, principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{source_id}/publish",
+    response_model=SourceOut,
+    summary="Publish a project's source into the shared zoo (operators)",
+)
+def publish_source(session: SessionDep, principal: PrincipalDep, source_id: str) -> Source:
+    """Every project ranks over the shared zoo; only operators add to it or change it."""
+    return service.publish_source(session, source_id, principal)

@@ -1,0 +1,122 @@
+"""Records every state-changing /v1 request in the audit log (``app.services.audit``).
+
+Pure ASGI, outside ``RequestLimits``: it sees the principal that ``RequestLimits`` left in
+the request's state, and the status of whatever answered (a route, a 403 of a viewer, a
+413). Requests refused for their key (401) name nobody and are not recorded. The entry is
+written once the response is sent; its object is the id a create answered with (201,
+202), else the route's last ``{..._id}`` path parameter.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+
+import anyio
+from sqlalchemy.orm import Session
+from starlette.routing import compile_path, get_route_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.limits import PRINCIPAL, READ_METHODS
+from app.db import user_error_text
+from app.services import audit
+from app.services.access import Principal
+
+logger = logging.getLogger("p2l")
+CAPTURE_BYTES = 64 * 1024  # of a create's answer, enough for its id
+
+# (the request's scope) -> its route's path template, e.g. /v1/datasets/{dataset_id}
+RouteTemplate = Callable[[Scope], str | None]
+
+
+def template_finder(paths: Callable[[], list[str]]) -> RouteTemplate:
+    """The route template a request's path matches, among ``paths()`` (read once)."""
+    compiled: list[tuple[str, object]] = []
+
+    def find(scope: Scope) -> str | None:
+        if not compiled:
+            compiled.extend((t, compile_path(t)[0]) for t in paths())
+        path = get_route_path(scope)
+        return next((t for t, pattern in compiled if pattern.match(path)), None)  # type: ignore[attr-defined]
+
+    return find
+
+
+class AuditLog:
+    """See the module."""
+
+    def __init__(
+        self, app: ASGIApp, *, sessions: Callable[[], Session], route_template: RouteTemplate
+    ) -> None:
+        self.app = app
+        self.sessions = sessions
+        self.route_template = route_template
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] in READ_METHODS
+            or not get_route_path(scope).startswith("/v1/")
+        ):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})  # shared with the layers below
+        status = 500
+        captured = bytearray()
+        is_json = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal status, is_json
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = dict(message.get("headers", []))
+                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+            elif (
+                message["type"] == "http.response.body"
+                and is_json
+                and len(captured) < CAPTURE_BYTES
+            ):
+                captured.extend(message.get("body", b"")[:CAPTURE_BYTES])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, audited_send)
+        finally:
+            principal = state.get(PRINCIPAL)
+            if isinstance(principal, Principal):
+                await anyio.to_thread.run_sync(
+                    self._record, scope, principal, status, bytes(captured)
+                )
+
+    def _record(self, scope: Scope, principal: Principal, status: int, body: bytes) -> None:
+        template = self.route_template(scope) or get_route_path(scope)[:100]
+        object_id = None
+        if status in (201, 202) and body:
+            try:
+                answer = json.loads(body)
+                object_id = answer.get("id") if isinstance(answer, dict) else None
+            except ValueError:
+                pass
+        if object_id is None:
+            path = get_route_path(scope).split("/")
+            params = [
+                path[i]
+                for i, part in enumerate(template.split("/"))
+                if part.startswith("{") and part.endswith("_id}") and i < len(path)
+            ]
+            object_id = params[-1] if params else None
+        detail = scope.get("state", {}).get(audit.AUDIT_DETAIL)
+        try:
+            with self.sessions() as session:
+                audit.record(
+                    session,
+                    principal,
+                    f"{scope['method']} {template}",
+                    str(object_id) if object_id is not None else None,
+                    status,
+                    detail,
+                )
+        except Exception as exc:  # the answer is sent: say what was not recorded
+            logger.error(
+                "audit: %s %s (status %d) not recorded: %s",
+                scope["method"], template, status, user_error_text(exc),
+            )  # fmt: skip

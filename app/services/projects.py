@@ -1,0 +1,344 @@
+"""Project use cases: projects, their keys, quotas and usage, and deleting a project whole.
+
+Who may do what (``Principal.require``): operators create, change and delete projects and
+see them all; a project's admins manage its keys and read its usage; everyone else sees
+their own project only (another project answers 404).
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded, StorageFull
+from app.imaging import pixel_cache
+from app.models import (
+    DEFAULT_PROJECT_ID,
+    ApiKey,
+    Dataset,
+    Evidence,
+    FinetunedModel,
+    Job,
+    Project,
+    Ranking,
+    Role,
+    Source,
+    utcnow,
+)
+from app.pagination import paginate
+from app.services.access import ALL_PROJECTS, Principal, create_key, find_project
+from app.services.sources import record_change
+from app.store import ArtifactStore
+
+# Every quota, with the setting that holds its default.
+QUOTAS = {
+    "max_active_jobs": "quota_max_active_jobs",
+    "max_job_seconds": "quota_max_job_seconds",
+    "max_storage_bytes": "quota_max_storage_bytes",
+    "max_event_streams_per_key": "quota_max_event_streams_per_key",
+    "requests_per_minute_per_key": "quota_requests_per_minute_per_key",
+}
+ACTIVE = ("queued", "running")
+
+
+def effective_quotas(project: Project, settings: Settings) -> dict[str, Any]:
+    """The project's quotas in force: its own where set (None: unlimited), else the default."""
+    own = project.quotas or {}
+    return {name: own.get(name, getattr(settings, setting)) for name, setting in QUOTAS.items()}
+
+
+def project_quotas(session: Session, project_id: str, settings: Settings) -> dict[str, Any]:
+    """``effective_quotas`` of the project with this id."""
+    project = session.get(Project, project_id)
+    if project is None:  # deleted under a request: nothing left to protect
+        return {name: getattr(settings, setting) for name, setting in QUOTAS.items()}
+    return effective_quotas(project, settings)
+
+
+def visible_project(session: Session, principal: Principal, id_or_name: str) -> Project:
+    """The project, if this principal may see it (operators: any; others: their own)."""
+    project = find_project(session, id_or_name)
+    if project is None or not (principal.is_operator or project.id == principal.project_id):
+        raise NotFound(f"no project {id_or_name[:100]!r}")
+    return project
+
+
+def _check_quotas(quotas: dict[str, Any]) -> None:
+    if unknown := sorted(set(quotas) - set(QUOTAS)):
+        raise InvalidInput(f"unknown quotas {unknown}; known: {sorted(QUOTAS)}")
+
+
+def create_project(
+    session: Session,
+    principal: Principal,
+    name: str,
+    quotas: dict[str, Any] | None = None,
+    share_evidence: bool = False,
+) -> Project:
+    """A new, empty project (operators only); Conflict if the name is taken."""
+    principal.require(Role.OPERATOR, "create projects")
+    _check_quotas(quotas or {})
+    if find_project(session, name) is not None:
+        raise Conflict(f"a project named {name!r} exists")
+    project = Project(
+        id=uuid.uuid4().hex, name=name, quotas=quotas or {}, share_evidence=share_evidence
+    )
+    session.add(project)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent create of the same name won
+        session.rollback()
+        raise Conflict(f"a project named {name!r} exists") from None
+    return project
+
+
+def list_projects(
+    session: Session, principal: Principal, page_size: int, page_token: str | None
+) -> tuple[list[Project], str | None]:
+    """Operators: every project; anyone else: their own."""
+    if principal.is_operator:
+        return paginate(session, Project, page_size, page_token)
+    own = session.get(Project, principal.project_id)
+    return ([own] if own is not None and page_token is None else []), None
+
+
+def update_project(
+    session: Session,
+    principal: Principal,
+    id_or_name: str,
+    quotas: dict[str, Any] | None,
+    share_evidence: bool | None,
+) -> Project:
+    """Set some quotas (None: unlimited) and whether the project shares its evidence."""
+    project = visible_project(session, principal, id_or_name)
+    principal.require(Role.OPERATOR, "change a project's quotas or evidence sharing")
+    if quotas:
+        _check_quotas(quotas)
+        project.quotas = {**(project.quotas or {}), **quotas}  # a new dict: JSON is not mutable
+    if share_evidence is not None:
+        project.share_evidence = share_evidence
+    session.flush()
+    return project
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a project holds and runs now, against its quotas."""
+
+    project_id: str
+    active_jobs: int
+    storage_bytes: int
+    datasets: int
+    sources: int
+    models: int
+    rankings: int
+    jobs: int
+    quotas: dict[str, Any]
+
+
+def storage_bytes(session: Session, store: ArtifactStore, project_id: str) -> int:
+    """Bytes the project's datasets, models, private sources and their pixel cache take."""
+    keys: list[str] = []
+    dataset_ids = set()
+    for table in (Dataset, FinetunedModel, Source):
+        query = select(table.id, table.artifact_key).where(table.project_id == project_id)
+        if table is Source:
+            query = query.where(Source.shared.is_(False))
+        for row_id, key in session.execute(query.execution_options(**{ALL_PROJECTS: True})):
+            keys.append(key)
+            if table is Dataset:
+                dataset_ids.add(row_id)
+    cached = sum(
+        entry.nbytes for entry in pixel_cache.list_entries(store) if entry.dataset_id in dataset_ids
+    )
+    return sum(store.size_bytes(key) for key in keys) + cached
+
+
+def _count(session: Session, table: Any, project_id: str, *where: Any) -> int:
+    query = select(func.count()).select_from(table).where(table.project_id == project_id, *where)
+    return int(session.scalar(query.execution_options(**{ALL_PROJECTS: True})) or 0)
+
+
+def active_jobs(session: Session, project_id: str) -> int:
+    """The project's queued and running jobs."""
+    return _count(session, Job, project_id, Job.status.in_(ACTIVE))
+
+
+def project_usage(
+    session: Session,
+    store: ArtifactStore,
+    settings: Settings,
+    principal: Principal,
+    id_or_name: str,
+) -> Usage:
+    """The project's usage and quotas (its admins and operators)."""
+    project = visible_project(session, principal, id_or_name)
+    principal.require(Role.ADMIN, "read the project's usage")
+    return Usage(
+        project_id=project.id,
+        active_jobs=active_jobs(session, project.id),
+        storage_bytes=storage_bytes(session, store, project.id),
+        datasets=_count(session, Dataset, project.id),
+        sources=_count(session, Source, project.id, Source.shared.is_(False)),
+        models=_count(session, FinetunedModel, project.id),
+        rankings=_count(session, Ranking, project.id),
+        jobs=_count(session, Job, project.id),
+        quotas=effective_quotas(project, settings),
+    )
+
+
+def check_active_jobs(session: Session, settings: Settings, project_id: str) -> None:
+    """QuotaExceeded (429 + Retry-After) when the project runs its most jobs already."""
+    limit = project_quotas(session, project_id, settings)["max_active_jobs"]
+    if limit is None:
+        return
+    active = active_jobs(session, project_id)
+    if active >= limit:
+        raise QuotaExceeded(
+            f"the project has {active} active (queued or running) jobs, its quota "
+            f"max_active_jobs is {limit}; wait for one to end or cancel one",
+            quota="max_active_jobs",
+            usage=active,
+            limit=limit,
+            retry_after=30,
+        )
+
+
+def check_job_seconds(
+    session: Session, settings: Settings, project_id: str, estimated_seconds: float
+) -> None:
+    """QuotaExceeded (422) when a job's estimate is above the project's longest allowed."""
+    limit = project_quotas(session, project_id, settings)["max_job_seconds"]
+    if limit is not None and estimated_seconds > limit:
+        raise QuotaExceeded(
+            f"the job is estimated at {estimated_seconds:,.0f} s, above the project's quota "
+            f"max_job_seconds of {limit:,.0f} s; ask for fewer epochs or a smaller input",
+            quota="max_job_seconds",
+            usage=round(estimated_seconds, 1),
+            limit=limit,
+            status=422,
+        )
+
+
+def check_storage(
+    session: Session, store: ArtifactStore, settings: Settings, project_id: str, adding: int
+) -> None:
+    """StorageFull (507) when storing ``adding`` more bytes would pass the project's quota."""
+    limit = project_quotas(session, project_id, settings)["max_storage_bytes"]
+    if limit is None:
+        return
+    used = storage_bytes(session, store, project_id)
+    if used + adding > limit:
+        raise StorageFull(
+            f"the project stores {used:,} bytes; {adding:,} more would pass its quota "
+            f"max_storage_bytes of {limit:,}; delete datasets or models first",
+            quota="max_storage_bytes",
+            usage=used,
+            limit=limit,
+        )
+
+
+def list_keys(
+    session: Session, principal: Principal, id_or_name: str, page_size: int, page_token: str | None
+) -> tuple[list[ApiKey], str | None]:
+    """The project's keys, newest first (revoked ones included, marked), never the keys."""
+    project = visible_project(session, principal, id_or_name)
+    principal.require(Role.ADMIN, "list the project's keys")
+    query_filter = ApiKey.project_id == project.id
+    return paginate(session, ApiKey, page_size, page_token, where=query_filter)
+
+
+def add_key(
+    session: Session,
+    principal: Principal,
+    id_or_name: str,
+    role: Role,
+    name: str,
+    expires_at: datetime | None,
+) -> tuple[ApiKey, str]:
+    """A new key of the project, and the key itself (shown once). Admins make keys up to
+    their own role; operator keys only operators make."""
+    project = visible_project(session, principal, id_or_name)
+    principal.require(Role.ADMIN, "create keys")
+    if role.level > principal.role.level:
+        raise Forbidden(
+            f"this key's role ({principal.role.value}) may not create a {role.value} key",
+            role=principal.role.value,
+            required_role=role.value,
+        )
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidInput(f"expires_at {expires_at.isoformat()} is in the past")
+    return create_key(session, project, role, name, expires_at)
+
+
+def revoke_key(session: Session, principal: Principal, id_or_name: str, key_id: str) -> ApiKey:
+    """Revoke a key at once (every replica looks keys up per request)."""
+    project = visible_project(session, principal, id_or_name)
+    principal.require(Role.ADMIN, "revoke keys")
+    key = session.get(ApiKey, key_id[:32])
+    if key is None or key.project_id != project.id:
+        raise NotFound(f"no key {key_id[:100]!r} in project {project.name!r}")
+    if Role(key.role).level > principal.role.level:
+        raise Forbidden(f"this key's role ({principal.role.value}) may not revoke a {key.role} key")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    session.flush()
+    return key
+
+
+def delete_project(
+    session: Session, store: ArtifactStore, principal: Principal, id_or_name: str
+) -> dict[str, int]:
+    """Delete a project and everything it owns (rows, then files); refused (409) while any
+    of its jobs is queued or running, and for the default project. Returns what went."""
+    project = visible_project(session, principal, id_or_name)
+    principal.require(Role.OPERATOR, "delete projects")
+    if project.id == DEFAULT_PROJECT_ID:
+        raise Conflict("the default project cannot be deleted")
+    if running := active_jobs(session, project.id):
+        raise Conflict(f"the project has {running} queued or running job(s); cancel them first")
+    everything = {ALL_PROJECTS: True}
+    keys: list[str] = []
+    counts: dict[str, int] = {}
+    for table, noun in (
+        (Dataset, "datasets"),
+        (Source, "sources"),
+        (FinetunedModel, "models"),
+    ):
+        query = select(table.id, table.artifact_key).where(table.project_id == project.id)
+        if table is Source:  # a source published into the shared zoo stays there
+            query = query.where(Source.shared.is_(False))
+        rows = session.execute(query.execution_options(**everything)).all()
+        counts[noun] = len(rows)
+        keys.extend(key for _, key in rows)
+        if table is Source:
+            source_ids = [row_id for row_id, _ in rows]
+            for source_id in source_ids:
+                record_change(session, source_id, "remove")
+            session.execute(
+                delete(Source).where(Source.id.in_(source_ids)).execution_options(**everything)
+            )
+        else:
+            session.execute(
+                delete(table).where(table.project_id == project.id).execution_options(**everything)
+            )
+    owned: tuple[Any, ...] = ((Ranking, "rankings"), (Job, "jobs"), (Evidence, "evidence"))
+    for table_, noun in owned:
+        done = session.execute(
+            delete(table_).where(table_.project_id == project.id).execution_options(**everything)
+        )
+        counts[noun] = int(getattr(done, "rowcount", 0) or 0)
+    counts["keys"] = int(
+        session.scalar(select(func.count()).where(ApiKey.project_id == project.id)) or 0
+    )
+    session.execute(delete(ApiKey).where(ApiKey.project_id == project.id))
+    session.delete(project)
+    session.commit()  # rows first: a file no row owns is swept, a row without files is not
+    for key in keys:
+        store.delete(key)
+    return counts

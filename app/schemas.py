@@ -799,7 +799,9 @@ class KeyCreate(RequestBody):
         "audit), operator (service-wide; operators only)."
     )
     name: str = Field(min_length=1, max_length=100, examples=["ci"])
-    expires_at: datetime | None = Field(None, description="When it stops working (UTC).")
+    expires_in_days: float | None = Field(
+        None, gt=0, le=3650, description="Stops working this many days from now (null: never)."
+    )
 
 
 class KeyOut(BaseModel):
@@ -842,7 +844,9 @@ class AuditOut(BaseModel):
 
     id: str
     created_at: datetime
-    key_id: str | None = Field(description="The key's id (or env:<fingerprint>); never the key.")
+    key_id: str | None = Field(
+        description="The key's id (env:FINGERPRINT for a P2L_API_KEYS key); never the key."
+    )
     project_id: str
     action: str = Field(description="Method and route, e.g. DELETE /v1/datasets/{dataset_id}.")
     object_id: str | None

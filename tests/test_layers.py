@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("app.services",),  # use cases, one module per resource, and their job kinds
     ("app.schemas", "app.zoo"),  # HTTP models; zoo administration (bundled zoo, upgrade)
     ("app.api", "app.console"),  # routes
-    ("app.main", "app.worker", "app.__main__"),  # composition roots
+    ("app.main", "app.worker", "app.__main__", "app.keys"),  # composition roots
 ]
 # Peers in one layer that must not import each other.
 PEERS = [("app.p2l", "app.finetune"), ("app.schemas", "app.zoo")]

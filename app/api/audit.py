@@ -2,7 +2,8 @@
 
 Pure ASGI, outside ``RequestLimits``: it sees the principal that ``RequestLimits`` left in
 the request's state, and the status of whatever answered (a route, a 403 of a viewer, a
-413). Requests refused for their key (401) name nobody and are not recorded. The entry is
+413). Requests refused for their key (401) name nobody and are not recorded, nor are those
+of a key past its rate (429). The entry is
 written once the response is sent; its object is the id a create answered with (201,
 202), else the route's last ``{..._id}`` path parameter.
 """
@@ -82,7 +83,9 @@ class AuditLog:
             await self.app(scope, receive, audited_send)
         finally:
             principal = state.get(PRINCIPAL)
-            if isinstance(principal, Principal):
+            # A key past its rate (429) is not recorded: a flood of them would be a flood
+            # of writes.
+            if isinstance(principal, Principal) and status != 429:
                 await anyio.to_thread.run_sync(
                     self._record, scope, principal, status, bytes(captured)
                 )

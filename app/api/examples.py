@@ -12,6 +12,7 @@ import numpy as np
 from app.finetune.race import race_cost, run_race
 from app.finetune.search import AUTO_CANDIDATES, run_search
 
+DEFAULT_PROJECT_ID = "0" * 32
 DATASET_ID = "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c"
 SOURCE_ID = "8e1d2c3b4a5f60718293a4b5c6d7e8f9"
 RANKING_ID = "c0ffee00aa11bb22cc33dd44ee55ff66"
@@ -19,6 +20,43 @@ JOB_ID = "5a6b7c8d9e0f11223344556677889900"
 MODEL_ID = "9d8c7b6a5f4e3d2c1b0a998877665544"
 REFERENCE_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CREATED = "2026-11-26T09:30:00Z"
+PROJECT_ID = "7b1e4c2a9d3f48e6a0b5c7d9e1f20314"
+KEY_ID = "4d5e6f708192a3b4c5d6e7f8091a2b3c"
+_QUOTAS = {
+    "max_active_jobs": 4,
+    "max_job_seconds": 7200.0,
+    "max_storage_bytes": 21474836480,
+    "max_event_streams_per_key": 8,
+    "requests_per_minute_per_key": 1200,
+}
+_PROJECT = {
+    "id": PROJECT_ID,
+    "name": "vision-team",
+    "created_at": CREATED,
+    "quotas": _QUOTAS,
+    "share_evidence": False,
+}
+_KEY = {
+    "id": KEY_ID,
+    "project_id": PROJECT_ID,
+    "name": "ci",
+    "role": "member",
+    "prefix": "p2l_Xq3v9A",
+    "created_at": CREATED,
+    "expires_at": None,
+    "last_used_at": "2026-11-26T10:02:00Z",
+    "revoked_at": None,
+}
+_AUDIT = {
+    "id": "1a2b3c4d5e6f708192a3b4c5d6e7f809",
+    "created_at": CREATED,
+    "key_id": KEY_ID,
+    "project_id": PROJECT_ID,
+    "action": "DELETE /v1/datasets/{dataset_id}",
+    "object_id": "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c",
+    "status": 204,
+    "detail": None,
+}
 CLASSES = ["dress", "pullover", "shirt"]
 
 _EPOCH = {
@@ -199,6 +237,9 @@ _SOURCE = {
     "weights_sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
     "dataset_id": None,
     "origin": "bundled",
+    "project_id": DEFAULT_PROJECT_ID,
+    "shared": True,
+    "image_counts": "verified",
 }
 _RANKED = {
     "rank": 1,
@@ -211,6 +252,8 @@ _RANKED = {
     "num_images": 2700,
     "first_stage_rank": 2,
     "refine_score": 1.734,
+    "image_counts": "verified",
+    "shared": True,
 }
 _REFINE = {
     "method": "logme",
@@ -313,6 +356,34 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "variance": [0.01, 0.003, 0.04],
     },
     "SourceOut": _SOURCE,
+    "Quotas": _QUOTAS,
+    "QuotasPatch": {"max_active_jobs": 2, "max_job_seconds": None},
+    "ProjectCreate": {"name": "vision-team", "share_evidence": False},
+    "ProjectPatch": {"quotas": {"max_active_jobs": 2}, "share_evidence": True},
+    "ProjectOut": _PROJECT,
+    "UsageOut": {
+        "project_id": PROJECT_ID,
+        "active_jobs": 1,
+        "storage_bytes": 48_213_504,
+        "datasets": 3,
+        "sources": 1,
+        "models": 2,
+        "rankings": 7,
+        "jobs": 4,
+        "quotas": _QUOTAS,
+    },
+    "KeyCreate": {"role": "member", "name": "ci", "expires_in_days": 90},
+    "KeyOut": _KEY,
+    "KeyCreated": {**_KEY, "key": "p2l_Xq3v9AexampleNotARealKey0123456789abcdefg"},
+    "WhoAmIOut": {
+        "project_id": PROJECT_ID,
+        "project_name": "vision-team",
+        "role": "member",
+        "key_id": KEY_ID,
+        "key_name": "ci",
+        "authenticated": True,
+    },
+    "AuditOut": _AUDIT,
     "RankingRequest": {
         "target_dataset_id": DATASET_ID,
         "method": "p2l",
@@ -407,6 +478,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 
 # Listings: one item and the token of the next page.
 PAGE_ITEMS = {
+    "ProjectOut": _PROJECT,
+    "KeyOut": _KEY,
+    "AuditOut": _AUDIT,
     "DatasetOut": _DATASET,
     "SourceOut": _SOURCE,
     "JobOut": _JOB,

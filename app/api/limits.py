@@ -130,6 +130,8 @@ class RequestLimits:
             response = problem(exc.status, exc.detail, scope["path"], **exc.extensions)
             response.headers.update(exc.headers)
             return response
+        # Known from here: what it is refused below is refused to someone (the audit log).
+        scope.setdefault("state", {})[PRINCIPAL] = principal
         if scope["method"] not in READ_METHODS and not principal.can(Role.MEMBER):
             return problem(
                 403,
@@ -154,7 +156,6 @@ class RequestLimits:
                 )
                 response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
                 return response
-        scope.setdefault("state", {})[PRINCIPAL] = principal
         return None
 
     def _bounded(self, receive: Receive, cap: int, too_large: str, has_body: bool) -> Receive:

@@ -214,9 +214,8 @@ def _add_project_criteria(state: ORMExecuteState) -> None:
 
 @event.listens_for(Session, "before_flush")
 def _stamp_project(session: Session, flush_context: object, instances: object) -> None:
-    project_id = session.info.get(_SCOPE)
-    if project_id is None:
-        return
+    # An unscoped session (start-up, tools, tests) writes into the default project.
+    project_id = session.info.get(_SCOPE) or DEFAULT_PROJECT_ID
     for row in session.new:
         if isinstance(row, OWNED_TABLES) and getattr(row, "project_id", None) is None:
             row.project_id = project_id

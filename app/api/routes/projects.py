@@ -1,12 +1,13 @@
 """Projects, their API keys and usage, and who a key is (see app.services.projects)."""
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.deps import PAGE_PROBLEMS, PageToken, PrincipalDep, SessionDep, StateDep
 from app.api.problems import problem_responses
-from app.models import Project, Role
+from app.models import Project, Role, utcnow
 from app.schemas import (
     AuditOut,
     KeyCreate,
@@ -157,9 +158,8 @@ def create_key(
     session: SessionDep, principal: PrincipalDep, project_id: str, body: KeyCreate
 ) -> KeyCreated:
     """Only its SHA-256 is stored: keep the ``key`` of this answer, it is not shown again."""
-    row, key = service.add_key(
-        session, principal, project_id, Role(body.role), body.name, body.expires_at
-    )
+    expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    row, key = service.add_key(session, principal, project_id, Role(body.role), body.name, expires)
     return KeyCreated(**KeyOut.model_validate(row).model_dump(), key=key)
 
 

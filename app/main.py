@@ -35,7 +35,9 @@ from app.db import is_transient, make_engine, migrate, session_factory, user_err
 from app.imaging.budget import configure_decode_budget
 from app.jobs.service import LeaseReaper, reap_expired_leases, sweep_unowned_artifacts
 from app.memory import Trimmer, child_malloc_env, limit_arenas
+from app.services import audit
 from app.services.evaluations import sweep_evaluation_archives
+from app.services.rankings import prune_rankings
 from app.services.sources import load_index
 from app.store import make_store
 from app.worker import make_runner
@@ -81,7 +83,9 @@ def build_state(settings: Settings) -> ServiceState:
         if removed := sweep_unowned_artifacts(session, store, settings.job_lease_seconds):
             logger.warning("removed %d dataset/model/source folders no row owns", removed)
         sweep_evaluation_archives(session, store, settings.job_lease_seconds)
-        index = load_index(session, store, reference_net, settings.p2l_eps)
+        index = load_index(
+            session, store, reference_net, settings.p2l_eps, settings.claimed_images_cap
+        )
         if settings.import_bundled_zoo:
             import_bundled_zoo(session, store, index, reference_net)
     return ServiceState(settings, engine, sessions, store, reference_net, index)
@@ -111,6 +115,7 @@ async def _supervise(
                     logger.warning("removed %d tmp/ entries of dead or stale writers", removed)
                 # The images of an evaluation job that failed or was cancelled.
                 await asyncio.to_thread(_sweep_evaluations, state)
+                await asyncio.to_thread(_prune, state)
         except Exception as exc:  # the supervisor must outlive any one failure
             if is_transient(exc):  # the database is away: leases may expire meanwhile
                 reaper.unreachable()
@@ -123,6 +128,16 @@ def _sweep_evaluations(state: ServiceState) -> None:
     """Delete the stored archives of evaluation jobs that have ended."""
     with state.sessions() as session:
         sweep_evaluation_archives(session, state.store, state.settings.job_lease_seconds)
+
+
+def _prune(state: ServiceState) -> None:
+    """Delete the rankings and audit entries past their retention."""
+    settings = state.settings
+    with state.sessions() as session:
+        rankings = prune_rankings(session, settings.ranking_retention_days)
+        entries = audit.prune(session, settings.audit_retention_days)
+    if rankings or entries:
+        logger.info("retention: deleted %d rankings, %d audit entries", rankings, entries)
 
 
 def _reap(state: ServiceState, reaper: LeaseReaper) -> None:

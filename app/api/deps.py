@@ -29,7 +29,7 @@ from app.p2l.scoring import SignatureIndex
 from app.services.access import Principal, authenticate, scope_session
 from app.services.context import Context
 from app.services.models import ModelCache
-from app.services.projects import project_quotas
+from app.services.quotas import project_quotas
 from app.store import ArtifactStore
 
 

@@ -22,30 +22,43 @@ Snapshot = dict[str, Any]
 
 
 class StreamSlots:
-    """A counter of open streams with a hard limit (the event loop is single-threaded)."""
+    """Counters of open streams, in all (a hard limit) and per owner (an API key), so that
+    one key cannot hold every slot (the event loop is single-threaded)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
+        self.by_owner: dict[str, int] = {}
 
-    def try_acquire(self) -> "Slot | None":
+    def held_by(self, owner: str) -> int:
+        """Streams ``owner`` holds open."""
+        return self.by_owner.get(owner, 0)
+
+    def try_acquire(self, owner: str = "") -> "Slot | None":
         """A slot, or None when ``limit`` streams are already open."""
         if self.open >= self.limit:
             return None
         self.open += 1
-        return Slot(self)
+        self.by_owner[owner] = self.by_owner.get(owner, 0) + 1
+        return Slot(self, owner)
 
 
 class Slot:
     """One open stream's place; releasing twice is harmless."""
 
-    def __init__(self, slots: StreamSlots) -> None:
+    def __init__(self, slots: StreamSlots, owner: str = "") -> None:
         self._slots: StreamSlots | None = slots
+        self.owner = owner
 
     def release(self) -> None:
         """Give the place back."""
         if self._slots is not None:
             self._slots.open -= 1
+            left = self._slots.by_owner.get(self.owner, 1) - 1
+            if left > 0:
+                self._slots.by_owner[self.owner] = left
+            else:
+                self._slots.by_owner.pop(self.owner, None)
             self._slots = None
 
 

@@ -83,8 +83,13 @@ class SignatureIndex:
     deleted rows are compacted away, with numpy, on the next ranking.
     """
 
-    def __init__(self, eps: float) -> None:
+    def __init__(self, eps: float, claimed_images_cap: int | None = None) -> None:
         self.eps = eps
+        # A claimed image count (an uploaded signature's word, not counted by the service)
+        # weighs at most this many images in the size term: a claim of 10^9 cannot buy
+        # first place. None: claims weigh as they are.
+        self.claimed_images_cap = claimed_images_cap
+        self._weighed: dict[str, int] = {}  # source id -> images its size term counts
         self._signatures: dict[str, DatasetSignature] = {}
         self._row_of: dict[str, int] = {}  # source id -> row in the matrices
         self._row_ids: list[str | None] = []  # row -> source id (None: deleted)
@@ -106,10 +111,15 @@ class SignatureIndex:
     def __contains__(self, source_id: str) -> bool:
         return source_id in self._signatures
 
-    def add(self, source_id: str, signature: DatasetSignature) -> None:
-        """Add or replace a source's signature."""
+    def add(self, source_id: str, signature: DatasetSignature, claimed: bool = False) -> None:
+        """Add or replace a source's signature; ``claimed``: its image count was not counted
+        by the service (its size term is capped at ``claimed_images_cap``)."""
         with self._lock:
             self._signatures[source_id] = signature
+            weighed = signature.n
+            if claimed and self.claimed_images_cap is not None:
+                weighed = min(weighed, self.claimed_images_cap)
+            self._weighed[source_id] = weighed
             if self._dim is not None and signature.feature_dim != self._dim:
                 # A new reference network's signatures arrive one by one (app.zoo.upgrade):
                 # start over from the signatures, with the new width.
@@ -125,7 +135,7 @@ class SignatureIndex:
                     self._grow(2 * row)
                 self._row_ids.append(source_id)
                 self._row_of[source_id] = row
-            self._fill(row, signature)
+            self._fill(row, signature, weighed)
             self._ids_stale = True
 
     def signature(self, source_id: str) -> DatasetSignature:
@@ -137,6 +147,7 @@ class SignatureIndex:
         with self._lock:
             if self._signatures.pop(source_id, None) is None:
                 return
+            self._weighed.pop(source_id, None)
             row = self._row_of.pop(source_id, None)
             if row is not None:
                 self._row_ids[row] = None
@@ -162,7 +173,7 @@ class SignatureIndex:
         for target, source in zip(self._matrices(), old, strict=True):
             target[: len(source)] = source
 
-    def _fill(self, row: int, signature: DatasetSignature) -> None:
+    def _fill(self, row: int, signature: DatasetSignature, weighed_images: int) -> None:
         mean = signature.mean.astype(np.float32)
         p = to_distribution(mean, self.eps).astype(np.float32)
         log_p = np.log(p)
@@ -170,7 +181,7 @@ class SignatureIndex:
         self._neg_entropy[row] = np.sum(p * log_p)
         self._norms[row] = np.linalg.norm(mean)
         self._sizes[row] = signature.n
-        self._log_n[row] = np.log(max(signature.n, 1))
+        self._log_n[row] = np.log(max(weighed_images, 1))
 
     def _rebuild(self, dim: int) -> None:
         """Every row again from the signatures (after a change of feature width)."""
@@ -184,7 +195,7 @@ class SignatureIndex:
                 continue  # not yet upgraded: left out of rankings until it is
             self._row_of[source_id] = len(self._row_ids)
             self._row_ids.append(source_id)
-            self._fill(self._row_of[source_id], signature)
+            self._fill(self._row_of[source_id], signature, self._weighed[source_id])
 
     def _build(self) -> None:
         """Compact deleted rows away and expose the live matrices (cheap when nothing changed)."""

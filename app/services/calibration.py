@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict
 from app.measures import Measure, Method
-from app.models import Calibration, Dataset, Evidence, Source
+from app.models import Calibration, Dataset, Evidence, Job, Project, Role, Source
 from app.p2l.calibration import (
     RankingParams,
     TargetEvidence,
@@ -28,6 +28,7 @@ from app.p2l.calibration import (
 from app.p2l.scoring import ScoringParams
 from app.p2l.signature import DatasetSignature
 from app.pagination import paginate
+from app.services.access import ALL_PROJECTS
 from app.services.context import Context
 from app.services.datasets import dataset_signature
 from app.services.sources import rankable_signature
@@ -60,7 +61,7 @@ class Constants:
 
 
 def evidence_of(
-    store: ArtifactStore, job_id: str, dataset: Dataset, source: Source, report: dict[str, Any]
+    store: ArtifactStore, job: Job, dataset: Dataset, source: Source, report: dict[str, Any]
 ) -> Evidence | None:
     """What a successful fine-tune showed, as a row to add; None when it measured no
     accuracy (no test and no validation split). Reads the target's signature from the store."""
@@ -71,7 +72,8 @@ def evidence_of(
     baseline = report.get("baseline") or {}
     return Evidence(
         id=uuid.uuid4().hex,
-        job_id=job_id,
+        project_id=job.project_id,  # whether it reaches the shared calibration: the project's
+        job_id=job.id,
         target_dataset_id=dataset.id,
         target_signature=dataset_signature(store, dataset).to_bytes(),
         reference_sha256=dataset.reference_sha256,
@@ -148,13 +150,24 @@ class EvidenceSummary:
     sources: dict[str, DatasetSignature]
 
 
+def shared_evidence() -> ColumnElement[bool]:
+    """The evidence rows of the projects that share theirs with the calibration."""
+    return Evidence.project_id.in_(select(Project.id).where(Project.share_evidence.is_(True)))
+
+
 def gather_evidence(
     session: Session, store: ArtifactStore, reference_sha256: str
 ) -> EvidenceSummary:
-    """Every fine-tune's evidence made under ``reference_sha256``, per target (mean accuracy
-    per source), with the signatures of the sources still in the zoo."""
+    """The shared calibration's evidence made under ``reference_sha256`` (of the projects
+    that share theirs), per target (mean accuracy per source), with the signatures of the
+    sources still in the zoo. Only aggregates of it are ever shown (regrets, counts): no
+    project learns another's targets through it."""
     rows = list(
-        session.scalars(select(Evidence).where(Evidence.reference_sha256 == reference_sha256))
+        session.scalars(
+            select(Evidence)
+            .where(Evidence.reference_sha256 == reference_sha256, shared_evidence())
+            .execution_options(**{ALL_PROJECTS: True})
+        )
     )
     by_target: dict[str, list[Evidence]] = defaultdict(list)
     for row in rows:
@@ -163,9 +176,9 @@ def gather_evidence(
     sources = {
         s.id: signature
         for s in session.scalars(
-            select(Source).where(
-                Source.id.in_(source_ids), Source.reference_sha256 == reference_sha256
-            )
+            select(Source)
+            .where(Source.id.in_(source_ids), Source.reference_sha256 == reference_sha256)
+            .execution_options(**{ALL_PROJECTS: True})
         )
         if (signature := rankable_signature(store, s.id, s.artifact_key, s.reference_sha256))
     }
@@ -238,7 +251,8 @@ def _words(params: RankingParams) -> str:
 def refit(ctx: Context) -> Calibration:
     """Refit measure and lambda on the evidence under the active reference network and put
     the result in force, committed (see ``_refit``); Conflict while no target has evidence
-    from two or more sources."""
+    from two or more sources. Operators only: every project ranks with it."""
+    ctx.principal.require(Role.OPERATOR, "refit the shared calibration")
     session, reference_sha256 = ctx.session, ctx.reference.weights_sha256
     summary = gather_evidence(session, ctx.store, reference_sha256)
     calibration = _refit(
@@ -279,7 +293,8 @@ def _refit(
 
 def reset(ctx: Context) -> Calibration:
     """Put the bundled defaults back in force, committed, as a calibration of their own:
-    later rankings record it, and an automatic refit waits for a new target."""
+    later rankings record it, and an automatic refit waits for a new target. Operators only."""
+    ctx.principal.require(Role.OPERATOR, "reset the shared calibration")
     session, reference_sha256 = ctx.session, ctx.reference.weights_sha256
     summary = gather_evidence(session, ctx.store, reference_sha256)
     previous = current_calibration(session, reference_sha256)
@@ -338,7 +353,7 @@ def refit_if_due(
     # Cheap first: distinct targets with two or more sources tried, before any signature.
     pairs = (
         select(Evidence.target_dataset_id)
-        .where(Evidence.reference_sha256 == reference_sha256)
+        .where(Evidence.reference_sha256 == reference_sha256, shared_evidence())
         .group_by(Evidence.target_dataset_id)
         .having(func.count(func.distinct(Evidence.source_id)) >= 2)
     )

@@ -1,6 +1,7 @@
 """Dataset use cases: ingest an upload, read, list and delete, keeping DB and files in step."""
 
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from app.models import Dataset
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
 from app.services.context import Context
+from app.services.quotas import check_storage
 from app.store import ArtifactStore
 from app.unit_of_work import UnitOfWork, unit_of_work
 
@@ -71,10 +73,20 @@ def default_dataset_name(filename: str | None, settings: Settings) -> str:
     return data.decode("utf-8", "ignore") or "dataset"
 
 
+def stream_size(stream: IO[bytes]) -> int:
+    """Bytes of a seekable upload (its position is left at the start)."""
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    return size
+
+
 def ingest_dataset(ctx: Context, archive: IO[bytes], name: str) -> IngestResult:
     """Validate an archive, compute its signature and store both; all or nothing."""
     session, store, reference, settings = ctx.session, ctx.store, ctx.reference, ctx.settings
     check_dataset_name(name, settings)
+    # Its images take about what the archive does (images are compressed already).
+    check_storage(session, store, settings, ctx.principal.project_id, stream_size(archive))
     dataset_id = uuid.uuid4().hex
     cache_key: str | None = None
     with unit_of_work(session, store) as work:

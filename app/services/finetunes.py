@@ -40,6 +40,7 @@ from app.services.calibration import evidence_of, ranking_params, refit_if_due
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists, get_dataset
 from app.services.models import MODEL_WEIGHTS
+from app.services.quotas import check_active_jobs, check_job_seconds, check_storage
 from app.services.rankings import rank_sources
 from app.services.sources import get_source, weights_path
 from app.store import ArtifactStore
@@ -128,6 +129,7 @@ def submit_finetune(
     request leaves neither behind.
     """
     params, estimate = plan_finetune(ctx, target_dataset_id, source_id, options, race)
+    check_active_jobs(ctx.session, ctx.settings, ctx.principal.project_id)
     params.estimate = estimate.model_dump(mode="json")
     params.warnings = list(estimate.warnings)
     return submit_job(ctx.session, FINETUNE.name, params.stored())
@@ -188,10 +190,13 @@ def plan_finetune(
     first = sources[0]
     need = max(artifact_bytes(s.architecture, len(dataset.class_counts)) for s in sources)
     check_free_space(ctx.store, ctx.settings.store_reserve_bytes, need)
+    project_id = ctx.principal.project_id
+    check_storage(session, ctx.store, ctx.settings, project_id, need)
     estimate = estimate_finetune(
         session, first.architecture, first.input_size, dataset.class_counts, options,
         race_plan.trial_epochs if race_plan else (),
     )  # fmt: skip
+    check_job_seconds(session, ctx.settings, project_id, estimate.seconds)
     params = FinetuneJobParams(
         target_dataset_id=dataset.id,
         source_id="race" if race_plan else first.id,
@@ -367,7 +372,7 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
         }
         result["race"] = race_record
     try:  # what the fine-tune showed, for the ranking's calibration: never worth the model
-        evidence = evidence_of(store, job.id, dataset, source, result)
+        evidence = evidence_of(store, job, dataset, source, result)
     except Exception:
         evidence = None
         logger.exception("job %s: no calibration evidence recorded", job.id)
@@ -380,6 +385,7 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
             session.add(
                 FinetunedModel(
                     id=model_id,
+                    project_id=job.project_id,
                     job_id=job.id,
                     source_id=source.id,
                     target_dataset_id=dataset.id,

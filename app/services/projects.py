@@ -15,8 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded, StorageFull
-from app.imaging import pixel_cache
+from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.models import (
     DEFAULT_PROJECT_ID,
     ApiKey,
@@ -32,32 +31,9 @@ from app.models import (
 )
 from app.pagination import paginate
 from app.services.access import ALL_PROJECTS, Principal, create_key, find_project
+from app.services.quotas import QUOTAS, active_jobs, count_owned, effective_quotas, storage_bytes
 from app.services.sources import record_change
 from app.store import ArtifactStore
-
-# Every quota, with the setting that holds its default.
-QUOTAS = {
-    "max_active_jobs": "quota_max_active_jobs",
-    "max_job_seconds": "quota_max_job_seconds",
-    "max_storage_bytes": "quota_max_storage_bytes",
-    "max_event_streams_per_key": "quota_max_event_streams_per_key",
-    "requests_per_minute_per_key": "quota_requests_per_minute_per_key",
-}
-ACTIVE = ("queued", "running")
-
-
-def effective_quotas(project: Project, settings: Settings) -> dict[str, Any]:
-    """The project's quotas in force: its own where set (None: unlimited), else the default."""
-    own = project.quotas or {}
-    return {name: own.get(name, getattr(settings, setting)) for name, setting in QUOTAS.items()}
-
-
-def project_quotas(session: Session, project_id: str, settings: Settings) -> dict[str, Any]:
-    """``effective_quotas`` of the project with this id."""
-    project = session.get(Project, project_id)
-    if project is None:  # deleted under a request: nothing left to protect
-        return {name: getattr(settings, setting) for name, setting in QUOTAS.items()}
-    return effective_quotas(project, settings)
 
 
 def visible_project(session: Session, principal: Principal, id_or_name: str) -> Project:
@@ -141,34 +117,6 @@ class Usage:
     quotas: dict[str, Any]
 
 
-def storage_bytes(session: Session, store: ArtifactStore, project_id: str) -> int:
-    """Bytes the project's datasets, models, private sources and their pixel cache take."""
-    keys: list[str] = []
-    dataset_ids = set()
-    for table in (Dataset, FinetunedModel, Source):
-        query = select(table.id, table.artifact_key).where(table.project_id == project_id)
-        if table is Source:
-            query = query.where(Source.shared.is_(False))
-        for row_id, key in session.execute(query.execution_options(**{ALL_PROJECTS: True})):
-            keys.append(key)
-            if table is Dataset:
-                dataset_ids.add(row_id)
-    cached = sum(
-        entry.nbytes for entry in pixel_cache.list_entries(store) if entry.dataset_id in dataset_ids
-    )
-    return sum(store.size_bytes(key) for key in keys) + cached
-
-
-def _count(session: Session, table: Any, project_id: str, *where: Any) -> int:
-    query = select(func.count()).select_from(table).where(table.project_id == project_id, *where)
-    return int(session.scalar(query.execution_options(**{ALL_PROJECTS: True})) or 0)
-
-
-def active_jobs(session: Session, project_id: str) -> int:
-    """The project's queued and running jobs."""
-    return _count(session, Job, project_id, Job.status.in_(ACTIVE))
-
-
 def project_usage(
     session: Session,
     store: ArtifactStore,
@@ -183,64 +131,13 @@ def project_usage(
         project_id=project.id,
         active_jobs=active_jobs(session, project.id),
         storage_bytes=storage_bytes(session, store, project.id),
-        datasets=_count(session, Dataset, project.id),
-        sources=_count(session, Source, project.id, Source.shared.is_(False)),
-        models=_count(session, FinetunedModel, project.id),
-        rankings=_count(session, Ranking, project.id),
-        jobs=_count(session, Job, project.id),
+        datasets=count_owned(session, Dataset, project.id),
+        sources=count_owned(session, Source, project.id, Source.shared.is_(False)),
+        models=count_owned(session, FinetunedModel, project.id),
+        rankings=count_owned(session, Ranking, project.id),
+        jobs=count_owned(session, Job, project.id),
         quotas=effective_quotas(project, settings),
     )
-
-
-def check_active_jobs(session: Session, settings: Settings, project_id: str) -> None:
-    """QuotaExceeded (429 + Retry-After) when the project runs its most jobs already."""
-    limit = project_quotas(session, project_id, settings)["max_active_jobs"]
-    if limit is None:
-        return
-    active = active_jobs(session, project_id)
-    if active >= limit:
-        raise QuotaExceeded(
-            f"the project has {active} active (queued or running) jobs, its quota "
-            f"max_active_jobs is {limit}; wait for one to end or cancel one",
-            quota="max_active_jobs",
-            usage=active,
-            limit=limit,
-            retry_after=30,
-        )
-
-
-def check_job_seconds(
-    session: Session, settings: Settings, project_id: str, estimated_seconds: float
-) -> None:
-    """QuotaExceeded (422) when a job's estimate is above the project's longest allowed."""
-    limit = project_quotas(session, project_id, settings)["max_job_seconds"]
-    if limit is not None and estimated_seconds > limit:
-        raise QuotaExceeded(
-            f"the job is estimated at {estimated_seconds:,.0f} s, above the project's quota "
-            f"max_job_seconds of {limit:,.0f} s; ask for fewer epochs or a smaller input",
-            quota="max_job_seconds",
-            usage=round(estimated_seconds, 1),
-            limit=limit,
-            status=422,
-        )
-
-
-def check_storage(
-    session: Session, store: ArtifactStore, settings: Settings, project_id: str, adding: int
-) -> None:
-    """StorageFull (507) when storing ``adding`` more bytes would pass the project's quota."""
-    limit = project_quotas(session, project_id, settings)["max_storage_bytes"]
-    if limit is None:
-        return
-    used = storage_bytes(session, store, project_id)
-    if used + adding > limit:
-        raise StorageFull(
-            f"the project stores {used:,} bytes; {adding:,} more would pass its quota "
-            f"max_storage_bytes of {limit:,}; delete datasets or models first",
-            quota="max_storage_bytes",
-            usage=used,
-            limit=limit,
-        )
 
 
 def list_keys(

@@ -4,19 +4,21 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
 from app.families import get_spec, load_model
 from app.measures import Measure, Method, RefineMethod
-from app.models import Dataset, Ranking, Source
+from app.models import Dataset, Ranking, Source, utcnow
 from app.p2l.refine import source_outputs, transferability
 from app.p2l.scoring import ScoringParams
 from app.pagination import get_by_id, is_valid_id
+from app.services.access import ALL_PROJECTS
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists
 from app.services.sources import catch_up, signature_for_dataset, weights_path
@@ -65,7 +67,9 @@ def rank_sources(
         rankable = [s for s in wanted if s in index]
         stale = [s for s in wanted if s not in index]
     else:
-        rankable = None
+        # What this project may rank over: the shared zoo and its own sources (the
+        # session is scoped; the index holds every project's).
+        rankable = [s for s in session.scalars(select(Source.id)) if s in index]
         stale_rows = session.execute(
             select(Source.id, Source.name).where(
                 Source.reference_sha256 != reference.weights_sha256
@@ -88,11 +92,14 @@ def rank_sources(
     scored = index.rank(target, method, measure, params, source_ids=rankable, top_k=first_stage_k)
     elapsed_ms = (time.perf_counter() - started) * 1000
 
-    names = dict(
-        session.execute(
-            select(Source.id, Source.name).where(Source.id.in_([s.source_id for s in scored]))
-        ).all()
-    )
+    described = {
+        row.id: row
+        for row in session.execute(
+            select(Source.id, Source.name, Source.image_counts, Source.shared).where(
+                Source.id.in_([s.source_id for s in scored])
+            )
+        )
+    }
     ranking = Ranking(
         id=uuid.uuid4().hex,
         target_dataset_id=target_dataset_id,
@@ -103,12 +110,16 @@ def rank_sources(
             {
                 "rank": s.rank,
                 "source_id": s.source_id,
-                "name": names.get(s.source_id, ""),
+                "name": described[s.source_id].name if s.source_id in described else "",
                 "score": s.score,
                 "distance": s.distance,
                 "similarity": s.similarity,
                 "size_term": s.size_term,
                 "num_images": s.num_images,
+                "image_counts": (
+                    described[s.source_id].image_counts if s.source_id in described else "verified"
+                ),
+                "shared": bool(described[s.source_id].shared) if s.source_id in described else True,
             }
             for s in scored
         ],
@@ -186,6 +197,19 @@ def delete_ranking(session: Session, ranking_id: str) -> None:
     """Remove a stored ranking (jobs that name it keep their own record of the pick)."""
     session.delete(get_ranking(session, ranking_id))
     session.commit()
+
+
+def prune_rankings(session: Session, older_than_days: float) -> int:
+    """Delete the rankings (of every project) older than this many days (0: none); returns
+    how many went. Jobs keep their own record of the pick."""
+    if older_than_days <= 0:
+        return 0
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    done = session.execute(
+        delete(Ranking).where(Ranking.created_at < cutoff).execution_options(**{ALL_PROJECTS: True})
+    )
+    session.commit()
+    return int(getattr(done, "rowcount", 0) or 0)
 
 
 def ranking_warnings(ranking: Ranking) -> list[str]:

@@ -24,7 +24,7 @@ from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature, compute_signature
 from app.pagination import get_by_id, paginate
-from app.services.access import Principal, session_project
+from app.services.access import ALL_PROJECTS, Principal, session_project
 from app.services.context import Context
 from app.services.datasets import (
     SIGNATURE_FILE,
@@ -32,7 +32,9 @@ from app.services.datasets import (
     dataset_signature,
     get_dataset,
     stored_signature,
+    stream_size,
 )
+from app.services.quotas import check_storage
 from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
 
@@ -247,7 +249,7 @@ def register_source(
                 f"model {model_id} is already the source {winner}", source_id=winner
             ) from None
         raise
-    index.add(source.id, signature)
+    index.add(source.id, signature, claimed=image_counts == "claimed")
     return source
 
 
@@ -284,6 +286,8 @@ def register_upload(
     """Register an uploaded model with the signature of a stored dataset (``dataset_id``)
     or an uploaded one (exactly one of the two: see ``check_upload``); nothing is kept if
     any check fails."""
+    weights_bytes = stream_size(weights)
+    check_storage(ctx.session, ctx.store, ctx.settings, ctx.principal.project_id, weights_bytes)
     if dataset_id is not None:
         dataset_signature = signature_for_dataset(ctx.session, ctx.store, ctx.reference, dataset_id)
     else:
@@ -399,9 +403,9 @@ def catch_up(
         rows = {
             row.id: row
             for row in session.execute(
-                select(Source.id, Source.reference_sha256, Source.artifact_key).where(
-                    Source.id.in_(touched)
-                )
+                select(Source.id, Source.reference_sha256, Source.artifact_key, Source.image_counts)
+                .where(Source.id.in_(touched))
+                .execution_options(**{ALL_PROJECTS: True})  # the index serves every project
             )
         }
         for source_id in touched:
@@ -411,10 +415,10 @@ def catch_up(
                 signature = rankable_signature(
                     store, source_id, row.artifact_key, row.reference_sha256
                 )
-            if signature is None:
+            if signature is None or row is None:
                 index.remove(source_id)
             else:
-                index.add(source_id, signature)
+                index.add(source_id, signature, claimed=row.image_counts == "claimed")
         index.version = changes[-1].seq
         return len(touched)
 
@@ -425,10 +429,15 @@ def weights_path(store: ArtifactStore, source: Source) -> Path:
 
 
 def load_index(
-    session: Session, store: ArtifactStore, reference: ReferenceNetwork, eps: float
+    session: Session,
+    store: ArtifactStore,
+    reference: ReferenceNetwork,
+    eps: float,
+    claimed_images_cap: int | None = None,
 ) -> SignatureIndex:
-    """The in-memory index of every source whose signature fits the active reference."""
-    index = SignatureIndex(eps=eps)
+    """The in-memory index of every source (of every project) whose signature fits the
+    active reference; claimed image counts weigh at most ``claimed_images_cap``."""
+    index = SignatureIndex(eps=eps, claimed_images_cap=claimed_images_cap)
     # Read before the sources: a change committed in between is replayed by catch_up.
     index.version = session.scalar(select(func.coalesce(func.max(ZooChange.seq), 0))) or 0
     stale = 0
@@ -440,7 +449,7 @@ def load_index(
             store, source.id, source.artifact_key, source.reference_sha256
         )
         if signature is not None:
-            index.add(source.id, signature)
+            index.add(source.id, signature, claimed=source.image_counts == "claimed")
     if stale:
         logger.warning(
             "%d sources have signatures from another reference network; they are not ranked",

@@ -2,6 +2,7 @@
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
@@ -11,13 +12,14 @@ from app.api.deps import (
     PAGE_PROBLEMS,
     ContextDep,
     PageToken,
+    PrincipalDep,
     ServiceState,
     SessionDep,
     StateDep,
 )
 from app.api.idempotency import IdempotencyHeader, digest_json, idempotent
 from app.api.problems import problem_responses
-from app.errors import NotFound
+from app.errors import NotFound, QuotaExceeded
 from app.jobs import service as jobs
 from app.jobs.estimates import alive_workers, no_worker_warning
 from app.models import TERMINAL_STATUSES, Job, JobStatus
@@ -25,6 +27,7 @@ from app.pagination import is_valid_id
 from app.schemas import Estimate, FinetuneRequest, JobOut, Page
 from app.services import evaluations, finetunes
 from app.services.evaluations import EVALUATE
+from app.services.quotas import project_quotas
 
 router = APIRouter(tags=["jobs"])
 
@@ -176,11 +179,16 @@ def delete_job(state: StateDep, session: SessionDep, job_id: str) -> Response:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
-        **problem_responses(_503="P2L_MAX_EVENT_STREAMS streams are open; retry later"),
+        **problem_responses(
+            _429="This key holds its quota of open streams (max_event_streams_per_key)",
+            _503="P2L_MAX_EVENT_STREAMS streams are open; retry later",
+        ),
     },
     summary="Stream a job's progress as server-sent events (for clients, not Swagger)",
 )
-async def job_events(state: StateDep, job_id: str) -> StreamingResponse:
+async def job_events(
+    state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str
+) -> StreamingResponse:
     """**For clients**: Swagger UI's *Try it out* waits for the whole stream and shows
     nothing until the job ends. Watch it live with `curl -N $P2L_URL/v1/jobs/{id}/events` or
     `p2l jobs watch {id}`; poll `GET /v1/jobs/{id}` otherwise.
@@ -204,8 +212,25 @@ async def job_events(state: StateDep, job_id: str) -> StreamingResponse:
     """
     if not is_valid_id(job_id):  # before the cache keeps anything for it
         raise NotFound(f"no job with id {job_id[:100]!r}")
+    # The job must be the project's (404 otherwise) before the cache reads it for anyone.
+    await anyio.to_thread.run_sync(jobs.get_job, session, job_id)
+    owner = principal.key_id or principal.key_name or ""
+    if principal.authenticated:  # an open service counts nobody's streams
+        quotas = await anyio.to_thread.run_sync(
+            project_quotas, session, principal.project_id, state.settings
+        )
+        per_key = quotas["max_event_streams_per_key"]
+        if per_key is not None and (held := state.streams.held_by(owner)) >= per_key:
+            raise QuotaExceeded(
+                f"this key holds {held} open event streams, its quota "
+                f"max_event_streams_per_key is {per_key}; close one, or poll /v1/jobs/{job_id}",
+                quota="max_event_streams_per_key",
+                usage=held,
+                limit=per_key,
+                retry_after=5,
+            )
     first = await state.job_snapshots.get(job_id)  # 404 before the stream starts
-    slot = state.streams.try_acquire()
+    slot = state.streams.try_acquire(owner)
     if slot is None:
         raise HTTPException(
             503,

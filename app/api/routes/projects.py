@@ -23,6 +23,7 @@ from app.schemas import (
 from app.services import audit
 from app.services import projects as service
 from app.services.audit import AUDIT_DETAIL
+from app.services.quotas import effective_quotas
 
 router = APIRouter(tags=["projects"])
 PageSize = Annotated[int, Query(ge=1, le=200)]
@@ -34,7 +35,7 @@ def project_out(state: StateDep, project: Project) -> ProjectOut:
         id=project.id,
         name=project.name,
         created_at=project.created_at,
-        quotas=Quotas(**service.effective_quotas(project, state.settings)),
+        quotas=Quotas(**effective_quotas(project, state.settings)),
         share_evidence=project.share_evidence,
     )
 

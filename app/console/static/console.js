@@ -271,8 +271,8 @@
     started = true;
     try {
       await showWho();
-    } catch (error) {
-      return; // 401: the key form is up
+    } catch (_) {
+      return; // only a 401 comes here: the key form is up
     }
     const pages = { zoo: zooPage, dataset: datasetPage, job: jobPage, model: modelPage };
     const run = pages[PAGE];

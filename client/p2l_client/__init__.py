@@ -4,6 +4,7 @@ from p2l_client.client import Client, Event
 from p2l_client.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     InsufficientStorage,
     InvalidInput,
     JobFailed,
@@ -13,6 +14,7 @@ from p2l_client.errors import (
     ServerError,
     ServiceUnavailable,
     TooLarge,
+    TooManyRequests,
     Unauthorized,
 )
 
@@ -21,6 +23,7 @@ __all__ = [
     "Client",
     "Conflict",
     "Event",
+    "Forbidden",
     "InsufficientStorage",
     "InvalidInput",
     "JobFailed",
@@ -30,5 +33,6 @@ __all__ = [
     "ServerError",
     "ServiceUnavailable",
     "TooLarge",
+    "TooManyRequests",
     "Unauthorized",
 ]

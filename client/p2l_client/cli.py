@@ -1,9 +1,10 @@
 """The `p2l` command: the P2L service from a shell.
 
-Every command takes --url/--api-key (default: $P2L_URL, $P2L_API_KEY), --json (the answer
-as plain JSON on stdout, nothing else there) and --field PATH (one value of that answer, e.g.
-`--field id` or `--field result.test_accuracy`). Progress bars and errors go to stderr; an
-error of the service exits with 1 and its problem detail on stderr.
+Every command takes --url/--api-key/--project (default: $P2L_URL, $P2L_API_KEY,
+$P2L_PROJECT), --json (the answer as plain JSON on stdout, nothing else there) and --field
+PATH (one value of that answer, e.g. `--field id` or `--field result.test_accuracy`).
+Progress bars and errors go to stderr; an error of the service exits with 1 and its problem
+detail on stderr.
 """
 
 import argparse
@@ -140,7 +141,15 @@ def show_source(s: dict[str, Any]) -> None:
         f"source {s['id']} {s['name']}: {s['architecture']} at {s['input_size']} px, "
         f"{s['num_classes']} classes, trained on {s['num_images']} images ({s['origin']})"
     )
+    if "shared" in s:
+        where = "the shared zoo" if s["shared"] else f"project {s.get('project_id')} only"
+        out.print(f"in {where}")
     out.print(f"classes: {', '.join(s['class_names'])}")
+
+
+def cmd_sources_publish(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l sources publish`: move a project's source into the shared zoo (operators)."""
+    return Answer(client.sources.publish(args.id), show_source)
 
 
 def cmd_rank(client: Client, args: argparse.Namespace) -> Answer:
@@ -471,6 +480,180 @@ def cmd_models_delete(client: Client, args: argparse.Namespace) -> Answer:
     return Answer({"deleted": args.id}, lambda v: out.print(f"deleted model {args.id}"))
 
 
+def cmd_whoami(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l whoami`: the project requests act in, and the key's role."""
+    return Answer(client.whoami(), show_whoami)
+
+
+def show_whoami(w: dict[str, Any]) -> None:
+    """One line: who the key is, its role, and the project."""
+    project = f"project {w['project_name']} ({w['project_id']})"
+    if not w["authenticated"]:
+        out.print(f"open service (no API keys): {w['role']} of {project}")
+        return
+    key = w["key_name"] or "?"
+    key_id = f" ({w['key_id']})" if w.get("key_id") else ""
+    out.print(f"key {key}{key_id}: {w['role']} of {project}")
+
+
+QUOTA_NAMES = (
+    "max_active_jobs",
+    "max_job_seconds",
+    "max_storage_bytes",
+    "max_event_streams_per_key",
+    "requests_per_minute_per_key",
+)
+
+
+def cmd_projects_list(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l projects list`: projects (operators: all; others: their own), newest first."""
+    rows = limited(client.projects.list(args.page_size), args.limit)
+    columns = ["id", "name", "share_evidence", "created_at"]
+    return Answer(rows, lambda r: table(r, columns))
+
+
+def cmd_projects_show(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l projects show`: one project and its quotas."""
+    return Answer(client.projects.get(args.id), show_project)
+
+
+def cmd_projects_create(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l projects create`: a new, empty project (operators)."""
+    project = client.projects.create(args.name, args.quotas, bool(args.share_evidence))
+
+    def show(p: dict[str, Any]) -> None:
+        show_project(p)
+        out.print(
+            f"make its first key with: p2l keys create --project {p['name']} "
+            "--role admin --name NAME"
+        )
+
+    return Answer(project, show)
+
+
+def cmd_projects_update(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l projects update`: change quotas or evidence sharing (operators)."""
+    if args.quotas is None and args.share_evidence is None:
+        raise ValueError("nothing to change: give --quota NAME=VALUE or --(no-)share-evidence")
+    project = client.projects.update(args.id, args.quotas, args.share_evidence)
+    return Answer(project, show_project)
+
+
+def cmd_projects_delete(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l projects delete`: a project and everything it owns (operators)."""
+    if not args.yes:
+        raise ValueError(
+            f"deleting project {args.id} removes its datasets, sources, jobs, models and keys; "
+            "add --yes to do it"
+        )
+    client.projects.delete(args.id)
+    return Answer({"deleted": args.id}, lambda v: out.print(f"deleted project {args.id}"))
+
+
+def cmd_projects_usage(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l projects usage`: what a project holds and runs, against its quotas (admins)."""
+    return Answer(client.projects.usage(args.id), show_usage)
+
+
+def show_project(p: dict[str, Any]) -> None:
+    """The project, whether it shares its evidence, and its quotas."""
+    shares = "shares" if p["share_evidence"] else "does not share"
+    out.print(f"project {p['id']} {p['name']}: created {p['created_at']}, {shares} its evidence")
+    quotas = p.get("quotas") or {}
+    out.print("quotas: " + ", ".join(f"{k} {quota(v)}" for k, v in quotas.items()))
+
+
+def show_usage(u: dict[str, Any]) -> None:
+    """Counts and bytes, and the quotas they are held to."""
+    quotas = u.get("quotas") or {}
+    out.print(
+        f"project {u['project_id']}: {u['active_jobs']} active job(s) "
+        f"(max {quota(quotas.get('max_active_jobs'))}), "
+        f"{u['storage_bytes']:,} bytes stored (max {quota(quotas.get('max_storage_bytes'))})"
+    )
+    counts = ", ".join(f"{u[k]} {k}" for k in ("datasets", "sources", "models", "rankings", "jobs"))
+    out.print(f"holds {counts} (sources: private ones only)")
+    others = [k for k in quotas if k not in ("max_active_jobs", "max_storage_bytes")]
+    out.print("other quotas: " + ", ".join(f"{k} {quota(quotas[k])}" for k in others))
+
+
+def quota(value: Any) -> str:
+    """A quota for people: None is unlimited."""
+    if value is None:
+        return "unlimited"
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def quota_item(text: str) -> tuple[str, int | float | None]:
+    """``max_active_jobs=3`` -> ("max_active_jobs", 3); ``=none`` (or unlimited): None."""
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in QUOTA_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"not NAME=VALUE with NAME one of {', '.join(QUOTA_NAMES)}: {text}"
+        )
+    value = value.strip().lower()
+    if value in ("none", "null", "unlimited"):
+        return name, None
+    try:
+        return name, float(value) if name == "max_job_seconds" else int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number (or none): {text}") from None
+
+
+class QuotaAction(argparse.Action):
+    """Repeated ``--quota NAME=VALUE`` gathered into one dict."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        quotas = dict(getattr(namespace, self.dest, None) or {})
+        name, value = values
+        quotas[name] = value
+        setattr(namespace, self.dest, quotas)
+
+
+def cmd_keys_list(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l keys list`: the project's keys, newest first (never the keys themselves)."""
+    rows = limited(client.keys.list(page_size=args.page_size), args.limit)
+    columns = ["id", "name", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
+    return Answer(rows, lambda r: table(r, columns))
+
+
+def cmd_keys_create(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l keys create`: a new key; the key is printed this once."""
+    created = client.keys.create(args.role, args.name, expires_at=args.expires_at)
+    return Answer(created, show_key_created)
+
+
+def show_key_created(k: dict[str, Any]) -> None:
+    """The new key on a line of its own, and that it is not shown again."""
+    expires = f", expires {k['expires_at']}" if k.get("expires_at") else ""
+    out.print(f"key {k['id']} {k['name']}: {k['role']} of project {k['project_id']}{expires}")
+    out.print("API key (shown only this once; keep it now, it cannot be read again):")
+    out.print(k["key"])
+
+
+def cmd_keys_revoke(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l keys revoke`: the key stops working at once."""
+    client.keys.revoke(args.id)
+    return Answer({"revoked": args.id}, lambda v: out.print(f"revoked key {args.id}"))
+
+
+def cmd_audit(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l audit`: the audit log, newest first."""
+    entries = client.audit.list(args.page_size, all_projects=args.all_projects)
+    rows = limited(entries, args.limit)
+    columns = ["created_at", "action", "status", "object_id", "key_id", "detail"]
+    if args.all_projects:
+        columns.insert(1, "project_id")
+    return Answer(rows, lambda r: table(r, columns))
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -558,6 +741,12 @@ def common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
         help="API key, sent as X-API-Key (default: $P2L_API_KEY)",
     )
     group.add_argument(
+        "--project",
+        default=default(None),
+        help="project id or name to act in, sent as ?project= (default: $P2L_PROJECT, else "
+        "the key's own project; operator keys: the default project)",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         default=default(False),
@@ -581,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="p2l",
         description="Command line of the P2L service: upload a dataset, rank the source zoo "
         "for it, fine-tune the best source, watch the job, predict, export.",
-        epilog="Every command has --help. Environment: P2L_URL, P2L_API_KEY.",
+        epilog="Every command has --help. Environment: P2L_URL, P2L_API_KEY, P2L_PROJECT.",
     )
     parser.add_argument("--version", action="version", version=f"p2l-client {__version__}")
     common_options(parser, defaults=True)
@@ -607,6 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
         return parent.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     command(commands, "health", cmd_health, "is the service up (GET /healthz)")
+    command(commands, "whoami", cmd_whoami, "the project requests act in, and the key's role")
     command(commands, "reference", cmd_reference, "the active reference network")
     command(
         commands,
@@ -632,9 +822,15 @@ def build_parser() -> argparse.ArgumentParser:
     command(datasets, "get", cmd_datasets_get, "show one dataset").add_argument("id")
     command(datasets, "delete", cmd_datasets_delete, "delete a dataset").add_argument("id")
 
-    sources = group_of("sources", "list and show the source zoo")
+    sources = group_of("sources", "list, show and publish the source zoo")
     listing(command(sources, "list", cmd_sources_list, "list sources, newest first"))
     command(sources, "get", cmd_sources_get, "show one source").add_argument("id")
+    command(
+        sources,
+        "publish",
+        cmd_sources_publish,
+        "move a project's source into the shared zoo (operators)",
+    ).add_argument("id")
 
     sub = command(commands, "rank", cmd_rank, "rank the zoo for a target dataset")
     sub.add_argument("target", metavar="TARGET", help="target dataset id")
@@ -754,6 +950,74 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("id")
     sub.add_argument("--name", help="the new source's name")
     command(models, "delete", cmd_models_delete, "delete a model").add_argument("id")
+
+    projects = group_of("projects", "projects, their quotas and usage")
+
+    def quota_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--quota",
+            dest="quotas",
+            metavar="NAME=VALUE",
+            type=quota_item,
+            action=QuotaAction,
+            help=f"a quota (repeatable; VALUE none: unlimited): {', '.join(QUOTA_NAMES)}",
+        )
+        sub.add_argument(
+            "--share-evidence",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="whether its finished fine-tunes feed the shared calibration",
+        )
+
+    listing(command(projects, "list", cmd_projects_list, "list projects, newest first"))
+    sub = command(projects, "show", cmd_projects_show, "show a project and its quotas")
+    sub.add_argument("id", nargs="?", help="id or name (default: the current project)")
+    sub = command(projects, "create", cmd_projects_create, "create a project (operators)")
+    sub.add_argument("name")
+    quota_options(sub)
+    sub = command(
+        projects, "update", cmd_projects_update, "change quotas or evidence sharing (operators)"
+    )
+    sub.add_argument("id", help="id or name")
+    quota_options(sub)
+    sub = command(
+        projects,
+        "delete",
+        cmd_projects_delete,
+        "delete a project and everything it owns (operators)",
+    )
+    sub.add_argument("id", help="id or name")
+    sub.add_argument("--yes", action="store_true", help="yes, delete it and all it holds")
+    sub = command(projects, "usage", cmd_projects_usage, "what a project holds and runs (admins)")
+    sub.add_argument("id", nargs="?", help="id or name (default: the current project)")
+
+    keys = group_of("keys", "a project's API keys (admins; --project, else the key's own project)")
+    listing(command(keys, "list", cmd_keys_list, "list the keys, newest first"))
+    sub = command(
+        keys,
+        "create",
+        cmd_keys_create,
+        "create a key (printed once: keep it)",
+        "Create an API key of the project (--project, else the key's own). The key is "
+        "printed this once; only its SHA-256 is stored. With --field key: just the key.",
+    )
+    sub.add_argument("--role", required=True, choices=["viewer", "member", "admin", "operator"])
+    sub.add_argument("--name", required=True, help="what the key is for, e.g. ci")
+    sub.add_argument("--expires-at", help="when it stops working (ISO 8601, UTC)")
+    command(keys, "revoke", cmd_keys_revoke, "revoke a key (at once)").add_argument(
+        "id", help="the key's id (see keys list)"
+    )
+
+    sub = command(
+        commands,
+        "audit",
+        cmd_audit,
+        "the audit log of state-changing requests, newest first (admins)",
+    )
+    listing(sub)
+    sub.add_argument(
+        "--all-projects", action="store_true", help="operators: every project's entries"
+    )
     return parser
 
 
@@ -769,7 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one `p2l` command; the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.url, args.api_key, timeout=args.timeout) as client:
+        with Client(args.url, args.api_key, timeout=args.timeout, project=args.project) as client:
             answer = args.handler(client, args)
         if args.field:
             value = pick(answer.value, args.field)

@@ -15,9 +15,10 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any, Literal, cast
@@ -34,7 +35,9 @@ from p2l_client.errors import (
 )
 from p2l_client.responses import (
     TERMINAL,
+    ApiKey,
     Architecture,
+    AuditEntry,
     Calibration,
     Dataset,
     DatasetCreated,
@@ -43,13 +46,18 @@ from p2l_client.responses import (
     Evidence,
     Health,
     Job,
+    KeyCreated,
     Model,
     Predictions,
     Preprocessing,
+    Project,
     Ranking,
     Reference,
+    RoleName,
     Signature,
     Source,
+    Usage,
+    WhoAmI,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -145,7 +153,9 @@ class Client:
     """A connection to one P2L service.
 
     ``url`` defaults to $P2L_URL, then http://127.0.0.1:8000; ``api_key`` to $P2L_API_KEY
-    (sent as ``X-API-Key``). ``timeout`` is per request, in seconds (uploads and predictions
+    (sent as ``X-API-Key``); ``project`` to $P2L_PROJECT: a project id or name sent as
+    ``?project=`` with every request (operator keys act in that project; other keys may
+    only name their own). ``timeout`` is per request, in seconds (uploads and predictions
     included; event streams wait longer, see ``stream_timeout``).
     """
 
@@ -155,6 +165,7 @@ class Client:
         api_key: str | None = None,
         timeout: float = 120.0,
         *,
+        project: str | None = None,
         stream_timeout: float = 900.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -162,6 +173,9 @@ class Client:
         if api_key is None:
             api_key = os.environ.get("P2L_API_KEY") or None
         self.api_key = api_key
+        if project is None:
+            project = os.environ.get("P2L_PROJECT") or None
+        self.project = project
         self.timeout = timeout
         self.stream_timeout = stream_timeout
         headers = {"User-Agent": f"p2l-client/{__version__}"}
@@ -170,6 +184,7 @@ class Client:
         self.http = httpx.Client(
             base_url=self.url,
             headers=headers,
+            params={"project": project} if project else None,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,
         )
@@ -181,6 +196,9 @@ class Client:
         self.calibration = Calibrations(self)
         self.jobs = Jobs(self)
         self.models = Models(self)
+        self.projects = Projects(self)
+        self.keys = Keys(self)
+        self.audit = Audit(self)
 
     def __enter__(self) -> "Client":
         return self
@@ -193,7 +211,9 @@ class Client:
         self.http.close()
 
     def __repr__(self) -> str:
-        return f"Client(url={self.url!r}, api_key={'set' if self.api_key else None})"
+        key = "set" if self.api_key else None
+        project = f", project={self.project!r}" if self.project else ""
+        return f"Client(url={self.url!r}, api_key={key}{project})"
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -260,6 +280,14 @@ class Client:
     def reference(self) -> Reference:
         """The active reference network."""
         return cast(Reference, self.json("GET", "/v1/reference"))
+
+    def whoami(self) -> WhoAmI:
+        """The project requests act in, and the key's name and role."""
+        return cast(WhoAmI, self.json("GET", "/v1/whoami"))
+
+    def current_project(self) -> str:
+        """The project this client acts in: its ``project``, else its key's (``whoami``)."""
+        return self.project or self.whoami()["project_id"]
 
     def wait(self, job_id: str, progress: bool = True, **kwargs: Any) -> Job:
         """Same as ``jobs.wait``."""
@@ -442,6 +470,11 @@ class Sources(Listing):
     def delete(self, source_id: str) -> None:
         """Remove a source from the zoo (Conflict while a job uses it)."""
         self.client.request("DELETE", f"/v1/sources/{source_id}")
+
+    def publish(self, source_id: str) -> Source:
+        """Move a project's source into the shared zoo, where every project ranks over it
+        (operators; Forbidden for other keys)."""
+        return cast(Source, self.client.json("POST", f"/v1/sources/{source_id}/publish"))
 
     def weights(self, source_id: str, destination: StrPath) -> Path:
         """Save the source's safetensors weights (to a file, or into a folder)."""
@@ -745,6 +778,120 @@ class Models(Listing):
     def misclassified(self, model_id: str, index: int) -> bytes:
         """The bytes of the report's ``index``-th (0-based) misclassified image."""
         return self.client.request("GET", f"/v1/models/{model_id}/misclassified/{index}").content
+
+
+class Projects(Listing):
+    """Projects, their quotas and usage: /v1/projects.
+
+    A ``project`` argument is an id or a name; left out, the client's project (its
+    ``project``, else its key's).
+    """
+
+    path = "/v1/projects"
+
+    def list(self, page_size: int = 50) -> Iterator[Project]:
+        """Every project (operators; other keys see their own), newest first."""
+        return self.client.pages(self.path, page_size)
+
+    def get(self, project: str | None = None) -> Project:
+        """One project and its quotas in force."""
+        project = project or self.client.current_project()
+        return cast(Project, self.client.json("GET", f"/v1/projects/{project}"))
+
+    def create(
+        self,
+        name: str,
+        quotas: Mapping[str, int | float | None] | None = None,
+        share_evidence: bool = False,
+    ) -> Project:
+        """A new, empty project (operators); Conflict if the name is taken. ``quotas``: the
+        ones other than the service's defaults (None: unlimited)."""
+        body: dict[str, Any] = {"name": name, "share_evidence": share_evidence}
+        if quotas is not None:
+            body["quotas"] = dict(quotas)
+        return cast(Project, self.client.json("POST", self.path, json=body))
+
+    def update(
+        self,
+        project: str,
+        quotas: Mapping[str, int | float | None] | None = None,
+        share_evidence: bool | None = None,
+    ) -> Project:
+        """Change some quotas (those left out keep their value; None makes one unlimited)
+        or evidence sharing (operators)."""
+        body: dict[str, Any] = {}
+        if quotas is not None:
+            body["quotas"] = dict(quotas)
+        if share_evidence is not None:
+            body["share_evidence"] = share_evidence
+        return cast(Project, self.client.json("PATCH", f"/v1/projects/{project}", json=body))
+
+    def delete(self, project: str) -> None:
+        """Delete a project and everything it owns (operators; Conflict while its jobs run,
+        and for the default project)."""
+        self.client.request("DELETE", f"/v1/projects/{project}")
+
+    def usage(self, project: str | None = None) -> Usage:
+        """Active jobs, stored bytes and object counts against the quotas (admins)."""
+        project = project or self.client.current_project()
+        return cast(Usage, self.client.json("GET", f"/v1/projects/{project}/usage"))
+
+
+class Keys(Resource):
+    """A project's API keys: /v1/projects/{project}/keys (admins).
+
+    ``project`` (an id or a name) defaults to the client's project (its ``project``, else
+    its key's). Only a key's SHA-256 is stored: ``create`` returns the key once.
+    """
+
+    def _path(self, project: str | None) -> str:
+        return f"/v1/projects/{project or self.client.current_project()}/keys"
+
+    def list(self, project: str | None = None, page_size: int = 50) -> Iterator[ApiKey]:
+        """Every key of the project, newest first, revoked ones included (never the keys)."""
+        return self.client.pages(self._path(project), page_size)
+
+    def create(
+        self,
+        role: RoleName,
+        name: str,
+        project: str | None = None,
+        expires_at: datetime | str | None = None,
+    ) -> KeyCreated:
+        """A new key of ``role`` (up to the creating key's own); its ``key`` is shown only
+        in this answer. ``expires_at``: when it stops working (UTC if naive)."""
+        body: dict[str, Any] = {"role": role, "name": name}
+        if expires_at is not None:
+            body["expires_at"] = (
+                expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
+            )
+        return cast(KeyCreated, self.client.json("POST", self._path(project), json=body))
+
+    def revoke(self, key_id: str, project: str | None = None) -> None:
+        """Revoke a key: it stops working at once (it stays listed, with ``revoked_at``)."""
+        self.client.request("DELETE", f"{self._path(project)}/{key_id}")
+
+
+class Audit(Resource):
+    """The audit log of state-changing requests, newest first: /v1/audit (admins)."""
+
+    path = "/v1/audit"
+
+    def list(self, page_size: int = 50, all_projects: bool = False) -> Iterator[AuditEntry]:
+        """Every entry of the project (operators with ``all_projects``: of every project)."""
+        params = {"all_projects": "true"} if all_projects else {}
+        return self.client.pages(self.path, page_size, **params)
+
+    def page(
+        self, page_size: int = 50, page_token: str | None = None, all_projects: bool = False
+    ) -> dict[str, Any]:
+        """One page: ``{"items": [...], "next_page_token": ...}`` (None on the last page)."""
+        params: dict[str, Any] = {"page_size": page_size}
+        if page_token:
+            params["page_token"] = page_token
+        if all_projects:
+            params["all_projects"] = "true"
+        return cast(dict[str, Any], self.client.json("GET", self.path, params=params))
 
 
 __all__ = ["Client", "Event", "P2LError", "parse_sse", "zip_folder"]

@@ -46,6 +46,10 @@ class Unauthorized(P2LError):
     """401: no API key, or not one of the service's (P2L_API_KEY / --api-key)."""
 
 
+class Forbidden(P2LError):
+    """403: the key's role may not do this (``role`` and ``required_role`` say why)."""
+
+
 class NotFound(P2LError):
     """404: an id that names nothing."""
 
@@ -60,6 +64,10 @@ class TooLarge(P2LError):
 
 class InvalidInput(P2LError):
     """422: a well-formed request whose content cannot be used (see ``rejected``/``errors``)."""
+
+
+class TooManyRequests(P2LError):
+    """429: the key's requests_per_minute_per_key quota is spent (see Retry-After)."""
 
 
 class ServiceUnavailable(P2LError):
@@ -91,10 +99,12 @@ class JobFailed(P2LError):
 BY_STATUS: dict[int, type[P2LError]] = {
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: TooLarge,
     422: InvalidInput,
+    429: TooManyRequests,
     503: ServiceUnavailable,
     507: InsufficientStorage,
 }

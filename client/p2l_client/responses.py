@@ -122,6 +122,9 @@ class Source(TypedDict):
     weights_sha256: str
     dataset_id: str | None
     origin: str
+    project_id: NotRequired[str]
+    shared: NotRequired[bool]
+    image_counts: NotRequired[dict[str, Any]]
 
 
 class RankedSource(TypedDict):
@@ -372,3 +375,84 @@ class Calibration(TypedDict):
     fitted_on: dict[str, Any] | None
     auto_refit_after_targets: int
     notes: list[str]
+
+
+RoleName = Literal["viewer", "member", "admin", "operator"]
+
+
+class WhoAmI(TypedDict):
+    """GET /v1/whoami: the project a request acts in and the key's role."""
+
+    project_id: str
+    project_name: str
+    role: RoleName
+    key_id: str | None
+    key_name: str | None
+    authenticated: bool
+
+
+class Quotas(TypedDict):
+    """A project's quotas in force (None: unlimited)."""
+
+    max_active_jobs: int | None
+    max_job_seconds: float | None
+    max_storage_bytes: int | None
+    max_event_streams_per_key: int | None
+    requests_per_minute_per_key: int | None
+
+
+class Project(TypedDict):
+    """A project: a team's datasets, private sources, rankings, jobs and models."""
+
+    id: str
+    name: str
+    created_at: str
+    quotas: Quotas
+    share_evidence: bool
+
+
+class Usage(TypedDict):
+    """GET /v1/projects/{id}/usage: what a project holds and runs, against its quotas."""
+
+    project_id: str
+    active_jobs: int
+    storage_bytes: int
+    datasets: int
+    sources: int
+    models: int
+    rankings: int
+    jobs: int
+    quotas: Quotas
+
+
+class ApiKey(TypedDict):
+    """An API key of a project (never the key itself)."""
+
+    id: str
+    project_id: str
+    name: str
+    role: RoleName
+    prefix: str
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+class KeyCreated(ApiKey):
+    """A new API key, with ``key`` itself: shown this once, never again."""
+
+    key: str
+
+
+class AuditEntry(TypedDict):
+    """One state-changing request of the audit log."""
+
+    id: str
+    created_at: str
+    key_id: str | None
+    project_id: str
+    action: str
+    object_id: str | None
+    status: int
+    detail: str | None

@@ -464,10 +464,10 @@ def test_api_keys_from_argument_environment_and_cli(
     folder = write_class_folders(tmp_path / "two", fashion_mnist_images(per_class=4))
     with Client() as anonymous:
         assert anonymous.url == keyed_service.url and anonymous.api_key is None
-        assert anonymous.reference()["feature_dim"] > 0  # plain reads stay open
-        with pytest.raises(Unauthorized) as refused:
-            anonymous.datasets.upload(folder)
-        assert refused.value.status == 401
+        for call in (anonymous.reference, lambda: anonymous.datasets.upload(folder)):
+            with pytest.raises(Unauthorized) as refused:  # reads need the key too
+                call()
+            assert refused.value.status == 401
     with Client(api_key="wrong") as wrong, pytest.raises(Unauthorized):
         wrong.datasets.upload(folder)
     with Client(api_key=KEY) as keyed:

@@ -201,7 +201,7 @@ def test_console_asks_for_the_api_key(browser: Any, garments_zip: Path, tmp_path
     from playwright.sync_api import expect
 
     # Every /v1 route needs the key: lists, images and uploads all go through it.
-    with start_service(tmp_path, P2L_API_KEYS=KEY, P2L_OPEN_READS="false") as service:
+    with start_service(tmp_path, P2L_API_KEYS=KEY) as service:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{service.url}/")
         key = page.get_by_label("API key", exact=True)
@@ -216,6 +216,10 @@ def test_console_asks_for_the_api_key(browser: Any, garments_zip: Path, tmp_path
         key.fill(KEY)
         page.get_by_role("button", name="Use this key").click()
         expect(page.locator("#key-panel")).to_be_hidden()
+        # A P2L_API_KEYS key is an operator of the default project: nothing is hidden.
+        expect(page.locator("#who")).to_contain_text("project default")
+        expect(page.locator("#who-role")).to_have_text("operator")
+        expect(page.locator(".role-note")).to_have_count(0)
         sources = page.get_by_role("table", name="Sources in the zoo")
         expect(sources.locator("tbody tr")).to_have_count(21, timeout=30_000)
         page.wait_for_function("() => document.getElementById('zoo-map').naturalWidth > 0")
@@ -268,11 +272,108 @@ def test_console_pages_are_html_outside_the_schema(client: TestClient) -> None:
 
 @pytest.mark.api
 def test_console_says_when_keys_are_needed(make_client: Callable[..., TestClient]) -> None:
-    """The page tells its script that keys are set (and whether reads are open)."""
-    page = make_client(api_keys=[KEY], open_reads=False).get("/")
+    """The page tells its script that keys are set: by P2L_API_KEYS, or a key in the database."""
+    page = make_client(api_keys=[KEY]).get("/")
     assert page.status_code == 200  # the shell itself needs no key; every /v1 call does
-    assert 'data-keys-required="true"' in page.text and 'data-open-reads="false"' in page.text
-    assert KEY not in page.text
+    assert 'data-keys-required="true"' in page.text and "data-open-reads" not in page.text
+    assert KEY not in page.text and 'id="who"' in page.text
+
+
+@pytest.mark.api
+def test_console_needs_a_key_once_the_database_holds_one(client: TestClient) -> None:
+    """An open service (no keys) stops being open when its first key is made."""
+    assert 'data-keys-required="false"' in client.get("/").text
+    project = client.post("/v1/projects", json={"name": "team"}).json()
+    made = client.post(f"/v1/projects/{project['id']}/keys", json={"role": "admin", "name": "a"})
+    assert made.status_code == 201, made.text
+    page = client.get("/")
+    assert 'data-keys-required="true"' in page.text and made.json()["key"] not in page.text
+    revoked = client.delete(
+        f"/v1/projects/{project['id']}/keys/{made.json()['id']}",
+        headers={"X-API-Key": made.json()["key"]},
+    )
+    assert revoked.status_code == 204
+    assert 'data-keys-required="false"' in client.get("/").text  # no live key left
+
+
+@pytest.mark.system
+def test_console_shows_a_viewers_project_and_role_and_hides_what_it_cannot_do(
+    browser: Any, garments_zip: Path, tmp_path: Path
+) -> None:
+    """A viewer key of a project: its name and role in the top bar; no upload, rank,
+    fine-tune or cancel forms, a note instead; reading still works."""
+    import httpx
+    from playwright.sync_api import expect
+
+    env = {"P2L_API_KEYS": KEY, "P2L_START_WORKER": "false", "P2L_IMPORT_BUNDLED_ZOO": "false"}
+    headers = {"X-API-Key": KEY}
+    with (
+        start_service(tmp_path, **env) as service,
+        httpx.Client(base_url=service.url, headers=headers, timeout=60) as api,
+    ):
+        project = api.post("/v1/projects", json={"name": "team-view"}).json()
+        made = api.post(
+            f"/v1/projects/{project['id']}/keys", json={"role": "viewer", "name": "read-only"}
+        )
+        assert made.status_code == 201, made.text
+        viewer = made.json()["key"]
+        files = {"file": ("garments.zip", garments_zip.read_bytes())}
+        uploaded = api.post("/v1/datasets", params={"project": "team-view"}, files=files)
+        assert uploaded.status_code == 201, uploaded.text
+        dataset = uploaded.json()
+        # A job that stays queued (no worker): the viewer sees it, and no Cancel button.
+        bundled = Path(__file__).resolve().parents[2] / "app" / "zoo" / "bundled" / "sources"
+        source = api.post(
+            "/v1/sources",
+            params={"project": "team-view"},
+            data={"architecture": "compact_cnn", "num_classes": "5", "name": "tops"},
+            files={
+                "weights": (
+                    "w.safetensors",
+                    (bundled / "fashion_tops_2700.safetensors").read_bytes(),
+                ),
+                "signature": (
+                    "s.safetensors",
+                    (bundled / "fashion_tops_2700.signature.safetensors").read_bytes(),
+                ),
+            },
+        )
+        assert source.status_code == 201, source.text
+        body = {"target_dataset_id": dataset["id"], "source_id": source.json()["id"],
+                "epochs": 1, "schedule": "manual"}  # fmt: skip
+        job = api.post("/v1/finetunes", params={"project": "team-view"}, json=body)
+        assert job.status_code == 202, job.text
+
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{service.url}/")
+        page.get_by_label("API key", exact=True).fill(viewer)
+        page.get_by_role("button", name="Use this key").click()
+        expect(page.locator("#who")).to_be_visible()
+        expect(page.locator("#who-project")).to_have_text("team-view")
+        expect(page.locator("#who-role")).to_have_text("viewer")
+        expect(page.locator("#upload-form")).to_be_hidden()
+        expect(page.get_by_role("button", name="Upload")).to_have_count(0)
+        expect(page.locator(".role-note")).to_contain_text(
+            "role (viewer) may not upload datasets: that needs member"
+        )
+        expect(page.locator("#datasets")).to_contain_text("garments")  # reads still work
+
+        page.goto(f"{service.url}/console/datasets/{dataset['id']}")
+        classes = page.get_by_role("table", name="Classes and their image counts")
+        expect(classes.locator("tbody tr")).to_have_count(5)
+        for form in ("#rank-form", "#finetune-form"):
+            expect(page.locator(form)).to_be_hidden()
+        expect(page.get_by_role("button", name="Start fine-tune")).to_have_count(0)
+        expect(page.locator(".role-note")).to_have_count(2)
+        expect(page.locator("#who-role")).to_have_text("viewer")
+
+        page.goto(f"{service.url}/console/jobs/{job.json()['id']}")
+        expect(page.locator("#job-status")).to_have_text("queued")
+        expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+        expect(page.locator(".role-note")).to_contain_text("may not cancel jobs")
+        assert not errors, errors
 
 
 @pytest.mark.system

@@ -10,6 +10,7 @@
   const KEYS_REQUIRED = body.dataset.keysRequired === "true";
   const KEY_STORE = "p2l.apiKey";
   const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const ROLES = ["viewer", "member", "admin", "operator"]; // each includes the ones before
   const $ = (id) => document.getElementById(id);
 
   // ---------------------------------------------------------------- API access
@@ -266,8 +267,13 @@
     if (KEYS_REQUIRED && getKey()) $("key-status").hidden = false;
   }
 
-  function start() {
+  async function start() {
     started = true;
+    try {
+      await showWho();
+    } catch (_) {
+      return; // only a 401 comes here: the key form is up
+    }
     const pages = { zoo: zooPage, dataset: datasetPage, job: jobPage, model: modelPage };
     const run = pages[PAGE];
     if (run) {
@@ -275,6 +281,41 @@
         if (error instanceof ApiError && error.status === 401) return; // the key form is up
         showError($("page-error"), error);
       });
+    }
+  }
+
+  // ---------------------------------------------------------------- project and role
+
+  /** The project and role of the key (GET /v1/whoami) in the top bar; what the role may
+   *  not do is hidden. A service without /v1/whoami: everything stays shown. */
+  async function showWho() {
+    let me;
+    try {
+      me = await api("/v1/whoami");
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) throw error;
+      return;
+    }
+    $("who-project").textContent = me.project_name;
+    $("who-role").textContent = me.authenticated ? me.role : `${me.role} (open service)`;
+    $("who").title = me.authenticated
+      ? `Key ${me.key_name || me.key_id || ""}: ${me.role} of project ${me.project_name} (${me.project_id})`
+      : "No API keys on this service: everyone acts as an operator of the default project.";
+    $("who").hidden = false;
+    body.dataset.role = me.role;
+    applyRole(me.role);
+  }
+
+  /** Hide every element marked data-needs="ROLE" that `role` does not include, saying why. */
+  function applyRole(role) {
+    const level = ROLES.indexOf(role);
+    for (const element of document.querySelectorAll("[data-needs]")) {
+      const needed = element.dataset.needs;
+      if (level < 0 || level >= ROLES.indexOf(needed)) continue;
+      element.hidden = true;
+      const what = element.dataset.needsWhat || "do this";
+      element.after(h("p", { class: "muted role-note" },
+        `Your key's role (${role}) may not ${what}: that needs ${needed} or above.`));
     }
   }
 

@@ -626,7 +626,7 @@ def cmd_keys_list(client: Client, args: argparse.Namespace) -> Answer:
 
 def cmd_keys_create(client: Client, args: argparse.Namespace) -> Answer:
     """`p2l keys create`: a new key; the key is printed this once."""
-    created = client.keys.create(args.role, args.name, expires_at=args.expires_at)
+    created = client.keys.create(args.role, args.name, expires_in_days=args.expires_days)
     return Answer(created, show_key_created)
 
 
@@ -1003,7 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--role", required=True, choices=["viewer", "member", "admin", "operator"])
     sub.add_argument("--name", required=True, help="what the key is for, e.g. ci")
-    sub.add_argument("--expires-at", help="when it stops working (ISO 8601, UTC)")
+    sub.add_argument("--expires-days", type=float, help="stop working after this many days")
     command(keys, "revoke", cmd_keys_revoke, "revoke a key (at once)").add_argument(
         "id", help="the key's id (see keys list)"
     )

@@ -18,7 +18,6 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any, Literal, cast
@@ -856,15 +855,13 @@ class Keys(Resource):
         role: RoleName,
         name: str,
         project: str | None = None,
-        expires_at: datetime | str | None = None,
+        expires_in_days: float | None = None,
     ) -> KeyCreated:
         """A new key of ``role`` (up to the creating key's own); its ``key`` is shown only
-        in this answer. ``expires_at``: when it stops working (UTC if naive)."""
+        in this answer. ``expires_in_days``: it stops working that long from now."""
         body: dict[str, Any] = {"role": role, "name": name}
-        if expires_at is not None:
-            body["expires_at"] = (
-                expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
-            )
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
         return cast(KeyCreated, self.client.json("POST", self._path(project), json=body))
 
     def revoke(self, key_id: str, project: str | None = None) -> None:

@@ -36,6 +36,7 @@ from app.jobs.progress import Meter, ProgressWriter
 from app.jobs.service import finish_job, submit_job
 from app.models import Dataset, Evidence, FinetunedModel, Job, JobStatus, Source
 from app.pagination import get_by_id
+from app.services.access import ALL_PROJECTS
 from app.services.calibration import evidence_of, ranking_params, refit_if_due
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists, get_dataset
@@ -261,10 +262,12 @@ def ensure_no_active_job_uses(
         get_by_id(session, Dataset, dataset_id, "dataset", for_update=True)
     if source_id is not None:
         get_by_id(session, Source, source_id, "source", for_update=True)
+    # Every project's jobs: a shared source is used by all of them (only operators, who
+    # see every project, may delete one; a private row is only the project's to use).
     active = session.scalars(
-        select(Job).where(
-            Job.kind == FINETUNE.name, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
-        )
+        select(Job)
+        .where(Job.kind == FINETUNE.name, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        .execution_options(**{ALL_PROJECTS: True})
     )
     users = []
     for job in active:

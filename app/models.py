@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -29,6 +30,12 @@ class Base(DeclarativeBase):
 # install from before projects landed (revision 0010).
 DEFAULT_PROJECT_ID = "0" * 32
 DEFAULT_PROJECT_NAME = "default"
+
+
+def stored_bytes_column() -> Mapped[int | None]:
+    """Bytes of a row's files in the store, counted when they were published (what its
+    project's storage quota counts; None: stored before revision 0010, counted on demand)."""
+    return mapped_column(BigInteger, nullable=True, default=None)
 
 
 def project_column() -> Mapped[str]:
@@ -76,6 +83,7 @@ class Dataset(Base):
     feature_dim: Mapped[int] = mapped_column(Integer)
     reference_sha256: Mapped[str] = mapped_column(String(64))
     artifact_key: Mapped[str] = mapped_column(String(200))
+    stored_bytes: Mapped[int | None] = stored_bytes_column()
 
 
 class Source(Base):
@@ -101,6 +109,7 @@ class Source(Base):
     )
     origin: Mapped[str] = mapped_column(String(16))
     artifact_key: Mapped[str] = mapped_column(String(200))
+    stored_bytes: Mapped[int | None] = stored_bytes_column()
     # The fine-tuned model this source was registered from: unique, so a model becomes at
     # most one source even under concurrent requests.
     model_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
@@ -213,6 +222,7 @@ class FinetunedModel(Base):
     class_names: Mapped[list[str]] = mapped_column(JSON)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     artifact_key: Mapped[str] = mapped_column(String(200))
+    stored_bytes: Mapped[int | None] = stored_bytes_column()
     registered_source_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 

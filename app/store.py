@@ -175,10 +175,7 @@ class LocalArtifactStore(ArtifactStore):
         return {f"{prefix}/{entry.name}" for entry in folder.iterdir()}
 
     def size_bytes(self, key: str) -> int:
-        target = self.path(key)
-        if target.is_file():
-            return target.stat().st_size
-        return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+        return folder_bytes(self.path(key))
 
     def published_at(self, key: str) -> float:
         # Publishing renames a folder just written: its mtime is when it was published.
@@ -329,6 +326,13 @@ class ObjectArtifactStore(ArtifactStore):
     def _remove_remote(self, remote: str) -> None:
         with contextlib.suppress(FileNotFoundError):  # already gone: deleting is idempotent
             self.fs.rm(remote, recursive=True)
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (or of the file itself; 0 when it is missing)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def make_store(settings: Settings) -> ArtifactStore:

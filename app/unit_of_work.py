@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.store import ArtifactStore
+from app.store import ArtifactStore, folder_bytes
 
 
 class UnitOfWork:
@@ -32,10 +32,13 @@ class UnitOfWork:
         self.staged.append(staging)
         return staging
 
-    def publish(self, staging: Path, key: str) -> None:
-        """Move a staged folder to ``key``; deleted again if the unit of work fails."""
+    def publish(self, staging: Path, key: str) -> int:
+        """Move a staged folder to ``key``; deleted again if the unit of work fails. Returns
+        the bytes it holds (what a project's storage quota counts)."""
+        size = folder_bytes(staging)
         self.store.publish(staging, key)
         self.published.append(key)
+        return size
 
     def abandon(self) -> None:
         """Keep nothing, without an error (e.g. the job this work was for is gone)."""

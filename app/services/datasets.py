@@ -108,7 +108,7 @@ def ingest_dataset(ctx: Context, archive: IO[bytes], name: str) -> IngestResult:
                 on_pixels=cache,
             )
             (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
-            work.publish(staging, key)
+            stored_bytes = work.publish(staging, key)
             if cache is not None:
                 # With the dataset or not at all: the unit of work deletes it if the upload
                 # fails later.
@@ -131,6 +131,7 @@ def ingest_dataset(ctx: Context, archive: IO[bytes], name: str) -> IngestResult:
             feature_dim=signature.feature_dim,
             reference_sha256=signature.reference_sha256,
             artifact_key=key,
+            stored_bytes=stored_bytes,
         )
         session.add(dataset)
     folder.root = store.path(key) / IMAGES_DIR

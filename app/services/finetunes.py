@@ -384,7 +384,7 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
         with sessions() as session, unit_of_work(session, store) as work:
             staging = work.stage()
             save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
-            work.publish(staging, key)
+            stored_bytes = work.publish(staging, key)
             session.add(
                 FinetunedModel(
                     id=model_id,
@@ -397,6 +397,7 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
                     class_names=target.class_names,
                     report=result,
                     artifact_key=key,
+                    stored_bytes=stored_bytes,
                 )
             )
             if evidence is not None:

@@ -42,21 +42,24 @@ def project_quotas(session: Session, project_id: str, settings: Settings) -> dic
 
 
 def storage_bytes(session: Session, store: ArtifactStore, project_id: str) -> int:
-    """Bytes the project's datasets, models, private sources and their pixel cache take."""
-    keys: list[str] = []
+    """Bytes the project's datasets, models, private sources and their pixel cache take:
+    as counted when each was stored (a row from before revision 0010: counted now)."""
+    total = 0
     dataset_ids = set()
     for table in (Dataset, FinetunedModel, Source):
-        query = select(table.id, table.artifact_key).where(table.project_id == project_id)
+        query = select(table.id, table.artifact_key, table.stored_bytes).where(
+            table.project_id == project_id
+        )
         if table is Source:
             query = query.where(Source.shared.is_(False))
-        for row_id, key in session.execute(query.execution_options(**{ALL_PROJECTS: True})):
-            keys.append(key)
+        for row_id, key, stored in session.execute(query.execution_options(**{ALL_PROJECTS: True})):
+            total += stored if stored is not None else store.size_bytes(key)
             if table is Dataset:
                 dataset_ids.add(row_id)
     cached = sum(
         entry.nbytes for entry in pixel_cache.list_entries(store) if entry.dataset_id in dataset_ids
     )
-    return sum(store.size_bytes(key) for key in keys) + cached
+    return total + cached
 
 
 def count_owned(session: Session, table: Any, project_id: str, *where: Any) -> int:

@@ -236,7 +236,7 @@ def register_source(
             staging = work.stage()
             (staging / WEIGHTS_FILE).write_bytes(weights_data)
             (staging / SIGNATURE_FILE).write_bytes(signature.to_bytes())
-            work.publish(staging, key)
+            source.stored_bytes = work.publish(staging, key)
             session.add(source)
             # Flushed before the zoo lock: a unique model_id wait never happens while holding it.
             session.flush()

@@ -494,3 +494,22 @@ def test_misclassified_images_need_a_key_of_the_owning_project(service: TestClie
             assert service.get(path, headers=b.as_("admin")).status_code == 404, template
         owner = service.get(path, headers=a.as_("viewer"))
         assert owner.status_code in (200, 404), (template, owner.status_code)
+
+
+def test_a_project_stores_at_most_its_storage_quota(service: TestClient) -> None:
+    a = make_team(service, "team-a", with_objects=False)
+    member, operator = a.as_("member"), {"X-API-Key": OPERATOR}
+    first = service.post("/v1/datasets", files=archive(), headers=member)
+    assert first.status_code == 201
+    used = service.get("/v1/projects/team-a/usage", headers=a.as_("admin")).json()
+    assert used["storage_bytes"] > 0
+    quota = {"quotas": {"max_storage_bytes": used["storage_bytes"] + 1000}}
+    assert service.patch("/v1/projects/team-a", json=quota, headers=operator).is_success
+    refused = service.post("/v1/datasets", files=archive(), headers=member)
+    assert refused.status_code == 507 and refused.json()["quota"] == "max_storage_bytes"
+    assert refused.json()["usage"] == used["storage_bytes"]
+    listed = service.get("/v1/datasets", headers=member).json()["items"]
+    assert [d["id"] for d in listed] == [first.json()["id"]]  # nothing more was stored
+    # Another project has its own room.
+    b = make_team(service, "team-b", with_objects=False)
+    assert service.post("/v1/datasets", files=archive(), headers=b.as_("member")).is_success

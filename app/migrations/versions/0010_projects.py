@@ -1,5 +1,5 @@
 """projects, API keys with roles, the audit log; every row owned by a project; the shared
-zoo and claimed image counts
+zoo and claimed image counts; the bytes each dataset, source and model stores
 
 An install of the previous release upgrades in place: every row lands in the ``default``
 project, the bundled zoo becomes the shared zoo, sources registered with an uploaded
@@ -84,6 +84,8 @@ def upgrade() -> None:
             ),
         )
         op.create_index(f"ix_{table}_project_id", table, ["project_id"])
+    for table in ("datasets", "sources", "models"):  # None: counted on demand
+        op.add_column(table, sa.Column("stored_bytes", sa.BigInteger, nullable=True))
     op.add_column(
         "sources", sa.Column("shared", sa.Boolean, nullable=False, server_default=sa.false())
     )
@@ -102,6 +104,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("idempotency_keys") as batch:
         batch.alter_column("scope", type_=sa.String(32), existing_type=sa.String(80))
+    for table in ("datasets", "sources", "models"):
+        op.drop_column(table, "stored_bytes")
     op.drop_column("sources", "image_counts")
     op.drop_column("sources", "shared")
     for table in OWNED:

@@ -73,7 +73,12 @@ def active_jobs(session: Session, project_id: str) -> int:
 
 
 def check_active_jobs(session: Session, settings: Settings, project_id: str) -> None:
-    """QuotaExceeded (429 + Retry-After) when the project runs its most jobs already."""
+    """QuotaExceeded (429 + Retry-After) when the project runs its most jobs already.
+
+    The project's row is locked until the caller commits (PostgreSQL): two submissions of
+    one project are counted one after the other, so both cannot take the last place.
+    """
+    session.get(Project, project_id, with_for_update=True)
     limit = project_quotas(session, project_id, settings)["max_active_jobs"]
     if limit is None:
         return

@@ -92,14 +92,17 @@ def rank_sources(
     scored = index.rank(target, method, measure, params, source_ids=rankable, top_k=first_stage_k)
     elapsed_ms = (time.perf_counter() - started) * 1000
 
+    # Each ranked source's name, and whether its counts were verified and it is shared (a
+    # source deleted since the ranking: unnamed).
     described = {
-        row.id: row
+        row.id: {"name": row.name, "image_counts": row.image_counts, "shared": row.shared}
         for row in session.execute(
             select(Source.id, Source.name, Source.image_counts, Source.shared).where(
                 Source.id.in_([s.source_id for s in scored])
             )
         )
     }
+    gone = {"name": "", "image_counts": "verified", "shared": False}
     ranking = Ranking(
         id=uuid.uuid4().hex,
         target_dataset_id=target_dataset_id,
@@ -110,16 +113,12 @@ def rank_sources(
             {
                 "rank": s.rank,
                 "source_id": s.source_id,
-                "name": described[s.source_id].name if s.source_id in described else "",
+                **described.get(s.source_id, gone),
                 "score": s.score,
                 "distance": s.distance,
                 "similarity": s.similarity,
                 "size_term": s.size_term,
                 "num_images": s.num_images,
-                "image_counts": (
-                    described[s.source_id].image_counts if s.source_id in described else "verified"
-                ),
-                "shared": bool(described[s.source_id].shared) if s.source_id in described else True,
             }
             for s in scored
         ],

@@ -76,7 +76,7 @@ class Forbidden(ServiceError):
 class QuotaExceeded(ServiceError):
     """A project's quota or a key's rate would be exceeded; the answer names the quota,
     the usage and the limit. 429 with Retry-After where waiting helps (a job ending, the
-    next minute); 413 where it cannot (a job longer than any allowed)."""
+    next minute); another 4xx where it cannot (422: a job longer than any allowed)."""
 
     status = 429
     title = "Too many requests"
@@ -93,8 +93,8 @@ class QuotaExceeded(ServiceError):
     ) -> None:
         super().__init__(detail, quota=quota, usage=usage, limit=limit)
         self.status = status
-        if status != 429:
-            self.title = "Content too large" if status == 413 else "Unprocessable content"
+        if status == 422:
+            self.title = "Unprocessable content"
         if retry_after is not None:
             self.headers["Retry-After"] = str(retry_after)
 

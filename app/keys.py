@@ -14,7 +14,6 @@ exists, every /v1 route needs one.
 import argparse
 import json
 import sys
-import uuid
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -22,8 +21,10 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import make_engine, migrate, session_factory
-from app.models import ApiKey, Project, Role, utcnow
-from app.services.access import create_key, find_project
+from app.errors import InvalidInput
+from app.models import ApiKey, Role, utcnow
+from app.services.access import OPEN, create_key, find_project
+from app.services.projects import create_project
 
 
 def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -38,11 +39,19 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--role", required=True, choices=[role.value for role in Role], help="the key's role"
     )
     create.add_argument("--name", help="what the key is for (default: <role>-key)")
-    create.add_argument("--expires-days", type=float, help="stop working after this many days")
+    create.add_argument("--expires-days", type=positive, help="stop working after this many days")
     listing = actions.add_parser("list", help="list keys (never the keys themselves)")
     listing.add_argument("--project", help="only this project's")
     revoke = actions.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key_id")
+
+
+def positive(text: str) -> float:
+    """A number of days above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
 
 
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
@@ -62,9 +71,11 @@ def _run(session: Session, args: argparse.Namespace) -> int:
     if args.action == "create":
         project = find_project(session, args.project)
         if project is None:
-            project = Project(id=uuid.uuid4().hex, name=args.project, quotas={})
-            session.add(project)
-            session.flush()
+            try:
+                project = create_project(session, OPEN, args.project)
+            except InvalidInput as exc:
+                print(exc.detail, file=sys.stderr)
+                return 2
         expires = utcnow() + timedelta(days=args.expires_days) if args.expires_days else None
         row, key = create_key(
             session, project, Role(args.role), args.name or f"{args.role}-key", expires

@@ -169,9 +169,14 @@ class SourceOut(BaseModel):
     feature_dim: int
     reference_sha256: str
     weights_sha256: str
-    dataset_id: str | None
+    dataset_id: str | None = Field(
+        description="The stored dataset it was signed from (null: a signature upload, a "
+        "deleted dataset, or a shared source of another project)."
+    )
     origin: str = Field(description="bundled, upload or finetune")
-    project_id: str = Field(description="The project that registered it.")
+    project_id: str | None = Field(
+        description="The project that registered it (null: a shared source of another project)."
+    )
     shared: bool = Field(
         description="In the shared zoo (every project ranks over it; only operators change "
         "it); false: private to its project."

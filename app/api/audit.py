@@ -2,8 +2,8 @@
 
 Pure ASGI, outside ``RequestLimits``: it sees the principal that ``RequestLimits`` left in
 the request's state, and the status of whatever answered (a route, a 403 of a viewer, a
-413). Requests refused for their key (401) name nobody and are not recorded, nor are those
-of a key past its rate (429). The entry is
+413, a quota's 429). Requests refused for their key (401) name nobody and are not
+recorded, nor are those of a key past its request rate. The entry is
 written once the response is sent; its object is the id a create answered with (201,
 202), else the route's last ``{..._id}`` path parameter.
 """
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from starlette.routing import compile_path, get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.limits import PRINCIPAL, READ_METHODS
+from app.api.limits import PRINCIPAL, RATE_LIMITED, READ_METHODS
 from app.db import user_error_text
 from app.services import audit
 from app.services.access import Principal
@@ -83,9 +83,8 @@ class AuditLog:
             await self.app(scope, receive, audited_send)
         finally:
             principal = state.get(PRINCIPAL)
-            # A key past its rate (429) is not recorded: a flood of them would be a flood
-            # of writes.
-            if isinstance(principal, Principal) and status != 429:
+            # A key past its rate is not recorded: a flood of them would be a flood of writes.
+            if isinstance(principal, Principal) and not state.get(RATE_LIMITED):
                 await anyio.to_thread.run_sync(
                     self._record, scope, principal, status, bytes(captured)
                 )

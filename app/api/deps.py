@@ -176,7 +176,8 @@ def authenticator(sessions: Callable[[], Session], settings: Settings) -> Authen
                 )
                 if not principal.authenticated:
                     return principal, None  # an open service counts nothing
-                quotas = project_quotas(session, principal.project_id, settings)
+                # The key's own project's: naming another with ?project= changes no limit.
+                quotas = project_quotas(session, principal.key_project_id, settings)
             except DBAPIError as exc:
                 if is_transient(exc):
                     raise ServiceUnavailable(

@@ -44,6 +44,7 @@ RouteRules = Callable[[Scope], tuple[bool, bool]]
 # raises a ServiceError to answer instead.
 Authenticate = Callable[[Scope], Awaitable[tuple[Principal, int | None]]]
 PRINCIPAL = "principal"  # the key of a /v1 request's principal in its scope's state
+RATE_LIMITED = "rate_limited"  # set in the state of a request refused for its key's rate
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -68,8 +69,9 @@ class KeyRates:
             if len(seen) >= limit:
                 return seen[0] + self.WINDOW_SECONDS - now if seen else self.WINDOW_SECONDS
             seen.append(now)
-            if len(self._seen) > 100_000:  # keys seen once long ago: forget them
-                self._seen = {k: v for k, v in self._seen.items() if v}
+            if len(self._seen) > 100_000:  # keys not seen for a minute: forget them
+                cutoff = now - self.WINDOW_SECONDS
+                self._seen = {k: v for k, v in self._seen.items() if v[-1] > cutoff}
             return None
 
 
@@ -142,9 +144,9 @@ class RequestLimits:
                 required_role=Role.MEMBER.value,
             )
         if per_minute is not None:
-            key = principal.key_id or principal.key_name or ""
-            wait = self.rates.admit(key, per_minute)
+            wait = self.rates.admit(principal.key_label, per_minute)
             if wait is not None:
+                scope["state"][RATE_LIMITED] = True
                 response = problem(
                     429,
                     f"this key made {per_minute} requests in the last minute, its quota "

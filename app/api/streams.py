@@ -34,9 +34,12 @@ class StreamSlots:
         """Streams ``owner`` holds open."""
         return self.by_owner.get(owner, 0)
 
-    def try_acquire(self, owner: str = "") -> "Slot | None":
-        """A slot, or None when ``limit`` streams are already open."""
+    def try_acquire(self, owner: str = "", owner_limit: int | None = None) -> "Slot | None":
+        """A slot, or None when ``limit`` streams are open, or ``owner`` holds
+        ``owner_limit`` (checked and taken in one step: no await in between)."""
         if self.open >= self.limit:
+            return None
+        if owner_limit is not None and self.held_by(owner) >= owner_limit:
             return None
         self.open += 1
         self.by_owner[owner] = self.by_owner.get(owner, 0) + 1

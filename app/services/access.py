@@ -19,9 +19,10 @@ passes ``ALL_PROJECTS`` as an execution option.
 
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,6 +68,15 @@ class Principal:
     key_id: str | None = None
     key_name: str | None = None
     authenticated: bool = False  # False: an open service, nobody identified
+    # The key's own project (an operator acting elsewhere keeps its own): whose per-key
+    # quotas (requests per minute, event streams) bind it.
+    key_project_id: str = DEFAULT_PROJECT_ID
+
+    @property
+    def key_label(self) -> str:
+        """What names the key in counters and the audit log: its id, or the fingerprint of a
+        P2L_API_KEYS key ('' on an open service)."""
+        return self.key_id or self.key_name or ""
 
     @property
     def is_operator(self) -> bool:
@@ -107,19 +117,25 @@ def env_key_name(key: str) -> str:
 
 
 def keys_required(session: Session, settings: Settings) -> bool:
-    """Whether requests need a key: P2L_API_KEYS is set, or a live key exists."""
+    """Whether requests need a key: P2L_API_KEYS is set, or a key was ever made. A service
+    whose keys have all expired or been revoked stays closed (``python -m app keys create``
+    makes a new one); it never falls back to open."""
     if settings.api_keys:
         return True
-    live = select(ApiKey.id).where(
-        ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > utcnow())
-    )
-    return session.scalar(live.limit(1)) is not None
+    return session.scalar(select(ApiKey.id).limit(1)) is not None
+
+
+# What a project id or name can be (anything else names no project, and never reaches the
+# database: a NUL byte is an error to PostgreSQL).
+PROJECT_HANDLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def find_project(session: Session, id_or_name: str) -> Project | None:
-    """The project with this id, or else this name."""
-    project = session.get(Project, id_or_name) if len(id_or_name) <= 32 else None
-    return project or session.scalar(select(Project).where(Project.name == id_or_name[:100]))
+    """The project with this id, or else this name (names cannot look like ids)."""
+    if not PROJECT_HANDLE.fullmatch(id_or_name):
+        return None
+    project = session.get(Project, id_or_name) if len(id_or_name) == 32 else None
+    return project or session.scalar(select(Project).where(Project.name == id_or_name))
 
 
 def authenticate(
@@ -137,14 +153,7 @@ def authenticate(
     target = find_project(session, project)
     if target is None or not (principal.is_operator or target.id == principal.project_id):
         raise NotFound(f"no project {project[:100]!r}")
-    return Principal(
-        target.id,
-        target.name,
-        principal.role,
-        principal.key_id,
-        principal.key_name,
-        principal.authenticated,
-    )
+    return replace(principal, project_id=target.id, project_name=target.name)
 
 
 def _principal_of_key(session: Session, settings: Settings, offered: str | None) -> Principal:
@@ -156,7 +165,11 @@ def _principal_of_key(session: Session, settings: Settings, offered: str | None)
         matches = [hmac.compare_digest(offered.encode(), key.encode()) for key in settings.api_keys]
         if any(matches):
             return Principal(
-                DEFAULT_PROJECT_ID, default_name, Role.OPERATOR, None, env_key_name(offered), True
+                DEFAULT_PROJECT_ID,
+                default_name,
+                Role.OPERATOR,
+                key_name=env_key_name(offered),
+                authenticated=True,
             )
         # Looked up by its hash: equal hashes are what a unique index finds.
         row = session.scalar(select(ApiKey).where(ApiKey.key_sha256 == hash_key(offered)))
@@ -173,7 +186,8 @@ def _principal_of_key(session: Session, settings: Settings, offered: str | None)
                 Role(row.role),
                 row.id,
                 row.name,
-                True,
+                authenticated=True,
+                key_project_id=row.project_id,
             )
         if keys_required(session, settings):
             raise Unauthorized("missing or invalid X-API-Key header")
@@ -206,13 +220,21 @@ def _add_project_criteria(state: ORMExecuteState) -> None:
         return
     if state.is_select and (state.is_column_load or state.is_relationship_load):
         return
+    # SQLAlchemy's recipe for global criteria: lambdas, so that aliases are covered too
+    # and project_id is a bound parameter (the statement stays cached across projects).
     options = [
-        with_loader_criteria(table, table.project_id == project_id)
+        with_loader_criteria(table, lambda cls: cls.project_id == project_id, include_aliases=True)
         for table in OWNED_TABLES
         if table is not Source
     ]
-    visible = or_(Source.project_id == project_id, Source.shared == true())
-    state.statement = state.statement.options(*options, with_loader_criteria(Source, visible))
+    options.append(
+        with_loader_criteria(
+            Source,
+            lambda cls: or_(cls.project_id == project_id, cls.shared == true()),
+            include_aliases=True,
+        )
+    )
+    state.statement = state.statement.options(*options)
 
 
 @event.listens_for(Session, "before_flush")

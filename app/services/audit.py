@@ -27,7 +27,7 @@ def record(
     session.add(
         AuditEntry(
             id=uuid.uuid4().hex,
-            key_id=principal.key_id or principal.key_name,
+            key_id=principal.key_label or None,
             project_id=principal.project_id,
             action=action[:120],
             object_id=object_id[:64] if object_id else None,

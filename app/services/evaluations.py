@@ -30,8 +30,7 @@ from app.imaging.loading import pixel_batches
 from app.jobs.kinds import JobKind, JobRun
 from app.jobs.progress import ProgressWriter
 from app.jobs.service import finish_job, submit_job
-from app.models import DEFAULT_PROJECT_ID, TERMINAL_STATUSES, FinetunedModel, Job, JobStatus
-from app.services.access import session_project
+from app.models import TERMINAL_STATUSES, FinetunedModel, Job, JobStatus
 from app.services.context import Context
 from app.services.datasets import IMAGES_DIR, archive_limits, image_files
 from app.services.models import ModelCache, get_model, model_weights_path
@@ -166,7 +165,7 @@ def evaluate_upload(
         params = EvaluationJobParams(
             model_id=model.id, images=count, class_counts=folder.class_counts, **rejected
         )
-        check_active_jobs(session, settings, session_project(session) or DEFAULT_PROJECT_ID)
+        check_active_jobs(session, settings, ctx.principal.project_id)
         job = submit_job(session, EVALUATE.name, params.model_dump(mode="json"))
         key = evaluation_key(job.id)
         params.artifact_key = key

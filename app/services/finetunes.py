@@ -258,16 +258,17 @@ def ensure_no_active_job_uses(
 
     The row is locked first, so a fine-tune submitted meanwhile waits for the delete.
     """
+    every_project = False
     if dataset_id is not None:
         get_by_id(session, Dataset, dataset_id, "dataset", for_update=True)
     if source_id is not None:
-        get_by_id(session, Source, source_id, "source", for_update=True)
-    # Every project's jobs: a shared source is used by all of them (only operators, who
-    # see every project, may delete one; a private row is only the project's to use).
+        # A shared source is used by every project's jobs: the caller must have checked
+        # that it may delete one (operators, who see every project) before this lists them.
+        every_project = get_by_id(session, Source, source_id, "source", for_update=True).shared
     active = session.scalars(
         select(Job)
         .where(Job.kind == FINETUNE.name, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
-        .execution_options(**{ALL_PROJECTS: True})
+        .execution_options(**{ALL_PROJECTS: every_project})
     )
     users = []
     for job in active:

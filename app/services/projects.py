@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
+from app.imaging import pixel_cache
 from app.models import (
     DEFAULT_PROJECT_ID,
     ApiKey,
@@ -29,8 +30,15 @@ from app.models import (
     Source,
     utcnow,
 )
-from app.pagination import paginate
-from app.services.access import ALL_PROJECTS, Principal, create_key, find_project
+from app.pagination import is_valid_id, paginate
+from app.services.access import (
+    ALL_PROJECTS,
+    PROJECT_HANDLE,
+    Principal,
+    create_key,
+    find_project,
+)
+from app.services.models import ModelCache
 from app.services.quotas import QUOTAS, active_jobs, count_owned, effective_quotas, storage_bytes
 from app.services.sources import record_change
 from app.store import ArtifactStore
@@ -59,6 +67,11 @@ def create_project(
     """A new, empty project (operators only); Conflict if the name is taken."""
     principal.require(Role.OPERATOR, "create projects")
     _check_quotas(quotas or {})
+    if not PROJECT_HANDLE.fullmatch(name) or is_valid_id(name):
+        raise InvalidInput(
+            f"project name {name[:100]!r}: 1 to 100 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit, and not 32 hex digits (an id's form)"
+        )
     if find_project(session, name) is not None:
         raise Conflict(f"a project named {name!r} exists")
     project = Project(
@@ -189,53 +202,55 @@ def revoke_key(session: Session, principal: Principal, id_or_name: str, key_id: 
 
 
 def delete_project(
-    session: Session, store: ArtifactStore, principal: Principal, id_or_name: str
+    session: Session,
+    store: ArtifactStore,
+    models: ModelCache,
+    principal: Principal,
+    id_or_name: str,
 ) -> dict[str, int]:
-    """Delete a project and everything it owns (rows, then files); refused (409) while any
-    of its jobs is queued or running, and for the default project. Returns what went."""
+    """Delete a project and everything it owns (rows, then files, its pixel cache and its
+    cached models); refused (409) while any of its jobs is queued or running, and for the
+    default project. A source it published stays in the shared zoo. Returns what went."""
     project = visible_project(session, principal, id_or_name)
     principal.require(Role.OPERATOR, "delete projects")
     if project.id == DEFAULT_PROJECT_ID:
         raise Conflict("the default project cannot be deleted")
+    # Locked until the commit: a job submitted meanwhile (which locks it too) waits, then
+    # finds no project.
+    session.refresh(project, with_for_update=True)
     if running := active_jobs(session, project.id):
         raise Conflict(f"the project has {running} queued or running job(s); cancel them first")
     everything = {ALL_PROJECTS: True}
-    keys: list[str] = []
-    counts: dict[str, int] = {}
-    for table, noun in (
-        (Dataset, "datasets"),
-        (Source, "sources"),
-        (FinetunedModel, "models"),
-    ):
-        query = select(table.id, table.artifact_key).where(table.project_id == project.id)
-        if table is Source:  # a source published into the shared zoo stays there
-            query = query.where(Source.shared.is_(False))
-        rows = session.execute(query.execution_options(**everything)).all()
-        counts[noun] = len(rows)
-        keys.extend(key for _, key in rows)
-        if table is Source:
-            source_ids = [row_id for row_id, _ in rows]
-            for source_id in source_ids:
-                record_change(session, source_id, "remove")
-            session.execute(
-                delete(Source).where(Source.id.in_(source_ids)).execution_options(**everything)
-            )
-        else:
-            session.execute(
-                delete(table).where(table.project_id == project.id).execution_options(**everything)
-            )
-    owned: tuple[Any, ...] = ((Ranking, "rankings"), (Job, "jobs"), (Evidence, "evidence"))
-    for table_, noun in owned:
+
+    def owned(table: Any, *where: Any) -> list[Any]:
+        query = select(table.id, table.artifact_key).where(table.project_id == project.id, *where)
+        return list(session.execute(query.execution_options(**everything)))
+
+    with_files: dict[str, tuple[Any, list[Any]]] = {
+        "datasets": (Dataset, owned(Dataset)),
+        "sources": (Source, owned(Source, Source.shared.is_(False))),
+        "models": (FinetunedModel, owned(FinetunedModel)),
+    }
+    counts = {noun: len(rows) for noun, (_, rows) in with_files.items()}
+    for source_id, _ in with_files["sources"][1]:
+        record_change(session, source_id, "remove")  # every replica's index drops it
+    for table, rows in with_files.values():
+        ids = [row_id for row_id, _ in rows]
+        session.execute(delete(table).where(table.id.in_(ids)).execution_options(**everything))
+    for table, noun in ((Ranking, "rankings"), (Job, "jobs"), (Evidence, "evidence")):
         done = session.execute(
-            delete(table_).where(table_.project_id == project.id).execution_options(**everything)
+            delete(table).where(table.project_id == project.id).execution_options(**everything)
         )
         counts[noun] = int(getattr(done, "rowcount", 0) or 0)
-    counts["keys"] = int(
-        session.scalar(select(func.count()).where(ApiKey.project_id == project.id)) or 0
-    )
-    session.execute(delete(ApiKey).where(ApiKey.project_id == project.id))
+    done = session.execute(delete(ApiKey).where(ApiKey.project_id == project.id))
+    counts["keys"] = int(getattr(done, "rowcount", 0) or 0)
     session.delete(project)
     session.commit()  # rows first: a file no row owns is swept, a row without files is not
-    for key in keys:
-        store.delete(key)
+    for _, rows in with_files.values():
+        for _, key in rows:
+            store.delete(key)
+    for dataset_id, _ in with_files["datasets"][1]:
+        pixel_cache.delete_entries(store, dataset_id)
+    for model_id, _ in with_files["models"][1]:
+        models.forget(model_id)
     return counts

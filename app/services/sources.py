@@ -329,6 +329,14 @@ def all_sources(session: Session) -> list[Source]:
     return list(session.scalars(select(Source).order_by(Source.created_at, Source.id)))
 
 
+def check_may_delete(session: Session, source_id: str, principal: Principal) -> Source:
+    """The source, if ``principal`` may delete it (one of the shared zoo: operators only)."""
+    source = get_source(session, source_id)
+    if source.shared:
+        principal.require(Role.OPERATOR, "delete a source of the shared zoo")
+    return source
+
+
 def delete_source(
     session: Session,
     store: ArtifactStore,
@@ -338,9 +346,7 @@ def delete_source(
 ) -> None:
     """Remove a source from the index, the database and the store (one of the shared zoo:
     operators only)."""
-    source = get_source(session, source_id)
-    if source.shared:
-        principal.require(Role.OPERATOR, "delete a source of the shared zoo")
+    source = check_may_delete(session, source_id, principal)
     key = source.artifact_key
     session.delete(source)
     session.flush()
@@ -415,9 +421,10 @@ def catch_up(
                 signature = rankable_signature(
                     store, source_id, row.artifact_key, row.reference_sha256
                 )
-            if signature is None or row is None:
+            if signature is None:
                 index.remove(source_id)
             else:
+                assert row is not None  # a signature is only read for a row
                 index.add(source_id, signature, claimed=row.image_counts == "claimed")
         index.version = changes[-1].seq
         return len(touched)

@@ -12,6 +12,7 @@ import anyio
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.streams import StreamSlots
 from app.imaging.budget import decode_budget
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
 
@@ -183,3 +184,16 @@ def test_decoding_waits_for_memory_then_answers_503_and_keeps_nothing(
     assert not list((data_dir / "datasets").glob("*"))
     created = client.post("/v1/datasets", files={"file": ("d.zip", an_archive())})
     assert created.status_code == 201
+
+
+def test_one_owner_takes_at_most_its_share_of_stream_slots() -> None:
+    slots = StreamSlots(limit=3)
+    first = slots.try_acquire("key-a", owner_limit=2)
+    second = slots.try_acquire("key-a", owner_limit=2)
+    assert first is not None and second is not None
+    assert slots.try_acquire("key-a", owner_limit=2) is None  # checked and taken in one step
+    third = slots.try_acquire("key-b", owner_limit=2)
+    assert third is not None and slots.try_acquire("key-c") is None  # all 3 are open
+    first.release()
+    first.release()  # twice is harmless
+    assert slots.held_by("key-a") == 1 and slots.open == 2

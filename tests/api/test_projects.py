@@ -513,3 +513,52 @@ def test_a_project_stores_at_most_its_storage_quota(service: TestClient) -> None
     # Another project has its own room.
     b = make_team(service, "team-b", with_objects=False)
     assert service.post("/v1/datasets", files=archive(), headers=b.as_("member")).is_success
+
+
+def test_a_member_may_not_delete_a_shared_source_nor_learn_who_uses_it(
+    service: TestClient,
+) -> None:
+    a, b = make_team(service, "team-a", False), make_team(service, "team-b", False)
+    member_a = a.as_("member")
+    shared = service.get("/v1/sources", headers=member_a).json()["items"][0]
+    dataset = service.post("/v1/datasets", files=archive(), headers=member_a).json()["id"]
+    body = {"target_dataset_id": dataset, "source_id": shared["id"], "epochs": 1}
+    job = service.post("/v1/finetunes", json=body, headers=member_a).json()["id"]
+    refused = service.delete(f"/v1/sources/{shared['id']}", headers=b.as_("member"))
+    assert refused.status_code == 403 and job not in refused.text
+    # An operator is told which jobs hold it, whichever project they belong to.
+    held = service.delete(f"/v1/sources/{shared['id']}", headers={"X-API-Key": OPERATOR})
+    assert held.status_code == 409 and held.json()["jobs"] == [job]
+    # A shared source names neither its project nor its dataset to the other projects.
+    seen_by_b = service.get(f"/v1/sources/{shared['id']}", headers=b.as_("viewer")).json()
+    assert seen_by_b["project_id"] is None and seen_by_b["dataset_id"] is None
+
+
+def test_a_service_whose_keys_all_ended_stays_closed(client: TestClient) -> None:
+    project = client.get("/v1/whoami").json()["project_id"]
+    made = client.post(f"/v1/projects/{project}/keys", json={"role": "operator", "name": "k"})
+    key = made.json()
+    revoked = client.delete(
+        f"/v1/projects/{project}/keys/{key['id']}", headers={"X-API-Key": key["key"]}
+    )
+    assert revoked.status_code == 204
+    for headers in ({}, {"X-API-Key": key["key"]}, {"X-API-Key": "guess"}):
+        assert client.get("/v1/whoami", headers=headers).status_code == 401
+
+
+def test_the_default_project_keeps_the_unlimited_service_it_was(client: TestClient) -> None:
+    usage = client.get("/v1/projects/default/usage").json()
+    assert set(usage["quotas"].values()) == {None}
+    assert client.get("/v1/whoami", params={"project": "\x00"}).status_code == 404
+
+
+def test_a_quota_refusal_is_audited(service: TestClient) -> None:
+    a = make_team(service, "team-a", False)
+    operator = {"X-API-Key": OPERATOR}
+    quota = {"quotas": {"max_active_jobs": 0}}
+    assert service.patch("/v1/projects/team-a", json=quota, headers=operator).is_success
+    dataset = service.post("/v1/datasets", files=archive(), headers=a.as_("member")).json()["id"]
+    body = {"target_dataset_id": dataset, "source_id": "best", "epochs": 1}
+    assert service.post("/v1/finetunes", json=body, headers=a.as_("member")).status_code == 429
+    newest = service.get("/v1/audit", headers=a.as_("admin")).json()["items"][0]
+    assert (newest["action"], newest["status"]) == ("POST /v1/finetunes", 429)

@@ -214,23 +214,24 @@ async def job_events(
         raise NotFound(f"no job with id {job_id[:100]!r}")
     # The job must be the project's (404 otherwise) before the cache reads it for anyone.
     await anyio.to_thread.run_sync(jobs.get_job, session, job_id)
-    owner = principal.key_id or principal.key_name or ""
+    per_key = None
     if principal.authenticated:  # an open service counts nobody's streams
         quotas = await anyio.to_thread.run_sync(
-            project_quotas, session, principal.project_id, state.settings
+            project_quotas, session, principal.key_project_id, state.settings
         )
         per_key = quotas["max_event_streams_per_key"]
-        if per_key is not None and (held := state.streams.held_by(owner)) >= per_key:
-            raise QuotaExceeded(
-                f"this key holds {held} open event streams, its quota "
-                f"max_event_streams_per_key is {per_key}; close one, or poll /v1/jobs/{job_id}",
-                quota="max_event_streams_per_key",
-                usage=held,
-                limit=per_key,
-                retry_after=5,
-            )
     first = await state.job_snapshots.get(job_id)  # 404 before the stream starts
-    slot = state.streams.try_acquire(owner)
+    owner = principal.key_label
+    slot = state.streams.try_acquire(owner, per_key)
+    if slot is None and per_key is not None and (held := state.streams.held_by(owner)) >= per_key:
+        raise QuotaExceeded(
+            f"this key holds {held} open event streams, its quota max_event_streams_per_key "
+            f"is {per_key}; close one, or poll /v1/jobs/{job_id}",
+            quota="max_event_streams_per_key",
+            usage=held,
+            limit=per_key,
+            retry_after=5,
+        )
     if slot is None:
         raise HTTPException(
             503,

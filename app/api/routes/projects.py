@@ -129,7 +129,7 @@ def delete_project(
 ) -> Response:
     """Its datasets, private sources, rankings, jobs, models, evidence and keys go; the
     audit log says how many of each."""
-    counts = service.delete_project(session, state.store, principal, project_id)
+    counts = service.delete_project(session, state.store, state.models, principal, project_id)
     deleted = ", ".join(f"{n} {noun}" for noun, n in counts.items())
     setattr(request.state, AUDIT_DETAIL, f"deleted {deleted}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

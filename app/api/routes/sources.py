@@ -21,11 +21,22 @@ from app.errors import InvalidInput
 from app.models import Source
 from app.schemas import Page, SourceOut
 from app.services import sources as service
+from app.services.access import Principal
 from app.services.finetunes import ensure_no_active_job_uses
 from app.zoo import plots
 
 # class_names in characters: the multipart parser's cap on one form field (1 MiB) anyway.
 MAX_CLASS_NAMES_CHARS = 1024**2
+
+
+def source_out(source: Source, principal: Principal) -> SourceOut:
+    """A source as ``principal`` may see it: a shared source of another project names
+    neither that project nor its dataset (operators see everything)."""
+    out = SourceOut.model_validate(source)
+    if source.project_id != principal.project_id and not principal.is_operator:
+        out.project_id = out.dataset_id = None
+    return out
+
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
@@ -156,13 +167,14 @@ def _parse_names(raw: str | None) -> list[str] | None:
 )
 def list_sources(
     session: SessionDep,
+    principal: PrincipalDep,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
     page_token: PageToken = None,
 ) -> Page[SourceOut]:
     """One page of the zoo; follow ``next_page_token`` for more."""
     rows, next_token = service.list_sources(session, page_size, page_token)
     return Page[SourceOut](
-        items=[SourceOut.model_validate(r) for r in rows], next_page_token=next_token
+        items=[source_out(r, principal) for r in rows], next_page_token=next_token
     )
 
 
@@ -180,9 +192,9 @@ def zoo_map(ctx: ContextDep, target_dataset_id: str | None = None) -> Response:
 
 
 @router.get("/{source_id}", response_model=SourceOut, summary="Get one source")
-def get_source(session: SessionDep, source_id: str) -> Source:
+def get_source(session: SessionDep, principal: PrincipalDep, source_id: str) -> SourceOut:
     """Architecture, classes, training-set size and signature summary of a source."""
-    return service.get_source(session, source_id)
+    return source_out(service.get_source(session, source_id), principal)
 
 
 @router.get(
@@ -211,6 +223,7 @@ def delete_source(
 ) -> Response:
     """Remove the source from the zoo, its files and the ranking index (409 while a job
     needs it; a source of the shared zoo: operators only)."""
+    service.check_may_delete(session, source_id, principal)  # before jobs are looked at
     ensure_no_active_job_uses(session, source_id=source_id)
     service.delete_source(session, state.store, state.index, source_id, principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

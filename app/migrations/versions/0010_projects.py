@@ -2,10 +2,10 @@
 zoo and claimed image counts; the bytes each dataset, source and model stores
 
 An install of the previous release upgrades in place: every row lands in the ``default``
-project, the bundled zoo becomes the shared zoo, sources registered with an uploaded
-signature (no dataset) are marked ``claimed``, and the default project keeps feeding the
-calibration (as every finished job did before). Keys in P2L_API_KEYS stay valid, as
-operator keys.
+project (unlimited quotas, its evidence shared: as every install worked before), the
+bundled zoo becomes the shared zoo, and sources registered with an uploaded signature are
+marked ``claimed`` (so are sources whose dataset was deleted: a row cannot tell the two
+apart). Keys in P2L_API_KEYS stay valid, as operator keys.
 
 Revision ID: 0010
 Revises: 0009
@@ -39,7 +39,15 @@ def upgrade() -> None:
             id=DEFAULT_PROJECT_ID,
             name="default",
             created_at=sa.func.now(),
-            quotas={},
+            # Unlimited, and feeding the calibration: what every install did before projects
+            # (a single-user service, or an upgraded one, keeps working as it did).
+            quotas={
+                "max_active_jobs": None,
+                "max_job_seconds": None,
+                "max_storage_bytes": None,
+                "max_event_streams_per_key": None,
+                "requests_per_minute_per_key": None,
+            },
             share_evidence=True,
         )
     )

@@ -127,11 +127,18 @@ def test_client_manages_projects_keys_and_reads_the_audit_log(service: Service) 
             assert set(listed) == {admin_key["id"], viewer_key["id"]}
             assert all("key" not in k for k in listed.values())
 
-            # The audit log: the key's creation, by whom; never a key itself.
+            # The audit log, newest first: the viewer's refused delete, then the key's
+            # creation, by whom; never a key itself.
             entries = list(admin.audit.list(page_size=1))
-            assert entries[0]["action"] == "POST /v1/projects/{project_id}/keys"
-            assert entries[0]["object_id"] == viewer_key["id"]
-            assert entries[0]["key_id"] == admin_key["id"] and entries[0]["status"] == 201
+            refused_delete, created = entries[0], entries[1]
+            assert (refused_delete["action"], refused_delete["status"]) == (
+                "DELETE /v1/datasets/{dataset_id}",
+                403,
+            )
+            assert refused_delete["key_id"] == viewer_key["id"]
+            assert created["action"] == "POST /v1/projects/{project_id}/keys"
+            assert created["object_id"] == viewer_key["id"]
+            assert created["key_id"] == admin_key["id"] and created["status"] == 201
             first = admin.audit.page(page_size=1)
             assert [e["id"] for e in first["items"]] == [entries[0]["id"]]
             with pytest.raises(Forbidden):

@@ -281,7 +281,7 @@ def test_console_says_when_keys_are_needed(make_client: Callable[..., TestClient
 
 @pytest.mark.api
 def test_console_needs_a_key_once_the_database_holds_one(client: TestClient) -> None:
-    """An open service (no keys) stops being open when its first key is made."""
+    """An open service (no keys) stops being open when its first key is made, for good."""
     assert 'data-keys-required="false"' in client.get("/").text
     project = client.post("/v1/projects", json={"name": "team"}).json()
     made = client.post(f"/v1/projects/{project['id']}/keys", json={"role": "admin", "name": "a"})
@@ -293,7 +293,8 @@ def test_console_needs_a_key_once_the_database_holds_one(client: TestClient) -> 
         headers={"X-API-Key": made.json()["key"]},
     )
     assert revoked.status_code == 204
-    assert 'data-keys-required="false"' in client.get("/").text  # no live key left
+    # With no live key left it stays closed: revoking the last key never reopens a service.
+    assert 'data-keys-required="true"' in client.get("/").text
 
 
 @pytest.mark.system

@@ -16,6 +16,7 @@ unguarded refit chases noise and loses to the bundled defaults). Refine settings
 sources on the target.
 """
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,12 +56,15 @@ def regret_table(
     candidates: list[RankingParams],
     eps: float,
     emd_gamma: float,
+    claimed: Collection[str] = (),
+    claimed_images_cap: int | None = None,
 ) -> np.ndarray:
     """``(targets, candidates)`` regrets: best accuracy minus that of each candidate's pick,
-    over the sources whose signatures are given (others cannot be ranked)."""
-    index = SignatureIndex(eps=eps)
+    over the sources whose signatures are given (others cannot be ranked). The sources in
+    ``claimed`` weigh at most ``claimed_images_cap`` images, as rankings weigh them."""
+    index = SignatureIndex(eps=eps, claimed_images_cap=claimed_images_cap)
     for source_id, signature in sources.items():
-        index.add(source_id, signature)
+        index.add(source_id, signature, claimed=source_id in claimed)
     table = np.zeros((len(evidence), len(candidates)))
     for t, item in enumerate(evidence):
         tried = [s for s in item.accuracy if s in sources]

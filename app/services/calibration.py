@@ -4,7 +4,7 @@ measure and lambda on it (app.p2l.calibration), and say which parameters are in 
 import logging
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ class Constants:
     defaults: RankingParams
     eps: float
     emd_gamma: float
+    claimed_images_cap: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Constants":
@@ -57,6 +58,7 @@ class Constants:
             RankingParams(settings.p2l_measure, settings.p2l_lambda),
             settings.p2l_eps,
             settings.emd_gamma,
+            settings.claimed_images_cap,
         )
 
 
@@ -148,6 +150,7 @@ class EvidenceSummary:
     targets: int
     usable: list[TargetEvidence]  # targets with two or more rankable sources tried
     sources: dict[str, DatasetSignature]
+    claimed: set[str] = field(default_factory=set)  # sources whose image counts are claimed
 
 
 def shared_evidence() -> ColumnElement[bool]:
@@ -173,15 +176,17 @@ def gather_evidence(
     for row in rows:
         by_target[row.target_dataset_id].append(row)
     source_ids = {row.source_id for row in rows}
+    rows_of_sources = session.scalars(
+        select(Source)
+        .where(Source.id.in_(source_ids), Source.reference_sha256 == reference_sha256)
+        .execution_options(**{ALL_PROJECTS: True})
+    ).all()
     sources = {
         s.id: signature
-        for s in session.scalars(
-            select(Source)
-            .where(Source.id.in_(source_ids), Source.reference_sha256 == reference_sha256)
-            .execution_options(**{ALL_PROJECTS: True})
-        )
+        for s in rows_of_sources
         if (signature := rankable_signature(store, s.id, s.artifact_key, s.reference_sha256))
     }
+    claimed = {s.id for s in rows_of_sources if s.image_counts == "claimed"}
     evidence = []
     for items in by_target.values():
         # Test and validation accuracies are not comparable (validation chose the
@@ -198,7 +203,9 @@ def gather_evidence(
                 {s: float(np.mean(values)) for s, values in accuracy.items()},
             )
         )
-    return EvidenceSummary(len(rows), len(by_target), informative(evidence, set(sources)), sources)
+    return EvidenceSummary(
+        len(rows), len(by_target), informative(evidence, set(sources)), sources, claimed
+    )
 
 
 def assess(
@@ -210,8 +217,9 @@ def assess(
     if constants.defaults not in candidates:
         candidates.append(constants.defaults)
     table = regret_table(
-        summary.usable, summary.sources, candidates, constants.eps, constants.emd_gamma
-    )
+        summary.usable, summary.sources, candidates, constants.eps, constants.emd_gamma,
+        summary.claimed, constants.claimed_images_cap,
+    )  # fmt: skip
     usable = bool(len(table))
     loto = leave_one_target_out(table)
     chosen = guarded_fit(table)

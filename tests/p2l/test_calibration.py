@@ -11,8 +11,17 @@ from sqlalchemy import select
 from app.config import Settings
 from app.main import create_app
 from app.models import Evidence
-from app.p2l.calibration import RankingParams, fit, grid, guarded_fit, leave_one_target_out
+from app.p2l.calibration import (
+    RankingParams,
+    TargetEvidence,
+    fit,
+    grid,
+    guarded_fit,
+    leave_one_target_out,
+    regret_table,
+)
 from app.p2l.scoring import ScoringParams
+from app.p2l.signature import DatasetSignature
 from app.services.calibration import Constants
 from app.services.sources import signature_for_dataset
 from tests.helpers import (
@@ -219,3 +228,31 @@ def test_leave_one_target_out_scores_each_target_under_the_others_fit() -> None:
     assert guarded_fit(table) == 0
     assert guarded_fit(np.array([[0.1, 0.0, 0.2]])) == 0
     assert guarded_fit(np.array([[0.1, 0.0, 0.2], [0.2, 0.0, 0.0]])) == 1
+
+
+@pytest.mark.unit
+def test_the_refit_weighs_a_claimed_count_as_rankings_do() -> None:
+    """A refit scores candidates with the cap on claimed counts that rankings apply, so it
+    is not fitted on a size term no ranking uses."""
+    rng = np.random.default_rng(0)
+
+    def signature(mean: np.ndarray, images: int) -> DatasetSignature:
+        return DatasetSignature(
+            class_names=["a", "b"],
+            class_counts=np.array([images // 2, images - images // 2]),
+            mean=mean.astype(np.float32),
+            class_means=np.stack([mean, mean]).astype(np.float32),
+            variance=np.ones_like(mean, dtype=np.float32),
+            reference_sha256="r" * 64,
+        )
+
+    target = rng.random(16)
+    near = signature(target + 0.01, 100)  # close to the target, small
+    far = signature(rng.random(16), 10**9)  # far from it, claiming a billion images
+    evidence = [TargetEvidence(signature(target, 50), {"near": 0.9, "far": 0.5})]
+    sources = {"near": near, "far": far}
+    heavy = [RankingParams("js", 0.05)]  # a lambda large enough for a billion to win
+    uncapped = regret_table(evidence, sources, heavy, 1e-3, 0.01)
+    capped = regret_table(evidence, sources, heavy, 1e-3, 0.01, {"far"}, 100)
+    assert uncapped[0, 0] == pytest.approx(0.4)  # the claim picked "far"
+    assert capped[0, 0] == 0.0  # capped, it picks "near", the better one

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api.audit import AuditLog, template_finder
+from app.api.audit import AuditLog
 from app.api.deps import KeyDocumented, ServiceState, authenticator, route_rules
 from app.api.examples import add_examples
 from app.api.limits import RequestLimits
@@ -206,9 +206,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The last added runs first: the audit log (it sees what answered), limits (the key;
     # HEAD becomes GET there), then the retry of reads.
     app.add_middleware(RetryDroppedReads)
+    rules = route_rules(app)  # one reading of the OpenAPI document for both
     app.add_middleware(
         RequestLimits,
-        route_rules=route_rules(app),
+        route_rules=rules,
         authenticate=authenticator(lambda: app.state.service.sessions(), settings),
         max_upload_bytes=settings.max_upload_bytes,
         max_json_bytes=settings.max_json_bytes,
@@ -217,7 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         AuditLog,
         sessions=lambda: app.state.service.sessions(),
-        route_template=template_finder(lambda: list(app.openapi()["paths"])),
+        route_rules=rules,
     )
     return app
 

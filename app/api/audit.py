@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import anyio
 from sqlalchemy.orm import Session
-from starlette.routing import compile_path, get_route_path
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.limits import PRINCIPAL, RATE_LIMITED, READ_METHODS
+from app.api.limits import PRINCIPAL, RATE_LIMITED, READ_METHODS, RouteRules
 from app.db import user_error_text
 from app.services import audit
 from app.services.access import Principal
@@ -25,32 +25,16 @@ from app.services.access import Principal
 logger = logging.getLogger("p2l")
 CAPTURE_BYTES = 64 * 1024  # of a create's answer, enough for its id
 
-# (the request's scope) -> its route's path template, e.g. /v1/datasets/{dataset_id}
-RouteTemplate = Callable[[Scope], str | None]
-
-
-def template_finder(paths: Callable[[], list[str]]) -> RouteTemplate:
-    """The route template a request's path matches, among ``paths()`` (read once)."""
-    compiled: list[tuple[str, object]] = []
-
-    def find(scope: Scope) -> str | None:
-        if not compiled:
-            compiled.extend((t, compile_path(t)[0]) for t in paths())
-        path = get_route_path(scope)
-        return next((t for t, pattern in compiled if pattern.match(path)), None)  # type: ignore[attr-defined]
-
-    return find
-
 
 class AuditLog:
     """See the module."""
 
     def __init__(
-        self, app: ASGIApp, *, sessions: Callable[[], Session], route_template: RouteTemplate
+        self, app: ASGIApp, *, sessions: Callable[[], Session], route_rules: RouteRules
     ) -> None:
         self.app = app
         self.sessions = sessions
-        self.route_template = route_template
+        self.route_rules = route_rules
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -90,7 +74,7 @@ class AuditLog:
                 )
 
     def _record(self, scope: Scope, principal: Principal, status: int, body: bytes) -> None:
-        template = self.route_template(scope) or get_route_path(scope)[:100]
+        template = self.route_rules(scope).template or get_route_path(scope)[:100]
         object_id = None
         if status in (201, 202) and body:
             try:

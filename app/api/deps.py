@@ -17,7 +17,7 @@ from starlette.datastructures import Headers
 from starlette.routing import compile_path, get_route_path
 from starlette.types import Scope
 
-from app.api.limits import PRINCIPAL, UPLOAD_TYPES, Authenticate, RouteRules
+from app.api.limits import PRINCIPAL, UPLOAD_TYPES, Authenticate, RouteRule, RouteRules
 from app.api.problems import problem_responses
 from app.api.streams import SnapshotCache, StreamSlots, read_job_snapshot
 from app.config import Settings
@@ -135,28 +135,29 @@ ContextDep = Annotated[Context, Depends(get_context)]
 
 
 def route_rules(app: FastAPI) -> RouteRules:
-    """What ``RequestLimits`` needs to know of the operation a request reaches, read from
-    the OpenAPI document: whether it takes an upload (a multipart or binary body: the upload
-    cap; every other body gets the JSON cap, whatever its Content-Type says), and whether
-    it acts for someone (every /v1 operation: it needs a principal)."""
-    operations: list[tuple[re.Pattern[str], str, bool, bool]] = []
+    """What the middlewares need to know of the operation a request reaches, read from the
+    OpenAPI document: whether it takes an upload (a multipart or binary body: the upload
+    cap; every other body gets the JSON cap, whatever its Content-Type says), whether it
+    acts for someone (every /v1 operation: it needs a principal), and its path template
+    (the audit log's action)."""
+    operations: list[tuple[re.Pattern[str], str, RouteRule]] = []
 
-    def rules(scope: Scope) -> tuple[bool, bool]:
+    def rules(scope: Scope) -> RouteRule:
         if not operations:  # every route is in place by the first request
             for template, by_method in app.openapi()["paths"].items():
                 pattern = compile_path(template)[0]
                 for method, operation in by_method.items():
                     content = operation.get("requestBody", {}).get("content", {})
                     upload = any(kind.startswith(UPLOAD_TYPES) for kind in content)
-                    secured = template.startswith("/v1/")
-                    operations.append((pattern, method.upper(), upload, secured))
+                    rule = RouteRule(upload, template.startswith("/v1/"), template)
+                    operations.append((pattern, method.upper(), rule))
         path = get_route_path(scope)  # below the root path (a proxy's prefix), as routes see it
-        for pattern, method, upload, secured in operations:
+        for pattern, method, rule in operations:
             if method == scope["method"] and pattern.match(path):
-                return upload, secured
+                return rule
         # No operation: a 404 or 405 to come; a /v1 path still needs a key first, so that
         # an anonymous caller learns nothing of which paths exist.
-        return False, path.startswith("/v1/")
+        return RouteRule(False, path.startswith("/v1/"), None)
 
     return rules
 

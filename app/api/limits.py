@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -38,8 +39,17 @@ from app.services.access import Principal
 # Request body types of the upload routes (in their OpenAPI document): the upload cap.
 UPLOAD_TYPES = ("multipart/form-data", "application/octet-stream")
 
-# (the request's scope) -> (whether its route takes an upload, whether it needs a principal).
-RouteRules = Callable[[Scope], tuple[bool, bool]]
+
+class RouteRule(NamedTuple):
+    """What the middlewares know of the operation a request reaches."""
+
+    upload: bool  # it takes an upload (the upload cap; every other body: the JSON cap)
+    secured: bool  # it acts for someone: it needs a principal (every /v1 path)
+    template: str | None  # its path template, e.g. /v1/datasets/{dataset_id} (None: no route)
+
+
+# (the request's scope) -> what is known of its operation.
+RouteRules = Callable[[Scope], RouteRule]
 # (the request's scope) -> its principal and the key's requests per minute (None: no limit);
 # raises a ServiceError to answer instead.
 Authenticate = Callable[[Scope], Awaitable[tuple[Principal, int | None]]]
@@ -103,8 +113,9 @@ class RequestLimits:
         if scope["method"] == "HEAD":
             scope = {**scope, "method": "GET"}
             receive, send = _without_body(receive, send)
-        is_upload, needs_principal = self.route_rules(scope)
-        if needs_principal:
+        rule = self.route_rules(scope)
+        is_upload = rule.upload
+        if rule.secured:
             refusal = await self._admit(scope)
             if refusal is not None:
                 await _closing(refusal)(scope, receive, send)

@@ -178,7 +178,7 @@ def extract_image_folder(archive: IO[bytes], dest: Path, limits: ArchiveLimits) 
     too large) are counted in ``rejected`` (the first ``max_rejected_listed`` with reasons)
     and skipped.
     """
-    archive_size = _stream_size(archive)
+    archive_size = stream_size(archive)
     members = _read_members(archive, archive_size, limits)
     result = ImageFolder(root=dest, rejected=Rejections(limits.max_rejected_listed))
     reject = result.rejected.add
@@ -246,7 +246,8 @@ def extract_image_folder(archive: IO[bytes], dest: Path, limits: ArchiveLimits) 
     return result
 
 
-def _stream_size(stream: IO[bytes]) -> int:
+def stream_size(stream: IO[bytes]) -> int:
+    """Bytes of a seekable upload (its position is left at the start)."""
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
     stream.seek(0)

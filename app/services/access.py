@@ -197,7 +197,9 @@ def _principal_of_key(session: Session, settings: Settings, offered: str | None)
 
 
 def _project_name(session: Session, project_id: str) -> str:
-    return session.scalar(select(Project.name).where(Project.id == project_id)) or project_id
+    # The row, not its name alone: the key's quotas are read from it next (one query).
+    project = session.get(Project, project_id)
+    return project.name if project is not None else project_id
 
 
 def scope_session(session: Session, project_id: str) -> Session:

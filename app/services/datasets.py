@@ -1,7 +1,6 @@
 """Dataset use cases: ingest an upload, read, list and delete, keeping DB and files in step."""
 
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,13 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import InvalidInput
 from app.imaging import pixel_cache
-from app.imaging.archive import ArchiveError, ArchiveLimits, ImageFolder, extract_image_folder
+from app.imaging.archive import (
+    ArchiveError,
+    ArchiveLimits,
+    ImageFolder,
+    extract_image_folder,
+    stream_size,
+)
 from app.models import Dataset
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
@@ -71,14 +76,6 @@ def default_dataset_name(filename: str | None, settings: Settings) -> str:
     data = stem[:NAME_COLUMN_CHARS].encode("utf-8", "surrogatepass")[: settings.max_name_bytes]
     # A cut inside a multi-byte character (or a stray surrogate) drops that character.
     return data.decode("utf-8", "ignore") or "dataset"
-
-
-def stream_size(stream: IO[bytes]) -> int:
-    """Bytes of a seekable upload (its position is left at the start)."""
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(0)
-    return size
 
 
 def ingest_dataset(ctx: Context, archive: IO[bytes], name: str) -> IngestResult:

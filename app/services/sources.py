@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db import lock_zoo_changes
 from app.errors import Conflict, InvalidInput
 from app.families import expected_state, get_spec, known_architectures
+from app.imaging.archive import stream_size
 from app.models import DEFAULT_PROJECT_ID, Dataset, Role, Source, ZooChange
 from app.p2l.reference import ReferenceNetwork, check_state_dict
 from app.p2l.scoring import SignatureIndex
@@ -32,7 +33,6 @@ from app.services.datasets import (
     dataset_signature,
     get_dataset,
     stored_signature,
-    stream_size,
 )
 from app.services.quotas import check_storage
 from app.store import ArtifactStore

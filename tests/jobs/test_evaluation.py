@@ -76,6 +76,18 @@ def test_report_metrics_by_hand() -> None:
 
 
 @pytest.mark.unit
+def test_report_of_an_empty_split_defines_nothing() -> None:
+    # scikit-learn refuses empty input: the report says so with nulls, not an error.
+    nothing = np.zeros(0, dtype=np.int64)
+    report = evaluation_report(nothing, nothing, np.zeros((0, 2)), ["a", "b"], [], "test")
+    assert report["images"] == 0 and report["accuracy"] == 0.0 and report["macro_f1"] == 0.0
+    assert report["confusion_matrix"] == [[0, 0], [0, 0]]
+    blank = {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert report["per_class"] == {"a": blank, "b": blank}
+    assert report["misclassified"] == [] and report["misclassified_total"] == 0
+
+
+@pytest.mark.unit
 def test_evaluate_gives_softmax_probabilities_on_request() -> None:
     images = np.stack(
         [np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize((32, 32)))

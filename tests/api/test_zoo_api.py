@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save
 
 from app.config import Settings
 from app.families import build_model
+from app.models import JobStatus
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from tests.helpers import (
     PROBLEM,
@@ -231,10 +234,20 @@ def test_plots_are_pngs(client: TestClient) -> None:
 @pytest.mark.api
 def test_metrics_count_what_the_service_holds(client: TestClient) -> None:
     upload_target(client, "clipart_fewshot")
-    body = client.get("/metrics").text
-    assert "p2l_datasets 1" in body
-    assert f"p2l_sources {len(zoo(client))}" in body
-    assert 'p2l_jobs{status="running"} 0' in body
+    response = client.get("/metrics")
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    # The names are a contract with dashboards; each is a documented gauge.
+    assert set(families) == {
+        "p2l_datasets", "p2l_sources", "p2l_rankable_sources", "p2l_models", "p2l_jobs",
+        "p2l_job_worker_running", "p2l_workers_alive", "p2l_job_workers_busy",
+    }  # fmt: skip
+    assert all(f.type == "gauge" and f.documentation for f in families.values())
+    value = {name: f.samples[0].value for name, f in families.items() if name != "p2l_jobs"}
+    assert value["p2l_datasets"] == 1 and value["p2l_models"] == 0
+    assert value["p2l_sources"] == value["p2l_rankable_sources"] == len(zoo(client))
+    jobs = {s.labels["status"]: s.value for s in families["p2l_jobs"].samples}
+    assert jobs == dict.fromkeys(map(str, JobStatus), 0)
 
 
 @pytest.mark.unit

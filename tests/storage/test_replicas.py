@@ -73,7 +73,7 @@ def gauge(http: httpx.Client, name: str) -> int:
     """One gauge's value from /metrics."""
     for line in http.get("/metrics").text.splitlines():
         if line.startswith(f"{name} "):
-            return int(line.split()[1])
+            return int(float(line.split()[1]))  # prometheus_client writes 3 as 3.0
     raise AssertionError(f"no gauge {name}")
 
 

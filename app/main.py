@@ -4,8 +4,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
 
@@ -63,13 +63,17 @@ belongs to a project, with a role: viewer, member, admin or operator (see `/v1/w
 def build_state(settings: Settings) -> ServiceState:
     """Open the database (migrated), the store (cleaned), the reference network and the zoo."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url)
-    migrate(engine)
+    with _step("migrated the database"):
+        engine = make_engine(settings.sqlalchemy_url)
+        migrate(engine)
     sessions = session_factory(engine)
-    store = make_store(settings)
-    # Staging of a dead local process goes now; another host's only once old (it may write).
-    store.sweep_tmp(older_than_seconds=TMP_MAX_AGE_SECONDS)
-    reference_net = load_active_reference(settings)
+    with _step("opened the artifact store"):
+        store = make_store(settings)
+        # Staging of a dead local process goes now; another host's only once old (it may
+        # write).
+        store.sweep_tmp(older_than_seconds=TMP_MAX_AGE_SECONDS)
+    with _step(f"loaded the reference network ({settings.reference_arch})"):
+        reference_net = load_active_reference(settings)
     reference_net.share_cpus(settings.loader_threads)  # this process embeds; jobs run elsewhere
     with sessions() as session:
         # A job still 'running' may belong to a live worker elsewhere: only expired leases
@@ -83,12 +87,24 @@ def build_state(settings: Settings) -> ServiceState:
         if removed := sweep_unowned_artifacts(session, store, settings.job_lease_seconds):
             logger.warning("removed %d dataset/model/source folders no row owns", removed)
         sweep_evaluation_archives(session, store, settings.job_lease_seconds)
-        index = load_index(
-            session, store, reference_net, settings.p2l_eps, settings.claimed_images_cap
-        )
+        with _step("indexed the zoo's signatures"):
+            index = load_index(
+                session, store, reference_net, settings.p2l_eps, settings.claimed_images_cap
+            )
         if settings.import_bundled_zoo:
-            import_bundled_zoo(session, store, index, reference_net)
+            with _step("checked the bundled zoo"):  # imported on first start only
+                import_bundled_zoo(session, store, index, reference_net)
+    logger.info("%d rankable sources", len(index))
     return ServiceState(settings, engine, sessions, store, reference_net, index)
+
+
+@contextmanager
+def _step(done: str) -> Iterator[None]:
+    """Log ``done`` with the seconds it took: the start takes seconds and a silent console
+    looks hung (or, when one step is slow, says which)."""
+    started = time.perf_counter()
+    yield
+    logger.info("%s in %.1f s", done, time.perf_counter() - started)
 
 
 async def _supervise(

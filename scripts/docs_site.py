@@ -65,10 +65,7 @@ def resolve_pointer(document: Any, pointer: str) -> Any:
     value = document
     for raw in pointer.lstrip("/").split("/"):
         key = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(value, list):
-            value = value[int(key)]
-        else:
-            value = value[key]
+        value = value[int(key)] if isinstance(value, list) else value[key]
     return value
 
 
@@ -78,7 +75,9 @@ def _load_result(stem: str, cache: dict[str, Any]) -> Any:
     return cache[stem]
 
 
-def check_figures(text: str, where: str, cache: dict[str, Any] | None = None) -> list[FigureProblem]:
+def check_figures(
+    text: str, where: str, cache: dict[str, Any] | None = None
+) -> list[FigureProblem]:
     """Every figure-with-marker in ``text`` that differs from its result file, or cannot be read."""
     cache = {} if cache is None else cache
     problems: list[FigureProblem] = []
@@ -128,10 +127,7 @@ def _human_bytes(value: int) -> str:
 
 
 def _default_text(name: str, field: Any) -> str:
-    if field.default_factory is not None:
-        default = field.default_factory()
-    else:
-        default = field.default
+    default = field.default_factory() if field.default_factory is not None else field.default
     if default is None:
         return "*(unset)*"
     if isinstance(default, list | dict) and not default:
@@ -234,8 +230,7 @@ def api_page(document: dict[str, Any] | None = None) -> str:
         f"Generated from the service's OpenAPI document (version "
         f"`{document['info'].get('version', '')}`) when the site is built. A running service",
         "serves the same document at `/openapi.json`, Swagger UI at `/docs` and ReDoc at",
-        "`/redoc`. Errors are `application/problem+json` "
-        "([Errors](../guide/errors.md)).",
+        "`/redoc`. Errors are `application/problem+json` ([Errors](../guide/errors.md)).",
         "",
     ]
     for tag in [*tags, *(t for t in by_tag if t not in tags)]:
@@ -270,8 +265,9 @@ def api_page(document: dict[str, Any] | None = None) -> str:
             if responses:
                 lines.append(
                     "Responses: "
-                    + "; ".join(f"`{code}` {_cell(r.get('description'))}"
-                                for code, r in responses.items())  # fmt: skip
+                    + "; ".join(
+                        f"`{code}` {_cell(r.get('description'))}" for code, r in responses.items()
+                    )
                     + "."
                 )
                 lines.append("")

@@ -81,3 +81,45 @@ def test_no_text_that_renders_as_html_tags(spec: dict[str, Any]) -> None:
     texts = _descriptions(spec)
     assert len(texts) > 100
     assert [t for t in texts if re.search(r"<[a-zA-Z_][\w-]*>", t)] == []
+
+
+def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, operation) of every operation in the document."""
+    return [
+        (method, path, operation)
+        for path, by_method in spec["paths"].items()
+        for method, operation in by_method.items()
+    ]
+
+
+def test_operation_ids_name_what_operations_do(spec: dict[str, Any]) -> None:
+    """Generated clients name their functions after them: ``datasets_upload``, not FastAPI's
+    ``upload_dataset_v1_datasets_post``."""
+    ids = [operation["operationId"] for _, _, operation in _operations(spec)]
+    assert len(ids) == len(set(ids)) > 50
+    badly_named = []
+    for method, path, operation in _operations(spec):
+        name = operation["operationId"]
+        # What FastAPI appends to the function's name: the path, then the method.
+        path_words = re.sub(r"\W", "_", path).strip("_")
+        parameters = re.findall(r"{(\w+)}", path)
+        if (
+            not re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", name)
+            or "v1" in name
+            or f"{path_words}_{method}" in name
+            or any(parameter in name for parameter in parameters)
+            or not name.startswith(operation["tags"][-1])
+        ):
+            badly_named.append(f"{method.upper()} {path}: {name}")
+    assert badly_named == []
+    named = {(m, p): operation["operationId"] for m, p, operation in _operations(spec)}
+    assert named["post", "/v1/datasets"] == "datasets_upload"
+    assert named["get", "/v1/jobs/{job_id}"] == "jobs_get"
+    assert named["get", "/v1/audit"] == "audit_list"
+
+
+def test_every_tag_is_described(spec: dict[str, Any]) -> None:
+    described = {tag["name"]: tag.get("description") for tag in spec["tags"]}
+    used = {tag for _, _, operation in _operations(spec) for tag in operation["tags"]}
+    assert used and all(described.get(tag) for tag in used), used - set(described)
+    assert set(described) == used  # no tag described that nothing uses

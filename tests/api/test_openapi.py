@@ -44,26 +44,60 @@ def test_job_and_model_fields_are_typed(spec: dict[str, Any]) -> None:
     job = components["JobOut"]["properties"]
     assert set(job["status"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
     assert set(job["status"]["enum"]) == {status.value for status in JobStatus}
-    assert job["progress"] == {"$ref": "#/components/schemas/JobProgress"}
+    assert job["progress"]["$ref"] == "#/components/schemas/JobProgress"
     result_refs = {ref["$ref"] for ref in job["result"]["anyOf"] if "$ref" in ref}
     assert result_refs == {
         "#/components/schemas/FinetuneReport",
         "#/components/schemas/EvaluationReport",
     }
-    assert components["ModelOut"]["properties"]["report"] == {
-        "$ref": "#/components/schemas/FinetuneReport"
-    }
+    report = components["ModelOut"]["properties"]["report"]
+    assert report["$ref"] == "#/components/schemas/FinetuneReport"
 
 
-def test_request_fields_are_described(spec: dict[str, Any]) -> None:
+def _undescribed_properties(
+    node: object, where: str, components: dict[str, Any], seen: set[str]
+) -> list[str]:
+    """Every property without a description in a schema node, its $refs followed (once)."""
+    if isinstance(node, list):
+        return [
+            missing
+            for item in node
+            for missing in _undescribed_properties(item, where, components, seen)
+        ]
+    if not isinstance(node, dict):
+        return []
+    missing = []
+    if (ref := node.get("$ref")) and (name := ref.rsplit("/", 1)[-1]) not in seen:
+        seen.add(name)
+        missing += _undescribed_properties(components[name], name, components, seen)
+    for field, prop in node.get("properties", {}).items():
+        if not prop.get("description", "").strip():
+            missing.append(f"{where}.{field}")
+        missing += _undescribed_properties(prop, f"{where}.{field}", components, seen)
+    for key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties"):
+        missing += _undescribed_properties(node.get(key), where, components, seen)
+    return missing
+
+
+def test_every_request_field_is_described(spec: dict[str, Any]) -> None:
+    """Every parameter (path, query, header) and every property of every request body (JSON
+    or multipart form, nested schemas included) says what it is."""
     components = spec["components"]["schemas"]
-    undescribed = [
-        f"{name}.{field}"
-        for name in ("RankingRequest", "FinetuneRequest")
-        for field, prop in components[name]["properties"].items()
-        if not prop.get("description")
-    ]
+    undescribed = []
+    seen: set[str] = set()
+    for method, path, operation in _operations(spec):
+        operation_name = f"{method.upper()} {path}"
+        undescribed += [
+            f"{operation_name} {parameter['in']} {parameter['name']}"
+            for parameter in operation.get("parameters", [])
+            if not parameter.get("description", "").strip()
+        ]
+        for content in operation.get("requestBody", {}).get("content", {}).values():
+            undescribed += _undescribed_properties(
+                content["schema"], operation_name, components, seen
+            )
     assert undescribed == []
+    assert {"RankingRequest", "FinetuneRequest", "QuotasPatch", "RaceOptions"} <= seen
 
 
 def _descriptions(node: object) -> list[str]:
@@ -123,3 +157,14 @@ def test_every_tag_is_described(spec: dict[str, Any]) -> None:
     used = {tag for _, _, operation in _operations(spec) for tag in operation["tags"]}
     assert used and all(described.get(tag) for tag in used), used - set(described)
     assert set(described) == used  # no tag described that nothing uses
+
+
+def test_every_schema_property_is_described(spec: dict[str, Any]) -> None:
+    """Responses too: a generated client's docstrings come from these."""
+    undescribed = [
+        f"{name}.{field}"
+        for name, component in spec["components"]["schemas"].items()
+        for field, prop in component.get("properties", {}).items()
+        if not prop.get("description", "").strip()
+    ]
+    assert undescribed == []

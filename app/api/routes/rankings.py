@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import ContextDep, SessionDep
+from app.api.deps import ContextDep, RankingId, SessionDep
 from app.models import Ranking
 from app.schemas import RankingOut, RankingRequest
 from app.services import rankings as service
@@ -65,7 +65,7 @@ def create_ranking(ctx: ContextDep, request: RankingRequest, response: Response)
 
 
 @router.get("/{ranking_id}", response_model=RankingOut, summary="Get a ranking")
-def get_ranking(session: SessionDep, ranking_id: str) -> RankingOut:
+def get_ranking(session: SessionDep, ranking_id: RankingId) -> RankingOut:
     """A ranking as it was computed."""
     return ranking_out(service.get_ranking(session, ranking_id))
 
@@ -76,7 +76,7 @@ def get_ranking(session: SessionDep, ranking_id: str) -> RankingOut:
     responses={200: {"content": {"image/png": {}}, "description": "PNG image"}},
     summary="Bar chart of a ranking's score parts",
 )
-def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
+def plot_ranking(session: SessionDep, ranking_id: RankingId) -> Response:
     """-distance and size term per source, with the final score marked."""
     ranking = service.get_ranking(session, ranking_id)
     title = (
@@ -92,7 +92,7 @@ def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a ranking",
 )
-def delete_ranking(session: SessionDep, ranking_id: str) -> Response:
+def delete_ranking(session: SessionDep, ranking_id: RankingId) -> Response:
     """Jobs that were started from the ranking keep its pick in their params."""
     service.delete_ranking(session, ranking_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

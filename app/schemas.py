@@ -359,6 +359,37 @@ class RankingOut(BaseModel):
     )
 
 
+class RankingSummary(BaseModel):
+    """A past ranking without its results: what ``GET /v1/rankings`` lists (the whole
+    ranking is at ``GET /v1/rankings/{ranking_id}``)."""
+
+    id: str = Field(description="The ranking's id (32 lowercase hex digits).")
+    created_at: datetime = Field(description="When it was computed (UTC).")
+    target_dataset_id: str = Field(
+        description="The dataset the sources were ranked for (it may have been deleted since)."
+    )
+    method: str = Field(description="p2l, distance or largest (see POST /v1/rankings).")
+    measure: str = Field(description="The distance measure: kl, js, cosine or emd.")
+    refine_method: RefineMethod | None = Field(
+        description="A two-stage ranking's second stage: logme, leep or nce; null: one stage."
+    )
+    calibration_id: str | None = Field(
+        description="The calibration whose measure or lambda it used; null: the bundled "
+        "defaults, or the request's own."
+    )
+    num_results: int = Field(description="Sources ranked (at most the request's top_k).")
+    num_excluded: int = Field(description="Sources left out of it (see `excluded` there).")
+    top_source_id: str | None = Field(
+        description="The source ranked first, the pick; null when nothing was ranked."
+    )
+    top_source_name: str | None = Field(
+        description="Its name when the ranking was made; null when nothing was ranked."
+    )
+    top_score: float | None = Field(
+        description="Its first-stage score (see RankedSource.score); null when nothing was ranked."
+    )
+
+
 class FinetuneRequest(FinetuneOptions):
     """Fine-tune a source on a target dataset, with layer-wise learning rates."""
 

@@ -148,6 +148,7 @@ def test_operation_ids_name_what_operations_do(spec: dict[str, Any]) -> None:
     assert badly_named == []
     named = {(m, p): operation["operationId"] for m, p, operation in _operations(spec)}
     assert named["post", "/v1/datasets"] == "datasets_upload"
+    assert named["get", "/v1/rankings"] == "rankings_list"
     assert named["get", "/v1/jobs/{job_id}"] == "jobs_get"
     assert named["get", "/v1/audit"] == "audit_list"
 

@@ -169,3 +169,37 @@ def test_every_schema_property_is_described(spec: dict[str, Any]) -> None:
         if not prop.get("description", "").strip()
     ]
     assert undescribed == []
+
+
+def test_bytes_and_problems_are_spelled_as_client_generators_read_them(
+    spec: dict[str, Any],
+) -> None:
+    """Uploads and binary answers are ``format: binary`` (a bare ``contentMediaType`` reads
+    as text to openapi-python-client, an answer without a schema as no body); problem+json
+    bodies name their schema (generators parse the first JSON media type)."""
+    components = spec["components"]["schemas"]
+    uploads = [
+        f"{name}.{field}"
+        for name, component in components.items()
+        for field, prop in component.get("properties", {}).items()
+        if _is_upload(prop)
+    ]
+    assert len(uploads) >= 5  # datasets, sources (weights, signature), predict, evaluate
+    textual_uploads = [u for u in uploads if "'format': 'binary'" not in str(_field(spec, u))]
+    assert textual_uploads == []
+    unreadable = []
+    for method, path, operation in _operations(spec):
+        for status, response in operation["responses"].items():
+            for media_type, content in response.get("content", {}).items():
+                where = f"{method.upper()} {path} {status} {media_type}"
+                if media_type == "application/problem+json":
+                    if content.get("schema") != {"$ref": "#/components/schemas/Problem"}:
+                        unreadable.append(where)
+                elif not media_type.startswith("text/") and "schema" not in content:
+                    unreadable.append(where)
+    assert unreadable == []
+
+
+def _field(spec: dict[str, Any], dotted: str) -> dict[str, Any]:
+    name, field = dotted.split(".")
+    return dict(spec["components"]["schemas"][name]["properties"][field])

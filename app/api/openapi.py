@@ -1,6 +1,9 @@
-"""How the OpenAPI document names operations and describes tags: what a generated client
-calls its functions and modules (``datasets_upload.sync(...)``), and what Swagger UI heads
-each group of routes with."""
+"""What the OpenAPI document says beyond what FastAPI derives from the routes: operation
+names a generated client calls its functions and modules by (``datasets_upload.sync(...)``),
+a description per tag (what Swagger UI heads each group of routes with), and binary bodies
+spelled so that client generators see bytes."""
+
+from typing import Any
 
 from fastapi.routing import APIRoute
 
@@ -78,3 +81,31 @@ def operation_id(route: APIRoute) -> str:
     noun = {tag, tag.removesuffix("s")}
     action = [word for word in route.name.split("_") if word not in noun]
     return "_".join([tag, *action])
+
+
+BINARY = {"type": "string", "format": "binary"}
+
+
+def binary_bodies(document: dict[str, Any]) -> dict[str, Any]:
+    """Mark every file upload and every binary answer as ``format: binary`` (in place;
+    idempotent; returns the document).
+
+    Pydantic writes an upload as OpenAPI 3.1's ``contentMediaType`` alone, which
+    openapi-python-client reads as a plain string (a generated client would send the file's
+    name as text); a PNG, zip or weights answer comes with no schema at all, which generators
+    read as no body. ``format: binary`` is what they (and Swagger UI) take for bytes.
+    """
+    for component in document.get("components", {}).get("schemas", {}).values():
+        for prop in component.get("properties", {}).values():
+            for node in (prop, prop.get("items", {}), *prop.get("anyOf", [])):
+                for item in (node, node.get("items", {})):
+                    if item.get("type") == "string" and "contentMediaType" in item:
+                        item["format"] = "binary"
+    for by_method in document.get("paths", {}).values():
+        for operation in by_method.values():
+            for response in operation.get("responses", {}).values():
+                for media_type, content in response.get("content", {}).items():
+                    textual = media_type.startswith("text/") or media_type.endswith("json")
+                    if not textual and "schema" not in content:
+                        content["schema"] = dict(BINARY)
+    return document

@@ -190,6 +190,19 @@ def show_ranking(r: dict[str, Any]) -> None:
         out.print("no source ranked", style="yellow")
 
 
+def cmd_rankings_list(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l rankings list`: past rankings, newest first, as a table."""
+    rows = limited(client.rankings.list(args.target, args.page_size), args.limit)
+    columns = ["id", "target_dataset_id", "method", "measure", "num_results", "top_source_name",
+               "top_score", "created_at"]  # fmt: skip
+    return Answer(rows, lambda r: table(r, columns))
+
+
+def cmd_rankings_get(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l rankings get`: one past ranking, whole."""
+    return Answer(client.rankings.get(args.id), show_ranking)
+
+
 FINETUNE_OPTIONS = (
     "schedule",
     "epochs",
@@ -842,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine", choices=["logme", "leep", "nce"], help="re-rank the top by this measure"
     )
     sub.add_argument("--refine-top", type=int, help="how many to re-rank (1-20; default 3)")
+
+    rankings = group_of("rankings", "list and show past rankings")
+    sub = command(rankings, "list", cmd_rankings_list, "list past rankings, newest first")
+    listing(sub)
+    sub.add_argument("--target", metavar="DATASET", help="only the rankings of this dataset")
+    command(rankings, "get", cmd_rankings_get, "show one ranking").add_argument("id")
 
     sub = command(
         commands,

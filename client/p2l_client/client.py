@@ -51,6 +51,7 @@ from p2l_client.responses import (
     Preprocessing,
     Project,
     Ranking,
+    RankingSummary,
     Reference,
     RoleName,
     Signature,
@@ -485,8 +486,10 @@ class Sources(Listing):
         return self.client.request("GET", "/v1/sources/map.png", params=params).content
 
 
-class Rankings(Resource):
-    """Rank the zoo for a target: /v1/rankings."""
+class Rankings(Listing):
+    """Rank the zoo for a target, and read past rankings: /v1/rankings."""
+
+    path = "/v1/rankings"
 
     def create(
         self,
@@ -514,6 +517,14 @@ class Rankings(Resource):
         if source_ids is not None:
             body["source_ids"] = list(source_ids)
         return cast(Ranking, self.client.json("POST", "/v1/rankings", json=body))
+
+    def list(
+        self, target_dataset_id: str | None = None, page_size: int = 50
+    ) -> Iterator[RankingSummary]:
+        """Past rankings (of one target, if given), newest first, without their results:
+        method, measure, how many sources each ranked and which came first."""
+        params = {"target_dataset_id": target_dataset_id} if target_dataset_id else {}
+        return self.client.pages(self.path, page_size, **params)
 
     def get(self, ranking_id: str) -> Ranking:
         """A stored ranking."""

@@ -324,6 +324,23 @@ def test_cli_lists_and_gets(cli: Cli, flow: Flow) -> None:
     assert isinstance(sources, list) and len(sources) == 3
     field = cli.run("jobs", "get", flow.job["id"], "--field", "model_id")
     assert field.returncode == 0 and field.stdout == f"{model_id}\n"
+    rankings = cli.json("rankings", "list", "--target", target)
+    assert isinstance(rankings, list) and flow.ranking["id"] in {r["id"] for r in rankings}
+    assert {r["target_dataset_id"] for r in rankings} == {target}
+    assert [r["created_at"] for r in rankings] == sorted(
+        (r["created_at"] for r in rankings), reverse=True
+    )
+    (summary,) = [r for r in rankings if r["id"] == flow.ranking["id"]]
+    assert summary["num_results"] == 3
+    assert summary["top_source_id"] == flow.ranking["results"][0]["source_id"]
+    with Client(cli.url) as client:  # the library follows the pages
+        assert [r["id"] for r in client.rankings.list(target, page_size=1)] == [
+            r["id"] for r in rankings
+        ]
+    shown = cli.run("rankings", "list", "--limit", "2")
+    assert shown.returncode == 0 and "top_source_name" in shown.stdout, shown.stderr
+    whole = cli.json("rankings", "get", flow.ranking["id"])
+    assert whole["results"] == flow.ranking["results"]  # type: ignore[index]
 
 
 @pytest.mark.system

@@ -94,6 +94,10 @@ def export_model(
     row = get_model(session, model_id)
     filename = f"model-{row.id}-{format}.zip"
     key = export_key(row, format)
+    # The model's folder first: an object store's machine then holds it whole (weights and
+    # the exports stored so far) before anything below it is fetched or adopted, which
+    # would otherwise make a partial copy of the folder look cached.
+    store.path(row.artifact_key)
     stored = store.path(key) / filename
     if stored.is_file():
         return ExportedZip(stored, filename)

@@ -421,15 +421,23 @@ def show_predictions(p: dict[str, Any]) -> None:
 
 
 def cmd_export(client: Client, args: argparse.Namespace) -> Answer:
-    """`p2l export`: save a model as an ONNX or TorchScript zip."""
-    path = client.models.export(args.model, args.output, format=args.format)
+    """`p2l export`: save a model as an ONNX or TorchScript zip, with a download bar."""
+    path = client.models.export(
+        args.model, args.output, format=args.format, progress=not args.no_progress
+    )
     value = {
         "model_id": args.model,
         "format": args.format,
         "path": str(path),
         "bytes": path.stat().st_size,
     }
-    return Answer(value, lambda v: out.print(f"wrote {v['path']} ({v['bytes']:,} bytes)"))
+    return Answer(value, show_export)
+
+
+def show_export(v: dict[str, Any]) -> None:
+    """Where the zip went, and how to use it."""
+    out.print(f"wrote {v['path']} ({v['bytes']:,} bytes)")
+    out.print("unzip it, then: python predict.py IMAGE...  (README.md inside says what it needs)")
 
 
 def cmd_evaluate(client: Client, args: argparse.Namespace) -> Answer:
@@ -932,7 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "export",
         cmd_export,
-        "download a model as ONNX or TorchScript (zip with preprocessing.json)",
+        "download a model as ONNX or TorchScript: a zip with predict.py, labels.txt, a model "
+        "card (README.md) and preprocessing.json",
     )
     sub.add_argument("model", metavar="MODEL", help="model id")
     sub.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
@@ -943,6 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="file to write, or a folder (the server's file name)",
     )
+    sub.add_argument("--no-progress", action="store_true", help="no download bar")
 
     sub = command(
         commands,

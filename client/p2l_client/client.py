@@ -231,8 +231,22 @@ class Client:
         """Send a request and decode its JSON answer."""
         return self.request(method, path, **kwargs).json()
 
-    def download(self, path: str, destination: StrPath, **params: Any) -> Path:
-        """Stream a GET's body into ``destination`` (a file, or a folder: the server's name)."""
+    def download(
+        self,
+        path: str,
+        destination: StrPath,
+        progress: bool = False,
+        console: Any = None,
+        **params: Any,
+    ) -> Path:
+        """Stream a GET's body into ``destination`` (a file, or a folder: the server's name).
+
+        The body goes to ``<name>.part`` beside it, renamed to the final name once whole: a
+        cut stream, a full disk or Ctrl-C leaves no file behind. ``progress`` shows a bar
+        (on ``console``, default stderr; on a terminal only).
+        """
+        from p2l_client.progress import DownloadView
+
         target = Path(destination)
         try:
             with self.http.stream("GET", path, params=params or None) as response:
@@ -243,9 +257,12 @@ class Client:
                     target = target / _attachment_name(response, path)
                 partial = target.with_name(target.name + ".part")
                 try:
-                    with partial.open("wb") as out:
+                    with partial.open("wb") as out, DownloadView(console, show=progress) as view:
+                        view.start(target.name, _content_length(response))
                         for chunk in response.iter_bytes():
                             out.write(chunk)
+                            view.update(response.num_bytes_downloaded)
+                        view.finish(response.num_bytes_downloaded)
                     partial.replace(target)  # never a half-written file under the final name
                 except BaseException:
                     partial.unlink(missing_ok=True)  # a cut stream or a full disk leaves nothing
@@ -292,6 +309,14 @@ class Client:
     def wait(self, job_id: str, progress: bool = True, **kwargs: Any) -> Job:
         """Same as ``jobs.wait``."""
         return self.jobs.wait(job_id, progress=progress, **kwargs)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    """The body's size in bytes as sent (what ``num_bytes_downloaded`` counts), if stated."""
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _attachment_name(response: httpx.Response, path: str) -> str:
@@ -751,10 +776,15 @@ class Models(Listing):
         model_id: str,
         destination: StrPath,
         format: Literal["onnx", "torchscript"] = "onnx",
+        progress: bool = False,
+        console: Any = None,
     ) -> Path:
-        """Save a zip of the network (model.onnx or model.pt) and its preprocessing.json."""
+        """Save the model's export zip (to a file, or into a folder), streamed to disk:
+        ``model.onnx`` or ``model.pt``, ``preprocessing.json``, ``labels.txt``, the model
+        card ``README.md`` and ``predict.py`` (``python predict.py IMAGE...``). ``progress``
+        shows a download bar on a terminal (``console``, default stderr)."""
         path = f"/v1/models/{model_id}/export"
-        return self.client.download(path, destination, format=format)
+        return self.client.download(path, destination, progress, console, format=format)
 
     def preprocessing(self, model_id: str) -> Preprocessing:
         """How to feed the exported network: input size, mean/std, class names, layout."""

@@ -1,8 +1,6 @@
 """Fine-tuned models: report, weights, predictions, export, evaluation, and registration as a
 new source."""
 
-import zipfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Response, UploadFile, status
@@ -24,7 +22,7 @@ from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.api.routes.jobs import job_out
 from app.errors import TooLarge
-from app.finetune.export import MODEL_FILES, ExportFormat, export_model, preprocessing_spec
+from app.finetune.export import ExportFormat, preprocessing_spec
 from app.jobs import service as jobs
 from app.models import FinetunedModel, Job, Source
 from app.schemas import (
@@ -167,37 +165,39 @@ def get_preprocessing(session: SessionDep, model_id: ModelId) -> dict[str, Any]:
     "/{model_id}/export",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/zip": {}}, "description": "model file + preprocessing.json"},
+        200: {
+            "content": {"application/zip": {}},
+            "description": "model file, preprocessing.json, labels.txt, predict.py, README.md",
+        },
         **problem_responses(_422="format is neither onnx nor torchscript"),
     },
-    summary="Export the model as ONNX or TorchScript, with its preprocessing spec (zip)",
+    summary="Export the model as ONNX or TorchScript: a zip with its preprocessing spec, "
+    "labels, model card and inference script",
 )
 def export(
     state: StateDep,
-    session: SessionDep,
+    ctx: ContextDep,
     model_id: ModelId,
     format: Annotated[
         ExportFormat,
         Query(description="onnx (model.onnx, opset 18, dynamic batch) or torchscript (model.pt)"),
     ] = "onnx",
 ) -> FileResponse:
-    """A zip of ``model.onnx`` or ``model.pt`` and ``preprocessing.json``: run it anywhere
-    without this project (onnxruntime, or ``torch.jit.load``). Built on demand (seconds)."""
-    row = service.get_model(session, model_id)
-    network = state.models.get(state.store, row)  # the cache's lock is not held past this
-    folder = state.store.new_staging_dir()
-    try:
-        export_model(network, format, row.architecture, row.input_size, row.class_names, folder)
-        archive = folder / f"model-{model_id}-{format}.zip"
-        _zip(archive, [folder / MODEL_FILES[format], folder / "preprocessing.json"])
-    except BaseException:
-        state.store.discard(folder)
-        raise
+    """A zip of ``model.onnx`` or ``model.pt``, ``preprocessing.json``, ``labels.txt`` (class
+    names in output order), ``README.md`` (the model card: source, target, schedule,
+    metrics) and ``predict.py`` (``python predict.py IMAGE...`` prints path, label and
+    probability per image, with onnxruntime, numpy and Pillow; torch for TorchScript): run
+    it anywhere without this project. The first export of a model in a format is built
+    (seconds) and kept with the model, counted in its project's storage (unless that would
+    pass the storage quota); later ones are served as stored. Deleting the model deletes
+    them."""
+    exported = service.export_model(ctx, state.models, model_id, format)
+    cleanup = exported.discard
     return FileResponse(
-        archive,
+        exported.path,
         media_type="application/zip",
-        filename=archive.name,
-        background=BackgroundTask(state.store.discard, folder),
+        filename=exported.filename,
+        background=BackgroundTask(state.store.discard, cleanup) if cleanup else None,
     )
 
 
@@ -295,10 +295,3 @@ def evaluate_archive(
         headers["Idempotent-Replayed"] = "true"
     body = job_out(state, session, outcome)
     return JSONResponse(jsonable_encoder(body), status_code=202, headers=headers)
-
-
-def _zip(target: Path, files: list[Path]) -> None:
-    """A zip of ``files`` (by name, at its top level)."""
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-        for item in files:
-            archive.write(item, item.name)

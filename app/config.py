@@ -11,7 +11,7 @@ from app.measures import Measure
 
 
 class Settings(BaseSettings):
-    """Every knob of the service; the README lists them with their defaults."""
+    """Every knob of the service; the docs' configuration page is generated from this class."""
 
     model_config = SettingsConfigDict(env_prefix="P2L_", env_file=".env", extra="ignore")
 
@@ -39,8 +39,12 @@ class Settings(BaseSettings):
     )
 
     # Server
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field(
+        "127.0.0.1",
+        description="Bind address of `python -m app` / `p2l-server` (the Docker image sets "
+        "0.0.0.0).",
+    )
+    port: int = Field(8000, description="Port of `python -m app` / `p2l-server`.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated operator keys (service-wide; they act in the default "
@@ -147,7 +151,9 @@ class Settings(BaseSettings):
     )
 
     # P2L score (defaults: see README, "Calibration")
-    p2l_measure: Measure = "js"
+    p2l_measure: Measure = Field(
+        "js", description="Default distance measure of a ranking: kl, js, cosine or emd."
+    )
     p2l_lambda: float = Field(0.002, ge=0, description="Weight of log(source size) in the score.")
     p2l_eps: float = Field(1e-3, gt=0, description="Added to mean features before normalising.")
     emd_gamma: float = Field(0.01, gt=0, description="gamma of exp(-gamma * EMD).")
@@ -158,7 +164,9 @@ class Settings(BaseSettings):
         "many targets have evidence from two or more sources (and again with each new one); "
         "0: only on POST /v1/calibration/refit.",
     )
-    embed_batch_size: int = Field(128, ge=1)
+    embed_batch_size: int = Field(
+        128, ge=1, description="Images per forward pass when computing signatures."
+    )
     loader_threads: int = Field(
         0,
         ge=0,
@@ -191,16 +199,30 @@ class Settings(BaseSettings):
         description="How long a request waits for decode memory before it is answered 503 "
         "with Retry-After (jobs wait as long as it takes).",
     )
-    max_archive_members: int = Field(50_000, ge=1)
-    max_uncompressed_bytes: int = Field(2 * 1024**3, ge=1)
+    max_archive_members: int = Field(
+        50_000, ge=1, description="Members an uploaded archive may hold (422 above)."
+    )
+    max_uncompressed_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Total expanded size of an uploaded archive (422 above)."
+    )
     max_compression_ratio: float = Field(
         200.0, gt=1, description="Expanded size / archive size above which an archive is a bomb."
     )
-    max_image_bytes: int = Field(32 * 1024**2, ge=1)
+    max_image_bytes: int = Field(
+        32 * 1024**2,
+        ge=1,
+        description="Size of one image file: a larger one is rejected (listed) in an upload, "
+        "and refused (413) by predict.",
+    )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Decompression-bomb guard: larger images are rejected."
     )
-    min_images_per_class: int = Field(1, ge=1)
+    min_images_per_class: int = Field(
+        1,
+        ge=1,
+        description="A class with fewer usable images makes an upload a 422 (fine-tuning "
+        "needs 3 per class with the default splits).",
+    )
     max_name_bytes: int = Field(
         200, ge=1, le=255, description="Longest class, file or dataset name (UTF-8 bytes)."
     )

@@ -16,6 +16,7 @@ from app.api.audit import AuditLog
 from app.api.deps import KeyDocumented, ServiceState, authenticator, route_rules
 from app.api.examples import add_examples
 from app.api.limits import RequestLimits
+from app.api.openapi import TAGS, binary_bodies, operation_id
 from app.api.problems import DEFAULT_PROBLEMS, RetryDroppedReads, add_problem_handlers
 from app.api.routes import (
     architectures,
@@ -165,8 +166,8 @@ def _reap(state: ServiceState, reaper: LeaseReaper) -> None:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The schema with an example for every body."""
-    return add_examples(FastAPI.openapi(app))  # cached by FastAPI; idempotent
+    """The schema with an example for every body, and binary bodies marked as such."""
+    return binary_bodies(add_examples(FastAPI.openapi(app)))  # cached by FastAPI; idempotent
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -204,6 +205,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="P2L transfer-learning service",
         version="0.1.0",
         description=DESCRIPTION,
+        openapi_tags=TAGS,
+        # Operation ids generated clients read well: datasets_upload, not
+        # upload_dataset_v1_datasets_post.
+        generate_unique_id_function=operation_id,
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
         responses=DEFAULT_PROBLEMS,

@@ -18,8 +18,10 @@ RoleName = Literal["viewer", "member", "admin", "operator"]
 class Page(BaseModel, Generic[Item]):
     """One page of a listing; pass ``next_page_token`` back as ``page_token`` for the next."""
 
-    items: list[Item]
-    next_page_token: str | None = None
+    items: list[Item] = Field(description="This page's items, newest first.")
+    next_page_token: str | None = Field(
+        None, description="Pass it as page_token for the next page; null on the last page."
+    )
 
 
 class RejectedFileOut(BaseModel):
@@ -37,16 +39,20 @@ class RejectedFileOut(BaseModel):
 class ClassCount(BaseModel):
     """One class of a dataset and how many images it holds."""
 
-    name: str
-    count: int
+    name: str = Field(description="The class: its folder's name in the archive.")
+    count: int = Field(description="Images of the class that were kept.")
 
 
 class SignatureSummary(BaseModel):
     """The shape of a dataset's signature (the vectors are at ``/signature``)."""
 
-    n: int
-    feature_dim: int
-    reference_sha256: str
+    n: int = Field(description="Images the signature was computed from.")
+    feature_dim: int = Field(
+        description="Length of each of its vectors: the reference network's feature width."
+    )
+    reference_sha256: str = Field(
+        description="sha256 of the reference network's weights it was computed with."
+    )
 
 
 class DatasetOut(BaseModel):
@@ -54,13 +60,15 @@ class DatasetOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    name: str
-    created_at: datetime
-    num_images: int
-    num_classes: int
-    classes: list[ClassCount]
-    signature: SignatureSummary
+    id: str = Field(description="The dataset's id (32 lowercase hex digits).")
+    name: str = Field(description="Its name: as given at upload, else the archive's file name.")
+    created_at: datetime = Field(description="When it was uploaded (UTC).")
+    num_images: int = Field(description="Images kept (rejected files are not counted).")
+    num_classes: int = Field(description="How many classes it holds.")
+    classes: list[ClassCount] = Field(description="Each class and how many images it holds.")
+    signature: SignatureSummary = Field(
+        description="Its signature's shape; the vectors are at /v1/datasets/{dataset_id}/signature."
+    )
 
 
 class DatasetCreated(DatasetOut):
@@ -78,34 +86,47 @@ class DatasetCreated(DatasetOut):
 class SignatureClass(BaseModel):
     """Per-class part of a signature."""
 
-    name: str
-    count: int
-    mean: list[float]
+    name: str = Field(description="The class.")
+    count: int = Field(description="Images of the class.")
+    mean: list[float] = Field(
+        description="Mean reference feature of its images (feature_dim numbers)."
+    )
 
 
 class SignatureOut(BaseModel):
     """Every vector of a dataset signature, in reference-feature space."""
 
-    n: int
-    feature_dim: int
-    reference_sha256: str
-    classes: list[SignatureClass]
-    mean: list[float]
-    variance: list[float]
+    n: int = Field(description="Images in all.")
+    feature_dim: int = Field(
+        description="Length of each vector: the reference network's feature width."
+    )
+    reference_sha256: str = Field(
+        description="sha256 of the reference network's weights it was computed with."
+    )
+    classes: list[SignatureClass] = Field(description="Per-class counts and mean features.")
+    mean: list[float] = Field(
+        description="Mean reference feature over every image (feature_dim non-negative numbers: "
+        "the features come after a ReLU)."
+    )
+    variance: list[float] = Field(
+        description="Per-dimension variance of the features (feature_dim numbers)."
+    )
 
 
 class ReferenceOut(BaseModel):
     """The active reference network."""
 
-    architecture: str
-    input_size: int
-    feature_dim: int
+    architecture: str = Field(description="Its architecture (a name of GET /v1/architectures).")
+    input_size: int = Field(description="Side of the square images it embeds, in pixels.")
+    feature_dim: int = Field(
+        description="Width of its pooled features: the length of every signature vector."
+    )
     weights_sha256: str = Field(description="sha256 of the weights file (or of the init).")
     weights_source: str = Field(
         description="file: and the weights file's name (never its path), or "
         "seeded-random-init: and the seed."
     )
-    device: str
+    device: str = Field(description="Where it runs in this service: cpu, cuda or cuda:N.")
 
 
 class ArchitectureOut(BaseModel):
@@ -131,25 +152,32 @@ class ArchitectureOut(BaseModel):
 class ArchitectureList(BaseModel):
     """Every architecture the service builds (one page: the list is short and fixed)."""
 
-    items: list[ArchitectureOut]
+    items: list[ArchitectureOut] = Field(description="Every architecture the service builds.")
 
 
 class HealthOut(BaseModel):
     """Liveness and readiness."""
 
-    status: str
-    database: str
-    version: str
+    status: str = Field(
+        description="ok; degraded when the database does not answer (then the status is 503)."
+    )
+    database: str = Field(description="ok, or unavailable: and the error's type.")
+    version: str = Field(description="The p2l-service package's version.")
 
 
 class Problem(BaseModel):
     """RFC 9457 problem details: every 4xx/5xx body (``application/problem+json``)."""
 
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    instance: str
+    type: str = Field(
+        "about:blank",
+        description="A URI naming the kind of problem; about:blank: the title says it.",
+    )
+    title: str = Field(description="The HTTP status's phrase, e.g. Not Found.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(
+        description="What went wrong with this request, and what to do about it, for a person."
+    )
+    instance: str = Field(description="The request's path.")
 
 
 class SourceOut(BaseModel):
@@ -157,18 +185,25 @@ class SourceOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    name: str
-    created_at: datetime
-    architecture: str
-    num_classes: int
-    input_size: int
-    class_names: list[str]
+    id: str = Field(description="The source's id (32 lowercase hex digits).")
+    name: str = Field(description="Its name, as registered.")
+    created_at: datetime = Field(description="When it was registered (UTC).")
+    architecture: str = Field(description="Its architecture (a name of GET /v1/architectures).")
+    num_classes: int = Field(description="Outputs of its classifier head.")
+    input_size: int = Field(description="Side of the square input it runs at, in pixels.")
+    class_names: list[str] = Field(description="Its head's classes, in output order.")
     num_images: int = Field(description="Size of the dataset the source was trained on (n_s).")
-    class_counts: dict[str, int]
-    feature_dim: int
-    reference_sha256: str
-    weights_sha256: str
+    class_counts: dict[str, int] = Field(
+        description="Images per class of the dataset it was trained on."
+    )
+    feature_dim: int = Field(
+        description="Length of its signature's vectors (the reference network's feature width)."
+    )
+    reference_sha256: str = Field(
+        description="The reference network its signature was computed with; a source signed with "
+        "another is excluded from rankings."
+    )
+    weights_sha256: str = Field(description="sha256 of its safetensors weights file.")
     dataset_id: str | None = Field(
         description="The stored dataset it was signed from (null: a signature upload, a "
         "deleted dataset, or a shared source of another project)."
@@ -246,7 +281,7 @@ class RankingRequest(RequestBody):
 class RefineOut(BaseModel):
     """What a two-stage ranking's second stage did, and what it cost."""
 
-    method: RefineMethod
+    method: RefineMethod = Field(description="The second stage's measure: logme, leep or nce.")
     top: int = Field(description="Sources re-ranked (fewer when fewer were ranked).")
     forward_passes: int = Field(description="One per re-ranked source.")
     images_per_pass: int = Field(description="The target's images, through each source.")
@@ -257,17 +292,22 @@ class RefineOut(BaseModel):
 class RankedSource(BaseModel):
     """One source in a ranking, with the parts of its score."""
 
-    rank: int
-    source_id: str
-    name: str
-    score: float
+    rank: int = Field(description="1-based position in this ranking (1: the pick).")
+    source_id: str = Field(description="The source's id.")
+    name: str = Field(description="The source's name (empty: deleted since the ranking).")
+    score: float = Field(
+        description="What the first stage orders by: size_term - distance (p2l), -distance "
+        "(distance) or log(n_source) (largest); higher is better."
+    )
     distance: float = Field(description="D(target, source) under the measure.")
     similarity: float = Field(description="exp(-distance).")
     size_term: float = Field(
         description="lambda * log(n_source); a claimed count weighs at most as "
         "P2L_CLAIMED_IMAGES_CAP images."
     )
-    num_images: int
+    num_images: int = Field(
+        description="Images of the dataset the source was trained on (n_source)."
+    )
     image_counts: ImageCounts = Field(
         "verified",
         description="Whether the source's image count was counted by the service (verified) "
@@ -287,22 +327,26 @@ class RankedSource(BaseModel):
 class ExcludedSource(BaseModel):
     """A source left out of a ranking, and why."""
 
-    source_id: str
-    name: str
-    reason: str
+    source_id: str = Field(description="The source's id.")
+    name: str = Field(description="The source's name.")
+    reason: str = Field(description="Why it could not be ranked, and how to fix that.")
 
 
 class RankingOut(BaseModel):
     """A stored ranking."""
 
-    id: str
-    created_at: datetime
-    target_dataset_id: str
-    method: str
-    measure: str
-    params: dict[str, float]
-    results: list[RankedSource]
-    excluded: list[ExcludedSource]
+    id: str = Field(description="The ranking's id (32 lowercase hex digits).")
+    created_at: datetime = Field(description="When it was computed (UTC).")
+    target_dataset_id: str = Field(description="The dataset the sources were ranked for.")
+    method: str = Field(description="p2l, distance or largest (see POST /v1/rankings).")
+    measure: str = Field(description="The distance measure: kl, js, cosine or emd.")
+    params: dict[str, float] = Field(
+        description="The constants the scores were computed with: lambda, eps and emd_gamma."
+    )
+    results: list[RankedSource] = Field(
+        description="The ranked sources, best first (the best top_k when it was asked for)."
+    )
+    excluded: list[ExcludedSource] = Field(description="Sources left out of the ranking, and why.")
     elapsed_ms: float | None = Field(None, description="Time of the scoring itself.")
     refine: RefineOut | None = Field(None, description="A two-stage ranking's second stage.")
     calibration_id: str | None = Field(
@@ -312,6 +356,37 @@ class RankingOut(BaseModel):
     )
     warnings: list[str] = Field(
         default_factory=list, description="Why nothing was ranked, when nothing was."
+    )
+
+
+class RankingSummary(BaseModel):
+    """A past ranking without its results: what ``GET /v1/rankings`` lists (the whole
+    ranking is at ``GET /v1/rankings/{ranking_id}``)."""
+
+    id: str = Field(description="The ranking's id (32 lowercase hex digits).")
+    created_at: datetime = Field(description="When it was computed (UTC).")
+    target_dataset_id: str = Field(
+        description="The dataset the sources were ranked for (it may have been deleted since)."
+    )
+    method: str = Field(description="p2l, distance or largest (see POST /v1/rankings).")
+    measure: str = Field(description="The distance measure: kl, js, cosine or emd.")
+    refine_method: RefineMethod | None = Field(
+        description="A two-stage ranking's second stage: logme, leep or nce; null: one stage."
+    )
+    calibration_id: str | None = Field(
+        description="The calibration whose measure or lambda it used; null: the bundled "
+        "defaults, or the request's own."
+    )
+    num_results: int = Field(description="Sources ranked (at most the request's top_k).")
+    num_excluded: int = Field(description="Sources left out of it (see `excluded` there).")
+    top_source_id: str | None = Field(
+        description="The source ranked first, the pick; null when nothing was ranked."
+    )
+    top_source_name: str | None = Field(
+        description="Its name when the ranking was made; null when nothing was ranked."
+    )
+    top_score: float | None = Field(
+        description="Its first-stage score (see RankedSource.score); null when nothing was ranked."
     )
 
 
@@ -372,8 +447,10 @@ class EpochMetrics(BaseModel):
         "fine_tune", description="The phase the epoch belongs to (see JobProgress.phase)."
     )
     epoch: int = Field(description="1-based epoch within the phase.")
-    train_loss: float
-    train_accuracy: float
+    train_loss: float = Field(description="Mean training loss over the epoch.")
+    train_accuracy: float = Field(
+        description="Share of training images classified right during the epoch (0 to 1)."
+    )
     val_accuracy: float | None = Field(description="On the validation split; null without one.")
     seconds: float = Field(description="The whole epoch, validation included.")
     train_seconds: float | None = Field(None, description="The training steps alone.")
@@ -398,8 +475,10 @@ class JobProgress(BaseModel):
     label: str | None = Field(None, description="The phase in words, for people.")
     epoch: int | None = Field(None, description="Epoch within the current phase.")
     epochs: int | None = Field(None, description="Epochs the current phase plans.")
-    step: int | None = None
-    steps_per_epoch: int | None = None
+    step: int | None = Field(None, description="Training step within the current epoch.")
+    steps_per_epoch: int | None = Field(
+        None, description="Training steps per epoch of the current phase."
+    )
     epochs_done: int = Field(0, description="Epochs finished, all phases together.")
     epochs_planned: int | None = Field(
         None,
@@ -426,20 +505,28 @@ class JobProgress(BaseModel):
 class GroupOut(BaseModel):
     """One layer group of a fine-tuned model and the learning rate it trained at."""
 
-    group: str
-    parameters: int
-    lr: float
-    frozen: bool
+    group: str = Field(
+        description="The layer group's name (GET /v1/architectures lists them, input to head)."
+    )
+    parameters: int = Field(description="Parameters in the group.")
+    lr: float = Field(description="The learning rate it trained at (0: frozen).")
+    frozen: bool = Field(
+        description="True when it did not train (below freeze_below, or a multiplier of 0)."
+    )
 
 
 class ScheduleOut(BaseModel):
     """The layer-wise learning-rate schedule that trained the final model."""
 
-    base_lr: float
-    decay: float
-    multipliers: list[float] | None
-    freeze_below: int
-    chosen_by: Literal["auto", "manual"]
+    base_lr: float = Field(description="The new head's learning rate.")
+    decay: float = Field(description="Group k below the head trained at base_lr * decay^k.")
+    multipliers: list[float] | None = Field(
+        description="Explicit per-group multipliers of base_lr, input to head (null: decay's)."
+    )
+    freeze_below: int = Field(description="Groups below this index did not train (0: none frozen).")
+    chosen_by: Literal["auto", "manual"] = Field(
+        description="auto: the search picked it; manual: the request set it."
+    )
     reason: str = Field(
         "", description="Why this schedule ran: auto's winning score and search, or manual."
     )
@@ -450,7 +537,9 @@ class ClassMetrics(BaseModel):
 
     precision: float | None = Field(description="null when nothing was predicted as the class.")
     recall: float | None = Field(description="null when the split holds no image of the class.")
-    f1: float | None
+    f1: float | None = Field(
+        description="Harmonic mean of precision and recall; null when either is."
+    )
     support: int = Field(description="Images of the class in the split.")
 
 
@@ -458,8 +547,8 @@ class MisclassifiedImage(BaseModel):
     """An image the model got wrong."""
 
     image: str = Field(description="Its name: class/file within the dataset or archive.")
-    true_label: str
-    predicted_label: str
+    true_label: str = Field(description="The class it belongs to.")
+    predicted_label: str = Field(description="The class the model gave it.")
     confidence: float = Field(description="Probability the model gave its (wrong) label.")
 
 
@@ -467,29 +556,39 @@ class EvaluationReport(BaseModel):
     """How a model does on a labelled split: per-class metrics and what it got wrong."""
 
     split: str = Field(description="What the figures are computed on: test, validation, archive.")
-    images: int
-    accuracy: float
-    macro_f1: float
-    per_class: dict[str, ClassMetrics]
+    images: int = Field(description="Images evaluated.")
+    accuracy: float = Field(description="Share classified right (0 to 1).")
+    macro_f1: float = Field(
+        description="F1 averaged over the classes where it is defined, each weighing the same."
+    )
+    per_class: dict[str, ClassMetrics] = Field(
+        description="Precision, recall, F1 and support, by class name."
+    )
     confusion_matrix: list[list[int]] = Field(
         description="Rows: true class, columns: predicted class, in class_names order."
     )
-    class_names: list[str]
+    class_names: list[str] = Field(description="The classes, in the model's output order.")
     misclassified: list[MisclassifiedImage] = Field(
         description="The misclassified images, most confident first (at most 100)."
     )
-    misclassified_total: int
+    misclassified_total: int = Field(
+        description="Images misclassified in all (the list holds at most 100)."
+    )
 
 
 class BaselineOut(BaseModel):
     """The same architecture trained from scratch on the same split (no transfer)."""
 
-    test_accuracy: float | None = None
-    val_accuracy: float | None = None
-    epochs_run: int
-    seconds: float
+    test_accuracy: float | None = Field(None, description="On the test split; null without one.")
+    val_accuracy: float | None = Field(
+        None, description="On the validation split; null without one."
+    )
+    epochs_run: int = Field(description="Epochs it trained (early stopping may end it sooner).")
+    seconds: float = Field(description="Its training time.")
     transfer_gain: float | None = Field(None, description="Fine-tuned minus from scratch.")
-    transfer_gain_split: str | None = None
+    transfer_gain_split: str | None = Field(
+        None, description="The split transfer_gain compares on: test or validation."
+    )
 
 
 class FinetuneReport(BaseModel):
@@ -501,10 +600,14 @@ class FinetuneReport(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model_id: str
-    schedule: ScheduleOut
-    groups: list[GroupOut]
-    history: list[EpochMetrics]
+    model_id: str = Field(description="The model the job saved.")
+    schedule: ScheduleOut = Field(
+        description="The layer-wise learning-rate schedule the final model trained with."
+    )
+    groups: list[GroupOut] = Field(
+        description="Every layer group, input to head: its size and learning rate."
+    )
+    history: list[EpochMetrics] = Field(description="Every epoch of every phase, in order.")
     test_accuracy: float | None = Field(None, description="On the test split, which chose nothing.")
     val_accuracy: float | None = Field(
         description="On the validation split, which chose the schedule and the checkpoint."
@@ -512,15 +615,20 @@ class FinetuneReport(BaseModel):
     evaluated_on: Literal["test", "validation", "none"] = Field(
         "validation", description="The split of per_class_accuracy and confusion_matrix."
     )
-    per_class_accuracy: dict[str, float | None]
-    confusion_matrix: list[list[int]]
+    per_class_accuracy: dict[str, float | None] = Field(
+        description="Accuracy per class on evaluated_on's split (null: no image of the class "
+        "there)."
+    )
+    confusion_matrix: list[list[int]] = Field(
+        description="On evaluated_on's split: rows true class, columns predicted class."
+    )
     evaluation: EvaluationReport | None = Field(
         None, description="Per-class precision, recall, F1 and misclassified images."
     )
-    train_images: int
-    val_images: int
-    test_images: int = 0
-    seconds: float
+    train_images: int = Field(description="Images of the training split.")
+    val_images: int = Field(description="Images of the validation split.")
+    test_images: int = Field(0, description="Images of the test split (0: none held out).")
+    seconds: float = Field(description="The whole job's run time.")
     auto_search: dict[str, Any] | None = Field(
         None,
         description="With schedule auto: the search (halving or exhaustive) and its score "
@@ -534,8 +642,13 @@ class FinetuneReport(BaseModel):
         "trials (source, epochs, validation accuracy and loss), what each round kept, the "
         "winner and why, and the cost against fine-tuning every contestant.",
     )
-    baseline: BaselineOut | None = None
-    warnings: list[str] = Field(default_factory=list)
+    baseline: BaselineOut | None = Field(
+        None, description="The same architecture from scratch, when baseline was asked for."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the run noticed that a reader should know, e.g. a split too small.",
+    )
 
 
 class JobOut(BaseModel):
@@ -543,20 +656,28 @@ class JobOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    kind: str
-    status: JobStatus
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    id: str = Field(description="The job's id (32 lowercase hex digits).")
+    kind: str = Field(description="finetune or evaluate.")
+    status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
+    created_at: datetime = Field(description="When it was submitted (UTC).")
+    started_at: datetime | None = Field(
+        description="When a worker first took it (null while queued)."
+    )
+    finished_at: datetime | None = Field(description="When it ended (null until then).")
     params: dict[str, Any] = Field(description="What was asked: dataset, source, options.")
-    progress: JobProgress
+    progress: JobProgress = Field(
+        description="Where it stands: phase, epochs done of planned, metrics so far, ETA."
+    )
     result: FinetuneReport | EvaluationReport | None = Field(
         description="A fine-tune's report, or an evaluation job's; null until it succeeds."
     )
-    error: str | None
-    cancel_requested: bool
-    model_id: str | None
+    error: str | None = Field(description="Why it failed (null unless it failed).")
+    cancel_requested: bool = Field(
+        description="A cancel was asked for: a running job stops before its next step."
+    )
+    model_id: str | None = Field(
+        description="The model a fine-tune saved (null until it succeeds)."
+    )
     attempts: int = Field(description="Runs so far (a job whose worker was lost is re-queued).")
     worker_id: str | None = Field(description="The worker holding (or last holding) the job.")
     estimate: Estimate | None = Field(
@@ -574,22 +695,26 @@ class ModelOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    created_at: datetime
-    job_id: str
-    source_id: str
-    target_dataset_id: str
-    architecture: str
-    input_size: int
-    class_names: list[str]
-    report: FinetuneReport
-    registered_source_id: str | None
+    id: str = Field(description="The model's id (32 lowercase hex digits).")
+    created_at: datetime = Field(description="When its job saved it (UTC).")
+    job_id: str = Field(description="The fine-tune job that produced it.")
+    source_id: str = Field(description="The source it was fine-tuned from.")
+    target_dataset_id: str = Field(description="The dataset it was fine-tuned on.")
+    architecture: str = Field(description="Its architecture: the source's.")
+    input_size: int = Field(description="Side of the square input, in pixels.")
+    class_names: list[str] = Field(description="Its classes (the target's), in output order.")
+    report: FinetuneReport = Field(
+        description="What the fine-tune produced: schedule, history, accuracy, confusion matrix."
+    )
+    registered_source_id: str | None = Field(
+        description="The source registered from it (null: none)."
+    )
 
 
 class PreprocessingOut(BaseModel):
     """How to feed an exported model: what ``preprocessing.json`` of an export holds."""
 
-    architecture: str
+    architecture: str = Field(description="The model's architecture.")
     input_size: int = Field(description="Side of the square input, in pixels.")
     mean: list[float] = Field(description="Per channel (R, G, B), on the 0..1 scale.")
     std: list[float] = Field(description="Per channel (R, G, B), on the 0..1 scale.")
@@ -597,12 +722,14 @@ class PreprocessingOut(BaseModel):
     layout: str = Field(description="Tensor layout of the input: NCHW.")
     color: str = Field(description="Channel order: RGB.")
     scale: str = Field(description="Pixels divided by 255 before normalising.")
-    normalize: str
+    normalize: str = Field(
+        description="The normalisation, in words: (pixel / 255 - mean) / std, per channel."
+    )
     resize: str = Field(description="The geometric preprocessing, in words.")
     input_name: str = Field(description="The ONNX input's name.")
     output_name: str = Field(description="The ONNX output's name.")
-    dtype: str
-    output: str
+    dtype: str = Field(description="The input's element type: float32.")
+    output: str = Field(description="What the model outputs: logits (softmax gives probabilities).")
 
 
 class ArchiveEvaluation(EvaluationReport):
@@ -614,28 +741,28 @@ class ArchiveEvaluation(EvaluationReport):
     rejected_counts: dict[str, int] = Field(
         default_factory=dict, description="Every rejected file, counted by kind."
     )
-    rejected_total: int = 0
+    rejected_total: int = Field(0, description="How many files were rejected in all.")
 
 
 class LabelScore(BaseModel):
     """One candidate label of a prediction."""
 
-    label: str
-    probability: float
+    label: str = Field(description="A class name of the model.")
+    probability: float = Field(description="The model's probability for it (softmax, 0 to 1).")
 
 
 class Prediction(BaseModel):
     """Top-k labels for one uploaded image."""
 
-    filename: str
-    top: list[LabelScore]
+    filename: str = Field(description="The uploaded file's name.")
+    top: list[LabelScore] = Field(description="The top_k labels, most probable first.")
 
 
 class PredictionsOut(BaseModel):
     """Predictions for every uploaded image, in upload order."""
 
-    model_id: str
-    predictions: list[Prediction]
+    model_id: str = Field(description="The model that predicted.")
+    predictions: list[Prediction] = Field(description="One per uploaded image, in upload order.")
 
 
 class EvidenceOut(BaseModel):
@@ -643,17 +770,19 @@ class EvidenceOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    created_at: datetime
+    id: str = Field(description="The evidence's id (32 lowercase hex digits).")
+    created_at: datetime = Field(description="When the fine-tune left it (UTC).")
     job_id: str = Field(description="The fine-tune job that left it.")
     target_dataset_id: str = Field(
         description="The target (its signature is kept with the evidence, so the evidence "
         "outlives the dataset)."
     )
     reference_sha256: str = Field(description="The reference network of that signature.")
-    source_id: str
-    source_name: str
-    accuracy: float
+    source_id: str = Field(description="The source that was fine-tuned.")
+    source_name: str = Field(description="Its name then.")
+    accuracy: float = Field(
+        description="The fine-tuned model's accuracy on accuracy_split (0 to 1)."
+    )
     accuracy_split: Literal["test", "validation"] = Field(
         description="test when the job held out a test split, else validation; a target's "
         "sources are compared within one split."
@@ -699,7 +828,9 @@ class CalibrationOut(BaseModel):
     """The ranking parameters in force, the evidence they can be refitted on, and regrets."""
 
     calibration_id: str | None = Field(description="null: the bundled defaults apply.")
-    created_at: datetime | None
+    created_at: datetime | None = Field(
+        description="When the calibration in force was made (null: the bundled defaults)."
+    )
     trigger: Literal["refit", "auto", "reset"] | None = Field(
         description="refit: POST /v1/calibration/refit; auto: after a fine-tune, once "
         "auto_refit_after_targets targets were usable; reset: POST /v1/calibration/reset "
@@ -710,15 +841,23 @@ class CalibrationOut(BaseModel):
         "refine: the second stage rankings run by default (null: none)."
     )
     bundled_defaults: dict[str, Any] = Field(description="measure and lambda of the settings.")
-    evidence: EvidenceCountsOut
-    regret: CalibrationRegretOut
+    evidence: EvidenceCountsOut = Field(
+        description="How much evidence finished fine-tunes have left."
+    )
+    regret: CalibrationRegretOut = Field(
+        description="Mean regret on that evidence of the parameters in force, the defaults and a "
+        "refit."
+    )
     fitted_on: dict[str, Any] | None = Field(
         description="The evidence the calibration in force was fitted on, and its regrets then."
     )
     auto_refit_after_targets: int = Field(
         description="P2L_CALIBRATION_AUTO_REFIT_TARGETS (0: refits only when asked)."
     )
-    notes: list[str]
+    notes: list[str] = Field(
+        description="Limits of the calibration, in words (e.g. that the second stage is not "
+        "refitted)."
+    )
 
 
 class Quotas(BaseModel):
@@ -738,11 +877,23 @@ class Quotas(BaseModel):
 class QuotasPatch(RequestBody):
     """Quotas to set; a quota left out keeps its value, null makes it unlimited."""
 
-    max_active_jobs: int | None = Field(None, ge=0)
-    max_job_seconds: float | None = Field(None, ge=0)
-    max_storage_bytes: int | None = Field(None, ge=0)
-    max_event_streams_per_key: int | None = Field(None, ge=0)
-    requests_per_minute_per_key: int | None = Field(None, ge=0)
+    max_active_jobs: int | None = Field(
+        None, ge=0, description="Jobs the project may have queued or running at once."
+    )
+    max_job_seconds: float | None = Field(
+        None, ge=0, description="Longest estimated run time of a job it may start, in seconds."
+    )
+    max_storage_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Bytes it may store: datasets, models, private sources, pixel cache.",
+    )
+    max_event_streams_per_key: int | None = Field(
+        None, ge=0, description="Job event streams one of its keys may hold open at once."
+    )
+    requests_per_minute_per_key: int | None = Field(
+        None, ge=0, description="Requests per key and minute (each API replica counts its own)."
+    )
 
 
 PROJECT_NAME = Field(
@@ -760,40 +911,49 @@ class ProjectCreate(RequestBody):
     name: Annotated[str, PROJECT_NAME]
     quotas: QuotasPatch | None = Field(None, description="Quotas other than the defaults.")
     share_evidence: bool = Field(
-        False,
-        description="Whether its finished fine-tunes' evidence feeds the shared calibration.",
+        False, description="Whether its finished fine-tunes' evidence feeds the shared calibration."
     )
 
 
 class ProjectPatch(RequestBody):
     """What an operator changes of a project."""
 
-    quotas: QuotasPatch | None = None
-    share_evidence: bool | None = None
+    quotas: QuotasPatch | None = Field(
+        None, description="Quotas to change; those left out (or all, when this is) keep theirs."
+    )
+    share_evidence: bool | None = Field(
+        None,
+        description="Whether its finished fine-tunes' evidence feeds the shared calibration; "
+        "null or left out: unchanged.",
+    )
 
 
 class ProjectOut(BaseModel):
     """A project."""
 
-    id: str
-    name: str
-    created_at: datetime
-    quotas: Quotas
-    share_evidence: bool
+    id: str = Field(description="The project's id (32 lowercase hex digits).")
+    name: str = Field(description="Its unique name.")
+    created_at: datetime = Field(description="When it was created (UTC).")
+    quotas: Quotas = Field(
+        description="Its quotas in force: its own where set, else the service's defaults."
+    )
+    share_evidence: bool = Field(
+        description="Whether its finished fine-tunes' evidence feeds the shared calibration."
+    )
 
 
 class UsageOut(BaseModel):
     """What a project holds and runs now, and its quotas."""
 
-    project_id: str
+    project_id: str = Field(description="The project.")
     active_jobs: int = Field(description="Queued and running jobs.")
     storage_bytes: int = Field(description="Datasets, models, private sources, pixel cache.")
-    datasets: int
+    datasets: int = Field(description="Datasets it holds.")
     sources: int = Field(description="Private sources (the shared zoo is not counted).")
-    models: int
-    rankings: int
-    jobs: int
-    quotas: Quotas
+    models: int = Field(description="Fine-tuned models it holds.")
+    rankings: int = Field(description="Rankings it has stored.")
+    jobs: int = Field(description="Jobs of every status.")
+    quotas: Quotas = Field(description="Its quotas in force.")
 
 
 class KeyCreate(RequestBody):
@@ -803,7 +963,12 @@ class KeyCreate(RequestBody):
         description="viewer (reads), member (creates and deletes), admin (also keys, usage, "
         "audit), operator (service-wide; operators only)."
     )
-    name: str = Field(min_length=1, max_length=100, examples=["ci"])
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        description="What the key is for, shown in key listings and by /v1/whoami.",
+        examples=["ci"],
+    )
     expires_in_days: float | None = Field(
         None, gt=0, le=3650, description="Stops working this many days from now (null: never)."
     )
@@ -814,31 +979,39 @@ class KeyOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    project_id: str
-    name: str
-    role: RoleName
+    id: str = Field(
+        description="The key's id (not the key): what revoking it and the audit log name."
+    )
+    project_id: str = Field(description="The project it acts in.")
+    name: str = Field(description="What it is for.")
+    role: RoleName = Field(description="viewer, member, admin or operator.")
     prefix: str = Field(description="The key's first characters, to tell keys apart.")
-    created_at: datetime
-    expires_at: datetime | None
+    created_at: datetime = Field(description="When it was created (UTC).")
+    expires_at: datetime | None = Field(description="When it stops working (null: never).")
     last_used_at: datetime | None = Field(description="To the minute.")
-    revoked_at: datetime | None
+    revoked_at: datetime | None = Field(description="When it was revoked (null: it was not).")
 
 
 class KeyCreated(KeyOut):
     """A new API key: ``key`` is shown this once and never stored."""
 
-    key: str
+    key: str = Field(
+        description="The key itself: send it as X-API-Key. Shown this once; only its SHA-256 is "
+        "kept."
+    )
 
 
 class WhoAmIOut(BaseModel):
     """Who the request's key acts as."""
 
-    project_id: str
-    project_name: str
-    role: RoleName
+    project_id: str = Field(description="The project requests act in.")
+    project_name: str = Field(description="Its name.")
+    role: RoleName = Field(description="The key's role there (an open service: operator).")
     key_id: str | None = Field(description="Null for an open service or a P2L_API_KEYS key.")
-    key_name: str | None
+    key_name: str | None = Field(
+        description="The key's name; env: and a fingerprint for a P2L_API_KEYS key; null for an "
+        "open service."
+    )
     authenticated: bool = Field(description="False: an open service (no keys), nobody named.")
 
 
@@ -847,13 +1020,17 @@ class AuditOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    created_at: datetime
+    id: str = Field(description="The entry's id.")
+    created_at: datetime = Field(description="When the request was answered (UTC).")
     key_id: str | None = Field(
         description="The key's id (env:FINGERPRINT for a P2L_API_KEYS key); never the key."
     )
-    project_id: str
+    project_id: str = Field(description="The project the request acted in.")
     action: str = Field(description="Method and route, e.g. DELETE /v1/datasets/{dataset_id}.")
-    object_id: str | None
-    status: int
-    detail: str | None
+    object_id: str | None = Field(
+        description="The id the request named or created, when it had one."
+    )
+    status: int = Field(description="The HTTP status it was answered with.")
+    detail: str | None = Field(
+        description="More about some actions, e.g. what deleting a project removed."
+    )

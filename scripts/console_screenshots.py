@@ -109,6 +109,8 @@ def drive(url: str, archive: Path, out: Path) -> None:
         page.get_by_role("button", name="Upload").click()
         page.wait_for_url(re.compile(r"/console/datasets/"), timeout=120_000)
 
+        # Two stages, as a user comparing sources would rank: P2L, then LogME over its top 3.
+        page.get_by_label("Second stage").select_option("logme")
         page.get_by_role("button", name="Rank sources").click()
         page.wait_for_function(
             "() => document.getElementById('ranking-chart').naturalWidth > 0", timeout=60_000
@@ -118,7 +120,7 @@ def drive(url: str, archive: Path, out: Path) -> None:
         )
         page.get_by_label("Source").select_option(index=2)  # the ranking's #1 (after best, race)
         page.get_by_label("Epochs", exact=True).fill("8")
-        page.get_by_label("Epochs per auto candidate").fill("2")
+        page.get_by_label("Auto budget per candidate (epochs)").fill("2")
         page.get_by_role("checkbox", name=re.compile("^Baseline")).check()
         shoot(page, out, "dataset")
 

@@ -25,6 +25,43 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def encoded(image: Image.Image, format: str, **options: object) -> bytes:
+    """Encode a PIL image in ``format`` (PNG, JPEG, ...) with Pillow's ``options``."""
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def varied_images() -> dict[str, bytes]:
+    """Images by file name in every format and mode the service decodes: the real clip art
+    (transparent RGBA, LA, palette), a garment of each class, and the eagle and a large noisy
+    gradient re-encoded (JPEG for its draft decode, 7x downscales for block averaging, CMYK,
+    16-bit grey, 500:1, one pixel): where a plain resize differs from the service's."""
+    rng = np.random.default_rng(0)
+    clipart = {f"{k}-{i}.png": d for k, v in clipart_images().items() for i, d in enumerate(v)}
+    garments = {f"garment-{k}.png": v[0] for k, v in fashion_mnist_images(per_class=1).items()}
+    eagle = Image.open(DATA / "clipart" / "animals" / "eagle_01.png")  # 794 x 1123, P + tRNS
+    smooth = np.linspace(0, 255, 1500 * 2100 * 3).reshape(1500, 2100, 3) % 256
+    noisy = (smooth + rng.normal(0, 20, smooth.shape)).clip(0, 255).astype(np.uint8)
+    large = Image.fromarray(noisy, "RGB")  # a 7x downscale: whole-block averaging first
+    made = {
+        "eagle.jpg": encoded(eagle.convert("RGB"), "JPEG", quality=90),  # JPEG draft
+        "large.jpg": encoded(large, "JPEG", quality=85),
+        "large-grey.jpg": encoded(large.convert("L"), "JPEG"),
+        "large-cmyk.jpg": encoded(large.convert("CMYK"), "JPEG"),
+        "large.png": encoded(large, "PNG"),
+        "large-rgba.webp": encoded(large.convert("RGBA"), "WEBP", quality=80),
+        "eagle.gif": encoded(eagle.convert("RGBA"), "GIF"),  # P with a transparent index
+        "eagle.bmp": encoded(eagle.convert("RGB"), "BMP"),
+        "eagle.tiff": encoded(eagle.convert("RGBA"), "TIFF"),
+        "grey16.png": encoded(Image.fromarray((smooth[:300, :200, 0] * 200).astype(np.uint16)),
+                              "PNG"),
+        "thin.png": encoded(large.crop((0, 0, 1500, 3)), "PNG"),  # 500:1
+        "one-pixel.png": encoded(Image.new("RGB", (1, 1), (200, 10, 30)), "PNG"),
+    }  # fmt: skip
+    return clipart | garments | made
+
+
 def fashion_mnist_images(per_class: int = 50) -> dict[str, list[bytes]]:
     """Held-out Fashion-MNIST images (5 garment classes) as PNG bytes, ``per_class`` each."""
     sample = np.load(DATA / "fashion_mnist_sample.npz")

@@ -15,11 +15,15 @@ from typing import TypeVar
 
 import httpx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
 from app.config import Settings
+from app.jobs.service import claim_next_job
+from app.jobs.worker import Lease, run_job
 from app.main import create_app
+from app.worker import JOB_KINDS
 from tests.archives import (
     bundled_target_images,
     fashion_mnist_images,
@@ -116,6 +120,19 @@ def finetuned_model(client: httpx.Client, archive: bytes, source_name: str, epoc
     finished = wait_for_job(client, job.json()["id"])
     assert finished["status"] == "succeeded", finished
     return finished
+
+
+def run_queued_jobs(client: TestClient) -> None:
+    """Run every queued job of an in-process service in this process, as its worker would
+    (an ``api`` test's service has no worker: spawning one costs seconds)."""
+    state = client.app.state.service  # type: ignore[attr-defined]
+    while True:
+        with state.sessions() as session:
+            job = claim_next_job(session, "test-worker", state.settings.job_lease_seconds)
+        if job is None:
+            return
+        with Lease(state.sessions, state.settings, job.id, "test-worker") as lease:
+            run_job(JOB_KINDS, state.sessions, state.store, torch.device("cpu"), job, lease)
 
 
 def get_job(client: httpx.Client, job_id: str) -> dict:

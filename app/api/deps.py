@@ -4,11 +4,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi import Path as PathParam
 from fastapi.security import APIKeyHeader
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -88,9 +89,29 @@ PageToken = Annotated[
         "did not issue: 400; outside this pattern: 422).",
     ),
 ]
+PageSize = Annotated[
+    int, Query(ge=1, le=200, description="Items per page, 1 to 200; the last page may hold fewer.")
+]
 # The list routes' responses: a page token the service did not issue is a 400.
 PAGE_PROBLEMS = problem_responses(_400="page_token is not one this service issued")
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _resource_id(noun: str, where: str) -> Any:
+    """A path parameter naming one resource by its id."""
+    return PathParam(
+        description=f"The {noun}'s id (32 lowercase hex digits): {where}. An id this "
+        "project cannot see is a 404."
+    )
+
+
+DatasetId = Annotated[str, _resource_id("dataset", "`id` of POST or GET /v1/datasets")]
+SourceId = Annotated[str, _resource_id("source", "`id` of POST or GET /v1/sources")]
+RankingId = Annotated[str, _resource_id("ranking", "`id` of POST or GET /v1/rankings")]
+JobId = Annotated[str, _resource_id("job", "`id` of POST /v1/finetunes or GET /v1/jobs")]
+ModelId = Annotated[
+    str, _resource_id("model", "a succeeded job's `model_id`, or `id` of GET /v1/models")
+]
 
 API_KEY_HEADER = "X-API-Key"
 _api_key_header = APIKeyHeader(

@@ -255,6 +255,20 @@ _RANKED = {
     "image_counts": "verified",
     "shared": True,
 }
+_RANKING_SUMMARY = {
+    "id": RANKING_ID,
+    "created_at": CREATED,
+    "target_dataset_id": DATASET_ID,
+    "method": "p2l",
+    "measure": "js",
+    "refine_method": "logme",
+    "calibration_id": None,
+    "num_results": 3,
+    "num_excluded": 0,
+    "top_source_id": SOURCE_ID,
+    "top_source_name": "fashion_tops_2700",
+    "top_score": -0.0213,
+}
 _REFINE = {
     "method": "logme",
     "top": 3,
@@ -411,6 +425,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "refine": _REFINE,
         "warnings": [],
     },
+    "RankingSummary": _RANKING_SUMMARY,
     "RegisterRequest": {"name": "fashion-finetuned"},
     "FinetuneRequest": {"target_dataset_id": DATASET_ID, "source_id": "best", "baseline": True},
     "EpochMetrics": _EPOCH,
@@ -486,6 +501,7 @@ PAGE_ITEMS = {
     "JobOut": _JOB,
     "ModelOut": _MODEL,
     "EvidenceOut": _EVIDENCE_ROW,
+    "RankingSummary": _RANKING_SUMMARY,
 }
 NEXT_PAGE_TOKEN = "MjAyNi0xMS0yNlQwOTozMDowMHw1YTZiN2M4ZA"
 

@@ -27,10 +27,19 @@ PROBLEM_JSON = "application/problem+json"
 DROPPED_CONNECTION = "p2l.dropped_connection"
 
 
+# ``model`` puts Problem in the document; the problem+json body says it is that schema, so
+# that client generators (which read the first JSON media type) parse errors into it.
+_PROBLEM_BODY = {"schema": {"$ref": "#/components/schemas/Problem"}}
+
+
 def problem_responses(**descriptions: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` documenting problem+json bodies, e.g. ``_413="Too big"``."""
     return {
-        status.lstrip("_"): {"model": Problem, "description": text, "content": {PROBLEM_JSON: {}}}
+        status.lstrip("_"): {
+            "model": Problem,
+            "description": text,
+            "content": {PROBLEM_JSON: dict(_PROBLEM_BODY)},
+        }
         for status, text in descriptions.items()
     }
 

@@ -22,8 +22,8 @@ class Estimate(BaseModel):
     val_images: int = Field(0, description="Images validated after every epoch.")
     test_images: int = Field(0, description="Images of the final evaluation.")
     seconds_per_epoch: float | None = Field(None, description="Training plus validation.")
-    architecture: str
-    input_size: int
+    architecture: str = Field(description="The architecture that would train (the source's).")
+    input_size: int = Field(description="Side of the square input it would train at, in pixels.")
     images_per_second: float = Field(description="Training throughput the estimate assumes.")
     flops_per_image: float | None = Field(
         None, description="Forward FLOPs of one image (what 'scaled' scales by)."
@@ -35,4 +35,8 @@ class Estimate(BaseModel):
     )
     device: str | None = Field(None, description="The device type the measurement is from.")
     workers_alive: int = Field(description="Workers that reported in recently.")
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What makes the estimate rough, or the job unlikely to run soon (no worker "
+        "alive).",
+    )

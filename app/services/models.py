@@ -1,6 +1,8 @@
-"""Fine-tuned model use cases: read, delete, predict with, and register as a source."""
+"""Fine-tuned model use cases: read, delete, predict with, export, and register as a source."""
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -9,20 +11,28 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, StorageFull
 from app.families import get_spec, load_model
+from app.finetune.export import ExportFormat, ModelCard, bundle_version, export_bundle
 from app.finetune.train import ImageTensors
 from app.imaging.images import ImageRejected, decode_square
 from app.models import Dataset, FinetunedModel, Source
 from app.pagination import get_by_id, paginate
 from app.services.context import Context
 from app.services.datasets import IMAGES_DIR
+from app.services.quotas import check_storage
 from app.services.sources import register_source, signature_for_dataset
-from app.store import ArtifactStore
+from app.store import ArtifactStore, folder_bytes
+from app.unit_of_work import unit_of_work
+
+logger = logging.getLogger("p2l.models")
 
 MODEL_WEIGHTS = "weights.safetensors"
+# A model's exports are kept under its own key (deleted with it): <key>/exports/<format>-<version>/.
+EXPORTS_DIR = "exports"
 
 
 def get_model(session: Session, model_id: str) -> FinetunedModel:
@@ -52,6 +62,141 @@ def delete_model(
 def model_weights_path(store: ArtifactStore, model: FinetunedModel) -> Path:
     """Where a fine-tuned model's safetensors weights are."""
     return store.path(model.artifact_key) / MODEL_WEIGHTS
+
+
+@dataclass(frozen=True)
+class ExportedZip:
+    """An export zip to send: stored (``discard`` None), or built for this request alone
+    (then ``discard`` is its staging folder, to throw away once sent)."""
+
+    path: Path
+    filename: str
+    discard: Path | None = None
+
+
+def export_key(model: FinetunedModel, format: ExportFormat) -> str:
+    """Where the model's export in ``format`` is stored, by this release's bundle version."""
+    return f"{model.artifact_key}/{EXPORTS_DIR}/{format}-{bundle_version()}"
+
+
+def export_model(
+    ctx: Context, cache: "ModelCache", model_id: str, format: ExportFormat
+) -> ExportedZip:
+    """The model's export zip: model file, preprocessing.json, labels.txt, predict.py and
+    the model card (``app.finetune.export.bundle_files``).
+
+    The first export of a model in a format builds it (seconds: ``torch.export`` or
+    tracing) and stores it next to the model's files, counted in the model's stored bytes;
+    later ones are served from the store. A zip that would pass the project's storage
+    quota is served without being kept (so is one a concurrent export stored first).
+    """
+    session, store = ctx.session, ctx.store
+    row = get_model(session, model_id)
+    filename = f"model-{row.id}-{format}.zip"
+    key = export_key(row, format)
+    # The model's folder first: an object store's machine then holds it whole (weights and
+    # the exports stored so far) before anything below it is fetched or adopted, which
+    # would otherwise make a partial copy of the folder look cached.
+    store.path(row.artifact_key)
+    stored = store.path(key) / filename
+    if stored.is_file():
+        return ExportedZip(stored, filename)
+    card = model_card(session, row)
+    network = cache.get(store, row)  # the cache's lock is not held past this
+    staging = store.new_staging_dir()
+    files, packed = staging / "files", staging / "zip"
+    try:
+        files.mkdir()
+        packed.mkdir()
+        started = time.perf_counter()
+        export_bundle(network, format, card, files, packed / filename)
+        logger.info(
+            "model %s: %s export built in %.1f s", row.id, format, time.perf_counter() - started
+        )
+        kept = _keep_export(ctx, row, format, key, packed)
+    except BaseException:
+        store.discard(staging)
+        raise
+    if not kept:
+        return ExportedZip(packed / filename, filename, discard=staging)
+    store.discard(staging)
+    return ExportedZip(store.path(key) / filename, filename)
+
+
+def _keep_export(
+    ctx: Context, row: FinetunedModel, format: ExportFormat, key: str, folder: Path
+) -> bool:
+    """Publish a built export at ``key``, in place of the format's exports of other
+    releases, and count it in the model's stored bytes; False where it is not kept."""
+    session, store = ctx.session, ctx.store
+    model_id, model_key = row.id, row.artifact_key
+    size = folder_bytes(folder)
+    stale = {
+        other
+        for other in store.keys_under(f"{model_key}/{EXPORTS_DIR}")
+        if other != key and PurePosixPath(other).name.startswith(f"{format}-")
+    }
+    change = size - sum(store.size_bytes(other) for other in stale)
+    try:
+        check_storage(session, store, ctx.settings, row.project_id, change)
+    except StorageFull as exc:  # a cache is not worth a refusal: served, not kept
+        logger.info("model %s: %s export served, not kept: %s", model_id, format, exc)
+        return False
+    try:
+        with unit_of_work(session, store) as work:
+            work.publish(folder, key)
+            # In SQL, so that concurrent exports of two formats both count. A row from
+            # before revision 0010 (None) is measured on demand, its exports with it.
+            session.execute(
+                update(FinetunedModel)
+                .where(FinetunedModel.id == model_id, FinetunedModel.stored_bytes.is_not(None))
+                .values(stored_bytes=FinetunedModel.stored_bytes + change)
+            )
+    except OSError:  # the key exists: a concurrent export of this model stored it first
+        logger.info("model %s: %s export stored meanwhile by another request", model_id, format)
+        return False
+    for other in stale:
+        store.delete(other)
+    if session.scalar(select(FinetunedModel.id).where(FinetunedModel.id == model_id)) is None:
+        store.delete(model_key)  # deleted meanwhile: its folder must not come back for this
+        raise NotFound(f"model {model_id} was deleted while it was being exported")
+    return True
+
+
+def model_card(session: Session, model: FinetunedModel) -> ModelCard:
+    """What the model card of the model's exports says, read from its rows."""
+    source = session.get(Source, model.source_id)
+    dataset = session.get(Dataset, model.target_dataset_id)
+    return ModelCard(
+        model_id=model.id,
+        created_at=model.created_at,
+        architecture=model.architecture,
+        input_size=model.input_size,
+        class_names=list(model.class_names),
+        report=dict(model.report),
+        source_id=model.source_id,
+        source=None
+        if source is None
+        else {
+            "name": source.name,
+            "architecture": source.architecture,
+            "num_images": source.num_images,
+            "num_classes": source.num_classes,
+            "origin": source.origin,
+            "image_counts": source.image_counts,
+        },
+        target_dataset_id=model.target_dataset_id,
+        target=None
+        if dataset is None
+        else {
+            "name": dataset.name,
+            "num_images": dataset.num_images,
+            "class_counts": dict(dataset.class_counts),
+        },
+        # Sources carry no licence (no column, nothing in the bundled manifest): the card
+        # says it is unspecified, for the model's owner to set.
+        licence=None,
+    )
 
 
 class ModelCache:

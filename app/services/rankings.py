@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
@@ -17,7 +17,7 @@ from app.measures import Measure, Method, RefineMethod
 from app.models import Dataset, Ranking, Source, utcnow
 from app.p2l.refine import source_outputs, transferability
 from app.p2l.scoring import ScoringParams
-from app.pagination import get_by_id, is_valid_id
+from app.pagination import get_by_id, is_valid_id, paginate
 from app.services.access import ALL_PROJECTS
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists
@@ -190,6 +190,63 @@ def refine_results(
 def get_ranking(session: Session, ranking_id: str) -> Ranking:
     """The ranking with this id, or NotFound."""
     return get_by_id(session, Ranking, ranking_id, "ranking")
+
+
+@dataclass(frozen=True)
+class ListedRanking:
+    """A stored ranking as a listing shows it: its row without the results (not loaded), the
+    results' and exclusions' counts, and the first result."""
+
+    ranking: Ranking
+    num_results: int
+    num_excluded: int
+    top_source_id: str | None
+    top_source_name: str | None
+    top_score: float | None
+
+
+def list_rankings(
+    session: Session, page_size: int, page_token: str | None, target_dataset_id: str | None = None
+) -> tuple[list[ListedRanking], str | None]:
+    """One page of the project's rankings (of one target, if given), newest first, and the
+    next page's token.
+
+    A ranking of the whole zoo holds one result per source (up to 10^5): the page loads
+    none of them; the database counts them and reads the first.
+    """
+    where = Ranking.target_dataset_id == target_dataset_id if target_dataset_id else None
+    skipped = (Ranking.results, Ranking.excluded)
+    rows, next_token = paginate(session, Ranking, page_size, page_token, skipped, where)
+    if not rows:
+        return [], next_token
+    # JSON paths and json_array_length read the same on SQLite and PostgreSQL.
+    facts = {
+        row.id: row
+        for row in session.execute(
+            select(
+                Ranking.id,
+                func.json_array_length(Ranking.results).label("num_results"),
+                func.json_array_length(Ranking.excluded).label("num_excluded"),
+                Ranking.results[(0, "source_id")].as_string().label("source_id"),
+                Ranking.results[(0, "name")].as_string().label("name"),
+                Ranking.results[(0, "score")].as_float().label("score"),
+            ).where(Ranking.id.in_([row.id for row in rows]))
+        )
+    }
+    listed = []
+    for ranking in rows:
+        fact = facts[ranking.id]
+        listed.append(
+            ListedRanking(
+                ranking=ranking,
+                num_results=int(fact.num_results),
+                num_excluded=int(fact.num_excluded),
+                top_source_id=fact.source_id,
+                top_source_name=fact.name,
+                top_score=fact.score,
+            )
+        )
+    return listed, next_token
 
 
 def delete_ranking(session: Session, ranking_id: str) -> None:

@@ -25,7 +25,7 @@ JOB=$(p2l finetune "$TARGET" --source best --baseline $FINETUNE_OPTIONS --field 
 p2l jobs watch "$JOB"
 MODEL=$(p2l jobs get "$JOB" --field model_id)
 
-# Classify the held-back images, export the model (ONNX + preprocessing.json), add it to the zoo.
+# Classify the held-back images, export the model (ONNX, labels, model card, predict.py), add it to the zoo.
 p2l predict "$MODEL" "$DEMO"/fashion-heldout/*.png
 p2l export "$MODEL" --format onnx -o "$DEMO/fashion-model.zip"
 p2l models register "$MODEL" --name fashion-finetuned

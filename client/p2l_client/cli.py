@@ -190,6 +190,19 @@ def show_ranking(r: dict[str, Any]) -> None:
         out.print("no source ranked", style="yellow")
 
 
+def cmd_rankings_list(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l rankings list`: past rankings, newest first, as a table."""
+    rows = limited(client.rankings.list(args.target, args.page_size), args.limit)
+    columns = ["id", "target_dataset_id", "method", "measure", "num_results", "top_source_name",
+               "top_score", "created_at"]  # fmt: skip
+    return Answer(rows, lambda r: table(r, columns))
+
+
+def cmd_rankings_get(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l rankings get`: one past ranking, whole."""
+    return Answer(client.rankings.get(args.id), show_ranking)
+
+
 FINETUNE_OPTIONS = (
     "schedule",
     "epochs",
@@ -408,15 +421,23 @@ def show_predictions(p: dict[str, Any]) -> None:
 
 
 def cmd_export(client: Client, args: argparse.Namespace) -> Answer:
-    """`p2l export`: save a model as an ONNX or TorchScript zip."""
-    path = client.models.export(args.model, args.output, format=args.format)
+    """`p2l export`: save a model as an ONNX or TorchScript zip, with a download bar."""
+    path = client.models.export(
+        args.model, args.output, format=args.format, progress=not args.no_progress
+    )
     value = {
         "model_id": args.model,
         "format": args.format,
         "path": str(path),
         "bytes": path.stat().st_size,
     }
-    return Answer(value, lambda v: out.print(f"wrote {v['path']} ({v['bytes']:,} bytes)"))
+    return Answer(value, show_export)
+
+
+def show_export(v: dict[str, Any]) -> None:
+    """Where the zip went, and how to use it."""
+    out.print(f"wrote {v['path']} ({v['bytes']:,} bytes)")
+    out.print("unzip it, then: python predict.py IMAGE...  (README.md inside says what it needs)")
 
 
 def cmd_evaluate(client: Client, args: argparse.Namespace) -> Answer:
@@ -843,6 +864,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--refine-top", type=int, help="how many to re-rank (1-20; default 3)")
 
+    rankings = group_of("rankings", "list and show past rankings")
+    sub = command(rankings, "list", cmd_rankings_list, "list past rankings, newest first")
+    listing(sub)
+    sub.add_argument("--target", metavar="DATASET", help="only the rankings of this dataset")
+    command(rankings, "get", cmd_rankings_get, "show one ranking").add_argument("id")
+
     sub = command(
         commands,
         "finetune",
@@ -913,7 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "export",
         cmd_export,
-        "download a model as ONNX or TorchScript (zip with preprocessing.json)",
+        "download a model as ONNX or TorchScript: a zip with predict.py, labels.txt, a model "
+        "card (README.md) and preprocessing.json",
     )
     sub.add_argument("model", metavar="MODEL", help="model id")
     sub.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
@@ -924,6 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="file to write, or a folder (the server's file name)",
     )
+    sub.add_argument("--no-progress", action="store_true", help="no download bar")
 
     sub = command(
         commands,

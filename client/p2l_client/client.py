@@ -51,6 +51,7 @@ from p2l_client.responses import (
     Preprocessing,
     Project,
     Ranking,
+    RankingSummary,
     Reference,
     RoleName,
     Signature,
@@ -230,8 +231,22 @@ class Client:
         """Send a request and decode its JSON answer."""
         return self.request(method, path, **kwargs).json()
 
-    def download(self, path: str, destination: StrPath, **params: Any) -> Path:
-        """Stream a GET's body into ``destination`` (a file, or a folder: the server's name)."""
+    def download(
+        self,
+        path: str,
+        destination: StrPath,
+        progress: bool = False,
+        console: Any = None,
+        **params: Any,
+    ) -> Path:
+        """Stream a GET's body into ``destination`` (a file, or a folder: the server's name).
+
+        The body goes to ``<name>.part`` beside it, renamed to the final name once whole: a
+        cut stream, a full disk or Ctrl-C leaves no file behind. ``progress`` shows a bar
+        (on ``console``, default stderr; on a terminal only).
+        """
+        from p2l_client.progress import DownloadView
+
         target = Path(destination)
         try:
             with self.http.stream("GET", path, params=params or None) as response:
@@ -242,9 +257,12 @@ class Client:
                     target = target / _attachment_name(response, path)
                 partial = target.with_name(target.name + ".part")
                 try:
-                    with partial.open("wb") as out:
+                    with partial.open("wb") as out, DownloadView(console, show=progress) as view:
+                        view.start(target.name, _content_length(response))
                         for chunk in response.iter_bytes():
                             out.write(chunk)
+                            view.update(response.num_bytes_downloaded)
+                        view.finish(response.num_bytes_downloaded)
                     partial.replace(target)  # never a half-written file under the final name
                 except BaseException:
                     partial.unlink(missing_ok=True)  # a cut stream or a full disk leaves nothing
@@ -291,6 +309,14 @@ class Client:
     def wait(self, job_id: str, progress: bool = True, **kwargs: Any) -> Job:
         """Same as ``jobs.wait``."""
         return self.jobs.wait(job_id, progress=progress, **kwargs)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    """The body's size in bytes as sent (what ``num_bytes_downloaded`` counts), if stated."""
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _attachment_name(response: httpx.Response, path: str) -> str:
@@ -485,8 +511,10 @@ class Sources(Listing):
         return self.client.request("GET", "/v1/sources/map.png", params=params).content
 
 
-class Rankings(Resource):
-    """Rank the zoo for a target: /v1/rankings."""
+class Rankings(Listing):
+    """Rank the zoo for a target, and read past rankings: /v1/rankings."""
+
+    path = "/v1/rankings"
 
     def create(
         self,
@@ -514,6 +542,14 @@ class Rankings(Resource):
         if source_ids is not None:
             body["source_ids"] = list(source_ids)
         return cast(Ranking, self.client.json("POST", "/v1/rankings", json=body))
+
+    def list(
+        self, target_dataset_id: str | None = None, page_size: int = 50
+    ) -> Iterator[RankingSummary]:
+        """Past rankings (of one target, if given), newest first, without their results:
+        method, measure, how many sources each ranked and which came first."""
+        params = {"target_dataset_id": target_dataset_id} if target_dataset_id else {}
+        return self.client.pages(self.path, page_size, **params)
 
     def get(self, ranking_id: str) -> Ranking:
         """A stored ranking."""
@@ -740,10 +776,15 @@ class Models(Listing):
         model_id: str,
         destination: StrPath,
         format: Literal["onnx", "torchscript"] = "onnx",
+        progress: bool = False,
+        console: Any = None,
     ) -> Path:
-        """Save a zip of the network (model.onnx or model.pt) and its preprocessing.json."""
+        """Save the model's export zip (to a file, or into a folder), streamed to disk:
+        ``model.onnx`` or ``model.pt``, ``preprocessing.json``, ``labels.txt``, the model
+        card ``README.md`` and ``predict.py`` (``python predict.py IMAGE...``). ``progress``
+        shows a download bar on a terminal (``console``, default stderr)."""
         path = f"/v1/models/{model_id}/export"
-        return self.client.download(path, destination, format=format)
+        return self.client.download(path, destination, progress, console, format=format)
 
     def preprocessing(self, model_id: str) -> Preprocessing:
         """How to feed the exported network: input size, mean/std, class names, layout."""

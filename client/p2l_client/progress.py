@@ -1,4 +1,5 @@
-"""A live view of a job: a rich progress bar over all its epochs, and one line per epoch."""
+"""Live views: a job's rich progress bar over all its epochs with one line per epoch, and a
+download's bar (bytes received of the total, speed, time left)."""
 
 import time
 from collections.abc import Mapping
@@ -6,7 +7,16 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from p2l_client.responses import TERMINAL, EpochMetrics, Job
 
@@ -230,3 +240,49 @@ class JobProgressView(NoView):
 def _label(progress: Mapping[str, Any]) -> str | None:
     label = progress.get("label") or progress.get("phase")
     return None if label is None else str(label)
+
+
+class DownloadView:
+    """A download's bar on stderr: the file's name, bytes received of the total (when the
+    service sends Content-Length), the speed and the time left. Shown on a terminal only
+    (and with ``show``): in a log or a pipe it prints nothing, the command's answer says
+    what was written."""
+
+    def __init__(self, console: Console | None = None, show: bool = True) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}", style="bold", markup=False),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not (show and self.console.is_terminal),
+        )
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> "DownloadView":
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def start(self, name: str, total: int | None) -> None:
+        """The download of ``name`` begins; ``total`` bytes, if known."""
+        self.task = self.progress.add_task(name, total=total)
+
+    def update(self, received: int) -> None:
+        """``received`` bytes so far."""
+        if self.task is not None:
+            self.progress.update(self.task, completed=received)
+
+    def finish(self, received: int) -> None:
+        """The whole body arrived: the bar shows it complete, total or not."""
+        if self.task is not None:
+            self.progress.update(self.task, total=received, completed=received)

@@ -161,6 +161,23 @@ class ExcludedSource(TypedDict):
     reason: str
 
 
+class RankingSummary(TypedDict):
+    """A past ranking without its results (GET /v1/rankings): counts and the first source."""
+
+    id: str
+    created_at: str
+    target_dataset_id: str
+    method: str
+    measure: str
+    refine_method: str | None
+    calibration_id: str | None
+    num_results: int
+    num_excluded: int
+    top_source_id: str | None
+    top_source_name: str | None
+    top_score: float | None
+
+
 class Ranking(TypedDict):
     """A stored ranking."""
 

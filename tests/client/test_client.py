@@ -324,6 +324,23 @@ def test_cli_lists_and_gets(cli: Cli, flow: Flow) -> None:
     assert isinstance(sources, list) and len(sources) == 3
     field = cli.run("jobs", "get", flow.job["id"], "--field", "model_id")
     assert field.returncode == 0 and field.stdout == f"{model_id}\n"
+    rankings = cli.json("rankings", "list", "--target", target)
+    assert isinstance(rankings, list) and flow.ranking["id"] in {r["id"] for r in rankings}
+    assert {r["target_dataset_id"] for r in rankings} == {target}
+    assert [r["created_at"] for r in rankings] == sorted(
+        (r["created_at"] for r in rankings), reverse=True
+    )
+    (summary,) = [r for r in rankings if r["id"] == flow.ranking["id"]]
+    assert summary["num_results"] == 3
+    assert summary["top_source_id"] == flow.ranking["results"][0]["source_id"]
+    with Client(cli.url) as client:  # the library follows the pages
+        assert [r["id"] for r in client.rankings.list(target, page_size=1)] == [
+            r["id"] for r in rankings
+        ]
+    shown = cli.run("rankings", "list", "--limit", "2")
+    assert shown.returncode == 0 and "top_source_name" in shown.stdout, shown.stderr
+    whole = cli.json("rankings", "get", flow.ranking["id"])
+    assert whole["results"] == flow.ranking["results"]  # type: ignore[index]
 
 
 @pytest.mark.system
@@ -340,16 +357,28 @@ def test_cli_api_errors_exit_1_with_the_problem_on_stderr(cli: Cli) -> None:
 
 
 @pytest.mark.system
-def test_cli_exports_onnx_with_its_preprocessing(cli: Cli, flow: Flow) -> None:
+def test_cli_exports_onnx_with_its_preprocessing(cli: Cli, flow: Flow, tmp_path: Path) -> None:
     target = cli.cwd / "model-onnx.zip"
     answer = cli.json("export", flow.job["model_id"], "--format", "onnx", "-o", str(target))
     assert answer["path"] == str(target) and target.stat().st_size == answer["bytes"]  # type: ignore[index]
+    assert not list(cli.cwd.glob("*.part"))
     with zipfile.ZipFile(target) as archive:
-        assert {"model.onnx", "preprocessing.json"} <= set(archive.namelist())
+        assert archive.namelist() == [
+            "model.onnx", "preprocessing.json", "labels.txt", "predict.py", "README.md"
+        ]  # fmt: skip
         spec = json.loads(archive.read("preprocessing.json"))
         assert archive.getinfo("model.onnx").file_size > 10_000
-    assert spec["class_names"] == sorted(CLASSES)
+        labels = archive.read("labels.txt").decode().splitlines()
+        assert flow.job["model_id"] in archive.read("README.md").decode()
+    assert spec["class_names"] == sorted(CLASSES) == labels
     assert spec["layout"] == "NCHW" and len(spec["mean"]) == len(spec["std"])
+    # The library streams it too, into a folder under the service's name: the same bytes,
+    # since the service keeps the first export of a model and serves it again.
+    with Client(cli.url) as p2l:
+        saved = p2l.models.export(flow.job["model_id"], tmp_path, progress=True)
+    assert saved == tmp_path / f"model-{flow.job['model_id']}-onnx.zip"
+    assert saved.read_bytes() == target.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [saved.name]
 
 
 @pytest.mark.system
@@ -645,6 +674,46 @@ def test_a_cut_download_leaves_no_partial_file(tmp_path: Path) -> None:
         server.join(10)
         listener.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.unit
+def test_a_download_shows_its_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    """A real socket serving 300 kB in pieces: the bar names the file and counts the bytes
+    of the total; on a console that is no terminal (a log) nothing is printed."""
+    body = os.urandom(300_000)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_twice() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\nConnection: close\r\n"
+                    b'Content-Disposition: attachment; filename="model-x-onnx.zip"\r\n\r\n'
+                )
+                for start in range(0, len(body), 50_000):
+                    connection.sendall(body[start : start + 50_000])
+
+    server = threading.Thread(target=serve_twice, daemon=True)
+    server.start()
+    terminal, log = io.StringIO(), io.StringIO()
+    try:
+        with Client(f"http://127.0.0.1:{port}") as client:
+            shown = Console(file=terminal, force_terminal=True, width=120)
+            saved = client.download("/export", tmp_path, progress=True, console=shown)
+            (tmp_path / "again").mkdir()
+            quiet = Console(file=log, force_terminal=False, width=120)
+            client.download("/export", tmp_path / "again", progress=True, console=quiet)
+    finally:
+        server.join(10)
+        listener.close()
+    assert saved == tmp_path / "model-x-onnx.zip" and saved.read_bytes() == body
+    bar = terminal.getvalue()
+    assert "model-x-onnx.zip" in bar and "300.0/300.0 kB" in bar, bar
+    assert log.getvalue() == ""
+    assert (tmp_path / "again" / "model-x-onnx.zip").read_bytes() == body
 
 
 @pytest.mark.unit

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,10 @@ def test_the_readme_curl_session_runs_as_written(service: Service, tmp_path: Pat
     assert '"baseline":{' in result
     predicted = [line for line in out.splitlines() if " -> " in line]
     assert len(predicted) == 150
+    with zipfile.ZipFile(tmp_path / "demo" / "model.zip") as bundle:  # the session's export
+        assert {"model.onnx", "preprocessing.json", "labels.txt", "README.md", "predict.py"} <= set(
+            bundle.namelist()
+        )
     right = sum(line.split("_")[0] == line.split(" -> ")[1] for line in predicted)
     assert right >= 0.7 * len(predicted), f"{right} of 150 right"
     assert '"origin":"finetune"' in out

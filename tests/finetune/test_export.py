@@ -1,8 +1,13 @@
 """Export: ONNX and TorchScript files that, fed as preprocessing.json says, give the service's
-own predictions, without this project's code."""
+own predictions, without this project's code; and the export's predict.py, run in a fresh
+venv with onnxruntime, numpy and Pillow alone, prints the service's own answers."""
 
 import io
 import json
+import re
+import subprocess
+import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +21,9 @@ from PIL import Image
 
 from app.config import Settings
 from app.families import get_spec
+from app.finetune.export import bundle_files
 from app.main import create_app
-from tests.archives import DATA, image_folder_entries, png_bytes, zip_bytes
+from tests.archives import DATA, image_folder_entries, png_bytes, varied_images, zip_bytes
 from tests.helpers import PROBLEM, finetuned_model
 
 pytestmark = pytest.mark.system
@@ -126,7 +132,7 @@ def test_onnx_export_gives_the_services_predictions(
     service: TestClient, model_id: str, held_out: list[tuple[str, bytes]], data_dir: Path
 ) -> None:
     files = download(service, model_id, "onnx")
-    assert set(files) == {"model.onnx", "preprocessing.json"}
+    assert list(files) == bundle_files("onnx")
     spec = json.loads(files["preprocessing.json"])
     assert spec["export"]["opset"] == 18 and spec["export"]["format"] == "onnx"
     assert {k: v for k, v in spec.items() if k != "export"} == service.get(
@@ -165,7 +171,7 @@ def test_torchscript_export_loads_with_torch_jit_and_matches(
     service: TestClient, model_id: str, held_out: list[tuple[str, bytes]]
 ) -> None:
     files = download(service, model_id, "torchscript")
-    assert set(files) == {"model.pt", "preprocessing.json"}
+    assert list(files) == bundle_files("torchscript")
     spec = json.loads(files["preprocessing.json"])
     module = torch.jit.load(io.BytesIO(files["model.pt"]))
     batch = torch.from_numpy(np.stack([preprocess(data, spec) for _, data in held_out]))
@@ -199,3 +205,109 @@ def test_bad_export_requests_are_problems(service: TestClient, model_id: str) ->
         response = service.get(path)
         assert response.status_code == 404, path
         assert response.headers["content-type"] == PROBLEM
+
+
+LINE = re.compile(r"(?P<path>[^\t]+)\t(?P<label>[^\t]+)\t(?P<probability>[01]\.\d{4})")
+
+
+def unpack(files: dict[str, bytes], folder: Path) -> Path:
+    """The export's files written into ``folder``."""
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def service_top1(client: TestClient, model_id: str, paths: list[Path]) -> list[tuple[str, float]]:
+    """(label, probability) of the service's top-1 for each file, in order."""
+    files = [("files", (path.name, path.read_bytes())) for path in paths]
+    response = client.post(f"/v1/models/{model_id}/predict", files=files, params={"top_k": 1})
+    assert response.status_code == 200, response.text
+    tops = [prediction["top"][0] for prediction in response.json()["predictions"]]
+    return [(top["label"], top["probability"]) for top in tops]
+
+
+def check_predict_py_output(
+    stdout: str, paths: list[Path], theirs: list[tuple[str, float]]
+) -> float:
+    """Every line ``path<TAB>label<TAB>probability``, in order, with the service's label and
+    its probability within 1e-3; the largest difference."""
+    lines = stdout.splitlines()
+    assert len(lines) == len(paths)
+    worst = 0.0
+    for line, path, (label, probability) in zip(lines, paths, theirs, strict=True):
+        match = LINE.fullmatch(line)
+        assert match, repr(line)
+        assert match["path"] == str(path) and match["label"] == label, (line, label)
+        worst = max(worst, abs(float(match["probability"]) - probability))
+    assert worst <= 1e-3, worst
+    return worst
+
+
+def test_predict_py_in_a_fresh_venv_prints_the_services_answers(
+    service: TestClient,
+    model_id: str,
+    held_out: list[tuple[str, bytes]],
+    tmp_path: Path,
+) -> None:
+    """onnxruntime, numpy and Pillow from PyPI in a new venv, nothing else: predict.py gives
+    the service's own top-1 on held-out garments and on images of every format and mode
+    (transparent clip art, large JPEGs, CMYK, 16-bit, 500:1)."""
+    files = download(service, model_id, "onnx")
+    bundle = unpack(files, tmp_path / "my model")  # a space in the path: run from anywhere
+    images = tmp_path / "held out"
+    images.mkdir()
+    paths = []
+    for name, data in [*held_out, *varied_images().items()]:
+        paths.append(images / name)
+        paths[-1].write_bytes(data)
+
+    started = time.monotonic()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    installed = subprocess.run(
+        [*pip, "onnxruntime", "numpy", "pillow"], capture_output=True, text=True, timeout=600
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    print(f"fresh venv with onnxruntime, numpy, pillow: {time.monotonic() - started:.1f} s")
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
+    assert "No module named 'torch'" in probe.stderr  # nothing of this project's venv
+
+    done = subprocess.run(
+        [python, str(bundle / "predict.py"), *map(str, paths)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    theirs = service_top1(service, model_id, paths)
+    worst = check_predict_py_output(done.stdout, paths, theirs)
+    print(f"predict.py = service on {len(paths)} images; max |dp| {worst:.1e} (4 decimals)")
+
+    classes = json.loads(files["preprocessing.json"])["class_names"]
+    assert (bundle / "labels.txt").read_text().splitlines() == classes
+    model = service.get(f"/v1/models/{model_id}").json()
+    dataset = service.get(f"/v1/datasets/{model['target_dataset_id']}").json()
+    card = (bundle / "README.md").read_text()
+    assert f"**fashion_9k** fine-tuned on the dataset **{dataset['name']}**" in card
+    assert f"| test | 30 | {model['report']['test_accuracy']:.4f} |" in card
+    assert "pip install onnxruntime numpy pillow" in card
+
+
+def test_predict_py_runs_a_torchscript_export_with_torch(
+    service: TestClient, model_id: str, tmp_path: Path
+) -> None:
+    """The same script in a TorchScript export: torch instead of onnxruntime (this venv's)."""
+    bundle = unpack(download(service, model_id, "torchscript"), tmp_path / "bundle")
+    assert not (bundle / "model.onnx").exists()
+    paths = []
+    for name, data in varied_images().items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    done = subprocess.run(
+        [sys.executable, str(bundle / "predict.py"), *map(str, paths)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    check_predict_py_output(done.stdout, paths, service_top1(service, model_id, paths))
+    assert "pip install torch numpy pillow" in (bundle / "README.md").read_text()

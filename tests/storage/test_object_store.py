@@ -1,5 +1,6 @@
 """The object-store backend against a real S3-compatible server (moto_server, local)."""
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -9,20 +10,26 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.finetune.export import bundle_version
 from app.jobs.service import sweep_unowned_artifacts
+from app.main import create_app
 from app.models import Dataset
 from app.p2l.signature import DatasetSignature
 from app.services.datasets import SIGNATURE_FILE, stored_signature
 from app.store import LocalArtifactStore, ObjectArtifactStore, make_store
 from app.unit_of_work import unit_of_work
+from tests.archives import fashion_mnist_images
+from tests.helpers import get_job, run_queued_jobs, start_job, upload_garments
 from tests.servers import free_port
 from tests.storage.test_unit_of_work import row
 
@@ -285,3 +292,61 @@ def test_a_signature_re_signed_elsewhere_is_fetched_again(
     here.write_file(f"datasets/d/{SIGNATURE_FILE}", signature_bytes("new" * 10))  # an upgrade
     # ``there`` still caches the old file; the row now names the new network.
     assert stored_signature(there, "datasets/d", "new" * 10).reference_sha256 == "new" * 10
+
+
+@pytest.mark.system
+def test_a_models_export_is_stored_once_for_every_machine(
+    url: str, tmp_path: Path, endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Exports live in the bucket under their model's key. Three API machines on one
+    database and one bucket, each with its own data dir: one that loaded the model first
+    (and cached its folder before any export existed), one that builds the export, one that
+    never saw the model: the second export anywhere is served from the bucket, the machine
+    that fetched only the export still predicts with the model, and deleting it anywhere
+    deletes the export too."""
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    options = {"database_url": database, "store_url": url, "s3_endpoint_url": endpoint}
+    with ExitStack() as stack:
+        early, builder, newcomer = (
+            stack.enter_context(
+                TestClient(
+                    create_app(Settings(_env_file=None, data_dir=tmp_path / name,
+                                        start_worker=False, **options)),
+                    raise_server_exceptions=False,
+                )
+            )
+            for name in ("early", "builder", "newcomer")
+        )  # fmt: skip
+        dataset = upload_garments(early, per_class=4)
+        source = next(
+            s["id"]
+            for s in early.get("/v1/sources", params={"page_size": 200}).json()["items"]
+            if s["name"] == "fashion_9k"
+        )
+        job = start_job(early, target_dataset_id=dataset, source_id=source,
+                        schedule="manual", epochs=1, patience=None)  # fmt: skip
+        run_queued_jobs(early)
+        model_id = get_job(early, job["id"])["model_id"]
+        path = f"/v1/models/{model_id}"
+        image = [("files", ("shirt.png", fashion_mnist_images(per_class=1)["tshirt"][0]))]
+        assert early.post(f"{path}/predict", files=image).status_code == 200  # caches it
+
+        with caplog.at_level(logging.INFO, logger="p2l.models"):
+            built = builder.get(f"{path}/export")
+        assert built.status_code == 200, built.text
+        key = f"models/{model_id}/exports/onnx-{bundle_version()}"
+        store = object_store(url, tmp_path / "probe", endpoint)
+        assert store.keys_under(f"models/{model_id}/exports") == {key}
+        with caplog.at_level(logging.INFO, logger="p2l.models"):
+            for client in (newcomer, early, builder):
+                again = client.get(f"{path}/export")
+                assert again.status_code == 200 and again.content == built.content
+        built_logs = [r for r in caplog.records if "export built" in r.getMessage()]
+        assert len(built_logs) == 1, built_logs
+        # The newcomer fetched the model's folder whole, weights with the export.
+        assert newcomer.post(f"{path}/predict", files=image).status_code == 200
+
+        assert newcomer.delete(path).status_code == 204
+        assert store.keys_under(f"models/{model_id}") == set()
+        assert not [name for name in remote_files(store) if model_id in name]
+        assert builder.get(f"{path}/export").status_code == 404

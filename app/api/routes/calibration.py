@@ -1,10 +1,8 @@
 """Calibration: the ranking parameters in force, and refitting them on finished fine-tunes."""
 
-from typing import Annotated
+from fastapi import APIRouter, status
 
-from fastapi import APIRouter, Query, status
-
-from app.api.deps import PAGE_PROBLEMS, ContextDep, PageToken, SessionDep
+from app.api.deps import PAGE_PROBLEMS, ContextDep, PageSize, PageToken, SessionDep
 from app.api.problems import problem_responses
 from app.schemas import CalibrationOut, EvidenceOut, Page
 from app.services import calibration as service
@@ -28,7 +26,7 @@ def get_calibration(ctx: ContextDep) -> CalibrationOut:
 )
 def list_evidence(
     session: SessionDep,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_size: PageSize = 50,
     page_token: PageToken = None,
 ) -> Page[EvidenceOut]:
     """One page of evidence rows: target, source, accuracy (and its split), schedule and the

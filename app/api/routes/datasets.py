@@ -5,7 +5,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 
-from app.api.deps import PAGE_PROBLEMS, ContextDep, PageToken, SessionDep, StateDep
+from app.api.deps import (
+    PAGE_PROBLEMS,
+    ContextDep,
+    DatasetId,
+    PageSize,
+    PageToken,
+    SessionDep,
+    StateDep,
+)
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.models import Dataset
@@ -110,7 +118,7 @@ def upload_dataset(
 )
 def list_datasets(
     session: SessionDep,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_size: PageSize = 50,
     page_token: PageToken = None,
 ) -> Page[DatasetOut]:
     """One page of datasets; follow ``next_page_token`` for more."""
@@ -119,7 +127,7 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, summary="Get one dataset")
-def get_dataset(session: SessionDep, dataset_id: str) -> DatasetOut:
+def get_dataset(session: SessionDep, dataset_id: DatasetId) -> DatasetOut:
     """Classes, counts and signature summary of a dataset."""
     return dataset_out(service.get_dataset(session, dataset_id))
 
@@ -133,8 +141,14 @@ def get_dataset(session: SessionDep, dataset_id: str) -> DatasetOut:
 def get_signature(
     state: StateDep,
     session: SessionDep,
-    dataset_id: str,
-    format: Literal["json", "safetensors"] = "json",
+    dataset_id: DatasetId,
+    format: Annotated[
+        Literal["json", "safetensors"],
+        Query(
+            description="json: the vectors as JSON numbers; safetensors: the binary file "
+            "POST /v1/sources accepts as `signature`."
+        ),
+    ] = "json",
 ) -> Response | dict[str, object]:
     """Mean, per-class means and per-dimension variance in reference-feature space.
 
@@ -156,7 +170,7 @@ def get_signature(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a dataset and its files",
 )
-def delete_dataset(state: StateDep, session: SessionDep, dataset_id: str) -> Response:
+def delete_dataset(state: StateDep, session: SessionDep, dataset_id: DatasetId) -> Response:
     """Remove the dataset's row, images and signature (409 while a job needs it)."""
     ensure_no_active_job_uses(session, dataset_id=dataset_id)
     service.delete_dataset(session, state.store, dataset_id)

@@ -11,6 +11,8 @@ from app.api import streams
 from app.api.deps import (
     PAGE_PROBLEMS,
     ContextDep,
+    JobId,
+    PageSize,
     PageToken,
     PrincipalDep,
     ServiceState,
@@ -133,7 +135,7 @@ def start_finetune(
 def list_jobs(
     state: StateDep,
     session: SessionDep,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_size: PageSize = 50,
     page_token: PageToken = None,
 ) -> Page[JobOut]:
     """One page of jobs."""
@@ -142,7 +144,7 @@ def list_jobs(
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, summary="Job status and progress")
-def get_job(state: StateDep, session: SessionDep, job_id: str) -> JobOut:
+def get_job(state: StateDep, session: SessionDep, job_id: JobId) -> JobOut:
     """Status, progress (phase, epochs done of planned, metrics so far, ETA), the estimate,
     warnings (a queued job: whether any worker is alive to run it), and the result when
     done."""
@@ -154,7 +156,7 @@ def get_job(state: StateDep, session: SessionDep, job_id: str) -> JobOut:
     response_model=JobOut,
     summary="Cancel a job",
 )
-def cancel_job(state: StateDep, session: SessionDep, job_id: str) -> JobOut:
+def cancel_job(state: StateDep, session: SessionDep, job_id: JobId) -> JobOut:
     """A queued job is cancelled at once; a running one stops before its next training step."""
     return job_out(state, session, jobs.cancel_job(session, job_id))
 
@@ -165,7 +167,7 @@ def cancel_job(state: StateDep, session: SessionDep, job_id: str) -> JobOut:
     summary="Delete a finished job's record",
     responses=problem_responses(_409="The job is queued or running: cancel it first"),
 )
-def delete_job(state: StateDep, session: SessionDep, job_id: str) -> Response:
+def delete_job(state: StateDep, session: SessionDep, job_id: JobId) -> Response:
     """The model the job produced, if any, is kept (delete it at /v1/models/{id}); an
     evaluation job's stored images go with it."""
     job = jobs.delete_job(session, job_id)
@@ -187,7 +189,7 @@ def delete_job(state: StateDep, session: SessionDep, job_id: str) -> Response:
     summary="Stream a job's progress as server-sent events (for clients, not Swagger)",
 )
 async def job_events(
-    state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str
+    state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: JobId
 ) -> StreamingResponse:
     """**For clients**: Swagger UI's *Try it out* waits for the whole stream and shows
     nothing until the job ends. Watch it live with `curl -N $P2L_URL/v1/jobs/{id}/events` or

@@ -1,8 +1,6 @@
 """Fine-tuned models: report, weights, predictions, export, evaluation, and registration as a
 new source."""
 
-import zipfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Response, UploadFile, status
@@ -11,12 +9,20 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.background import BackgroundTask
 
-from app.api.deps import PAGE_PROBLEMS, ContextDep, PageToken, SessionDep, StateDep
+from app.api.deps import (
+    PAGE_PROBLEMS,
+    ContextDep,
+    ModelId,
+    PageSize,
+    PageToken,
+    SessionDep,
+    StateDep,
+)
 from app.api.idempotency import IdempotencyHeader, digest_files, idempotent
 from app.api.problems import problem_responses
 from app.api.routes.jobs import job_out
 from app.errors import TooLarge
-from app.finetune.export import MODEL_FILES, ExportFormat, export_model, preprocessing_spec
+from app.finetune.export import ExportFormat, preprocessing_spec
 from app.jobs import service as jobs
 from app.models import FinetunedModel, Job, Source
 from app.schemas import (
@@ -44,7 +50,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 )
 def list_models(
     session: SessionDep,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_size: PageSize = 50,
     page_token: PageToken = None,
 ) -> Page[ModelOut]:
     """One page of models."""
@@ -55,7 +61,7 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelOut, summary="A fine-tuned model and its report")
-def get_model(session: SessionDep, model_id: str) -> FinetunedModel:
+def get_model(session: SessionDep, model_id: ModelId) -> FinetunedModel:
     """Per-epoch metrics, validation accuracy, per-class accuracy, confusion matrix, schedule."""
     return service.get_model(session, model_id)
 
@@ -66,7 +72,7 @@ def get_model(session: SessionDep, model_id: str) -> FinetunedModel:
     responses={200: {"content": {"application/octet-stream": {}}}},
     summary="Download a fine-tuned model's weights (safetensors)",
 )
-def download_weights(state: StateDep, session: SessionDep, model_id: str) -> FileResponse:
+def download_weights(state: StateDep, session: SessionDep, model_id: ModelId) -> FileResponse:
     """The weights exactly as the job wrote them."""
     row = service.get_model(session, model_id)
     return FileResponse(
@@ -88,13 +94,16 @@ def download_weights(state: StateDep, session: SessionDep, model_id: str) -> Fil
 def predict(
     state: StateDep,
     session: SessionDep,
-    model_id: str,
+    model_id: ModelId,
     files: Annotated[
         list[UploadFile],
         # The multipart parser takes 1,000 files at most; P2L_MAX_PREDICT_FILES counts too.
         File(max_length=1000, description="One or more images (P2L_MAX_PREDICT_FILES)"),
     ],
-    top_k: Annotated[int, Query(ge=1, le=100)] = 3,
+    top_k: Annotated[
+        int,
+        Query(ge=1, le=100, description="Labels per image, most probable first (1 to 100)."),
+    ] = 3,
 ) -> PredictionsOut:
     """Top-k labels with probabilities for every image, in upload order."""
     settings = state.settings
@@ -119,7 +128,7 @@ def predict(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a fine-tuned model and its weights",
 )
-def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Response:
+def delete_model(state: StateDep, session: SessionDep, model_id: ModelId) -> Response:
     """A source registered from the model keeps its own copy of the weights."""
     service.delete_model(session, state.store, state.models, model_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -135,7 +144,7 @@ def delete_model(state: StateDep, session: SessionDep, model_id: str) -> Respons
         _422="The model has more classes than P2L_MAX_SOURCE_CLASSES",
     ),
 )
-def register(ctx: ContextDep, model_id: str, body: RegisterRequest | None = None) -> Source:
+def register(ctx: ContextDep, model_id: ModelId, body: RegisterRequest | None = None) -> Source:
     """The new source's signature is its target dataset's: the zoo grows with use. The body
     may be left out (the default name)."""
     return service.register_model(ctx, model_id, body.name if body is not None else None)
@@ -146,7 +155,7 @@ def register(ctx: ContextDep, model_id: str, body: RegisterRequest | None = None
     response_model=PreprocessingOut,
     summary="How to feed the model an image (the preprocessing.json of its exports)",
 )
-def get_preprocessing(session: SessionDep, model_id: str) -> dict[str, Any]:
+def get_preprocessing(session: SessionDep, model_id: ModelId) -> dict[str, Any]:
     """Input size, mean and std, class names, layout, colour, scale and the resize in words."""
     row = service.get_model(session, model_id)
     return preprocessing_spec(row.architecture, row.input_size, row.class_names)
@@ -156,37 +165,39 @@ def get_preprocessing(session: SessionDep, model_id: str) -> dict[str, Any]:
     "/{model_id}/export",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/zip": {}}, "description": "model file + preprocessing.json"},
+        200: {
+            "content": {"application/zip": {}},
+            "description": "model file, preprocessing.json, labels.txt, predict.py, README.md",
+        },
         **problem_responses(_422="format is neither onnx nor torchscript"),
     },
-    summary="Export the model as ONNX or TorchScript, with its preprocessing spec (zip)",
+    summary="Export the model as ONNX or TorchScript: a zip with its preprocessing spec, "
+    "labels, model card and inference script",
 )
 def export(
     state: StateDep,
-    session: SessionDep,
-    model_id: str,
+    ctx: ContextDep,
+    model_id: ModelId,
     format: Annotated[
         ExportFormat,
         Query(description="onnx (model.onnx, opset 18, dynamic batch) or torchscript (model.pt)"),
     ] = "onnx",
 ) -> FileResponse:
-    """A zip of ``model.onnx`` or ``model.pt`` and ``preprocessing.json``: run it anywhere
-    without this project (onnxruntime, or ``torch.jit.load``). Built on demand (seconds)."""
-    row = service.get_model(session, model_id)
-    network = state.models.get(state.store, row)  # the cache's lock is not held past this
-    folder = state.store.new_staging_dir()
-    try:
-        export_model(network, format, row.architecture, row.input_size, row.class_names, folder)
-        archive = folder / f"model-{model_id}-{format}.zip"
-        _zip(archive, [folder / MODEL_FILES[format], folder / "preprocessing.json"])
-    except BaseException:
-        state.store.discard(folder)
-        raise
+    """A zip of ``model.onnx`` or ``model.pt``, ``preprocessing.json``, ``labels.txt`` (class
+    names in output order), ``README.md`` (the model card: source, target, schedule,
+    metrics) and ``predict.py`` (``python predict.py IMAGE...`` prints path, label and
+    probability per image, with onnxruntime, numpy and Pillow; torch for TorchScript): run
+    it anywhere without this project. The first export of a model in a format is built
+    (seconds) and kept with the model, counted in its project's storage (unless that would
+    pass the storage quota); later ones are served as stored. Deleting the model deletes
+    them."""
+    exported = service.export_model(ctx, state.models, model_id, format)
+    cleanup = exported.discard
     return FileResponse(
-        archive,
+        exported.path,
         media_type="application/zip",
-        filename=archive.name,
-        background=BackgroundTask(state.store.discard, folder),
+        filename=exported.filename,
+        background=BackgroundTask(state.store.discard, cleanup) if cleanup else None,
     )
 
 
@@ -199,7 +210,7 @@ def export(
     },
     summary="The model's confusion matrix on its test (or validation) split, as a picture",
 )
-def confusion_png(session: SessionDep, model_id: str) -> Response:
+def confusion_png(session: SessionDep, model_id: ModelId) -> Response:
     """Rows: true class, columns: predicted class, counts in the cells; the title names the
     split and the accuracy."""
     confusion = service.confusion(session, model_id)
@@ -219,7 +230,16 @@ def confusion_png(session: SessionDep, model_id: str) -> Response:
     summary="The k-th misclassified image of the model's evaluation report (0-based)",
 )
 def misclassified_image(
-    ctx: ContextDep, model_id: str, k: Annotated[int, PathParam(ge=0)]
+    ctx: ContextDep,
+    model_id: ModelId,
+    k: Annotated[
+        int,
+        PathParam(
+            ge=0,
+            description="0-based index into the model's `report.evaluation.misclassified` "
+            "(most confident mistakes first).",
+        ),
+    ],
 ) -> Response:
     """Its bytes from the model's target dataset; ``report.evaluation.misclassified[k]``
     says its name, true and predicted label."""
@@ -243,7 +263,7 @@ def evaluate_archive(
     state: StateDep,
     ctx: ContextDep,
     idempotency_key: IdempotencyHeader,
-    model_id: str,
+    model_id: ModelId,
     file: Annotated[
         UploadFile,
         File(
@@ -275,10 +295,3 @@ def evaluate_archive(
         headers["Idempotent-Replayed"] = "true"
     body = job_out(state, session, outcome)
     return JSONResponse(jsonable_encoder(body), status_code=202, headers=headers)
-
-
-def _zip(target: Path, files: list[Path]) -> None:
-    """A zip of ``files`` (by name, at its top level)."""
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-        for item in files:
-            archive.write(item, item.name)

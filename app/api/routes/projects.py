@@ -4,8 +4,9 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import Path as PathParam
 
-from app.api.deps import PAGE_PROBLEMS, PageToken, PrincipalDep, SessionDep, StateDep
+from app.api.deps import PAGE_PROBLEMS, PageSize, PageToken, PrincipalDep, SessionDep, StateDep
 from app.api.problems import problem_responses
 from app.models import Project, Role, utcnow
 from app.schemas import (
@@ -27,7 +28,17 @@ from app.services.audit import AUDIT_DETAIL
 from app.services.quotas import effective_quotas
 
 router = APIRouter(tags=["projects"])
-PageSize = Annotated[int, Query(ge=1, le=200)]
+ProjectRef = Annotated[
+    str,
+    PathParam(
+        description="The project's id (32 lowercase hex digits) or its name. Other than "
+        "operators, a key sees only its own project (any other is a 404)."
+    ),
+]
+KeyId = Annotated[
+    str,
+    PathParam(description="The key's `id` (GET /v1/projects/{project_id}/keys), not the key."),
+]
 
 
 def project_out(state: StateDep, project: Project) -> ProjectOut:
@@ -90,7 +101,7 @@ def list_projects(
 
 @router.get("/v1/projects/{project_id}", response_model=ProjectOut, summary="Get a project")
 def get_project(
-    state: StateDep, session: SessionDep, principal: PrincipalDep, project_id: str
+    state: StateDep, session: SessionDep, principal: PrincipalDep, project_id: ProjectRef
 ) -> ProjectOut:
     """By id or name."""
     return project_out(state, service.visible_project(session, principal, project_id))
@@ -105,7 +116,7 @@ def update_project(
     state: StateDep,
     session: SessionDep,
     principal: PrincipalDep,
-    project_id: str,
+    project_id: ProjectRef,
     body: ProjectPatch,
 ) -> ProjectOut:
     """Quotas left out keep their value; null makes one unlimited."""
@@ -125,7 +136,7 @@ def delete_project(
     state: StateDep,
     session: SessionDep,
     principal: PrincipalDep,
-    project_id: str,
+    project_id: ProjectRef,
 ) -> Response:
     """Its datasets, private sources, rankings, jobs, models, evidence and keys go; the
     audit log says how many of each."""
@@ -141,7 +152,7 @@ def delete_project(
     summary="What a project holds and runs, against its quotas (admins)",
 )
 def project_usage(
-    state: StateDep, session: SessionDep, principal: PrincipalDep, project_id: str
+    state: StateDep, session: SessionDep, principal: PrincipalDep, project_id: ProjectRef
 ) -> UsageOut:
     """Active jobs, stored bytes, object counts and the quotas in force."""
     usage = service.project_usage(session, state.store, state.settings, principal, project_id)
@@ -155,7 +166,7 @@ def project_usage(
     summary="Create an API key (admins; the key is shown once)",
 )
 def create_key(
-    session: SessionDep, principal: PrincipalDep, project_id: str, body: KeyCreate
+    session: SessionDep, principal: PrincipalDep, project_id: ProjectRef, body: KeyCreate
 ) -> KeyCreated:
     """Only its SHA-256 is stored: keep the ``key`` of this answer, it is not shown again."""
     expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
@@ -172,7 +183,7 @@ def create_key(
 def list_keys(
     session: SessionDep,
     principal: PrincipalDep,
-    project_id: str,
+    project_id: ProjectRef,
     page_size: PageSize = 50,
     page_token: PageToken = None,
 ) -> Page[KeyOut]:
@@ -187,7 +198,7 @@ def list_keys(
     summary="Revoke an API key (admins): it stops working at once, on every replica",
 )
 def revoke_key(
-    session: SessionDep, principal: PrincipalDep, project_id: str, key_id: str
+    session: SessionDep, principal: PrincipalDep, project_id: ProjectRef, key_id: KeyId
 ) -> Response:
     """The key stays listed, with ``revoked_at``."""
     service.revoke_key(session, principal, project_id, key_id)

@@ -1,10 +1,12 @@
 """Rankings: order the zoo for a target dataset by P2L or a baseline."""
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
 
-from app.api.deps import ContextDep, SessionDep
+from fastapi import APIRouter, Query, Response, status
+
+from app.api.deps import PAGE_PROBLEMS, ContextDep, PageSize, PageToken, RankingId, SessionDep
 from app.models import Ranking
-from app.schemas import RankingOut, RankingRequest
+from app.schemas import Page, RankingOut, RankingRequest, RankingSummary
 from app.services import rankings as service
 from app.services.calibration import ranking_params
 from app.zoo import plots
@@ -27,6 +29,25 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
         refine=ranking.refine,
         calibration_id=ranking.calibration_id,
         warnings=service.ranking_warnings(ranking),
+    )
+
+
+def ranking_summary(listed: service.ListedRanking) -> RankingSummary:
+    """Listing view of a stored ranking (its results were not loaded)."""
+    ranking = listed.ranking
+    return RankingSummary(
+        id=ranking.id,
+        created_at=ranking.created_at,
+        target_dataset_id=ranking.target_dataset_id,
+        method=ranking.method,
+        measure=ranking.measure,
+        refine_method=ranking.refine["method"] if ranking.refine else None,
+        calibration_id=ranking.calibration_id,
+        num_results=listed.num_results,
+        num_excluded=listed.num_excluded,
+        top_source_id=listed.top_source_id,
+        top_source_name=listed.top_source_name,
+        top_score=listed.top_score,
     )
 
 
@@ -64,8 +85,36 @@ def create_ranking(ctx: ContextDep, request: RankingRequest, response: Response)
     return ranking_out(ranking, elapsed_ms)
 
 
+@router.get(
+    "",
+    response_model=Page[RankingSummary],
+    summary="List past rankings, newest first",
+    responses=PAGE_PROBLEMS,
+)
+def list_rankings(
+    session: SessionDep,
+    page_size: PageSize = 50,
+    page_token: PageToken = None,
+    target_dataset_id: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Only the rankings made for this dataset (an id no ranking names, a "
+            "deleted dataset's included, gives an empty page).",
+        ),
+    ] = None,
+) -> Page[RankingSummary]:
+    """One page of the project's rankings, each without its results: method, measure, how
+    many sources it ranked and which came first. The whole ranking is at
+    `GET /v1/rankings/{ranking_id}`."""
+    rows, next_token = service.list_rankings(session, page_size, page_token, target_dataset_id)
+    return Page[RankingSummary](
+        items=[ranking_summary(r) for r in rows], next_page_token=next_token
+    )
+
+
 @router.get("/{ranking_id}", response_model=RankingOut, summary="Get a ranking")
-def get_ranking(session: SessionDep, ranking_id: str) -> RankingOut:
+def get_ranking(session: SessionDep, ranking_id: RankingId) -> RankingOut:
     """A ranking as it was computed."""
     return ranking_out(service.get_ranking(session, ranking_id))
 
@@ -76,7 +125,7 @@ def get_ranking(session: SessionDep, ranking_id: str) -> RankingOut:
     responses={200: {"content": {"image/png": {}}, "description": "PNG image"}},
     summary="Bar chart of a ranking's score parts",
 )
-def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
+def plot_ranking(session: SessionDep, ranking_id: RankingId) -> Response:
     """-distance and size term per source, with the final score marked."""
     ranking = service.get_ranking(session, ranking_id)
     title = (
@@ -92,7 +141,7 @@ def plot_ranking(session: SessionDep, ranking_id: str) -> Response:
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a ranking",
 )
-def delete_ranking(session: SessionDep, ranking_id: str) -> Response:
+def delete_ranking(session: SessionDep, ranking_id: RankingId) -> Response:
     """Jobs that were started from the ranking keep its pick in their params."""
     service.delete_ranking(session, ranking_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -9,9 +9,11 @@ from fastapi.responses import FileResponse
 from app.api.deps import (
     PAGE_PROBLEMS,
     ContextDep,
+    PageSize,
     PageToken,
     PrincipalDep,
     SessionDep,
+    SourceId,
     StateDep,
 )
 from app.api.examples import DATASET_ID
@@ -168,7 +170,7 @@ def _parse_names(raw: str | None) -> list[str] | None:
 def list_sources(
     session: SessionDep,
     principal: PrincipalDep,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page_size: PageSize = 50,
     page_token: PageToken = None,
 ) -> Page[SourceOut]:
     """One page of the zoo; follow ``next_page_token`` for more."""
@@ -184,7 +186,16 @@ def list_sources(
     responses={200: PNG},
     summary="Map of the zoo (and a target) in feature space",
 )
-def zoo_map(ctx: ContextDep, target_dataset_id: str | None = None) -> Response:
+def zoo_map(
+    ctx: ContextDep,
+    target_dataset_id: Annotated[
+        str | None,
+        Query(
+            description="A dataset to place on the map among the sources, by its id (left "
+            "out: the zoo alone)."
+        ),
+    ] = None,
+) -> Response:
     """MDS of the Jensen-Shannon distances between signatures; marker size ~ log(n)."""
     points = service.zoo_points(ctx, target_dataset_id)
     png = plots.zoo_map(points.names, points.means, points.sizes, points.eps, points.target)
@@ -192,7 +203,7 @@ def zoo_map(ctx: ContextDep, target_dataset_id: str | None = None) -> Response:
 
 
 @router.get("/{source_id}", response_model=SourceOut, summary="Get one source")
-def get_source(session: SessionDep, principal: PrincipalDep, source_id: str) -> SourceOut:
+def get_source(session: SessionDep, principal: PrincipalDep, source_id: SourceId) -> SourceOut:
     """Architecture, classes, training-set size and signature summary of a source."""
     return source_out(service.get_source(session, source_id), principal)
 
@@ -203,7 +214,7 @@ def get_source(session: SessionDep, principal: PrincipalDep, source_id: str) -> 
     responses={200: {"content": {"application/octet-stream": {}}}},
     summary="Download a source's weights (safetensors)",
 )
-def download_weights(state: StateDep, session: SessionDep, source_id: str) -> FileResponse:
+def download_weights(state: StateDep, session: SessionDep, source_id: SourceId) -> FileResponse:
     """The weights file exactly as registered."""
     source = service.get_source(session, source_id)
     return FileResponse(
@@ -219,7 +230,7 @@ def download_weights(state: StateDep, session: SessionDep, source_id: str) -> Fi
     summary="Delete a source",
 )
 def delete_source(
-    state: StateDep, session: SessionDep, principal: PrincipalDep, source_id: str
+    state: StateDep, session: SessionDep, principal: PrincipalDep, source_id: SourceId
 ) -> Response:
     """Remove the source from the zoo, its files and the ranking index (409 while a job
     needs it; a source of the shared zoo: operators only)."""
@@ -234,6 +245,6 @@ def delete_source(
     response_model=SourceOut,
     summary="Publish a project's source into the shared zoo (operators)",
 )
-def publish_source(session: SessionDep, principal: PrincipalDep, source_id: str) -> Source:
+def publish_source(session: SessionDep, principal: PrincipalDep, source_id: SourceId) -> Source:
     """Every project ranks over the shared zoo; only operators add to it or change it."""
     return service.publish_source(session, source_id, principal)

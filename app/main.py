@@ -70,8 +70,7 @@ def build_state(settings: Settings) -> ServiceState:
     sessions = session_factory(engine)
     with _step("opened the artifact store"):
         store = make_store(settings)
-        # Staging of a dead local process goes now; another host's only once old (it may
-        # write).
+        # A dead local process's staging goes now; another host's only once old (it may write).
         store.sweep_tmp(older_than_seconds=TMP_MAX_AGE_SECONDS)
     with _step(f"loaded the reference network ({settings.reference_arch})"):
         reference_net = load_active_reference(settings)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 DESCRIPTION = """Serve the P2L transfer-learning service (the API, the web console at /, and a
 job worker beside it). Every setting is read from P2L_* environment variables or a .env file
-in the working directory (see the README's Configuration table); the options below override
+in the working directory (see the configuration reference in docs/); the options below override
 the address only. `python -m app` and `p2l-server` are the same command."""
 
 # The installed console script ([project.scripts] in pyproject.toml).

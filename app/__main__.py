@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "keys":
         sys.exit(keys.run(args))
     settings = Settings()
-    serve(args.host or settings.host, args.port or settings.port)
+    serve(
+        settings.host if args.host is None else args.host,
+        settings.port if args.port is None else args.port,  # --port 0: any free port
+    )
 
 
 if __name__ == "__main__":

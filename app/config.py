@@ -20,7 +20,9 @@ class Settings(BaseSettings):
         Path("models_store"), description="Root of the artifact store and default SQLite file."
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/p2l.db (WAL mode)."
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host:5432/db; "
+        "default: the file p2l.db in the data dir, SQLite in WAL mode.",
     )
     store_url: str | None = Field(
         None,
@@ -126,7 +128,7 @@ class Settings(BaseSettings):
         description='Custom Ray resources each job asks for, JSON (e.g. {"p2l_gpu_pool": 1}).',
     )
 
-    # Jobs (a worker owns a job through a lease it renews; see README, "Jobs")
+    # Jobs (a worker owns a job through a lease it renews; see docs/guide/fine-tuning.md)
     job_lease_seconds: float = Field(
         30.0, gt=0, description="A job whose worker stops renewing for this long is reaped."
     )
@@ -150,7 +152,7 @@ class Settings(BaseSettings):
         300.0, gt=0, description="An event stream with no change for this long is closed."
     )
 
-    # P2L score (defaults: see README, "Calibration")
+    # P2L score (defaults: see docs/guide/ranking.md, "Calibration")
     p2l_measure: Measure = Field(
         "js", description="Default distance measure of a ranking: kl, js, cosine or emd."
     )
@@ -240,7 +242,8 @@ class Settings(BaseSettings):
         10_000, ge=2, description="Largest num_classes a registered source may have."
     )
 
-    # Speed and memory (see README, "Performance"). The CUDA-only switches are ignored on CPU.
+    # Speed and memory (see docs/benchmarks.md, "Performance"). The CUDA-only switches are
+    # ignored on CPU.
     mixed_precision: bool = Field(
         True, description="On CUDA: float16 autocast for embedding and training (off: float32)."
     )

@@ -12,7 +12,7 @@ Generated at build time, never committed, so they cannot drift from what they de
 **Figures.** A benchmark figure quoted in the docs or the README carries the place it comes
 from, in an HTML comment right after it (invisible once rendered)::
 
-    mean regret 0.034<!-- fig selection#/methods/all/P2L/regret -->, ...
+    LogME's mean regret 0.035<!-- fig selection#/methods/all/logme/regret -->, ...
     a median 8.9 %<!-- fig estimates#/median_abs_error_percent_measured --> of the time
 
 ``selection`` names ``bench/results/selection.json``; the rest is a JSON pointer (RFC 6901:
@@ -160,8 +160,9 @@ def configuration_page() -> str:
         "| --- | --- | --- |",
     ]
     for name, field in Settings.model_fields.items():
-        description = " ".join((field.description or "").split()).replace("|", "\\|")
-        lines.append(f"| `P2L_{name.upper()}` | {_default_text(name, field)} | {description} |")
+        lines.append(
+            f"| `P2L_{name.upper()}` | {_default_text(name, field)} | {_cell(field.description)} |"
+        )
     lines += [
         "",
         "The schema is managed by Alembic (`app/migrations/`) and migrated on start-up; to",
@@ -191,7 +192,10 @@ def _schema_type(schema: dict[str, Any], components: dict[str, Any]) -> str:
 
 
 def _cell(text: str | None) -> str:
-    return " ".join((text or "").split()).replace("|", "\\|")
+    """Text for one table cell: one line, pipes escaped, and no raw HTML (a ``<name>`` in a
+    description would otherwise vanish as an unknown tag)."""
+    text = " ".join((text or "").split()).replace("|", "\\|")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _fields_table(schema: dict[str, Any], components: dict[str, Any]) -> list[str]:
@@ -310,6 +314,11 @@ def on_files(files: Any, config: Any) -> Any:
 
 
 _FIGURE_CACHE: dict[str, Any] = {}
+
+
+def on_pre_build(config: Any) -> None:
+    """Read the result files afresh on every build (``mkdocs serve`` rebuilds in-process)."""
+    _FIGURE_CACHE.clear()
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:

@@ -46,7 +46,12 @@ CARD_TEMPLATE = "model_card.md.j2"
 # Bump when a bundle's content changes other than through the assets or RESIZE_WORDS (which
 # ``bundle_version`` hashes): stored bundles of another version are built again.
 BUNDLE_LAYOUT = 1
-NO_LICENCE = "unspecified — set by the model's owner"
+# The service records no licence for its sources or datasets, so the card cannot state one;
+# it says so and who has to.
+NO_LICENCE = (
+    "unspecified: the service records no licence for sources or datasets; state the terms "
+    "of the source model and of the target data before you share this model"
+)
 # Every op of the classifiers exists in opset 18, which onnxruntime 1.14+ runs.
 ONNX_OPSET = 18
 INPUT_NAME = "input"
@@ -166,7 +171,7 @@ ORIGINS = {
 def bundle_version() -> str:
     """What a bundle of this release holds, in 12 hex digits: a stored bundle of another
     version (an older predict.py, card or preprocessing text) is not served again."""
-    digest = hashlib.sha256(f"{BUNDLE_LAYOUT}\n{RESIZE_WORDS}\n".encode())
+    digest = hashlib.sha256(f"{BUNDLE_LAYOUT}\n{RESIZE_WORDS}\n{NO_LICENCE}\n".encode())
     for name in (SCRIPT_FILE, CARD_TEMPLATE):
         digest.update((ASSETS / name).read_bytes())
     return digest.hexdigest()[:12]

@@ -1,5 +1,6 @@
 """The fine-tuning options, defined once: the API's request body, the job's record and the
-pipeline's input are all this model (the README's defaults table is checked against it)."""
+pipeline's input are all this model (the fine-tuning guide's defaults table is checked
+against it)."""
 
 from collections.abc import Mapping
 from typing import Literal, Self

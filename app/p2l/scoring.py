@@ -26,7 +26,8 @@ from app.p2l.signature import DatasetSignature
 
 @dataclass(frozen=True)
 class ScoringParams:
-    """Constants of the score (defaults live in Settings; see README, calibration)."""
+    """Constants of the score (defaults live in Settings; see docs/guide/ranking.md,
+    "Calibration")."""
 
     lam: float
     eps: float

@@ -1,5 +1,6 @@
 """Fine-tuned model use cases: read, delete, predict with, export, and register as a source."""
 
+import errno
 import logging
 import threading
 import time
@@ -144,6 +145,14 @@ def _keep_export(
         return False
     try:
         with unit_of_work(session, store) as work:
+            # Concurrent exports of one model queue on its row (PostgreSQL), and the later
+            # ones find the zip stored: an object store's publish would not refuse an
+            # existing key, and the bytes would be counted twice.
+            session.execute(
+                select(FinetunedModel.id).where(FinetunedModel.id == model_id).with_for_update()
+            )
+            if key in store.keys_under(f"{model_key}/{EXPORTS_DIR}"):
+                raise FileExistsError(errno.EEXIST, "export stored meanwhile", key)
             work.publish(folder, key)
             # In SQL, so that concurrent exports of two formats both count. A row from
             # before revision 0010 (None) is measured on demand, its exports with it.
@@ -152,7 +161,11 @@ def _keep_export(
                 .where(FinetunedModel.id == model_id, FinetunedModel.stored_bytes.is_not(None))
                 .values(stored_bytes=FinetunedModel.stored_bytes + change)
             )
-    except OSError:  # the key exists: a concurrent export of this model stored it first
+    except OSError as exc:
+        # The key exists: another export of this model stored it first (on a local store,
+        # the atomic rename refuses a folder that exists). Anything else is a real failure.
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
         logger.info("model %s: %s export stored meanwhile by another request", model_id, format)
         return False
     for other in stale:
@@ -193,8 +206,8 @@ def model_card(session: Session, model: FinetunedModel) -> ModelCard:
             "num_images": dataset.num_images,
             "class_counts": dict(dataset.class_counts),
         },
-        # Sources carry no licence (no column, nothing in the bundled manifest): the card
-        # says it is unspecified, for the model's owner to set.
+        # Sources and datasets carry no licence (no column, nothing in the bundled
+        # manifest): the card says it is unspecified (NO_LICENCE).
         licence=None,
     )
 

@@ -3,7 +3,7 @@
 A *family* is one source of images with one style: one Debian package or one dataset. Groups
 are what a split must keep together: one clip-art drawing and its ``_01``/``_02`` variants,
 one font file, one animated unit's frames, one icon's sizes. Nothing here downloads anything;
-the Debian packages each loader reads are listed in ``PACKAGES`` and in the README.
+the Debian packages each loader reads are listed in ``PACKAGES`` and in docs/zoo.md.
 """
 
 import gzip

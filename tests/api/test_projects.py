@@ -18,14 +18,11 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from app.jobs.service import claim_next_job
-from app.jobs.worker import Lease, run_job
 from app.models import Ranking
 from app.p2l.signature import DatasetSignature
 from app.services.rankings import prune_rankings
-from app.worker import JOB_KINDS
 from tests.archives import fashion_mnist_images, image_folder_entries, zip_bytes
-from tests.helpers import PROBLEM
+from tests.helpers import PROBLEM, run_queued_jobs
 
 pytestmark = pytest.mark.api
 
@@ -45,18 +42,6 @@ def key_of(client: TestClient, project: str, role: str, name: str | None = None)
     )
     assert made.status_code == 201, made.text
     return str(made.json()["key"])
-
-
-def run_queued_jobs(client: TestClient) -> None:
-    """Run every queued job in this process, as a worker would."""
-    state = client.app.state.service  # type: ignore[attr-defined]
-    while True:
-        with state.sessions() as session:
-            job = claim_next_job(session, "test-worker", state.settings.job_lease_seconds)
-        if job is None:
-            return
-        with Lease(state.sessions, state.settings, job.id, "test-worker") as lease:
-            run_job(JOB_KINDS, state.sessions, state.store, torch.device("cpu"), job, lease)
 
 
 @dataclass

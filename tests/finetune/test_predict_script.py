@@ -79,4 +79,5 @@ def test_unreadable_files_are_refused_with_the_services_reasons(tmp_path: Path) 
 
 def test_labels_and_paths_stay_one_field_of_one_line() -> None:
     assert predict.one_line("t-shirt / top") == "t-shirt / top"
-    assert predict.one_line("a\tb\nc\\d\r") == "a\\tb\\nc\\\\d\\r"
+    assert predict.one_line("a\tb\nc\r") == "a\\tb\\nc\\r"
+    assert predict.one_line("C:\\images\\shirt.png") == "C:\\images\\shirt.png"

@@ -190,8 +190,9 @@ def torchscript_model(path: Path) -> Logits:
 
 
 def one_line(text: str) -> str:
-    """``text`` with tabs and line breaks escaped: one field of one output line."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    """``text`` with tabs and line breaks written as ``\\t``, ``\\n``, ``\\r``: one field of one
+    output line. Backslashes stay as they are, so a Windows path prints as given."""
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def classify(paths: Sequence[str], logits: Logits, spec: dict[str, Any], max_pixels: int) -> int:

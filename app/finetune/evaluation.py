@@ -2,7 +2,13 @@
 
 Per-class precision, recall and F1, macro F1, accuracy, the confusion matrix, and the
 misclassified images, most confident first. The dict it returns has the fields of the
-API's ``EvaluationReport``. The counts and ratios are scikit-learn's (``sklearn.metrics``).
+API's ``EvaluationReport``.
+
+Why not ``sklearn.metrics``: scikit-learn's wheels bring their own OpenMP runtime
+(``scikit_learn.libs/libgomp-*.so``), and loaded beside torch's in the API and worker
+processes, the first full test run with it loaded crashed as its process exited ("pure
+virtual method called", then a segmentation fault), after every test had passed. A confusion matrix and
+the three ratios on it are a few lines of numpy, checked by hand in tests/jobs/test_evaluation.py.
 """
 
 from collections.abc import Sequence
@@ -16,41 +22,29 @@ MAX_MISCLASSIFIED_LISTED = 100
 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """Counts with rows = true class, columns = predicted class."""
-    if len(labels) == 0:  # scikit-learn refuses an empty split; its matrix is all zeros
-        return np.zeros((classes, classes), dtype=np.int64)
-    from sklearn import metrics  # here: its import costs the service's start-up ~0.5 s
-
-    matrix = metrics.confusion_matrix(labels, predicted, labels=np.arange(classes))
-    return np.asarray(matrix, dtype=np.int64)
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    rows, columns = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    np.add.at(matrix, (rows, columns), 1)
+    return matrix
 
 
-def class_metrics(predicted: np.ndarray, labels: np.ndarray, classes: int) -> list[dict[str, Any]]:
-    """Precision, recall, F1 and support per class.
+def class_metrics(matrix: np.ndarray) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class of a confusion matrix.
 
     Precision is None when nothing was predicted as the class, recall when the split holds
     no image of it. F1 = 2 TP / (2 TP + FP + FN) is None only when both are (the class is
     neither in the split nor predicted): a class never predicted but present scores 0.
     """
-    if len(labels) == 0:  # scikit-learn refuses an empty split: nothing is defined
-        return [
-            {"precision": None, "recall": None, "f1": None, "support": 0} for _ in range(classes)
-        ]
-    from sklearn import metrics
-
-    # zero_division=nan marks the undefined ratios, which the report gives as null (0 would
-    # claim a measured zero); sklearn's F1 is NaN only when 2 TP + FP + FN is 0, as above.
-    precision, recall, f1, support = metrics.precision_recall_fscore_support(
-        labels, predicted, labels=np.arange(classes), zero_division=np.nan
-    )
-    return [
-        {"precision": _defined(p), "recall": _defined(r), "f1": _defined(f), "support": int(s)}
-        for p, r, f, s in zip(precision, recall, f1, support, strict=True)
-    ]
-
-
-def _defined(value: float) -> float | None:
-    """The ratio, or None where scikit-learn found it undefined (NaN)."""
-    return None if np.isnan(value) else float(value)
+    metrics = []
+    for i in range(len(matrix)):
+        true_positive = int(matrix[i, i])
+        predicted = int(matrix[:, i].sum())
+        support = int(matrix[i, :].sum())
+        precision = true_positive / predicted if predicted else None
+        recall = true_positive / support if support else None
+        f1 = 2 * true_positive / (predicted + support) if predicted + support else None
+        metrics.append({"precision": precision, "recall": recall, "f1": f1, "support": support})
+    return metrics
 
 
 def evaluation_report(
@@ -83,7 +77,7 @@ def evaluation_report(
             f"probabilities of shape {probabilities.shape}; expected (N, {len(class_names)})"
         )
     matrix = confusion_matrix(predicted, labels, len(class_names))
-    per_class = class_metrics(predicted, labels, len(class_names))
+    per_class = class_metrics(matrix)
     defined = [m["f1"] for m in per_class if m["f1"] is not None]
     wrong = np.flatnonzero(predicted != labels)
     confidence = probabilities[wrong, predicted[wrong]] if count else np.zeros(0)

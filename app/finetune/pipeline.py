@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from app.families import build_model, head_outputs, layer_groups, replace_head
-from app.finetune.evaluation import class_metrics, confusion_matrix, evaluation_report
+from app.finetune.evaluation import confusion_matrix, evaluation_report
 from app.finetune.layers import LayerwiseLR, describe_groups
 from app.finetune.options import FinetuneOptions, held_out_count
 from app.finetune.search import describe_candidate, run_search
@@ -423,9 +423,11 @@ def _tuple(values: list[float] | None) -> tuple[float, ...] | None:
 def _per_class(
     predicted: np.ndarray, labels: np.ndarray, names: list[str]
 ) -> dict[str, float | None]:
-    """Accuracy per class (its recall); None for a class the split holds no image of."""
-    metrics = class_metrics(predicted, labels, len(names))
-    return {name: m["recall"] for name, m in zip(names, metrics, strict=True)}
+    """Accuracy per class; None for a class the split holds no image of."""
+    return {
+        name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else None
+        for i, name in enumerate(names)
+    }
 
 
 def split_report(

@@ -77,7 +77,7 @@ def test_report_metrics_by_hand() -> None:
 
 @pytest.mark.unit
 def test_report_of_an_empty_split_defines_nothing() -> None:
-    # scikit-learn refuses empty input: the report says so with nulls, not an error.
+    # Nothing to count: the report says so with nulls, not an error.
     nothing = np.zeros(0, dtype=np.int64)
     report = evaluation_report(nothing, nothing, np.zeros((0, 2)), ["a", "b"], [], "test")
     assert report["images"] == 0 and report["accuracy"] == 0.0 and report["macro_f1"] == 0.0

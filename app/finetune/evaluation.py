@@ -7,8 +7,9 @@ API's ``EvaluationReport``.
 Why not ``sklearn.metrics``: scikit-learn's wheels bring their own OpenMP runtime
 (``scikit_learn.libs/libgomp-*.so``), and loaded beside torch's in the API and worker
 processes, the first full test run with it loaded crashed as its process exited ("pure
-virtual method called", then a segmentation fault), after every test had passed. A confusion matrix and
-the three ratios on it are a few lines of numpy, checked by hand in tests/jobs/test_evaluation.py.
+virtual method called", then a segmentation fault), after every test had passed. A
+confusion matrix and the three ratios on it are a few lines of numpy, checked by hand in
+tests/jobs/test_evaluation.py.
 """
 
 from collections.abc import Sequence

@@ -18,6 +18,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -45,6 +46,12 @@ def project_column() -> Mapped[str]:
     return mapped_column(String(32), index=True)
 
 
+def unique_name_per_project(table: str) -> UniqueConstraint:
+    """A name is a handle (``app.services.handles``): one row of a kind per name and project,
+    held by the database too, so two concurrent creates of one name cannot both land."""
+    return UniqueConstraint("project_id", "name", name=f"uq_{table}_project_name")
+
+
 def utcnow() -> datetime:
     """Timezone-aware now, in UTC."""
     return datetime.now(UTC)
@@ -69,6 +76,7 @@ class Dataset(Base):
     """An uploaded, validated image dataset and the summary of its signature."""
 
     __tablename__ = "datasets"
+    __table_args__ = (unique_name_per_project("datasets"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = project_column()
@@ -90,6 +98,7 @@ class Source(Base):
     """A pretrained model in the zoo, with the signature of the data it was trained on."""
 
     __tablename__ = "sources"
+    __table_args__ = (unique_name_per_project("sources"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = project_column()
@@ -210,9 +219,11 @@ class FinetunedModel(Base):
     """A model produced by a fine-tuning job: weights in the store, report here."""
 
     __tablename__ = "models"
+    __table_args__ = (unique_name_per_project("models"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = project_column()
+    name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     job_id: Mapped[str] = mapped_column(String(32))
     source_id: Mapped[str] = mapped_column(String(32))

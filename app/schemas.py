@@ -61,7 +61,10 @@ class DatasetOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str = Field(description="The dataset's id (32 lowercase hex digits).")
-    name: str = Field(description="Its name: as given at upload, else the archive's file name.")
+    name: str = Field(
+        description="Its name, unique in the project (a handle wherever a dataset id goes): "
+        "as given at upload, else the archive's file name, numbered if taken."
+    )
     created_at: datetime = Field(description="When it was uploaded (UTC).")
     num_images: int = Field(description="Images kept (rejected files are not counted).")
     num_classes: int = Field(description="How many classes it holds.")
@@ -186,7 +189,9 @@ class SourceOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str = Field(description="The source's id (32 lowercase hex digits).")
-    name: str = Field(description="Its name, as registered.")
+    name: str = Field(
+        description="Its name, unique in the project: a handle wherever a source id goes."
+    )
     created_at: datetime = Field(description="When it was registered (UTC).")
     architecture: str = Field(description="Its architecture (a name of GET /v1/architectures).")
     num_classes: int = Field(description="Outputs of its classifier head.")
@@ -250,7 +255,9 @@ class RankingRequest(RequestBody):
 
     model_config = ConfigDict(populate_by_name=True, allow_inf_nan=False)
 
-    target_dataset_id: str = Field(max_length=64, description="The dataset to rank for.")
+    target_dataset_id: str = Field(
+        max_length=255, description="The dataset to rank for: its id or its name."
+    )
     method: Method = Field(
         "p2l",
         description="p2l: similarity and source size; distance: similarity only; largest: "
@@ -262,8 +269,8 @@ class RankingRequest(RequestBody):
         + "; ".join(f"{info.name}: {info.summary}" for info in MEASURES.values())
         + ".",
     )
-    source_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
-        None, max_length=10_000, description="Rank only these sources."
+    source_ids: list[Annotated[str, Field(max_length=255)]] | None = Field(
+        None, max_length=10_000, description="Rank only these sources (ids or names)."
     )
     top_k: int | None = Field(
         None, ge=1, le=100_000, description="Return only the best k (all when left out)."
@@ -393,12 +400,23 @@ class RankingSummary(BaseModel):
 class FinetuneRequest(FinetuneOptions):
     """Fine-tune a source on a target dataset, with layer-wise learning rates."""
 
-    target_dataset_id: str = Field(max_length=64, description="The dataset to fine-tune on.")
+    target_dataset_id: str = Field(
+        max_length=255, description="The dataset to fine-tune on: its id or its name."
+    )
     source_id: str = Field(
         "best",
-        max_length=64,
-        description='A source id; "best": the top of the P2L ranking for the target; "race": '
-        "short fine-tunes of P2L's top sources under successive halving pick it (see race).",
+        max_length=255,
+        description='A source\'s id or name; "best": the top of the P2L ranking for the '
+        'target; "race": short fine-tunes of P2L\'s top sources under successive halving '
+        "pick it (see race).",
+    )
+    model_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The model's name, unique in the project (a name it holds already: 409; "
+        "not 32 hex digits); default: `TARGET-from-SOURCE` (the dataset's and the source's "
+        "names), numbered (`-2`) where the project holds it.",
     )
     race: RaceOptions | None = Field(
         None, description='With source_id "race": the shortlist, the budget and the score.'
@@ -426,8 +444,8 @@ class RegisterRequest(RequestBody):
     name: str | None = Field(
         None,
         max_length=200,
-        description="The new source's name; default: `finetuned-` and the first 8 characters "
-        "of the model id.",
+        description="The new source's name, unique in the project (a name it holds already: "
+        "409); default: the model's name, numbered (`-2`) where a source holds it.",
     )
 
 
@@ -696,6 +714,9 @@ class ModelOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str = Field(description="The model's id (32 lowercase hex digits).")
+    name: str = Field(
+        description="Its name, unique in the project: a handle wherever a model id goes."
+    )
     created_at: datetime = Field(description="When its job saved it (UTC).")
     job_id: str = Field(description="The fine-tune job that produced it.")
     source_id: str = Field(description="The source it was fine-tuned from.")

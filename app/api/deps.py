@@ -25,8 +25,10 @@ from app.config import Settings
 from app.db import DATABASE_RETRY_AFTER_SECONDS, DATABASE_UNAVAILABLE, is_transient
 from app.errors import ServiceUnavailable
 from app.jobs.runner import JobRunner
+from app.models import Dataset, FinetunedModel, Source
 from app.p2l.reference import ReferenceNetwork
 from app.p2l.scoring import SignatureIndex
+from app.services import handles
 from app.services.access import Principal, authenticate, scope_session
 from app.services.context import Context
 from app.services.models import ModelCache
@@ -105,13 +107,46 @@ def _resource_id(noun: str, where: str) -> Any:
     )
 
 
-DatasetId = Annotated[str, _resource_id("dataset", "`id` of POST or GET /v1/datasets")]
-SourceId = Annotated[str, _resource_id("source", "`id` of POST or GET /v1/sources")]
+def _resource_handle(noun: str, where: str) -> Any:
+    """A path parameter naming one resource by its id or its name (``app.services.handles``)."""
+    return PathParam(
+        description=f"The {noun}'s id (32 lowercase hex digits: {where}) or its name (unique "
+        f"in the project). One this project cannot see is a 404.",
+        max_length=255,
+    )
+
+
+def _dataset_id(
+    session: SessionDep,
+    dataset_id: Annotated[str, _resource_handle("dataset", "`id` of POST or GET /v1/datasets")],
+) -> str:
+    return handles.resolve_id(session, Dataset, dataset_id, "dataset")
+
+
+def _source_id(
+    session: SessionDep,
+    source_id: Annotated[str, _resource_handle("source", "`id` of POST or GET /v1/sources")],
+) -> str:
+    return handles.resolve_id(session, Source, source_id, "source")
+
+
+def _model_id(
+    session: SessionDep,
+    model_id: Annotated[
+        str, _resource_handle("model", "a succeeded job's `model_id`, or `id` of GET /v1/models")
+    ],
+) -> str:
+    return handles.resolve_id(session, FinetunedModel, model_id, "model")
+
+
+# The id of the dataset, source or model a path names by id or by name: what the routes and
+# use cases below them get (never a name, so no file key or log line is built from one). An
+# id is passed on unread: the use case's lookup answers 404 after its cheaper checks.
+DatasetId = Annotated[str, Depends(_dataset_id)]
+SourceId = Annotated[str, Depends(_source_id)]
+ModelId = Annotated[str, Depends(_model_id)]
 RankingId = Annotated[str, _resource_id("ranking", "`id` of POST or GET /v1/rankings")]
 JobId = Annotated[str, _resource_id("job", "`id` of POST /v1/finetunes or GET /v1/jobs")]
-ModelId = Annotated[
-    str, _resource_id("model", "a succeeded job's `model_id`, or `id` of GET /v1/models")
-]
 
 API_KEY_HEADER = "X-API-Key"
 _api_key_header = APIKeyHeader(

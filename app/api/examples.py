@@ -284,6 +284,7 @@ _REJECTED = {
 }
 _MODEL = {
     "id": MODEL_ID,
+    "name": "garments-from-fashion_9k",
     "created_at": CREATED,
     "job_id": JOB_ID,
     "source_id": SOURCE_ID,

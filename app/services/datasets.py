@@ -25,6 +25,7 @@ from app.models import Dataset
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
 from app.services.context import Context
+from app.services.handles import check_new_name, name_race_lost, numbered_name
 from app.services.quotas import check_storage
 from app.store import ArtifactStore
 from app.unit_of_work import UnitOfWork, unit_of_work
@@ -78,15 +79,25 @@ def default_dataset_name(filename: str | None, settings: Settings) -> str:
     return data.decode("utf-8", "ignore") or "dataset"
 
 
-def ingest_dataset(ctx: Context, archive: IO[bytes], name: str) -> IngestResult:
-    """Validate an archive, compute its signature and store both; all or nothing."""
+def ingest_dataset(
+    ctx: Context, archive: IO[bytes], name: str, number_if_taken: bool = False
+) -> IngestResult:
+    """Validate an archive, compute its signature and store both; all or nothing.
+
+    A name the project holds already is a Conflict, before anything is read; with
+    ``number_if_taken`` (a name the service made up from the file's) it is numbered instead.
+    """
     session, store, reference, settings = ctx.session, ctx.store, ctx.reference, ctx.settings
     check_dataset_name(name, settings)
+    if number_if_taken:
+        name = numbered_name(session, Dataset, name, ctx.principal.project_id)
+    else:
+        check_new_name(session, Dataset, name, "dataset")
     # Its images take about what the archive does (images are compressed already).
     check_storage(session, store, settings, ctx.principal.project_id, stream_size(archive))
     dataset_id = uuid.uuid4().hex
     cache_key: str | None = None
-    with unit_of_work(session, store) as work:
+    with name_race_lost(name, "dataset"), unit_of_work(session, store) as work:
         staging = work.stage()
         folder = _extract(archive, staging, settings)
         # The order fine-tunes read them in (``dataset_files``), so the pixels decoded here

@@ -40,6 +40,7 @@ from app.services.access import ALL_PROJECTS
 from app.services.calibration import evidence_of, ranking_params, refit_if_due
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists, get_dataset
+from app.services.handles import check_new_name, find_id, numbered_name
 from app.services.models import MODEL_WEIGHTS
 from app.services.quotas import check_active_jobs, check_job_seconds, check_storage
 from app.services.rankings import rank_sources
@@ -83,6 +84,7 @@ class FinetuneJobParams(BaseModel):
     race: RacePlan | None = None
     estimate: dict[str, Any] | None = None  # the Estimate told at submission, as JSON
     warnings: list[str] = []
+    model_name: str | None = None  # asked for; None: named after target and source
 
     @field_validator("options", mode="before")
     @classmethod
@@ -122,6 +124,7 @@ def submit_finetune(
     source_id: str,
     options: FinetuneOptions,
     race: RaceOptions | None = None,
+    model_name: str | None = None,
 ) -> Job:
     """Check the request, resolve ``source_id`` "best" or "race" by P2L, estimate, and queue
     the job.
@@ -129,7 +132,7 @@ def submit_finetune(
     The ranking made for "best" or "race" and the job are committed together: a refused
     request leaves neither behind.
     """
-    params, estimate = plan_finetune(ctx, target_dataset_id, source_id, options, race)
+    params, estimate = plan_finetune(ctx, target_dataset_id, source_id, options, race, model_name)
     check_active_jobs(ctx.session, ctx.settings, ctx.principal.project_id)
     params.estimate = estimate.model_dump(mode="json")
     params.warnings = list(estimate.warnings)
@@ -142,15 +145,21 @@ def plan_finetune(
     source_id: str,
     options: FinetuneOptions,
     race: RaceOptions | None = None,
+    model_name: str | None = None,
 ) -> tuple[FinetuneJobParams, Estimate]:
     """Every check of a fine-tune request, its job's params and its estimate; queues nothing.
 
-    For ``source_id`` "best" or "race" the ranking is added to the session (flushed, not
-    committed): a dry run rolls the session back, and nothing stays.
+    The dataset and a given source are named by id or name (``app.services.handles``), and
+    so is the model to be (a name the project holds already: Conflict). For ``source_id``
+    "best" or "race" the ranking is added to the session (flushed, not committed): a dry
+    run rolls the session back, and nothing stays.
     """
     session = ctx.session
+    if model_name is not None:
+        check_new_name(session, FinetunedModel, model_name, "model")
     # Locked until the job is committed: a delete waits, then sees the job (409).
-    dataset = get_by_id(session, Dataset, target_dataset_id, "dataset", for_update=True)
+    dataset_id = find_id(session, Dataset, target_dataset_id, "dataset")
+    dataset = get_by_id(session, Dataset, dataset_id, "dataset", for_update=True)
     try:
         check_class_sizes(dataset.class_counts, options)
     except ValueError as exc:
@@ -174,7 +183,8 @@ def plan_finetune(
         }
         sources = [locked[r["source_id"]] for r in ranking.results]
     else:
-        sources = [get_by_id(session, Source, source_id, "source", for_update=True)]
+        given = find_id(session, Source, source_id, "source")
+        sources = [get_by_id(session, Source, given, "source", for_update=True)]
     layouts = [_check_layout(source, options) for source in sources]  # every contestant fits
     groups = layouts[0]
     race_plan = None
@@ -207,6 +217,7 @@ def plan_finetune(
         layer_groups=groups,
         options=options,
         race=race_plan,
+        model_name=model_name,
     )
     return params, estimate
 
@@ -386,10 +397,15 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
             staging = work.stage()
             save_file(weights_to_save(model), staging / MODEL_WEIGHTS)
             stored_bytes = work.publish(staging, key)
+            # Numbered where the name was taken since the job was submitted (or, for the
+            # default, by an earlier fine-tune of the same pair): a finished training is
+            # never refused for its name.
+            wanted = params.model_name or f"{dataset.name}-from-{source.name}"
             session.add(
                 FinetunedModel(
                     id=model_id,
                     project_id=job.project_id,
+                    name=numbered_name(session, FinetunedModel, wanted, job.project_id),
                     job_id=job.id,
                     source_id=source.id,
                     target_dataset_id=dataset.id,

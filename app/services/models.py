@@ -24,6 +24,7 @@ from app.models import Dataset, FinetunedModel, Source
 from app.pagination import get_by_id, paginate
 from app.services.context import Context
 from app.services.datasets import IMAGES_DIR
+from app.services.handles import numbered_name
 from app.services.quotas import check_storage
 from app.services.sources import register_source, signature_for_dataset
 from app.store import ArtifactStore, folder_bytes
@@ -309,7 +310,7 @@ def register_model(ctx: Context, model_id: str, name: str | None) -> Source:
         store,
         ctx.index,
         ctx.reference,
-        name=name or f"finetuned-{model_id[:8]}",
+        name=name or numbered_name(session, Source, row.name, ctx.principal.project_id),
         architecture=row.architecture,
         num_classes=len(row.class_names),
         class_names=row.class_names,

@@ -21,6 +21,7 @@ from app.pagination import get_by_id, is_valid_id, paginate
 from app.services.access import ALL_PROJECTS
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists
+from app.services.handles import find_id, ids_of
 from app.services.sources import catch_up, signature_for_dataset, weights_path
 
 
@@ -52,12 +53,14 @@ def rank_sources(
     request's managed session, so a fine-tune refused after ranking keeps no ranking).
     """
     session, store, index, reference = ctx.session, ctx.store, ctx.index, ctx.reference
+    # Named by id or name (app.services.handles): the ranking keeps the id.
+    target_dataset_id = find_id(session, Dataset, target_dataset_id, "dataset")
     target = signature_for_dataset(session, store, reference, target_dataset_id)
     # The index caches the database: take in what other replicas changed meanwhile.
     catch_up(session, store, index, reference)
     excluded: list[dict[str, str]] = []
     if source_ids is not None:
-        wanted = list(dict.fromkeys(source_ids))
+        wanted = list(dict.fromkeys(ids_of(session, Source, source_ids, "source")))
         valid = [s for s in wanted if is_valid_id(s)]
         known = dict(
             session.execute(select(Source.id, Source.name).where(Source.id.in_(valid))).all()

@@ -34,6 +34,7 @@ from app.services.datasets import (
     get_dataset,
     stored_signature,
 )
+from app.services.handles import check_new_name, find_id, name_race_lost
 from app.services.quotas import check_storage
 from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
@@ -184,6 +185,7 @@ def register_source(
     second source of the same model raises Conflict naming the first (nothing is kept).
     """
     # The cheap checks first: the weights are parsed only for a model that may exist.
+    check_new_name(session, Source, name, "source")
     check_architecture(architecture, num_classes, max_classes, input_size)
     check_class_names("the signature", signature.class_names, max_classes, max_name_bytes)
     if class_names is not None:
@@ -241,14 +243,15 @@ def register_source(
             # Flushed before the zoo lock: a unique model_id wait never happens while holding it.
             session.flush()
             record_change(session, source_id, "add")
-    except IntegrityError:
-        # Lost a race for the unique model_id: name the source that won it.
+    except IntegrityError as exc:
+        # Lost a race for the unique model_id or the name: name the source that won it.
         winner = model_id and session.scalar(select(Source.id).where(Source.model_id == model_id))
         if winner:
             raise Conflict(
                 f"model {model_id} is already the source {winner}", source_id=winner
             ) from None
-        raise
+        with name_race_lost(name, "source"):
+            raise exc
     index.add(source.id, signature, claimed=image_counts == "claimed")
     return source
 
@@ -288,7 +291,8 @@ def register_upload(
     any check fails."""
     weights_bytes = stream_size(weights)
     check_storage(ctx.session, ctx.store, ctx.settings, ctx.principal.project_id, weights_bytes)
-    if dataset_id is not None:
+    if dataset_id is not None:  # named by id or name: the source keeps its id
+        dataset_id = find_id(ctx.session, Dataset, dataset_id, "dataset")
         dataset_signature = signature_for_dataset(ctx.session, ctx.store, ctx.reference, dataset_id)
     else:
         assert signature is not None  # exactly one of the two (check_upload)
@@ -486,6 +490,7 @@ def zoo_points(ctx: Context, target_dataset_id: str | None = None) -> ZooPoints:
         raise InvalidInput("the zoo holds no rankable source to draw")
     target = None
     if target_dataset_id is not None:
+        target_dataset_id = find_id(session, Dataset, target_dataset_id, "dataset")
         signature = signature_for_dataset(session, ctx.store, ctx.reference, target_dataset_id)
         name = get_by_id(session, Dataset, target_dataset_id, "dataset").name
         target = (f"target: {name}", signature.mean)

@@ -6,6 +6,7 @@ leave exactly one source, enforced by the database.
 """
 
 import dataclasses
+import itertools
 import json
 import resource
 import threading
@@ -46,6 +47,9 @@ def small_weights(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]
     }
 
 
+SOURCE_NUMBERS = itertools.count(1)
+
+
 def register(
     client: TestClient,
     weights: dict[str, torch.Tensor],
@@ -53,8 +57,10 @@ def register(
     num_classes: int = 5,
     class_names: list[str] | None = None,
 ) -> dict:
-    """POST /v1/sources with safetensors weights and signature; returns status and body."""
-    form = {"architecture": "compact_cnn_small", "num_classes": str(num_classes), "name": "x"}
+    """POST /v1/sources with safetensors weights and signature, under a name of its own
+    (names are unique); returns status and body."""
+    name = f"source-{next(SOURCE_NUMBERS)}"
+    form = {"architecture": "compact_cnn_small", "num_classes": str(num_classes), "name": name}
     if class_names is not None:
         form["class_names"] = json.dumps(class_names)
     response = client.post(

@@ -51,7 +51,8 @@ def test_reports_of_the_first_release_are_served(make_client: Callable[..., Test
                 model_id="0" * 32, attempts=1)
         )  # fmt: skip
         session.add(
-            FinetunedModel(id="0" * 32, job_id="1" * 32, source_id="2" * 32,
+            FinetunedModel(id="0" * 32, name="first-release", job_id="1" * 32,
+                           source_id="2" * 32,
                            target_dataset_id="3" * 32, architecture="compact_cnn",
                            input_size=32, class_names=CLASSES, report=FIRST_RELEASE_REPORT,
                            artifact_key="models/" + "0" * 32)

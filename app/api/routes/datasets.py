@@ -59,6 +59,7 @@ def replayed_rejections(dataset: Dataset) -> dict[str, object]:
     summary="Upload a dataset archive (one folder per class)",
     responses=problem_responses(
         _413="Upload above P2L_MAX_UPLOAD_BYTES; nothing is stored",
+        _409="The project has a dataset of this name already; nothing is stored",
         _422="Unusable archive (bomb, layout, < 2 classes) or name; nothing is stored",
     ),
 )
@@ -79,8 +80,9 @@ def upload_dataset(
         str | None,
         Form(
             max_length=255,  # P2L_MAX_NAME_BYTES is at most 255: so are the characters
-            description="At most P2L_MAX_NAME_BYTES (200) UTF-8 bytes; leave it out to use "
-            "the archive's file name.",
+            description="Its handle: unique in the project (a name it holds already: 409), "
+            "not 32 hex digits, at most P2L_MAX_NAME_BYTES (200) UTF-8 bytes. Left out: the "
+            "archive's file name, numbered (`garments-2`) if the project holds it already.",
             examples=["garments"],
         ),
     ] = None,
@@ -91,6 +93,7 @@ def upload_dataset(
     with their kind and reason, and every rejected file counted by kind.
     """
     session = ctx.session
+    given_name = name
     name = name or service.default_dataset_name(file.filename, state.settings)
     digest = digest_files([file.file], name)
     with idempotent(state.sessions, session, "datasets", idempotency_key, digest) as claim:
@@ -101,7 +104,9 @@ def upload_dataset(
                 **dataset_out(dataset).model_dump(), **replayed_rejections(dataset)
             )
         else:
-            result = service.ingest_dataset(ctx, file.file, name)
+            result = service.ingest_dataset(
+                ctx, file.file, name, number_if_taken=given_name is None
+            )
             claim.complete(result.dataset.id)
             body = DatasetCreated(
                 **dataset_out(result.dataset).model_dump(), **result.folder.rejected.summary()

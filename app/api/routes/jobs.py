@@ -106,7 +106,14 @@ def start_finetune(
     """
     # What both a dry run and a real submission check and plan from.
     session = ctx.session
-    plan = (ctx, request.target_dataset_id, request.source_id, request.options(), request.race)
+    plan = (
+        ctx,
+        request.target_dataset_id,
+        request.source_id,
+        request.options(),
+        request.race,
+        request.model_name,
+    )
     if dry_run:
         _, estimate = finetunes.plan_finetune(*plan)
         session.rollback()  # the ranking made for "best" stays unstored

@@ -5,8 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import PAGE_PROBLEMS, ContextDep, PageSize, PageToken, RankingId, SessionDep
-from app.models import Ranking
+from app.models import Dataset, Ranking
+from app.pagination import is_valid_id
 from app.schemas import Page, RankingOut, RankingRequest, RankingSummary
+from app.services import handles
 from app.services import rankings as service
 from app.services.calibration import ranking_params
 from app.zoo import plots
@@ -98,15 +100,18 @@ def list_rankings(
     target_dataset_id: Annotated[
         str | None,
         Query(
-            max_length=64,
-            description="Only the rankings made for this dataset (an id no ranking names, a "
-            "deleted dataset's included, gives an empty page).",
+            max_length=255,
+            description="Only the rankings made for this dataset, by id or name (an id no "
+            "ranking names, a deleted dataset's included, gives an empty page; a name no "
+            "dataset has, a 404).",
         ),
     ] = None,
 ) -> Page[RankingSummary]:
     """One page of the project's rankings, each without its results: method, measure, how
     many sources it ranked and which came first. The whole ranking is at
     `GET /v1/rankings/{ranking_id}`."""
+    if target_dataset_id and not is_valid_id(target_dataset_id):  # a name: its dataset's id
+        target_dataset_id = handles.find_id(session, Dataset, target_dataset_id, "dataset")
     rows, next_token = service.list_rankings(session, page_size, page_token, target_dataset_id)
     return Page[RankingSummary](
         items=[ranking_summary(r) for r in rows], next_page_token=next_token

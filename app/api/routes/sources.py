@@ -76,14 +76,20 @@ def register_source(
     ],
     name: Annotated[
         str,
-        Form(min_length=1, max_length=200, description="Its name in the zoo", examples=["tops"]),
+        Form(
+            min_length=1,
+            max_length=200,
+            description="Its name in the zoo: unique in the project (a name it holds already: "
+            "409), not 32 hex digits, not best, race or map.png.",
+            examples=["tops"],
+        ),
     ],
     dataset_id: Annotated[
         str | None,
         Form(
-            max_length=64,
-            description="A stored dataset the model was trained on: the service counts its "
-            "images and computes its signature. Give this or `signature`, not both.",
+            max_length=255,
+            description="A stored dataset the model was trained on, by id or name: the service "
+            "counts its images and computes its signature. Give this or `signature`, not both.",
             examples=[DATASET_ID],
         ),
     ] = None,
@@ -191,8 +197,9 @@ def zoo_map(
     target_dataset_id: Annotated[
         str | None,
         Query(
-            description="A dataset to place on the map among the sources, by its id (left "
-            "out: the zoo alone)."
+            max_length=255,
+            description="A dataset to place on the map among the sources, by its id or name "
+            "(left out: the zoo alone).",
         ),
     ] = None,
 ) -> Response:

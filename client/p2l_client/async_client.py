@@ -16,66 +16,49 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from p2l_client.client import STREAM_REFUSED, Connection, stream_cut
+from p2l_client import resources as routes
+from p2l_client.client import Connection, stream_cut
 from p2l_client.errors import JobFailed, P2LConnectionError, ServiceUnavailable, error_for
 from p2l_client.events import Event, Following, parse_sse
-from p2l_client.operations import ArchiveInput, AsyncSends, Call, Download, Pages, needs_project
-from p2l_client.progress import JobProgressView, NoView
-from p2l_client.resources import (
-    ArchitecturesRoutes,
-    AuditRoutes,
-    CalibrationRoutes,
-    DatasetsRoutes,
-    EvaluationReport,
-    FinetunesRoutes,
-    Job,
-    JobsRoutes,
-    KeysRoutes,
-    ModelsRoutes,
-    ProjectsRoutes,
-    RankingsRoutes,
-    ServiceRoutes,
-    SourcesRoutes,
+from p2l_client.operations import (
+    ArchiveInput,
+    AsyncSends,
+    Attached,
+    Call,
+    Download,
+    Pages,
+    needs_project,
 )
-from p2l_client.retry import Attempts, RetryPolicy, unreachable
+from p2l_client.progress import JobProgressView, NoView
+from p2l_client.resources import EvaluationReport, Job
+from p2l_client.retry import Attempts, unreachable
 from p2l_client.transfer import BodyFile, opened_uploads
 
 T = TypeVar("T")
 
 
-class AsyncClient(ServiceRoutes, Connection, AsyncSends):
+class AsyncClient(routes.ServiceRoutes, Connection, AsyncSends):
     """``Client`` on asyncio, over ``httpx.AsyncClient``: the same arguments, resources,
     method names, answers, errors and retries; ``await`` the methods, ``async for`` over
     the listings and ``jobs.events``, ``async with`` (or ``await aclose()``) to close it.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        *,
-        project: str | None = None,
-        stream_timeout: float = 900.0,
-        retries: int = 4,
-        backoff: float = 0.5,
-        deadline: float | None = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        retry = RetryPolicy(retries, backoff, deadline=deadline)
-        super().__init__(url, api_key, timeout, project, stream_timeout, retry)
+    architectures: "AsyncArchitectures"
+    datasets: "AsyncDatasets"
+    sources: "AsyncSources"
+    rankings: "AsyncRankings"
+    finetunes: "AsyncFinetunes"
+    calibration: "AsyncCalibrations"
+    jobs: "AsyncJobs"
+    models: "AsyncModels"
+    projects: "AsyncProjects"
+    keys: "AsyncKeys"
+    audit: "AsyncAudit"
+    http: httpx.AsyncClient
+
+    def connect(self, transport: httpx.AsyncBaseTransport | None) -> None:
+        """Open the httpx client that sends the requests (over ``transport`` if given)."""
         self.http = httpx.AsyncClient(transport=transport, **self.http_options())
-        self.architectures = AsyncArchitectures(self)
-        self.datasets = AsyncDatasets(self)
-        self.sources = AsyncSources(self)
-        self.rankings = AsyncRankings(self)
-        self.finetunes = AsyncFinetunes(self)
-        self.calibration = AsyncCalibrations(self)
-        self.jobs = AsyncJobs(self)
-        self.models = AsyncModels(self)
-        self.projects = AsyncProjects(self)
-        self.keys = AsyncKeys(self)
-        self.audit = AsyncAudit(self)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -105,8 +88,7 @@ class AsyncClient(ServiceRoutes, Connection, AsyncSends):
         self, method: str, path: str, stream: bool = False, attempts: Attempts | None = None,
         **options: Any,
     ) -> httpx.Response:  # fmt: skip
-        """Send a request, again after each failure worth retrying; the answer (unread with
-        ``stream``). P2LError (by status) on 4xx/5xx, P2LConnectionError if unreachable."""
+        """``Client.exchange``, awaited."""
         attempts = attempts or self.attempts(method, options.get("headers"))
         while True:
             request = self.http.build_request(method, path, **options)
@@ -129,10 +111,11 @@ class AsyncClient(ServiceRoutes, Connection, AsyncSends):
         self, path: str, download: Download, params: Any, progress: bool, console: Any
     ) -> Path:
         response = await self.exchange("GET", path, stream=True, params=params)
+        body = BodyFile(download.destination, response, path)
         try:
-            with BodyFile(download.destination, response, path, progress, console) as body:
+            with body.writing(progress, console) as write:
                 async for chunk in response.aiter_bytes():
-                    body.write(chunk)
+                    write(chunk)
         except httpx.TransportError as error:  # cut mid-body: not retried, nothing kept
             raise unreachable(self.url, error) from error
         finally:
@@ -161,11 +144,10 @@ class AsyncClient(ServiceRoutes, Connection, AsyncSends):
         return await self.jobs.wait(job_id, progress=progress, **kwargs)
 
 
-class AsyncResource(AsyncSends):
+class AsyncResource(Attached, AsyncSends):
     """A group of routes sharing one AsyncClient."""
 
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
+    client: AsyncClient
 
     async def send(self, call: Call[T]) -> T:
         """Send ``call`` with the client; its answer."""
@@ -176,44 +158,44 @@ class AsyncResource(AsyncSends):
         return self.client.iterate(pages)
 
 
-class AsyncArchitectures(ArchitecturesRoutes, AsyncResource):
-    """The architectures the service builds: /v1/architectures."""
+class AsyncArchitectures(routes.ArchitecturesRoutes, AsyncResource):
+    """``Client.architectures`` on asyncio."""
 
 
-class AsyncDatasets(DatasetsRoutes, AsyncResource):
-    """Target (and source-training) datasets: /v1/datasets."""
+class AsyncDatasets(routes.DatasetsRoutes, AsyncResource):
+    """``Client.datasets`` on asyncio."""
 
 
-class AsyncSources(SourcesRoutes, AsyncResource):
-    """The source zoo: /v1/sources."""
+class AsyncSources(routes.SourcesRoutes, AsyncResource):
+    """``Client.sources`` on asyncio."""
 
 
-class AsyncRankings(RankingsRoutes, AsyncResource):
-    """Rank the zoo for a target, and read past rankings: /v1/rankings."""
+class AsyncRankings(routes.RankingsRoutes, AsyncResource):
+    """``Client.rankings`` on asyncio."""
 
 
-class AsyncFinetunes(FinetunesRoutes, AsyncResource):
-    """Start fine-tunes (jobs) or ask what one would cost: /v1/finetunes."""
+class AsyncFinetunes(routes.FinetunesRoutes, AsyncResource):
+    """``Client.finetunes`` on asyncio."""
 
 
-class AsyncCalibrations(CalibrationRoutes, AsyncResource):
-    """The ranking parameters in force, refitted on finished fine-tunes: /v1/calibration."""
+class AsyncCalibrations(routes.CalibrationRoutes, AsyncResource):
+    """``Client.calibration`` on asyncio."""
 
 
-class AsyncProjects(ProjectsRoutes, AsyncResource):
-    """Projects, their quotas and usage: /v1/projects."""
+class AsyncProjects(routes.ProjectsRoutes, AsyncResource):
+    """``Client.projects`` on asyncio."""
 
 
-class AsyncKeys(KeysRoutes, AsyncResource):
-    """A project's API keys: /v1/projects/{project}/keys (admins)."""
+class AsyncKeys(routes.KeysRoutes, AsyncResource):
+    """``Client.keys`` on asyncio."""
 
 
-class AsyncAudit(AuditRoutes, AsyncResource):
-    """The audit log of state-changing requests, newest first: /v1/audit (admins)."""
+class AsyncAudit(routes.AuditRoutes, AsyncResource):
+    """``Client.audit`` on asyncio."""
 
 
-class AsyncJobs(JobsRoutes, AsyncResource):
-    """Background jobs: /v1/jobs (see ``Client.jobs``)."""
+class AsyncJobs(routes.JobsRoutes, AsyncResource):
+    """``Client.jobs`` on asyncio."""
 
     async def events(self, job_id: str) -> AsyncGenerator[Event, None]:
         """The job's server-sent events, as ``Client.jobs.events`` (reconnected if cut)."""
@@ -263,18 +245,11 @@ class AsyncJobs(JobsRoutes, AsyncResource):
 
     async def _follow(self, following: Following) -> None:
         """Feed ``following`` from the event stream until it is done with it."""
-        received = 0
-        try:
+        with following.reading_stream():
             async with aclosing(self.events(following.job_id)) as events:
                 async for event in events:
-                    received += 1
                     if following.event(event):
                         return
-        except STREAM_REFUSED:
-            pass  # stream refused (limit reached, or a key-only route): polling still works
-        except P2LConnectionError:
-            if not received:
-                raise  # the service is not there at all
 
     async def result(self, job_id: str, progress: bool = False, **kwargs: Any) -> Any:
         """Wait for the job and return its result; JobFailed if it failed or was cancelled."""
@@ -295,8 +270,8 @@ async def parse_sse_async(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
             pending = []
 
 
-class AsyncModels(ModelsRoutes, AsyncResource):
-    """Fine-tuned models: /v1/models (see ``Client.models``)."""
+class AsyncModels(routes.ModelsRoutes, AsyncResource):
+    """``Client.models`` on asyncio."""
 
     async def evaluate(
         self,

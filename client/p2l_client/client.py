@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, get_type_hints
 
 import httpx
 
@@ -28,13 +28,12 @@ from p2l_client.errors import (
     P2LConnectionError,
     P2LError,
     ServiceUnavailable,
-    TooManyRequests,
-    Unauthorized,
     error_for,
 )
 from p2l_client.events import Event, Following, parse_sse
 from p2l_client.operations import (
     ArchiveInput,
+    Attached,
     Call,
     Download,
     FileInput,
@@ -83,17 +82,22 @@ except PackageNotFoundError:  # run from a source checkout
 
 
 class Connection:
-    """What both clients are configured with: where the service is, who asks, how long a
-    request may take and how hard it is retried (see ``Client``)."""
+    """What both clients are: where the service is, who asks, how long a request may take
+    and how hard it is retried (see ``Client``), and the resources they hold (their
+    class-level annotations: one instance of each per client)."""
 
     def __init__(
         self,
-        url: str | None,
-        api_key: str | None,
-        timeout: float,
-        project: str | None,
-        stream_timeout: float,
-        retry: RetryPolicy,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        *,
+        project: str | None = None,
+        stream_timeout: float = 900.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        deadline: float | None = 60.0,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = (url or os.environ.get("P2L_URL") or DEFAULT_URL).rstrip("/")
         if api_key is None:
@@ -104,7 +108,15 @@ class Connection:
         self.project = project
         self.timeout = timeout
         self.stream_timeout = stream_timeout
-        self.retry = retry
+        self.retry = RetryPolicy(retries, backoff, deadline=deadline)
+        self.connect(transport)
+        for name, kind in get_type_hints(type(self)).items():
+            if isinstance(kind, type) and issubclass(kind, Attached):
+                setattr(self, name, kind(self))
+
+    def connect(self, transport: Any) -> None:
+        """Open the httpx client (blocking or async) that sends the requests."""
+        raise NotImplementedError
 
     def http_options(self) -> dict[str, Any]:
         """The arguments of the httpx client (blocking or async) that sends the requests."""
@@ -162,10 +174,6 @@ def stream_cut() -> httpx.TransportError:
     return httpx.RemoteProtocolError("the event stream closed before the job's end")
 
 
-# What makes ``jobs.wait`` poll instead of following the stream.
-STREAM_REFUSED = (ServiceUnavailable, TooManyRequests, Unauthorized)
-
-
 class Client(ServiceRoutes, Connection, Sends):
     """A connection to one P2L service.
 
@@ -184,33 +192,22 @@ class Client(ServiceRoutes, Connection, Sends):
     failed before the request left.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        *,
-        project: str | None = None,
-        stream_timeout: float = 900.0,
-        retries: int = 4,
-        backoff: float = 0.5,
-        deadline: float | None = 60.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        retry = RetryPolicy(retries, backoff, deadline=deadline)
-        super().__init__(url, api_key, timeout, project, stream_timeout, retry)
+    architectures: "Architectures"
+    datasets: "Datasets"
+    sources: "Sources"
+    rankings: "Rankings"
+    finetunes: "Finetunes"
+    calibration: "Calibrations"
+    jobs: "Jobs"
+    models: "Models"
+    projects: "Projects"
+    keys: "Keys"
+    audit: "Audit"
+    http: httpx.Client
+
+    def connect(self, transport: httpx.BaseTransport | None) -> None:
+        """Open the httpx client that sends the requests (over ``transport`` if given)."""
         self.http = httpx.Client(transport=transport, **self.http_options())
-        self.architectures = Architectures(self)
-        self.datasets = Datasets(self)
-        self.sources = Sources(self)
-        self.rankings = Rankings(self)
-        self.finetunes = Finetunes(self)
-        self.calibration = Calibrations(self)
-        self.jobs = Jobs(self)
-        self.models = Models(self)
-        self.projects = Projects(self)
-        self.keys = Keys(self)
-        self.audit = Audit(self)
 
     def __enter__(self) -> "Client":
         return self
@@ -287,13 +284,11 @@ class Client(ServiceRoutes, Connection, Sends):
         self, path: str, download: Download, params: Any, progress: bool, console: Any
     ) -> Path:
         response = self.exchange("GET", path, stream=True, params=params)
+        body = BodyFile(download.destination, response, path)
         try:
-            with (
-                closing(response),
-                BodyFile(download.destination, response, path, progress, console) as body,
-            ):
+            with closing(response), body.writing(progress, console) as write:
                 for chunk in response.iter_bytes():
-                    body.write(chunk)
+                    write(chunk)
         except httpx.TransportError as error:  # cut mid-body: not retried, nothing kept
             raise unreachable(self.url, error) from error
         return body.target
@@ -323,11 +318,10 @@ class Client(ServiceRoutes, Connection, Sends):
         return self.jobs.wait(job_id, progress=progress, **kwargs)
 
 
-class Resource(Sends):
+class Resource(Attached, Sends):
     """A group of routes sharing one Client."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    client: Client
 
     def send(self, call: Call[T]) -> T:
         """Send ``call`` with the client; its answer."""
@@ -433,17 +427,10 @@ class Jobs(JobsRoutes, Resource):
 
     def _follow(self, following: Following) -> None:
         """Feed ``following`` from the event stream until it is done with it."""
-        received = 0
-        try:
+        with following.reading_stream():
             for event in self.events(following.job_id):
-                received += 1
                 if following.event(event):
                     return
-        except STREAM_REFUSED:
-            pass  # stream refused (limit reached, or a key-only route): polling still works
-        except P2LConnectionError:
-            if not received:
-                raise  # the service is not there at all
 
     def result(self, job_id: str, progress: bool = False, **kwargs: Any) -> Any:
         """Wait for the job and return its result; JobFailed if it failed or was cancelled."""

@@ -4,9 +4,11 @@ keeps track of (shared by the blocking and the async client)."""
 import json
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
+from p2l_client.errors import P2LConnectionError, ServiceUnavailable, TooManyRequests, Unauthorized
 from p2l_client.responses import TERMINAL, Job
 
 # How long ``jobs.wait`` keeps polling an API that does not answer (restarts, deploys).
@@ -14,6 +16,8 @@ UNREACHABLE_GRACE_SECONDS = 60.0
 # Events after which the service closes the stream: nothing is lost, nothing to reconnect.
 CLOSING_EVENTS = ("end", "timeout")
 VIEW_EVENTS = ("status", "phase", "epoch", "step")
+# A stream refused with these leaves the job to polling.
+STREAM_REFUSED = (ServiceUnavailable, TooManyRequests, Unauthorized)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,20 @@ class Following:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.job: Job | None = None  # the latest whole job seen
         self.failing_since: float | None = None
+        self.streamed = 0  # events the stream delivered
+
+    @contextmanager
+    def reading_stream(self) -> Iterator[None]:
+        """Around the reading of the job's event stream: a stream refused (the limit of
+        open streams, a key-only route) or cut for good after it delivered events leaves
+        the job to polling; a service that never answered is an error."""
+        try:
+            yield
+        except STREAM_REFUSED:
+            pass
+        except P2LConnectionError:
+            if not self.streamed:
+                raise
 
     @property
     def ended(self) -> bool:
@@ -88,6 +106,7 @@ class Following:
     def event(self, event: Event) -> bool:
         """Take one event; True when the stream is done with (ended, timed out, or the
         wait's deadline passed): polling takes over unless the job has ended."""
+        self.streamed += 1
         data = event.data if isinstance(event.data, dict) else {}
         if event.event in ("job", "progress", "end") and "id" in data:
             self.polled(cast(Job, data))  # "progress": services before the typed events

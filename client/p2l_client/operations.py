@@ -128,6 +128,13 @@ def needs_project(path: str) -> bool:
     return CURRENT_PROJECT in path
 
 
+class Attached:
+    """A resource: a group of routes that one client (blocking or async) sends."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+
 class Sends:
     """Something that sends calls and blocks for the answer (Client and its resources)."""
 

@@ -5,10 +5,9 @@ import io
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, cast
 
 import httpx
@@ -120,49 +119,31 @@ class BodyFile:
     ``destination`` is a file, or a folder (the file takes the service's name for it).
     """
 
-    def __init__(
-        self,
-        destination: StrPath,
-        response: httpx.Response,
-        path: str,
-        progress: bool = False,
-        console: Any = None,
-    ) -> None:
+    def __init__(self, destination: StrPath, response: httpx.Response, path: str) -> None:
         self.target = Path(destination)
         if self.target.is_dir():
             self.target = self.target / _attachment_name(response, path)
         self.partial = self.target.with_name(self.target.name + ".part")
         self.response = response
-        self.view = TransferView(console, show=progress)
-        self.out: IO[bytes] | None = None
 
-    def __enter__(self) -> "BodyFile":
-        self.out = self.partial.open("wb")
-        self.view.__enter__()
-        self.view.start(self.target.name, _content_length(self.response))
-        return self
+    @contextmanager
+    def writing(self, progress: bool, console: Any) -> Iterator[Callable[[bytes], None]]:
+        """A function that writes the next piece of the body (and moves the bar)."""
+        received = self.response
+        try:
+            with self.partial.open("wb") as out, TransferView(console, show=progress) as view:
+                view.start(self.target.name, _content_length(received))
 
-    def write(self, chunk: bytes) -> None:
-        """One more piece of the body."""
-        assert self.out is not None, "write() before entering BodyFile"
-        self.out.write(chunk)
-        self.view.update(self.response.num_bytes_downloaded)
+                def write(chunk: bytes) -> None:
+                    out.write(chunk)
+                    view.update(received.num_bytes_downloaded)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self.view.finish(self.response.num_bytes_downloaded)
-        self.view.__exit__(exc_type, exc, tb)
-        if self.out is not None:
-            self.out.close()
-        if exc is None:
+                yield write
+                view.finish(received.num_bytes_downloaded)
             self.partial.replace(self.target)  # never a half-written file under the final name
-        else:
+        except BaseException:
             self.partial.unlink(missing_ok=True)  # a cut stream or a full disk leaves nothing
+            raise
 
 
 def _content_length(response: httpx.Response) -> int | None:

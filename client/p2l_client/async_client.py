@@ -200,7 +200,7 @@ class AsyncJobs(routes.JobsRoutes, AsyncResource):
     async def events(self, job_id: str) -> AsyncGenerator[Event, None]:
         """The job's server-sent events, as ``Client.jobs.events`` (reconnected if cut)."""
         client = self.client
-        attempts: Attempts | None = None  # until the stream delivers: the client's policy
+        attempts: Attempts | None = None  # None: the client's policy, or after a cut
         while True:
             try:
                 response = await client.exchange(
@@ -208,8 +208,8 @@ class AsyncJobs(routes.JobsRoutes, AsyncResource):
                 )
                 try:
                     async for event in parse_sse_async(response.aiter_lines()):
-                        if event.event != "job":  # the job moves on: a fresh budget
-                            attempts = client.reconnects()
+                        if event.event != "job":  # the job moves on: the next cut
+                            attempts = None  # gets a whole budget, from then on
                         yield event
                         if event.event in ("end", "timeout"):
                             return

@@ -377,7 +377,7 @@ class Jobs(JobsRoutes, Resource):
         them (the service restarting) is reconnected with backoff: the new stream starts
         with the whole job again."""
         client = self.client
-        attempts: Attempts | None = None  # until the stream delivers: the client's policy
+        attempts: Attempts | None = None  # None: the client's policy, or after a cut
         while True:
             try:
                 response = client.exchange(
@@ -385,8 +385,8 @@ class Jobs(JobsRoutes, Resource):
                 )
                 with closing(response):
                     for event in parse_sse(response.iter_lines()):
-                        if event.event != "job":  # the job moves on: a fresh budget
-                            attempts = client.reconnects()
+                        if event.event != "job":  # the job moves on: the next cut
+                            attempts = None  # gets a whole budget, from then on
                         yield event
                         if event.event in ("end", "timeout"):
                             return

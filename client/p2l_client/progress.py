@@ -301,7 +301,7 @@ class CountedFile:
     def __init__(self, file: IO[bytes], report: Callable[[], None]) -> None:
         self.file = file
         self.report = report
-        self.position = file.tell()
+        self.position = _tell(file)
 
     def read(self, size: int = -1) -> bytes:
         """Read as the file does, and move the bar."""
@@ -321,6 +321,22 @@ class CountedFile:
         return self.position
 
 
+def _tell(file: IO[bytes]) -> int:
+    """Where ``file`` stands; 0 for one that cannot say (a pipe)."""
+    try:
+        return file.tell()
+    except (AttributeError, OSError):
+        return 0
+
+
+def _size(file: IO[bytes]) -> int:
+    """The size of a seekable ``file``, left where it stood."""
+    here = file.tell()
+    size = file.seek(0, os.SEEK_END)
+    file.seek(here)
+    return size
+
+
 class UploadProgress:
     """The files of one upload read through ``CountedFile``s: bytes sent of them all."""
 
@@ -335,12 +351,11 @@ class UploadProgress:
         return counted
 
     def start(self, name: str) -> None:
-        """The bar, named ``name``, over the files' total size."""
-        total = 0
-        for counted in self.files:
-            here = counted.file.tell()
-            total += counted.file.seek(0, os.SEEK_END)
-            counted.file.seek(here)
+        """The bar, named ``name``, over the files' total size (if they can tell it)."""
+        try:
+            total: int | None = sum(_size(counted.file) for counted in self.files)
+        except (AttributeError, OSError):  # a pipe or a socket: no size, no total
+            total = None
         self.view.start(name, total)
 
     def report(self) -> None:

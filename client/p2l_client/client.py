@@ -30,7 +30,7 @@ from p2l_client.errors import (
     ServiceUnavailable,
     error_for,
 )
-from p2l_client.events import Event, Following, parse_sse
+from p2l_client.events import UNREACHABLE_GRACE_SECONDS, Event, Following, parse_sse
 from p2l_client.operations import (
     ArchiveInput,
     Attached,
@@ -140,7 +140,9 @@ class Connection:
         ``jobs.wait`` keeps polling an API that does not answer, unless retries are off."""
         policy = self.retry
         if policy.retries:
-            policy = RetryPolicy(10_000, policy.backoff, 5.0, 60.0, policy.max_retry_after)
+            policy = RetryPolicy(
+                10_000, policy.backoff, 5.0, UNREACHABLE_GRACE_SECONDS, policy.max_retry_after
+            )
         return Attempts(policy, self.url, True)
 
     def stream_options(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from p2l_client import (  # client/ is on sys.path, not installed in this venv
     Client,
     NotFound,
     P2LConnectionError,
+    P2LError,
     ServiceUnavailable,
 )
 from p2l_client.retry import parse_retry_after
@@ -94,9 +96,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableSer
 class Proxy:
     """A TCP proxy in front of the service that can lose one answer on purpose.
 
-    ``lose_answer_to(marker, then)``: the next request whose bytes contain ``marker`` goes
-    to the service; when its answer comes back, ``then`` runs (a restart) and the client's
-    connection is closed without the answer. ``seen(marker)`` counts the requests that
+    ``lose_answer_to(marker, then, keep)``: the next request whose bytes contain ``marker``
+    goes to the service; when its answer comes back, ``then`` runs (a restart) and the
+    client's connection is closed without the answer (or once the part of it up to bytes
+    ``keep`` has passed: a stream cut mid-way). ``seen(marker)`` counts the requests that
     reached the service with that marker.
     """
 
@@ -106,18 +109,28 @@ class Proxy:
         self.url = local_url(self.listener.getsockname()[1])
         self.marker: bytes | None = None
         self.then: Callable[[], None] = lambda: None
+        self.keep: bytes | None = None
         self.lost = 0
         self.sent: list[bytes] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def lose_answer_to(self, marker: bytes, then: Callable[[], None] = lambda: None) -> None:
+    def lose_answer_to(
+        self, marker: bytes, then: Callable[[], None] = lambda: None, keep: bytes | None = None
+    ) -> None:
         with self.lock:
-            self.marker, self.then = marker, then
+            self.marker, self.then, self.keep = marker, then, keep
 
     def seen(self, marker: bytes) -> int:
         with self.lock:
             return sum(chunk.count(marker) for chunk in self.sent)
+
+    def idempotency_keys(self, marker: bytes) -> list[str]:
+        """The Idempotency-Key of each request with ``marker`` that reached the service."""
+        with self.lock:
+            heads = [chunk for chunk in self.sent if marker in chunk]
+        found = (re.search(rb"(?im)^idempotency-key: *(\S+)\r$", head) for head in heads)
+        return [match.group(1).decode() for match in found if match]
 
     def close(self) -> None:
         self.listener.close()
@@ -160,6 +173,10 @@ class Proxy:
         try:
             while chunk := upstream.recv(65536):
                 if losing.is_set():
+                    if self.keep is not None:
+                        client.sendall(chunk)
+                        if self.keep not in chunk:
+                            continue
                     self.then()
                     self.lost += 1
                     break
@@ -242,6 +259,8 @@ def test_upload_and_finetune_each_survive_a_restart_without_duplicates(
         proxy.lose_answer_to(b"POST /v1/finetunes", then=service.restart)
         job = p2l.finetunes.start(uploaded["id"], "best", epochs=1, schedule="manual")
         assert proxy.lost == 1 and proxy.seen(b"POST /v1/finetunes") == 2
+        first, again = proxy.idempotency_keys(b"POST /v1/finetunes")
+        assert first == again and len(first) == 32  # one uuid4 for both attempts
         final = p2l.jobs.wait(job["id"], progress=False, timeout=300)
         assert final["status"] == "succeeded", final
         assert ids(p2l.datasets.list()) == [uploaded["id"]]
@@ -250,22 +269,20 @@ def test_upload_and_finetune_each_survive_a_restart_without_duplicates(
 
 
 @pytest.mark.system
-def test_event_stream_reconnects_across_a_restart(
-    service: RestartableService, proxy: Proxy
-) -> None:
-    """``jobs.events`` follows a job through a restart of the service to its end."""
+def test_event_stream_reconnects_when_cut(service: RestartableService, proxy: Proxy) -> None:
+    """``jobs.events`` follows a job to its end though its stream is cut mid-way (what a
+    restart does to it; the fine-tune above was waited for across a restart already)."""
     with Client(proxy.url, retries=6, backoff=0.2) as p2l:
         target = next(iter(p2l.datasets.list()), None)
         target = target or p2l.datasets.upload(("garments.zip", garments_zip(per_class=6)))
         job = p2l.finetunes.start(target["id"], "best", epochs=1, schedule="manual")
-        names: list[str] = []
-        for event in p2l.jobs.events(job["id"]):
-            names.append(event.event)
-            if len(names) == 1:  # the job, just queued: far from its end
-                service.restart()
-        final = event.data
-    assert names.count("job") == 2, names  # the first stream's, then the reconnected one's
-    assert names[-1] == "end" and final["status"] == "succeeded", final
+        stream = f"GET /v1/jobs/{job['id']}/events".encode()
+        proxy.lose_answer_to(stream, keep=b"event: job")
+        events = list(p2l.jobs.events(job["id"]))
+    names = [event.event for event in events]
+    assert proxy.lost == 1 and proxy.seen(stream) == 2
+    assert names[0] == "job" and names.count("job") == 2, names  # each stream starts so
+    assert names[-1] == "end" and events[-1].data["status"] == "succeeded", events[-1]
 
 
 @pytest.mark.system
@@ -282,6 +299,11 @@ def test_a_lost_answer_is_retried_for_a_get_never_for_a_post_without_a_key(
             p2l.rankings.create("0" * 32)
         assert proxy.lost == 2 and proxy.seen(b"POST /v1/rankings") == 1
     assert "cannot reach" in str(lost.value)
+    with Client(proxy.url) as p2l, pytest.raises(P2LError):  # not weights: refused
+        p2l.sources.register(
+            ("w.safetensors", b"x"), "compact_cnn", 5, "w", idempotency_key="mine-1"
+        )
+    assert proxy.idempotency_keys(b"POST /v1/sources") == ["mine-1"]  # the caller's key wins
 
 
 @pytest.mark.system
@@ -333,6 +355,16 @@ def test_retry_after_is_waited_and_a_spent_budget_names_its_attempts() -> None:
     with Client("http://p2l.test", backoff=0.01, transport=transport) as p2l:
         assert p2l.health()["status"] == "ok"
     assert len(times) == 2 and times[1] - times[0] >= 1.0  # Retry-After, not the 0.01 s
+    # The async client waits the same, on its own loop.
+    busy = httpx.Response(429, headers={"Retry-After": "1"}, json={"detail": "slow down"})
+    transport, times = answers(busy, httpx.Response(200, json={"status": "ok"}))
+
+    async def health() -> dict:
+        async with AsyncClient("http://p2l.test", backoff=0.01, transport=transport) as p2l:
+            return dict(await p2l.health())
+
+    assert asyncio.run(health())["status"] == "ok"
+    assert len(times) == 2 and times[1] - times[0] >= 1.0
     # Always busy: the last answer's error, saying how hard the client tried.
     transport, times = answers(httpx.Response(503, json={"detail": "busy"}))
     with (

@@ -1,5 +1,6 @@
 """Python client and `p2l` command for the P2L transfer-learning service."""
 
+from p2l_client.async_client import AsyncClient
 from p2l_client.client import Client, Event
 from p2l_client.errors import (
     BadRequest,
@@ -17,8 +18,10 @@ from p2l_client.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from p2l_client.retry import RetryPolicy
 
 __all__ = [
+    "AsyncClient",
     "BadRequest",
     "Client",
     "Conflict",
@@ -30,6 +33,7 @@ __all__ = [
     "NotFound",
     "P2LConnectionError",
     "P2LError",
+    "RetryPolicy",
     "ServerError",
     "ServiceUnavailable",
     "TooLarge",

@@ -1,10 +1,11 @@
-"""Live views: a job's rich progress bar over all its epochs with one line per epoch, and a
-download's bar (bytes received of the total, speed, time left)."""
+"""Live views: a job's rich progress bar over all its epochs with one line per epoch, and an
+upload's or a download's bar (bytes sent or received of the total, speed, time left)."""
 
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -242,11 +243,11 @@ def _label(progress: Mapping[str, Any]) -> str | None:
     return None if label is None else str(label)
 
 
-class DownloadView:
-    """A download's bar on stderr: the file's name, bytes received of the total (when the
-    service sends Content-Length), the speed and the time left. Shown on a terminal only
-    (and with ``show``): in a log or a pipe it prints nothing, the command's answer says
-    what was written."""
+class TransferView:
+    """An upload's or a download's bar on stderr: the file's name, bytes sent or received
+    of the total (when known), the speed and the time left. Shown on a terminal only (and
+    with ``show``): in a log or a pipe it prints nothing, the command's answer says what
+    was sent or written."""
 
     def __init__(self, console: Console | None = None, show: bool = True) -> None:
         self.console = console or Console(stderr=True)
@@ -261,7 +262,7 @@ class DownloadView:
         )
         self.task: TaskID | None = None
 
-    def __enter__(self) -> "DownloadView":
+    def __enter__(self) -> "TransferView":
         self.progress.start()
         return self
 
@@ -274,15 +275,89 @@ class DownloadView:
         self.progress.stop()
 
     def start(self, name: str, total: int | None) -> None:
-        """The download of ``name`` begins; ``total`` bytes, if known."""
+        """The transfer of ``name`` begins; ``total`` bytes, if known."""
         self.task = self.progress.add_task(name, total=total)
 
-    def update(self, received: int) -> None:
-        """``received`` bytes so far."""
+    def update(self, done: int) -> None:
+        """``done`` bytes so far (fewer than before when a retry starts over)."""
         if self.task is not None:
-            self.progress.update(self.task, completed=received)
+            self.progress.update(self.task, completed=done)
 
-    def finish(self, received: int) -> None:
-        """The whole body arrived: the bar shows it complete, total or not."""
+    def finish(self, done: int) -> None:
+        """The whole body went through: the bar shows it complete, total or not."""
         if self.task is not None:
-            self.progress.update(self.task, total=received, completed=received)
+            self.progress.update(self.task, total=done, completed=done)
+
+
+# The name of the download bar before uploads had one too.
+DownloadView = TransferView
+
+
+class CountedFile:
+    """A file an upload reads through: where it stands moves the bar (``report``). A retry
+    rewinds it (httpx seeks every file part to its start before sending it), and the bar
+    goes back with it."""
+
+    def __init__(self, file: IO[bytes], report: Callable[[], None]) -> None:
+        self.file = file
+        self.report = report
+        self.position = _tell(file)
+
+    def read(self, size: int = -1) -> bytes:
+        """Read as the file does, and move the bar."""
+        chunk = self.file.read(size)
+        self.position += len(chunk)
+        self.report()
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Seek as the file does (httpx measures the length so, then rewinds)."""
+        self.position = self.file.seek(offset, whence)
+        self.report()
+        return self.position
+
+    def tell(self) -> int:
+        """Where the file stands."""
+        return self.position
+
+
+def _tell(file: IO[bytes]) -> int:
+    """Where ``file`` stands; 0 for one that cannot say (a pipe)."""
+    try:
+        return file.tell()
+    except (AttributeError, OSError):
+        return 0
+
+
+def _size(file: IO[bytes]) -> int:
+    """The size of a seekable ``file``, left where it stood."""
+    here = file.tell()
+    size = file.seek(0, os.SEEK_END)
+    file.seek(here)
+    return size
+
+
+class UploadProgress:
+    """The files of one upload read through ``CountedFile``s: bytes sent of them all."""
+
+    def __init__(self, view: TransferView) -> None:
+        self.view = view
+        self.files: list[CountedFile] = []
+
+    def count(self, file: IO[bytes]) -> CountedFile:
+        """``file``, read through a counter."""
+        counted = CountedFile(file, self.report)
+        self.files.append(counted)
+        return counted
+
+    def start(self, name: str) -> None:
+        """The bar, named ``name``, over the files' total size (if they can tell it)."""
+        try:
+            total: int | None = sum(_size(counted.file) for counted in self.files)
+        except (AttributeError, OSError):  # a pipe or a socket: no size, no total
+            total = None
+        self.view.start(name, total)
+
+    def report(self) -> None:
+        """Move the bar to the bytes read of all files."""
+        self.view.update(sum(counted.position for counted in self.files))

@@ -4,10 +4,16 @@ The key is claimed in its own committed transaction before the work starts, so c
 retries see each other; the resource it created is recorded in the request's own
 transaction (for a fine-tune, the same commit as the job), and a failed request releases
 its key so that a retry can run. Keys belong to one route and one API key.
+
+While the work runs, its claim is renewed every ``RENEW_EVERY``: a claim left unrenewed for
+``ABANDONED`` belongs to a request whose process died (a server restarted mid-upload), and a
+retry takes it over. Until then a retry is told to come back (409 with Retry-After).
 """
 
 import hashlib
+import logging
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,10 +30,14 @@ from app.errors import Conflict, InvalidInput
 from app.models import IdempotencyKey, utcnow
 from app.services.access import session_project
 
+logger = logging.getLogger("p2l.idempotency")
+
 REMEMBERED = timedelta(hours=24)
-# A claim older than this belongs to a request that died mid-way: a retry may take it over.
-# Long enough for a large upload embedded on a CPU.
-ABANDONED = timedelta(hours=1)
+# A running request renews its claim this often; a claim not renewed for ABANDONED belongs to
+# a request that died mid-way (several renewals missed: not one slow commit), and a retry may
+# take it over.
+RENEW_EVERY = timedelta(seconds=5)
+ABANDONED = timedelta(seconds=30)
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
 
 
@@ -127,6 +137,7 @@ def idempotent(
     if claim.replay_id is not None:
         yield claim
         return
+    renewal = _Renewal(sessions, scope, key.key)
     try:
         yield claim
         session.commit()
@@ -134,8 +145,42 @@ def idempotent(
         session.rollback()
         _release(sessions, scope, key.key)
         raise
+    finally:
+        renewal.stop()
     if not claim.completed:
         _release(sessions, scope, key.key)
+
+
+class _Renewal:
+    """Renews a claim (its ``created_at``) every RENEW_EVERY until stopped, in a thread of its
+    own: the work holds the request's thread for as long as it runs."""
+
+    def __init__(self, sessions: sessionmaker[Session], scope: str, key: str) -> None:
+        self.sessions, self.scope, self.key = sessions, scope, key
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="idempotency-renewal", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(RENEW_EVERY.total_seconds()):
+            try:
+                with self.sessions() as session:
+                    session.execute(
+                        update(IdempotencyKey)
+                        .where(
+                            IdempotencyKey.scope == self.scope,
+                            IdempotencyKey.key == self.key,
+                            IdempotencyKey.resource_id.is_(None),
+                        )
+                        .values(created_at=utcnow())
+                    )
+                    session.commit()
+            except Exception:  # a busy or unreachable database: the next renewal tries again
+                logger.warning("idempotency key %s: claim not renewed", self.key, exc_info=True)
 
 
 def _claim(
@@ -162,9 +207,12 @@ def _claim(
             return existing.resource_id
         if existing.created_at < now - ABANDONED and _take_over(session, existing, now):
             return None
-        raise Conflict(
-            "a request with this Idempotency-Key is still running; retry in a few seconds"
+        conflict = Conflict(
+            "a request with this Idempotency-Key is still running; retry after Retry-After "
+            "seconds (its answer is then replayed, or, if the request died, the retry runs it)"
         )
+        conflict.headers["Retry-After"] = str(int(RENEW_EVERY.total_seconds()))
+        raise conflict
 
 
 def _take_over(session: Session, existing: IdempotencyKey, now: datetime) -> bool:

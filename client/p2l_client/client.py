@@ -132,7 +132,10 @@ class Connection:
 
     def attempts(self, method: str, headers: Any = None) -> Attempts:
         """The attempts of one request under the retry policy."""
-        return Attempts(self.retry, self.url, replayable(method, httpx.Headers(headers)))
+        sent = httpx.Headers(headers)
+        return Attempts(
+            self.retry, self.url, replayable(method, sent), keyed="idempotency-key" in sent
+        )
 
     def reconnects(self) -> Attempts:
         """The attempts at reconnecting a job's event stream once it has delivered events:

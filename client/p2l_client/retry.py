@@ -2,10 +2,12 @@
 
 A request is sent again after a connection error or a 429, 502, 503 or 504 answer, waiting
 the answer's Retry-After (delta-seconds or an HTTP-date) or else an exponential backoff with
-jitter. Only requests that cannot do their work twice are: GET, HEAD, PUT, DELETE, and a
-POST that carries an Idempotency-Key (the service answers its retry with what the first
-attempt created). A POST without one is sent again only when the connection was never made,
-so the service cannot have seen it.
+jitter; a POST with an Idempotency-Key also after a 409 with Retry-After (the service is
+still running the first attempt, or has not yet seen that its process died). Only requests
+that cannot do their work twice are: GET, HEAD, PUT, DELETE, and a POST that carries an
+Idempotency-Key (the service answers its retry with what the first attempt created). A
+POST without one is sent again only when the connection was never made, so the service
+cannot have seen it.
 """
 
 import random
@@ -97,10 +99,12 @@ class Attempts:
         url: str,
         replayable: bool,
         clock: Callable[[], float] = time.monotonic,
+        keyed: bool = False,
     ) -> None:
         self.policy = policy
         self.url = url
         self.replayable = replayable
+        self.keyed = keyed  # carries an Idempotency-Key
         self.clock = clock
         self.started = clock()
         self.made = 0
@@ -121,9 +125,12 @@ class Attempts:
     def after_response(self, response: httpx.Response) -> float | None:
         """The wait before the next attempt, or None: ``response`` is the call's answer."""
         self.made += 1
-        if response.status_code not in RETRY_STATUSES or not self.replayable:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        # 409 + Retry-After to a keyed request: its first attempt's claim is still held.
+        in_progress = response.status_code == 409 and self.keyed and retry_after is not None
+        if not (in_progress or (response.status_code in RETRY_STATUSES and self.replayable)):
             return None
-        return self._next_wait(parse_retry_after(response.headers.get("retry-after")))
+        return self._next_wait(retry_after)
 
     def explain(self, error: P2LError) -> P2LError:
         """``error`` (from the last answer), its detail naming the attempts made if several."""

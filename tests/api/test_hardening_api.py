@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 
@@ -19,9 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from app.api.idempotency import ABANDONED, digest_json
+from app.api import idempotency
+from app.api.idempotency import ABANDONED, RENEW_EVERY, RequestKey, digest_json, idempotent
 from app.config import Settings
 from app.models import IdempotencyKey, Job, Ranking
 from app.schemas import FinetuneRequest
@@ -415,6 +416,8 @@ def test_a_key_left_by_a_dead_request_waits_then_is_taken_over(
         session.commit()
     running = client.post("/v1/finetunes", json=body, headers=headers)
     assert running.status_code == 409 and "still running" in running.json()["detail"]
+    # Told when to come back: a client retries this (p2l_client does) rather than give up.
+    assert running.headers["retry-after"] == str(int(RENEW_EVERY.total_seconds()))
     with state.sessions() as session:
         session.execute(update(IdempotencyKey).values(created_at=datetime.now(UTC) - ABANDONED))
         session.commit()
@@ -423,6 +426,29 @@ def test_a_key_left_by_a_dead_request_waits_then_is_taken_over(
     replayed = client.post("/v1/finetunes", json=body, headers=headers)
     assert replayed.json()["id"] == taken.json()["id"]
     assert len(client.get("/v1/jobs").json()["items"]) == 1
+
+
+@pytest.mark.api
+def test_a_running_requests_claim_is_renewed_so_only_a_dead_ones_is_taken_over(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restarted mid-upload left its claim, and retries were refused for an hour:
+    now a claim lives only while its request renews it, and ABANDONED is seconds."""
+    assert timedelta(minutes=1) >= ABANDONED
+    monkeypatch.setattr(idempotency, "RENEW_EVERY", timedelta(seconds=0.05))
+    state = client.app.state.service
+    key = RequestKey("renewed", "client")
+
+    def claimed_at() -> datetime:
+        with state.sessions() as session:
+            return session.scalars(select(IdempotencyKey.created_at)).one()
+
+    with state.sessions() as session, idempotent(state.sessions, session, "r", key, "d"):
+        first = claimed_at()
+        time.sleep(0.5)  # the work runs: several renewals
+        assert claimed_at() > first
+    with state.sessions() as session:  # released at the end (nothing was completed)
+        assert session.scalars(select(IdempotencyKey)).all() == []
 
 
 @pytest.mark.system

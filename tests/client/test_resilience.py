@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "client"))
 from p2l_client import (  # client/ is on sys.path, not installed in this venv
     AsyncClient,
     Client,
+    Conflict,
     NotFound,
     P2LConnectionError,
     P2LError,
@@ -380,6 +381,27 @@ def test_retry_after_is_waited_and_a_spent_budget_names_its_attempts() -> None:
     ):
         p2l.health()
     assert len(times) == 1
+
+
+@pytest.mark.unit
+def test_a_keyed_post_whose_first_attempt_still_runs_comes_back_later() -> None:
+    """The service answers 409 + Retry-After while the first attempt's claim is held (or
+    until it sees that attempt's process died): a keyed POST waits and asks again."""
+    running = httpx.Response(409, headers={"Retry-After": "0"}, json={"detail": "still running"})
+    transport, times = answers(running, httpx.Response(201, json={"id": "d"}))
+    with Client("http://p2l.test", backoff=0.01, transport=transport) as p2l:
+        created = p2l.json("POST", "/v1/datasets", headers={"Idempotency-Key": "k"})
+    assert created == {"id": "d"} and len(times) == 2
+    # Without a key the 409 is the answer; so is a 409 that does not say when to come back.
+    no_later = httpx.Response(409, json={"detail": "in use"})
+    for response, headers in ((running, {}), (no_later, {"Idempotency-Key": "k"})):
+        transport, times = answers(response, httpx.Response(201, json={"id": "d"}))
+        with (
+            Client("http://p2l.test", backoff=0.01, transport=transport) as p2l,
+            pytest.raises(Conflict),
+        ):
+            p2l.json("POST", "/v1/datasets", headers=headers)
+        assert len(times) == 1
 
 
 @pytest.mark.unit

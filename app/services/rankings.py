@@ -282,13 +282,14 @@ def _with_source_rank(
     elsewhere in its text (a name, say) is left out."""
     if not listed:
         return listed
-    results = dict(
-        session.execute(
+    results: dict[str, list[dict[str, Any]]] = {
+        row.id: row.results
+        for row in session.execute(
             select(Ranking.id, Ranking.results).where(
                 Ranking.id.in_([item.ranking.id for item in listed])
             )
-        ).all()
-    )
+        )
+    }
     ranked = []
     for item in listed:
         rank = next(

@@ -411,11 +411,13 @@ def test_console_pages_are_html_outside_the_schema(client: TestClient) -> None:
     assert 'data-keys-required="false"' in page.text
     for path in ("console.js", "console.css"):
         assert client.get(f"/console/static/{path}").status_code == 200
-    for kind in ("datasets", "jobs", "models"):
+    for kind in ("datasets", "jobs", "models", "sources"):
         assert client.get(f"/console/{kind}/{'0' * 32}").status_code == 200
         bad = client.get(f"/console/{kind}/not-an-id")
         assert bad.status_code == 404
         assert bad.headers["content-type"] == "application/problem+json"
+    compare = client.get("/console/compare", params={"jobs": f"{'0' * 32},{'1' * 32}"})
+    assert compare.status_code == 200 and 'data-page="compare"' in compare.text
     paths = client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p == "/" or p.startswith("/console")]
 

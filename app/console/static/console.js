@@ -544,6 +544,7 @@
       }
     });
 
+    $("compare-button").addEventListener("click", compareSelected);
     const zoo = loadZoo();
     const jobs = [
       zoo,
@@ -575,6 +576,13 @@
         const rows = (await api("/v1/jobs?page_size=10")).items;
         if (!rows.length) return h("p", { class: "muted" }, "No job yet.");
         return table([
+          {
+            label: "Compare",
+            value: (j) => (j.kind === "finetune" ? h("input", {
+              type: "checkbox", class: "compare-pick", value: j.id,
+              "aria-label": `Compare job ${short(j.id)}`, onchange: syncCompare,
+            }) : ""),
+          },
           { label: "Job", value: (j) => jobLink(j.id) },
           { label: "Kind", value: (j) => j.kind },
           { label: "Status", value: (j) => h("span", { class: `badge ${j.status}` }, j.status) },
@@ -764,10 +772,7 @@
       { label: "Images", value: (c) => h("span", {}, int(c.count), h("span", { class: "countbar", style: { width: `${Math.round(60 * c.count / most)}px` }, "aria-hidden": "true" })), num: true },
     ], dataset.classes, { caption: "Classes and their image counts" }));
 
-    $("compare-button").addEventListener("click", () => {
-      const jobs = [...document.querySelectorAll(".compare-pick:checked")].map((box) => box.value);
-      location.assign(`/console/compare?jobs=${jobs.join(",")}`);
-    });
+    $("compare-button").addEventListener("click", compareSelected);
     const estimate = setUpFinetuneForm();
     $("rank-form").addEventListener("submit", (event) => {
       event.preventDefault();
@@ -799,6 +804,11 @@
         ], rows, { caption: "Models fine-tuned on this dataset" });
       }),
     ]);
+  }
+
+  function compareSelected() {
+    const jobs = [...document.querySelectorAll(".compare-pick:checked")].map((box) => box.value);
+    location.assign(`/console/compare?jobs=${jobs.join(",")}`);
   }
 
   function syncCompare() {
@@ -1594,16 +1604,21 @@
     $("compare-title").textContent = `Compare ${jobs.length} jobs`;
     const color = (k) => PALETTE[k % PALETTE.length];
     const head = (job, k) => h("span", {}, h("span", { class: "swatch", style: { background: color(k) }, "aria-hidden": "true" }), jobLink(job.id));
+    // An option where it applies: auto's budget under auto, the decay under manual.
+    const APPLIES = { auto_epochs: "auto", decay: "manual" };
     const option = (name) => (job) => {
-      const value = ((job.params || {}).options || {})[name];
+      const options = (job.params || {}).options || {};
+      const value = options[name];
+      if (APPLIES[name] && options.schedule !== APPLIES[name]) return dash;
       return value === undefined || value === null ? dash : String(value);
     };
+    const CHOSEN = { p2l: "P2L's top (best)", given: "by hand", race: "a race" };
     const report = (job) => (job.result && job.result.model_id !== undefined ? job.result : {});
     const rows = [
       ["Status", (job) => h("span", { class: `badge ${job.status}` }, job.status)],
       ["Target", (job) => (job.params.target_dataset_id ? namedDatasetLink(job.params.target_dataset_id) : dash)],
       ["Source", (job) => (isId(job.params.source_id) ? sourceLink(job.params.source_id, job.params.source_name || short(job.params.source_id)) : job.params.source_name || dash)],
-      ["Chosen by", (job) => job.params.chosen_by || dash],
+      ["Source chosen", (job) => CHOSEN[job.params.chosen_by] || job.params.chosen_by || dash],
       ["Schedule", option("schedule")],
       ["Epochs", option("epochs")],
       ["Auto budget per candidate", option("auto_epochs")],

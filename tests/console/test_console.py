@@ -1,6 +1,7 @@
 """The web console in a real browser: Debian's headless Chromium, driven by Playwright, against
 a real server with its job worker: upload, rank, fine-tune live, the model's report, API keys."""
 
+import base64
 import os
 import re
 import zipfile
@@ -374,6 +375,18 @@ def test_console_asks_for_the_api_key(browser: Any, garments_zip: Path, tmp_path
         expect(sources.locator("tbody tr")).to_have_count(21, timeout=30_000)
         page.wait_for_function("() => document.getElementById('zoo-map').naturalWidth > 0")
         assert image_loaded(page, "#zoo-map")
+
+        # An archive dropped on the upload box is taken as it is (not zipped again).
+        page.locator("#drop-zone").evaluate(
+            """(zone, b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const dataTransfer = new DataTransfer();
+                dataTransfer.items.add(new File([bytes], "garments.zip"));
+                zone.dispatchEvent(new DragEvent("drop", { dataTransfer, bubbles: true }));
+            }""",
+            base64.b64encode(garments_zip.read_bytes()).decode(),
+        )
+        expect(page.locator("#drop-chosen")).to_contain_text("Archive garments.zip")
 
         # The key stays for the tab: the upload (a POST) and the next page use it.
         upload(page, garments_zip, "garments")

@@ -395,6 +395,11 @@ class RankingSummary(BaseModel):
     top_score: float | None = Field(
         description="Its first-stage score (see RankedSource.score); null when nothing was ranked."
     )
+    source_rank: int | None = Field(
+        None,
+        description="Listed with `source_id`: that source's rank in this ranking (1: the "
+        "pick); null otherwise.",
+    )
 
 
 class FinetuneRequest(FinetuneOptions):
@@ -606,6 +611,11 @@ class BaselineOut(BaseModel):
     transfer_gain: float | None = Field(None, description="Fine-tuned minus from scratch.")
     transfer_gain_split: str | None = Field(
         None, description="The split transfer_gain compares on: test or validation."
+    )
+    history: list[EpochMetrics] = Field(
+        default_factory=list,
+        description="Every epoch of the from-scratch training, in order (empty in reports "
+        "of earlier releases).",
     )
 
 

@@ -1,14 +1,15 @@
 """Screenshots of every web-console page (docs/console-*.png), taken in headless Chromium.
 
 Starts a fresh service over a temporary data dir (or uses --url), uploads the bundled
-garments target, ranks the zoo, fine-tunes the top source while the job page watches, and
-saves the zoo, dataset, job (mid-run) and model pages, 1280 px wide, full page:
+garments target as a folder (zipped in the browser), ranks the zoo, fine-tunes the top
+source (with its baseline) while the job page watches and a second source for comparison,
+tries the model on a few images, and saves the zoo, dataset, job (mid-run), model, try-it,
+source and compare pages, 1280 px wide, full page (the try-it box alone):
 
     .venv/bin/python scripts/console_screenshots.py [--url http://127.0.0.1:8000] [--out docs]
 """
 
 import argparse
-import io
 import os
 import re
 import socket
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,16 +42,19 @@ CHROMIUM_ARGS = [
 WIDTH = 1280
 
 
-def garments_zip(path: Path) -> Path:
-    """The bundled garments target's training part as a zip of class folders."""
+def garments_folder(path: Path) -> Path:
+    """The bundled garments target's training part as a folder of class folders, and a few
+    of its held-out images (path/../try/) to try the model on."""
     images, labels, names, is_test = bundled_target("fashion")
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for index, (pixels, label) in enumerate(
-            zip(images[~is_test], labels[~is_test], strict=True)
-        ):
-            buffer = io.BytesIO()
-            Image.fromarray(np.asarray(pixels)).save(buffer, "PNG")
-            archive.writestr(f"garments/{names[label]}/{index:04d}.png", buffer.getvalue())
+    for index, (pixels, label) in enumerate(zip(images[~is_test], labels[~is_test], strict=True)):
+        target = path / names[label] / f"{index:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(pixels)).save(target, "PNG")
+    tries = path.parent / "try"
+    tries.mkdir(exist_ok=True)
+    for label in range(len(names)):
+        first = int(np.flatnonzero(is_test & (labels == label))[0])
+        Image.fromarray(np.asarray(images[first])).save(tries / f"{names[label]}.png", "PNG")
     return path
 
 
@@ -96,7 +99,7 @@ def shoot(page: Any, out: Path, name: str) -> None:
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
-def drive(url: str, archive: Path, out: Path) -> None:
+def drive(url: str, folder: Path, out: Path) -> None:
     """Click through the console as a user would and screenshot each page."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -104,10 +107,11 @@ def drive(url: str, archive: Path, out: Path) -> None:
         )
         page = browser.new_page(viewport={"width": WIDTH, "height": 900})
         page.goto(f"{url}/")
-        page.get_by_label("Archive").set_input_files(archive)
-        page.get_by_label("Name").fill("garments")
+        page.get_by_label("Folder").set_input_files(folder)
+        expect(page.locator("#drop-chosen")).to_contain_text("class folder(s)")
         page.get_by_role("button", name="Upload").click()
         page.wait_for_url(re.compile(r"/console/datasets/"), timeout=120_000)
+        dataset_url = page.url
 
         # Two stages, as a user comparing sources would rank: P2L, then LogME over its top 3.
         page.get_by_label("Second stage").select_option("logme")
@@ -118,17 +122,23 @@ def drive(url: str, archive: Path, out: Path) -> None:
         page.wait_for_function(
             "() => document.getElementById('target-map').naturalWidth > 0", timeout=60_000
         )
-        page.get_by_label("Source").select_option(index=2)  # the ranking's #1 (after best, race)
+        top = page.get_by_role("table", name="Ranking").locator("tbody tr").first
+        source_url = url + (top.get_by_role("link").get_attribute("href") or "")
         page.get_by_label("Epochs", exact=True).fill("8")
         page.get_by_label("Auto budget per candidate (epochs)").fill("2")
         page.get_by_role("checkbox", name=re.compile("^Baseline")).check()
+        expect(page.locator("#finetune-estimate")).to_contain_text(
+            "Expected run time", timeout=60_000
+        )
+        page.wait_for_timeout(1500)  # the estimate of the last change (debounced)
         shoot(page, out, "dataset")
 
         page.get_by_role("button", name="Start fine-tune").click()
         page.wait_for_url(re.compile(r"/console/jobs/"), timeout=60_000)
-        # Mid-run: a few epochs done, the bar part-way, the table growing.
+        # Mid-run: the search done, the fine-tune part-way, the curves growing.
         page.wait_for_function(
-            "() => document.querySelectorAll('#job-metrics tbody tr').length >= 6 || "
+            "() => document.querySelectorAll('#job-curves [data-series^=\"fine_tune:\"]')"
+            ".length > 0 && document.querySelectorAll('#job-metrics tbody tr').length >= 16 || "
             "['succeeded', 'failed', 'cancelled']"
             ".includes(document.getElementById('job-status').textContent)",
             timeout=300_000,
@@ -143,8 +153,39 @@ def drive(url: str, archive: Path, out: Path) -> None:
             "() => document.getElementById('confusion-image').naturalWidth > 0 || "
             "document.querySelector('#confusion-table table') !== null"
         )
+        page.locator("#try-files").set_input_files(sorted((folder.parent / "try").iterdir()))
+        expect(page.locator("#try-results figure").first).to_be_visible(timeout=60_000)
         page.wait_for_timeout(1500)  # thumbnails load one by one
         shoot(page, out, "model")
+        path = out / "console-try.png"
+        page.locator("#try-title").locator("..").screenshot(path=str(path))
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+        # A second fine-tune (the ranking's #2, manual) to compare with the first.
+        page.goto(dataset_url)
+        source = page.get_by_label("Source")
+        expect(source.locator("option:checked")).to_contain_text("#1", timeout=60_000)
+        source.select_option(index=1)
+        page.get_by_role("radio", name=re.compile("^manual")).check()
+        page.get_by_label("Epochs", exact=True).fill("8")
+        page.get_by_role("button", name="Start fine-tune").click()
+        page.wait_for_url(re.compile(r"/console/jobs/"), timeout=60_000)
+        expect(page.locator("#job-status")).to_have_text("succeeded", timeout=600_000)
+        page.goto(dataset_url)
+        picks = page.get_by_role("checkbox", name=re.compile("^Compare the job"))
+        expect(picks).to_have_count(2, timeout=60_000)
+        picks.first.check()
+        picks.nth(1).check()
+        page.get_by_role("button", name=re.compile("^Compare")).click()
+        page.wait_for_url(re.compile(r"/console/compare"))
+        expect(page.locator("#compare-curves svg").first).to_be_visible(timeout=60_000)
+        shoot(page, out, "compare")
+
+        page.goto(source_url)
+        expect(page.get_by_role("table", name="Rankings this source appears in")).to_be_visible(
+            timeout=60_000
+        )
+        shoot(page, out, "source")
 
         page.goto(f"{url}/")
         page.wait_for_function(
@@ -164,12 +205,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="p2l-console-") as tmp:
         work = Path(tmp)
-        archive = garments_zip(work / "garments.zip")
+        folder = garments_folder(work / "garments")
         if args.url:
-            drive(args.url.rstrip("/"), archive, args.out)
+            drive(args.url.rstrip("/"), folder, args.out)
         else:
             with service(work) as url:
-                drive(url, archive, args.out)
+                drive(url, folder, args.out)
 
 
 if __name__ == "__main__":

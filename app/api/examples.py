@@ -268,6 +268,7 @@ _RANKING_SUMMARY = {
     "top_source_id": SOURCE_ID,
     "top_source_name": "fashion_tops_2700",
     "top_score": -0.0213,
+    "source_rank": None,
 }
 _REFINE = {
     "method": "logme",
@@ -444,6 +445,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "seconds": 12.3,
         "transfer_gain": 0.2,
         "transfer_gain_split": "test",
+        "history": [{**_EPOCH, "phase": "baseline", "train_accuracy": 0.61, "val_accuracy": 0.6}],
     },
     "FinetuneReport": {**_REPORT, "race": _RACE},
     "RaceOptions": {"top": 3, "budget_epochs": 40, "score": "loss"},

@@ -79,3 +79,17 @@ def job_page(request: Request, state: StateDep, job_id: str) -> HTMLResponse:
 def model_page(request: Request, state: StateDep, model_id: str) -> HTMLResponse:
     """A model's report, downloads and registration."""
     return _page(request, state, "model.html", page="model", item_id=_checked("model", model_id))
+
+
+@router.get("/console/sources/{source_id}", response_class=HTMLResponse)
+def source_page(request: Request, state: StateDep, source_id: str) -> HTMLResponse:
+    """A source: its training data, lineage, and where it ranked."""
+    return _page(
+        request, state, "source.html", page="source", item_id=_checked("source", source_id)
+    )
+
+
+@router.get("/console/compare", response_class=HTMLResponse)
+def compare_page(request: Request, state: StateDep) -> HTMLResponse:
+    """Jobs side by side (``?jobs=ID,ID``; the script reads and checks the ids)."""
+    return _page(request, state, "compare.html", page="compare")

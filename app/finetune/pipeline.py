@@ -342,6 +342,9 @@ def train_from_scratch(
         "val_accuracy": _accuracy(model, val, device, accelerator),
         "epochs_run": len(result.history),
         "seconds": time.perf_counter() - started,
+        # Per epoch, so its curve can be drawn beside the fine-tune's (the report's own
+        # history holds the fine-tune's epochs only).
+        "history": [{"phase": BASELINE_PHASE["phase"], **asdict(e)} for e in result.history],
     }
 
 

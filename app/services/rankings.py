@@ -3,12 +3,12 @@
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 import torch
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, Text, and_, cast, delete, false, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
@@ -206,18 +206,26 @@ class ListedRanking:
     top_source_id: str | None
     top_source_name: str | None
     top_score: float | None
+    # With a source filter: the source's rank in the ranking.
+    source_rank: int | None = None
 
 
 def list_rankings(
-    session: Session, page_size: int, page_token: str | None, target_dataset_id: str | None = None
+    session: Session,
+    page_size: int,
+    page_token: str | None,
+    target_dataset_id: str | None = None,
+    source_id: str | None = None,
 ) -> tuple[list[ListedRanking], str | None]:
-    """One page of the project's rankings (of one target, if given), newest first, and the
-    next page's token.
+    """One page of the project's rankings (of one target, if given; that ranked one source,
+    if given), newest first, and the next page's token.
 
     A ranking of the whole zoo holds one result per source (up to 10^5): the page loads
     none of them; the database counts them and reads the first.
     """
     where = Ranking.target_dataset_id == target_dataset_id if target_dataset_id else None
+    if source_id is not None:
+        where = _and(where, _names_source(source_id))
     skipped = (Ranking.results, Ranking.excluded)
     rows, next_token = paginate(session, Ranking, page_size, page_token, skipped, where)
     if not rows:
@@ -249,7 +257,52 @@ def list_rankings(
                 top_score=fact.score,
             )
         )
+    if source_id is not None:
+        listed = _with_source_rank(session, listed, source_id)
     return listed, next_token
+
+
+def _names_source(source_id: str) -> ColumnElement[bool]:
+    """Rankings whose results name the source: a text search of the stored JSON (the same
+    on SQLite and PostgreSQL); an id is 32 hex digits, so a match is that source (the
+    exact rank is read in Python). An id that cannot be one matches nothing."""
+    if not is_valid_id(source_id):
+        return false()
+    return cast(Ranking.results, Text).like(f"%{source_id}%")
+
+
+def _and(where: ColumnElement[bool] | None, condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    return condition if where is None else and_(where, condition)
+
+
+def _with_source_rank(
+    session: Session, listed: list[ListedRanking], source_id: str
+) -> list[ListedRanking]:
+    """The page's rankings with the source's rank in each; one that names the id only
+    elsewhere in its text (a name, say) is left out."""
+    if not listed:
+        return listed
+    results: dict[str, list[dict[str, Any]]] = {
+        row.id: row.results
+        for row in session.execute(
+            select(Ranking.id, Ranking.results).where(
+                Ranking.id.in_([item.ranking.id for item in listed])
+            )
+        )
+    }
+    ranked = []
+    for item in listed:
+        rank = next(
+            (
+                r.get("rank")
+                for r in results.get(item.ranking.id, [])
+                if r.get("source_id") == source_id
+            ),
+            None,
+        )
+        if rank is not None:
+            ranked.append(replace(item, source_rank=int(rank)))
+    return ranked
 
 
 def delete_ranking(session: Session, ranking_id: str) -> None:

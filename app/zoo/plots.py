@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure  # pyplot-free: safe in a threaded server
 
 from app.p2l.scoring import to_distribution
@@ -70,17 +71,103 @@ def zoo_map(
     marker_sizes = 30 + 25 * np.log10(np.maximum(np.asarray(sizes, dtype=float), 1))
     ax.scatter(xy[:count, 0], xy[:count, 1], s=marker_sizes, c="#7570b3", alpha=0.8,
                label="source (size ~ log n)")  # fmt: skip
-    for (x, y), label in zip(xy[:count], names, strict=True):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    areas = list(marker_sizes)
     if target:
         ax.scatter(xy[-1, 0], xy[-1, 1], marker="*", s=260, c="#e7298a", label="target")
-        ax.annotate(target[0], xy[-1], textcoords="offset points", xytext=(6, -10), fontsize=9)
+        areas.append(260.0)
     ax.set_title("Dataset signatures in reference-feature space (MDS of JS distance)", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
+    # Room around the points for their labels.
+    ax.margins(0.12)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    sizes_pt = [8] * count + ([9] if target else [])
+    place_labels(fig, ax, xy, labels, sizes_pt, np.asarray(areas, dtype=float))
     return _png(fig)
+
+
+def place_labels(
+    fig: Figure,
+    ax: Any,
+    xy: np.ndarray,
+    labels: Sequence[str],
+    fontsizes: Sequence[float],
+    marker_areas: np.ndarray,
+) -> list[tuple[float, float, float, float]]:
+    """Annotate every point with its label so that no label covers another, a marker or
+    the legend: each label in turn takes the first free place of a spiral around its point
+    (beside it first, then farther out; a label away from its point gets a leader line).
+    Beyond MAX_PLACED_LABELS points every label sits beside its point (the search is
+    quadratic, and such a map is a cloud anyway).
+
+    Returns each label's box (x0, y0, x1, y1) in display pixels (for tests)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # fixes the layout and the legend's place
+    renderer = canvas.get_renderer()
+    anchors = ax.transData.transform(xy) if len(xy) else np.zeros((0, 2))
+    scale = fig.dpi / 72.0  # pixels per point
+    radii = np.sqrt(marker_areas) / 2 * scale + 1.5
+    size = np.zeros((len(labels), 2))
+    for i, (label, fontsize) in enumerate(zip(labels, fontsizes, strict=True)):
+        probe = ax.text(0, 0, label, fontsize=fontsize)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        size[i] = (box.width + 2, box.height + 1)
+    frame = ax.get_window_extent(renderer)
+    # Taken: every marker's box, the legend, then each label placed.
+    taken = [np.column_stack([anchors - radii[:, None], anchors + radii[:, None]])]
+    legend = ax.get_legend()
+    if legend is not None:
+        lb = legend.get_window_extent(renderer)
+        taken.append(np.array([[lb.x0, lb.y0, lb.x1, lb.y1]]))
+    blocked = np.vstack(taken)
+    search = len(labels) <= MAX_PLACED_LABELS
+    boxes = []
+    for i, (label, fontsize) in enumerate(zip(labels, fontsizes, strict=True)):
+        w, h = size[i]
+        lower_left = anchors[i] + (radii[i], radii[i] * 0.3 - h / 2)
+        away = 0.0
+        for ring, angle in _SPIRAL if search else ():
+            direction = np.array([np.cos(angle), np.sin(angle)])
+            centre = anchors[i] + direction * (radii[i] + ring + np.array([w, h]) / 2)
+            x0, y0 = centre - (w / 2, h / 2)
+            if x0 < frame.x0 or y0 < frame.y0 or x0 + w > frame.x1 or y0 + h > frame.y1:
+                continue
+            others = np.delete(blocked, i, axis=0) if i < len(anchors) else blocked
+            if not _overlaps((x0, y0, x0 + w, y0 + h), others).any():
+                lower_left, away = np.array([x0, y0]), ring
+                break
+        box = (lower_left[0], lower_left[1], lower_left[0] + w, lower_left[1] + h)
+        blocked = np.vstack([blocked, np.array([box])])
+        boxes.append(box)
+        arrow = (
+            {"arrowstyle": "-", "color": "#888888", "lw": 0.6, "shrinkA": 0, "shrinkB": radii[i]}
+            if away >= 12
+            else None
+        )
+        offset = (lower_left - anchors[i]) / scale  # in points, as textcoords says
+        ax.annotate(label, xy[i], textcoords="offset points", xytext=tuple(offset),
+                    fontsize=fontsize, ha="left", va="bottom", arrowprops=arrow,
+                    annotation_clip=False)  # fmt: skip
+    return boxes
+
+
+# Places tried around a point, nearest first: (pixels beyond the marker, angle); to the
+# right and left of a point before above and below (labels are wide and short).
+_SPIRAL = [
+    (ring, np.deg2rad(angle))
+    for ring in (0, 4, 10, 18, 28, 40, 55, 75, 100, 130)
+    for angle in (10, -10, 170, -170, 40, -40, 140, -140, 90, -90, 65, -65, 115, -115)
+]
+MAX_PLACED_LABELS = 300
+
+
+def _overlaps(box: tuple[float, float, float, float], boxes: np.ndarray) -> np.ndarray:
+    """Which of ``boxes`` (rows of x0, y0, x1, y1) ``box`` overlaps."""
+    return (np.minimum(box[2], boxes[:, 2]) > np.maximum(box[0], boxes[:, 0])) & (
+        np.minimum(box[3], boxes[:, 3]) > np.maximum(box[1], boxes[:, 1])
+    )
 
 
 def _png(fig: Figure) -> bytes:

@@ -50,6 +50,7 @@ def summary_of(ranking: dict[str, Any]) -> dict[str, Any]:
         "top_source_id": top.get("source_id"),
         "top_source_name": top.get("name"),
         "top_score": top.get("score"),
+        "source_rank": None,
     }
 
 
@@ -122,6 +123,39 @@ def test_the_listing_holds_the_projects_rankings_only(
     service.headers["X-API-Key"] = OPERATOR  # operators list the project they name
     named = listed(service, project="team-b")
     assert [r["id"] for r in named["items"]] == made["team-b"][::-1]
+
+
+def test_rankings_filtered_by_source_say_where_it_ranked(
+    make_client: Callable[..., TestClient], database_url: str | None
+) -> None:
+    client = make_client(database_url=database_url)
+    garments = upload_garments(client, per_class=3)
+    whole = rank(client, garments)
+    top3 = rank(client, garments, top_k=3)
+    largest = rank(client, garments, method="largest", top_k=2)
+    fourth = whole["results"][3]["source_id"]
+    # The 4th source of the whole ranking: in it, not in the top 3 (nor, unless it is the
+    # largest, in the top 2 by size).
+    items = listed(client, source_id=fourth)["items"]
+    expected = [whole] + [r for r in (largest,) if fourth in ids_of(r)]
+    assert [i["id"] for i in items] == [r["id"] for r in reversed(expected)]
+    assert items[-1] == {**summary_of(whole), "source_rank": 4}
+    first = top3["results"][0]["source_id"]
+    ranks = {i["id"]: i["source_rank"] for i in listed(client, source_id=first)["items"]}
+    assert ranks[top3["id"]] == 1 and ranks[whole["id"]] == 1
+    both = listed(client, source_id=first, target_dataset_id=SOME_ID)
+    assert both == {"items": [], "next_page_token": None}
+    assert listed(client, source_id=SOME_ID)["items"] == []
+    # By name as by id; a name no source has is a 404.
+    by_name = listed(client, source_id=top3["results"][0]["name"])["items"]
+    assert {i["id"]: i["source_rank"] for i in by_name} == ranks
+    missing = client.get("/v1/rankings", params={"source_id": "no-such-source"})
+    assert missing.status_code == 404, missing.text
+
+
+def ids_of(ranking: dict[str, Any]) -> list[str]:
+    """The ids of the sources a ranking ranked."""
+    return [r["source_id"] for r in ranking["results"]]
 
 
 def test_a_page_token_not_issued_here_is_a_400(client: TestClient) -> None:

@@ -1,6 +1,7 @@
 """The web console in a real browser: Debian's headless Chromium, driven by Playwright, against
 a real server with its job worker: upload, rank, fine-tune live, the model's report, API keys."""
 
+import base64
 import os
 import re
 import zipfile
@@ -69,6 +70,38 @@ def garments_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# Every frame, every <img> the page shows must hold a decoded picture: an <img> shown before
+# its blob has loaded is an empty frame or a broken-image icon. What was shown too early is
+# kept in sessionStorage, so it outlives the tab's navigations.
+WATCH_IMAGES = """
+(() => {
+  const KEY = 'p2l.test.imagesShownEarly';
+  const check = () => {
+    try {
+      for (const img of document.images) {
+        const shown = img.getClientRects().length > 0;
+        if (shown && !(img.complete && img.naturalWidth > 0)) {
+          const seen = JSON.parse(sessionStorage.getItem(KEY) || '[]');
+          const name = `${location.pathname} ${img.id || img.alt}`;
+          if (!seen.includes(name)) sessionStorage.setItem(KEY, JSON.stringify([...seen, name]));
+        }
+      }
+    } catch (_) { /* about:blank has no storage */ }
+  };
+  const frame = () => { check(); requestAnimationFrame(frame); };
+  requestAnimationFrame(frame);
+  setInterval(check, 5);
+})();
+"""
+
+
+def images_shown_early(page: Any) -> list[str]:
+    """The <img>s (page path and id or alt) shown before their picture had loaded."""
+    return list(
+        page.evaluate("JSON.parse(sessionStorage.getItem('p2l.test.imagesShownEarly') || '[]')")
+    )
+
+
 def image_loaded(page: Any, selector: str) -> bool:
     """True once the <img> shows a decoded image (fetched with the key, from a blob: URL)."""
     return bool(
@@ -87,14 +120,48 @@ def upload(page: Any, archive: Path, name: str) -> str:
     return page.url.rsplit("/", 1)[1]
 
 
+@pytest.fixture(scope="module")
+def garments_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same images as a folder (garments/<class>/NNNN.png), with hidden files a desktop
+    leaves behind, which the console must not upload."""
+    top = tmp_path_factory.mktemp("folders") / "garments"
+    for path, data in image_folder_entries(bundled_target_images("fashion")).items():
+        (top / path).parent.mkdir(parents=True, exist_ok=True)
+        (top / path).write_bytes(data)
+    (top / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (top / "pullover" / "._0000.png").write_bytes(b"not an image")
+    return top
+
+
+def start_finetune(page: Any, source_option: int | None, epochs: int, baseline: bool) -> str:
+    """Fill the dataset page's form (manual schedule; the source as chosen, or the option
+    at `source_option`), wait for its estimate, start; the job's id."""
+    from playwright.sync_api import expect
+
+    source = page.get_by_label("Source")
+    if source_option is not None:
+        source.select_option(index=source_option)
+    page.get_by_role("radio", name=re.compile("^manual")).check()
+    page.get_by_label("Epochs", exact=True).fill(str(epochs))
+    page.get_by_role("checkbox", name=re.compile("^Baseline")).set_checked(baseline)
+    # The estimate of exactly this request, before anything starts.
+    estimate = page.locator("#finetune-estimate")
+    expect(estimate).to_contain_text("Expected run time", timeout=30_000)
+    expect(estimate).to_contain_text(f"{2 * epochs if baseline else epochs} epochs at most")
+    page.get_by_role("button", name="Start fine-tune").click()
+    page.wait_for_url(re.compile(rf"/console/jobs/{ID}$"), timeout=30_000)
+    return str(page.url.rsplit("/", 1)[1])
+
+
 @pytest.mark.system
 def test_console_upload_rank_finetune_and_report(
-    browser: Any, garments_zip: Path, tmp_path: Path
+    browser: Any, garments_folder: Path, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
     with start_service(tmp_path) as service:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.add_init_script(WATCH_IMAGES)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
 
@@ -107,40 +174,63 @@ def test_console_upload_rank_finetune_and_report(
         page.wait_for_function("() => document.getElementById('zoo-map').naturalWidth > 0")
         assert image_loaded(page, "#zoo-map")
 
-        # Upload a real archive: the dataset page lists its classes.
-        dataset_id = upload(page, garments_zip, "garments")
+        # Upload a folder (zipped in the browser, hidden files left out): the dataset page
+        # lists its classes.
+        page.get_by_label("Folder").set_input_files(garments_folder)
+        expect(page.locator("#drop-chosen")).to_contain_text(
+            "Folder garments: 250 file(s) in 5 class folder(s)"
+        )
+        page.get_by_role("button", name="Upload").click()
+        page.wait_for_url(re.compile(rf"/console/datasets/{ID}$"), timeout=60_000)
+        dataset_id = page.url.rsplit("/", 1)[1]
         expect(page.get_by_role("heading", name="garments", exact=True)).to_be_visible()
         classes = page.get_by_role("table", name="Classes and their image counts")
         expect(classes.locator("tbody tr")).to_have_count(5)
         expect(classes).to_contain_text("pullover")
+        expect(page.locator("#upload-report")).to_be_empty()  # no hidden file went up
 
-        # Rank: the table and the chart; the top source is a garment source.
+        # Nothing is chosen before a ranking ("best" is no silent default): no estimate.
+        source = page.get_by_label("Source")
+        assert source.input_value() == ""
+        expect(page.locator("#finetune-estimate")).to_contain_text("Choose a source")
+        # The ranking comes first on the page, the form after it.
+        assert (
+            page.locator("#ranking-title").bounding_box()["y"]
+            < (page.locator("#finetune-title").bounding_box()["y"])
+        )
+
+        # Rank: the table and the chart; the top source is a garment source, and the form
+        # lists the ranked sources with the top one chosen.
         page.get_by_role("button", name="Rank sources").click()
         ranking = page.get_by_role("table", name="Ranking")
         expect(ranking.locator("tbody tr").first).to_contain_text("fashion", timeout=30_000)
         page.wait_for_function("() => document.getElementById('ranking-chart').naturalWidth > 0")
         assert image_loaded(page, "#ranking-chart")
+        top = ranking.locator("tbody tr").first.get_by_role("link")
+        top_name, top_href = top.inner_text(), top.get_attribute("href") or ""
+        top_id = top_href.rsplit("/", 1)[1]
+        assert top_href == f"/console/sources/{top_id}"
+        expect(source).to_have_value(top_id)
+        assert source.locator("option:checked").inner_text().startswith(f"#1 {top_name}")
 
-        # Fine-tune the ranking's top source, tiny: manual schedule, 2 epochs.
-        source = page.get_by_label("Source")
-        expect(source.locator("option")).not_to_have_count(2)
-        assert source.locator("option").nth(1).get_attribute("value") == "race"
-        source.select_option(index=2)  # "#1 ..." of the ranking, after "best" and "race"
-        assert source.input_value() not in ("best", "race")
-        page.get_by_role("radio", name=re.compile("^manual")).check()
-        page.get_by_label("Epochs", exact=True).fill("2")
-        page.get_by_role("button", name="Start fine-tune").click()
-        page.wait_for_url(re.compile(rf"/console/jobs/{ID}$"), timeout=30_000)
-        job_id = page.url.rsplit("/", 1)[1]
+        # Fine-tune the ranking's top source, tiny: manual schedule, 2 epochs, and the
+        # from-scratch baseline (2 epochs more) for its curve.
+        job_id = start_finetune(page, None, epochs=2, baseline=True)
 
-        # The job page follows the event stream to the end.
+        # The job page follows the event stream to the end, drawing the curves.
         status = page.locator("#job-status")
         expect(status).to_have_text("succeeded", timeout=180_000)
         bar = page.get_by_role("progressbar")
-        assert bar.get_attribute("max") == "2" and bar.evaluate("b => b.value") == 2
-        expect(page.locator("#job-epochs")).to_have_text("2 of 2")
+        assert bar.get_attribute("max") == "4" and bar.evaluate("b => b.value") == 4
+        expect(page.locator("#job-epochs")).to_have_text("4 of 4")
         metrics = page.get_by_role("table", name="Per-epoch metrics")
-        expect(metrics.locator("tbody tr")).to_have_count(2)
+        expect(metrics.locator("tbody tr")).to_have_count(4)
+        job_curves = page.locator("#job-curves")
+        expect(
+            job_curves.get_by_role("img", name=re.compile("^Accuracy per epoch"))
+        ).to_be_visible()
+        for series in ("fine_tune:val_accuracy", "baseline:val_accuracy", "fine_tune:train_loss"):
+            expect(job_curves.locator(f'[data-series="{series}"] circle')).to_have_count(2)
         events = page.evaluate("window.p2lJobEvents")
         assert events[0] == "job" and events[-1] == "end", events
         # Epochs came one by one from the stream (the table grew), not only with the end.
@@ -172,6 +262,30 @@ def test_console_upload_rank_finetune_and_report(
         )
         expect(page.locator("#misclassified figure").first).to_contain_text("→")
 
+        # Its curves, the baseline's overlaid (from the report).
+        model_curves = page.locator("#model-curves")
+        for series in ("fine_tune:val_accuracy", "baseline:val_accuracy", "baseline:train_loss"):
+            expect(model_curves.locator(f'[data-series="{series}"] circle')).to_have_count(2)
+        expect(model_curves.locator(".legend")).to_contain_text("from scratch")
+
+        # Try it: two images of the folder, classified with their top labels.
+        page.locator("#try-files").set_input_files(
+            [garments_folder / "pullover" / "0001.png", garments_folder / "dress" / "0002.png"]
+        )
+        tried = page.locator("#try-results figure")
+        expect(tried).to_have_count(2, timeout=30_000)
+        expect(tried.first.locator(".top-labels li")).to_have_count(3)
+        expect(tried.first).to_contain_text("0001.png")
+        expect(tried.first.locator(".top-labels li").first).to_contain_text(
+            re.compile(r"\d+\.\d %")
+        )
+        labels = tried.first.locator(".top-labels .label").all_inner_texts()
+        assert len(labels) == 3 and set(labels) <= {"coat", "dress", "pullover", "shirt", "tshirt"}
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#try-results img')]"
+            ".every(img => !img.hidden && img.naturalWidth > 0)"
+        )
+
         # Download the weights (fetched with the key, saved under the server's name).
         with page.expect_download() as download:
             page.get_by_role("button", name="Download weights").click()
@@ -189,10 +303,49 @@ def test_console_upload_rank_finetune_and_report(
         page.get_by_role("button", name="Register as source").click()
         expect(page.locator("#register-status")).to_contain_text("Registered as source")
         expect(page.get_by_role("button", name="Register as source")).to_be_disabled()
+
+        # The source's page, from the model's summary: its data, and where it ranked.
+        summary.get_by_role("link", name=top_name).click()
+        page.wait_for_url(f"{service.url}/console/sources/{top_id}")
+        expect(page.get_by_role("heading", name=top_name, exact=True)).to_be_visible()
+        expect(page.locator("#source-lineage")).to_contain_text("bundled")
+        expect(page.get_by_role("table", name=re.compile("training data"))).to_be_visible()
+        ranked = page.get_by_role("table", name="Rankings this source appears in")
+        expect(ranked.locator("tbody tr")).to_have_count(1)
+        expect(ranked.locator("tbody tr").first).to_contain_text("garments")
+        expect(ranked.locator("tbody tr").first).to_contain_text("#1")
+
+        # A second fine-tune (the ranking's #2, shown again on a later visit), to compare.
+        page.goto(f"{service.url}/console/datasets/{dataset_id}")
+        expect(source).to_have_value(top_id, timeout=30_000)
+        second_id = start_finetune(page, 1, epochs=2, baseline=False)  # option 0: #1
+        expect(status).to_have_text("succeeded", timeout=180_000)
+        page.goto(f"{service.url}/console/datasets/{dataset_id}")
+        picks = page.get_by_role("checkbox", name=re.compile("^Compare the job"))
+        expect(picks).to_have_count(2, timeout=30_000)
+        compare = page.get_by_role("button", name=re.compile("^Compare"))
+        picks.first.check()
+        expect(compare).to_be_disabled()
+        picks.nth(1).check()
+        compare.click()
+        page.wait_for_url(re.compile(r"/console/compare\?jobs="))
+        side = page.get_by_role("table", name="Jobs side by side")
+        for job in (job_id, second_id):
+            expect(side.locator("thead")).to_contain_text(job[:8])
+            expect(
+                page.locator(f'#compare-curves [data-series="{job}:val_accuracy"] circle')
+            ).to_have_count(2)
+        expect(side).to_contain_text("Test accuracy")
+        expect(side).to_contain_text(top_name)
+
         page.goto(f"{service.url}/")
         expect(sources).to_contain_text("garments-finetuned", timeout=30_000)
         expect(page.locator("#datasets")).to_contain_text("garments")
-        expect(page.locator("#models")).to_contain_text(model_id[:8])
+        # Models go by name (the service names them TARGET-from-SOURCE), linked by id.
+        model_link = page.locator(f'#models a[href="/console/models/{model_id}"]')
+        expect(model_link).to_have_text(f"garments-from-{top_name}")
+        page.wait_for_function("() => document.getElementById('zoo-map').naturalWidth > 0")
+        assert images_shown_early(page) == []
         assert not errors, errors
 
 
@@ -224,6 +377,18 @@ def test_console_asks_for_the_api_key(browser: Any, garments_zip: Path, tmp_path
         expect(sources.locator("tbody tr")).to_have_count(21, timeout=30_000)
         page.wait_for_function("() => document.getElementById('zoo-map').naturalWidth > 0")
         assert image_loaded(page, "#zoo-map")
+
+        # An archive dropped on the upload box is taken as it is (not zipped again).
+        page.locator("#drop-zone").evaluate(
+            """(zone, b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const dataTransfer = new DataTransfer();
+                dataTransfer.items.add(new File([bytes], "garments.zip"));
+                zone.dispatchEvent(new DragEvent("drop", { dataTransfer, bubbles: true }));
+            }""",
+            base64.b64encode(garments_zip.read_bytes()).decode(),
+        )
+        expect(page.locator("#drop-chosen")).to_contain_text("Archive garments.zip")
 
         # The key stays for the tab: the upload (a POST) and the next page use it.
         upload(page, garments_zip, "garments")
@@ -261,11 +426,13 @@ def test_console_pages_are_html_outside_the_schema(client: TestClient) -> None:
     assert 'data-keys-required="false"' in page.text
     for path in ("console.js", "console.css"):
         assert client.get(f"/console/static/{path}").status_code == 200
-    for kind in ("datasets", "jobs", "models"):
+    for kind in ("datasets", "jobs", "models", "sources"):
         assert client.get(f"/console/{kind}/{'0' * 32}").status_code == 200
         bad = client.get(f"/console/{kind}/not-an-id")
         assert bad.status_code == 404
         assert bad.headers["content-type"] == "application/problem+json"
+    compare = client.get("/console/compare", params={"jobs": f"{'0' * 32},{'1' * 32}"})
+    assert compare.status_code == 200 and 'data-page="compare"' in compare.text
     paths = client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p == "/" or p.startswith("/console")]
 

@@ -147,6 +147,21 @@ def test_without_validation_training_runs_its_epochs_and_keeps_the_last_weights(
 
 
 @pytest.mark.unit
+def test_the_baseline_reports_its_epochs_to_draw_its_curve() -> None:
+    images, labels, names = garments_target()
+    spec = get_spec(ARCH)
+    options = FinetuneOptions(schedule="manual", epochs=2, patience=None, baseline=True)
+    _, report = finetune(garments_source(), ARCH, images, labels, names, spec.mean, spec.std,
+                         options)  # fmt: skip
+    assert report.baseline is not None
+    history = report.baseline["history"]
+    assert [(m["phase"], m["epoch"]) for m in history] == [("baseline", 1), ("baseline", 2)]
+    assert all(m["val_accuracy"] is not None and m["train_loss"] > 0 for m in history)
+    assert report.baseline["epochs_run"] == 2
+    assert {m["phase"] for m in report.history} == {"fine_tune"}
+
+
+@pytest.mark.unit
 def test_stratified_split_is_per_class_and_deterministic() -> None:
     labels = np.repeat(np.arange(3), [10, 20, 5])
     train, val = stratified_split(labels, 0.2, seed=3)

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import PAGE_PROBLEMS, ContextDep, PageSize, PageToken, RankingId, SessionDep
-from app.models import Dataset, Ranking
+from app.models import Dataset, Ranking, Source
 from app.pagination import is_valid_id
 from app.schemas import Page, RankingOut, RankingRequest, RankingSummary
 from app.services import handles
@@ -50,6 +50,7 @@ def ranking_summary(listed: service.ListedRanking) -> RankingSummary:
         top_source_id=listed.top_source_id,
         top_source_name=listed.top_source_name,
         top_score=listed.top_score,
+        source_rank=listed.source_rank,
     )
 
 
@@ -106,13 +107,27 @@ def list_rankings(
             "dataset has, a 404).",
         ),
     ] = None,
+    source_id: Annotated[
+        str | None,
+        Query(
+            max_length=255,
+            description="Only the rankings that ranked this source, by id or name, each with "
+            "`source_rank`: its position there (where a source ranked, over time; an id no "
+            "ranking names gives an empty page, a name no source has a 404). A page may hold "
+            "fewer items than page_size; follow next_page_token to the end.",
+        ),
+    ] = None,
 ) -> Page[RankingSummary]:
     """One page of the project's rankings, each without its results: method, measure, how
     many sources it ranked and which came first. The whole ranking is at
     `GET /v1/rankings/{ranking_id}`."""
     if target_dataset_id and not is_valid_id(target_dataset_id):  # a name: its dataset's id
         target_dataset_id = handles.find_id(session, Dataset, target_dataset_id, "dataset")
-    rows, next_token = service.list_rankings(session, page_size, page_token, target_dataset_id)
+    if source_id and not is_valid_id(source_id):  # a name: its source's id
+        source_id = handles.find_id(session, Source, source_id, "source")
+    rows, next_token = service.list_rankings(
+        session, page_size, page_token, target_dataset_id, source_id
+    )
     return Page[RankingSummary](
         items=[ranking_summary(r) for r in rows], next_page_token=next_token
     )

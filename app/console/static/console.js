@@ -12,6 +12,7 @@
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   const ROLES = ["viewer", "member", "admin", "operator"]; // each includes the ones before
   const $ = (id) => document.getElementById(id);
+  const MAX_COMPARED = 8; // jobs side by side: more would not fit a row, or tell apart in a chart
 
   // ---------------------------------------------------------------- API access
 
@@ -72,24 +73,45 @@
     return items;
   }
 
-  /** Show an API image in `img` (fetched with the key); say why in `caption` if it fails. */
+  /** Show an API image in `img` (fetched with the key); say why in `caption` if it fails.
+   *  The <img> stays hidden until its picture is decoded (a placeholder meanwhile): never a
+   *  broken-image icon or an empty frame while the request runs. */
   async function showImage(img, path, caption) {
+    const figure = img.closest("figure");
+    img.hidden = true;
+    if (figure) figure.classList.add("loading");
     try {
       const blob = await (await request(path)).blob();
-      if (img.dataset.objectUrl) URL.revokeObjectURL(img.dataset.objectUrl);
-      const url = URL.createObjectURL(blob);
-      img.dataset.objectUrl = url;
-      img.src = url;
-      img.hidden = false;
+      await showBlob(img, blob);
+      if (caption) caption.classList.remove("error");
       return true;
     } catch (error) {
       img.hidden = true;
+      img.removeAttribute("src");
       if (caption) {
         caption.textContent = `Image not available: ${error.message}`;
         caption.classList.add("error");
       }
       return false;
+    } finally {
+      if (figure) figure.classList.remove("loading");
     }
+  }
+
+  /** Show a blob (an API image or a local file) in `img` once it is decoded. */
+  async function showBlob(img, blob) {
+    img.hidden = true;
+    const url = URL.createObjectURL(blob);
+    img.src = url;
+    try {
+      await img.decode();
+    } catch (error) {
+      URL.revokeObjectURL(url);
+      throw new Error("not an image this browser can show");
+    }
+    if (img.dataset.objectUrl) URL.revokeObjectURL(img.dataset.objectUrl);
+    img.dataset.objectUrl = url;
+    img.hidden = false;
   }
 
   /** Download an API file (with the key) under the name the server gives it. */
@@ -185,18 +207,22 @@
   const datasetLink = (id, text) => link(`/console/datasets/${id}`, text || short(id));
   const jobLink = (id, text) => link(`/console/jobs/${id}`, text || short(id));
   const modelLink = (id, text) => link(`/console/models/${id}`, text || short(id));
+  const sourceLink = (id, text) => link(`/console/sources/${id}`, text || short(id));
+  /** A model as people call it: its name where the service gives models one, else its id. */
+  const modelName = (m) => (m && m.name) || short(m && m.id);
+  const isId = (text) => /^[0-9a-f]{32}$/.test(String(text || ""));
 
   const datasetNames = new Map();
   const sourceNames = new Map();
 
-  /** A source's name once known (the id's start until then). */
+  /** A link to a source's page, named once its name is known (the id's start until then). */
   function namedSource(id) {
-    const span = h("span", {}, short(id));
+    const anchor = sourceLink(id);
     if (!sourceNames.has(id)) {
       sourceNames.set(id, api(`/v1/sources/${id}`).then((x) => x.name).catch(() => null));
     }
-    sourceNames.get(id).then((name) => { if (name) span.textContent = name; });
-    return span;
+    sourceNames.get(id).then((name) => { if (name) anchor.textContent = name; });
+    return anchor;
   }
 
   /** A link to a dataset, named once its name is known (the id's start until then). */
@@ -233,6 +259,130 @@
     const unique = [...new Set(all)];
     if (unique.length) nodes.push(notice("Warnings", unique));
     return nodes;
+  }
+
+  // ---------------------------------------------------------------- curves (inline SVG)
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const PALETTE = ["#2457c5", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#444444"];
+
+  function svg(tag, attrs, ...children) {
+    const element = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value !== null && value !== undefined && value !== false) element.setAttribute(name, value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return element;
+  }
+
+  /** Round tick steps (1, 2, 5 x 10^k) covering [lo, hi] with about `count` ticks. */
+  function ticks(lo, hi, count) {
+    const span = hi - lo || 1;
+    const raw = span / count;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 5, 10].map((m) => m * power).find((m) => m >= raw) || raw;
+    const out = [];
+    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(Number(t.toPrecision(12)));
+    return out;
+  }
+
+  /** A line chart: `lines` are {key, name, color, dash, faint, points: [[epoch, value]]}. */
+  function lineChart(title, lines, { percent = false } = {}) {
+    const W = 460, H = 230, left = 46, right = 10, top = 22, bottom = 34;
+    const drawn = lines.filter((l) => l.points.length);
+    const xs = drawn.flatMap((l) => l.points.map((p) => p[0]));
+    const ys = drawn.flatMap((l) => l.points.map((p) => p[1]));
+    const xMax = Math.max(2, ...xs);
+    const yLo = percent ? 0 : Math.min(0, ...ys);
+    const yHi = percent ? 1 : Math.max(1e-9, ...ys) * 1.08;
+    const x = (v) => left + ((v - 1) / (xMax - 1)) * (W - left - right);
+    const y = (v) => H - bottom - ((v - yLo) / (yHi - yLo)) * (H - top - bottom);
+    const grid = [];
+    for (const t of ticks(yLo, yHi, 4)) {
+      grid.push(svg("line", { x1: left, x2: W - right, y1: y(t), y2: y(t), class: "grid" }),
+        svg("text", { x: left - 6, y: y(t) + 4, class: "tick", "text-anchor": "end" }, percent ? `${Math.round(t * 100)}%` : String(t)));
+    }
+    for (const t of ticks(1, xMax, 6).filter((t) => Number.isInteger(t) && t >= 1)) {
+      grid.push(svg("text", { x: x(t), y: H - bottom + 15, class: "tick", "text-anchor": "middle" }, String(t)));
+    }
+    const series = drawn.map((l) => {
+      const d = l.points.map((p, k) => `${k ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join("");
+      return svg("g", { class: l.faint ? "series faint" : "series", "data-series": l.key },
+        svg("path", { d, fill: "none", stroke: l.color, "stroke-width": l.faint ? 1 : 2, "stroke-dasharray": l.dash ? "5 4" : null }),
+        l.points.length <= 80 && !l.faint ? l.points.map((p) => svg("circle", { cx: x(p[0]), cy: y(p[1]), r: 2.6, fill: l.color },
+          svg("title", {}, `${l.name}, epoch ${p[0]}: ${percent ? pct(p[1]) : num(p[1])}`))) : null);
+    });
+    return svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "curve", role: "img", "aria-label": `${title}: ${drawn.map((l) => l.name).join(", ")}` },
+      svg("title", {}, title),
+      svg("text", { x: left, y: 14, class: "chart-title" }, title),
+      grid,
+      svg("line", { x1: left, x2: W - right, y1: H - bottom, y2: H - bottom, class: "axis" }),
+      svg("line", { x1: left, x2: left, y1: top, y2: H - bottom, class: "axis" }),
+      svg("text", { x: (left + W - right) / 2, y: H - 4, class: "tick", "text-anchor": "middle" }, "epoch"),
+      series);
+  }
+
+  /** Curve groups of a history: one per phase (and per trial of a search or race). */
+  function groupHistory(history) {
+    const groups = new Map();
+    let trial = 0;
+    for (const m of history || []) {
+      let key = m.phase || "fine_tune";
+      if (key === "auto_search" || key === "race") {
+        if (m.candidate_index) trial = m.candidate_index;
+        else if (m.epoch === 1) trial += 1;
+        key = `${key}#${trial}`;
+      }
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(m);
+    }
+    return groups;
+  }
+
+  const PHASE_STYLE = {
+    fine_tune: { name: "fine-tune", color: PALETTE[0] },
+    baseline: { name: "from scratch (baseline)", color: PALETTE[1] },
+  };
+
+  /** Loss and accuracy charts of runs: {label, color, faint, epochs: [EpochMetrics]}. */
+  function curves(runs) {
+    const lines = { loss: [], accuracy: [] };
+    for (const run of runs) {
+      const at = (name) => run.epochs.filter((m) => m[name] !== null && m[name] !== undefined).map((m) => [m.epoch, Number(m[name])]);
+      const base = { color: run.color, faint: run.faint };
+      lines.loss.push({ ...base, key: `${run.key}:train_loss`, name: `${run.label}: training loss`, points: at("train_loss") });
+      if (run.epochs.some((m) => m.val_loss !== undefined && m.val_loss !== null)) {
+        lines.loss.push({ ...base, key: `${run.key}:val_loss`, name: `${run.label}: validation loss`, dash: true, points: at("val_loss") });
+      }
+      lines.accuracy.push({ ...base, key: `${run.key}:val_accuracy`, name: `${run.label}: validation accuracy`, points: at("val_accuracy") });
+      lines.accuracy.push({ ...base, key: `${run.key}:train_accuracy`, name: `${run.label}: training accuracy`, dash: true, points: at("train_accuracy") });
+    }
+    const legend = h("ul", { class: "legend" }, runs.filter((r) => !r.faint || r.legend).map((r) =>
+      h("li", {}, h("span", { class: "swatch", style: { background: r.color }, "aria-hidden": "true" }), r.label)));
+    return [
+      h("div", { class: "curve-pair" }, lineChart("Loss per epoch", lines.loss), lineChart("Accuracy per epoch", lines.accuracy, { percent: true })),
+      legend,
+      h("p", { class: "muted small" }, "Accuracy: solid lines on the validation split, dashed on the training images. Loss: training."),
+    ];
+  }
+
+  /** The runs of a job's or a report's history, the baseline's epochs given apart. */
+  function historyRuns(history, baselineHistory) {
+    const runs = [];
+    let faint = 0;
+    for (const [key, epochs] of groupHistory([...(history || []), ...(baselineHistory || [])])) {
+      const phase = key.split("#")[0];
+      const style = PHASE_STYLE[phase];
+      if (style) runs.push({ key, label: style.name, color: style.color, epochs });
+      else {
+        faint += 1;
+        runs.push({ key, label: `${words(phase)} trials`, color: "#9aa5b1", faint: true, legend: faint === 1, epochs });
+      }
+    }
+    return runs;
   }
 
   // ---------------------------------------------------------------- API key
@@ -274,7 +424,10 @@
     } catch (_) {
       return; // only a 401 comes here: the key form is up
     }
-    const pages = { zoo: zooPage, dataset: datasetPage, job: jobPage, model: modelPage };
+    const pages = {
+      zoo: zooPage, dataset: datasetPage, job: jobPage, model: modelPage,
+      source: sourcePage, compare: comparePage,
+    };
     const run = pages[PAGE];
     if (run) {
       run().catch((error) => {
@@ -323,18 +476,59 @@
 
   async function zooPage() {
     const form = $("upload-form");
+    // What will be uploaded: an archive as chosen, or files with their relative paths (a
+    // folder chosen or dropped), zipped here first.
+    let chosen = null;
+    const choose = (next) => {
+      chosen = next;
+      $("drop-chosen").textContent = next ? next.describe : "";
+      $("upload-error").replaceChildren();
+    };
+    $("upload-file").addEventListener("change", () => {
+      const file = $("upload-file").files[0];
+      $("upload-folder").value = "";
+      choose(file ? archiveChoice(file) : null);
+    });
+    $("upload-folder").addEventListener("change", () => {
+      const files = [...$("upload-folder").files].map((f) => ({ path: f.webkitRelativePath || f.name, file: f }));
+      $("upload-file").value = "";
+      choose(files.length ? folderChoice(files) : null);
+    });
+    const zone = $("drop-zone");
+    for (const name of ["dragenter", "dragover"]) {
+      zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("over"); });
+    }
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", async (event) => {
+      event.preventDefault();
+      zone.classList.remove("over");
+      try {
+        const files = await droppedFiles(event.dataTransfer);
+        $("upload-file").value = "";
+        $("upload-folder").value = "";
+        const archive = files.length === 1 && /\.(zip|tar|tgz|gz|bz2|xz)$/i.test(files[0].path) ? files[0].file : null;
+        choose(archive ? archiveChoice(archive) : files.length ? folderChoice(files) : null);
+        if (!files.length) $("drop-chosen").textContent = "Nothing usable was dropped (hidden files are left out).";
+      } catch (error) {
+        showError($("upload-error"), error);
+      }
+    });
+
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      const file = $("upload-file").files[0];
-      if (!file) return;
-      const data = new FormData();
-      data.append("file", file, file.name);
-      const name = $("upload-name").value.trim();
-      if (name) data.append("name", name);
+      if (!chosen) {
+        fill($("upload-error"), h("p", {}, "Choose an archive or a folder, or drop one on the box."));
+        return;
+      }
       $("upload-button").disabled = true;
       $("upload-error").replaceChildren();
-      $("upload-status").textContent = `Uploading ${file.name} and computing its signature…`;
       try {
+        const { blob, filename } = await chosen.body((note) => { $("upload-status").textContent = note; });
+        const data = new FormData();
+        data.append("file", blob, filename);
+        const name = $("upload-name").value.trim() || chosen.name;
+        if (name) data.append("name", name);
+        $("upload-status").textContent = `Uploading ${filename} (${bytes(blob.size)}) and computing its signature…`;
         const dataset = await api("/v1/datasets", { method: "POST", form: data });
         stash(`p2l.upload.${dataset.id}`, {
           rejected: dataset.rejected, rejected_counts: dataset.rejected_counts,
@@ -350,6 +544,7 @@
       }
     });
 
+    $("compare-button").addEventListener("click", compareSelected);
     const zoo = loadZoo();
     const jobs = [
       zoo,
@@ -370,7 +565,7 @@
         if (!rows.length) return h("p", { class: "muted" }, "No fine-tuned model yet.");
         await zoo; // the sources' names, without a request per model
         return table([
-          { label: "Model", value: (m) => modelLink(m.id) },
+          { label: "Model", value: (m) => modelLink(m.id, modelName(m)) },
           { label: "Source", value: (m) => namedSource(m.source_id) },
           { label: "Test acc.", value: (m) => pct(m.report && m.report.test_accuracy), num: true },
           { label: "Target", value: (m) => namedDatasetLink(m.target_dataset_id) },
@@ -381,6 +576,13 @@
         const rows = (await api("/v1/jobs?page_size=10")).items;
         if (!rows.length) return h("p", { class: "muted" }, "No job yet.");
         return table([
+          {
+            label: "Compare",
+            value: (j) => (j.kind === "finetune" ? h("input", {
+              type: "checkbox", class: "compare-pick", value: j.id,
+              "aria-label": `Compare job ${short(j.id)}`, onchange: syncCompare,
+            }) : ""),
+          },
           { label: "Job", value: (j) => jobLink(j.id) },
           { label: "Kind", value: (j) => j.kind },
           { label: "Status", value: (j) => h("span", { class: `badge ${j.status}` }, j.status) },
@@ -390,6 +592,133 @@
       }),
     ];
     await Promise.all(jobs);
+  }
+
+  const bytes = (n) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : `${Math.max(1, Math.round(n / 1024))} KiB`);
+
+  function archiveChoice(file) {
+    return {
+      describe: `Archive ${file.name} (${bytes(file.size)}).`,
+      name: "",
+      body: async () => ({ blob: file, filename: file.name }),
+    };
+  }
+
+  /** Files with relative paths (class/img.png, or top/class/img.png): zipped on upload. */
+  function folderChoice(files) {
+    const kept = files.filter((f) => !hiddenPath(f.path));
+    const tops = new Set(kept.map((f) => f.path.split("/")[0]));
+    const top = tops.size === 1 && kept.every((f) => f.path.includes("/")) ? [...tops][0] : "";
+    const classes = new Set(kept.map((f) => {
+      const parts = f.path.split("/");
+      return parts.length > 2 || (!top && parts.length > 1) ? parts[top ? 1 : 0] : "";
+    }));
+    classes.delete("");
+    const name = top || "dataset";
+    return {
+      describe: `${top ? `Folder ${top}: ` : ""}${kept.length} file(s) in ${classes.size} class folder(s), zipped on upload.`,
+      name: top,
+      body: async (say) => {
+        say(`Zipping ${kept.length} file(s)…`);
+        return { blob: await zipFiles(kept), filename: `${name}.zip` };
+      },
+    };
+  }
+
+  /** Hidden files and folders (.DS_Store, .git/, __MACOSX/) are not part of a dataset. */
+  const hiddenPath = (path) => path.split("/").some((part) => part.startsWith(".") || part === "__MACOSX");
+
+  /** Every file dropped, with its path below what was dropped (folders walked). */
+  async function droppedFiles(transfer) {
+    const entries = [...(transfer.items || [])]
+      .map((item) => (item.webkitGetAsEntry ? item.webkitGetAsEntry() : null)).filter(Boolean);
+    if (!entries.length) return [...(transfer.files || [])].map((file) => ({ path: file.name, file }));
+    const out = [];
+    async function walk(entry, prefix) {
+      const path = prefix ? `${prefix}/${entry.name}` : entry.name;
+      if (hiddenPath(entry.name)) return;
+      if (entry.isFile) {
+        out.push({ path, file: await new Promise((resolve, reject) => entry.file(resolve, reject)) });
+        return;
+      }
+      const reader = entry.createReader();
+      for (;;) { // readEntries answers in batches (100 in Chromium) until an empty one
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (!batch.length) break;
+        for (const child of batch) await walk(child, path);
+      }
+    }
+    for (const entry of entries) await walk(entry, "");
+    return out;
+  }
+
+  // A zip with every file "stored" (no compression: images are compressed already), CRC-32
+  // per file; no zip64, so at most 65,535 files and 4 GiB (the server's limits are lower).
+  const CRC_TABLE = (() => {
+    const table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c >>> 0;
+    }
+    return table;
+  })();
+
+  function crc32(data) {
+    let c = 0xffffffff;
+    for (let i = 0; i < data.length; i++) c = CRC_TABLE[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  }
+
+  async function zipFiles(files) {
+    if (files.length > 65535) throw new Error(`${files.length} files: zip them yourself (at most 65,535 here)`);
+    const encoder = new TextEncoder();
+    const parts = [];
+    const central = [];
+    let offset = 0;
+    const DOS_TIME = 0; // 00:00:00
+    const DOS_DATE = (2020 - 1980) << 9 | 1 << 5 | 1; // 2020-01-01: the date does not matter
+    for (const { path, file } of files) {
+      const name = encoder.encode(path);
+      const data = new Uint8Array(await file.arrayBuffer());
+      const crc = crc32(data);
+      const local = new DataView(new ArrayBuffer(30));
+      local.setUint32(0, 0x04034b50, true);
+      local.setUint16(4, 20, true); // version needed: 2.0
+      local.setUint16(6, 0x0800, true); // names in UTF-8
+      local.setUint16(8, 0, true); // stored
+      local.setUint16(10, DOS_TIME, true);
+      local.setUint16(12, DOS_DATE, true);
+      local.setUint32(14, crc, true);
+      local.setUint32(18, data.length, true);
+      local.setUint32(22, data.length, true);
+      local.setUint16(26, name.length, true);
+      local.setUint16(28, 0, true);
+      const entry = new DataView(new ArrayBuffer(46));
+      entry.setUint32(0, 0x02014b50, true);
+      entry.setUint16(4, 20, true);
+      entry.setUint16(6, 20, true);
+      entry.setUint16(8, 0x0800, true);
+      entry.setUint16(10, 0, true);
+      entry.setUint16(12, DOS_TIME, true);
+      entry.setUint16(14, DOS_DATE, true);
+      entry.setUint32(16, crc, true);
+      entry.setUint32(20, data.length, true);
+      entry.setUint32(24, data.length, true);
+      entry.setUint16(28, name.length, true);
+      entry.setUint32(42, offset, true); // extra, comment, disk, attributes: 0
+      parts.push(local, name, data);
+      central.push(entry, name);
+      offset += 30 + name.length + data.length;
+    }
+    const size = central.reduce((n, part) => n + part.byteLength, 0);
+    const end = new DataView(new ArrayBuffer(22));
+    end.setUint32(0, 0x06054b50, true);
+    end.setUint16(8, files.length, true);
+    end.setUint16(10, files.length, true);
+    end.setUint32(12, size, true);
+    end.setUint32(16, offset, true);
+    return new Blob([...parts, ...central, end], { type: "application/zip" });
   }
 
   /** Fill the element `id` with what `build` makes, or with the reason it failed. */
@@ -410,7 +739,7 @@
       $("sources-count").textContent = `(${rows.length})`;
       if (!rows.length) return h("p", { class: "muted" }, "The zoo is empty.");
       return table([
-        { label: "Name", value: (s) => s.name },
+        { label: "Name", value: (s) => sourceLink(s.id, s.name) },
         { label: "Architecture", value: (s) => `${s.architecture} · ${s.input_size} px` },
         { label: "Images", value: (s) => int(s.num_images), num: true },
         { label: "Classes", value: (s) => int(s.num_classes), num: true },
@@ -443,53 +772,96 @@
       { label: "Images", value: (c) => h("span", {}, int(c.count), h("span", { class: "countbar", style: { width: `${Math.round(60 * c.count / most)}px` }, "aria-hidden": "true" })), num: true },
     ], dataset.classes, { caption: "Classes and their image counts" }));
 
-    setUpFinetuneForm();
+    $("compare-button").addEventListener("click", compareSelected);
+    const estimate = setUpFinetuneForm();
     $("rank-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      rank().catch((error) => showError($("rank-error"), error));
+      rank().then(estimate).catch((error) => showError($("rank-error"), error));
     });
 
     await Promise.all([
-      fillSourceChoices(null),
+      // A ranking made before (this visit's or another's): shown again, its top chosen.
+      latestRanking().then((shown) => { if (!shown) return fillSourceChoices(null); }).then(estimate),
       showImage($("target-map"), `/v1/sources/map.png?target_dataset_id=${ID}`, $("target-map-caption")),
       section("dataset-models", async () => {
         const rows = (await allPages("/v1/models", 3)).filter((m) => m.target_dataset_id === ID);
         if (!rows.length) return h("p", { class: "muted" }, "None yet.");
         return table([
-          { label: "Model", value: (m) => modelLink(m.id) },
+          {
+            label: "Compare",
+            value: (m) => h("input", {
+              type: "checkbox", class: "compare-pick", value: m.job_id,
+              "aria-label": `Compare the job of model ${modelName(m)}`, onchange: syncCompare,
+            }),
+          },
+          { label: "Model", value: (m) => modelLink(m.id, modelName(m)) },
           { label: "Source", value: (m) => namedSource(m.source_id) },
+          { label: "Schedule", value: (m) => (m.report && m.report.schedule && m.report.schedule.chosen_by) || dash },
           { label: "Test acc.", value: (m) => pct(m.report && m.report.test_accuracy), num: true },
+          { label: "Time", value: (m) => duration(m.report && m.report.seconds), num: true },
+          { label: "Job", value: (m) => jobLink(m.job_id) },
           { label: "Created", value: (m) => when(m.created_at) },
-        ], rows);
+        ], rows, { caption: "Models fine-tuned on this dataset" });
       }),
     ]);
   }
 
+  function compareSelected() {
+    const jobs = [...document.querySelectorAll(".compare-pick:checked")].map((box) => box.value);
+    location.assign(`/console/compare?jobs=${jobs.join(",")}`);
+  }
+
+  function syncCompare() {
+    const picked = document.querySelectorAll(".compare-pick:checked").length;
+    $("compare-button").disabled = picked < 2 || picked > MAX_COMPARED;
+    $("compare-button").textContent = picked >= 2 ? `Compare ${picked} jobs` : "Compare selected jobs";
+  }
+
+  /** Show the dataset's newest stored ranking, if any; true when one was shown. */
+  async function latestRanking() {
+    try {
+      const page = await api(`/v1/rankings?target_dataset_id=${ID}&page_size=1`);
+      if (!page.items.length) return false;
+      const ranking = await api(`/v1/rankings/${page.items[0].id}`);
+      await showRanking(ranking, `Newest ranking, made ${when(ranking.created_at)}: `);
+      return true;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) throw error;
+      return false; // an older service without the listing: rank anew
+    }
+  }
+
+  /** The source select: after a ranking, its sources by rank with the top one chosen;
+   *  before, every source by name and nothing chosen (not a silent "best"). */
   async function fillSourceChoices(ranking) {
     const select = $("ft-source");
-    const chosen = select.value;
-    const options = [
-      h("option", { value: "best" }, "best: the top of the P2L ranking"),
+    const options = [];
+    const others = [
+      h("option", { value: "best" }, "best: rank the zoo when the job starts, take the top"),
       h("option", { value: "race" }, "race: P2L's top 3 race in short fine-tunes"),
     ];
-    if (ranking) {
-      for (const r of ranking.results) {
-        options.push(h("option", { value: r.source_id }, `#${r.rank} ${r.name} (score ${num(r.score)})`));
-      }
+    if (ranking && ranking.results.length) {
+      options.push(h("optgroup", { label: `Ranked by ${ranking.method}` },
+        ranking.results.map((r) => h("option", { value: r.source_id }, `#${r.rank} ${r.name || short(r.source_id)} (score ${num(r.score)})`))));
+      options.push(h("optgroup", { label: "Or let the service choose" }, others));
     } else {
+      options.push(h("option", { value: "", disabled: true }, "Rank the zoo first, or choose a source"));
+      options.push(h("optgroup", { label: "Let the service choose" }, others));
       try {
         const sources = await allPages("/v1/sources");
         sources.sort((a, b) => a.name.localeCompare(b.name));
-        for (const s of sources) {
-          sourceNames.set(s.id, Promise.resolve(s.name));
-          options.push(h("option", { value: s.id }, `${s.name} (${s.architecture})`));
-        }
+        for (const s of sources) sourceNames.set(s.id, Promise.resolve(s.name));
+        options.push(h("optgroup", { label: "Sources by name" },
+          sources.map((s) => h("option", { value: s.id }, `${s.name} (${s.architecture})`))));
       } catch (error) {
         if (error instanceof ApiError && error.status === 401) throw error;
       }
     }
+    const before = select.value;
     select.replaceChildren(...options);
-    if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+    if (ranking && ranking.results.length) select.value = ranking.results[0].source_id;
+    else if (before && [...select.options].some((o) => o.value === before)) select.value = before;
+    else select.value = "";
   }
 
   async function rank() {
@@ -501,40 +873,7 @@
       const request = { target_dataset_id: ID, method: $("rank-method").value, top_k: 30 };
       if ($("rank-refine").value) request.refine = { method: $("rank-refine").value, top: 3 };
       const ranking = await api("/v1/rankings", { method: "POST", json: request });
-      const took = ranking.elapsed_ms !== null && ranking.elapsed_ms !== undefined ? ` in ${num(ranking.elapsed_ms, 1)} ms` : "";
-      const refine = ranking.refine;
-      const second = refine
-        ? ` Second stage: ${refine.method} over the top ${refine.top}, ${refine.forward_passes} forward passes, ${num(refine.seconds, 2)} s.`
-        : "";
-      $("rank-status").textContent =
-        `Ranked ${ranking.results.length} source(s) by ${ranking.method} (${ranking.measure}, lambda ${ranking.params.lambda})${took}.${second}`;
-      const nodes = [];
-      if (!ranking.results.length) nodes.push(h("p", { class: "muted" }, "No source could be ranked."));
-      else {
-        nodes.push(table([
-          { label: "Rank", value: (r) => r.rank, num: true },
-          { label: "Source", value: (r) => r.name },
-          { label: "Score", value: (r) => num(r.score), num: true },
-          { label: "Distance", value: (r) => num(r.distance), num: true },
-          { label: "Similarity", value: (r) => num(r.similarity), num: true },
-          { label: "Size term", value: (r) => num(r.size_term), num: true },
-          { label: "Images", value: (r) => int(r.num_images), num: true },
-          ...(refine ? [
-            { label: `${refine.method} score`, value: (r) => (r.refine_score === null || r.refine_score === undefined ? dash : num(r.refine_score)), num: true },
-            { label: "First-stage rank", value: (r) => r.first_stage_rank || dash, num: true },
-          ] : []),
-        ], ranking.results, { caption: "Ranking", rowClass: (r) => (r.rank === 1 ? "best" : null) }));
-      }
-      if (ranking.excluded && ranking.excluded.length) {
-        nodes.push(notice(`${ranking.excluded.length} source(s) left out`,
-          ranking.excluded.map((e) => `${e.name}: ${e.reason}`)));
-      }
-      fill($("ranking"), nodes);
-      $("ranking-figure").hidden = false;
-      await Promise.all([
-        showImage($("ranking-chart"), `/v1/rankings/${ranking.id}/plot.png`, $("ranking-caption")),
-        fillSourceChoices(ranking),
-      ]);
+      await showRanking(ranking, "");
     } catch (error) {
       $("rank-status").textContent = "";
       throw error;
@@ -543,6 +882,61 @@
     }
   }
 
+  async function showRanking(ranking, prefix) {
+    const took = ranking.elapsed_ms !== null && ranking.elapsed_ms !== undefined ? ` in ${num(ranking.elapsed_ms, 1)} ms` : "";
+    const refine = ranking.refine;
+    const second = refine
+      ? ` Second stage: ${refine.method} over the top ${refine.top}, ${refine.forward_passes} forward passes, ${num(refine.seconds, 2)} s.`
+      : "";
+    $("rank-status").textContent =
+      `${prefix}${ranking.results.length} source(s) ranked by ${ranking.method} (${ranking.measure}, lambda ${ranking.params.lambda})${took}.${second}`;
+    const nodes = [];
+    if (!ranking.results.length) nodes.push(h("p", { class: "muted" }, "No source could be ranked."));
+    else {
+      nodes.push(table([
+        { label: "Rank", value: (r) => r.rank, num: true },
+        { label: "Source", value: (r) => sourceLink(r.source_id, r.name || short(r.source_id)) },
+        { label: "Score", value: (r) => num(r.score), num: true },
+        { label: "Distance", value: (r) => num(r.distance), num: true },
+        { label: "Similarity", value: (r) => num(r.similarity), num: true },
+        { label: "Size term", value: (r) => num(r.size_term), num: true },
+        { label: "Images", value: (r) => int(r.num_images), num: true },
+        ...(refine ? [
+          { label: `${refine.method} score`, value: (r) => (r.refine_score === null || r.refine_score === undefined ? dash : num(r.refine_score)), num: true },
+          { label: "First-stage rank", value: (r) => r.first_stage_rank || dash, num: true },
+        ] : []),
+      ], ranking.results, { caption: "Ranking", rowClass: (r) => (r.rank === 1 ? "best" : null) }));
+    }
+    if (ranking.excluded && ranking.excluded.length) {
+      nodes.push(notice(`${ranking.excluded.length} source(s) left out`,
+        ranking.excluded.map((e) => `${e.name}: ${e.reason}`)));
+    }
+    fill($("ranking"), nodes);
+    $("ranking-figure").hidden = false;
+    await Promise.all([
+      showImage($("ranking-chart"), `/v1/rankings/${ranking.id}/plot.png`, $("ranking-caption")),
+      fillSourceChoices(ranking),
+    ]);
+  }
+
+  /** What the fine-tune form asks for, as POST /v1/finetunes takes it. */
+  function finetuneRequest() {
+    const form = $("finetune-form");
+    const schedule = form.elements.schedule.value;
+    const request = {
+      target_dataset_id: ID,
+      source_id: $("ft-source").value,
+      schedule,
+      epochs: Number($("ft-epochs").value),
+      baseline: $("ft-baseline").checked,
+    };
+    // The auto schedule refuses manual settings (422) rather than ignore them.
+    if (schedule === "auto") request.auto_epochs = Number($("ft-auto-epochs").value);
+    else request.decay = Number($("ft-decay").value);
+    return request;
+  }
+
+  /** Set the form up; returns the function that refreshes its estimate. */
   function setUpFinetuneForm() {
     const form = $("finetune-form");
     const sync = () => {
@@ -552,19 +946,53 @@
     };
     for (const radio of form.querySelectorAll("input[name=schedule]")) radio.addEventListener("change", sync);
     sync();
+
+    // The estimate before the start: a dry run of the same request (nothing is stored),
+    // once the form has been still for a moment; answers to older states are dropped.
+    let asked = 0;
+    let timer = null;
+    const box = $("finetune-estimate");
+    async function estimate() {
+      const mine = ++asked;
+      if (form.hidden) return; // a viewer: no form, nothing to estimate
+      const request = finetuneRequest();
+      if (!request.source_id) {
+        fill(box, h("span", { class: "muted" }, "Choose a source to see the estimate."));
+        return;
+      }
+      if (!form.checkValidity()) {
+        fill(box, h("span", { class: "muted" }, "Fix the form to see the estimate."));
+        return;
+      }
+      box.dataset.state = "asking";
+      fill(box, h("span", { class: "muted" }, "Estimating…"));
+      try {
+        const answer = await api("/v1/finetunes?dry_run=true", { method: "POST", json: request });
+        if (mine !== asked) return;
+        box.dataset.state = "shown";
+        const warnings = [...new Set(answer.warnings || [])];
+        fill(box,
+          h("strong", {}, `Expected run time: ${duration(answer.seconds)}`),
+          h("span", { class: "muted" },
+            ` · ${int(answer.epochs_planned)} epochs at most, ${int(answer.train_images)} training images, ${answer.architecture} at ${answer.input_size} px (${answer.basis})`),
+          warnings.length ? h("ul", { class: "warnings" }, warnings.map((w) => h("li", {}, w))) : null);
+      } catch (error) {
+        if (mine !== asked) return;
+        if (error instanceof ApiError && error.status === 401) return;
+        box.dataset.state = "error";
+        fill(box, h("span", { class: "error" }, `No estimate: ${error.message}`));
+      }
+    }
+    const soon = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { estimate().catch(() => {}); }, 400);
+    };
+    form.addEventListener("input", soon);
+    form.addEventListener("change", soon);
+
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      const schedule = form.elements.schedule.value;
-      const request = {
-        target_dataset_id: ID,
-        source_id: $("ft-source").value,
-        schedule,
-        epochs: Number($("ft-epochs").value),
-        baseline: $("ft-baseline").checked,
-      };
-      // The auto schedule refuses manual settings (422) rather than ignore them.
-      if (schedule === "auto") request.auto_epochs = Number($("ft-auto-epochs").value);
-      else request.decay = Number($("ft-decay").value);
+      const request = finetuneRequest();
       $("finetune-button").disabled = true;
       $("finetune-error").replaceChildren();
       $("finetune-status").textContent = "Checking the request and queueing the job…";
@@ -580,6 +1008,7 @@
         $("finetune-button").disabled = false;
       }
     });
+    return () => { clearTimeout(timer); return estimate().catch(() => {}); };
   }
 
   // ---------------------------------------------------------------- pages: job
@@ -622,6 +1051,7 @@
     let job = await api(`/v1/jobs/${ID}`);
     let candidate = null;
     let updates = 0;
+    let drawnEpochs = 0;
     const seen = []; // event names, in order (for people debugging, and the console test)
     window.p2lJobEvents = seen;
 
@@ -689,18 +1119,22 @@
         ], history, { caption: "Per-epoch metrics" }));
         const wrap = $("job-metrics");
         wrap.scrollTop = wrap.scrollHeight; // follow the newest epoch
+        if (history.length !== drawnEpochs) { // redrawn as epochs arrive, not every step
+          drawnEpochs = history.length;
+          fill($("job-curves"), curves(historyRuns(history)));
+        }
       }
 
       const params = job.params || {};
       const options = params.options || {};
-      const source = params.race ? params.source_name : params.source_name
-        ? `${params.source_name} (${short(params.source_id)})` : short(params.source_id);
+      const source = params.race ? params.source_name : isId(params.source_id)
+        ? sourceLink(params.source_id, params.source_name || short(params.source_id)) : params.source_name || dash;
       const chosen = {
         p2l: "picked by P2L (best)", given: "chosen by hand", race: "the survivor is fine-tuned",
       }[params.chosen_by];
       const pairs = [
         ["Target", params.target_dataset_id ? namedDatasetLink(params.target_dataset_id) : dash],
-        ["Source", chosen ? `${source}, ${chosen}` : source],
+        ["Source", chosen ? h("span", {}, source, `, ${chosen}`) : source],
         ["Schedule", options.schedule || dash],
       ];
       const shown = options.schedule === "manual"
@@ -867,9 +1301,9 @@
     const model = await api(`/v1/models/${ID}`);
     const report = model.report || {};
     const evaluation = report.evaluation || null;
-    document.title = `Model ${short(model.id)} · P2L`;
-    $("model-title").textContent = `Model ${short(model.id)} · ${model.architecture}`;
-    $("model-crumb").textContent = `model ${short(model.id)}`;
+    document.title = `Model ${modelName(model)} · P2L`;
+    $("model-title").textContent = `Model ${modelName(model)} · ${model.architecture}`;
+    $("model-crumb").textContent = `model ${modelName(model)}`;
 
     const schedule = report.schedule || {};
     const scheduleText = schedule.chosen_by
@@ -906,6 +1340,11 @@
     perClass(model, report, evaluation);
     confusion(model, report, evaluation);
     misclassified(model, evaluation);
+    tryIt(model);
+    const baselineEpochs = (baseline && baseline.history) || [];
+    if ((report.history && report.history.length) || baselineEpochs.length) {
+      fill($("model-curves"), curves(historyRuns(report.history, baselineEpochs)));
+    }
     if (report.history && report.history.length) {
       fill($("model-history"), table([
         { label: "Phase", value: (m) => words(m.phase) },
@@ -956,11 +1395,59 @@
   }
 
   function sourceLabel(sourceId) {
-    const span = h("span", {}, short(sourceId));
+    const anchor = sourceLink(sourceId);
+    const span = h("span", {}, anchor);
     api(`/v1/sources/${sourceId}`)
-      .then((s) => { span.textContent = `${s.name} (${s.architecture}, ${int(s.num_images)} images)`; })
-      .catch(() => { span.textContent = `${short(sourceId)} (no longer in the zoo)`; });
+      .then((s) => {
+        anchor.textContent = s.name;
+        span.append(` (${s.architecture}, ${int(s.num_images)} images)`);
+      })
+      .catch(() => { span.replaceChildren(`${short(sourceId)} (no longer in the zoo)`); });
     return span;
+  }
+
+  /** The "try it" box: images dropped or chosen are classified by the model (top 3 each). */
+  function tryIt(model) {
+    const zone = $("try-zone");
+    const LIMIT = 32; // per request: thumbnails and answers a person reads at once
+    async function classify(files) {
+      const images = [...files].filter((f) => !hiddenPath(f.name)).slice(0, LIMIT);
+      if (!images.length) return;
+      $("try-error").replaceChildren();
+      $("try-status").textContent = `Classifying ${images.length} image(s)…`;
+      const data = new FormData();
+      for (const file of images) data.append("files", file, file.name);
+      try {
+        const answer = await api(`/v1/models/${model.id}/predict?top_k=3`, { method: "POST", form: data });
+        $("try-status").textContent = `${answer.predictions.length} image(s) classified${files.length > LIMIT ? ` (the first ${LIMIT} of ${files.length})` : ""}.`;
+        fill($("try-results"), answer.predictions.map((prediction, k) => {
+          const img = h("img", { alt: prediction.filename, hidden: true });
+          showBlob(img, images[k]).catch(() => { img.replaceWith(h("span", { class: "muted" }, "(no preview)")); });
+          return h("figure", { class: "prediction" }, img, h("figcaption", {},
+            h("span", { class: "muted" }, prediction.filename),
+            h("ol", { class: "top-labels" }, prediction.top.map((t) => h("li", {},
+              h("span", { class: "label" }, t.label), " ", h("span", { class: "prob" }, pct(t.probability)),
+              h("span", { class: "probbar", style: { width: `${Math.round(100 * t.probability)}%` }, "aria-hidden": "true" }))))));
+        }));
+      } catch (error) {
+        $("try-status").textContent = "";
+        showError($("try-error"), error);
+      }
+    }
+    $("try-files").addEventListener("change", () => classify($("try-files").files));
+    for (const name of ["dragenter", "dragover"]) {
+      zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("over"); });
+    }
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", async (event) => {
+      event.preventDefault();
+      zone.classList.remove("over");
+      try {
+        classify((await droppedFiles(event.dataTransfer)).map((f) => f.file));
+      } catch (error) {
+        showError($("try-error"), error);
+      }
+    });
   }
 
   function registered(sourceId, name) {
@@ -1023,7 +1510,7 @@
     $("mis-note").textContent =
       `${evaluation.misclassified_total ?? items.length} image(s) of the ${evaluation.split} split were misclassified; the most confident mistakes first${items.length > limit ? ` (first ${limit} shown)` : ""}.`;
     fill($("misclassified"), items.slice(0, limit).map((item, k) => {
-      const img = h("img", { alt: `${item.image}: a ${item.true_label} taken for ${item.predicted_label}`, loading: "lazy" });
+      const img = h("img", { alt: `${item.image}: a ${item.true_label} taken for ${item.predicted_label}`, hidden: true });
       const problem = h("span", {});
       const caption = h("figcaption", {},
         h("span", {}, item.true_label), " → ", h("span", { class: "wrong" }, item.predicted_label),
@@ -1031,6 +1518,136 @@
       showImage(img, `/v1/models/${ID}/misclassified/${k}`, problem);
       return h("figure", {}, img, caption);
     }));
+  }
+
+  // ---------------------------------------------------------------- pages: source
+
+  async function sourcePage() {
+    const source = await api(`/v1/sources/${ID}`);
+    sourceNames.set(source.id, Promise.resolve(source.name));
+    document.title = `${source.name} · P2L`;
+    $("source-title").textContent = source.name;
+    $("source-crumb").textContent = `source ${source.name}`;
+    $("source-meta").textContent = `${source.architecture} · ${source.input_size} px · ${source.origin} · registered ${when(source.created_at)} · id ${source.id}`;
+    fill($("source-summary"), facts([
+      ["Architecture", `${source.architecture} at ${source.input_size} px`],
+      ["Classes", `${int(source.num_classes)} (its head's outputs)`],
+      ["Training images", h("span", {}, h("strong", {}, int(source.num_images)),
+        source.image_counts === "claimed" ? " (claimed by its uploader, not counted here)" : "")],
+      ["Signature", `${int(source.feature_dim)} reference features`],
+      ["In the zoo", source.shared ? "shared (every project ranks over it)" : "this project's own"],
+      ["Registered", when(source.created_at)],
+    ]));
+
+    const counts = Object.entries(source.class_counts || {});
+    const most = Math.max(1, ...counts.map(([, n]) => n));
+    fill($("source-classes"), counts.length ? table([
+      { label: "Class", value: ([name]) => name },
+      { label: "Images", value: ([, n]) => h("span", {}, int(n), h("span", { class: "countbar", style: { width: `${Math.round(60 * n / most)}px` }, "aria-hidden": "true" })), num: true },
+    ], counts, { caption: "Its training data's classes and image counts" })
+      : h("p", { class: "muted" }, "No class counts stored."));
+
+    await Promise.all([lineage(source), section("source-rankings", () => whereRanked(source))]);
+  }
+
+  async function lineage(source) {
+    const pairs = [["Origin", {
+      bundled: "bundled with the service (trained by bench/ tools on a public dataset)",
+      upload: "registered by upload (weights and a signature)",
+      finetune: "a fine-tuned model of this service, registered as a source",
+    }[source.origin] || source.origin]];
+    if (source.dataset_id) pairs.push(["Signature from dataset", namedDatasetLink(source.dataset_id)]);
+    if (source.origin === "finetune") {
+      try {
+        const models = await allPages("/v1/models", 3);
+        const model = models.find((m) => m.registered_source_id === source.id);
+        if (model) {
+          pairs.push(["Fine-tuned model", modelLink(model.id, modelName(model))],
+            ["Fine-tuned from", namedSource(model.source_id)],
+            ["On the target", namedDatasetLink(model.target_dataset_id)],
+            ["By the job", jobLink(model.job_id)]);
+        } else {
+          pairs.push(["Fine-tuned model", "not visible here (deleted, or another project's)"]);
+        }
+      } catch (error) {
+        if (error instanceof ApiError && error.status === 401) throw error;
+        pairs.push(["Fine-tuned model", `cannot list models: ${error.message}`]);
+      }
+    }
+    fill($("source-lineage"), facts(pairs));
+  }
+
+  async function whereRanked(source) {
+    const rows = await allPages(`/v1/rankings?source_id=${source.id}`, 2);
+    if (!rows.length) return h("p", { class: "muted" }, "In no stored ranking of this project yet.");
+    return table([
+      { label: "Target", value: (r) => namedDatasetLink(r.target_dataset_id) },
+      { label: "Rank", value: (r) => h("strong", {}, `#${r.source_rank}`), num: true },
+      { label: "Of", value: (r) => int(r.num_results), num: true },
+      { label: "Method", value: (r) => `${r.method}${r.refine_method ? ` + ${r.refine_method}` : ""} (${r.measure})` },
+      { label: "Top source", value: (r) => (r.top_source_id === source.id ? "this one" : r.top_source_id ? sourceLink(r.top_source_id, r.top_source_name || short(r.top_source_id)) : dash) },
+      { label: "When", value: (r) => when(r.created_at) },
+    ], rows, { caption: "Rankings this source appears in", rowClass: (r) => (r.source_rank === 1 ? "best" : null) });
+  }
+
+  // ---------------------------------------------------------------- pages: compare
+
+  async function comparePage() {
+    const asked = (new URLSearchParams(location.search).get("jobs") || "").split(",").map((x) => x.trim()).filter(Boolean);
+    const ids = [...new Set(asked)];
+    const bad = ids.filter((id) => !isId(id));
+    if (bad.length || ids.length < 2 || ids.length > MAX_COMPARED) {
+      throw new Error(`Give 2 to ${MAX_COMPARED} job ids: /console/compare?jobs=ID,ID${bad.length ? ` (not an id: ${bad.slice(0, 3).join(", ")})` : ""}`);
+    }
+    const jobs = await Promise.all(ids.map((id) => api(`/v1/jobs/${id}`)));
+    document.title = `Compare ${jobs.length} jobs · P2L`;
+    $("compare-title").textContent = `Compare ${jobs.length} jobs`;
+    const color = (k) => PALETTE[k % PALETTE.length];
+    const head = (job, k) => h("span", {}, h("span", { class: "swatch", style: { background: color(k) }, "aria-hidden": "true" }), jobLink(job.id));
+    // An option where it applies: auto's budget under auto, the decay under manual.
+    const APPLIES = { auto_epochs: "auto", decay: "manual" };
+    const option = (name) => (job) => {
+      const options = (job.params || {}).options || {};
+      const value = options[name];
+      if (APPLIES[name] && options.schedule !== APPLIES[name]) return dash;
+      return value === undefined || value === null ? dash : String(value);
+    };
+    const CHOSEN = { p2l: "P2L's top (best)", given: "by hand", race: "a race" };
+    const report = (job) => (job.result && job.result.model_id !== undefined ? job.result : {});
+    const rows = [
+      ["Status", (job) => h("span", { class: `badge ${job.status}` }, job.status)],
+      ["Target", (job) => (job.params.target_dataset_id ? namedDatasetLink(job.params.target_dataset_id) : dash)],
+      ["Source", (job) => (isId(job.params.source_id) ? sourceLink(job.params.source_id, job.params.source_name || short(job.params.source_id)) : job.params.source_name || dash)],
+      ["Source chosen", (job) => CHOSEN[job.params.chosen_by] || job.params.chosen_by || dash],
+      ["Schedule", option("schedule")],
+      ["Epochs", option("epochs")],
+      ["Auto budget per candidate", option("auto_epochs")],
+      ["Decay", option("decay")],
+      ["Base learning rate", option("base_lr")],
+      ["Baseline", option("baseline")],
+      ["Schedule that trained", (job) => {
+        const sch = report(job).schedule;
+        return sch ? (sch.multipliers ? `multipliers ${sch.multipliers.join(", ")}` : `decay ${sch.decay}`) : dash;
+      }],
+      ["Validation accuracy", (job) => pct(report(job).val_accuracy)],
+      ["Test accuracy", (job) => h("strong", {}, pct(report(job).test_accuracy))],
+      ["From scratch (test)", (job) => pct((report(job).baseline || {}).test_accuracy)],
+      ["Epochs trained", (job) => int((job.progress || {}).epochs_done)],
+      ["Run time", (job) => duration(report(job).seconds ?? (job.progress || {}).elapsed_seconds)],
+      ["Model", (job) => (job.model_id ? modelLink(job.model_id) : dash)],
+    ];
+    fill($("compare-table"), h("table", {},
+      h("caption", { class: "visually-hidden" }, "Jobs side by side"),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Job"), jobs.map((job, k) => h("th", { scope: "col" }, head(job, k))))),
+      h("tbody", {}, rows.map(([label, value]) => h("tr", {}, h("th", { scope: "row" }, label),
+        jobs.map((job) => h("td", {}, value(job))))))));
+    const runs = jobs.map((job, k) => {
+      const history = ((job.progress || {}).history || []).filter((m) => (m.phase || "fine_tune") === "fine_tune");
+      const label = `${short(job.id)} · ${job.params.source_name || short(job.params.source_id)}`;
+      return { key: job.id, label, color: color(k), epochs: history };
+    });
+    fill($("compare-curves"), runs.some((r) => r.epochs.length)
+      ? curves(runs) : h("p", { class: "muted" }, "No epoch has ended in these jobs yet."));
   }
 
   // ---------------------------------------------------------------- start

@@ -476,7 +476,7 @@ def test_errors_carry_the_problem_detail(service: Service, tmp_path: Path) -> No
             client.rankings.create("0" * 32, top_k=0)
         assert invalid.value.errors[0]["loc"] == ["body", "top_k"]
         assert "top_k" in str(invalid.value)
-    nowhere = Client(f"http://127.0.0.1:{free_port()}", timeout=5)
+    nowhere = Client(f"http://127.0.0.1:{free_port()}", timeout=5, retries=0)
     with nowhere, pytest.raises(P2LConnectionError, match="cannot reach"):
         nowhere.health()
 

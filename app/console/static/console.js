@@ -893,18 +893,20 @@
     const nodes = [];
     if (!ranking.results.length) nodes.push(h("p", { class: "muted" }, "No source could be ranked."));
     else {
+      // After a second stage its score sets the order: it comes first, beside the rank the
+      // first stage gave, so the P2L score column is not read as the order's.
       nodes.push(table([
         { label: "Rank", value: (r) => r.rank, num: true },
         { label: "Source", value: (r) => sourceLink(r.source_id, r.name || short(r.source_id)) },
-        { label: "Score", value: (r) => num(r.score), num: true },
+        ...(refine ? [
+          { label: `${refine.method} score`, value: (r) => (r.refine_score === null || r.refine_score === undefined ? dash : num(r.refine_score)), num: true },
+          { label: "P2L rank", value: (r) => r.first_stage_rank || dash, num: true },
+        ] : []),
+        { label: refine ? "P2L score" : "Score", value: (r) => num(r.score), num: true },
         { label: "Distance", value: (r) => num(r.distance), num: true },
         { label: "Similarity", value: (r) => num(r.similarity), num: true },
         { label: "Size term", value: (r) => num(r.size_term), num: true },
         { label: "Images", value: (r) => int(r.num_images), num: true },
-        ...(refine ? [
-          { label: `${refine.method} score`, value: (r) => (r.refine_score === null || r.refine_score === undefined ? dash : num(r.refine_score)), num: true },
-          { label: "First-stage rank", value: (r) => r.first_stage_rank || dash, num: true },
-        ] : []),
       ], ranking.results, { caption: "Ranking", rowClass: (r) => (r.rank === 1 ? "best" : null) }));
     }
     if (ranking.excluded && ranking.excluded.length) {

@@ -7,6 +7,7 @@ load, any other pickled object is refused. torch is optional for the client
 (``pip install 'p2l-client[torch]'``) and imported only when a state dict is converted.
 """
 
+import argparse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,10 @@ def state_dict_to_safetensors(path: Path) -> bytes:
     """The state dict saved in ``path``, as safetensors bytes; WeightsError saying why not."""
     torch, save = _torch()
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        # timm's train.py saves its argparse.Namespace of options beside the state dict: plain
+        # data, allowed; every other class stays refused.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, KeyError...
         reason = _load_failure(exc)
         if "Unsupported global" in reason:

@@ -2,6 +2,7 @@
 safetensors on the user's machine (torch.load with weights_only=True), safetensors go as they
 are, anything else is refused with the reason; without torch, the extra to install."""
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def test_a_state_dict_is_converted_and_wrappers_are_undone(tmp_path: Path) -> No
     torch.save(state, plain)
     # A training checkpoint: the state dict beside an epoch and an optimiser's state.
     torch.save({"epoch": 3, "state_dict": state, "optimizer": {"lr": 0.1}}, wrapped)
-    torch.save({"model": state}, boxed)
+    # timm's train.py: its options (an argparse.Namespace) beside the state dict.
+    torch.save({"model": state, "args": argparse.Namespace(model="resnet18")}, boxed)
     # nn.DataParallel's and DistributedDataParallel's "module." on every key.
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, parallel)
     for path in (plain, wrapped, boxed, parallel):

@@ -25,6 +25,7 @@ import httpx
 import pytest
 import torch
 import torchvision
+from safetensors.torch import save_file
 
 from tests.archives import bundled_target_images, clipart_images
 from tests.servers import ROOT, Service, free_port, serve, stop, uvicorn_args
@@ -73,6 +74,13 @@ class Session:
         assert done.returncode == 0, f"block {name}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         self.outputs[name] = done.stdout
         return done.stdout + done.stderr
+
+    def p2l(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """One `p2l` command, its output captured."""
+        return subprocess.run(
+            [str(self.bin / "p2l"), *args],
+            cwd=self.cwd, env=self.env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
 
     def api(self, path: str) -> dict:
         response = httpx.get(f"{self.service.url}{path}", timeout=60)
@@ -145,6 +153,33 @@ def test_the_resnet18_is_registered_with_its_training_images(reader: Session) ->
     assert source["class_names"] == sorted(clipart_images())
     trained_on = reader.api(f"/v1/datasets/{source['dataset_id']}")
     assert trained_on["name"] == "kitchen-resnet18-training" and trained_on["num_images"] == 18
+
+
+def test_a_failed_registration_says_why_and_keeps_the_uploaded_images(reader: Session) -> None:
+    # Safetensors go as they are (no torch in the command): seconds less per try.
+    state = torch.load(reader.cwd / "kitchen-resnet18.pt", weights_only=True)
+    save_file(state, reader.cwd / "kitchen.safetensors")
+    add = ["sources", "add", "wrong", "--weights", "kitchen.safetensors"]
+    # --dataset by name; the service names the tensor that does not fit.
+    wrong = reader.p2l(*add, "--architecture", "resnet18", "--num-classes", "4",
+                       "--dataset", "kitchen-resnet18-training")  # fmt: skip
+    assert wrong.returncode == 1
+    assert "weights do not fit resnet18 with 4 classes" in wrong.stderr, wrong.stderr
+    # Uploaded, then refused: the images stay, with the way to use them next time.
+    wrong = reader.p2l(*add, "--architecture", "resnet34", "--num-classes", "3",
+                       "--images", "kitchen")  # fmt: skip
+    assert wrong.returncode == 1 and "weights lack" in wrong.stderr, wrong.stderr
+    kept = re.search(r"register with --dataset (\w+) instead", wrong.stderr)
+    assert kept, wrong.stderr
+    assert reader.api(f"/v1/datasets/{kept[1]}")["name"] == "wrong-training"
+    assert reader.p2l("datasets", "delete", kept[1]).returncode == 0  # as the reader would
+    # Neither a state dict nor safetensors: refused before anything is uploaded.
+    (reader.cwd / "notes.pt").write_text("not weights")
+    wrong = reader.p2l("sources", "add", "wrong", "--weights", "notes.pt", "--architecture",
+                       "resnet18", "--num-classes", "3", "--images", "kitchen")  # fmt: skip
+    assert wrong.returncode == 1 and "neither a safetensors file nor" in wrong.stderr
+    assert "uploaded" not in wrong.stderr
+    assert not any(s["name"] == "wrong" for s in reader.api("/v1/sources?page_size=200")["items"])
 
 
 @pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (the test extra has it)")

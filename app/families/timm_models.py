@@ -69,10 +69,23 @@ def spec(architecture: str) -> ArchitectureSpec:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError as exc:  # an unknown pretrained tag
         raise ValueError(f"architecture {architecture!r}: {exc}") from None
-    if cfg is None or len(cfg.input_size) != 3 or cfg.input_size[0] != 3:
-        raise ValueError(f"{architecture} does not take RGB images (its input is unknown)")
-    with torch.device("meta"):  # shapes only: checking the head costs no memory
-        classifier = _api(_create(name, 2)).get_classifier()
+    if cfg is None:
+        raise ValueError(f"timm has no configuration for {architecture} (input size, mean, std)")
+    if len(cfg.input_size) != 3 or cfg.input_size[0] != 3:
+        raise ValueError(f"{architecture} takes input {cfg.input_size}, not RGB images")
+    size = int(cfg.input_size[-1])
+    try:
+        # Shapes only (no memory): what the service will ask of the model, tried once.
+        with torch.device("meta"):
+            probe = _create(name, 2).eval()
+            classifier = _api(probe).get_classifier()
+            if isinstance(classifier, nn.Linear):
+                _layout(probe)
+                _TimmFeatures(probe)(torch.zeros(1, 3, size, size))
+    except Exception as exc:  # timm's thousand models: any failure is this one's
+        raise ValueError(
+            f"{architecture} cannot be used: building it failed ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(classifier, nn.Linear):
         # Distilled models (two heads) and convolutional classifiers: the service scores,
         # replaces and probes one Linear head.
@@ -86,7 +99,7 @@ def spec(architecture: str) -> ArchitectureSpec:
         name=architecture,
         build=build,
         # The service feeds square images; timm's non-square inputs are rare (then: width).
-        default_input_size=int(cfg.input_size[-1]),
+        default_input_size=size,
         mean=_rgb(cfg.mean),
         std=_rgb(cfg.std),
         # A ViT's position embedding fixes its size (timm says so per model).

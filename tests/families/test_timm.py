@@ -15,6 +15,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save
+from torch import nn
 
 from app.families import (
     build_model,
@@ -43,6 +44,20 @@ timm = pytest.importorskip("timm", reason="no timm here: pip install -e '.[timm]
 
 RESNET = "timm/test_resnet"  # 160 px by its config, runs at any size (global pooling)
 VIT = "timm/test_vit"  # 160 px only: its position embedding is sized for it
+
+
+# timm's register_model reads a model's config from its module's default_cfgs.
+default_cfgs = {"p2l_test_unbuildable": {"input_size": (3, 64, 64)}}
+
+
+def _unbuildable(name: str) -> Callable[..., nn.Module]:
+    """A timm model entrypoint that fails as a model needing what this machine lacks would."""
+
+    def build(pretrained: bool = False, **kwargs: object) -> nn.Module:
+        raise RuntimeError("this model needs a GPU kernel")
+
+    build.__name__ = build.__qualname__ = name
+    return build
 
 
 @pytest.fixture
@@ -75,6 +90,16 @@ def test_a_timm_name_resolves_to_its_config() -> None:
     ]:
         with pytest.raises(ValueError, match=reason):
             get_spec(name)
+    # Models timm knows but the service cannot use: refused with the reason, never a 500.
+    if not timm.is_model("p2l_test_unbuildable"):
+        for name in ("p2l_test_unbuildable", "p2l_test_unconfigured"):
+            timm.models.register_model(_unbuildable(name))
+    with pytest.raises(ValueError, match=r"timm has no configuration for timm/p2l_test_unconf"):
+        get_spec("timm/p2l_test_unconfigured")
+
+    with pytest.raises(ValueError, match=r"timm/p2l_test_unbuildable cannot be used: building "
+                       r"it failed \(RuntimeError: this model needs a GPU kernel\)"):  # fmt: skip
+        get_spec("timm/p2l_test_unbuildable")
     with pytest.raises(ValueError, match=r"or timm/<model_name> for a timm model"):
         get_spec("convnext_tiny")  # torchvision's name is not listed; timm's needs its prefix
 

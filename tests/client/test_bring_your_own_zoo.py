@@ -11,6 +11,7 @@ by this venv's Python, which has torch: the ``p2l-client[torch]`` install the pa
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import stat
@@ -155,10 +156,27 @@ def test_the_resnet18_is_registered_with_its_training_images(reader: Session) ->
     assert trained_on["name"] == "kitchen-resnet18-training" and trained_on["num_images"] == 18
 
 
-def test_a_failed_registration_says_why_and_keeps_the_uploaded_images(reader: Session) -> None:
+def test_sources_add_with_a_signature_and_when_it_fails(reader: Session) -> None:
     # Safetensors go as they are (no torch in the command): seconds less per try.
     state = torch.load(reader.cwd / "kitchen-resnet18.pt", weights_only=True)
     save_file(state, reader.cwd / "kitchen.safetensors")
+    # --signature: a signature file alone; its counts are the uploader's claim.
+    trained_on = reader.source("kitchen-resnet18")["dataset_id"]
+    signature = httpx.get(f"{reader.service.url}/v1/datasets/{trained_on}/signature",
+                          params={"format": "safetensors"}, timeout=60)  # fmt: skip
+    (reader.cwd / "kitchen-signature.safetensors").write_bytes(signature.content)
+    signed = reader.p2l("--json", "sources", "add", "kitchen-signed", "--weights",
+                        "kitchen.safetensors", "--architecture", "resnet18", "--num-classes",
+                        "3", "--signature", "kitchen-signature.safetensors",
+                        "--class-names", "cup,plate,spoon")  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    source = json.loads(signed.stdout)
+    assert (source["name"], source["num_images"], source["image_counts"]) == (
+        "kitchen-signed",
+        18,
+        "claimed",
+    )
+    assert source["class_names"] == ["cup", "plate", "spoon"]
     add = ["sources", "add", "wrong", "--weights", "kitchen.safetensors"]
     # --dataset by name; the service names the tensor that does not fit.
     wrong = reader.p2l(*add, "--architecture", "resnet18", "--num-classes", "4",

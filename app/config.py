@@ -101,12 +101,16 @@ class Settings(BaseSettings):
     # Compute
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'…")
     reference_arch: str = Field(
-        "compact_cnn", description="Reference network: a compact CNN or a torchvision name."
+        "compact_cnn",
+        description="Reference network: a compact CNN, a torchvision name (resnet50) or, with "
+        "the timm extra, timm/ and a timm model name. Changing it makes every stored signature "
+        "stale: `python -m app.zoo upgrade` re-signs them.",
     )
     reference_weights: Path | None = Field(
         None,
-        description="Safetensors file for the reference network; default: the bundled one "
-        "(compact_cnn), or a seeded random init if it is missing.",
+        description="Safetensors file for the reference network (its head is ignored); "
+        "default: the bundled one (compact_cnn), or a seeded random init if it is missing. "
+        "`p2l weights convert` turns a PyTorch state dict into one.",
     )
     import_bundled_zoo: bool = Field(
         True, description="On first start with an empty zoo, import the bundled demo sources."

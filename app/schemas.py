@@ -138,7 +138,9 @@ class ArchitectureOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     name: str = Field(description="What `architecture` takes wherever one is asked for.")
-    family: str = Field(description="Its model family: compact, resnet, mobilenet, vit...")
+    family: str = Field(
+        description="Its model family: compact, resnet, mobilenet, vit..., timm (timm models)."
+    )
     input_size: int = Field(description="Default side of the square input, in pixels.")
     fixed_input_size: bool = Field(
         description="True when no other input size runs (a ViT's position embedding)."
@@ -156,6 +158,13 @@ class ArchitectureList(BaseModel):
     """Every architecture the service builds (one page: the list is short and fixed)."""
 
     items: list[ArchitectureOut] = Field(description="Every architecture the service builds.")
+    timm_version: str | None = Field(
+        None,
+        description="The timm version installed beside the service; null without it "
+        "(pip install 'p2l-service[timm]'). With timm, every model timm.list_models() names "
+        "is an architecture too, as timm/ and its name (timm/convnext_tiny), not listed in "
+        "`items`: GET /v1/architectures/timm/convnext_tiny describes one.",
+    )
 
 
 class HealthOut(BaseModel):

@@ -7,6 +7,9 @@ the parameters spared weight decay. Adding a family is one module and one line i
 
 Every architecture is split into a *feature extractor* (input -> non-negative pooled feature)
 and a *head* (feature -> logits); the reference network uses the first, sources both.
+
+timm's classifiers (``app.families.timm_models``, an optional extra) are architectures named
+``timm/<model_name>``, resolved by name rather than listed.
 """
 
 from collections.abc import Mapping
@@ -19,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from app.families import compact, efficientnet, mobilenet, resnet, vit
+from app.families import compact, efficientnet, mobilenet, resnet, timm_models, vit
 from app.families.base import AnyFamily, ArchitectureSpec, LayerGroup
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "LayerGroup",
     "architecture_catalogue",
     "build_model",
+    "describe_architecture",
     "expected_state",
     "family_of",
     "feature_dim",
@@ -52,6 +56,8 @@ FAMILIES: tuple[AnyFamily, ...] = (
     mobilenet.FAMILY,
     efficientnet.FAMILY,
     vit.FAMILY,
+    # Last: it claims models by their module (timm.*), not by a class of its own.
+    timm_models.FAMILY,
 )
 
 _SPECS: dict[str, tuple[AnyFamily, ArchitectureSpec]] = {
@@ -60,14 +66,20 @@ _SPECS: dict[str, tuple[AnyFamily, ArchitectureSpec]] = {
 
 
 def known_architectures() -> list[str]:
-    """Names accepted wherever an architecture is asked for."""
+    """The listed architectures (besides them: ``timm/<model_name>`` when timm is installed)."""
     return list(_SPECS)
 
 
 def get_spec(name: str) -> ArchitectureSpec:
-    """Look up an architecture by name; ValueError names the valid choices."""
+    """Look up an architecture by name; ValueError names the valid choices (or, for a timm
+    name, why it cannot be built: timm missing, a name timm does not know...)."""
+    if timm_models.is_timm_name(name):
+        return timm_models.spec(name)
     if name not in _SPECS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {known_architectures()}")
+        raise ValueError(
+            f"unknown architecture {name!r}; choose one of {known_architectures()}, or "
+            f"{timm_models.PREFIX}<model_name> for a timm model"
+        )
     return _SPECS[name][1]
 
 
@@ -104,14 +116,18 @@ def weights_to_save(model: nn.Module, half: bool = False) -> dict[str, torch.Ten
 def family_of(model: nn.Module) -> AnyFamily:
     """The family a model belongs to; ValueError for a model no family knows."""
     for family in FAMILIES:
-        if isinstance(model, family.model_types):
+        if isinstance(model, family.model_types) or (
+            family.claims is not None and family.claims(model)
+        ):
             return family
     raise ValueError(f"no model family knows {type(model).__name__}")
 
 
 def head_attribute(model: nn.Module) -> str:
-    """Name of the attribute holding the classifier head (its state-dict prefix too)."""
-    return family_of(model).head_attribute
+    """Name of the attribute holding the classifier head (its state-dict prefix too); dotted
+    for a submodule's (``head.fc``)."""
+    attr = family_of(model).head_attribute
+    return attr if isinstance(attr, str) else attr(model)
 
 
 def head(model: nn.Module) -> nn.Module:
@@ -126,10 +142,14 @@ def head_outputs(model: nn.Module) -> int:
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Give the model a freshly initialised classifier for ``num_classes`` classes."""
+    family = family_of(model)
+    if family.reset_head is not None:
+        family.reset_head(model, num_classes)
+        return model
     attr = head_attribute(model)
     old = model.get_submodule(attr)
     if isinstance(old, nn.Linear):
-        setattr(model, attr, nn.Linear(old.in_features, num_classes))
+        model.set_submodule(attr, nn.Linear(old.in_features, num_classes))
         return model
     # torchvision classifiers are Sequential(..., Linear): replace the last Linear only, so
     # MobileNetV3's hidden layer keeps its (pretrained) weights.
@@ -169,7 +189,8 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
 def no_weight_decay(model: nn.Module) -> frozenset[str]:
     """Names of the parameters trained without weight decay: every 1-D one (biases and
     normalisation scales, whose decay only fights the normalisation) and the family's own."""
-    extra = family_of(model).no_weight_decay
+    named = family_of(model).no_weight_decay
+    extra = named if isinstance(named, frozenset) else named(model)
     return frozenset(k for k, p in model.named_parameters() if p.ndim <= 1 or k in extra)
 
 
@@ -178,7 +199,7 @@ def feature_extractor(model: nn.Module) -> nn.Module:
     family = family_of(model)
     if family.features is not None:
         return family.features(model)
-    setattr(model, family.head_attribute, nn.Identity())
+    model.set_submodule(head_attribute(model), nn.Identity())
     # torchvision's MobileNetV3 ends in Hardswish and a ViT in LayerNorm, both of which can
     # dip below zero; P2L needs non-negative features to turn means into distributions.
     return nn.Sequential(model, nn.ReLU())
@@ -210,30 +231,35 @@ class ArchitectureInfo:
 
 @cache  # the registry is fixed for the life of the process
 def architecture_catalogue() -> tuple[ArchitectureInfo, ...]:
-    """Every architecture with its layer groups and feature dimension.
+    """Every listed architecture with its layer groups and feature dimension."""
+    return tuple(describe_architecture(name) for name in _SPECS)
 
-    The models are built on the meta device: shapes without memory, so even vit_b_16's 86M
+
+# Bounded: timm names come from requests (GET /v1/architectures/timm/...).
+@lru_cache(maxsize=64)
+def describe_architecture(name: str) -> ArchitectureInfo:
+    """One architecture (a timm name too) as GET /v1/architectures lists it; ValueError as
+    ``get_spec``.
+
+    The model is built on the meta device: shapes without memory, so even vit_b_16's 86M
     parameters cost nothing, and the forward pass that finds the feature size is shape-only.
     """
-    infos = []
-    for name, (family, spec) in _SPECS.items():
-        with torch.device("meta"):
-            model = spec.build(2)
-            groups = tuple(g.name for g in layer_groups(model))
-            dim = feature_dim(feature_extractor(model), spec.default_input_size)
-        infos.append(
-            ArchitectureInfo(
-                name=name,
-                family=family.name,
-                input_size=spec.default_input_size,
-                fixed_input_size=spec.fixed_input_size,
-                mean=spec.mean,
-                std=spec.std,
-                layer_groups=groups,
-                feature_dim=dim,
-            )
-        )
-    return tuple(infos)
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = spec.build(2)
+        family = family_of(model)
+        groups = tuple(g.name for g in layer_groups(model))
+        dim = feature_dim(feature_extractor(model), spec.default_input_size)
+    return ArchitectureInfo(
+        name=name,
+        family=family.name,
+        input_size=spec.default_input_size,
+        fixed_input_size=spec.fixed_input_size,
+        mean=spec.mean,
+        std=spec.std,
+        layer_groups=groups,
+        feature_dim=dim,
+    )
 
 
 def _linears(module: nn.Module) -> list[nn.Linear]:

@@ -61,12 +61,20 @@ class ModelFamily(Generic[Model]):
     model_types: tuple[type[nn.Module], ...]
     architectures: tuple[ArchitectureSpec, ...]
     layout: Callable[[Model], Layout]
-    # Attribute of the classifier head: an nn.Linear, or a Sequential ending in one.
-    head_attribute: str
+    # Attribute of the classifier head: an nn.Linear, or a Sequential ending in one. A dotted
+    # path names a submodule ("head.fc"); a callable finds it per model (timm's differ).
+    head_attribute: str | Callable[[Model], str]
     # Model -> pooled non-negative features; None: the head becomes Identity, ReLU after it.
     features: Callable[[Model], nn.Module] | None = None
-    # Parameters spared weight decay besides every 1-D one (biases, norms).
-    no_weight_decay: frozenset[str] = field(default_factory=frozenset)
+    # Parameters spared weight decay besides every 1-D one (biases, norms); a callable names
+    # them per model.
+    no_weight_decay: frozenset[str] | Callable[[Model], frozenset[str]] = field(
+        default_factory=frozenset
+    )
+    # For a family whose models share no class of their own (timm's): True for its models.
+    claims: Callable[[nn.Module], bool] | None = None
+    # Gives the model a new head for n classes in place; None: its last Linear is replaced.
+    reset_head: Callable[[Model, int], None] | None = None
 
 
 @dataclass(frozen=True)

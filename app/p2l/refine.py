@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.families import head_attribute
+from app.families import head
 from app.measures import RefineMethod
 from app.p2l.peers import leep, logme, nce
 
@@ -27,10 +27,10 @@ def source_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One forward pass of the target: the head's input features and its softmax, per image."""
     # The head's input: for torchvision classifiers (Dropout, Linear) the pooled features,
-    # as feature_extractor sees them (for MobileNetV3, before its last hidden layer).
-    head = getattr(model, head_attribute(model))
+    # as feature_extractor sees them (for MobileNetV3, before its last hidden layer; for a
+    # timm model its pre-logits features).
     captured: list[torch.Tensor] = []
-    hook = head.register_forward_hook(
+    hook = head(model).register_forward_hook(
         lambda _m, inputs, _o: captured.append(inputs[0].flatten(1).float().cpu())
     )
     # Normalised as training normalises (app.finetune.train.ImageTensors): uint8 NHWC in,

@@ -22,6 +22,7 @@ from p2l_client.client import Client, __version__, is_archive
 from p2l_client.errors import P2LError
 from p2l_client.progress import format_seconds
 from p2l_client.responses import TERMINAL
+from p2l_client.weights import is_safetensors, state_dict_to_safetensors, weights_part
 
 # No markup: names, file names and details from the service are printed as they are.
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -65,15 +66,29 @@ def cmd_reference(client: Client, args: argparse.Namespace) -> Answer:
 
 
 def cmd_architectures(client: Client, args: argparse.Namespace) -> Answer:
-    """`p2l architectures`: what a source can be, with its layer groups, as a table."""
+    """`p2l architectures [NAME]`: what a source can be, with its layer groups, as a table;
+    with NAME one architecture (a timm model too: timm/convnext_tiny)."""
     columns = ["name", "family", "input_size", "feature_dim", "layer_groups"]
-    return Answer(
-        client.architectures.list(),
+
+    def show(rows: list[dict[str, Any]]) -> None:
         # Group names, input -> head, in one cell: what multipliers and freeze_below count.
-        lambda rows: table(
-            [{**row, "layer_groups": " ".join(row["layer_groups"])} for row in rows], columns
-        ),
-    )
+        table([{**row, "layer_groups": " ".join(row["layer_groups"])} for row in rows], columns)
+
+    if args.name:
+        one = client.json("GET", f"/v1/architectures/{args.name}")
+        return Answer(one, lambda row: show([row]))
+    listing = client.json("GET", "/v1/architectures")
+    timm = listing.get("timm_version")
+
+    def show_all(rows: list[dict[str, Any]]) -> None:
+        show(rows)
+        if timm:
+            out.print(
+                f"and with timm {timm}: any timm model as timm/<model_name> "
+                "(p2l architectures timm/<model_name> describes one)"
+            )
+
+    return Answer(listing["items"], show_all)
 
 
 def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> Answer:
@@ -145,6 +160,87 @@ def show_source(s: dict[str, Any]) -> None:
         where = "the shared zoo" if s["shared"] else f"project {s.get('project_id')} only"
         out.print(f"in {where}")
     out.print(f"classes: {', '.join(s['class_names'])}")
+
+
+def cmd_sources_add(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l sources add`: register a pretrained model with its training images (uploaded
+    here), a stored dataset or a signature file."""
+    # The weights first: a file that cannot be sent fails before any image is uploaded.
+    weights = weights_part(args.weights)
+    if isinstance(weights, tuple):
+        err.print(f"converted {args.weights} (a PyTorch state dict) to safetensors")
+    dataset_id = None
+    if args.images:
+        images = Path(args.images)
+        if not images.exists():
+            raise FileNotFoundError(f"no such folder or archive: {images}")
+        uploaded = client.datasets.upload(images, name=args.images_name or f"{args.name}-training")
+        dataset_id = uploaded["id"]
+        rejected = uploaded.get("rejected_total") or 0
+        err.print(
+            f"uploaded {uploaded['num_images']} training images in {uploaded['num_classes']} "
+            f"classes as dataset {dataset_id}"
+            + (f" ({rejected} file(s) left out)" if rejected else "")
+        )
+    elif args.dataset:
+        dataset_id = find_dataset(client, args.dataset)
+    try:
+        source = client.sources.register(
+            weights,
+            architecture=args.architecture,
+            num_classes=args.num_classes,
+            name=args.name,
+            dataset_id=dataset_id,
+            signature=args.signature,
+            input_size=args.input_size,
+            class_names=class_names(args.class_names),
+            idempotency_key=args.idempotency_key,
+        )
+    except P2LError:
+        if args.images:
+            err.print(
+                f"the training images stay stored as dataset {dataset_id}: once the problem "
+                f"is fixed, register with --dataset {dataset_id} instead of uploading them again"
+            )
+        raise
+    return Answer(source, show_source)
+
+
+def find_dataset(client: Client, id_or_name: str) -> str:
+    """A dataset's id from its id or its name (ValueError unless exactly one has it)."""
+    if len(id_or_name) == 32 and all(c in "0123456789abcdef" for c in id_or_name):
+        return id_or_name
+    named = [d["id"] for d in client.datasets.list(page_size=200) if d["name"] == id_or_name]
+    if not named:
+        raise ValueError(f"no dataset is named {id_or_name!r} (p2l datasets list shows them)")
+    if len(named) > 1:
+        raise ValueError(
+            f"{len(named)} datasets are named {id_or_name!r}: give one's id ({', '.join(named)})"
+        )
+    return named[0]
+
+
+def class_names(given: list[str] | None) -> list[str] | None:
+    """--class-names as names, one per class: several words, or one comma-separated word."""
+    if not given:
+        return None
+    if len(given) == 1 and "," in given[0]:
+        return [name.strip() for name in given[0].split(",")]
+    return given
+
+
+def cmd_weights_convert(client: Client, args: argparse.Namespace) -> Answer:
+    """`p2l weights convert`: a PyTorch state dict as safetensors (here; no service)."""
+    source, target = Path(args.input), Path(args.output)
+    if target.is_dir():
+        target = target / f"{source.stem}.safetensors"
+    if not source.is_file():
+        raise FileNotFoundError(f"no such file: {source}")
+    if is_safetensors(source):
+        raise ValueError(f"{source} is a safetensors file already")
+    target.write_bytes(state_dict_to_safetensors(source))
+    value = {"input": str(source), "output": str(target), "bytes": target.stat().st_size}
+    return Answer(value, lambda v: out.print(f"wrote {v['output']} ({v['bytes']:,} bytes)"))
 
 
 def cmd_sources_publish(client: Client, args: argparse.Namespace) -> Answer:
@@ -824,6 +920,11 @@ def build_parser() -> argparse.ArgumentParser:
         "architectures",
         cmd_architectures,
         "the architectures a source can have, with their layer groups",
+    ).add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="only this one; a timm model too (timm/convnext_tiny), which the list leaves out",
     )
 
     datasets = group_of("datasets", "upload, list, show and delete datasets")
@@ -843,7 +944,67 @@ def build_parser() -> argparse.ArgumentParser:
     command(datasets, "get", cmd_datasets_get, "show one dataset").add_argument("id")
     command(datasets, "delete", cmd_datasets_delete, "delete a dataset").add_argument("id")
 
-    sources = group_of("sources", "list, show and publish the source zoo")
+    sources = group_of("sources", "add, list, show and publish the source zoo")
+    sub = command(
+        sources,
+        "add",
+        cmd_sources_add,
+        "register a pretrained model you have, with its training images",
+        "Register NAME: a pretrained classifier (--weights: .safetensors, or a PyTorch "
+        "state dict .pt/.pth/.bin converted here, which needs pip install "
+        "'p2l-client[torch]') of --architecture (p2l architectures lists them; timm models "
+        "as timm/<model_name>) with what it was trained on: --images, a folder of class "
+        "folders uploaded as a dataset that the service counts and signs, or a stored "
+        "--dataset, or a --signature file. Prints the registered source.",
+    )
+    sub.add_argument("name", metavar="NAME", help="its name in the zoo")
+    sub.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help=".safetensors, or a state dict saved with torch.save (.pt/.pth/.bin; "
+        '{"state_dict": ...} and {"model": ...} wrappers and DataParallel\'s "module." '
+        "prefix are undone)",
+    )
+    sub.add_argument(
+        "--architecture",
+        required=True,
+        metavar="ARCH",
+        help="resnet18, mobilenet_v3_large, ... or timm/<model_name> (p2l architectures)",
+    )
+    sub.add_argument(
+        "--num-classes", type=int, required=True, metavar="N", help="outputs of its head"
+    )
+    trained_on = sub.add_mutually_exclusive_group(required=True)
+    trained_on.add_argument(
+        "--images",
+        metavar="DIR",
+        help="its training images: a folder of class folders (zipped here) or an archive",
+    )
+    trained_on.add_argument(
+        "--dataset", metavar="ID_OR_NAME", help="or: a stored dataset it was trained on"
+    )
+    trained_on.add_argument(
+        "--signature",
+        metavar="FILE",
+        help="or: its training data's signature file (.safetensors, as the Python client's "
+        "datasets.signature_file saves it)",
+    )
+    sub.add_argument(
+        "--input-size", type=int, metavar="PX", help="its input side (default: the architecture's)"
+    )
+    sub.add_argument(
+        "--class-names",
+        nargs="+",
+        metavar="NAME",
+        help="one per output, in the head's order (default: the training images' class "
+        "folders, sorted as torchvision's ImageFolder sorts them); one comma-separated word "
+        "works too",
+    )
+    sub.add_argument(
+        "--images-name", metavar="NAME", help="--images: the dataset's name (default NAME-training)"
+    )
+    sub.add_argument("--idempotency-key", help="retry-safe key of the registration")
     listing(command(sources, "list", cmd_sources_list, "list sources, newest first"))
     command(sources, "get", cmd_sources_get, "show one source").add_argument("id")
     command(
@@ -852,6 +1013,22 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_sources_publish,
         "move a project's source into the shared zoo (operators)",
     ).add_argument("id")
+
+    weights = group_of("weights", "model weights files, here (no service)")
+    sub = command(
+        weights,
+        "convert",
+        cmd_weights_convert,
+        "save a PyTorch state dict as safetensors (pip install 'p2l-client[torch]')",
+        "Convert INPUT, a state dict saved with torch.save (loaded with weights_only=True: "
+        "tensors only), to safetensors: what P2L_REFERENCE_WEIGHTS takes. Wrappers "
+        '({"state_dict": ...}, {"model": ...}) and a "module." prefix are undone. Nothing '
+        "is sent to the service.",
+    )
+    sub.add_argument("input", metavar="INPUT", help="a .pt/.pth/.bin state dict")
+    sub.add_argument(
+        "output", metavar="OUTPUT", help="the .safetensors file to write (or a folder)"
+    )
 
     sub = command(commands, "rank", cmd_rank, "rank the zoo for a target dataset")
     sub.add_argument("target", metavar="TARGET", help="target dataset id")

@@ -2,6 +2,7 @@
 the tiny ViT fine-tunes, embeds and exports through the service's own code; the API lists
 every architecture."""
 
+import argparse
 import re
 import sys
 from collections.abc import Callable
@@ -224,7 +225,8 @@ def test_architectures_are_listed_by_the_api_and_the_client(
     assert response.status_code == 200
     items = {a["name"]: a for a in response.json()["items"]}
     assert list(items) == known_architectures()
-    assert {a["family"] for a in items.values()} == {f.name for f in FAMILIES}
+    # timm's family lists nothing: its architectures are named, not enumerated.
+    assert {a["family"] for a in items.values()} == {f.name for f in FAMILIES if f.architectures}
     assert items[TINY] == {
         "name": TINY, "family": "vit", "input_size": 32, "fixed_input_size": True,
         "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
@@ -246,7 +248,7 @@ def test_architectures_are_listed_by_the_api_and_the_client(
     # The Python client and `p2l architectures` over the same app.
     p2l = Client("http://testserver", transport=client._transport)
     assert p2l.architectures.list() == response.json()["items"]
-    answer = cmd_architectures(p2l, None)  # type: ignore[arg-type]
+    answer = cmd_architectures(p2l, argparse.Namespace(name=None))
     assert answer.show is not None
     answer.show(answer.value)
     shown = capsys.readouterr().out

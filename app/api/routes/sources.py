@@ -67,7 +67,8 @@ def register_source(
         Form(
             max_length=64,
             description="compact_cnn, vit_tiny, a torchvision name (resnet18, vit_b_16, ...): "
-            "GET /v1/architectures lists them",
+            "GET /v1/architectures lists them; with the timm extra also timm/ and any timm "
+            "model name (timm/convnext_tiny)",
             examples=["compact_cnn"],
         ),
     ],

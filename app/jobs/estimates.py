@@ -79,7 +79,9 @@ def split_totals(class_counts: Mapping[str, int], options: FinetuneOptions) -> t
 def forward_flops(architecture: str, input_size: int) -> float:
     """Forward FLOPs of one image (counted once on the meta device: no memory, no compute)."""
     with torch.device("meta"):
-        model = build_model(architecture, 10)
+        # Evaluation mode: batch norm in training mode refuses one image whose feature map
+        # has shrunk to 1x1 (resnet18 at 32 px); the FLOPs are the same.
+        model = build_model(architecture, 10).eval()
         image = torch.zeros(1, 3, input_size, input_size)
     with FlopCounterMode(display=False) as counter:
         model(image)

@@ -14,18 +14,18 @@ FINETUNE_OPTIONS=${FINETUNE_OPTIONS:-}
 # a folder of class folders: `p2l datasets upload` zips it itself, skipping hidden files.
 "$PYTHON" -m app.zoo export-target fashion --out "$DEMO"
 "$PYTHON" -m zipfile -e "$DEMO/fashion.zip" "$DEMO"
-TARGET=$(p2l datasets upload "$DEMO/fashion" --name fashion --field id)
+# Names are handles: every command takes the dataset's, source's or model's name or id.
+p2l datasets upload "$DEMO/fashion" --name tops
 
 # Rank the zoo for it: one forward pass of the target, P2L score parts per source.
-p2l rank "$TARGET" --top-k 3
+p2l rank tops --top-k 3
 
 # Fine-tune the best source, with a from-scratch baseline; watch it with a progress bar.
 # shellcheck disable=SC2086  # FINETUNE_OPTIONS holds several words on purpose
-JOB=$(p2l finetune "$TARGET" --source best --baseline $FINETUNE_OPTIONS --field id)
+JOB=$(p2l finetune tops --source best --baseline --model-name tops-classifier $FINETUNE_OPTIONS --field id)
 p2l jobs watch "$JOB"
-MODEL=$(p2l jobs get "$JOB" --field model_id)
 
 # Classify the held-back images, export the model (ONNX, labels, model card, predict.py), add it to the zoo.
-p2l predict "$MODEL" "$DEMO"/fashion-heldout/*.png
-p2l export "$MODEL" --format onnx -o "$DEMO/fashion-model.zip"
-p2l models register "$MODEL" --name fashion-finetuned
+p2l predict tops-classifier "$DEMO"/fashion-heldout/*.png
+p2l export tops-classifier --format onnx -o "$DEMO/fashion-model.zip"
+p2l models register tops-classifier --name tops-finetuned

@@ -75,7 +75,7 @@ def cmd_architectures(client: Client, args: argparse.Namespace) -> Answer:
         table([{**row, "layer_groups": " ".join(row["layer_groups"])} for row in rows], columns)
 
     if args.name:
-        one = client.json("GET", f"/v1/architectures/{args.name}")
+        one = client.architectures.get(args.name)
         return Answer(one, lambda row: show([row]))
     listing = client.json("GET", "/v1/architectures")
     timm = listing.get("timm_version")
@@ -96,7 +96,9 @@ def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> Answer:
     path = Path(args.path)
     if path.is_file() and not is_archive(path):
         err.print(f"note: {path} does not end like an archive; sending it as one")
-    created = client.datasets.upload(path, name=args.name, idempotency_key=args.idempotency_key)
+    created = client.datasets.upload(
+        path, name=args.name, idempotency_key=args.idempotency_key, progress=not args.no_progress
+    )
     return Answer(created, show_upload)
 
 
@@ -174,7 +176,11 @@ def cmd_sources_add(client: Client, args: argparse.Namespace) -> Answer:
         images = Path(args.images)
         if not images.exists():
             raise FileNotFoundError(f"no such folder or archive: {images}")
-        uploaded = client.datasets.upload(images, name=args.images_name or f"{args.name}-training")
+        uploaded = client.datasets.upload(
+            images,
+            name=args.images_name or f"{args.name}-training",
+            progress=not args.no_progress,
+        )
         dataset_id = uploaded["id"]
         rejected = uploaded.get("rejected_total") or 0
         err.print(
@@ -183,7 +189,7 @@ def cmd_sources_add(client: Client, args: argparse.Namespace) -> Answer:
             + (f" ({rejected} file(s) left out)" if rejected else "")
         )
     elif args.dataset:
-        dataset_id = find_dataset(client, args.dataset)
+        dataset_id = args.dataset  # an id or a name: the service resolves either
     try:
         source = client.sources.register(
             weights,
@@ -195,6 +201,7 @@ def cmd_sources_add(client: Client, args: argparse.Namespace) -> Answer:
             input_size=args.input_size,
             class_names=class_names(args.class_names),
             idempotency_key=args.idempotency_key,
+            progress=not args.no_progress,
         )
     except P2LError:
         if args.images:
@@ -204,20 +211,6 @@ def cmd_sources_add(client: Client, args: argparse.Namespace) -> Answer:
             )
         raise
     return Answer(source, show_source)
-
-
-def find_dataset(client: Client, id_or_name: str) -> str:
-    """A dataset's id from its id or its name (ValueError unless exactly one has it)."""
-    if len(id_or_name) == 32 and all(c in "0123456789abcdef" for c in id_or_name):
-        return id_or_name
-    named = [d["id"] for d in client.datasets.list(page_size=200) if d["name"] == id_or_name]
-    if not named:
-        raise ValueError(f"no dataset is named {id_or_name!r} (p2l datasets list shows them)")
-    if len(named) > 1:
-        raise ValueError(
-            f"{len(named)} datasets are named {id_or_name!r}: give one's id ({', '.join(named)})"
-        )
-    return named[0]
 
 
 def class_names(given: list[str] | None) -> list[str] | None:
@@ -299,6 +292,9 @@ def cmd_rankings_get(client: Client, args: argparse.Namespace) -> Answer:
     return Answer(client.rankings.get(args.id), show_ranking)
 
 
+# A positional argument naming a dataset, source or model: the service takes either.
+HANDLE: dict[str, str] = {"metavar": "ID_OR_NAME", "help": "its id or its name"}
+
 FINETUNE_OPTIONS = (
     "schedule",
     "epochs",
@@ -317,6 +313,7 @@ FINETUNE_OPTIONS = (
     "auto_epochs",
     "auto_search",
     "auto_score",
+    "model_name",  # not a training option, but sent beside them
 )
 
 
@@ -879,6 +876,13 @@ def common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     group.add_argument(
         "--timeout", type=float, default=default(120.0), help="seconds per request (default 120)"
     )
+    group.add_argument(
+        "--retries",
+        type=int,
+        default=default(4),
+        help="attempts after a failure worth retrying: the service unreachable or restarting, "
+        "429, 502, 503, 504 (default 4; 0: none)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -938,11 +942,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the dataset and the files the service left out.",
     )
     sub.add_argument("path", metavar="DIR_OR_ARCHIVE")
-    sub.add_argument("--name", help="dataset name (default: the folder's or file's name)")
+    sub.add_argument(
+        "--name",
+        help="dataset name, unique in the project (default: the folder's or file's name, "
+        "numbered if taken)",
+    )
     sub.add_argument("--idempotency-key", help="retry-safe key (Idempotency-Key header)")
+    sub.add_argument("--no-progress", action="store_true", help="no upload bar")
     listing(command(datasets, "list", cmd_datasets_list, "list datasets, newest first"))
-    command(datasets, "get", cmd_datasets_get, "show one dataset").add_argument("id")
-    command(datasets, "delete", cmd_datasets_delete, "delete a dataset").add_argument("id")
+    command(datasets, "get", cmd_datasets_get, "show one dataset").add_argument("id", **HANDLE)
+    command(datasets, "delete", cmd_datasets_delete, "delete a dataset").add_argument(
+        "id", **HANDLE
+    )
 
     sources = group_of("sources", "add, list, show and publish the source zoo")
     sub = command(
@@ -957,7 +968,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folders uploaded as a dataset that the service counts and signs, or a stored "
         "--dataset, or a --signature file. Prints the registered source.",
     )
-    sub.add_argument("name", metavar="NAME", help="its name in the zoo")
+    sub.add_argument("name", metavar="NAME", help="its name in the zoo, unique in the project")
     sub.add_argument(
         "--weights",
         required=True,
@@ -1005,14 +1016,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--images-name", metavar="NAME", help="--images: the dataset's name (default NAME-training)"
     )
     sub.add_argument("--idempotency-key", help="retry-safe key of the registration")
+    sub.add_argument("--no-progress", action="store_true", help="no upload bars")
     listing(command(sources, "list", cmd_sources_list, "list sources, newest first"))
-    command(sources, "get", cmd_sources_get, "show one source").add_argument("id")
+    command(sources, "get", cmd_sources_get, "show one source").add_argument("id", **HANDLE)
     command(
         sources,
         "publish",
         cmd_sources_publish,
         "move a project's source into the shared zoo (operators)",
-    ).add_argument("id")
+    ).add_argument("id", **HANDLE)
 
     weights = group_of("weights", "model weights files, here (no service)")
     sub = command(
@@ -1031,7 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = command(commands, "rank", cmd_rank, "rank the zoo for a target dataset")
-    sub.add_argument("target", metavar="TARGET", help="target dataset id")
+    sub.add_argument("target", metavar="TARGET", help="target dataset: its id or name")
     sub.add_argument("--top-k", type=int, help="only the best K")
     sub.add_argument("--method", choices=["p2l", "distance", "largest"], default="p2l")
     sub.add_argument("--measure", choices=["js", "kl", "cosine", "emd"])
@@ -1044,7 +1056,9 @@ def build_parser() -> argparse.ArgumentParser:
     rankings = group_of("rankings", "list and show past rankings")
     sub = command(rankings, "list", cmd_rankings_list, "list past rankings, newest first")
     listing(sub)
-    sub.add_argument("--target", metavar="DATASET", help="only the rankings of this dataset")
+    sub.add_argument(
+        "--target", metavar="DATASET", help="only the rankings of this dataset (id or name)"
+    )
     command(rankings, "get", cmd_rankings_get, "show one ranking").add_argument("id")
 
     sub = command(
@@ -1055,11 +1069,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Start fine-tuning SOURCE (default: best, the top of the P2L ranking) on "
         "TARGET. Options not given keep the service's defaults.",
     )
-    sub.add_argument("target", metavar="TARGET", help="target dataset id")
+    sub.add_argument("target", metavar="TARGET", help="target dataset: its id or name")
     sub.add_argument(
         "--source",
         default="best",
-        help='a source id, "best" (default), or "race" (P2L\'s top sources race)',
+        help='a source id or name, "best" (default), or "race" (P2L\'s top sources race)',
+    )
+    sub.add_argument(
+        "--model-name",
+        help="the model's name, unique in the project (default: TARGET-from-SOURCE, "
+        "numbered if taken)",
     )
     sub.add_argument("--race-top", type=int, help="--source race: sources racing (2-8, default 3)")
     sub.add_argument(
@@ -1109,7 +1128,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(jobs, "cancel", cmd_jobs_cancel, "cancel a job").add_argument("id")
 
     sub = command(commands, "predict", cmd_predict, "classify images with a fine-tuned model")
-    sub.add_argument("model", metavar="MODEL", help="model id")
+    sub.add_argument("model", metavar="MODEL", help="model: its id or name")
     sub.add_argument("files", metavar="FILES", nargs="+", help="image files")
     sub.add_argument("--top-k", type=int, default=3)
 
@@ -1120,7 +1139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "download a model as ONNX or TorchScript: a zip with predict.py, labels.txt, a model "
         "card (README.md) and preprocessing.json",
     )
-    sub.add_argument("model", metavar="MODEL", help="model id")
+    sub.add_argument("model", metavar="MODEL", help="model: its id or name")
     sub.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     sub.add_argument(
         "-o",
@@ -1137,7 +1156,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_evaluate,
         "score a model on a labelled folder or archive (per-class metrics)",
     )
-    sub.add_argument("model", metavar="MODEL", help="model id")
+    sub.add_argument("model", metavar="MODEL", help="model: its id or name")
     sub.add_argument("data", metavar="ARCHIVE_OR_DIR", help="class folders named like the model's")
     sub.add_argument("--no-progress", action="store_true", help="no bar if it becomes a job")
 
@@ -1151,11 +1170,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = group_of("models", "list, show, register and delete fine-tuned models")
     listing(command(models, "list", cmd_models_list, "list models, newest first"))
-    command(models, "get", cmd_models_get, "show a model and its report").add_argument("id")
+    command(models, "get", cmd_models_get, "show a model and its report").add_argument(
+        "id", **HANDLE
+    )
     sub = command(models, "register", cmd_models_register, "add a model to the zoo as a source")
-    sub.add_argument("id")
-    sub.add_argument("--name", help="the new source's name")
-    command(models, "delete", cmd_models_delete, "delete a model").add_argument("id")
+    sub.add_argument("id", **HANDLE)
+    sub.add_argument(
+        "--name", help="the new source's name, unique in the project (default: the model's)"
+    )
+    command(models, "delete", cmd_models_delete, "delete a model").add_argument("id", **HANDLE)
 
     projects = group_of("projects", "projects, their quotas and usage")
 
@@ -1239,7 +1262,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one `p2l` command; the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.url, args.api_key, timeout=args.timeout, project=args.project) as client:
+        with Client(
+            args.url, args.api_key, timeout=args.timeout, project=args.project,
+            retries=args.retries,
+        ) as client:  # fmt: skip
             answer = args.handler(client, args)
         if args.field:
             value = pick(answer.value, args.field)

@@ -92,8 +92,15 @@ class ArchitecturesRoutes:
 
     @operation
     def list(self) -> Call[list[Architecture]]:
-        """Every architecture: family, input size, normalisation, layer groups, feature dim."""
+        """Every listed architecture: family, input size, normalisation, layer groups,
+        feature dim (timm models are not listed: ``get`` describes one)."""
         return Call("GET", "/v1/architectures", items)
+
+    @operation
+    def get(self, name: str) -> Call[Architecture]:
+        """One architecture, a timm model too (``timm/convnext_atto``)."""
+        # The name's slash stays a slash: the route takes a path (timm/<model_name>).
+        return Call("GET", "/v1/architectures/" + "/".join(map(segment, name.split("/"))))
 
 
 def one(collection: str, key: str, *rest: str) -> str:

@@ -352,7 +352,7 @@ def test_cli_api_errors_exit_1_with_the_problem_on_stderr(cli: Cli) -> None:
     assert as_json.returncode == 1 and as_json.stdout == ""
     problem = json.loads(as_json.stderr)
     assert problem["status"] == 404 and "no model with id" in problem["detail"]
-    unreachable = cli.run("--url", f"http://127.0.0.1:{free_port()}", "health")
+    unreachable = cli.run("--url", f"http://127.0.0.1:{free_port()}", "--retries", "0", "health")
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
 
 
@@ -422,7 +422,10 @@ def test_readme_cli_session_runs_as_written(cli: Cli) -> None:
     right = sum(line.split("_")[0] == line.split(" -> ")[1].split()[0] for line in predicted)
     assert right >= 0.6 * len(predicted), f"{right} of 150 right"
     assert "done: " in done.stderr and "baseline epoch 2" in done.stderr, done.stderr
-    assert (demo / "fashion-model.zip").is_file() and "fashion-finetuned" in out
+    assert (demo / "fashion-model.zip").is_file() and "tops-finetuned" in out
+    # Names are handles: the session named its dataset and model and used only the names.
+    assert cli.json("models", "get", "tops-classifier")["name"] == "tops-classifier"
+    assert cli.json("sources", "get", "tops-finetuned")["origin"] == "finetune"
 
 
 # -- the library (this venv) ---------------------------------------------------------------

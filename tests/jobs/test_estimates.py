@@ -147,6 +147,16 @@ def test_another_architectures_measurement_is_scaled_by_compute(session: Session
 
 
 @pytest.mark.unit
+def test_flops_are_counted_where_a_feature_map_shrinks_to_one_pixel() -> None:
+    """resnet18 at 32 px ends in a 1x1 map, where batch norm in training mode refuses one
+    image: the estimate fell back to its prior, with a logged traceback."""
+    # Convolutions dominate: 49 times fewer pixels, about 49 times fewer FLOPs.
+    assert forward_flops("resnet18", 32) == pytest.approx(
+        forward_flops("resnet18", 224) / 49, rel=1e-3
+    )
+
+
+@pytest.mark.unit
 def test_unknown_compute_falls_back_to_a_prior_with_a_warning(session: Session) -> None:
     # Counting FLOPs fails for an architecture the registry cannot build: still an estimate.
     options = FinetuneOptions(schedule="manual", epochs=2)

@@ -46,6 +46,10 @@ def project_column() -> Mapped[str]:
     return mapped_column(String(32), index=True)
 
 
+# Characters of a dataset's, source's or model's name (its handle: app.services.handles).
+NAME_CHARS = 200
+
+
 def unique_name_per_project(table: str) -> UniqueConstraint:
     """A name is a handle (``app.services.handles``): one row of a kind per name and project,
     held by the database too, so two concurrent creates of one name cannot both land."""
@@ -80,7 +84,7 @@ class Dataset(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = project_column()
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(NAME_CHARS))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     num_images: Mapped[int] = mapped_column(Integer)
     class_counts: Mapped[dict[str, int]] = mapped_column(JSON)
@@ -102,7 +106,7 @@ class Source(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = project_column()
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(NAME_CHARS))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     architecture: Mapped[str] = mapped_column(String(64))
     num_classes: Mapped[int] = mapped_column(Integer)
@@ -223,7 +227,7 @@ class FinetunedModel(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     project_id: Mapped[str] = project_column()
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(NAME_CHARS))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     job_id: Mapped[str] = mapped_column(String(32))
     source_id: Mapped[str] = mapped_column(String(32))

@@ -21,7 +21,7 @@ from app.imaging.archive import (
     extract_image_folder,
     stream_size,
 )
-from app.models import Dataset
+from app.models import NAME_CHARS, Dataset
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
 from app.services.context import Context
@@ -35,8 +35,6 @@ logger = logging.getLogger("p2l.datasets")
 SIGNATURE_FILE = "signature.safetensors"
 IMAGES_DIR = "images"
 MIN_CLASSES = 2
-# datasets.name is a VARCHAR of this many characters (PostgreSQL enforces it).
-NAME_COLUMN_CHARS = 200
 
 
 @dataclass
@@ -63,18 +61,18 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
 def check_dataset_name(name: str, settings: Settings) -> None:
     """InvalidInput unless ``name`` fits P2L_MAX_NAME_BYTES (UTF-8) and the name column."""
     size = len(name.encode("utf-8", "surrogatepass"))
-    if size > settings.max_name_bytes or len(name) > NAME_COLUMN_CHARS:
+    if size > settings.max_name_bytes or len(name) > NAME_CHARS:
         raise InvalidInput(
             f"dataset name is {size:,} UTF-8 bytes and {len(name):,} characters; the limits "
             f"are {settings.max_name_bytes:,} bytes (P2L_MAX_NAME_BYTES) and "
-            f"{NAME_COLUMN_CHARS} characters"
+            f"{NAME_CHARS} characters"
         )
 
 
 def default_dataset_name(filename: str | None, settings: Settings) -> str:
     """A name from the uploaded file's name (``garments.zip`` -> ``garments``), cut to fit."""
     stem = PurePath(filename or "dataset").name.split(".")[0] or "dataset"
-    data = stem[:NAME_COLUMN_CHARS].encode("utf-8", "surrogatepass")[: settings.max_name_bytes]
+    data = stem[:NAME_CHARS].encode("utf-8", "surrogatepass")[: settings.max_name_bytes]
     # A cut inside a multi-byte character (or a stray surrogate) drops that character.
     return data.decode("utf-8", "ignore") or "dataset"
 

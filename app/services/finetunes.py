@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ValidationError, field_validator
 from safetensors.torch import save_file
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import retry_transient
@@ -40,7 +41,7 @@ from app.services.access import ALL_PROJECTS
 from app.services.calibration import evidence_of, ranking_params, refit_if_due
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists, get_dataset
-from app.services.handles import check_new_name, find_id, numbered_name
+from app.services.handles import check_new_name, find_id, is_name_clash, numbered_name
 from app.services.models import MODEL_WEIGHTS
 from app.services.quotas import check_active_jobs, check_job_seconds, check_storage
 from app.services.rankings import rank_sources
@@ -49,6 +50,9 @@ from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
 
 logger = logging.getLogger("p2l.worker")
+
+# Tries at publishing a model whose made-up name concurrent jobs keep taking.
+PUBLISH_NAME_ATTEMPTS = 5
 
 
 class Contestant(BaseModel):
@@ -429,8 +433,18 @@ def run_finetune(run: JobRun[FinetuneJobParams]) -> None:
                 work.abandon()
 
     # A connection dropped at the end costs a retry, not the training (the unit of work
-    # undid the files): the commit is all or nothing.
-    retry_transient(publish, settings.db_retry_seconds, f"job {job.id}: publishing its model")
+    # undid the files): the commit is all or nothing. So does a name another job took
+    # between the numbering and the commit: numbered again.
+    for attempt in range(1, PUBLISH_NAME_ATTEMPTS + 1):
+        try:
+            retry_transient(
+                publish, settings.db_retry_seconds, f"job {job.id}: publishing its model"
+            )
+            break
+        except IntegrityError as exc:
+            if not is_name_clash(exc) or attempt == PUBLISH_NAME_ATTEMPTS:
+                raise
+            logger.info("job %s: its model's name was taken meanwhile; numbering again", job.id)
     if race_record is None:  # a race's loads and trial evaluations are not this speed's
         progress.record_job(len(target.labels))
 

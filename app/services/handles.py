@@ -4,16 +4,18 @@ A name is unique within its kind and project (the database holds it too: see
 ``app.models.unique_name_per_project``), so ``p2l rank fashion`` or
 ``GET /v1/datasets/fashion`` finds one dataset. Creating a second of a kind with a name its
 project already holds is refused (409, naming the one that has it), except for the names the
-service makes up itself (a fine-tuned model's default name), which are numbered instead
-(``fashion-from-tops_9k-2``). A name that reads as an id (32 lowercase hex digits) is
-refused: it would shadow, or be shadowed by, an id.
+service makes up itself (a dataset named after its file, a fine-tuned model's default name),
+which are numbered instead (``fashion-from-tops_9k-2``). A name must work as one path
+segment: no ``/``, no control character, not ``.`` or ``..``; and it may not read as an id
+(32 lowercase hex digits), which it would shadow.
 
 A project sees its own sources and the shared zoo, so two sources of one name can both be
 visible: the project's own wins; two shared ones of other projects are a 409 asking for the
 id.
 """
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -22,50 +24,31 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import DEFAULT_PROJECT_ID, Dataset, FinetunedModel, Source
+from app.models import DEFAULT_PROJECT_ID, NAME_CHARS, Dataset, FinetunedModel, Source
 from app.pagination import is_valid_id
 from app.services.access import ALL_PROJECTS, session_project
 
 Named = TypeVar("Named", Dataset, Source, FinetunedModel)
 
-NAME_CHARS = 200  # the name columns' length
 # Source handles that mean something else: where a source is chosen (POST /v1/finetunes),
 # and in a path (GET /v1/sources/map.png is the zoo's map).
 RESERVED_SOURCE_NAMES = ("best", "race", "map.png")
-# How many same-named rows a lookup reads at most to say it is ambiguous.
-_AMBIGUOUS_LISTED = 5
+# What a path segment cannot carry (a / is decoded before routing) or a name should not.
+_UNUSABLE = re.compile(r"[/\x00-\x1f\x7f]")
+# Names looked up in one query (well inside SQLite's and PostgreSQL's parameter limits).
+_CHUNK = 500
 
 
 def find(session: Session, model: type[Named], handle: str, noun: str) -> Named:
     """The row ``handle`` names (an id, else a name) that this session may see; NotFound
     otherwise, Conflict where a name is ambiguous (see the module)."""
-    if is_valid_id(handle):
-        row = session.get(model, handle)
-        if row is not None:
-            return row
-    # Never sent to the database: a NUL byte is an error to PostgreSQL, and longer names
-    # cannot exist.
-    elif handle and "\x00" not in handle and len(handle) <= NAME_CHARS:
-        rows = list(
-            session.scalars(
-                select(model)
-                .where(model.name == handle)
-                .order_by(model.created_at)
-                .limit(_AMBIGUOUS_LISTED)
-            )
-        )
-        own = session_project(session) or DEFAULT_PROJECT_ID
-        mine = [row for row in rows if row.project_id == own]
-        candidates = mine or rows
-        if len(candidates) == 1:
-            return candidates[0]
-        if candidates:
-            ids = ", ".join(row.id for row in candidates)
-            raise Conflict(
-                f"{len(candidates)} {noun}s of the shared zoo are named {handle!r} ({ids}): "
-                "name it by its id"
-            )
-    raise NotFound(f"no {noun} with id or name {handle[:100]!r}")
+    if is_valid_id(handle) and (row := session.get(model, handle)) is not None:
+        return row
+    # A name of an earlier release may read as an id: looked up as a name, too.
+    found = _named(session, model, [handle], noun).get(handle)
+    if found is None:
+        raise NotFound(f"no {noun} with id or name {handle[:100]!r}")
+    return found
 
 
 def find_id(session: Session, model: type[Named], handle: str, noun: str) -> str:
@@ -80,15 +63,45 @@ def resolve_id(session: Session, model: type[Named], handle: str, noun: str) -> 
 
 
 def ids_of(session: Session, model: type[Named], handles: list[str], noun: str) -> list[str]:
-    """Each handle's id, in order; a handle that names nothing stays as given (for the
-    caller to report with the rest it does not know)."""
-    ids = []
-    for handle in handles:
-        try:
-            ids.append(resolve_id(session, model, handle, noun))
-        except NotFound:
-            ids.append(handle)
-    return ids
+    """Each handle's id, in order (ids as given, names looked up together); a name that
+    names nothing stays as given, for the caller to report with the rest it does not know."""
+    named = _named(session, model, [h for h in handles if not is_valid_id(h)], noun)
+    return [row.id if (row := named.get(handle)) is not None else handle for handle in handles]
+
+
+def _named(
+    session: Session, model: type[Named], names: Iterable[str], noun: str
+) -> dict[str, Named]:
+    """The row each name names, of those this session may see: the project's own, else
+    (sources) one of the shared zoo; Conflict where two shared ones of other projects do."""
+    # Never sent to the database: a NUL byte is an error to PostgreSQL, and longer names
+    # cannot exist.
+    wanted = sorted({n for n in names if n and "\x00" not in n and len(n) <= NAME_CHARS})
+    own = session_project(session) or DEFAULT_PROJECT_ID
+    by_name: dict[str, list[Named]] = {}
+    for first in range(0, len(wanted), _CHUNK):
+        chunk = session.scalars(
+            select(model)
+            .where(model.name.in_(wanted[first : first + _CHUNK]))
+            .order_by(model.created_at)
+        )
+        for row in chunk:
+            by_name.setdefault(row.name, []).append(row)
+    found = {}
+    for name, rows in by_name.items():
+        mine = [row for row in rows if row.project_id == own]
+        # Another project's row is visible only as a shared source (an unscoped session,
+        # a tool's, sees every project: it reads the default one's).
+        candidates = mine or [row for row in rows if isinstance(row, Source) and row.shared]
+        if len(candidates) > 1:
+            ids = ", ".join(row.id for row in candidates[:5])
+            raise Conflict(
+                f"{len(candidates)} {noun}s of the shared zoo are named {name!r} ({ids}): "
+                "name it by its id"
+            )
+        if candidates:
+            found[name] = candidates[0]
+    return found
 
 
 def holder(session: Session, model: type[Named], name: str, project_id: str) -> str | None:
@@ -101,20 +114,27 @@ def holder(session: Session, model: type[Named], name: str, project_id: str) -> 
     )
 
 
+def unusable_because(model: type[Named], name: str) -> str | None:
+    """Why ``name`` cannot be a handle of ``model`` (None: it can)."""
+    if is_valid_id(name):
+        return "reads as an id (32 lowercase hex digits)"
+    if _UNUSABLE.search(name) or name in (".", ".."):
+        return "holds a / or a control character, or is . or .. (a name is one path segment)"
+    if model is Source and name in RESERVED_SOURCE_NAMES:
+        return (
+            "is reserved: it means something else as a source handle (source_id of "
+            "POST /v1/finetunes, GET /v1/sources/map.png)"
+        )
+    return None
+
+
 def check_new_name(
     session: Session, model: type[Named], name: str, noun: str, project_id: str | None = None
 ) -> None:
     """InvalidInput if ``name`` cannot be a handle, Conflict if its project (default: the
     session's) has a ``noun`` of that name already."""
-    if is_valid_id(name):
-        raise InvalidInput(
-            f"{noun} name {name!r} reads as an id (32 lowercase hex digits); choose another"
-        )
-    if model is Source and name in RESERVED_SOURCE_NAMES:
-        raise InvalidInput(
-            f"source name {name!r} is reserved: it means something else as a source handle "
-            "(source_id of POST /v1/finetunes, GET /v1/sources/map.png); choose another"
-        )
+    if (why := unusable_because(model, name)) is not None:
+        raise InvalidInput(f"{noun} name {name!r} {why}; choose another")
     project = project_id or session_project(session) or DEFAULT_PROJECT_ID
     existing = holder(session, model, name, project)
     if existing is not None:
@@ -126,13 +146,15 @@ def check_new_name(
 
 
 def numbered_name(session: Session, model: type[Named], name: str, project_id: str) -> str:
-    """``name``, or the first of ``name-2``, ``name-3``, ... free in ``project_id`` (each
-    cut to the column): for names the service makes up, which must not refuse a request."""
-    name = name[:NAME_CHARS]
-    if is_valid_id(name):
-        name = name[: NAME_CHARS - 2] + "-1"
+    """``name`` made usable (a / or control character becomes -), or the first of
+    ``name-2``, ``name-3``, ... free in ``project_id`` (each cut to the column): for names
+    the service makes up, which must not refuse a request."""
+    name = _UNUSABLE.sub("-", name)[:NAME_CHARS]
     candidate, number = name, 1
-    while holder(session, model, candidate, project_id) is not None:
+    while (
+        unusable_because(model, candidate) is not None
+        or holder(session, model, candidate, project_id) is not None
+    ):
         number += 1
         suffix = f"-{number}"
         candidate = name[: NAME_CHARS - len(suffix)] + suffix
@@ -146,8 +168,14 @@ def name_race_lost(name: str, noun: str) -> Iterator[None]:
     try:
         yield
     except IntegrityError as exc:
-        if "name" not in str(exc.orig):
+        if not is_name_clash(exc):
             raise
         raise Conflict(
             f"a {noun} named {name!r} was created meanwhile in this project: choose another name"
         ) from None
+
+
+def is_name_clash(exc: IntegrityError) -> bool:
+    """Whether the unique (project, name) constraint refused the write."""
+    message = str(exc.orig)
+    return "_project_name" in message or ".name" in message  # PostgreSQL's, SQLite's

@@ -66,7 +66,7 @@ def rank_sources(
             session.execute(select(Source.id, Source.name).where(Source.id.in_(valid))).all()
         )
         if unknown := [s for s in wanted if s not in known]:
-            raise InvalidInput(f"unknown source ids: {', '.join(map(repr, unknown[:20]))}")
+            raise InvalidInput(f"unknown sources: {', '.join(map(repr, unknown[:20]))}")
         rankable = [s for s in wanted if s in index]
         stale = [s for s in wanted if s not in index]
     else:

@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import BUNDLED_IMPORT_LOCK, advisory_lock
-from app.models import Source
+from app.models import DEFAULT_PROJECT_ID, Source
 from app.p2l.reference import ReferenceNetwork, load_reference
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import load_signature
+from app.services.handles import holder
 from app.services.sources import register_source
 from app.store import ArtifactStore
 
@@ -123,6 +124,18 @@ def _import_missing(
     index: SignatureIndex,
     reference: ReferenceNetwork,
 ) -> list[Source]:
+    entries = []
+    for entry in missing_bundled_sources(session, reference):
+        if (taken_by := holder(session, Source, entry["name"], DEFAULT_PROJECT_ID)) is not None:
+            # A source of the default project took the name (names are unique there): the
+            # bundled one stays out rather than stop the import, or the start-up, halfway.
+            logger.warning(
+                "bundled source %s not imported: source %s of the default project has its name",
+                entry["name"],
+                taken_by,
+            )
+            continue
+        entries.append(entry)
     imported = [
         register_source(
             session,
@@ -138,7 +151,7 @@ def _import_missing(
             origin="bundled",
             shared=True,  # the shared zoo every project ranks over
         )
-        for entry in missing_bundled_sources(session, reference)
+        for entry in entries
     ]
     if imported:
         logger.info("imported %d bundled sources", len(imported))

@@ -4,11 +4,18 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure  # pyplot-free: safe in a threaded server
 
 from app.p2l.scoring import to_distribution
+
+# Every text drawn here is a user's (source, dataset and class names), never math: a name
+# with two $ must be drawn as written, not parsed as mathtext (a parse error, a 500). Set
+# once for the process (matplotlib draws nothing else in it), not per figure: rc_context is
+# not thread-safe.
+matplotlib.rcParams["text.parse_math"] = False
 
 
 def ranking_plot(title: str, results: Sequence[dict[str, Any]], method: str) -> bytes:

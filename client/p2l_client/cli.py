@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from p2l_client.client import Client, __version__, is_archive
-from p2l_client.errors import P2LError
+from p2l_client.errors import NotFound, P2LError
 from p2l_client.progress import format_seconds
 from p2l_client.responses import TERMINAL
 from p2l_client.weights import is_safetensors, state_dict_to_safetensors, weights_part
@@ -176,6 +176,18 @@ def cmd_sources_add(client: Client, args: argparse.Namespace) -> Answer:
         images = Path(args.images)
         if not images.exists():
             raise FileNotFoundError(f"no such folder or archive: {images}")
+        # A name the project holds is refused before the images go up, not after (names are
+        # unique in a project; another project's shared source shows no project and may
+        # share the name).
+        try:
+            taken = client.sources.get(args.name)
+        except NotFound:
+            taken = None
+        if taken is not None and taken.get("project_id") is not None:
+            raise ValueError(
+                f"the project has a source named {args.name!r} already ({taken['id']}): "
+                "choose another name"
+            )
         uploaded = client.datasets.upload(
             images,
             name=args.images_name or f"{args.name}-training",

@@ -31,7 +31,8 @@ CURRENT_PROJECT = "{project}"
 
 
 def segment(value: object) -> str:
-    """``value`` as one path segment: an id or a name, with spaces or slashes escaped."""
+    """``value`` as one path segment: an id or a name, spaces, ``?`` and ``#`` escaped (a
+    name never holds a ``/``: the service decodes one before routing, so it refuses them)."""
     return quote(str(value), safe="")
 
 

@@ -98,11 +98,17 @@ def test_a_second_dataset_of_a_name_is_refused_and_nothing_is_kept(
     assert again["status"] == 409, again
     assert first["id"] in again["detail"] and again["dataset_id"] == first["id"]
     assert names_of(service, "datasets") == before and files_under(data_dir) == files
-    # A name that reads as an id would shadow ids: refused.
+    # A name that reads as an id would shadow ids: refused; so is one that cannot be one path
+    # segment (a / is decoded before routing: "a/signature" would name another route).
     looks_like_an_id = upload(service, garments_zip, "ab" * 16)
     assert looks_like_an_id["status"] == 422 and "reads as an id" in looks_like_an_id["detail"]
+    for unusable in ("shirts-once/signature", "org/model", "..", "tab\there"):
+        refused = upload(service, garments_zip, unusable)
+        assert refused["status"] == 422 and "one path segment" in refused["detail"], refused
+    assert names_of(service, "datasets") == before and files_under(data_dir) == files
     # A name the service takes from the file is numbered instead: the upload is never lost.
-    from_file = [upload(service, garments_zip, None, "coats.zip") for _ in range(3)]
+    from_file = [upload(service, garments_zip, None, "coats.zip") for _ in range(2)]
+    from_file.append(upload(service, garments_zip, "", "coats.zip"))  # an empty name: none
     assert [d["name"] for d in from_file] == ["coats", "coats-2", "coats-3"]
 
 
@@ -176,6 +182,10 @@ def test_models_have_names_and_are_named_by_them(
     registered = service.post("/v1/models/dress-classifier/register")
     assert registered.status_code == 201 and registered.json()["name"] == "dress-classifier"
     assert service.get("/v1/sources/dress-classifier").json()["id"] == registered.json()["id"]
+    # A model may be called what no source may (best): its source is numbered, not refused.
+    best = finetune(model_name="best")
+    as_source = service.post(f"/v1/models/{best['id']}/register")
+    assert as_source.status_code == 201 and as_source.json()["name"] == "best-2", as_source.text
 
 
 def test_names_are_unique_per_project_and_a_projects_own_wins(

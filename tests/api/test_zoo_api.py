@@ -111,7 +111,7 @@ def test_ranking_a_subset_and_bad_requests(client: TestClient) -> None:
 
     cases = [
         ({"target_dataset_id": "nope"}, 404, "no dataset"),
-        ({"target_dataset_id": target, "source_ids": ["nope"]}, 422, "unknown source ids"),
+        ({"target_dataset_id": target, "source_ids": ["nope"]}, 422, "unknown sources"),
         ({"target_dataset_id": target, "method": "magic"}, 422, "method"),
         ({"target_dataset_id": target, "top_k": 0}, 422, "top_k"),
     ]

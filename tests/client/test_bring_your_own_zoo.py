@@ -198,6 +198,13 @@ def test_sources_add_with_a_signature_and_when_it_fails(reader: Session) -> None
     assert wrong.returncode == 1 and "neither a safetensors file nor" in wrong.stderr
     assert "uploaded" not in wrong.stderr
     assert not any(s["name"] == "wrong" for s in reader.api("/v1/sources?page_size=200")["items"])
+    # A name the project holds: refused before the images go up (names are unique).
+    datasets_before = reader.api("/v1/datasets?page_size=200")["items"]
+    taken = reader.p2l("sources", "add", "kitchen-resnet18", "--weights",
+                       "kitchen.safetensors", "--architecture", "resnet18", "--num-classes",
+                       "3", "--images", "kitchen")  # fmt: skip
+    assert taken.returncode == 1 and "already" in taken.stderr, taken.stderr
+    assert reader.api("/v1/datasets?page_size=200")["items"] == datasets_before
 
 
 @pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (the test extra has it)")

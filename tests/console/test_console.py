@@ -133,14 +133,18 @@ def garments_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return top
 
 
-def start_finetune(page: Any, source_option: int | None, epochs: int, baseline: bool) -> str:
+def start_finetune(
+    page: Any, source_option: int | None, epochs: int, baseline: bool, model_name: str = ""
+) -> str:
     """Fill the dataset page's form (manual schedule; the source as chosen, or the option
-    at `source_option`), wait for its estimate, start; the job's id."""
+    at `source_option`; the model's name, if given), wait for its estimate, start; the
+    job's id."""
     from playwright.sync_api import expect
 
     source = page.get_by_label("Source")
     if source_option is not None:
         source.select_option(index=source_option)
+    page.get_by_label(re.compile("^Model name")).fill(model_name)
     page.get_by_role("radio", name=re.compile("^manual")).check()
     page.get_by_label("Epochs", exact=True).fill(str(epochs))
     page.get_by_role("checkbox", name=re.compile("^Baseline")).set_checked(baseline)
@@ -215,7 +219,7 @@ def test_console_upload_rank_finetune_and_report(
 
         # Fine-tune the ranking's top source, tiny: manual schedule, 2 epochs, and the
         # from-scratch baseline (2 epochs more) for its curve.
-        job_id = start_finetune(page, None, epochs=2, baseline=True)
+        job_id = start_finetune(page, None, epochs=2, baseline=True, model_name="garments-v1")
 
         # The job page follows the event stream to the end, drawing the curves.
         status = page.locator("#job-status")
@@ -243,6 +247,7 @@ def test_console_upload_rank_finetune_and_report(
         page.get_by_role("link", name=re.compile("Open the model")).click()
         page.wait_for_url(re.compile(rf"/console/models/{ID}$"))
         model_id = page.url.rsplit("/", 1)[1]
+        expect(page.locator("#model-title")).to_contain_text("garments-v1")  # its name
         summary = page.locator("#model-summary")
         expect(summary).to_contain_text("Test accuracy")
         expect(summary).to_contain_text(re.compile(r"\d+\.\d %"))

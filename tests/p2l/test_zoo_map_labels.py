@@ -4,7 +4,9 @@ import io
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
 from app.zoo import plots
@@ -39,11 +41,19 @@ def test_labels_of_near_points_are_pushed_apart_and_stay_in_the_axes() -> None:
     for x0, y0, x1, y1 in boxes:
         assert frame.x0 <= x0 and x1 <= frame.x1 and frame.y0 <= y0 and y1 <= frame.y1
     assert len(ax.texts) == len(labels)
+    # What is drawn, not only what was planned: the labels as the renderer lays them out
+    # (the text's own box: an annotation's extent takes in its leader line too).
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    drawn = [Text.get_window_extent(text, renderer) for text in ax.texts]
+    assert overlapping([(b.x0, b.y0, b.x1, b.y1) for b in drawn]) == []
 
 
 @pytest.mark.unit
 def test_the_zoo_map_draws_with_a_target_and_with_one_source() -> None:
     means = np.abs(np.random.default_rng(1).normal(1, 0.3, (5, 8)))
-    for names, rows in ((["a", "b", "c", "d", "e"], means), (["only"], means[:1])):
+    # A name with two $ is drawn as written (matplotlib parsed it as math and failed).
+    dollars = ["a", "b$\\frac{$x", "c", "d", "e"]
+    for names, rows in ((dollars, means), (["only"], means[:1])):
         png = plots.zoo_map(names, rows, [100] * len(names), 1e-6, ("target", means[0] * 1.1))
         assert Image.open(io.BytesIO(png)).size == (770, 660)

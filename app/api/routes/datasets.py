@@ -104,9 +104,7 @@ def upload_dataset(
                 **dataset_out(dataset).model_dump(), **replayed_rejections(dataset)
             )
         else:
-            result = service.ingest_dataset(
-                ctx, file.file, name, number_if_taken=given_name is None
-            )
+            result = service.ingest_dataset(ctx, file.file, name, number_if_taken=not given_name)
             claim.complete(result.dataset.id)
             body = DatasetCreated(
                 **dataset_out(result.dataset).model_dump(), **result.folder.rejected.summary()

@@ -494,24 +494,12 @@
       $("upload-file").value = "";
       choose(files.length ? folderChoice(files) : null);
     });
-    const zone = $("drop-zone");
-    for (const name of ["dragenter", "dragover"]) {
-      zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("over"); });
-    }
-    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
-    zone.addEventListener("drop", async (event) => {
-      event.preventDefault();
-      zone.classList.remove("over");
-      try {
-        const files = await droppedFiles(event.dataTransfer);
-        $("upload-file").value = "";
-        $("upload-folder").value = "";
-        const archive = files.length === 1 && /\.(zip|tar|tgz|gz|bz2|xz)$/i.test(files[0].path) ? files[0].file : null;
-        choose(archive ? archiveChoice(archive) : files.length ? folderChoice(files) : null);
-        if (!files.length) $("drop-chosen").textContent = "Nothing usable was dropped (hidden files are left out).";
-      } catch (error) {
-        showError($("upload-error"), error);
-      }
+    onDrop($("drop-zone"), $("upload-error"), (files) => {
+      $("upload-file").value = "";
+      $("upload-folder").value = "";
+      const archive = files.length === 1 && /\.(zip|tar|tgz|gz|bz2|xz)$/i.test(files[0].path) ? files[0].file : null;
+      choose(archive ? archiveChoice(archive) : files.length ? folderChoice(files) : null);
+      if (!files.length) $("drop-chosen").textContent = "Nothing usable was dropped (hidden files are left out).";
     });
 
     form.addEventListener("submit", async (event) => {
@@ -526,7 +514,9 @@
         const { blob, filename } = await chosen.body((note) => { $("upload-status").textContent = note; });
         const data = new FormData();
         data.append("file", blob, filename);
-        const name = $("upload-name").value.trim() || chosen.name;
+        // Only a name the user typed is sent: the service names the rest after the file and
+        // numbers it where taken (a name sent is refused when taken).
+        const name = $("upload-name").value.trim();
         if (name) data.append("name", name);
         $("upload-status").textContent = `Uploading ${filename} (${bytes(blob.size)}) and computing its signature…`;
         const dataset = await api("/v1/datasets", { method: "POST", form: data });
@@ -599,7 +589,6 @@
   function archiveChoice(file) {
     return {
       describe: `Archive ${file.name} (${bytes(file.size)}).`,
-      name: "",
       body: async () => ({ blob: file, filename: file.name }),
     };
   }
@@ -617,7 +606,6 @@
     const name = top || "dataset";
     return {
       describe: `${top ? `Folder ${top}: ` : ""}${kept.length} file(s) in ${classes.size} class folder(s), zipped on upload.`,
-      name: top,
       body: async (say) => {
         say(`Zipping ${kept.length} file(s)…`);
         return { blob: await zipFiles(kept), filename: `${name}.zip` };
@@ -676,12 +664,17 @@
     const parts = [];
     const central = [];
     let offset = 0;
+    // Without the zip64 extension offsets and sizes are 32-bit: past 4 GiB they would wrap.
+    const total = files.reduce((n, { path, file }) => n + file.size + 76 + 2 * path.length * 3, 22);
+    if (total >= 2 ** 32) throw new Error(`${bytes(total)} of files: zip them yourself (at most 4 GiB here)`);
     const DOS_TIME = 0; // 00:00:00
     const DOS_DATE = (2020 - 1980) << 9 | 1 << 5 | 1; // 2020-01-01: the date does not matter
     for (const { path, file } of files) {
       const name = encoder.encode(path);
-      const data = new Uint8Array(await file.arrayBuffer());
-      const crc = crc32(data);
+      // Read once for its CRC, then sent from the file itself (a Blob part): the zip holds
+      // no second copy of the images in memory.
+      const crc = crc32(new Uint8Array(await file.arrayBuffer()));
+      const length = file.size;
       const local = new DataView(new ArrayBuffer(30));
       local.setUint32(0, 0x04034b50, true);
       local.setUint16(4, 20, true); // version needed: 2.0
@@ -690,8 +683,8 @@
       local.setUint16(10, DOS_TIME, true);
       local.setUint16(12, DOS_DATE, true);
       local.setUint32(14, crc, true);
-      local.setUint32(18, data.length, true);
-      local.setUint32(22, data.length, true);
+      local.setUint32(18, length, true);
+      local.setUint32(22, length, true);
       local.setUint16(26, name.length, true);
       local.setUint16(28, 0, true);
       const entry = new DataView(new ArrayBuffer(46));
@@ -703,13 +696,13 @@
       entry.setUint16(12, DOS_TIME, true);
       entry.setUint16(14, DOS_DATE, true);
       entry.setUint32(16, crc, true);
-      entry.setUint32(20, data.length, true);
-      entry.setUint32(24, data.length, true);
+      entry.setUint32(20, length, true);
+      entry.setUint32(24, length, true);
       entry.setUint16(28, name.length, true);
       entry.setUint32(42, offset, true); // extra, comment, disk, attributes: 0
-      parts.push(local, name, data);
+      parts.push(local, name, file);
       central.push(entry, name);
-      offset += 30 + name.length + data.length;
+      offset += 30 + name.length + length;
     }
     const size = central.reduce((n, part) => n + part.byteLength, 0);
     const end = new DataView(new ArrayBuffer(22));
@@ -932,6 +925,9 @@
       epochs: Number($("ft-epochs").value),
       baseline: $("ft-baseline").checked,
     };
+    // Left empty, the service names the model after target and source.
+    const modelName = $("ft-model-name").value.trim();
+    if (modelName) request.model_name = modelName;
     // The auto schedule refuses manual settings (422) rather than ignore them.
     if (schedule === "auto") request.auto_epochs = Number($("ft-auto-epochs").value);
     else request.decay = Number($("ft-decay").value);
@@ -1437,6 +1433,12 @@
       }
     }
     $("try-files").addEventListener("change", () => classify($("try-files").files));
+    onDrop(zone, $("try-error"), (files) => classify(files.map((f) => f.file)));
+  }
+
+  /** Make `zone` a drop target: what is dropped (folders walked, as {path, file}) goes to
+   * `use`; a failure is shown in `errorBox`. */
+  function onDrop(zone, errorBox, use) {
     for (const name of ["dragenter", "dragover"]) {
       zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("over"); });
     }
@@ -1445,9 +1447,9 @@
       event.preventDefault();
       zone.classList.remove("over");
       try {
-        classify((await droppedFiles(event.dataTransfer)).map((f) => f.file));
+        await use(await droppedFiles(event.dataTransfer));
       } catch (error) {
-        showError($("try-error"), error);
+        showError(errorBox, error);
       }
     });
   }

@@ -346,9 +346,9 @@ def test_console_upload_rank_finetune_and_report(
         page.goto(f"{service.url}/")
         expect(sources).to_contain_text("garments-finetuned", timeout=30_000)
         expect(page.locator("#datasets")).to_contain_text("garments")
-        # Models go by name (the service names them TARGET-from-SOURCE), linked by id.
+        # Models go by name (the one the form gave), linked by id.
         model_link = page.locator(f'#models a[href="/console/models/{model_id}"]')
-        expect(model_link).to_have_text(f"garments-from-{top_name}")
+        expect(model_link).to_have_text("garments-v1")
         page.wait_for_function("() => document.getElementById('zoo-map').naturalWidth > 0")
         assert images_shown_early(page) == []
         assert not errors, errors

@@ -25,7 +25,7 @@ from app.models import NAME_CHARS, Dataset
 from app.p2l.signature import DatasetSignature, compute_signature, load_signature
 from app.pagination import get_by_id, paginate
 from app.services.context import Context
-from app.services.handles import check_new_name, name_race_lost, numbered_name
+from app.services.handles import check_new_name, commit_numbered, name_race_lost
 from app.services.quotas import check_storage
 from app.store import ArtifactStore
 from app.unit_of_work import UnitOfWork, unit_of_work
@@ -87,9 +87,7 @@ def ingest_dataset(
     """
     session, store, reference, settings = ctx.session, ctx.store, ctx.reference, ctx.settings
     check_dataset_name(name, settings)
-    if number_if_taken:
-        name = numbered_name(session, Dataset, name, ctx.principal.project_id)
-    else:
+    if not number_if_taken:  # a made-up name is numbered at the commit, below
         check_new_name(session, Dataset, name, "dataset")
     # Its images take about what the archive does (images are compressed already).
     check_storage(session, store, settings, ctx.principal.project_id, stream_size(archive))
@@ -139,7 +137,10 @@ def ingest_dataset(
             artifact_key=key,
             stored_bytes=stored_bytes,
         )
-        session.add(dataset)
+        if number_if_taken:
+            commit_numbered(session, dataset, name, ctx.principal.project_id)
+        else:
+            session.add(dataset)
     folder.root = store.path(key) / IMAGES_DIR
     if cache_key is not None:
         _settle_cache(store, cache_key, settings.pixel_cache_max_bytes)

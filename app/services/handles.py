@@ -161,6 +161,26 @@ def numbered_name(session: Session, model: type[Named], name: str, project_id: s
     return candidate
 
 
+# Commits of a made-up name that concurrent creates keep taking, before giving up.
+NUMBERED_COMMIT_ATTEMPTS = 5
+
+
+def commit_numbered(session: Session, row: Named, wanted: str, project_id: str) -> None:
+    """Add ``row`` under ``wanted`` or its first free number, and commit; a name a
+    concurrent create took between the numbering and the commit is numbered again (the
+    session holds nothing else uncommitted, so a rollback loses only this row's insert)."""
+    for attempt in range(1, NUMBERED_COMMIT_ATTEMPTS + 1):
+        row.name = numbered_name(session, type(row), wanted, project_id)
+        session.add(row)
+        try:
+            session.commit()
+            return
+        except IntegrityError as exc:
+            session.rollback()
+            if not is_name_clash(exc) or attempt == NUMBERED_COMMIT_ATTEMPTS:
+                raise
+
+
 @contextmanager
 def name_race_lost(name: str, noun: str) -> Iterator[None]:
     """Conflict, not a 500, when a concurrent create took ``name`` between the check and the

@@ -10,6 +10,7 @@ could tell apart, `p2l rank fashion` answered 404, and models had no names.
 import io
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,19 @@ def test_a_second_dataset_of_a_name_is_refused_and_nothing_is_kept(
     from_file = [upload(service, garments_zip, None, "coats.zip") for _ in range(2)]
     from_file.append(upload(service, garments_zip, "", "coats.zip"))  # an empty name: none
     assert [d["name"] for d in from_file] == ["coats", "coats-2", "coats-3"]
+
+
+def test_concurrent_uploads_named_after_one_file_are_all_stored_and_numbered(
+    service: TestClient, garments_zip: bytes
+) -> None:
+    """Several uploads of shoes.zip at once pick their numbers together: the one whose
+    number another took at its commit numbers again rather than fail (409)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        uploads = list(
+            pool.map(lambda _: upload(service, garments_zip, None, "shoes.zip"), range(4))
+        )
+    assert [u["status"] for u in uploads] == [201] * 4, uploads
+    assert sorted(u["name"] for u in uploads) == ["shoes", "shoes-2", "shoes-3", "shoes-4"]
 
 
 def test_duplicate_and_reserved_source_names_are_refused(

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 TORCH_EXTRA = "pip install 'p2l-client[torch]'"
-# What training scripts wrap a state dict in: Lightning and many others save
-# {"state_dict": ..., "epoch": ...}; others {"model": ...}.
+# What training scripts wrap a state dict in: many save {"state_dict": ..., "epoch": ...},
+# others {"model": ...}. (Lightning's also prefixes every key with the attribute that held
+# the network, "model.": not undone here, as no prefix can be told from a real one.)
 WRAPPER_KEYS = ("state_dict", "model")
 # nn.DataParallel and DistributedDataParallel prefix every key of the wrapped model's state.
 PARALLEL_PREFIX = "module."

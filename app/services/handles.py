@@ -190,9 +190,14 @@ def name_race_lost(name: str, noun: str) -> Iterator[None]:
     except IntegrityError as exc:
         if not is_name_clash(exc):
             raise
-        raise Conflict(
-            f"a {noun} named {name!r} was created meanwhile in this project: choose another name"
-        ) from None
+        raise name_taken_meanwhile(name, noun) from None
+
+
+def name_taken_meanwhile(name: str, noun: str) -> Conflict:
+    """The Conflict of a create whose name a concurrent one took after the check."""
+    return Conflict(
+        f"a {noun} named {name!r} was created meanwhile in this project: choose another name"
+    )
 
 
 def is_name_clash(exc: IntegrityError) -> bool:

@@ -21,7 +21,7 @@ from app.pagination import get_by_id, is_valid_id, paginate
 from app.services.access import ALL_PROJECTS
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists
-from app.services.handles import find_id, ids_of
+from app.services.handles import find_id, ids_of, resolve_id
 from app.services.sources import catch_up, signature_for_dataset, weights_path
 
 
@@ -220,12 +220,20 @@ def list_rankings(
     """One page of the project's rankings (of one target, if given; that ranked one source,
     if given), newest first, and the next page's token.
 
+    Both are named by id or name; a name names its row (NotFound if none does), an id is
+    taken as given (one no ranking names lists nothing: rankings outlive their dataset).
+
     A ranking of the whole zoo holds one result per source (up to 10^5): the page loads
     none of them; the database counts them and reads the first.
     """
-    where = Ranking.target_dataset_id == target_dataset_id if target_dataset_id else None
-    if source_id is not None:
-        where = _and(where, _names_source(source_id))
+    filters = []
+    if target_dataset_id:
+        target_dataset_id = resolve_id(session, Dataset, target_dataset_id, "dataset")
+        filters.append(Ranking.target_dataset_id == target_dataset_id)
+    if source_id:
+        source_id = resolve_id(session, Source, source_id, "source")
+        filters.append(_names_source(source_id))
+    where = and_(*filters) if filters else None
     skipped = (Ranking.results, Ranking.excluded)
     rows, next_token = paginate(session, Ranking, page_size, page_token, skipped, where)
     if not rows:
@@ -257,7 +265,7 @@ def list_rankings(
                 top_score=fact.score,
             )
         )
-    if source_id is not None:
+    if source_id:
         listed = _with_source_rank(session, listed, source_id)
     return listed, next_token
 
@@ -269,10 +277,6 @@ def _names_source(source_id: str) -> ColumnElement[bool]:
     if not is_valid_id(source_id):
         return false()
     return cast(Ranking.results, Text).like(f"%{source_id}%")
-
-
-def _and(where: ColumnElement[bool] | None, condition: ColumnElement[bool]) -> ColumnElement[bool]:
-    return condition if where is None else and_(where, condition)
 
 
 def _with_source_rank(

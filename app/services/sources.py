@@ -34,7 +34,12 @@ from app.services.datasets import (
     get_dataset,
     stored_signature,
 )
-from app.services.handles import check_new_name, find_id, name_race_lost
+from app.services.handles import (
+    check_new_name,
+    find_id,
+    is_name_clash,
+    name_taken_meanwhile,
+)
 from app.services.quotas import check_storage
 from app.store import ArtifactStore
 from app.unit_of_work import unit_of_work
@@ -249,8 +254,9 @@ def register_source(
             raise Conflict(
                 f"model {model_id} is already the source {winner}", source_id=winner
             ) from None
-        with name_race_lost(name, "source"):
-            raise exc
+        if is_name_clash(exc):
+            raise name_taken_meanwhile(name, "source") from None
+        raise
     index.add(source.id, signature, claimed=image_counts == "claimed")
     return source
 

@@ -5,9 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import PAGE_PROBLEMS, ContextDep, PageSize, PageToken, RankingId, SessionDep
-from app.models import Dataset, Ranking, Source
+from app.models import Ranking
 from app.schemas import Page, RankingOut, RankingRequest, RankingSummary
-from app.services import handles
 from app.services import rankings as service
 from app.services.calibration import ranking_params
 from app.zoo import plots
@@ -120,11 +119,6 @@ def list_rankings(
     """One page of the project's rankings, each without its results: method, measure, how
     many sources it ranked and which came first. The whole ranking is at
     `GET /v1/rankings/{ranking_id}`."""
-    # A name: its row's id (an id is kept as given: one no ranking names lists nothing).
-    if target_dataset_id:
-        target_dataset_id = handles.resolve_id(session, Dataset, target_dataset_id, "dataset")
-    if source_id:
-        source_id = handles.resolve_id(session, Source, source_id, "source")
     rows, next_token = service.list_rankings(
         session, page_size, page_token, target_dataset_id, source_id
     )

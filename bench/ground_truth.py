@@ -202,7 +202,7 @@ class CellStats:
 
     runs: list[float]
     stderr: float
-    seconds: float
+    seconds: float | None  # None: no cell of it was timed (restored from a results file)
 
     @property
     def mean(self) -> float:
@@ -231,10 +231,16 @@ def target_stats(
     fine_tunes = {s: r for s, r in runs.items() if s != SCRATCH and len(r) > 1}
     sd = pooled_sd(fine_tunes) if fine_tunes else pooled_sd({SCRATCH: runs[SCRATCH]})
     return {
-        s: CellStats(r, sd / math.sqrt(len(r)), float(np.mean([c["seconds"] for c in cells[s]])))
+        s: CellStats(r, sd / math.sqrt(len(r)), _mean_seconds(cells[s]))
         for s, r in runs.items()
         if r
     }
+
+
+def _mean_seconds(cells: list[dict[str, Any]]) -> float | None:
+    """Mean time of the cells that were timed (None: cells restored from a results file)."""
+    timed = [c["seconds"] for c in cells if c.get("seconds") is not None]
+    return float(np.mean(timed)) if timed else None
 
 
 def within_noise(stats: dict[str, CellStats]) -> set[str]:

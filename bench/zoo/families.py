@@ -53,6 +53,16 @@ PACKAGES: dict[str, str] = {
     "lincity": "lincity-ng-data",
     "frozen_bubble": "frozen-bubble-data",
     "freeciv": "freeciv-data",
+    # Families only targets use (issue 27: more families no source and no reference saw).
+    "mate": "mate-icon-theme",
+    "yaru": "yaru-theme-icon",
+    "elementary_xfce": "elementary-xfce-icon-theme",
+    "endless_sky": "endless-sky-data",
+    "freedroid": "freedroidrpg-data",
+    "minetest": "minetest-data",
+    "marble": "marble-data",
+    "warmux": "warmux-data",
+    "neverball": "neverball-data",
 }
 
 FASHION_CLASSES = (
@@ -469,6 +479,9 @@ ICON_LAYOUTS: dict[str, tuple[str, ...]] = {
     "tango": ("Tango/scalable/{context}", "Tango/32x32/{context}"),
     "oxygen": tuple(f"oxygen/base/{s}x{s}/{{context}}" for s in (64, 48, 32, 22)),
     "gnome": tuple(f"gnome/{s}x{s}/{{context}}" for s in (48, 32, 256, 24)),
+    "mate": ("mate/48x48/{context}", "mate/32x32/{context}"),
+    "yaru": ("Yaru/48x48/{context}", "Yaru/scalable/{context}"),
+    "elementary_xfce": tuple(f"elementary-xfce/{{context}}/{size}" for size in (48, 64, 32)),
 }
 
 
@@ -493,6 +506,38 @@ def icon_theme(
         files[context] = list(by_name.values())
     group = lambda path: path.stem  # noqa: E731
     return file_domain(theme, files, group, max_per_class, seed)
+
+
+# --- Game and map packages, one class per list of folders ------------------------------------
+
+
+def _frame_stem(path: Path) -> str:
+    """A file's name without its frame or variant marks: ``afterburner+3`` -> ``afterburner``."""
+    return re.sub(r"[-_+=. ]*\d+$", "", path.stem) or path.stem
+
+
+@cached
+def package_images(
+    name: str,
+    classes: dict[str, list[str]],
+    group_by: str = "stem",
+    max_per_class: int = 10_000,
+    seed: int = 0,
+) -> Domain:
+    """Images of one Debian package: each class a list of glob patterns under /usr/share.
+
+    ``group_by``: ``"stem"`` keeps an animation's frames together (a name without trailing
+    frame numbers), ``"folder"`` keeps a folder together (an item's rotations, a character's
+    frames). Sprite sheets are cut to their first 64 px frame.
+    """
+    root = Path("/usr/share")
+    files = {
+        label: [p for pattern in patterns for p in root.glob(pattern)
+                if p.suffix.lower() in (".png", ".jpg", ".svg")]
+        for label, patterns in classes.items()
+    }  # fmt: skip
+    group = _frame_stem if group_by == "stem" else (lambda path: str(path.parent))
+    return file_domain(name, files, group, max_per_class, seed, crop=first_cell(64))
 
 
 # --- Sprite sheets cut into tiles -----------------------------------------------------------

@@ -357,6 +357,47 @@ _ICON_MERGE = {
     "status": ("status", "emotes", "emblems"),
     "things": ("apps", "categories", "devices", "mimetypes", "places"),
 }
+_ENDLESS_SKY = lambda: fam.package_images("endless_sky", {  # noqa: E731
+    f"{kind}s": [f"games/endless-sky/images/{kind}/**/*.{ext}" for ext in ("png", "jpg")]
+    for kind in ("ship", "outfit", "land", "planet", "effect", "projectile")
+})  # fmt: skip
+_FREEDROID = lambda: fam.package_images("freedroid", {  # noqa: E731
+    "droids": ["freedroidrpg/data/graphics/droids/*/*.png"],
+    "weapons": ["freedroidrpg/data/graphics/items/weapons/*/*.jpg"],
+    "armour": [f"freedroidrpg/data/graphics/items/{kind}/*/*.jpg"
+               for kind in ("armours", "helmets", "shields")],
+    "potions": ["freedroidrpg/data/graphics/items/pills_potions/*/*.jpg"],
+    "tux_parts": ["freedroidrpg/data/graphics/tux_motion_parts/**/*.png"],
+}, group_by="folder")  # fmt: skip
+_MINETEST_GAME = "games/minetest/games/minetest_game/mods"
+_MINETEST = lambda: fam.package_images("minetest", {  # noqa: E731
+    "blocks": [f"{_MINETEST_GAME}/default/textures/*.png"],
+    "test_nodes": ["games/minetest/games/devtest/mods/testnodes/textures/*.png"],
+    "interface": ["games/minetest/textures/base/pack/*.png"],
+    "plants_and_wool": [f"{_MINETEST_GAME}/{mod}/textures/*.png"
+                        for mod in ("farming", "flowers", "wool", "dye")],
+})  # fmt: skip
+_MARBLE = lambda: fam.package_images("marble", {  # noqa: E731
+    "flags": ["marble/data/flags/*.svg"],
+    "road_shields": ["marble/data/bitmaps/osmcarto/shields/svg/*.svg"],
+    "map_symbols": ["marble/data/svg/osmcarto/svg/*/*.svg"],
+})  # fmt: skip
+_WARMUX = lambda: fam.package_images("warmux", {  # noqa: E731
+    "characters": ["games/warmux/body/*/*.png"],
+    "weapons": ["games/warmux/weapon/**/*.png"],
+    "menus": ["games/warmux/menu/**/*.png", "games/warmux/interface/**/*.png"],
+    "maps": ["games/warmux/map/*/*.jpg", "games/warmux/map/*/*.png"],
+}, group_by="folder")  # fmt: skip
+_NEVERBALL = lambda: fam.package_images("neverball", {  # noqa: E731
+    "materials": ["games/neverball/textures/mtrl/*"],
+    "levels": ["games/neverball/shot-*/*"],
+    "backgrounds": ["games/neverball/back/*"],
+    "balls": ["games/neverball/ball/**/*.png"],
+})  # fmt: skip
+_MATE = lambda: fam.icon_theme("mate", ("actions", "apps", "mimetypes", "status"))  # noqa: E731
+_YARU = lambda: fam.icon_theme("yaru", ("actions", "apps", "devices", "mimetypes"))  # noqa: E731
+_XFCE = lambda: fam.icon_theme("elementary_xfce", ("actions", "apps", "devices",  # noqa: E731
+                                                   "categories"))  # fmt: skip
 _GARMENTS_ALIKE = ("tshirt", "pullover", "coat", "shirt", "dress")  # easily confused
 _GARMENTS = fam.FASHION_CLASSES
 _T = TargetSpec
@@ -425,4 +466,69 @@ TARGETS: tuple[TargetSpec, ...] = (
     _T("crawl_fewshot", "unseen_family", "crawl", "report", 10, unseen(_CRAWL)),
     _T("tango_fewshot", "unseen_family", "tango", "report", 10, unseen(_TANGO, _ICON_MERGE)),
     _T("gnome_fewshot", "unseen_family", "gnome", "dev", 10, unseen(_GNOME, _ICON_MERGE)),
+    # Added for issue 27 (split into dev and report before any of them ran): more shifted
+    # versions of source families, and nine more families no source and no reference saw.
+    _T("fashion_tinted", "shifted", "fashion", "report", 20,
+       target_side("fashion", ("trouser", "sandal", "sneaker", "bag", "boot")),
+       tint((255, 140, 60)), "orange colour cast"),
+    _T("fashion_small", "shifted", "fashion", "dev", 10, target_side("fashion", _GARMENTS),
+       zoom_out(0.6), "zoomed out to 60 %"),
+    _T("fashion_colour", "shifted", "fashion", "report", 10, target_side("fashion", _GARMENTS),
+       colour_ink(1), "coloured ink on coloured paper"),
+    _T("scripts_inverted", "shifted", "glyphs", "report", 10,
+       target_side("scripts", ("latin", "greek", "cyrillic", "lao")), invert,
+       "inverted polarity"),
+    _T("scripts_colour", "shifted", "glyphs", "dev", 10,
+       target_side("scripts", ("latin", "greek", "cyrillic")), colour_ink(2),
+       "coloured ink on coloured paper"),
+    _T("scripts_small", "shifted", "glyphs", "report", 10,
+       target_side("scripts", ("latin", "greek", "cyrillic")), zoom_out(0.6),
+       "zoomed out to 60 %"),
+    _T("letters_rotated", "shifted", "glyphs", "report", 10, target_side("letters", LETTERS[10:16]),
+       rotate(1), "rotated 90 degrees"),
+    _T("letters_inverted", "shifted", "glyphs", "report", 10,
+       target_side("letters", LETTERS[10:16]), invert, "inverted polarity"),
+    _T("fashion_upside_down", "shifted", "fashion", "report", 10,
+       target_side("fashion", _GARMENTS_ALIKE), rotate(2), "rotated 180 degrees"),
+    _T("papirus_rotated", "shifted", "papirus", "dev", 10, target_side("papirus", ("apps", "places")),
+       rotate(2), "rotated 180 degrees"),
+    _T("papirus_tinted", "shifted", "papirus", "report", 10,
+       target_side("papirus", ("apps", "places")), tint((120, 255, 140)), "green colour cast"),
+    _T("papirus_small", "shifted", "papirus", "report", 10,
+       target_side("papirus", ("apps", "places")), zoom_out(0.5), "zoomed out to half size"),
+    _T("breeze_inverted", "shifted", "breeze", "report", 10,
+       target_side("breeze", ("actions", "apps")), invert, "inverted colours"),
+    _T("breeze_small", "shifted", "breeze", "dev", 5, target_side("breeze", ("actions", "apps")),
+       zoom_out(0.5), "zoomed out to half size", test_per_class=15),
+    _T("endless_sky", "unseen_family", "endless_sky", "report", 30,
+       unseen(lambda: _ENDLESS_SKY().only(("ships", "outfits", "lands", "planets")))),
+    _T("endless_sky_fewshot", "unseen_family", "endless_sky", "report", 10,
+       unseen(lambda: _ENDLESS_SKY().only(("ships", "effects", "projectiles", "outfits")))),
+    _T("endless_sky_tiny", "unseen_family", "endless_sky", "dev", 5,
+       unseen(lambda: _ENDLESS_SKY().only(("lands", "planets", "effects", "projectiles")))),
+    _T("freedroid", "unseen_family", "freedroid", "report", 20,
+       unseen(lambda: _FREEDROID().only(("droids", "weapons", "armour", "potions")))),
+    _T("freedroid_fewshot", "unseen_family", "freedroid", "dev", 10,
+       unseen(lambda: _FREEDROID().only(("weapons", "armour", "potions", "tux_parts")))),
+    _T("freedroid_tiny", "unseen_family", "freedroid", "dev", 5,
+       unseen(lambda: _FREEDROID().only(("droids", "weapons", "tux_parts"))), test_per_class=20),
+    _T("minetest_fewshot", "unseen_family", "minetest", "report", 10, unseen(_MINETEST)),
+    _T("minetest_tiny", "unseen_family", "minetest", "dev", 5,
+       unseen(lambda: _MINETEST().only(("blocks", "test_nodes", "plants_and_wool"))),
+       test_per_class=20),
+    _T("marble_fewshot", "unseen_family", "marble", "report", 10, unseen(_MARBLE)),
+    _T("marble", "unseen_family", "marble", "dev", 20, unseen(_MARBLE)),
+    _T("warmux_fewshot", "unseen_family", "warmux", "report", 10, unseen(_WARMUX),
+       test_per_class=20),
+    _T("neverball_fewshot", "unseen_family", "neverball", "report", 10, unseen(_NEVERBALL),
+       test_per_class=20),
+    _T("mate", "unseen_family", "mate", "report", 20,
+       unseen(lambda: _MATE().only(("actions", "mimetypes", "status")))),
+    _T("mate_fewshot", "unseen_family", "mate", "dev", 10,
+       unseen(lambda: _MATE().only(("actions", "status", "apps"))), test_per_class=20),
+    _T("yaru_fewshot", "unseen_family", "yaru", "report", 10, unseen(_YARU)),
+    _T("xfce", "unseen_family", "elementary_xfce", "report", 15,
+       unseen(lambda: _XFCE().only(("actions", "apps", "devices", "categories")))),
+    _T("xfce_fewshot", "unseen_family", "elementary_xfce", "dev", 5,
+       unseen(lambda: _XFCE().only(("actions", "apps", "devices"))), test_per_class=15),
 )  # fmt: skip

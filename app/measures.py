@@ -4,8 +4,10 @@ second stage and calibration all read their names from here (no torch, no numpy)
 Adding a P2L measure: its name in ``Measure`` and an entry in ``MEASURES`` here, and its
 vectorised distance in ``SignatureIndex.distances`` (``app.p2l.scoring``). Adding a
 second-stage measure: its name in ``RefineMethod`` and its formula in ``app.p2l.peers``
-(``app.p2l.refine.transferability`` dispatches on the name). The client package keeps its
-own copy of both lists (it imports nothing of the service).
+(``app.p2l.refine.transferability`` dispatches on the name), and a line for it where the
+second stage's measures are described in words (``RefineRequest`` in ``app.schemas``, the
+console's ranking form, docs/guide/ranking.md). The client package keeps its own copy of
+both lists (it imports nothing of the service).
 """
 
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from typing import Literal, get_args
 
 Measure = Literal["kl", "js", "cosine", "emd"]
 Method = Literal["p2l", "distance", "largest"]
-RefineMethod = Literal["logme", "leep", "nce"]
+RefineMethod = Literal["logme", "leep", "nce", "knn"]
 
 
 @dataclass(frozen=True)

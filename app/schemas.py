@@ -252,7 +252,8 @@ class RefineRequest(RequestBody):
     method: RefineMethod = Field(
         description="logme (You et al. 2021: evidence of a linear model on the source's "
         "features), leep (Nguyen et al. 2020) or nce (Tran et al. 2019): both from the "
-        "source's own head."
+        "source's own head; knn (Sorkhei et al. 2025): leave-one-out 5-nearest-neighbour "
+        "accuracy of the target's labels on the source's features, 0 to 1."
     )
     top: int = Field(
         3, ge=1, le=MAX_REFINE_TOP, description="How many of the first stage's best to re-rank."
@@ -297,7 +298,7 @@ class RankingRequest(RequestBody):
 class RefineOut(BaseModel):
     """What a two-stage ranking's second stage did, and what it cost."""
 
-    method: RefineMethod = Field(description="The second stage's measure: logme, leep or nce.")
+    method: RefineMethod = Field(description="The second stage's measure: logme, leep, nce or knn.")
     top: int = Field(description="Sources re-ranked (fewer when fewer were ranked).")
     forward_passes: int = Field(description="One per re-ranked source.")
     images_per_pass: int = Field(description="The target's images, through each source.")
@@ -387,7 +388,7 @@ class RankingSummary(BaseModel):
     method: str = Field(description="p2l, distance or largest (see POST /v1/rankings).")
     measure: str = Field(description="The distance measure: kl, js, cosine or emd.")
     refine_method: RefineMethod | None = Field(
-        description="A two-stage ranking's second stage: logme, leep or nce; null: one stage."
+        description="A two-stage ranking's second stage: logme, leep, nce or knn; null: one stage."
     )
     calibration_id: str | None = Field(
         description="The calibration whose measure or lambda it used; null: the bundled "

@@ -25,8 +25,8 @@ TAGS: list[dict[str, str]] = [
     {
         "name": "rankings",
         "description": "Rank the zoo for a target dataset by P2L or a baseline, with every "
-        "score's parts and an optional second stage (LogME, LEEP, NCE); list, re-read, plot "
-        "and delete past rankings.",
+        "score's parts and an optional second stage (LogME, LEEP, NCE, k-NN); list, re-read, "
+        "plot and delete past rankings.",
     },
     {
         "name": "jobs",

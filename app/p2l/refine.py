@@ -1,9 +1,9 @@
 """Two-stage ranking: P2L shortlists the zoo in one pass, a per-candidate measure re-ranks it.
 
 P2L needs one forward pass of the target through the reference network, whatever the size
-of the zoo; LogME, LEEP and NCE (``app.p2l.peers``, formulas and papers cited there) need one
-through every candidate. Refining only P2L's top ``k`` costs ``k`` passes: the shortlist is
-scored by the measure that reads each candidate's own features and head.
+of the zoo; LogME, LEEP, NCE and k-NN accuracy (``app.p2l.peers``, formulas and papers cited
+there) need one through every candidate. Refining only P2L's top ``k`` costs ``k`` passes:
+the shortlist is scored by the measure that reads each candidate's own features and head.
 """
 
 from typing import assert_never
@@ -14,7 +14,7 @@ from torch import nn
 
 from app.families import head
 from app.measures import RefineMethod
-from app.p2l.peers import leep, logme, nce
+from app.p2l.peers import knn_accuracy, leep, logme, nce
 
 
 def source_outputs(
@@ -62,5 +62,7 @@ def transferability(
             return leep(probabilities, labels)
         case "nce":
             return nce(probabilities, labels)
+        case "knn":
+            return knn_accuracy(features, labels)
         case _:
             assert_never(method)

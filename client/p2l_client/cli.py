@@ -1061,7 +1061,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--measure", choices=["js", "kl", "cosine", "emd"])
     sub.add_argument("--lambda", dest="lam", type=float, help="override lambda (0 to 100)")
     sub.add_argument(
-        "--refine", choices=["logme", "leep", "nce"], help="re-rank the top by this measure"
+        "--refine", choices=["logme", "leep", "nce", "knn"], help="re-rank the top by this measure"
     )
     sub.add_argument("--refine-top", type=int, help="how many to re-rank (1-20; default 3)")
 

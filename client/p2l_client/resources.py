@@ -268,7 +268,7 @@ class RankingsRoutes(ListingRoutes):
         top_k: int | None = None,
         source_ids: Sequence[str] | None = None,
         lam: float | None = None,
-        refine: Literal["logme", "leep", "nce"] | None = None,
+        refine: Literal["logme", "leep", "nce", "knn"] | None = None,
         refine_top: int | None = None,
     ) -> Call[Ranking]:
         """Rank the sources for a target; every result carries the parts of its score.

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from app.p2l.peers import leep, logme, nce
+from app.p2l import peers
+from app.p2l.peers import knn_accuracy, leep, logme, nce
 from app.p2l.scoring import ScoringParams, SignatureIndex, emd, to_distribution
 from app.p2l.signature import DatasetSignature
 
@@ -225,3 +226,55 @@ def test_nce_is_minus_the_conditional_entropy_of_labels_given_source_predictions
     mixed = np.eye(2)[[0, 0, 0, 1, 1, 1]]
     h = -(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))  # H(Y | Z) within each z
     assert nce(mixed, labels) == pytest.approx(-h)
+
+
+def test_knn_accuracy_is_leave_one_out_and_ignores_the_features_scale() -> None:
+    rng = np.random.default_rng(2)
+    labels = np.repeat([3, 7], 100)
+    # Two well-separated clusters: every image's nearest others share its label.
+    centres = np.array([[10.0, 0, 0, 0], [-10.0, 0, 0, 0]])
+    clusters = centres[(labels == 7).astype(int)] + rng.normal(size=(200, 4))
+    assert knn_accuracy(clusters, labels) == 1.0
+    # Random labels on random points: about chance (0.5).
+    noise = rng.normal(size=(200, 16))
+    random_labels = rng.permutation(labels)
+    assert 0.25 < knn_accuracy(noise, random_labels) < 0.75
+    # Invariant to the features' scale and offset (cosine of the mean-centred features), and
+    # to the order of the images.
+    score = knn_accuracy(noise, labels)
+    assert knn_accuracy(noise * 1000.0 + 5.0, labels) == pytest.approx(score)
+    order = rng.permutation(200)
+    assert knn_accuracy(noise[order], labels[order]) == pytest.approx(score)
+
+    # Leave-one-out: an image is never its own neighbour. Three pairs, each pair's images
+    # nearest one another, labelled so that each image's partner has the other label.
+    pairs = np.array([[1.0, 0], [1.0, 0.01], [-1, 1], [-1, 1.01], [-1, -1], [-1, -1.01]])
+    assert knn_accuracy(pairs, np.array([0, 1, 0, 1, 0, 1]), k=1) == 0.0
+    assert knn_accuracy(pairs, np.array([0, 0, 1, 1, 2, 2]), k=1) == 1.0
+    # k larger than n is clipped to n - 1: every other image votes.
+    assert knn_accuracy(pairs, np.array([0, 0, 1, 1, 2, 2]), k=50) == pytest.approx(
+        knn_accuracy(pairs, np.array([0, 0, 1, 1, 2, 2]), k=5)
+    )
+    # With every other image voting, the majority is the other label in a set of 1 a and
+    # 2 b's: the a is wrong, each b sees one a and one b (a tie) and wins it by similarity.
+    line = np.array([[0.0, 1], [1, 0], [1, 0.1]])
+    assert knn_accuracy(line, np.array([0, 1, 1]), k=10) == pytest.approx(2 / 3)
+    # Identical features (the origin, once centred): a tie of votes and of summed similarity
+    # goes to the smaller label.
+    same = np.ones((3, 4))
+    assert knn_accuracy(same, np.array([5, 9, 5]), k=2) == pytest.approx(2 / 3)
+    assert knn_accuracy(same, np.array([9, 5, 9]), k=2) == 0.0
+    # Fewer than 2 images: nothing to compare with.
+    assert knn_accuracy(np.ones((1, 4)), np.array([0])) == 0.0
+    assert knn_accuracy(np.ones((0, 4)), np.array([], dtype=int)) == 0.0
+
+
+def test_knn_accuracy_in_blocks_of_rows_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    features, labels = rng.normal(size=(90, 8)), rng.integers(0, 3, 90)
+    features[labels == 0] += 0.7  # some signal, so that the accuracy is no constant
+    whole = knn_accuracy(features, labels, k=4)
+    monkeypatch.setattr(peers, "_KNN_BLOCK", 7)  # 7 * 7 // 90 = 0: one row a block
+    assert knn_accuracy(features, labels, k=4) == whole
+    monkeypatch.setattr(peers, "_KNN_BLOCK", 20)  # blocks of 4 rows, the last of 2
+    assert knn_accuracy(features, labels, k=4) == whole

@@ -1,4 +1,4 @@
-"""Two-stage rankings: P2L over the zoo, then LogME, LEEP or NCE over its shortlist."""
+"""Two-stage rankings: P2L over the zoo, then LogME, LEEP, NCE or k-NN over its shortlist."""
 
 from collections.abc import Callable
 
@@ -8,7 +8,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.families import get_spec, load_model
-from app.p2l.peers import leep, logme
+from app.p2l.peers import knn_accuracy, leep, logme
 from app.p2l.refine import source_outputs
 from app.zoo.bundled import BUNDLED_DIR, bundled_target, manifest
 from tests.helpers import (
@@ -24,8 +24,8 @@ def service(make_client: Callable[..., TestClient], database_url: str | None) ->
     return make_client(database_url=database_url)
 
 
-def bundled_scores(source_name: str, target_name: str) -> tuple[float, float]:
-    """LogME and LEEP of a bundled source on a bundled target's training part, directly."""
+def bundled_scores(source_name: str, target_name: str) -> tuple[float, float, float]:
+    """LogME, LEEP and k-NN of a bundled source on a bundled target's training part, directly."""
     entry = next(e for e in manifest()["sources"] if e["name"] == source_name)
     model = load_model(entry["architecture"], entry["num_classes"], BUNDLED_DIR / entry["weights"])
     spec = get_spec(entry["architecture"])
@@ -33,7 +33,8 @@ def bundled_scores(source_name: str, target_name: str) -> tuple[float, float]:
     features, probabilities = source_outputs(
         model, images[~is_test], spec.mean, spec.std, torch.device("cpu")
     )
-    return logme(features, labels[~is_test]), leep(probabilities, labels[~is_test])
+    train = labels[~is_test]
+    return logme(features, train), leep(probabilities, train), knn_accuracy(features, train)
 
 
 @pytest.mark.system
@@ -76,6 +77,19 @@ def test_leep_reads_the_source_head(service: TestClient) -> None:
         bundled_scores(top["name"], "digits_fewshot")[1], rel=1e-4
     )
     assert np.isfinite(top["refine_score"]) and top["refine_score"] <= 0
+
+
+@pytest.mark.api
+def test_knn_reads_the_source_features(service: TestClient) -> None:
+    target = upload_target(service, "digits_fewshot")
+    body = rank(service, target, top_k=4, refine={"method": "knn", "top": 2})
+    assert body["refine"]["method"] == "knn" and body["refine"]["forward_passes"] == 2
+    shortlist = body["results"][:2]
+    assert all(0 <= r["refine_score"] <= 1 for r in shortlist)
+    assert all(r["refine_score"] is None for r in body["results"][2:])
+    top = shortlist[0]
+    assert top["refine_score"] == pytest.approx(bundled_scores(top["name"], "digits_fewshot")[2])
+    assert service.get(f"/v1/rankings/{body['id']}").json()["refine"]["method"] == "knn"
 
 
 @pytest.mark.api

@@ -61,10 +61,10 @@ def ranking_summary(listed: service.ListedRanking) -> RankingSummary:
 def create_ranking(ctx: ContextDep, request: RankingRequest, response: Response) -> RankingOut:
     """One vectorised scoring pass over the in-memory signature matrix; parts of every score.
 
-    With `refine`, a second stage re-ranks the first's top `k` by LogME, LEEP or NCE: one
-    forward pass of the target through each of those `k` sources (a fraction of a second
-    per source for compact networks at 32 px, seconds at 224 px; `refine` in the answer
-    says what it cost).
+    With `refine`, a second stage re-ranks the first's top `k` by LogME, LEEP, NCE or k-NN
+    accuracy: one forward pass of the target through each of those `k` sources (a fraction
+    of a second per source for compact networks at 32 px, seconds at 224 px; `refine` in
+    the answer says what it cost).
     """
     params, measure, calibration_id = ranking_params(
         ctx, request.method, request.measure, request.lam

@@ -260,6 +260,19 @@ class SignatureIndex:
             )
         raise ValueError(f"unknown measure {measure!r}; choose one of {tuple(MEASURES)}")
 
+    def source_ids(self) -> list[str]:
+        """The indexed sources' ids, in row order (the order ``rows`` arguments index)."""
+        with self._lock:
+            self._build()
+            return list(self.ids)
+
+    def log_sizes(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """``log(n_s)`` of the sources at ``rows`` (None: all), as the size term weighs them
+        (a claimed count capped)."""
+        with self._lock:
+            self._build()
+            return self.log_n.copy() if rows is None else self.log_n[rows]
+
     def rank(
         self,
         target: DatasetSignature,

@@ -1,0 +1,294 @@
+"""The learned ranker: scores sources from cheap features, fitted on what past fine-tunes showed.
+
+Evidence is a list of past targets, each with its signature and the test accuracy every
+source tried on it reached (and training from scratch's, when it was measured): the bundled
+benchmark's ground truth to start with, then every finished fine-tune the service scores.
+
+Features of a (target, source) pair, none of which needs a forward pass through the source:
+
+- ``kl``, ``js``, ``cosine``: P2L's distances between the target's and the source's signatures;
+- ``log_size``: log of the source's image count (P2L's size term);
+- ``record``: the source's mean standardised accuracy over the past targets it was tried on;
+- ``near_record``: the same over the ``neighbours`` past targets nearest to this one in
+  signature space (Jensen-Shannon), falling back to ``record`` where none of them tried it.
+
+The ranking model is a ridge regression of each source's standardised accuracy on a target
+(z-score among the sources tried there) on the features centred within the target, so that
+only differences between a target's sources are learned. Rows of a past target never see a
+record made on a target of its own group (a benchmark family; each dataset of the service is
+its own group): otherwise a near-twin would hand over its answer. A source with no record
+yet is scored by the same kind of model fitted on the distances and the size alone.
+
+The expected gain over training from scratch is a second ridge regression, of
+``accuracy - scratch`` on the uncentred features and the target's distance to its nearest
+source, with an interval from its cross-validated residuals (5th to 95th percentile).
+
+Coverage: the target's distance to its nearest source, against the same distance of every
+past target to this zoo. A target farther than ``coverage_quantile`` of them is flagged as
+lying outside what the zoo covers.
+
+Model, features and constants were chosen on the benchmark's development targets
+(``bench/learned.py``; ``bench/results/selection.md``).
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GroupKFold, cross_val_predict
+
+from app.measures import Measure
+from app.p2l.scoring import SignatureIndex
+from app.p2l.signature import DatasetSignature
+
+DISTANCE_MEASURES: tuple[Measure, ...] = ("kl", "js", "cosine")
+FEATURES = (*DISTANCE_MEASURES, "log_size", "record", "near_record")
+BASE_FEATURES = (*DISTANCE_MEASURES, "log_size")
+MIN_SPREAD = 0.01  # floor of a target's accuracy SD when standardising (one point)
+TOP_DEPTH = 1.0  # standard deviations below the best that the ranking model tells apart
+
+
+@dataclass(frozen=True)
+class LearnedConfig:
+    """What the learned ranker is made of (defaults: chosen on the development targets)."""
+
+    alpha: float = 10.0
+    features: tuple[str, ...] = FEATURES
+    neighbours: int = 5
+    min_targets: int = 5  # below this many usable past targets: P2L answers instead
+    coverage_quantile: float = 0.8
+    eps: float = 1e-3
+    emd_gamma: float = 0.01
+
+
+@dataclass(frozen=True)
+class EvidenceTarget:
+    """A past target: its signature and what each source tried on it reached."""
+
+    key: str
+    group: str  # targets of one group never inform each other's training rows
+    signature: DatasetSignature
+    accuracy: dict[str, float]  # source id -> mean test accuracy
+    scratch: float | None = None  # training from scratch's test accuracy, when measured
+    jobs: int = 0  # the service's fine-tunes behind it (0: the bundled benchmark)
+
+
+@dataclass(frozen=True)
+class Gain:
+    """Expected accuracy gain of fine-tuning a source over training from scratch."""
+
+    expected: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How well the zoo covers a target, judged against the past targets."""
+
+    nearest_source_id: str
+    nearest_distance: float
+    percentile: float  # share of past targets at most this far from their nearest source
+    covered: bool
+    past_targets: int
+
+
+@dataclass
+class LearnedRanking:
+    """Scores (higher first) of the candidates, and which were scored without a record."""
+
+    scores: dict[str, float]
+    without_record: list[str] = field(default_factory=list)
+
+
+def _standardised(accuracy: dict[str, float]) -> dict[str, float]:
+    values = np.array(list(accuracy.values()))
+    spread = max(float(values.std()), MIN_SPREAD)
+    return {s: (a - float(values.mean())) / spread for s, a in accuracy.items()}
+
+
+def _closeness_to_best(accuracy: dict[str, float]) -> dict[str, float]:
+    """What the ranking model learns: how far below the target's best each source is, in
+    standard deviations, and no farther than ``TOP_DEPTH``: the model is judged by its pick,
+    so the order among the poor sources should not steer it."""
+    values = np.array(list(accuracy.values()))
+    spread = max(float(values.std()), MIN_SPREAD)
+    best = float(values.max())
+    return {s: max((a - best) / spread, -TOP_DEPTH) for s, a in accuracy.items()}
+
+
+class LearnedRanker:
+    """Fitted on evidence over the sources of ``index``; ranks them for new targets."""
+
+    def __init__(
+        self, index: SignatureIndex, evidence: list[EvidenceTarget], config: LearnedConfig
+    ) -> None:
+        self.index, self.config = index, config
+        self.evidence = [
+            e for e in evidence if sum(s in index for s in e.accuracy) >= 2
+        ]  # usable: two or more rankable sources tried
+        self.zscores = [_standardised({s: a for s, a in e.accuracy.items() if s in index})
+                        for e in self.evidence]  # fmt: skip
+        self.targets_index = SignatureIndex(eps=config.eps)
+        for i, item in enumerate(self.evidence):
+            self.targets_index.add(str(i), item.signature)
+        self.model: Ridge | None = None
+        self.base: Ridge | None = None
+        self.gain_model: Ridge | None = None
+        self.gain_residuals = np.zeros(2)
+        self._coverage_past: np.ndarray | None = None
+        if self.active:
+            self._fit()
+
+    @property
+    def active(self) -> bool:
+        """Whether there is enough evidence to rank (else P2L answers)."""
+        return len(self.evidence) >= self.config.min_targets
+
+    @property
+    def jobs(self) -> int:
+        """Fine-tunes of the service behind the usable evidence."""
+        return sum(e.jobs for e in self.evidence)
+
+    # --- features ---------------------------------------------------------------------
+
+    def _records(self, exclude_group: str | None) -> dict[str, float]:
+        sums: dict[str, list[float]] = defaultdict(list)
+        for item, z in zip(self.evidence, self.zscores, strict=True):
+            if item.group != exclude_group:
+                for source, value in z.items():
+                    sums[source].append(value)
+        return {s: float(np.mean(v)) for s, v in sums.items()}
+
+    def _near(self, signature: DatasetSignature, exclude_group: str | None) -> list[int]:
+        """Past targets nearest to ``signature`` (indices into the evidence), nearest first."""
+        distance = self.targets_index.distances(signature, "js", None, self.config.emd_gamma)
+        order = np.argsort(distance, kind="stable")
+        allowed = [int(i) for i in order if self.evidence[int(i)].group != exclude_group]
+        return allowed[: self.config.neighbours]
+
+    def features(
+        self, signature: DatasetSignature, sources: list[str], exclude_group: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every feature of (target, source) for ``sources``, uncentred, by name."""
+        position = {s: i for i, s in enumerate(self.index.source_ids())}
+        rows = np.array([position[s] for s in sources], dtype=np.int64)
+        columns = {
+            m: self.index.distances(signature, m, rows, self.config.emd_gamma).astype(np.float64)
+            for m in DISTANCE_MEASURES
+        }
+        columns["log_size"] = self.index.log_sizes(rows).astype(np.float64)
+        records = self._records(exclude_group)
+        near = self._near(signature, exclude_group)
+        columns["record"] = np.array([records.get(s, 0.0) for s in sources])
+        near_values = []
+        for source in sources:
+            seen = [self.zscores[i][source] for i in near if source in self.zscores[i]]
+            near_values.append(float(np.mean(seen)) if seen else records.get(source, 0.0))
+        columns["near_record"] = np.array(near_values)
+        return columns
+
+    def has_record(self, source: str) -> bool:
+        """Whether any usable past target tried this source."""
+        return any(source in z for z in self.zscores)
+
+    @staticmethod
+    def _matrix(columns: dict[str, np.ndarray], names: tuple[str, ...], centre: bool) -> np.ndarray:
+        """Features as rows; ``centre``: standardised within the target (each column's mean
+        and spread over its candidates), so that targets whose distances span different
+        scales teach the same thing."""
+        matrix = np.stack([columns[n] for n in names], axis=1)
+        if not centre:
+            return matrix
+        spread = np.maximum(matrix.std(axis=0, keepdims=True), 1e-9)
+        return (matrix - matrix.mean(axis=0, keepdims=True)) / spread
+
+    # --- fitting ----------------------------------------------------------------------
+
+    def _fit(self) -> None:
+        ranking_rows, base_rows, labels, gain_rows, gains, groups = [], [], [], [], [], []
+        for item, z in zip(self.evidence, self.zscores, strict=True):
+            sources = list(z)
+            columns = self.features(item.signature, sources, exclude_group=item.group)
+            ranking_rows.append(self._matrix(columns, self.config.features, centre=True))
+            base_rows.append(self._matrix(columns, BASE_FEATURES, centre=True))
+            closeness = _closeness_to_best({s: item.accuracy[s] for s in sources})
+            labels.extend(closeness[s] for s in sources)
+            if item.scratch is not None:
+                gain_rows.append(self._gain_matrix(columns))
+                gains.extend(item.accuracy[s] - item.scratch for s in sources)
+                groups.extend([item.group] * len(sources))
+        y = np.array(labels)
+        self.model = Ridge(alpha=self.config.alpha).fit(np.vstack(ranking_rows), y)
+        self.base = Ridge(alpha=self.config.alpha).fit(np.vstack(base_rows), y)
+        if len(set(groups)) >= 3:
+            x_gain, y_gain = np.vstack(gain_rows), np.array(gains)
+            self.gain_model = Ridge(alpha=self.config.alpha).fit(x_gain, y_gain)
+            folds = min(5, len(set(groups)))
+            predicted = cross_val_predict(
+                Ridge(alpha=self.config.alpha), x_gain, y_gain, groups=groups,
+                cv=GroupKFold(n_splits=folds),
+            )  # fmt: skip
+            self.gain_residuals = np.quantile(y_gain - predicted, [0.05, 0.95])
+
+    def _gain_matrix(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        matrix = self._matrix(columns, self.config.features, centre=False)
+        nearest = np.full((len(matrix), 1), float(columns["js"].min()))
+        return np.hstack([matrix, nearest])
+
+    # --- answers ----------------------------------------------------------------------
+
+    def rank(self, signature: DatasetSignature, sources: list[str]) -> LearnedRanking:
+        """Learned scores of ``sources`` for a target (higher first)."""
+        assert self.model is not None and self.base is not None, "not active: rank with P2L"
+        columns = self.features(signature, sources)
+        full = self.model.predict(self._matrix(columns, self.config.features, centre=True))
+        base = self.base.predict(self._matrix(columns, BASE_FEATURES, centre=True))
+        without = [s for s in sources if not self.has_record(s)]
+        missing = set(without)
+        scores = {s: float(base[i] if s in missing else full[i]) for i, s in enumerate(sources)}
+        return LearnedRanking(scores, without)
+
+    def gains(self, signature: DatasetSignature, sources: list[str]) -> dict[str, Gain]:
+        """Expected gain over scratch of each of ``sources`` (empty with no scratch evidence)."""
+        if self.gain_model is None or not sources:
+            return {}
+        everyone = self.index.source_ids()
+        columns = self.features(signature, everyone)
+        wanted = {s: i for i, s in enumerate(everyone)}
+        predicted = self.gain_model.predict(self._gain_matrix(columns))
+        low, high = self.gain_residuals
+        return {
+            s: Gain(float(predicted[wanted[s]]), float(predicted[wanted[s]] + low),
+                    float(predicted[wanted[s]] + high))
+            for s in sources
+        }  # fmt: skip
+
+    def coverage(self, signature: DatasetSignature) -> Coverage | None:
+        """How the target's nearest source compares with the past targets' (None: no zoo)."""
+        ids = self.index.source_ids()
+        if not ids:
+            return None
+        distance = self.index.distances(signature, "js", None, self.config.emd_gamma)
+        nearest = int(np.argmin(distance))
+        past = self._past_nearest()
+        value = float(distance[nearest])
+        percentile = float(np.mean(past <= value)) if len(past) else 0.0
+        return Coverage(
+            nearest_source_id=ids[nearest],
+            nearest_distance=value,
+            percentile=percentile,
+            covered=not (len(past) and percentile > self.config.coverage_quantile),
+            past_targets=len(past),
+        )
+
+    def _past_nearest(self) -> np.ndarray:
+        if self._coverage_past is None:
+            self._coverage_past = np.array(
+                [
+                    float(self.index.distances(e.signature, "js", None, self.config.emd_gamma).min())
+                    for e in self.evidence
+                ]
+            )
+        return self._coverage_past

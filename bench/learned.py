@@ -1,0 +1,280 @@
+"""The learned ranker on the benchmark: chosen on the development targets, judged leave one
+family out, its learning curve, its coverage flag and its expected gain.
+
+Protocol, fixed before any run:
+- *Choice*: every configuration of ``CANDIDATES`` is scored on the development targets only,
+  each development family ranked by a ranker fitted on the other development families; the
+  lowest mean regret wins (ties: the earlier, simpler configuration). The service ships that
+  configuration (``app.p2l.learned.LearnedConfig``'s defaults); this script says whether it
+  does.
+- *Judged*: every target ranked by a ranker fitted on every target of the other families
+  (leave one family out: a family's near-twins never inform each other).
+- *Learning curve*: each report target ranked by a ranker fitted on ``k`` targets drawn at
+  random from the other families (``ORDERS`` random draws per ``k``); below the ranker's
+  minimum of evidence the service's P2L default answers, as it does in the service.
+- *Coverage flag*: a target is flagged outside what the zoo covers when its nearest source is
+  farther than ``coverage_quantile`` of the past targets' nearest sources; the quantile is the
+  one that flags the development targets of unseen families best (leave one family out).
+  Judged against the target's kind (unseen family or not) and against whether fine-tuning the
+  best source beats training from scratch by more than ``SMALL_GAIN``.
+- *Expected gain*: the learned pick's expected gain over scratch against its measured gain.
+"""
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.p2l.learned import BASE_FEATURES, FEATURES, EvidenceTarget, LearnedConfig, LearnedRanker
+from app.p2l.scoring import ScoringParams, SignatureIndex
+from app.p2l.signature import DatasetSignature
+from bench.ground_truth import SCRATCH, CellStats
+from bench.selection_metrics import pick_metrics
+
+ORDERS = 20
+CURVE_SIZES = (0, 5, 10, 20)
+SMALL_GAIN = 0.05
+QUANTILES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+FEATURE_SETS: tuple[tuple[str, ...], ...] = (
+    ("js",),
+    ("js", "log_size"),
+    ("js", "record"),
+    ("js", "near_record"),
+    ("js", "log_size", "record"),
+    ("js", "log_size", "record", "near_record"),
+    FEATURES,
+)
+CANDIDATES: tuple[LearnedConfig, ...] = tuple(
+    LearnedConfig(alpha=alpha, features=features, neighbours=neighbours)
+    for features in FEATURE_SETS
+    for alpha in (1.0, 100.0)
+    for neighbours in ((5,) if "near_record" not in features else (3, 5, 10))
+)
+
+
+def describe(config: LearnedConfig) -> str:
+    """A configuration in words."""
+    return f"ridge alpha {config.alpha:g}, features {'+'.join(config.features)}, " + (
+        f"{config.neighbours} nearest targets" if "near_record" in config.features else "no k-NN"
+    )
+
+
+def _evidence(
+    names: list[str],
+    signatures: dict[str, DatasetSignature],
+    stats: dict[str, dict[str, CellStats]],
+    family: dict[str, str],
+) -> dict[str, EvidenceTarget]:
+    return {
+        t: EvidenceTarget(
+            key=t,
+            group=family[t],
+            signature=signatures[t],
+            accuracy={s: c.mean for s, c in stats[t].items() if s != SCRATCH},
+            scratch=stats[t][SCRATCH].mean,
+        )
+        for t in names
+    }
+
+
+def evaluate(
+    names: list[str],
+    dev: list[str],
+    report: list[str],
+    family: dict[str, str],
+    kind: dict[str, str],
+    signatures: dict[str, DatasetSignature],
+    source_signatures: dict[str, DatasetSignature],
+    stats: dict[str, dict[str, CellStats]],
+    settings: Settings | None = None,
+) -> tuple[dict[str, dict[str, dict]], dict[str, Any]]:
+    """Per-target metrics of the learned rows (for the methods tables) and the rest of the
+    learned ranker's report (choice, learning curve, coverage, expected gain)."""
+    settings = settings or Settings()
+    index = SignatureIndex(eps=LearnedConfig().eps)
+    for name, signature in source_signatures.items():
+        index.add(name, signature)
+    sources = index.source_ids()
+    evidence = _evidence(names, signatures, stats, family)
+    p2l_params = ScoringParams(settings.p2l_lambda, LearnedConfig().eps, LearnedConfig().emd_gamma)
+
+    def p2l_scores(target: str) -> dict[str, float]:
+        ranked = index.rank(signatures[target], "p2l", settings.p2l_measure, p2l_params)
+        return {r.source_id: r.score for r in ranked}
+
+    def leave_family_out(on: list[str], pool: list[str], config: LearnedConfig) -> dict[str, dict]:
+        rows = {}
+        for fam in sorted({family[t] for t in on}):
+            ranker = LearnedRanker(
+                index, [evidence[t] for t in pool if family[t] != fam], config
+            )
+            for t in (t for t in on if family[t] == fam):
+                scores = ranker.rank(signatures[t], sources).scores if ranker.active else (
+                    p2l_scores(t))  # fmt: skip
+                rows[t] = pick_metrics(scores, stats[t])
+        return rows
+
+    def mean_regret(rows: dict[str, dict]) -> float:
+        return float(np.mean([r["regret"] for r in rows.values()]))
+
+    # The choice, on the development targets alone.
+    dev_scores = [
+        (mean_regret(leave_family_out(dev, dev, replace(c, min_targets=1))), i)
+        for i, c in enumerate(CANDIDATES)
+    ]
+    chosen = CANDIDATES[min(dev_scores)[1]]
+    shipped = LearnedConfig()
+    same = (chosen.alpha, chosen.features, chosen.neighbours) == (
+        shipped.alpha, shipped.features, shipped.neighbours)  # fmt: skip
+
+    learned = leave_family_out(names, names, chosen)
+    base = leave_family_out(names, names, replace(chosen, features=BASE_FEATURES))
+    rows = {
+        "learned (chosen on dev), leave-one-family-out": learned,
+        "learned, distances and size only, leave-one-family-out": base,
+    }
+
+    curve = _learning_curve(report, names, family, evidence, chosen, index, sources, stats,
+                            p2l_scores)  # fmt: skip
+    coverage = _coverage(names, dev, family, kind, evidence, index, chosen, stats)
+    gain = _gain(names, family, evidence, index, chosen, stats, sources, signatures)
+    report_block = {
+        "protocol": __doc__,
+        "candidates": [
+            {"config": describe(c), "dev_regret": score}
+            for (score, _), c in zip(dev_scores, CANDIDATES, strict=True)
+        ],
+        "chosen_on_dev": describe(chosen),
+        "shipped": describe(shipped),
+        "shipped_is_chosen": same,
+        "learning_curve": curve,
+        "coverage": coverage,
+        "gain": gain,
+    }
+    return rows, report_block
+
+
+def _learning_curve(
+    report: list[str],
+    names: list[str],
+    family: dict[str, str],
+    evidence: dict[str, EvidenceTarget],
+    config: LearnedConfig,
+    index: SignatureIndex,
+    sources: list[str],
+    stats: dict[str, dict[str, CellStats]],
+    p2l_scores: Any,
+) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    points = []
+    largest = min(len([n for n in names if family[n] != family[t]]) for t in report)
+    for size in (*CURVE_SIZES, largest):
+        regrets = []
+        for _ in range(ORDERS):
+            per_target = []
+            for t in report:
+                pool = [n for n in names if family[n] != family[t]]
+                drawn = [pool[i] for i in rng.permutation(len(pool))[:size]]
+                ranker = LearnedRanker(index, [evidence[n] for n in drawn], config)
+                scores = (
+                    ranker.rank(evidence[t].signature, sources).scores
+                    if ranker.active
+                    else p2l_scores(t)
+                )
+                per_target.append(pick_metrics(scores, stats[t])["regret"])
+            regrets.append(float(np.mean(per_target)))
+        points.append(
+            {
+                "evidence_targets": size,
+                "label": "all other families" if size == largest else str(size),
+                "mean_regret": float(np.mean(regrets)),
+                "sd_over_orders": float(np.std(regrets)),
+                "orders": ORDERS,
+            }
+        )
+    return points
+
+
+def _coverage(
+    names: list[str],
+    dev: list[str],
+    family: dict[str, str],
+    kind: dict[str, str],
+    evidence: dict[str, EvidenceTarget],
+    index: SignatureIndex,
+    config: LearnedConfig,
+    stats: dict[str, dict[str, CellStats]],
+) -> dict[str, Any]:
+    percentiles = {}
+    for t in names:
+        ranker = LearnedRanker(
+            index, [e for n, e in evidence.items() if family[n] != family[t]],
+            replace(config, min_targets=10**9),
+        )  # fmt: skip
+        coverage = ranker.coverage(evidence[t].signature)
+        assert coverage is not None
+        percentiles[t] = coverage.percentile
+    unseen = {t: kind[t] == "unseen_family" for t in names}
+    small = {
+        t: max(c.mean for s, c in stats[t].items() if s != SCRATCH) - stats[t][SCRATCH].mean
+        < SMALL_GAIN
+        for t in names
+    }
+
+    def hit_rate(on: list[str], quantile: float, truth: dict[str, bool]) -> float:
+        return float(np.mean([(percentiles[t] > quantile) == truth[t] for t in on]))
+
+    best_quantile = max(QUANTILES, key=lambda q: (hit_rate(dev, q, unseen), q))
+    report = [t for t in names if t not in dev]
+    return {
+        "quantile_chosen_on_dev": best_quantile,
+        "shipped_quantile": config.coverage_quantile,
+        "hit_rate_unseen_family": {
+            split: hit_rate(on, best_quantile, unseen)
+            for split, on in (("all", names), ("report", report), ("dev", dev))
+        },
+        "hit_rate_small_gain": {
+            split: hit_rate(on, best_quantile, small)
+            for split, on in (("all", names), ("report", report), ("dev", dev))
+        },
+        "always_covered_hit_rate_unseen_family": float(np.mean([not unseen[t] for t in report])),
+        "flagged": {t: percentiles[t] > best_quantile for t in names},
+        "percentile": percentiles,
+    }
+
+
+def _gain(
+    names: list[str],
+    family: dict[str, str],
+    evidence: dict[str, EvidenceTarget],
+    index: SignatureIndex,
+    config: LearnedConfig,
+    stats: dict[str, dict[str, CellStats]],
+    sources: list[str],
+    signatures: dict[str, DatasetSignature],
+) -> dict[str, Any]:
+    errors, inside, rows = [], [], {}
+    for t in names:
+        ranker = LearnedRanker(
+            index, [e for n, e in evidence.items() if family[n] != family[t]], config
+        )
+        pick = max(ranker.rank(signatures[t], sources).scores.items(), key=lambda kv: kv[1])[0]
+        expected = ranker.gains(signatures[t], [pick])[pick]
+        measured = stats[t][pick].mean - stats[t][SCRATCH].mean
+        errors.append(expected.expected - measured)
+        inside.append(expected.low <= measured <= expected.high)
+        rows[t] = {"pick": pick, "expected": expected.expected, "low": expected.low,
+                   "high": expected.high, "measured": measured}  # fmt: skip
+    return {
+        "mean_absolute_error": float(np.mean(np.abs(errors))),
+        "mean_error": float(np.mean(errors)),
+        "interval_coverage": float(np.mean(inside)),
+        "per_target": rows,
+    }
+
+
+def grid_size() -> int:
+    """How many configurations the choice compares."""
+    return len(CANDIDATES)
+

@@ -16,7 +16,7 @@ Each target is left out in turn: the service's own refit (``app.p2l.calibration`
 grid, the regret table, ``fit``) runs on the other targets' evidence, and the parameters
 it chooses rank the whole zoo for the left-out target; regret: the best source's test
 accuracy minus the pick's. Against: the bundled defaults (chosen by issue 6 on all 29
-targets, so in-sample here) and issue 6's nested leave-one-target-out figure. The service's
+targets, so in-sample here) and issue 6's nested leave-one-family-out figure. The service's
 refit is guarded (it switches only when refitting wins leave one target out on the evidence
 it has); the plain refit is shown beside it. A learning curve shows the regret as the
 number of targets with evidence grows (random subsets).
@@ -220,7 +220,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{summary['all targets'][method]:.3f} |"
         )
     out += [
-        f"| issue 6's nested leave-one-target-out P2L | {nested['nested_report_targets']:.3f} | "
+        f"| issue 6's nested leave-one-family-out P2L | {nested['nested_report_targets']:.3f} | "
         f"{nested['nested_all_targets']:.3f} |",
         "",
         "Starting from parameters chosen elsewhere (the development targets' choice, "

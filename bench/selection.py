@@ -13,6 +13,13 @@ forward pass through every source). Nothing but the final score sees a test imag
 
 Choices made on the development targets only (the manifest's ``role``), reported on the
 report targets: which candidate reference network, which distance measure, which lambda.
+The headline applies the same rule nested, leave one *family* out: each target is scored by
+the choice made on the targets of the other families (near-twins such as ``crawl`` and
+``crawl_fewshot`` would otherwise inform each other).
+
+Every mean regret comes with a 90% interval from a paired bootstrap over target families,
+and with its difference to the headline P2L row (bench/selection_metrics.py); a noise-floor
+row says how much regret one seed's noise alone costs.
 
 Writes bench/results/selection.json, selection.md and selection.png (``selection_quick.*``
 with --quick). Metric rules: bench/selection_metrics.py; seed rule: bench/ground_truth.py.
@@ -51,7 +58,19 @@ from bench.ground_truth import (
     source_entries,
     within_noise,
 )
-from bench.selection_metrics import pick_metrics, random_metrics, summarise
+from bench.selection_metrics import (
+    BOOTSTRAP_DRAWS,
+    BOOTSTRAP_LEVEL,
+    BOOTSTRAP_SEED,
+    count_summary,
+    method_summaries,
+    near_ties,
+    noise_floor_metrics,
+    pick_metrics,
+    random_metrics,
+    seed_sd,
+    summarise,
+)
 from bench.zoo.build import CANDIDATES_DIR, REFERENCE_CANDIDATES, load_candidate
 
 RESULTS = Path(__file__).parent / "results"
@@ -66,6 +85,12 @@ QUICK_TARGETS = ("fashion", "fashion_inverted", "unseen_scripts", "oxygen")
 KINDS = ("in_family", "shifted", "unseen_family")
 CONFIG_KEYS = ("reference", "measure", "lambda")
 VECTORISED = ("kl", "js", "cosine")
+NESTED = "nested leave-one-family-out"
+HEADLINE = f"p2l, {NESTED}"
+RANDOM = "random (expected)"
+NOISE_FLOOR = "noise floor (best on seed 0, scored on other seeds)"
+# Each row's regret is compared, paired, with these rows' (JSON key -> row name).
+BASELINES = {"difference_to_p2l": HEADLINE, "difference_to_random": RANDOM}
 
 
 # --- what each method sees -----------------------------------------------------------------
@@ -174,6 +199,7 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
         return lambda t: p2l_scores(distances[ref][t][measure], sizes, lam)
 
     names = [t.name for t in targets]
+    family = {t.name: t.family for t in targets}
     dev = [t.name for t in targets if t.role == "dev"] or names
     report = [t.name for t in targets if t.role == "report"] or dev
     configs = [(r, m, lam) for r in REFERENCE_CANDIDATES for m in MEASURES for lam in LAMBDAS]
@@ -186,8 +212,14 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
         return choose({c: [grid[c][t] for t in on] for c in among})
 
     def nested(among: list[tuple] = eligible) -> tuple[dict[str, dict], dict[str, tuple]]:
-        """Leave one target out: choose on the others, score the one left out."""
-        picks = {t: chosen_on([n for n in names if n != t], among) for t in names}
+        """Leave one family out: choose on the targets of the other families, score the
+        targets of the family left out."""
+        if len(set(family.values())) < 2:
+            raise SystemExit("leave-one-family-out needs targets of two families or more")
+        by_family = {
+            f: chosen_on([n for n in names if family[n] != f], among) for f in set(family.values())
+        }
+        picks = {t: by_family[family[t]] for t in names}
         return {t: grid[c][t] for t, c in picks.items()}, picks
 
     dev_choice = chosen_on(dev)
@@ -195,7 +227,7 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
     nested_rows, nested_choices = nested()
     fixed_split = "p2l ({}, {}, lambda {}): chosen on the development targets".format(*dev_choice)
     per_target: dict[str, dict[str, dict]] = {
-        "p2l, nested leave-one-target-out": nested_rows,
+        HEADLINE: nested_rows,
         fixed_split: grid[dev_choice],
         "p2l ({}, {}, lambda {}): chosen on all targets (in-sample)".format(*shipped): grid[
             shipped
@@ -218,25 +250,48 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
     for peer in PEERS:
         per_target[peer] = dict(zip(names, rows(lambda t, p=peer: peers[t][p], names), strict=True))
     for other in REFERENCE_CANDIDATES:
-        per_target[f"p2l with reference '{other}', nested leave-one-target-out"] = nested(
+        per_target[f"p2l with reference '{other}', {NESTED}"] = nested(
             [c for c in eligible if c[0] == other]
         )[0]
-    per_target["p2l with emd too, nested leave-one-target-out"] = nested(configs)[0]
+    per_target[f"p2l with emd too, {NESTED}"] = nested(configs)[0]
+    # More rows go here, before the summaries: ``per_target[name] = {target: pick_metrics(
+    # scores, stats[target])}``, for all targets or only some (a row judged on the report
+    # targets only, say). Every row gets its summary, regret interval and paired differences
+    # in every split and kind, over the targets it covers.
 
+    noise_rows = {t: noise_floor_metrics(stats[t]) for t in names}
+    judged = {
+        **per_target,
+        NOISE_FLOOR: noise_rows,
+        RANDOM: {t: random_metrics(stats[t]) for t in names},
+    }
+
+    def summaries_on(on: list[str], among: dict[str, dict[str, dict]]) -> dict[str, dict]:
+        return method_summaries(among, on, family, BASELINES)
+
+    # The dev-chosen row is only honest on the report targets.
+    without_fixed = {n: r for n, r in judged.items() if n != fixed_split}
     splits = {"all": names, "report": report, "dev": dev}
     summaries = {
-        split: {
-            name: summarise([by_target[t] for t in on]) for name, by_target in per_target.items()
-        }
+        split: summaries_on(on, judged if split == "report" else without_fixed)
         for split, on in splits.items()
     }
-    for split, on in splits.items():
-        summaries[split]["random (expected)"] = summarise([random_metrics(stats[t]) for t in on])
-    for split in ("all", "dev"):  # the dev-chosen row is only honest on the report targets
-        summaries[split].pop(fixed_split, None)
+    kind_of = {t.name: t.kind for t in targets}
+    by_kind = {
+        k: summaries_on(on, without_fixed)
+        for k in KINDS
+        if (on := [t for t in names if kind_of[t] == k])
+    }
+    near = {t: near_ties(stats[t]) for t in names}
+    fallbacks = [t for t in names if noise_rows[t]["fallback"]]
 
-    headline = "p2l, nested leave-one-target-out"
+    headline = HEADLINE
     n_sources = len(sources)
+    # Restored cells carry no time: timings come from the timed cells (targets) only.
+    timed_targets = [
+        t.name for t in targets if all(stats[t.name][s].seconds is not None for s in sources)
+    ]
+    fine_tunes = [sum(stats[t][s].seconds or 0.0 for s in sources) for t in timed_targets]
     costs = {
         "p2l": {
             "forward_passes": 1,
@@ -250,16 +305,18 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
             "what": f"one pass through each of the {n_sources} sources",
         },
         "fine-tune every source once": {
-            "median_seconds": float(
-                np.median([sum(stats[t.name][s].seconds for s in sources) for t in targets])
-            ),
+            "median_seconds": float(np.median(fine_tunes)) if fine_tunes else None,
+            "timed_targets": len(timed_targets),
+            "targets": len(targets),
         },
     }
     table = [
         target_row(t, stats[t.name], per_target[headline][t.name], nested_choices[t.name], sources)
+        | {"near_ties": near[t.name], "noise_floor_regret": noise_rows[t.name]["regret"]}
         for t in targets
     ]
     used_cells = [cell for (t, s, _), cell in cache.cells.items() if t in stats and s in stats[t]]
+    timed_cells = [c["seconds"] for c in used_cells if c.get("seconds") is not None]
 
     def check(split: str, method: str) -> dict[str, Any]:
         ours = summaries[split][method]["regret"]
@@ -300,7 +357,24 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
             "targets it may see (ties: more picks within noise, then kl, then smaller lambda), "
             "among the vectorised measures (kl, js, cosine: emd solves one transport problem "
             "per source and cannot rank 100,000 sources in milliseconds); applied to the "
-            "development targets (fixed split) and, nested, to all targets but the one scored",
+            "development targets (fixed split) and, nested, to the targets of every family "
+            "but the scored target's (leave one family out)",
+            "bootstrap": {
+                "unit": "family",
+                "draws": BOOTSTRAP_DRAWS,
+                "level": BOOTSTRAP_LEVEL,
+                "seed": BOOTSTRAP_SEED,
+                "interval": "percentile",
+                "what": "each draw takes as many families as the targets judged have, with "
+                "replacement, and every target of each drawn family; a mean is the mean over "
+                "the drawn targets. Differences are paired: the same draws for both rows, over "
+                "the targets both cover; resolved: the interval excludes 0",
+            },
+            "noise_floor": "per target, the source with the best seed-0 accuracy (ties: "
+            "picked at random, the mean over them), scored by the mean of its other seeds (its "
+            "seed-0 accuracy where it has none); regret: the target's best mean minus that",
+            "near_ties": "sources whose mean is within one pooled seed SD of the target's best "
+            "mean (the best included); the SD pooled as for the standard errors",
         },
         "chosen": {
             "development_targets": dict(zip(CONFIG_KEYS, dev_choice, strict=True)),
@@ -309,7 +383,22 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
         },
         "headline_method": headline,
         "fixed_split_method": fixed_split if has_split else None,
+        "noise_floor_method": NOISE_FLOOR,
         "methods": summaries,
+        "methods_by_kind": by_kind,
+        "noise_floor": {
+            "fallbacks": len(fallbacks),
+            "fallback_targets": fallbacks,
+            "tied_pick_targets": sum(len(noise_rows[t]["tied_picks"]) > 1 for t in names),
+        },
+        "near_ties": {
+            "by_split": {
+                split: count_summary([near[t] for t in on]) for split, on in splits.items()
+            },
+            "by_kind": {
+                k: count_summary([near[t] for t in names if kind_of[t] == k]) for k in by_kind
+            },
+        },
         "checks": checks,
         "costs": costs,
         "grid": {
@@ -322,10 +411,11 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
             "ground_truth": round(truth_seconds, 1),
             "total": round(time.perf_counter() - started, 1),
         },
-        "cell_seconds": {
-            "median": float(np.median([c["seconds"] for c in used_cells])),
+        "cell_seconds": {  # the timed cells only (restored cells carry no time)
+            "median": float(np.median(timed_cells)) if timed_cells else None,
             "cells": len(used_cells),
-            "sum": float(sum(c["seconds"] for c in used_cells)),
+            "timed_cells": len(timed_cells),
+            "sum": float(sum(timed_cells)),
             "workers": workers,
         },
         "machine": {
@@ -339,7 +429,8 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
 def target_row(
     target: Target, stats: dict[str, CellStats], p2l: dict, config: tuple, sources: list[str]
 ) -> dict:
-    """One target's ground truth and P2L's pick (nested: chosen without this target)."""
+    """One target's ground truth and P2L's pick (nested: chosen without this target's
+    family)."""
     means = {s: stats[s].mean for s in sources}
     best, worst = max(means, key=means.get), min(means, key=means.get)
     tied = within_noise(stats)
@@ -362,6 +453,7 @@ def target_row(
         "scratch_accuracy": stats[SCRATCH].mean,
         "best_minus_scratch": means[best] - stats[SCRATCH].mean,
         "within_noise_of_best": sorted(tied),
+        "seed_sd": seed_sd(stats),
         "p2l_config": "/".join(map(str, config)),
         "p2l_pick": p2l["pick"],
         "p2l_accuracy": p2l["pick_accuracy"],
@@ -378,19 +470,157 @@ def target_row(
 # --- reporting -----------------------------------------------------------------------------
 
 
-def methods_table(summary: dict[str, dict[str, float]]) -> list[str]:
+def with_interval(mean: float, interval: list[float], sign: str = "") -> str:
+    """``0.043 [0.031, 0.056]`` (``sign="+"``: ``-0.004 [-0.012, +0.003]``)."""
+    lo, hi = interval
+    return f"{mean:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+
+
+def difference_text(difference: dict[str, Any] | None, itself: bool = False) -> str:
+    """A paired difference with its interval, bold where the interval excludes 0 (a dash for
+    the baseline row itself, or where there is none)."""
+    if difference is None or itself:
+        return "—"
+    text = with_interval(difference["mean"], difference["interval"], "+")
+    return f"**{text}**" if difference["resolved"] else text
+
+
+def row_name(name: str, m: dict[str, Any], targets: int) -> str:
+    """A method's name, with how many targets it covers where that is not all of them."""
+    return name if m["targets"] == targets else f"{name} ({m['targets']} of {targets} targets)"
+
+
+def methods_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown rows: one per method."""
+    targets = max(m["targets"] for m in summary.values())
     lines = [
         "| method | top-1 | top-1 within noise | top-3 | a within-noise source in top-3 "
-        "| mean regret | weighted tau | gain over random | gain over scratch | OP/RDS | OP/A-phi |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mean regret [90%] | vs P2L [90%] | weighted tau | gain over random "
+        "| gain over scratch | OP/RDS | OP/A-phi |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in summary.items():
         lines.append(
-            f"| {name} | {m['top1']:.2f} | {m['top1_within_noise']:.2f} | {m['top3']:.2f} | "
-            f"{m['top3_within_noise']:.2f} | {m['regret']:.3f} | {m['weighted_tau']:.2f} | "
+            f"| {row_name(name, m, targets)} | {m['top1']:.2f} | {m['top1_within_noise']:.2f} | "
+            f"{m['top3']:.2f} | {m['top3_within_noise']:.2f} | "
+            f"{with_interval(m['regret'], m['regret_interval'])} | "
+            f"{difference_text(m['difference_to_p2l'], name == HEADLINE)} | "
+            f"{m['weighted_tau']:.2f} | "
             f"{m['gain_over_random']:+.3f} | {m['gain_over_scratch']:+.3f} | "
             f"{m['op_over_rds']:.2f} | {m['op_over_a_phi']:.2f} |"
+        )
+    return lines
+
+
+def resolved_sentence(
+    summary: dict[str, dict[str, Any]], key: str, baseline: str, label: str
+) -> str:
+    """Which rows' differences in regret to ``baseline`` (``key``) the intervals resolve, and
+    which way; ``label``: what to call the baseline."""
+    compared = {n: m[key] for n, m in summary.items() if n != baseline and m.get(key)}
+    lower = [n for n, d in compared.items() if d["resolved"] and d["mean"] < 0]
+    higher = [n for n, d in compared.items() if d["resolved"] and d["mean"] > 0]
+    within = [n for n in compared if n not in lower and n not in higher]
+
+    def named(found: list[str]) -> str:
+        return ", ".join(f"`{n}`" for n in found) or "none"
+
+    return (
+        f"Resolved against {label} (the 90% interval of the paired difference excludes 0): "
+        f"lower regret {named(lower)}; higher regret {named(higher)}. Not resolved "
+        f"({len(within)} of {len(compared)}): {named(within)}."
+    )
+
+
+def interval_paragraph(
+    summary: dict[str, dict[str, Any]], headline: str, floor_measured: bool = True
+) -> list[str]:
+    """What the intervals of a table resolve, from its own figures (and what the noise floor
+    says, where it was measured: not where every pick had one seed only)."""
+    if headline not in summary:
+        return []
+    top = summary[headline]
+    lines = [
+        "",
+        f"Intervals: 90%, a paired bootstrap over the {top['families']} families of these "
+        f"{top['targets']} targets. "
+        + resolved_sentence(summary, "difference_to_p2l", headline, f"`{headline}`"),
+    ]
+    floor = summary.get(NOISE_FLOOR)
+    if floor and floor_measured:
+        lines[-1] += (
+            " The noise floor's regret is "
+            f"{with_interval(floor['regret'], floor['regret_interval'])}: one seed's noise alone "
+            "costs that much, so smaller differences are not resolvable."
+        )
+    return lines
+
+
+def kind_table(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows for one kind of target: regret, and the paired differences to the
+    headline P2L row and to a random pick."""
+    targets = max(m["targets"] for m in summary.values())
+    lines = [
+        "| method | top-1 within noise | mean regret [90%] | vs P2L [90%] | vs random [90%] |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in summary.items():
+        lines.append(
+            f"| {row_name(name, m, targets)} | {m['top1_within_noise']:.2f} | "
+            f"{with_interval(m['regret'], m['regret_interval'])} | "
+            f"{difference_text(m['difference_to_p2l'], name == HEADLINE)} | "
+            f"{difference_text(m['difference_to_random'], name == RANDOM)} |"
+        )
+    return lines
+
+
+def floor_measured(results: dict[str, Any]) -> bool:
+    """Whether the noise floor was measured on some target (not only seed-0 fallbacks)."""
+    return bool(results["noise_floor"]["fallbacks"] < len(results["targets"]))
+
+
+def kinds_section(results: dict[str, Any]) -> list[str]:
+    """One table per kind of target, over all targets of that kind."""
+    headline, near = results["headline_method"], results["near_ties"]["by_kind"]
+    lines = [
+        "## Per kind of target",
+        "",
+        "Every method on all targets of one kind (P2L nested), with intervals from a bootstrap "
+        "over that kind's families; bold: the interval excludes 0.",
+    ]
+    for kind, summary in results["methods_by_kind"].items():
+        top = summary[headline]
+        lines += [
+            "",
+            f"### {kind.replace('_', ' ')} ({top['targets']} targets, {top['families']} families)",
+            "",
+            *kind_table(summary),
+            "",
+            resolved_sentence(summary, "difference_to_random", RANDOM, "a random pick"),
+            *interval_paragraph(summary, headline, floor_measured(results)),
+            "",
+            f"Near ties: {near[kind]['mean']:.1f} sources per target (median "
+            f"{near[kind]['median']:.0f}) within one seed SD of the best.",
+        ]
+    return lines
+
+
+def near_ties_section(results: dict[str, Any]) -> list[str]:
+    """How many sources per target are within one seed SD of the best, per split and kind."""
+    near = results["near_ties"]
+    lines = [
+        "## Near ties",
+        "",
+        f"Near ties: {results['rules']['near_ties']}. Where several sources are near ties, "
+        "which of them a method picks is mostly noise.",
+        "",
+        "| targets | how many | near ties per target (mean) | median |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for group, summary in [*near["by_split"].items(), *near["by_kind"].items()]:
+        lines.append(
+            f"| {group.replace('_', ' ')} | {summary['targets']} | {summary['mean']:.1f} | "
+            f"{summary['median']:.0f} |"
         )
     return lines
 
@@ -422,22 +652,43 @@ def write(results: dict[str, Any]) -> None:
         if results["fixed_split_method"]
         else "no development/report split"
     )
+    timed = cells.get("timed_cells", cells["cells"])
+    if cells["median"] is None:
+        cost = (
+            f"Ground truth: {cells['cells']} fine-tunes, none of them timed (restored from a "
+            "results file); cells are cached, so this run took "
+            f"{results['seconds']['total'] / 60:.1f} min."
+        )
+    else:
+        cost = (
+            f"Ground truth: {cells['cells']} fine-tunes; the {timed} timed ones took "
+            f"{cells['sum'] / 60:.0f} CPU-minutes, {cells['median']:.1f} s each (median) in each "
+            f"of {cells['workers']} single-threaded worker processes on "
+            f"{results['machine']['cpus']} CPUs (about {cells['sum'] / cells['workers'] / 60:.0f}"
+            " min of wall time from an empty cache; cells are cached, so this run took "
+            f"{results['seconds']['total'] / 60:.1f} min)."
+        )
+    families = len({t["family"] for t in targets})
+    floor = results["noise_floor"]
+    headline, measured = results["headline_method"], floor_measured(results)
     lines = [
         f"# Selection quality{' (quick subset)' if results['quick'] else ''}",
         "",
-        f"{len(targets)} targets ({kinds['in_family']} from source families, "
-        f"{kinds['shifted']} shifted versions of a source family, {kinds['unseen_family']} from "
-        f"families no source saw; {roles}) x {len(results['sources'])} sources, plus "
-        f"training from scratch. Ground truth: {cells['cells']} fine-tunes, "
-        f"{cells['sum'] / 60:.0f} CPU-minutes, {cells['median']:.1f} s each (median) in each of "
-        f"{cells['workers']} single-threaded worker processes on {results['machine']['cpus']} "
-        f"CPUs (about {cells['sum'] / cells['workers'] / 60:.0f} min of wall time from an empty "
-        f"cache; cells are cached, so this run took {results['seconds']['total'] / 60:.1f} min).",
+        f"{len(targets)} targets from {families} families ({kinds['in_family']} from source "
+        f"families, {kinds['shifted']} shifted versions of a source family, "
+        f"{kinds['unseen_family']} from families no source saw; {roles}) x "
+        f"{len(results['sources'])} sources, plus training from scratch. {cost}",
         "",
         f"- Protocol of every cell: {json.dumps(results['protocol'])}.",
         f"- Seeds: {rules['seeds']}.",
         f"- Within noise: {rules['within_noise']}.",
         f"- Choice of reference network, measure and lambda: {rules['choice']}.",
+        f"- Intervals: {rules['bootstrap']['level']:.0%}, {rules['bootstrap']['draws']:,} "
+        f"draws (seed {rules['bootstrap']['seed']}), resampling whole families: "
+        f'{rules["bootstrap"]["what"]}. "vs P2L": the row\'s mean regret minus '
+        f"`{results['headline_method']}`'s; bold where resolved.",
+        f"- `{NOISE_FLOOR}`: {rules['noise_floor']} ({floor['fallbacks']} of {len(targets)} "
+        f"targets fell back to seed 0; {floor['tied_pick_targets']} had sources tied on seed 0).",
         *(
             [f"- Chosen on the development targets: {config(**on_dev)}."]
             if results["fixed_split_method"]
@@ -447,13 +698,16 @@ def write(results: dict[str, Any]) -> None:
         "- Every method sees only the training images of a target; the test split is seen by "
         "the final score alone.",
         "",
-        "## All targets (P2L's choices nested: each target scored by a choice made without it)",
+        "## All targets (P2L's choices nested: each target scored by a choice made without its "
+        "family)",
         "",
         *methods_table(results["methods"]["all"]),
+        *interval_paragraph(results["methods"]["all"], headline, measured),
         "",
         "## Report targets",
         "",
         *methods_table(results["methods"]["report"]),
+        *interval_paragraph(results["methods"]["report"], headline, measured),
         "",
         "## Checks",
         "",
@@ -475,20 +729,23 @@ def write(results: dict[str, Any]) -> None:
         "## Per target",
         "",
         "Ground truth (mean test accuracy over seeds ± standard error), the spread between the "
-        "best and the worst source, and P2L's pick under the configuration chosen without "
-        "that target.",
+        "best and the worst source, the sources within one seed SD of the best (near ties), "
+        "and P2L's pick under the configuration chosen without that target's family.",
         "",
-        "| target | kind | role | train/test | best source | worst | spread (/ noise) | scratch "
-        "| best - scratch | P2L pick | regret | within-noise source in top 3 |",
-        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- | ---: | :---: |",
+        "| target | kind | family | role | train/test | best source | worst | spread (/ noise) "
+        "| near ties | scratch | best - scratch | P2L pick | regret "
+        "| within-noise source in top 3 |",
+        "| --- | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: "
+        "| :---: |",
     ]
     for t in targets:
         lines.append(
             f"| {t['target']} | {t['kind']}{' (' + t['shift'] + ')' if t['shift'] else ''} | "
-            f"{t['role']} | {t['train_images']}/{t['test_images']} | {t['best_source']} "
-            f"({t['best_accuracy']:.3f} ± {t['best_stderr']:.3f}) | {t['worst_source']} "
-            f"({t['worst_accuracy']:.3f}) | {t['spread']:.3f} ({t['spread_over_noise']:.0f}x) | "
-            f"{t['scratch_accuracy']:.3f} | {t['best_minus_scratch']:+.3f} | {t['p2l_pick']} "
+            f"{t['family']} | {t['role']} | {t['train_images']}/{t['test_images']} | "
+            f"{t['best_source']} ({t['best_accuracy']:.3f} ± {t['best_stderr']:.3f}) | "
+            f"{t['worst_source']} ({t['worst_accuracy']:.3f}) | {t['spread']:.3f} "
+            f"({t['spread_over_noise']:.0f}x) | {t['near_ties']} | {t['scratch_accuracy']:.3f} | "
+            f"{t['best_minus_scratch']:+.3f} | {t['p2l_pick']} "
             f"({t['p2l_accuracy']:.3f}) | {t['p2l_regret']:.3f} | "
             f"{'yes' if t['within_noise_in_top3'] else 'no'} |"
         )
@@ -502,18 +759,27 @@ def write(results: dict[str, Any]) -> None:
         f"more than 0.05 on {sum(m > 0.05 for m in margins)} of {len(targets)} "
         f"(median {np.median(margins):+.3f}).",
         "",
+        *near_ties_section(results),
+        "",
+        *kinds_section(results),
+        "",
         "## Development targets",
         "",
         *methods_table(results["methods"]["dev"]),
+        *interval_paragraph(results["methods"]["dev"], headline, measured),
         "",
         "## Cost",
         "",
         "| method | forward passes per target | median seconds per target |",
         "| --- | ---: | ---: |",
     ]
-    for name, cost in results["costs"].items():
-        passes = cost.get("forward_passes", "—")
-        lines.append(f"| {name} | {passes} | {cost['median_seconds']:.2f} |")
+    for name, entry in results["costs"].items():
+        passes = entry.get("forward_passes", "—")
+        seconds = entry["median_seconds"]
+        shown = "—" if seconds is None else f"{seconds:.2f}"
+        if "timed_targets" in entry:
+            shown += f" ({entry['timed_targets']} of {entry['targets']} targets timed)"
+        lines.append(f"| {name} | {passes} | {shown} |")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     plot(results, RESULTS / f"{stem}.png")
     print("\n".join(lines))
@@ -525,13 +791,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     summary = results["methods"]["all"]
     names = list(summary)
+    regrets = np.array([summary[n]["regret"] for n in names])
+    intervals = np.array([summary[n]["regret_interval"] for n in names])
     fig = Figure(figsize=(11, 0.35 * len(names) + 1.5), dpi=100)
     left, right = fig.subplots(1, 2)
     left.barh(names, [summary[n]["top1_within_noise"] for n in names], color="#1b9e77")
-    left.set_xlabel("top-1 within noise (all targets; P2L nested)")
+    left.set_xlabel("top-1 within noise (all targets)")
     left.invert_yaxis()
-    right.barh(names, [summary[n]["regret"] for n in names], color="#d95f02")
-    right.set_xlabel("mean regret (accuracy lost)")
+    errors = np.clip([regrets - intervals[:, 0], intervals[:, 1] - regrets], 0, None)
+    right.barh(names, regrets, xerr=errors, color="#d95f02", ecolor="#333333", capsize=2)
+    right.set_xlabel("mean regret (90% interval over families)")
     right.set_yticks([])
     right.invert_yaxis()
     fig.suptitle("Which source to fine-tune: P2L vs baselines and per-candidate peers")

@@ -37,7 +37,7 @@ CANDIDATES_DIR = Path(__file__).parent / "candidates"
 SOURCE_ARCH = "compact_cnn"
 SOURCE_HELDOUT = 0.1  # of each source's data, by group: its held-out accuracy
 # The rule of bench.selection applied to all targets (bench/results/selection.md, "chosen on
-# all targets"); its nested leave-one-target-out figures are the ones the README quotes.
+# all targets"); its nested leave-one-family-out figures are the ones the README quotes.
 CHOSEN_REFERENCE = "ssl"
 REFERENCE_CANDIDATES = ("ssl", "pool_packages", "random")
 STAGES = ("targets", "references", "sources", "signatures")

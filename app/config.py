@@ -9,6 +9,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.measures import Measure
 
+# The bundled zoo's files (written by bench/zoo, read by app.zoo.bundled and, for the
+# learned ranker's starting evidence, by app.services.learning).
+BUNDLED_DIR = Path(__file__).parent / "zoo" / "bundled"
+
 
 class Settings(BaseSettings):
     """Every knob of the service; the docs' configuration page is generated from this class."""
@@ -163,6 +167,13 @@ class Settings(BaseSettings):
     p2l_lambda: float = Field(0.002, ge=0, description="Weight of log(source size) in the score.")
     p2l_eps: float = Field(1e-3, gt=0, description="Added to mean features before normalising.")
     emd_gamma: float = Field(0.01, gt=0, description="gamma of exp(-gamma * EMD).")
+    learned_min_targets: int = Field(
+        5,
+        ge=1,
+        description="Rankings with method learned fall back to P2L (and say so) until this "
+        "many past targets, each with two or more sources of the zoo fine-tuned on it, are "
+        "there to learn from (the bundled benchmark's targets count).",
+    )
     calibration_auto_refit_targets: int = Field(
         10,
         ge=0,

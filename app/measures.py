@@ -15,6 +15,9 @@ from typing import Literal, get_args
 
 Measure = Literal["kl", "js", "cosine", "emd"]
 Method = Literal["p2l", "distance", "largest"]
+# What POST /v1/rankings takes: the index's methods, and the ranker learned from past
+# fine-tunes (app.p2l.learned), which starts from P2L's scores.
+RankingMethod = Literal["p2l", "distance", "largest", "learned"]
 RefineMethod = Literal["logme", "leep", "nce", "knn"]
 
 

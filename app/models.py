@@ -153,6 +153,10 @@ class Ranking(Base):
     refine: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
     # The calibration whose measure or lambda it used; None: the bundled defaults.
     calibration_id: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
+    # Method "learned": what the ranker learned from, or the fallback it used.
+    learned: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
+    # How well the zoo covers the target, against the past targets (app.p2l.learned).
+    coverage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
 
 
 class JobStatus(StrEnum):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.finetune.options import FinetuneOptions
 from app.finetune.race import RaceOptions
 from app.jobs.cost import Estimate
-from app.measures import MAX_REFINE_TOP, MEASURES, Measure, Method, RefineMethod
+from app.measures import MAX_REFINE_TOP, MEASURES, Measure, RankingMethod, RefineMethod
 
 Item = TypeVar("Item")
 ImageCounts = Literal["verified", "claimed"]
@@ -268,10 +268,13 @@ class RankingRequest(RequestBody):
     target_dataset_id: str = Field(
         max_length=255, description="The dataset to rank for: its id or its name."
     )
-    method: Method = Field(
+    method: RankingMethod = Field(
         "p2l",
         description="p2l: similarity and source size; distance: similarity only; largest: "
-        "source size only (the paper's two baselines).",
+        "source size only (the paper's two baselines); learned: P2L's scores re-scored by a "
+        "ranker learned from past fine-tunes (the bundled benchmark's and the service's own, "
+        "up to the calibration in force), or P2L's with the reason where there is too little "
+        "to learn from (see `learned` in the answer).",
     )
     measure: Measure | None = Field(
         None,
@@ -304,6 +307,17 @@ class RefineOut(BaseModel):
     images_per_pass: int = Field(description="The target's images, through each source.")
     seconds: float = Field(description="The second stage: decoding, forward passes, scores.")
     first_stage_ms: float = Field(description="The first stage's scoring, over the whole zoo.")
+
+
+class GainOut(BaseModel):
+    """An expected accuracy gain over training from scratch, with its interval."""
+
+    expected: float = Field(description="Expected gain (accuracy points as a fraction).")
+    low: float = Field(
+        description="Low end of its 90% interval (from the residuals of the model that "
+        "predicts it, cross-validated on past targets)."
+    )
+    high: float = Field(description="High end of its 90% interval.")
 
 
 class RankedSource(BaseModel):
@@ -339,6 +353,51 @@ class RankedSource(BaseModel):
         description="Two-stage rankings: the second stage's score (null below the shortlist, "
         "or when the measure could not score the source).",
     )
+    p2l_rank: int | None = Field(
+        None, description="Learned rankings: the source's rank by P2L before re-scoring."
+    )
+    gain: GainOut | None = Field(
+        None,
+        description="The top 3 results: the accuracy gain over training from scratch that "
+        "fine-tuning this source is expected to bring, learned from past targets (null: "
+        "nothing to learn it from).",
+    )
+
+
+class CoverageOut(BaseModel):
+    """How well the zoo covers the target, judged against the past targets."""
+
+    covered: bool | None = Field(
+        description="false: the target's nearest source is farther than most past targets' "
+        "nearest sources were (see recommendation); null: no past target to judge by."
+    )
+    nearest_source_id: str = Field(description="The ranked source nearest to the target.")
+    nearest_distance: float = Field(description="Its Jensen-Shannon distance to the target.")
+    percentile: float | None = Field(
+        description="Share of past targets whose nearest source was at most this far."
+    )
+    past_targets: int = Field(description="Past targets it is judged against.")
+    recommendation: str | None = Field(description="What to do where the zoo covers it poorly.")
+
+
+class LearnedOut(BaseModel):
+    """What a learned ranking learned from, or the fallback it used."""
+
+    used: bool = Field(description="true: learned scores; false: P2L's (see fallback).")
+    targets: int = Field(
+        description="Past targets it learned from (two or more of this zoo's sources each)."
+    )
+    jobs: int = Field(description="The service's finished fine-tunes among that evidence.")
+    bundled_targets: int = Field(description="The bundled benchmark's targets among it.")
+    min_targets: int = Field(description="Past targets it needs (P2L_LEARNED_MIN_TARGETS).")
+    calibration_id: str | None = Field(
+        description="The calibration up to which the service's fine-tunes count (null: none "
+        "yet; only the bundled evidence)."
+    )
+    without_record: int = Field(
+        description="Sources no past target tried: scored from their distances and size alone."
+    )
+    fallback: str | None = Field(description="Why P2L's scores were kept, when they were.")
 
 
 class ExcludedSource(BaseModel):
@@ -355,7 +414,7 @@ class RankingOut(BaseModel):
     id: str = Field(description="The ranking's id (32 lowercase hex digits).")
     created_at: datetime = Field(description="When it was computed (UTC).")
     target_dataset_id: str = Field(description="The dataset the sources were ranked for.")
-    method: str = Field(description="p2l, distance or largest (see POST /v1/rankings).")
+    method: str = Field(description="p2l, distance, largest or learned (see POST /v1/rankings).")
     measure: str = Field(description="The distance measure: kl, js, cosine or emd.")
     params: dict[str, float] = Field(
         description="The constants the scores were computed with: lambda, eps and emd_gamma."
@@ -374,6 +433,12 @@ class RankingOut(BaseModel):
     warnings: list[str] = Field(
         default_factory=list, description="Why nothing was ranked, when nothing was."
     )
+    learned: LearnedOut | None = Field(
+        None, description="Method learned: what the ranker learned from, or its fallback."
+    )
+    coverage: CoverageOut | None = Field(
+        None, description="How well the zoo covers the target (null: nothing was ranked)."
+    )
 
 
 class RankingSummary(BaseModel):
@@ -385,7 +450,7 @@ class RankingSummary(BaseModel):
     target_dataset_id: str = Field(
         description="The dataset the sources were ranked for (it may have been deleted since)."
     )
-    method: str = Field(description="p2l, distance or largest (see POST /v1/rankings).")
+    method: str = Field(description="p2l, distance, largest or learned (see POST /v1/rankings).")
     measure: str = Field(description="The distance measure: kl, js, cosine or emd.")
     refine_method: RefineMethod | None = Field(
         description="A two-stage ranking's second stage: logme, leep, nce or knn; null: one stage."

@@ -1,8 +1,9 @@
 """Ground truth for selection: fine-tune every source on every target, cached per cell.
 
-The cache (``bench/.cache/selection``) is keyed by the protocol, the target's images and the
-source's weights, not by the training code: after changing ``app/finetune`` or
-``app/families``, delete the cache.
+The finished cells are committed (``bench/results/selection_cells.jsonl``, one JSON line
+each): a fresh clone re-reads them instead of fine-tuning again, and a run resumes where one
+stopped. A cell is keyed by the protocol, the target's images and the source's weights, not
+by the training code: after changing ``app/finetune`` or ``app/families``, delete the file.
 
 One fixed protocol for every cell (``PROTOCOL``): layer-wise fine-tuning with decay 0.5 for
 a fixed budget of about 200 SGD steps on the target's training images, no validation split,
@@ -50,7 +51,7 @@ PROTOCOL: dict[str, Any] = {
     "test_fraction": 0.0,
     "patience": None,
 }
-CACHE_DIR = Path(__file__).parent / ".cache" / "selection"
+CELLS = Path(__file__).parent / "results" / "selection_cells.jsonl"
 
 
 @dataclass

@@ -2,8 +2,12 @@
 family out, its learning curve, its coverage flag and its expected gain.
 
 Protocol, fixed before any run:
+Run by ``python -m bench.selection``, which writes its rows and sections into
+``bench/results/selection.{json,md}``, its learning curve to ``learned_curve.png``, and the
+ground truth the service starts from to ``app/zoo/bundled/evidence.json``.
+
 - *Choice*: every configuration of ``CANDIDATES`` is scored on the development targets only,
-  each development family ranked by a ranker fitted on the other development families; the
+  each development family ranked by a ranker fitted on every target of the other families; the
   lowest mean regret wins (ties: the earlier, simpler configuration). The service ships that
   configuration (``app.p2l.learned.LearnedConfig``'s defaults); this script says whether it
   does.
@@ -20,7 +24,9 @@ Protocol, fixed before any run:
 - *Expected gain*: the learned pick's expected gain over scratch against its measured gain.
 """
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +35,15 @@ from app.config import Settings
 from app.p2l.learned import BASE_FEATURES, FEATURES, EvidenceTarget, LearnedConfig, LearnedRanker
 from app.p2l.scoring import ScoringParams, SignatureIndex
 from app.p2l.signature import DatasetSignature
-from bench.ground_truth import SCRATCH, CellStats
+from app.zoo.bundled import BUNDLED_DIR
+from bench.ground_truth import (
+    SCRATCH,
+    CellStats,
+    Target,
+)
 from bench.selection_metrics import pick_metrics
+
+RESULTS = Path(__file__).parent / "results"
 
 ORDERS = 20
 CURVE_SIZES = (0, 5, 10, 20)
@@ -46,18 +59,21 @@ FEATURE_SETS: tuple[tuple[str, ...], ...] = (
     FEATURES,
 )
 CANDIDATES: tuple[LearnedConfig, ...] = tuple(
-    LearnedConfig(alpha=alpha, features=features, neighbours=neighbours)
+    LearnedConfig(alpha=alpha, features=features, neighbours=neighbours, model=model, record=record)
+    for model, alphas in (("ridge", (1.0, 100.0)), ("boosted", (1.0,)))
     for features in FEATURE_SETS
-    for alpha in (1.0, 100.0)
-    for neighbours in ((5,) if "near_record" not in features else (3, 5, 10))
+    for record in ("z", "closeness")
+    for alpha in alphas
+    for neighbours in ((5,) if "near_record" not in features else (3, 10))
+    if model == "ridge" or len(features) > 1
 )
 
 
 def describe(config: LearnedConfig) -> str:
     """A configuration in words."""
-    return f"ridge alpha {config.alpha:g}, features {'+'.join(config.features)}, " + (
-        f"{config.neighbours} nearest targets" if "near_record" in config.features else "no k-NN"
-    )
+    model = f"ridge alpha {config.alpha:g}" if config.model == "ridge" else "boosted trees"
+    near = f"{config.neighbours} nearest targets" if "near_record" in config.features else "no k-NN"
+    return f"{model}, features {'+'.join(config.features)}, record as {config.record}, {near}"
 
 
 def _evidence(
@@ -106,9 +122,7 @@ def evaluate(
     def leave_family_out(on: list[str], pool: list[str], config: LearnedConfig) -> dict[str, dict]:
         rows = {}
         for fam in sorted({family[t] for t in on}):
-            ranker = LearnedRanker(
-                index, [evidence[t] for t in pool if family[t] != fam], config
-            )
+            ranker = LearnedRanker(index, [evidence[t] for t in pool if family[t] != fam], config)
             for t in (t for t in on if family[t] == fam):
                 scores = ranker.rank(signatures[t], sources).scores if ranker.active else (
                     p2l_scores(t))  # fmt: skip
@@ -118,15 +132,13 @@ def evaluate(
     def mean_regret(rows: dict[str, dict]) -> float:
         return float(np.mean([r["regret"] for r in rows.values()]))
 
-    # The choice, on the development targets alone.
+    # The choice: scored on the development targets alone (each ranked by a ranker fitted on
+    # every target of the other families).
     dev_scores = [
-        (mean_regret(leave_family_out(dev, dev, replace(c, min_targets=1))), i)
+        (mean_regret(leave_family_out(dev, names, replace(c, min_targets=1))), i)
         for i, c in enumerate(CANDIDATES)
     ]
     chosen = CANDIDATES[min(dev_scores)[1]]
-    shipped = LearnedConfig()
-    same = (chosen.alpha, chosen.features, chosen.neighbours) == (
-        shipped.alpha, shipped.features, shipped.neighbours)  # fmt: skip
 
     learned = leave_family_out(names, names, chosen)
     base = leave_family_out(names, names, replace(chosen, features=BASE_FEATURES))
@@ -146,8 +158,13 @@ def evaluate(
             for (score, _), c in zip(dev_scores, CANDIDATES, strict=True)
         ],
         "chosen_on_dev": describe(chosen),
-        "shipped": describe(shipped),
-        "shipped_is_chosen": same,
+        "chosen_config": {
+            "model": chosen.model,
+            "alpha": chosen.alpha,
+            "features": list(chosen.features),
+            "record": chosen.record,
+            "neighbours": chosen.neighbours,
+        },
         "learning_curve": curve,
         "coverage": coverage,
         "gain": gain,
@@ -212,7 +229,7 @@ def _coverage(
             index, [e for n, e in evidence.items() if family[n] != family[t]],
             replace(config, min_targets=10**9),
         )  # fmt: skip
-        coverage = ranker.coverage(evidence[t].signature)
+        coverage = ranker.coverage(evidence[t].signature, index.source_ids())
         assert coverage is not None
         percentiles[t] = coverage.percentile
     unseen = {t: kind[t] == "unseen_family" for t in names}
@@ -229,7 +246,6 @@ def _coverage(
     report = [t for t in names if t not in dev]
     return {
         "quantile_chosen_on_dev": best_quantile,
-        "shipped_quantile": config.coverage_quantile,
         "hit_rate_unseen_family": {
             split: hit_rate(on, best_quantile, unseen)
             for split, on in (("all", names), ("report", report), ("dev", dev))
@@ -260,7 +276,7 @@ def _gain(
             index, [e for n, e in evidence.items() if family[n] != family[t]], config
         )
         pick = max(ranker.rank(signatures[t], sources).scores.items(), key=lambda kv: kv[1])[0]
-        expected = ranker.gains(signatures[t], [pick])[pick]
+        expected = ranker.gains(signatures[t], sources, [pick])[pick]
         measured = stats[t][pick].mean - stats[t][SCRATCH].mean
         errors.append(expected.expected - measured)
         inside.append(expected.low <= measured <= expected.high)
@@ -274,7 +290,83 @@ def _gain(
     }
 
 
-def grid_size() -> int:
-    """How many configurations the choice compares."""
-    return len(CANDIDATES)
+# --- what the selection benchmark writes ---------------------------------------------------
 
+
+def write_bundled_evidence(targets: list[Target], stats: dict[str, dict[str, CellStats]]) -> None:
+    """``app/zoo/bundled/evidence.json``: the ground truth the service's learned ranker starts
+    from (mean test accuracy of every bundled source, and of scratch, on each finished target)."""
+    entries = [
+        {
+            "name": t.name,
+            "family": t.family,
+            "kind": t.kind,
+            "accuracy": {s: round(c.mean, 4) for s, c in stats[t.name].items() if s != SCRATCH},
+            "scratch": round(stats[t.name][SCRATCH].mean, 4),
+        }
+        for t in targets
+    ]
+    document = {
+        "what": "mean test accuracy over seeds of every bundled source fine-tuned on each "
+        "bundled target with finished ground truth, and of training from scratch "
+        "(bench/ground_truth.py's protocol; written by python -m bench.selection)",
+        "targets": entries,
+    }
+    (BUNDLED_DIR / "evidence.json").write_text(json.dumps(document, indent=1) + "\n")
+
+
+def report_lines(block: dict[str, Any]) -> list[str]:
+    """The learning curve, the coverage flag and the expected gain, as markdown."""
+    lines = [
+        "## Learning curve (report targets)",
+        "",
+        f"Chosen on the development targets: {block['chosen_on_dev']} (the service's "
+        "defaults, `app.p2l.learned.LearnedConfig`; a test checks they agree).",
+        "",
+        "| past targets learned from | mean regret | SD over random draws |",
+        "| --- | ---: | ---: |",
+    ]
+    for point in block["learning_curve"]:
+        lines.append(
+            f"| {point['label']} | {point['mean_regret']:.3f} | {point['sd_over_orders']:.3f} |"
+        )
+    coverage, gain = block["coverage"], block["gain"]
+    lines += [
+        "",
+        "![learning curve](learned_curve.png)",
+        "",
+        "## Coverage flag and expected gain (leave one family out)",
+        "",
+        f"- Quantile chosen on the development targets: {coverage['quantile_chosen_on_dev']} "
+        "(the service's `coverage_quantile`).",
+        f"- Flag right about the kind (unseen family or not): "
+        f"{coverage['hit_rate_unseen_family']['report']:.2f} of report targets "
+        f"({coverage['always_covered_hit_rate_unseen_family']:.2f} by saying 'covered' always).",
+        f"- Flag right about a small gain over scratch (< {SMALL_GAIN}): "
+        f"{coverage['hit_rate_small_gain']['report']:.2f} of report targets.",
+        f"- Expected gain of the learned pick over scratch: mean absolute error "
+        f"{gain['mean_absolute_error']:.3f}, mean error {gain['mean_error']:+.3f}; the measured "
+        f"gain inside the 90% interval on {gain['interval_coverage']:.2f} of targets.",
+        "",
+    ]
+    return lines
+
+
+def plot_curve(curve: list[dict[str, Any]], p2l_regret: float, path: Path) -> None:
+    """The learning curve with P2L's regret as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3.2))
+    axes.errorbar(range(len(curve)), [p["mean_regret"] for p in curve],
+                  yerr=[p["sd_over_orders"] for p in curve], marker="o", capsize=3)  # fmt: skip
+    axes.axhline(p2l_regret, color="grey", linestyle="--", label="P2L default")
+    axes.set_xticks(range(len(curve)), [p["label"] for p in curve])
+    axes.set_xlabel("past targets the ranker learned from")
+    axes.set_ylabel("mean regret (report targets)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -40,12 +40,13 @@ import torch
 from app.families import feature_extractor, get_spec, load_model
 from app.finetune.train import ImageTensors
 from app.measures import MEASURES
-from app.p2l.peers import leep, logme, nce
+from app.p2l.peers import knn_accuracy, leep, logme, nce
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import load_signature, signature_of_array
 from app.zoo.bundled import BUNDLED_DIR, manifest
+from bench import learned
 from bench.ground_truth import (
-    CACHE_DIR,
+    CELLS,
     MAX_SEEDS,
     PROTOCOL,
     SCRATCH,
@@ -71,13 +72,13 @@ from bench.selection_metrics import (
     seed_sd,
     summarise,
 )
-from bench.zoo.build import CANDIDATES_DIR, REFERENCE_CANDIDATES, load_candidate
+from bench.zoo.build import CANDIDATES_DIR, CHOSEN_REFERENCE, REFERENCE_CANDIDATES, load_candidate
 
 RESULTS = Path(__file__).parent / "results"
 EPS = 1e-3
 EMD_GAMMA = 0.01
 LAMBDAS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-PEERS = ("logme", "leep", "nce")
+PEERS = ("logme", "leep", "nce", "knn")
 QUICK_SOURCES = (
     "fashion_54k", "scripts_9k", "clipart_1700", "papirus_2800", "wesnoth_units_2600", "mixed_17k",
 )  # fmt: skip
@@ -124,8 +125,8 @@ def p2l_distances(
 def peer_scores(
     targets: list[Target], sources: list[str]
 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float]]:
-    """LogME, LEEP and NCE of every source on every target's training images, and the
-    seconds of the forward passes (one per source) plus the three measures, per target."""
+    """LogME, LEEP, NCE and k-NN accuracy of every source on every target's training images,
+    and the seconds of the forward passes (one per source) plus the measures, per target."""
     entries = source_entries(sources)
     scores: dict[str, dict[str, dict[str, float]]] = {t.name: {p: {} for p in PEERS}
                                                        for t in targets}  # fmt: skip
@@ -148,6 +149,7 @@ def peer_scores(
             scores[target.name]["logme"][name] = logme(features, labels)
             scores[target.name]["leep"][name] = leep(probabilities, labels)
             scores[target.name]["nce"][name] = nce(probabilities, labels)
+            scores[target.name]["knn"][name] = knn_accuracy(features, labels)
             seconds[target.name] += time.perf_counter() - started
     return scores, seconds
 
@@ -175,6 +177,31 @@ def choose(rows_by_config: dict[tuple, list[dict]]) -> tuple:
 # --- the run -------------------------------------------------------------------------------
 
 
+def learned_ranker(
+    targets: list[Target], sources: list[str], stats: dict[str, dict[str, CellStats]], quick: bool
+) -> tuple[dict[str, dict[str, dict]], dict[str, Any]]:
+    """The learned ranker's rows (bench.learned: chosen on the development targets, judged
+    leave one family out) under the bundled reference, and the rest of its report."""
+    if quick:
+        return {}, {}
+    reference = load_candidate(CHOSEN_REFERENCE)
+    signatures = {t.name: signature_of_array(reference, *t.train, t.class_names) for t in targets}
+    source_signatures = {
+        name: load_signature(CANDIDATES_DIR / CHOSEN_REFERENCE / f"{name}.signature.safetensors")
+        for name in sources
+    }
+    return learned.evaluate(
+        [t.name for t in targets],
+        [t.name for t in targets if t.role == "dev"],
+        [t.name for t in targets if t.role == "report"],
+        {t.name: t.family for t in targets},
+        {t.name: t.kind for t in targets},
+        signatures,
+        source_signatures,
+        stats,
+    )
+
+
 def run(quick: bool, workers: int) -> dict[str, Any]:
     """Ground truth, every method's scores, calibration on dev targets, summaries."""
     started = time.perf_counter()
@@ -182,7 +209,7 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
     sources = list(QUICK_SOURCES) if quick else [e["name"] for e in info["sources"]]
     targets = load_targets(list(QUICK_TARGETS) if quick else None)
     sizes = {e["name"]: e["num_train_images"] for e in info["sources"] if e["name"] in sources}
-    cache = CellCache(CACHE_DIR / "cells.jsonl")
+    cache = CellCache(CELLS)
     seeds = 1 if quick else MAX_SEEDS
     stats = ground_truth([t.name for t in targets], sources, cache, workers, seeds)
     truth_seconds = time.perf_counter() - started
@@ -258,6 +285,10 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
     # scores, stats[target])}``, for all targets or only some (a row judged on the report
     # targets only, say). Every row gets its summary, regret interval and paired differences
     # in every split and kind, over the targets it covers.
+    if not quick:
+        learned.write_bundled_evidence(targets, stats)
+    learned_rows, learned_report = learned_ranker(targets, sources, stats, quick)
+    per_target.update(learned_rows)
 
     noise_rows = {t: noise_floor_metrics(stats[t]) for t in names}
     judged = {
@@ -299,7 +330,12 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
             "what": "one pass of the target's training images through the reference, "
             "then scoring every source",
         },
-        "logme, leep, nce (together)": {
+        "learned": {
+            "forward_passes": 1,
+            "what": "P2L's one pass through the reference; the learned model reads only "
+            "signatures and the past targets' results",
+        },
+        "logme, leep, nce, knn (together)": {
             "forward_passes": n_sources,
             "median_seconds": float(np.median(list(peer_seconds.values()))),
             "what": f"one pass through each of the {n_sources} sources",
@@ -400,6 +436,7 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
             },
         },
         "checks": checks,
+        "learned": learned_report,
         "costs": costs,
         "grid": {
             "/".join(map(str, c)): {
@@ -780,6 +817,11 @@ def write(results: dict[str, Any]) -> None:
         if "timed_targets" in entry:
             shown += f" ({entry['timed_targets']} of {entry['targets']} targets timed)"
         lines.append(f"| {name} | {passes} | {shown} |")
+    if results.get("learned"):
+        lines += ["", *learned.report_lines(results["learned"])]
+        headline = results["methods"]["report"][results["headline_method"]]["regret"]
+        learned.plot_curve(results["learned"]["learning_curve"], headline,
+                           RESULTS / "learned_curve.png")  # fmt: skip
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     plot(results, RESULTS / f"{stem}.png")
     print("\n".join(lines))

@@ -254,6 +254,26 @@ _RANKED = {
     "refine_score": 1.734,
     "image_counts": "verified",
     "shared": True,
+    "gain": {"expected": 0.094, "low": 0.021, "high": 0.168},
+}
+_GAIN = {"expected": 0.094, "low": 0.021, "high": 0.168}
+_COVERAGE = {
+    "covered": True,
+    "nearest_source_id": SOURCE_ID,
+    "nearest_distance": 0.0371,
+    "percentile": 0.42,
+    "past_targets": 60,
+    "recommendation": None,
+}
+_LEARNED = {
+    "used": True,
+    "targets": 63,
+    "jobs": 7,
+    "bundled_targets": 60,
+    "min_targets": 5,
+    "calibration_id": None,
+    "without_record": 1,
+    "fallback": None,
 }
 _RANKING_SUMMARY = {
     "id": RANKING_ID,
@@ -409,6 +429,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "RefineRequest": {"method": "logme", "top": 3},
     "RefineOut": _REFINE,
     "RankedSource": _RANKED,
+    "GainOut": _GAIN,
+    "CoverageOut": _COVERAGE,
+    "LearnedOut": _LEARNED,
     "ExcludedSource": {
         "source_id": SOURCE_ID,
         "name": "old_reference_source",
@@ -426,6 +449,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "elapsed_ms": 0.4,
         "refine": _REFINE,
         "warnings": [],
+        "coverage": _COVERAGE,
     },
     "RankingSummary": _RANKING_SUMMARY,
     "RegisterRequest": {"name": "fashion-finetuned"},

@@ -72,7 +72,12 @@ class FinetuneOptions(BaseModel):
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="Seed of the splits, the new head and the batches."
     )
-    baseline: bool = Field(False, description="Also train from scratch on the same split.")
+    baseline: bool | None = Field(
+        None,
+        description="Also train from scratch on the same split. Left out (null): on for "
+        'source_id "best" where its ranking says the zoo does not cover the target '
+        "(coverage.covered false), off otherwise.",
+    )
     auto_epochs: int = Field(
         10,
         ge=1,

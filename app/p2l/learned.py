@@ -10,7 +10,9 @@ Features of a (target, source) pair, none of which needs a forward pass through 
 - ``log_size``: log of the source's image count (P2L's size term);
 - ``record``: the source's mean standardised accuracy over the past targets it was tried on;
 - ``near_record``: the same over the ``neighbours`` past targets nearest to this one in
-  signature space (Jensen-Shannon), falling back to ``record`` where none of them tried it.
+  signature space (Jensen-Shannon), falling back to ``record`` where none of them tried it;
+- ``nearest``: the target's distance to its nearest source (one value per target: gradient-
+  boosted trees can use it to weigh the others).
 
 The ranking model is a ridge regression of each source's standardised accuracy on a target
 (z-score among the sources tried there) on the features centred within the target, so that
@@ -35,6 +37,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
@@ -45,6 +48,7 @@ from app.p2l.signature import DatasetSignature
 DISTANCE_MEASURES: tuple[Measure, ...] = ("kl", "js", "cosine")
 FEATURES = (*DISTANCE_MEASURES, "log_size", "record", "near_record")
 BASE_FEATURES = (*DISTANCE_MEASURES, "log_size")
+TARGET_FEATURES = ("nearest",)  # the same for every source of a target
 MIN_SPREAD = 0.01  # floor of a target's accuracy SD when standardising (one point)
 TOP_DEPTH = 1.0  # standard deviations below the best that the ranking model tells apart
 
@@ -55,6 +59,8 @@ class LearnedConfig:
 
     alpha: float = 10.0
     features: tuple[str, ...] = FEATURES
+    model: str = "ridge"  # or "boosted": gradient-boosted trees for the ranking model
+    record: str = "z"  # a source's record in standard scores ("z") or closeness to the best
     neighbours: int = 5
     min_targets: int = 5  # below this many usable past targets: P2L answers instead
     coverage_quantile: float = 0.8
@@ -128,16 +134,17 @@ class LearnedRanker:
         self.evidence = [
             e for e in evidence if sum(s in index for s in e.accuracy) >= 2
         ]  # usable: two or more rankable sources tried
-        self.zscores = [_standardised({s: a for s, a in e.accuracy.items() if s in index})
+        scale = _standardised if config.record == "z" else _closeness_to_best
+        self.zscores = [scale({s: a for s, a in e.accuracy.items() if s in index})
                         for e in self.evidence]  # fmt: skip
         self.targets_index = SignatureIndex(eps=config.eps)
         for i, item in enumerate(self.evidence):
             self.targets_index.add(str(i), item.signature)
-        self.model: Ridge | None = None
+        self.model: Ridge | HistGradientBoostingRegressor | None = None
         self.base: Ridge | None = None
         self.gain_model: Ridge | None = None
         self.gain_residuals = np.zeros(2)
-        self._coverage_past: np.ndarray | None = None
+        self._coverage_past: tuple[int, np.ndarray] | None = None
         if self.active:
             self._fit()
 
@@ -172,9 +179,8 @@ class LearnedRanker:
         self, signature: DatasetSignature, sources: list[str], exclude_group: str | None = None
     ) -> dict[str, np.ndarray]:
         """Every feature of (target, source) for ``sources``, uncentred, by name."""
-        position = {s: i for i, s in enumerate(self.index.source_ids())}
-        rows = np.array([position[s] for s in sources], dtype=np.int64)
-        columns = {
+        rows = self._rows(sources)
+        columns: dict[str, np.ndarray] = {
             m: self.index.distances(signature, m, rows, self.config.emd_gamma).astype(np.float64)
             for m in DISTANCE_MEASURES
         }
@@ -187,7 +193,15 @@ class LearnedRanker:
             seen = [self.zscores[i][source] for i in near if source in self.zscores[i]]
             near_values.append(float(np.mean(seen)) if seen else records.get(source, 0.0))
         columns["near_record"] = np.array(near_values)
+        columns["nearest"] = np.full(len(sources), float(columns["js"].min()))
         return columns
+
+    def best_record(self, zoo: list[str]) -> str | None:
+        """The source of ``zoo`` with the best record over the past targets (the generalist to
+        try where the zoo covers a target poorly); None: none has a record."""
+        records = self._records(exclude_group=None)
+        known = [s for s in zoo if s in records]
+        return max(known, key=records.__getitem__) if known else None
 
     def has_record(self, source: str) -> bool:
         """Whether any usable past target tried this source."""
@@ -202,12 +216,23 @@ class LearnedRanker:
         if not centre:
             return matrix
         spread = np.maximum(matrix.std(axis=0, keepdims=True), 1e-9)
-        return (matrix - matrix.mean(axis=0, keepdims=True)) / spread
+        standardised: np.ndarray = (matrix - matrix.mean(axis=0, keepdims=True)) / spread
+        # A feature of the target itself (how near its nearest source is) stays as it is:
+        # trees can let it decide how much the other features count.
+        for i, name in enumerate(names):
+            if name in TARGET_FEATURES:
+                standardised[:, i] = matrix[:, i]
+        return standardised
 
     # --- fitting ----------------------------------------------------------------------
 
     def _fit(self) -> None:
-        ranking_rows, base_rows, labels, gain_rows, gains, groups = [], [], [], [], [], []
+        ranking_rows: list[np.ndarray] = []
+        base_rows: list[np.ndarray] = []
+        gain_rows: list[np.ndarray] = []
+        labels: list[float] = []
+        gains: list[float] = []
+        groups: list[str] = []
         for item, z in zip(self.evidence, self.zscores, strict=True):
             sources = list(z)
             columns = self.features(item.signature, sources, exclude_group=item.group)
@@ -220,7 +245,7 @@ class LearnedRanker:
                 gains.extend(item.accuracy[s] - item.scratch for s in sources)
                 groups.extend([item.group] * len(sources))
         y = np.array(labels)
-        self.model = Ridge(alpha=self.config.alpha).fit(np.vstack(ranking_rows), y)
+        self.model = self._ranking_model().fit(np.vstack(ranking_rows), y)
         self.base = Ridge(alpha=self.config.alpha).fit(np.vstack(base_rows), y)
         if len(set(groups)) >= 3:
             x_gain, y_gain = np.vstack(gain_rows), np.array(gains)
@@ -231,6 +256,13 @@ class LearnedRanker:
                 cv=GroupKFold(n_splits=folds),
             )  # fmt: skip
             self.gain_residuals = np.quantile(y_gain - predicted, [0.05, 0.95])
+
+    def _ranking_model(self) -> Ridge | HistGradientBoostingRegressor:
+        if self.config.model == "boosted":
+            return HistGradientBoostingRegressor(
+                max_iter=100, max_depth=3, learning_rate=0.05, random_state=0
+            )
+        return Ridge(alpha=self.config.alpha)
 
     def _gain_matrix(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         matrix = self._matrix(columns, self.config.features, centre=False)
@@ -250,45 +282,53 @@ class LearnedRanker:
         scores = {s: float(base[i] if s in missing else full[i]) for i, s in enumerate(sources)}
         return LearnedRanking(scores, without)
 
-    def gains(self, signature: DatasetSignature, sources: list[str]) -> dict[str, Gain]:
-        """Expected gain over scratch of each of ``sources`` (empty with no scratch evidence)."""
-        if self.gain_model is None or not sources:
+    def gains(
+        self, signature: DatasetSignature, zoo: list[str], wanted: list[str]
+    ) -> dict[str, Gain]:
+        """Expected gain over scratch of each of ``wanted`` (sources of ``zoo``, the sources the
+        target is ranked among); empty without scratch evidence to learn from."""
+        if self.gain_model is None or not wanted:
             return {}
-        everyone = self.index.source_ids()
-        columns = self.features(signature, everyone)
-        wanted = {s: i for i, s in enumerate(everyone)}
+        columns = self.features(signature, zoo)
+        position = {s: i for i, s in enumerate(zoo)}
         predicted = self.gain_model.predict(self._gain_matrix(columns))
         low, high = self.gain_residuals
         return {
-            s: Gain(float(predicted[wanted[s]]), float(predicted[wanted[s]] + low),
-                    float(predicted[wanted[s]] + high))
-            for s in sources
-        }  # fmt: skip
+            s: Gain(
+                float(predicted[position[s]]),
+                float(predicted[position[s]] + low),
+                float(predicted[position[s]] + high),
+            )
+            for s in wanted
+        }
 
-    def coverage(self, signature: DatasetSignature) -> Coverage | None:
-        """How the target's nearest source compares with the past targets' (None: no zoo)."""
-        ids = self.index.source_ids()
-        if not ids:
+    def coverage(self, signature: DatasetSignature, zoo: list[str]) -> Coverage | None:
+        """How the target's nearest source in ``zoo`` compares with the past targets' nearest
+        sources in it (None: an empty zoo)."""
+        if not zoo:
             return None
-        distance = self.index.distances(signature, "js", None, self.config.emd_gamma)
+        rows = self._rows(zoo)
+        gamma = self.config.emd_gamma
+        distance = self.index.distances(signature, "js", rows, gamma)
         nearest = int(np.argmin(distance))
-        past = self._past_nearest()
+        key = hash(tuple(zoo))
+        if self._coverage_past is None or self._coverage_past[0] != key:
+            past = np.array(
+                [float(self.index.distances(e.signature, "js", rows, gamma).min())
+                 for e in self.evidence]
+            )  # fmt: skip
+            self._coverage_past = (key, past)
+        past = self._coverage_past[1]
         value = float(distance[nearest])
         percentile = float(np.mean(past <= value)) if len(past) else 0.0
         return Coverage(
-            nearest_source_id=ids[nearest],
+            nearest_source_id=zoo[nearest],
             nearest_distance=value,
             percentile=percentile,
             covered=not (len(past) and percentile > self.config.coverage_quantile),
             past_targets=len(past),
         )
 
-    def _past_nearest(self) -> np.ndarray:
-        if self._coverage_past is None:
-            self._coverage_past = np.array(
-                [
-                    float(self.index.distances(e.signature, "js", None, self.config.emd_gamma).min())
-                    for e in self.evidence
-                ]
-            )
-        return self._coverage_past
+    def _rows(self, sources: list[str]) -> np.ndarray:
+        position = {s: i for i, s in enumerate(self.index.source_ids())}
+        return np.array([position[s] for s in sources], dtype=np.int64)

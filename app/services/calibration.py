@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict
-from app.measures import Measure, Method
+from app.measures import Measure, RankingMethod
 from app.models import Calibration, Dataset, Evidence, Job, Project, Role, Source
 from app.p2l.calibration import (
     RankingParams,
@@ -122,17 +122,17 @@ def _params_of(calibration: Calibration | None, defaults: RankingParams) -> Rank
 
 def ranking_params(
     ctx: Context,
-    method: Method = "p2l",
+    method: RankingMethod = "p2l",
     measure: Measure | None = None,
     lam: float | None = None,
 ) -> tuple[ScoringParams, Measure, str | None]:
     """Score constants and measure for a ranking: the request's own where given, else,
-    for ``p2l`` (what calibrations are fitted for), the calibration's in force under the
-    active reference network, else the bundled defaults; and that calibration's id when
-    it supplied either."""
+    for ``p2l`` (what calibrations are fitted for; ``learned`` starts from it), the
+    calibration's in force under the active reference network, else the bundled defaults;
+    and that calibration's id when it supplied either."""
     constants = Constants.from_settings(ctx.settings)
     in_force, calibration_id = constants.defaults, None
-    if method == "p2l" and (measure is None or lam is None):
+    if method in ("p2l", "learned") and (measure is None or lam is None):
         in_force, calibration_id = params_in_force(
             ctx.session, constants.defaults, ctx.reference.weights_sha256
         )

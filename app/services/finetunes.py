@@ -170,6 +170,7 @@ def plan_finetune(
         raise InvalidInput(str(exc)) from None
     chosen_by: Literal["given", "p2l", "race"] = "given"
     ranking_id = None
+    uncovered = False  # "best" on a target the zoo does not cover: a baseline by default
     if source_id in ("best", "race"):
         race = (race or RaceOptions()) if source_id == "race" else None
         scoring, measure, calibration_id = ranking_params(ctx)
@@ -180,6 +181,7 @@ def plan_finetune(
         if not ranking.results:
             raise InvalidInput(f"the zoo holds no rankable source to pick from ({source_id!r})")
         chosen_by, ranking_id = ("race" if race is not None else "p2l"), ranking.id
+        uncovered = source_id == "best" and (ranking.coverage or {}).get("covered") is False
         # Locked in id order: concurrent races over overlapping shortlists cannot deadlock.
         locked = {
             ranked: get_by_id(session, Source, ranked, "source", for_update=True)
@@ -189,6 +191,8 @@ def plan_finetune(
     else:
         given = find_id(session, Source, source_id, "source")
         sources = [get_by_id(session, Source, given, "source", for_update=True)]
+    if options.baseline is None:
+        options = options.model_copy(update={"baseline": uncovered})
     layouts = [_check_layout(source, options) for source in sources]  # every contestant fits
     groups = layouts[0]
     race_plan = None

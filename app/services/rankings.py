@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
 from app.families import get_spec, load_model
-from app.measures import Measure, Method, RefineMethod
+from app.measures import Measure, RankingMethod, RefineMethod
 from app.models import Dataset, Ranking, Source, utcnow
 from app.p2l.refine import source_outputs, transferability
 from app.p2l.scoring import ScoringParams
@@ -22,6 +22,7 @@ from app.services.access import ALL_PROJECTS
 from app.services.context import Context
 from app.services.datasets import DatasetArrays, dataset_arrays, dataset_exists
 from app.services.handles import find_id, ids_of, resolve_id
+from app.services.learning import coverage_summary, learned_state, with_gains
 from app.services.sources import catch_up, signature_for_dataset, weights_path
 
 
@@ -38,7 +39,7 @@ def rank_sources(
     params: ScoringParams,
     *,
     target_dataset_id: str,
-    method: Method,
+    method: RankingMethod,
     measure: Measure,
     source_ids: list[str] | None = None,
     top_k: int | None = None,
@@ -49,6 +50,9 @@ def rank_sources(
 
     With ``refine``, the first stage's top ``refine.top`` are re-ranked by a per-candidate
     measure (one forward pass of the target through each); the rest keep their order.
+    Method ``learned`` re-scores P2L's ranking with the ranker learned from past fine-tunes
+    (``app.services.learning``), or says why it kept P2L's. Every ranking says how well the
+    zoo covers the target, and the expected gain over scratch of its top results.
     The ranking is flushed, not committed: it lands with the caller's transaction (the
     request's managed session, so a fine-tune refused after ranking keeps no ranking).
     """
@@ -92,7 +96,27 @@ def rank_sources(
 
     started = time.perf_counter()
     first_stage_k = top_k if refine is None or top_k is None else max(top_k, refine.top)
-    scored = index.rank(target, method, measure, params, source_ids=rankable, top_k=first_stage_k)
+    state = learned_state(ctx)
+    learned, p2l_rank = None, {}
+    if method == "learned":
+        # The learned ranker re-scores every source P2L scored; the cut comes after.
+        scored = index.rank(target, "p2l", measure, params, source_ids=rankable)
+        if state.ranker.active and scored:
+            rescored = state.ranker.rank(target, [s.source_id for s in scored])
+            p2l_rank = {s.source_id: s.rank for s in scored}
+            order = sorted(scored, key=lambda s: -rescored.scores[s.source_id])  # stable
+            scored = [
+                s._replace(rank=rank, score=rescored.scores[s.source_id])
+                for rank, s in enumerate(order, start=1)
+            ]
+            learned = state.summary(True, len(rescored.without_record))
+        else:
+            learned = state.summary(False)
+        scored = scored[:first_stage_k]
+    else:
+        scored = index.rank(
+            target, method, measure, params, source_ids=rankable, top_k=first_stage_k
+        )
     elapsed_ms = (time.perf_counter() - started) * 1000
 
     # Each ranked source's name, and whether its counts were verified and it is shared (a
@@ -122,17 +146,21 @@ def rank_sources(
                 "similarity": s.similarity,
                 "size_term": s.size_term,
                 "num_images": s.num_images,
+                **({"p2l_rank": p2l_rank[s.source_id]} if p2l_rank else {}),
             }
             for s in scored
         ],
         excluded=excluded,
         calibration_id=calibration_id,
+        learned=learned,
+        coverage=coverage_summary(ctx.session, state, target, rankable),
     )
     if refine is not None:
         dataset = get_by_id(session, Dataset, target_dataset_id, "dataset")
         ranking.results, ranking.refine = refine_results(ctx, dataset, ranking.results, refine)
         ranking.refine["first_stage_ms"] = elapsed_ms
         ranking.results = ranking.results[:top_k]
+    with_gains(state, target, rankable, ranking.results)
     session.add(ranking)
     session.flush()
     return ranking, elapsed_ms

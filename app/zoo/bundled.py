@@ -16,7 +16,7 @@ from PIL import Image
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from app.config import Settings
+from app.config import BUNDLED_DIR, Settings
 from app.db import BUNDLED_IMPORT_LOCK, advisory_lock
 from app.models import DEFAULT_PROJECT_ID, Source
 from app.p2l.reference import ReferenceNetwork, load_reference
@@ -28,7 +28,6 @@ from app.store import ArtifactStore
 
 logger = logging.getLogger("p2l")
 
-BUNDLED_DIR = Path(__file__).parent / "bundled"
 MANIFEST = BUNDLED_DIR / "manifest.json"
 
 

@@ -271,7 +271,26 @@ def show_ranking(r: dict[str, Any]) -> None:
     refine = r.get("refine")
     if refine:
         columns += ["first_stage_rank", "refine_score"]
+    if r.get("learned", {}) and r["learned"].get("used"):
+        columns.insert(3, "p2l_rank")
     table(r["results"], columns)
+    learned = r.get("learned")
+    if learned:
+        out.print(
+            f"learned from {learned['targets']} past targets ({learned['jobs']} fine-tunes)"
+            if learned["used"]
+            else f"kept P2L's ranking: {learned['fallback']}"
+        )
+    coverage = r.get("coverage")
+    if coverage and coverage.get("covered") is False:
+        out.print(f"coverage: {coverage['recommendation']}", style="yellow")
+    for result in r["results"][:3]:
+        gain = result.get("gain")
+        if gain:
+            out.print(
+                f"expected gain of {result['name']} over scratch: {gain['expected']:+.3f} "
+                f"[{gain['low']:+.3f}, {gain['high']:+.3f}]"
+            )
     if r.get("calibration_id"):
         out.print(f"measure and lambda from calibration {r['calibration_id']}")
     if refine:
@@ -1057,7 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(commands, "rank", cmd_rank, "rank the zoo for a target dataset")
     sub.add_argument("target", metavar="TARGET", help="target dataset: its id or name")
     sub.add_argument("--top-k", type=int, help="only the best K")
-    sub.add_argument("--method", choices=["p2l", "distance", "largest"], default="p2l")
+    sub.add_argument("--method", choices=["p2l", "distance", "largest", "learned"], default="p2l")
     sub.add_argument("--measure", choices=["js", "kl", "cosine", "emd"])
     sub.add_argument("--lambda", dest="lam", type=float, help="override lambda (0 to 100)")
     sub.add_argument(

@@ -263,7 +263,7 @@ class RankingsRoutes(ListingRoutes):
     def create(
         self,
         target_dataset_id: str,
-        method: Literal["p2l", "distance", "largest"] = "p2l",
+        method: Literal["p2l", "distance", "largest", "learned"] = "p2l",
         measure: Literal["kl", "js", "cosine", "emd"] | None = None,
         top_k: int | None = None,
         source_ids: Sequence[str] | None = None,

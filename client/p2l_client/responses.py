@@ -140,6 +140,8 @@ class RankedSource(TypedDict):
     num_images: int
     first_stage_rank: NotRequired[int | None]
     refine_score: NotRequired[float | None]
+    p2l_rank: NotRequired[int | None]
+    gain: NotRequired[dict[str, float] | None]
 
 
 class RefineStage(TypedDict):
@@ -193,6 +195,8 @@ class Ranking(TypedDict):
     refine: NotRequired[RefineStage | None]
     calibration_id: NotRequired[str | None]
     warnings: NotRequired[list[str]]
+    learned: NotRequired[dict[str, Any] | None]
+    coverage: NotRequired[dict[str, Any] | None]
 
 
 class EpochMetrics(TypedDict):

@@ -15,6 +15,7 @@ from safetensors.torch import save
 from app.config import Settings
 from app.families import build_model
 from app.models import JobStatus
+from app.p2l.learned import LearnedConfig
 from app.zoo.bundled import BUNDLED_DIR, manifest
 from tests.helpers import (
     PROBLEM,
@@ -259,3 +260,17 @@ def test_defaults_are_what_the_selection_benchmark_chose() -> None:
     assert (settings.p2l_measure, settings.p2l_lambda) == (chosen["measure"], chosen["lambda"])
     assert manifest()["reference"]["candidate"] == chosen["reference"]
     assert settings.reference_weights is None  # the bundled reference network is the default
+
+
+@pytest.mark.unit
+def test_the_learned_rankers_defaults_are_what_the_benchmark_chose() -> None:
+    results = json.loads((Path(__file__).parents[2] / "bench/results/selection.json").read_text())
+    chosen, shipped = results["learned"]["chosen_config"], LearnedConfig()
+    assert chosen == {
+        "model": shipped.model,
+        "alpha": shipped.alpha,
+        "features": list(shipped.features),
+        "record": shipped.record,
+        "neighbours": shipped.neighbours,
+    }
+    assert results["learned"]["coverage"]["quantile_chosen_on_dev"] == shipped.coverage_quantile

@@ -97,10 +97,11 @@ def test_records_never_come_from_the_targets_own_group(zoo: SignatureIndex) -> N
 def test_coverage_flags_a_target_farther_than_the_past_ones(zoo: SignatureIndex) -> None:
     rng = np.random.default_rng(5)
     ranker = LearnedRanker(zoo, generalist_wins(10, rng), LearnedConfig(min_targets=5))
-    near = ranker.coverage(signature(corner(0, rng)))
+    zoo = zoo.source_ids()
+    near = ranker.coverage(signature(corner(0, rng)), zoo)
     far_mean = np.zeros(DIM)
     far_mean[0], far_mean[1] = 5.0, 5.0  # between two sources, far from both
-    far = ranker.coverage(signature(far_mean))
+    far = ranker.coverage(signature(far_mean), zoo)
     assert near is not None and far is not None
     assert near.covered and near.nearest_source_id == "near0"
     assert not far.covered and far.percentile > near.percentile
@@ -110,7 +111,7 @@ def test_coverage_flags_a_target_farther_than_the_past_ones(zoo: SignatureIndex)
 def test_expected_gain_over_scratch_comes_with_an_interval(zoo: SignatureIndex) -> None:
     rng = np.random.default_rng(6)
     ranker = LearnedRanker(zoo, generalist_wins(12, rng), LearnedConfig(min_targets=5))
-    gains = ranker.gains(signature(corner(3, rng)), ["generalist", "near3"])
+    gains = ranker.gains(signature(corner(3, rng)), zoo.source_ids(), ["generalist", "near3"])
     assert set(gains) == {"generalist", "near3"}
     for gain in gains.values():
         assert gain.low <= gain.expected <= gain.high

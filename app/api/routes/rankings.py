@@ -29,6 +29,8 @@ def ranking_out(ranking: Ranking, elapsed_ms: float | None = None) -> RankingOut
         refine=ranking.refine,
         calibration_id=ranking.calibration_id,
         warnings=service.ranking_warnings(ranking),
+        learned=ranking.learned,
+        coverage=ranking.coverage,
     )
 
 

@@ -1,0 +1,258 @@
+"""Learned-ranking use cases: the evidence a project may learn from, the ranker fitted on it,
+and what every ranking says about coverage and expected gain (app.p2l.learned).
+
+The evidence is the bundled benchmark's ground truth (``app/zoo/bundled/evidence.json``:
+every bundled source fine-tuned on every bundled target, against training from scratch),
+plus the finished fine-tunes of the projects that share their evidence and of the asking
+project, recorded up to the calibration in force: a refit (``POST /v1/calibration/refit`` or
+the automatic one) is what brings new fine-tunes in, for the learned ranker as for measure
+and lambda. Each dataset is its own group; a bundled target's group is its family.
+
+A fitted ranker is kept per (reference network, calibration, project, zoo version): fitting
+takes milliseconds, but the bundled targets' signatures take one forward pass each, kept
+per reference network for the life of the process.
+"""
+
+import json
+import threading
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.config import BUNDLED_DIR
+from app.models import Evidence, Source
+from app.p2l.learned import EvidenceTarget, LearnedConfig, LearnedRanker
+from app.p2l.reference import ReferenceNetwork
+from app.p2l.signature import DatasetSignature, signature_of_array
+from app.services.access import ALL_PROJECTS
+from app.services.calibration import current_calibration, shared_evidence
+from app.services.context import Context
+
+BUNDLED_EVIDENCE = BUNDLED_DIR / "evidence.json"
+GAIN_TOP = 3  # results whose expected gain a ranking gives
+_KEPT_RANKERS = 16
+
+_lock = threading.Lock()
+_bundled_signatures: dict[str, list[tuple[dict[str, Any], DatasetSignature]]] = {}
+_rankers: "OrderedDict[tuple[Any, ...], LearnedState]" = OrderedDict()
+
+
+@dataclass(frozen=True)
+class LearnedState:
+    """A fitted (or, short of evidence, inactive) ranker and where its evidence came from."""
+
+    ranker: LearnedRanker
+    bundled_targets: int
+    calibration_id: str | None
+    min_targets: int
+
+    def summary(self, used: bool, without_record: int = 0) -> dict[str, Any]:
+        """What a ranking's ``learned`` object says."""
+        targets = len(self.ranker.evidence)
+        return {
+            "used": used,
+            "targets": targets,
+            "jobs": self.ranker.jobs,
+            "bundled_targets": self.bundled_targets,
+            "min_targets": self.min_targets,
+            "calibration_id": self.calibration_id,
+            "without_record": without_record,
+            "fallback": None
+            if used
+            else (
+                f"p2l: {targets} past target(s) with two or more of this zoo's sources "
+                f"fine-tuned on them, fewer than the {self.min_targets} it learns from"
+            ),
+        }
+
+
+def _at_size(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 NHWC images resized to ``size`` (as they are when already that size)."""
+    if images.shape[1] == size:
+        return images
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    resized = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear")
+    return resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def _bundled_entries() -> list[dict[str, Any]]:
+    if not BUNDLED_EVIDENCE.exists():
+        return []
+    targets: list[dict[str, Any]] = json.loads(BUNDLED_EVIDENCE.read_text())["targets"]
+    return targets
+
+
+def _signed_bundled(reference: ReferenceNetwork) -> list[tuple[dict[str, Any], DatasetSignature]]:
+    """The bundled evidence targets with their signatures under ``reference`` (computed once
+    per reference network: one forward pass of each target's training images)."""
+    with _lock:
+        if reference.weights_sha256 in _bundled_signatures:
+            return _bundled_signatures[reference.weights_sha256]
+    signed = []
+    for entry in _bundled_entries():
+        with np.load(BUNDLED_DIR / "targets" / f"{entry['name']}.npz") as data:
+            is_test, labels = data["is_test"], data["labels"]
+            train = _at_size(data["images"][~is_test], reference.input_size)
+            class_names = [str(c) for c in data["class_names"]]
+        signed.append((entry, signature_of_array(reference, train, labels[~is_test], class_names)))
+    with _lock:
+        _bundled_signatures[reference.weights_sha256] = signed
+    return signed
+
+
+def bundled_evidence(session: Session, reference: ReferenceNetwork) -> list[EvidenceTarget]:
+    """The bundled benchmark's targets, their accuracies keyed by the shared zoo's source ids
+    (a bundled source renamed or deleted drops out)."""
+    signed = _signed_bundled(reference)
+    if not signed:
+        return []
+    names = {name for entry, _ in signed for name in entry["accuracy"]}
+    ids = dict(
+        session.execute(
+            select(Source.name, Source.id).where(Source.shared.is_(True), Source.name.in_(names))
+        ).all()
+    )
+    return [
+        EvidenceTarget(
+            key=f"bundled:{entry['name']}",
+            group=f"bundled:{entry['family']}",
+            signature=signature,
+            accuracy={ids[name]: acc for name, acc in entry["accuracy"].items() if name in ids},
+            scratch=entry.get("scratch"),
+        )
+        for entry, signature in signed
+    ]
+
+
+def job_evidence(
+    session: Session, reference_sha256: str, project_id: str, until: datetime
+) -> list[EvidenceTarget]:
+    """Finished fine-tunes recorded up to ``until``, of the projects that share their evidence
+    and of ``project_id``, per target dataset (test accuracy where any job measured it)."""
+    rows = session.scalars(
+        select(Evidence)
+        .where(
+            Evidence.reference_sha256 == reference_sha256,
+            Evidence.created_at <= until,
+            or_(shared_evidence(), Evidence.project_id == project_id),
+        )
+        .execution_options(**{ALL_PROJECTS: True})
+    ).all()
+    by_target: dict[str, list[Evidence]] = defaultdict(list)
+    for row in rows:
+        by_target[row.target_dataset_id].append(row)
+    evidence = []
+    for dataset_id, items in by_target.items():
+        if any(item.accuracy_split == "test" for item in items):
+            items = [item for item in items if item.accuracy_split == "test"]
+        accuracy: dict[str, list[float]] = defaultdict(list)
+        for item in items:
+            accuracy[item.source_id].append(item.accuracy)
+        scratch = [item.baseline_accuracy for item in items if item.baseline_accuracy is not None]
+        newest = max(items, key=lambda e: e.created_at)
+        evidence.append(
+            EvidenceTarget(
+                key=dataset_id,
+                group=dataset_id,
+                signature=DatasetSignature.from_bytes(newest.target_signature),
+                accuracy={s: float(np.mean(v)) for s, v in accuracy.items()},
+                scratch=float(np.mean(scratch)) if scratch else None,
+                jobs=len(items),
+            )
+        )
+    return evidence
+
+
+def learned_state(ctx: Context) -> LearnedState:
+    """The learned ranker this project ranks with now (fitted once per calibration, zoo
+    version and project)."""
+    session, reference = ctx.session, ctx.reference
+    calibration = current_calibration(session, reference.weights_sha256)
+    project_id = ctx.principal.project_id
+    key = (
+        id(ctx.index),  # a process may serve several services (tests do); the ranker holds it
+        reference.weights_sha256,
+        calibration.id if calibration is not None else None,
+        project_id,
+        ctx.index.version,
+        len(ctx.index),
+        ctx.settings.learned_min_targets,
+    )
+    with _lock:
+        if key in _rankers:
+            _rankers.move_to_end(key)
+            return _rankers[key]
+    bundled = bundled_evidence(session, reference)
+    jobs = (
+        job_evidence(session, reference.weights_sha256, project_id, calibration.created_at)
+        if calibration is not None
+        else []
+    )
+    config = LearnedConfig(min_targets=ctx.settings.learned_min_targets)
+    ranker = LearnedRanker(ctx.index, [*bundled, *jobs], config)
+    state = LearnedState(
+        ranker=ranker,
+        bundled_targets=sum(1 for e in ranker.evidence if e.key.startswith("bundled:")),
+        calibration_id=calibration.id if calibration is not None else None,
+        min_targets=config.min_targets,
+    )
+    with _lock:
+        _rankers[key] = state
+        while len(_rankers) > _KEPT_RANKERS:
+            _rankers.popitem(last=False)
+    return state
+
+
+def coverage_summary(
+    session: Session, state: LearnedState, target: DatasetSignature, zoo: list[str]
+) -> dict[str, Any] | None:
+    """What a ranking's ``coverage`` object says (None: an empty zoo)."""
+    coverage = state.ranker.coverage(target, zoo)
+    if coverage is None:
+        return None
+    judged = coverage.past_targets > 0
+    recommendation = None
+    if judged and not coverage.covered:
+        best = state.ranker.best_record(zoo)
+        generalist = session.scalar(select(Source.name).where(Source.id == best)) if best else None
+        recommendation = (
+            "the zoo does not cover this target well: its nearest source is farther than "
+            f"{state.ranker.config.coverage_quantile:.0%} of past targets' nearest sources "
+            "were. Fine-tune with a from-scratch baseline beside it (baseline: true; "
+            'source_id "best" turns it on by itself here)'
+            + (
+                f", and consider {generalist}, the source with the best record"
+                if generalist
+                else ""
+            )
+            + "."
+        )
+    return {
+        "covered": coverage.covered if judged else None,
+        "nearest_source_id": coverage.nearest_source_id,
+        "nearest_distance": coverage.nearest_distance,
+        "percentile": coverage.percentile if judged else None,
+        "past_targets": coverage.past_targets,
+        "recommendation": recommendation,
+    }
+
+
+def with_gains(
+    state: LearnedState, target: DatasetSignature, zoo: list[str], results: list[dict[str, Any]]
+) -> None:
+    """Add each of the top ``GAIN_TOP`` results' expected gain over scratch (when the ranker
+    has scratch evidence to learn it from)."""
+    if not state.ranker.active:
+        return
+    top = [r["source_id"] for r in results[:GAIN_TOP] if r["source_id"] in set(zoo)]
+    gains = state.ranker.gains(target, zoo, top)
+    for result in results[:GAIN_TOP]:
+        gain = gains.get(result["source_id"])
+        if gain is not None:
+            result["gain"] = {"expected": gain.expected, "low": gain.low, "high": gain.high}

@@ -1,0 +1,124 @@
+"""Method "learned" (#27): rankings learned from past fine-tunes, with coverage and the
+expected gain over scratch; real fine-tunes fill the evidence, a refit brings them in."""
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.archives import png_bytes
+from tests.helpers import (
+    get_job,
+    rank,
+    run_queued_jobs,
+    start_job,
+    upload_dataset,
+    upload_garments,
+)
+
+pytestmark = pytest.mark.api
+
+
+def scores(ranking: dict) -> dict[str, float]:
+    """Each ranked source's score, by id."""
+    return {r["source_id"]: r["score"] for r in ranking["results"]}
+
+
+def test_every_ranking_says_how_well_the_zoo_covers_the_target(client: TestClient) -> None:
+    garments = upload_garments(client)
+    ranking = rank(client, garments)
+    coverage = ranking["coverage"]
+    assert coverage["past_targets"] >= 5  # the bundled benchmark's targets
+    assert coverage["nearest_source_id"] in scores(ranking)
+    assert 0.0 <= coverage["percentile"] <= 1.0
+    assert coverage["covered"] is True  # Fashion-MNIST: the zoo has garment sources
+    assert coverage["recommendation"] is None
+    for result in ranking["results"][:3]:
+        gain = result["gain"]
+        assert gain["low"] <= gain["expected"] <= gain["high"]
+    assert all("gain" not in r or r["gain"] is None for r in ranking["results"][3:])
+    # Stored with the ranking: re-read, it says the same.
+    again = client.get(f"/v1/rankings/{ranking['id']}").json()
+    assert again["coverage"] == coverage and again["results"] == ranking["results"]
+
+
+def test_below_its_minimum_of_evidence_learned_says_it_kept_p2l(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(learned_min_targets=10_000)
+    garments = upload_garments(client)
+    learned = rank(client, garments, method="learned")
+    p2l = rank(client, garments)
+    assert learned["method"] == "learned"
+    assert learned["learned"]["used"] is False
+    assert "fewer than the 10000" in learned["learned"]["fallback"]
+    assert [r["source_id"] for r in learned["results"]] == [r["source_id"] for r in p2l["results"]]
+
+
+def test_finished_jobs_and_a_refit_change_the_learned_ranking(client: TestClient) -> None:
+    garments = upload_garments(client)
+    before = rank(client, garments, method="learned")
+    learned = before["learned"]
+    assert learned["used"] is True and learned["jobs"] == 0 and learned["calibration_id"] is None
+    assert learned["targets"] == learned["bundled_targets"] >= 5
+    assert all(r["p2l_rank"] >= 1 for r in before["results"])
+
+    # The learned top is trained barely, a source it ranks low is trained properly: the
+    # evidence says the low one transfers better here.
+    top, low = before["results"][0]["source_id"], before["results"][-1]["source_id"]
+    weak = start_job(client, target_dataset_id=garments, source_id=top, schedule="manual",
+                     epochs=1, base_lr=1e-4, freeze_below=4)  # fmt: skip
+    strong = start_job(client, target_dataset_id=garments, source_id=low, schedule="manual",
+                       epochs=8, baseline=True)  # fmt: skip
+    run_queued_jobs(client)
+    done = [get_job(client, job["id"]) for job in (weak, strong)]
+    assert [job["status"] for job in done] == ["succeeded", "succeeded"], done
+    assert done[0]["result"]["test_accuracy"] < done[1]["result"]["test_accuracy"]
+
+    # Not before a refit: the evidence counts up to the calibration in force.
+    unchanged = rank(client, garments, method="learned")
+    assert unchanged["learned"]["jobs"] == 0 and scores(unchanged) == scores(before)
+
+    refit = client.post("/v1/calibration/refit")
+    assert refit.status_code == 201, refit.text
+    after = rank(client, garments, method="learned")
+    assert after["learned"]["jobs"] == 2
+    assert after["learned"]["targets"] == learned["targets"] + 1
+    assert after["learned"]["calibration_id"] == refit.json()["calibration_id"]
+    gap_before = scores(before)[low] - scores(before)[top]
+    gap_after = scores(after)[low] - scores(after)[top]
+    assert gap_after > gap_before  # what the jobs showed moved the two apart
+
+
+def noise_images(per_class: int, seed: int) -> dict[str, list[bytes]]:
+    """Two classes of coloured noise: images like no source's training data."""
+    rng = np.random.default_rng(seed)
+    return {
+        label: [
+            png_bytes(Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+            for _ in range(per_class)
+        ]
+        for label in ("speckle", "static")
+    }
+
+
+def test_best_turns_the_baseline_on_where_the_zoo_does_not_cover_the_target(
+    client: TestClient,
+) -> None:
+    noise = upload_dataset(client, noise_images(12, seed=0), "noise.zip")
+    coverage = rank(client, noise)["coverage"]
+    assert coverage["covered"] is False, coverage
+    assert "baseline" in coverage["recommendation"]
+    job = start_job(client, target_dataset_id=noise, source_id="best", schedule="manual",
+                    epochs=1)  # fmt: skip
+    assert get_job(client, job["id"])["params"]["options"]["baseline"] is True
+    # Asked for explicitly, or on a covered target, it is as given / off.
+    kept = start_job(client, target_dataset_id=noise, source_id="best", schedule="manual",
+                     epochs=1, baseline=False)  # fmt: skip
+    assert get_job(client, kept["id"])["params"]["options"]["baseline"] is False
+    garments = upload_garments(client)
+    covered = start_job(client, target_dataset_id=garments, source_id="best",
+                        schedule="manual", epochs=1)  # fmt: skip
+    assert get_job(client, covered["id"])["params"]["options"]["baseline"] is False

@@ -328,7 +328,9 @@ class RankedSource(BaseModel):
     name: str = Field(description="The source's name (empty: deleted since the ranking).")
     score: float = Field(
         description="What the first stage orders by: size_term - distance (p2l), -distance "
-        "(distance) or log(n_source) (largest); higher is better."
+        "(distance), log(n_source) (largest), or the learned ranker's score (learned: "
+        "standard deviations below the best expected on this target; distance, similarity "
+        "and size_term stay P2L's); higher is better."
     )
     distance: float = Field(description="D(target, source) under the measure.")
     similarity: float = Field(description="exp(-distance).")
@@ -371,7 +373,10 @@ class CoverageOut(BaseModel):
         description="false: the target's nearest source is farther than most past targets' "
         "nearest sources were (see recommendation); null: no past target to judge by."
     )
-    nearest_source_id: str = Field(description="The ranked source nearest to the target.")
+    nearest_source_id: str = Field(
+        description="The source nearest to the target among those it was ranked over (with "
+        "top_k it may not be among the results)."
+    )
     nearest_distance: float = Field(description="Its Jensen-Shannon distance to the target.")
     percentile: float | None = Field(
         description="Share of past targets whose nearest source was at most this far."
@@ -385,7 +390,8 @@ class LearnedOut(BaseModel):
 
     used: bool = Field(description="true: learned scores; false: P2L's (see fallback).")
     targets: int = Field(
-        description="Past targets it learned from (two or more of this zoo's sources each)."
+        description="Past targets it learned from (each with two or more of the service's "
+        "sources fine-tuned on it)."
     )
     jobs: int = Field(description="The service's finished fine-tunes among that evidence.")
     bundled_targets: int = Field(description="The bundled benchmark's targets among it.")
@@ -437,7 +443,9 @@ class RankingOut(BaseModel):
         None, description="Method learned: what the ranker learned from, or its fallback."
     )
     coverage: CoverageOut | None = Field(
-        None, description="How well the zoo covers the target (null: nothing was ranked)."
+        None,
+        description="How well the zoo covers the target (null: nothing was ranked, or a "
+        "ranking made before this field existed).",
     )
 
 

@@ -7,7 +7,7 @@ Run by ``python -m bench.selection``, which writes its rows and sections into
 ground truth the service starts from to ``app/zoo/bundled/evidence.json``.
 
 - *Choice*: every configuration of ``CANDIDATES`` is scored on the development targets only,
-  each development family ranked by a ranker fitted on every target of the other families; the
+  each development family ranked by a ranker fitted on the other development families; the
   lowest mean regret wins (ties: the earlier, simpler configuration). The service ships that
   configuration (``app.p2l.learned.LearnedConfig``'s defaults); this script says whether it
   does.
@@ -107,7 +107,7 @@ def evaluate(
 ) -> tuple[dict[str, dict[str, dict]], dict[str, Any]]:
     """Per-target metrics of the learned rows (for the methods tables) and the rest of the
     learned ranker's report (choice, learning curve, coverage, expected gain)."""
-    settings = settings or Settings()
+    settings = settings or Settings(_env_file=None)
     index = SignatureIndex(eps=LearnedConfig().eps)
     for name, signature in source_signatures.items():
         index.add(name, signature)
@@ -132,10 +132,10 @@ def evaluate(
     def mean_regret(rows: dict[str, dict]) -> float:
         return float(np.mean([r["regret"] for r in rows.values()]))
 
-    # The choice: scored on the development targets alone (each ranked by a ranker fitted on
-    # every target of the other families).
+    # The choice, on the development targets alone: each ranked by a ranker fitted on the
+    # development targets of the other families.
     dev_scores = [
-        (mean_regret(leave_family_out(dev, names, replace(c, min_targets=1))), i)
+        (mean_regret(leave_family_out(dev, dev, replace(c, min_targets=1))), i)
         for i, c in enumerate(CANDIDATES)
     ]
     chosen = CANDIDATES[min(dev_scores)[1]]
@@ -276,7 +276,12 @@ def _gain(
             index, [e for n, e in evidence.items() if family[n] != family[t]], config
         )
         pick = max(ranker.rank(signatures[t], sources).scores.items(), key=lambda kv: kv[1])[0]
-        expected = ranker.gains(signatures[t], sources, [pick])[pick]
+        coverage = ranker.coverage(signatures[t], sources)
+        assert coverage is not None
+        gains = ranker.gains(signatures[t], [pick], coverage.nearest_distance)
+        if pick not in gains:  # no scratch evidence to learn from
+            continue
+        expected = gains[pick]
         measured = stats[t][pick].mean - stats[t][SCRATCH].mean
         errors.append(expected.expected - measured)
         inside.append(expected.low <= measured <= expected.high)

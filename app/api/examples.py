@@ -254,7 +254,6 @@ _RANKED = {
     "refine_score": 1.734,
     "image_counts": "verified",
     "shared": True,
-    "gain": {"expected": 0.094, "low": 0.021, "high": 0.168},
 }
 _GAIN = {"expected": 0.094, "low": 0.021, "high": 0.168}
 _COVERAGE = {
@@ -275,6 +274,7 @@ _LEARNED = {
     "without_record": 1,
     "fallback": None,
 }
+_RANKED["gain"] = _GAIN
 _RANKING_SUMMARY = {
     "id": RANKING_ID,
     "created_at": CREATED,

@@ -10,9 +10,8 @@ Features of a (target, source) pair, none of which needs a forward pass through 
 - ``log_size``: log of the source's image count (P2L's size term);
 - ``record``: the source's mean standardised accuracy over the past targets it was tried on;
 - ``near_record``: the same over the ``neighbours`` past targets nearest to this one in
-  signature space (Jensen-Shannon), falling back to ``record`` where none of them tried it;
-- ``nearest``: the target's distance to its nearest source (one value per target: gradient-
-  boosted trees can use it to weigh the others).
+  signature space (Jensen-Shannon), falling back to ``record`` where none of them tried it
+  (a source no past target tried counts as an average one).
 
 The ranking model is a ridge regression of each source's standardised accuracy on a target
 (z-score among the sources tried there) on the features centred within the target, so that
@@ -48,7 +47,6 @@ from app.p2l.signature import DatasetSignature
 DISTANCE_MEASURES: tuple[Measure, ...] = ("kl", "js", "cosine")
 FEATURES = (*DISTANCE_MEASURES, "log_size", "record", "near_record")
 BASE_FEATURES = (*DISTANCE_MEASURES, "log_size")
-TARGET_FEATURES = ("nearest",)  # the same for every source of a target
 MIN_SPREAD = 0.01  # floor of a target's accuracy SD when standardising (one point)
 TOP_DEPTH = 1.0  # standard deviations below the best that the ranking model tells apart
 
@@ -176,24 +174,33 @@ class LearnedRanker:
         return allowed[: self.config.neighbours]
 
     def features(
-        self, signature: DatasetSignature, sources: list[str], exclude_group: str | None = None
+        self,
+        signature: DatasetSignature,
+        sources: list[str],
+        exclude_group: str | None = None,
+        nearest: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Every feature of (target, source) for ``sources``, uncentred, by name."""
-        rows = self._rows(sources)
+        """Every feature of (target, source) for ``sources``, uncentred, by name; and
+        ``nearest``, the target's distance to its nearest source (given, or the nearest of
+        ``sources``), for the gain model."""
+        gamma = self.config.emd_gamma
         columns: dict[str, np.ndarray] = {
-            m: self.index.distances(signature, m, rows, self.config.emd_gamma).astype(np.float64)
+            m: self.index.distances_to(signature, m, sources, gamma).astype(np.float64)
             for m in DISTANCE_MEASURES
         }
-        columns["log_size"] = self.index.log_sizes(rows).astype(np.float64)
+        columns["log_size"] = self.index.log_sizes_of(sources).astype(np.float64)
         records = self._records(exclude_group)
-        near = self._near(signature, exclude_group)
-        columns["record"] = np.array([records.get(s, 0.0) for s in sources])
+        # A source no past target tried counts as an average one.
+        unknown = float(np.mean(list(records.values()))) if records else 0.0
+        near = [self.zscores[i] for i in self._near(signature, exclude_group)]
+        columns["record"] = np.array([records.get(s, unknown) for s in sources])
         near_values = []
         for source in sources:
-            seen = [self.zscores[i][source] for i in near if source in self.zscores[i]]
-            near_values.append(float(np.mean(seen)) if seen else records.get(source, 0.0))
+            seen = [z[source] for z in near if source in z]
+            near_values.append(sum(seen) / len(seen) if seen else records.get(source, unknown))
         columns["near_record"] = np.array(near_values)
-        columns["nearest"] = np.full(len(sources), float(columns["js"].min()))
+        low = float(columns["js"].min()) if nearest is None and len(sources) else nearest
+        columns["nearest"] = np.full(len(sources), low if low is not None else 0.0)
         return columns
 
     def best_record(self, zoo: list[str]) -> str | None:
@@ -217,11 +224,6 @@ class LearnedRanker:
             return matrix
         spread = np.maximum(matrix.std(axis=0, keepdims=True), 1e-9)
         standardised: np.ndarray = (matrix - matrix.mean(axis=0, keepdims=True)) / spread
-        # A feature of the target itself (how near its nearest source is) stays as it is:
-        # trees can let it decide how much the other features count.
-        for i, name in enumerate(names):
-            if name in TARGET_FEATURES:
-                standardised[:, i] = matrix[:, i]
         return standardised
 
     # --- fitting ----------------------------------------------------------------------
@@ -266,8 +268,7 @@ class LearnedRanker:
 
     def _gain_matrix(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         matrix = self._matrix(columns, self.config.features, centre=False)
-        nearest = np.full((len(matrix), 1), float(columns["js"].min()))
-        return np.hstack([matrix, nearest])
+        return np.hstack([matrix, columns["nearest"][:, None]])
 
     # --- answers ----------------------------------------------------------------------
 
@@ -283,23 +284,19 @@ class LearnedRanker:
         return LearnedRanking(scores, without)
 
     def gains(
-        self, signature: DatasetSignature, zoo: list[str], wanted: list[str]
+        self, signature: DatasetSignature, wanted: list[str], nearest: float
     ) -> dict[str, Gain]:
-        """Expected gain over scratch of each of ``wanted`` (sources of ``zoo``, the sources the
-        target is ranked among); empty without scratch evidence to learn from."""
+        """Expected gain over scratch of each of ``wanted``, for a target ``nearest`` away from
+        its nearest source (``coverage``); empty without scratch evidence to learn it from.
+        The interval is the model's cross-validated residuals around its prediction."""
         if self.gain_model is None or not wanted:
             return {}
-        columns = self.features(signature, zoo)
-        position = {s: i for i, s in enumerate(zoo)}
+        columns = self.features(signature, wanted, nearest=nearest)
         predicted = self.gain_model.predict(self._gain_matrix(columns))
         low, high = self.gain_residuals
         return {
-            s: Gain(
-                float(predicted[position[s]]),
-                float(predicted[position[s]] + low),
-                float(predicted[position[s]] + high),
-            )
-            for s in wanted
+            s: Gain(float(value), float(value + min(low, 0.0)), float(value + max(high, 0.0)))
+            for s, value in zip(wanted, predicted, strict=True)
         }
 
     def coverage(self, signature: DatasetSignature, zoo: list[str]) -> Coverage | None:
@@ -307,18 +304,18 @@ class LearnedRanker:
         sources in it (None: an empty zoo)."""
         if not zoo:
             return None
-        rows = self._rows(zoo)
         gamma = self.config.emd_gamma
-        distance = self.index.distances(signature, "js", rows, gamma)
+        distance = self.index.distances_to(signature, "js", zoo, gamma)
         nearest = int(np.argmin(distance))
         key = hash(tuple(zoo))
-        if self._coverage_past is None or self._coverage_past[0] != key:
+        cached = self._coverage_past  # one read: another request may replace it meanwhile
+        if cached is None or cached[0] != key:
             past = np.array(
-                [float(self.index.distances(e.signature, "js", rows, gamma).min())
+                [float(self.index.distances_to(e.signature, "js", zoo, gamma).min())
                  for e in self.evidence]
             )  # fmt: skip
-            self._coverage_past = (key, past)
-        past = self._coverage_past[1]
+            self._coverage_past = cached = (key, past)
+        past = cached[1]
         value = float(distance[nearest])
         percentile = float(np.mean(past <= value)) if len(past) else 0.0
         return Coverage(
@@ -328,7 +325,3 @@ class LearnedRanker:
             covered=not (len(past) and percentile > self.config.coverage_quantile),
             past_targets=len(past),
         )
-
-    def _rows(self, sources: list[str]) -> np.ndarray:
-        position = {s: i for i, s in enumerate(self.index.source_ids())}
-        return np.array([position[s] for s in sources], dtype=np.int64)

@@ -216,10 +216,38 @@ class SignatureIndex:
         self.neg_entropy, self.norms = self._neg_entropy[:count], self._norms[:count]
         self.sizes, self.log_n = self._sizes[:count], self._log_n[:count]
 
+    def distances_to(
+        self,
+        target: DatasetSignature,
+        measure: Measure,
+        source_ids: list[str] | None,
+        gamma: float,
+    ) -> np.ndarray:
+        """``D(target, s)`` for the sources named (None: all, in row order), in their order:
+        ids mapped to rows and distances taken under one lock, so that a concurrent register
+        or delete cannot shift the rows in between."""
+        with self._lock:
+            self._build()
+            if source_ids is None:
+                return self.distances(target, measure, None, gamma).copy()
+            position = {source_id: i for i, source_id in enumerate(self.ids)}
+            rows = np.array([position[s] for s in source_ids], dtype=np.int64)
+            return self.distances(target, measure, rows, gamma)
+
+    def log_sizes_of(self, source_ids: list[str]) -> np.ndarray:
+        """``log(n_s)`` of the sources named, as the size term weighs them (a claimed count
+        capped), under the same lock as ``distances_to``."""
+        with self._lock:
+            self._build()
+            position = {source_id: i for i, source_id in enumerate(self.ids)}
+            return self.log_n[[position[s] for s in source_ids]].copy()
+
     def distances(
         self, target: DatasetSignature, measure: Measure, rows: np.ndarray | None, gamma: float
     ) -> np.ndarray:
-        """``D(target, s)`` for the sources at ``rows`` of the index (None: all, no copy)."""
+        """``D(target, s)`` for the sources at ``rows`` of the index (None: all, no copy).
+        Rows are positions after the last compaction: callers outside the index hold its lock
+        or name sources by id (``distances_to``)."""
         self._build()
 
         def take(matrix: np.ndarray) -> np.ndarray:
@@ -265,13 +293,6 @@ class SignatureIndex:
         with self._lock:
             self._build()
             return list(self.ids)
-
-    def log_sizes(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """``log(n_s)`` of the sources at ``rows`` (None: all), as the size term weighs them
-        (a claimed count capped)."""
-        with self._lock:
-            self._build()
-            return self.log_n.copy() if rows is None else self.log_n[rows]
 
     def rank(
         self,

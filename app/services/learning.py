@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.config import BUNDLED_DIR
@@ -77,7 +77,9 @@ def _at_size(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1] == size:
         return images
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    resized = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear")
+    resized = torch.nn.functional.interpolate(
+        tensor, size=(size, size), mode="bilinear", antialias=True
+    )
     return resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
@@ -130,6 +132,33 @@ def bundled_evidence(session: Session, reference: ReferenceNetwork) -> list[Evid
     ]
 
 
+def _visible_evidence(
+    reference_sha256: str, project_id: str, until: datetime
+) -> ColumnElement[bool]:
+    """The evidence rows a project learns from: its own and the sharing projects', made
+    under this reference network up to ``until``."""
+    return and_(
+        Evidence.reference_sha256 == reference_sha256,
+        Evidence.created_at <= until,
+        or_(shared_evidence(), Evidence.project_id == project_id),
+    )
+
+
+def _evidence_fingerprint(
+    session: Session, reference_sha256: str, project_id: str, until: datetime | None
+) -> tuple[int, Any]:
+    """How many evidence rows a project learns from, and the newest: a fitted ranker is
+    reused only while they stay (a project that stops sharing, or deleted evidence, refits)."""
+    if until is None:
+        return (0, None)
+    count, newest = session.execute(
+        select(func.count(Evidence.id), func.max(Evidence.created_at))
+        .where(_visible_evidence(reference_sha256, project_id, until))
+        .execution_options(**{ALL_PROJECTS: True})
+    ).one()
+    return int(count), newest
+
+
 def job_evidence(
     session: Session, reference_sha256: str, project_id: str, until: datetime
 ) -> list[EvidenceTarget]:
@@ -137,11 +166,7 @@ def job_evidence(
     and of ``project_id``, per target dataset (test accuracy where any job measured it)."""
     rows = session.scalars(
         select(Evidence)
-        .where(
-            Evidence.reference_sha256 == reference_sha256,
-            Evidence.created_at <= until,
-            or_(shared_evidence(), Evidence.project_id == project_id),
-        )
+        .where(_visible_evidence(reference_sha256, project_id, until))
         .execution_options(**{ALL_PROJECTS: True})
     ).all()
     by_target: dict[str, list[Evidence]] = defaultdict(list)
@@ -175,7 +200,9 @@ def learned_state(ctx: Context) -> LearnedState:
     session, reference = ctx.session, ctx.reference
     calibration = current_calibration(session, reference.weights_sha256)
     project_id = ctx.principal.project_id
+    until = calibration.created_at if calibration is not None else None
     key = (
+        _evidence_fingerprint(session, reference.weights_sha256, project_id, until),
         id(ctx.index),  # a process may serve several services (tests do); the ranker holds it
         reference.weights_sha256,
         calibration.id if calibration is not None else None,
@@ -189,11 +216,7 @@ def learned_state(ctx: Context) -> LearnedState:
             _rankers.move_to_end(key)
             return _rankers[key]
     bundled = bundled_evidence(session, reference)
-    jobs = (
-        job_evidence(session, reference.weights_sha256, project_id, calibration.created_at)
-        if calibration is not None
-        else []
-    )
+    jobs = job_evidence(session, reference.weights_sha256, project_id, until) if until else []
     config = LearnedConfig(min_targets=ctx.settings.learned_min_targets)
     ranker = LearnedRanker(ctx.index, [*bundled, *jobs], config)
     state = LearnedState(
@@ -216,7 +239,8 @@ def coverage_summary(
     coverage = state.ranker.coverage(target, zoo)
     if coverage is None:
         return None
-    judged = coverage.past_targets > 0
+    # Judged against as many past targets as the learned ranker needs, not fewer.
+    judged = coverage.past_targets >= state.min_targets
     recommendation = None
     if judged and not coverage.covered:
         best = state.ranker.best_record(zoo)
@@ -244,14 +268,14 @@ def coverage_summary(
 
 
 def with_gains(
-    state: LearnedState, target: DatasetSignature, zoo: list[str], results: list[dict[str, Any]]
+    state: LearnedState, target: DatasetSignature, nearest: float, results: list[dict[str, Any]]
 ) -> None:
-    """Add each of the top ``GAIN_TOP`` results' expected gain over scratch (when the ranker
-    has scratch evidence to learn it from)."""
-    if not state.ranker.active:
+    """Add each of the top ``GAIN_TOP`` results' expected gain over scratch, for a target
+    ``nearest`` away from its nearest source (when the ranker is active and has scratch
+    evidence to learn it from)."""
+    if not state.ranker.active or not results:
         return
-    top = [r["source_id"] for r in results[:GAIN_TOP] if r["source_id"] in set(zoo)]
-    gains = state.ranker.gains(target, zoo, top)
+    gains = state.ranker.gains(target, [r["source_id"] for r in results[:GAIN_TOP]], nearest)
     for result in results[:GAIN_TOP]:
         gain = gains.get(result["source_id"])
         if gain is not None:

@@ -94,14 +94,16 @@ def rank_sources(
         for s in stale
     ]
 
+    state = learned_state(ctx)  # before the clock: the first one in a process signs targets
     started = time.perf_counter()
     first_stage_k = top_k if refine is None or top_k is None else max(top_k, refine.top)
-    state = learned_state(ctx)
     learned, p2l_rank = None, {}
     if method == "learned":
         # The learned ranker re-scores every source P2L scored; the cut comes after.
         scored = index.rank(target, "p2l", measure, params, source_ids=rankable)
-        if state.ranker.active and scored:
+        if not scored:
+            learned = {**state.summary(False), "fallback": "no source could be ranked"}
+        elif state.ranker.active:
             rescored = state.ranker.rank(target, [s.source_id for s in scored])
             p2l_rank = {s.source_id: s.rank for s in scored}
             order = sorted(scored, key=lambda s: -rescored.scores[s.source_id])  # stable
@@ -155,12 +157,14 @@ def rank_sources(
         learned=learned,
         coverage=coverage_summary(ctx.session, state, target, rankable),
     )
+    nearest = ranking.coverage["nearest_distance"] if ranking.coverage else None
     if refine is not None:
         dataset = get_by_id(session, Dataset, target_dataset_id, "dataset")
         ranking.results, ranking.refine = refine_results(ctx, dataset, ranking.results, refine)
         ranking.refine["first_stage_ms"] = elapsed_ms
         ranking.results = ranking.results[:top_k]
-    with_gains(state, target, rankable, ranking.results)
+    if nearest is not None:
+        with_gains(state, target, nearest, ranking.results)
     session.add(ranking)
     session.flush()
     return ranking, elapsed_ms

@@ -1140,9 +1140,10 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--hflip", action="store_true", default=None)
     opts.add_argument(
         "--baseline",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="also train from scratch, for the transfer gain",
+        help="also train from scratch, for the transfer gain (--no-baseline: never; left "
+        "out: on for 'best' where the zoo does not cover the target)",
     )
 
     jobs = group_of("jobs", "list, show, watch and cancel jobs")

@@ -122,3 +122,15 @@ def test_best_turns_the_baseline_on_where_the_zoo_does_not_cover_the_target(
     covered = start_job(client, target_dataset_id=garments, source_id="best",
                         schedule="manual", epochs=1)  # fmt: skip
     assert get_job(client, covered["id"])["params"]["options"]["baseline"] is False
+
+
+def test_learned_takes_a_second_stage_and_a_subset_of_the_zoo(client: TestClient) -> None:
+    garments = upload_garments(client)
+    refined = rank(client, garments, method="learned", refine={"method": "knn", "top": 2})
+    assert refined["learned"]["used"] is True and refined["refine"]["method"] == "knn"
+    assert all(r["p2l_rank"] >= 1 for r in refined["results"])
+    assert all(0 <= r["refine_score"] <= 1 for r in refined["results"][:2])
+    one = refined["results"][0]["source_id"]
+    alone = rank(client, garments, method="learned", source_ids=[one], top_k=1)
+    assert [r["source_id"] for r in alone["results"]] == [one]
+    assert alone["coverage"]["nearest_source_id"] == one

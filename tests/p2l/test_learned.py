@@ -111,7 +111,10 @@ def test_coverage_flags_a_target_farther_than_the_past_ones(zoo: SignatureIndex)
 def test_expected_gain_over_scratch_comes_with_an_interval(zoo: SignatureIndex) -> None:
     rng = np.random.default_rng(6)
     ranker = LearnedRanker(zoo, generalist_wins(12, rng), LearnedConfig(min_targets=5))
-    gains = ranker.gains(signature(corner(3, rng)), zoo.source_ids(), ["generalist", "near3"])
+    target = signature(corner(3, rng))
+    coverage = ranker.coverage(target, zoo.source_ids())
+    assert coverage is not None
+    gains = ranker.gains(target, ["generalist", "near3"], coverage.nearest_distance)
     assert set(gains) == {"generalist", "near3"}
     for gain in gains.values():
         assert gain.low <= gain.expected <= gain.high

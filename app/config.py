@@ -162,9 +162,9 @@ class Settings(BaseSettings):
 
     # P2L score (defaults: see docs/guide/ranking.md, "Calibration")
     p2l_measure: Measure = Field(
-        "js", description="Default distance measure of a ranking: kl, js, cosine or emd."
+        "kl", description="Default distance measure of a ranking: kl, js, cosine or emd."
     )
-    p2l_lambda: float = Field(0.002, ge=0, description="Weight of log(source size) in the score.")
+    p2l_lambda: float = Field(0.005, ge=0, description="Weight of log(source size) in the score.")
     p2l_eps: float = Field(1e-3, gt=0, description="Added to mean features before normalising.")
     emd_gamma: float = Field(0.01, gt=0, description="gamma of exp(-gamma * EMD).")
     learned_min_targets: int = Field(

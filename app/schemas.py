@@ -278,7 +278,7 @@ class RankingRequest(RequestBody):
     )
     measure: Measure | None = Field(
         None,
-        description="Distance measure; default P2L_P2L_MEASURE (js). "
+        description="Distance measure; default P2L_P2L_MEASURE (kl). "
         + "; ".join(f"{info.name}: {info.summary}" for info in MEASURES.values())
         + ".",
     )

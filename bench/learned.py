@@ -367,9 +367,9 @@ def plot_curve(curve: list[dict[str, Any]], p2l_regret: float, path: Path) -> No
     figure, axes = plt.subplots(figsize=(5, 3.2))
     axes.errorbar(range(len(curve)), [p["mean_regret"] for p in curve],
                   yerr=[p["sd_over_orders"] for p in curve], marker="o", capsize=3)  # fmt: skip
-    axes.axhline(p2l_regret, color="grey", linestyle="--", label="P2L default")
+    axes.axhline(p2l_regret, color="grey", linestyle="--", label="P2L, nested")
     axes.set_xticks(range(len(curve)), [p["label"] for p in curve])
-    axes.set_xlabel("past targets the ranker learned from")
+    axes.set_xlabel("past targets the ranker learned from (0: the service's P2L)")
     axes.set_ylabel("mean regret (report targets)")
     axes.legend()
     figure.tight_layout()

@@ -812,7 +812,7 @@ def write(results: dict[str, Any]) -> None:
     ]
     for name, entry in results["costs"].items():
         passes = entry.get("forward_passes", "—")
-        seconds = entry["median_seconds"]
+        seconds = entry.get("median_seconds")
         shown = "—" if seconds is None else f"{seconds:.2f}"
         if "timed_targets" in entry:
             shown += f" ({entry['timed_targets']} of {entry['targets']} targets timed)"

@@ -481,7 +481,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "created_at": CREATED,
         "trigger": "refit",
         "params": {"measure": "cosine", "lambda": 0.0, "refine": None},
-        "bundled_defaults": {"measure": "js", "lambda": 0.002},
+        "bundled_defaults": {"measure": "kl", "lambda": 0.005},
         "evidence": _EVIDENCE,
         "regret": _CALIBRATION_REGRET,
         "fitted_on": {"fine_tunes": 31, "targets": 12, "regret": _CALIBRATION_REGRET},

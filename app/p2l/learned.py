@@ -55,13 +55,13 @@ TOP_DEPTH = 1.0  # standard deviations below the best that the ranking model tel
 class LearnedConfig:
     """What the learned ranker is made of (defaults: chosen on the development targets)."""
 
-    alpha: float = 10.0
+    alpha: float = 1.0  # ridge only
     features: tuple[str, ...] = FEATURES
-    model: str = "ridge"  # or "boosted": gradient-boosted trees for the ranking model
+    model: str = "boosted"  # gradient-boosted trees, or "ridge" for the ranking model
     record: str = "z"  # a source's record in standard scores ("z") or closeness to the best
-    neighbours: int = 5
+    neighbours: int = 3
     min_targets: int = 5  # below this many usable past targets: P2L answers instead
-    coverage_quantile: float = 0.8
+    coverage_quantile: float = 0.6
     eps: float = 1e-3
     emd_gamma: float = 0.01
 

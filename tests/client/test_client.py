@@ -273,8 +273,12 @@ def test_cli_races_the_shortlist_and_shows_the_calibration(cli: Cli, flow: Flow)
     assert "of fine-tuning every contestant" in raced.stdout
     shown = cli.run("calibration", "get")
     assert shown.returncode == 0, shown.stderr
-    assert "measure js, lambda 0.002: the bundled defaults" in shown.stdout
     calibration = cli.json("calibration", "get")
+    defaults = calibration["bundled_defaults"]  # type: ignore[index]
+    assert (
+        f"measure {defaults['measure']}, lambda {defaults['lambda']:g}: the bundled defaults"
+        in shown.stdout
+    )
     assert calibration["evidence"]["fine_tunes"] >= 1  # type: ignore[index]
     evidence = cli.json("calibration", "evidence", "--page-size", "1")
     assert isinstance(evidence, list)

@@ -41,7 +41,7 @@ def test_every_quoted_figure_matches_its_result_file() -> None:
 @pytest.mark.parametrize(
     ("quoted", "problem"),
     [
-        ("mean regret 0.035<!-- fig selection#/methods/all/leep/regret -->", "says 0.029"),
+        ("mean regret 0.035<!-- fig selection#/methods/all/leep/regret -->", "says 0.054"),
         ("8.9 %<!-- fig estimates#/median_abs_error_percent_measured *100 -->", "says 890.0"),
         ("0.029<!-- fig selection#/methods/all/leep/regrets -->", "no number at that pointer"),
         ("0.029<!-- fig selections#/methods/all/leep/regret -->", "no such result file"),

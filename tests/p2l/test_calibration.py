@@ -33,7 +33,8 @@ from tests.helpers import (
     wait_for_job,
 )
 
-DEFAULTS = {"measure": "js", "lambda": 0.002}
+_SETTINGS = Settings(_env_file=None)
+DEFAULTS = {"measure": _SETTINGS.p2l_measure, "lambda": _SETTINGS.p2l_lambda}
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_evidence_from_finished_jobs_refits_the_ranking_and_later_rankings_recor
     targets = [upload_target(service, name) for name in ("digits_fewshot", "fashion_fewshot")]
     a, b = pair_only_a_refit_flips(service, targets)
     before = rank(service, targets[0], source_ids=[a, b])
-    assert before["calibration_id"] is None and before["params"]["lambda"] == 0.002
+    assert before["calibration_id"] is None and before["params"]["lambda"] == DEFAULTS["lambda"]
     assert [r["source_id"] for r in before["results"]] == [a, b]
     weak, strong = fine_tune_pair(service, targets[0], a, b)
 

@@ -177,12 +177,16 @@ def test_evidence_from_finished_jobs_refits_the_ranking_and_later_rankings_recor
         assert [r["source_id"] for r in after["results"]] == [b, a]
         stored = service.get(f"/v1/rankings/{after['id']}").json()
         assert stored["calibration_id"] == calibration["calibration_id"]
-    own = rank(service, targets[0], source_ids=[a, b], measure="js", **{"lambda": 0.002})
+    own = rank(
+        service, targets[0], source_ids=[a, b],
+        measure=DEFAULTS["measure"], **{"lambda": DEFAULTS["lambda"]},
+    )  # fmt: skip
     assert own["calibration_id"] is None and own["results"][0]["source_id"] == a
     # The baselines use neither the calibration's measure nor its lambda.
     for method in ("distance", "largest"):
         baseline = rank(service, targets[0], method=method)
-        assert baseline["calibration_id"] is None and baseline["measure"] == "js"
+        assert baseline["calibration_id"] is None
+        assert baseline["measure"] == DEFAULTS["measure"]
 
     # A third usable target: the worker refits by itself (P2L_CALIBRATION_AUTO_REFIT_TARGETS=3).
     third = upload_target(service, "wesnoth_terrain_fewshot")

@@ -135,6 +135,8 @@ class LearnedRanker:
         scale = _standardised if config.record == "z" else _closeness_to_best
         self.zscores = [scale({s: a for s, a in e.accuracy.items() if s in index})
                         for e in self.evidence]  # fmt: skip
+        # The sources some usable past target tried: each is looked up for every source ranked.
+        self.recorded: set[str] = set().union(*self.zscores)
         self.targets_index = SignatureIndex(eps=config.eps)
         for i, item in enumerate(self.evidence):
             self.targets_index.add(str(i), item.signature)
@@ -210,10 +212,6 @@ class LearnedRanker:
         known = [s for s in zoo if s in records]
         return max(known, key=records.__getitem__) if known else None
 
-    def has_record(self, source: str) -> bool:
-        """Whether any usable past target tried this source."""
-        return any(source in z for z in self.zscores)
-
     @staticmethod
     def _matrix(columns: dict[str, np.ndarray], names: tuple[str, ...], centre: bool) -> np.ndarray:
         """Features as rows; ``centre``: standardised within the target (each column's mean
@@ -278,7 +276,7 @@ class LearnedRanker:
         columns = self.features(signature, sources)
         full = self.model.predict(self._matrix(columns, self.config.features, centre=True))
         base = self.base.predict(self._matrix(columns, BASE_FEATURES, centre=True))
-        without = [s for s in sources if not self.has_record(s)]
+        without = [s for s in sources if s not in self.recorded]
         missing = set(without)
         scores = {s: float(base[i] if s in missing else full[i]) for i, s in enumerate(sources)}
         return LearnedRanking(scores, without)

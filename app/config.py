@@ -174,6 +174,13 @@ class Settings(BaseSettings):
         "many past targets, each with two or more sources of the zoo fine-tuned on it, are "
         "there to learn from (the bundled benchmark's targets count).",
     )
+    learned_evidence_wait_seconds: float = Field(
+        15.0,
+        ge=0,
+        description="How long a ranking waits for the bundled benchmark's targets to be "
+        "signed under a new reference network (done once, in the background, from start-up) "
+        "before it goes on without them and says so in learned.bundled_pending.",
+    )
     calibration_auto_refit_targets: int = Field(
         10,
         ge=0,

@@ -38,6 +38,7 @@ from app.jobs.service import LeaseReaper, reap_expired_leases, sweep_unowned_art
 from app.memory import Trimmer, child_malloc_env, limit_arenas
 from app.services import audit
 from app.services.evaluations import sweep_evaluation_archives
+from app.services.learning import start_signing
 from app.services.rankings import prune_rankings
 from app.services.sources import load_index
 from app.store import make_store
@@ -185,6 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_decode_budget(settings.decode_memory_bytes, settings.decode_wait_seconds)
         state = build_state(settings)
         app.state.service = state
+        # In the background: under a new reference network this takes minutes on CPU.
+        start_signing(state.reference, state.store)
         if settings.start_worker:
             state.runner = make_runner(settings, state.sessions)
             state.runner.start()

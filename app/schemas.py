@@ -403,6 +403,11 @@ class LearnedOut(BaseModel):
     without_record: int = Field(
         description="Sources no past target tried: scored from their distances and size alone."
     )
+    bundled_pending: str | None = Field(
+        None,
+        description="Why the bundled benchmark's targets are not among the evidence yet (they "
+        "are signed once per reference network, in the background, from start-up).",
+    )
     fallback: str | None = Field(description="Why P2L's scores were kept, when they were.")
 
 

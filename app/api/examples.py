@@ -272,6 +272,7 @@ _LEARNED = {
     "min_targets": 5,
     "calibration_id": None,
     "without_record": 1,
+    "bundled_pending": None,
     "fallback": None,
 }
 _RANKED["gain"] = _GAIN

@@ -9,14 +9,21 @@ the automatic one) is what brings new fine-tunes in, for the learned ranker as f
 and lambda. Each dataset is its own group; a bundled target's group is its family.
 
 A fitted ranker is kept per (reference network, calibration, project, zoo version): fitting
-takes milliseconds, but the bundled targets' signatures take one forward pass each, kept
-per reference network for the life of the process.
+takes milliseconds, but the bundled targets' signatures take one forward pass each. Those
+are signed once per reference network in a background thread the service starts at
+start-up, and kept in the store (``evidence-cache/``) for the next process; a ranking waits
+for them at most ``P2L_LEARNED_EVIDENCE_WAIT_SECONDS`` and otherwise goes on without them,
+saying so.
 """
 
+import hashlib
+import io
 import json
+import logging
 import threading
+import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,13 +40,19 @@ from app.p2l.signature import DatasetSignature, signature_of_array
 from app.services.access import ALL_PROJECTS
 from app.services.calibration import current_calibration, shared_evidence
 from app.services.context import Context
+from app.store import ArtifactStore
+
+logger = logging.getLogger("p2l.learning")
 
 BUNDLED_EVIDENCE = BUNDLED_DIR / "evidence.json"
+CACHE_PREFIX = "evidence-cache"
 GAIN_TOP = 3  # results whose expected gain a ranking gives
 _KEPT_RANKERS = 16
 
+SignedTarget = tuple[dict[str, Any], DatasetSignature]  # an evidence.json entry, its signature
+
 _lock = threading.Lock()
-_bundled_signatures: dict[str, list[tuple[dict[str, Any], DatasetSignature]]] = {}
+_signings: "dict[str, _Signing]" = {}  # by reference network digest
 _rankers: "OrderedDict[tuple[Any, ...], LearnedState]" = OrderedDict()
 
 
@@ -51,6 +64,7 @@ class LearnedState:
     bundled_targets: int
     calibration_id: str | None
     min_targets: int
+    bundled_pending: str | None = None
 
     def summary(self, used: bool, without_record: int = 0) -> dict[str, Any]:
         """What a ranking's ``learned`` object says."""
@@ -63,11 +77,13 @@ class LearnedState:
             "min_targets": self.min_targets,
             "calibration_id": self.calibration_id,
             "without_record": without_record,
+            "bundled_pending": self.bundled_pending,
             "fallback": None
             if used
             else (
                 f"p2l: {targets} past target(s) with two or more of this zoo's sources "
                 f"fine-tuned on them, fewer than the {self.min_targets} it learns from"
+                + (f" ({self.bundled_pending})" if self.bundled_pending else "")
             ),
         }
 
@@ -90,12 +106,15 @@ def _bundled_entries() -> list[dict[str, Any]]:
     return targets
 
 
-def _signed_bundled(reference: ReferenceNetwork) -> list[tuple[dict[str, Any], DatasetSignature]]:
-    """The bundled evidence targets with their signatures under ``reference`` (computed once
-    per reference network: one forward pass of each target's training images)."""
-    with _lock:
-        if reference.weights_sha256 in _bundled_signatures:
-            return _bundled_signatures[reference.weights_sha256]
+def _cache_key(reference: ReferenceNetwork) -> str:
+    """Where the store keeps the bundled targets' signatures under ``reference`` (the
+    evidence file's digest in the name: a new benchmark signs afresh)."""
+    evidence = hashlib.sha256(BUNDLED_EVIDENCE.read_bytes()).hexdigest()[:16]
+    return f"{CACHE_PREFIX}/bundled-{reference.weights_sha256[:16]}-{evidence}.npz"
+
+
+def _sign_bundled(reference: ReferenceNetwork) -> list[SignedTarget]:
+    """One forward pass of each bundled target's training images."""
     signed = []
     for entry in _bundled_entries():
         with np.load(BUNDLED_DIR / "targets" / f"{entry['name']}.npz") as data:
@@ -103,15 +122,116 @@ def _signed_bundled(reference: ReferenceNetwork) -> list[tuple[dict[str, Any], D
             train = _at_size(data["images"][~is_test], reference.input_size)
             class_names = [str(c) for c in data["class_names"]]
         signed.append((entry, signature_of_array(reference, train, labels[~is_test], class_names)))
-    with _lock:
-        _bundled_signatures[reference.weights_sha256] = signed
     return signed
 
 
-def bundled_evidence(session: Session, reference: ReferenceNetwork) -> list[EvidenceTarget]:
+def _read_cached(store: ArtifactStore, key: str) -> list[SignedTarget] | None:
+    """The signatures another process (or an earlier run) stored, or None."""
+    path = store.path(key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            kept = {name: DatasetSignature.from_bytes(data[name].tobytes()) for name in data.files}
+    except (OSError, ValueError, KeyError) as exc:  # torn or foreign: sign afresh
+        logger.warning("ignoring the cached bundled signatures %s: %s", key, exc)
+        return None
+    entries = _bundled_entries()
+    if any(entry["name"] not in kept for entry in entries):
+        return None
+    return [(entry, kept[entry["name"]]) for entry in entries]
+
+
+@dataclass
+class _Signing:
+    """The bundled targets being signed (or signed) under one reference network."""
+
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    signed: list[SignedTarget] | None = None
+    error: str | None = None
+
+
+def _run_signing(signing: _Signing, reference: ReferenceNetwork, store: ArtifactStore) -> None:
+    key = _cache_key(reference)
+    try:
+        signed = _read_cached(store, key)
+        if signed is None:
+            started = time.perf_counter()
+            signed = _sign_bundled(reference)
+            logger.info(
+                "signed the %d bundled evidence targets under %s in %.1f s",
+                len(signed), reference.architecture, time.perf_counter() - started,
+            )  # fmt: skip
+            _write_cached(store, key, signed)
+        signing.signed = signed
+    except Exception as exc:  # rankings say so and go on without them; a restart retries
+        logger.exception("signing the bundled evidence targets failed")
+        signing.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        signing.done.set()
+
+
+def _write_cached(store: ArtifactStore, key: str, signed: list[SignedTarget]) -> None:
+    """Keep the signatures for the next process (one that cannot is only slower to start)."""
+    buffer = io.BytesIO()
+    arrays: dict[str, np.ndarray] = {
+        str(entry["name"]): np.frombuffer(signature.to_bytes(), np.uint8)
+        for entry, signature in signed
+    }
+    np.savez(buffer, allow_pickle=False, **arrays)
+    try:
+        store.write_file(key, buffer.getvalue())
+    except OSError as exc:
+        logger.warning("could not keep the bundled signatures in the store: %s", exc)
+
+
+def start_signing(reference: ReferenceNetwork, store: ArtifactStore) -> _Signing:
+    """Sign the bundled evidence targets under ``reference`` in a background thread, once per
+    process (reading them from the store where a process kept them): the service starts
+    this at start-up, as a ResNet-18 reference takes minutes on CPU for their 4,095 images."""
+    if not BUNDLED_EVIDENCE.exists():
+        nothing = _Signing(signed=[])
+        nothing.done.set()
+        return nothing
+    with _lock:
+        signing = _signings.get(reference.weights_sha256)
+        if signing is None:
+            signing = _signings[reference.weights_sha256] = _Signing()
+            threading.Thread(
+                target=_run_signing,
+                args=(signing, reference, store),
+                name="sign-bundled-evidence",
+                daemon=True,
+            ).start()
+    return signing
+
+
+def signed_bundled(
+    reference: ReferenceNetwork, store: ArtifactStore, wait_seconds: float
+) -> tuple[list[SignedTarget], str | None]:
+    """The bundled targets with their signatures under ``reference``, waiting at most
+    ``wait_seconds`` for them; while they are still being signed (or when signing failed),
+    none, and why."""
+    signing = start_signing(reference, store)
+    if signing.done.wait(wait_seconds) and signing.signed is not None:
+        return signing.signed, None
+    if signing.error is not None:
+        return [], (
+            "signing the bundled benchmark's targets under this reference network failed "
+            f"({signing.error}); the next start of the service tries again"
+        )
+    elapsed = time.monotonic() - signing.started
+    return [], (
+        "the bundled benchmark's targets are still being signed under this reference network "
+        f"({elapsed:.0f} s so far: one forward pass of their training images, once per "
+        "install); rankings use them once that is done"
+    )
+
+
+def bundled_evidence(session: Session, signed: list[SignedTarget]) -> list[EvidenceTarget]:
     """The bundled benchmark's targets, their accuracies keyed by the shared zoo's source ids
     (a bundled source renamed or deleted drops out)."""
-    signed = _signed_bundled(reference)
     if not signed:
         return []
     names = {name for entry, _ in signed for name in entry["accuracy"]}
@@ -201,7 +321,11 @@ def learned_state(ctx: Context) -> LearnedState:
     calibration = current_calibration(session, reference.weights_sha256)
     project_id = ctx.principal.project_id
     until = calibration.created_at if calibration is not None else None
+    bundled, pending = signed_bundled(
+        reference, ctx.store, ctx.settings.learned_evidence_wait_seconds
+    )
     key = (
+        len(bundled),  # a state fitted while they were being signed is replaced once they are
         _evidence_fingerprint(session, reference.weights_sha256, project_id, until),
         id(ctx.index),  # a process may serve several services (tests do); the ranker holds it
         reference.weights_sha256,
@@ -215,15 +339,15 @@ def learned_state(ctx: Context) -> LearnedState:
         if key in _rankers:
             _rankers.move_to_end(key)
             return _rankers[key]
-    bundled = bundled_evidence(session, reference)
     jobs = job_evidence(session, reference.weights_sha256, project_id, until) if until else []
     config = LearnedConfig(min_targets=ctx.settings.learned_min_targets)
-    ranker = LearnedRanker(ctx.index, [*bundled, *jobs], config)
+    ranker = LearnedRanker(ctx.index, [*bundled_evidence(session, bundled), *jobs], config)
     state = LearnedState(
         ranker=ranker,
         bundled_targets=sum(1 for e in ranker.evidence if e.key.startswith("bundled:")),
         calibration_id=calibration.id if calibration is not None else None,
         min_targets=config.min_targets,
+        bundled_pending=pending,
     )
     with _lock:
         _rankers[key] = state

@@ -94,7 +94,7 @@ def rank_sources(
         for s in stale
     ]
 
-    state = learned_state(ctx)  # before the clock: the first one in a process signs targets
+    state = learned_state(ctx)  # before the clock: it may wait for the bundled signatures
     started = time.perf_counter()
     first_stage_k = top_k if refine is None or top_k is None else max(top_k, refine.top)
     learned, p2l_rank = None, {}

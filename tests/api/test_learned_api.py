@@ -1,13 +1,23 @@
 """Method "learned" (#27): rankings learned from past fine-tunes, with coverage and the
 expected gain over scratch; real fine-tunes fill the evidence, a refit brings them in."""
 
+import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from safetensors.torch import save_file
 
+from app.families import build_model
+from app.p2l.reference import load_reference
+from app.p2l.signature import DatasetSignature
+from app.services.learning import BUNDLED_EVIDENCE, CACHE_PREFIX, signed_bundled
+from app.store import LocalArtifactStore
 from tests.archives import png_bytes
 from tests.helpers import (
     get_job,
@@ -135,3 +145,33 @@ def test_learned_takes_a_second_stage_and_a_subset_of_the_zoo(client: TestClient
     alone = rank(client, garments, method="learned", source_ids=[one], top_k=1)
     assert [r["source_id"] for r in alone["results"]] == [one]
     assert alone["coverage"]["nearest_source_id"] == one
+
+
+def test_the_bundled_targets_are_signed_in_the_background_once_and_kept(tmp_path: Path) -> None:
+    """Regression (CI of stop 33): the first ranking under a new reference network signed
+    the bundled benchmark's targets inside the request; under a ResNet-18 on CPU that took
+    past the client's 120 s timeout. They are signed in the background and kept."""
+    torch.manual_seed(7)  # a reference network no other test signed under
+    weights = tmp_path / "reference.safetensors"
+    save_file(build_model("compact_cnn", num_classes=1).state_dict(), weights)
+    reference = load_reference("compact_cnn", weights)
+    store = LocalArtifactStore(tmp_path / "data")
+
+    started = time.perf_counter()
+    signed, pending = signed_bundled(reference, store, wait_seconds=0)
+    assert time.perf_counter() - started < 1.0
+    assert signed == [] and pending is not None and "still being signed" in pending
+
+    signed, pending = signed_bundled(reference, store, wait_seconds=300)
+    assert pending is None
+    expected = json.loads(BUNDLED_EVIDENCE.read_text())["targets"]
+    assert [entry["name"] for entry, _ in signed] == [e["name"] for e in expected]
+    assert {s.reference_sha256 for _, s in signed} == {reference.weights_sha256}
+    # Kept in the store: the next process reads the same signatures instead of signing.
+    (kept,) = store.keys_under(CACHE_PREFIX)
+    with np.load(store.path(kept)) as data:
+        for entry, signature in signed:
+            read = DatasetSignature.from_bytes(data[entry["name"]].tobytes())
+            assert read.class_names == signature.class_names
+            assert np.array_equal(read.class_means, signature.class_means)
+            assert np.array_equal(read.variance, signature.variance)

@@ -104,9 +104,10 @@ def evaluate(
     source_signatures: dict[str, DatasetSignature],
     stats: dict[str, dict[str, CellStats]],
     settings: Settings | None = None,
-) -> tuple[dict[str, dict[str, dict]], dict[str, Any]]:
-    """Per-target metrics of the learned rows (for the methods tables) and the rest of the
-    learned ranker's report (choice, learning curve, coverage, expected gain)."""
+) -> tuple[dict[str, dict[str, dict]], dict[str, Any], dict[str, dict[str, float]]]:
+    """Per-target metrics of the learned rows (for the methods tables), the rest of the
+    learned ranker's report (choice, learning curve, coverage, expected gain), and the
+    chosen ranker's scores per target (leave one family out), for second stages."""
     settings = settings or Settings(_env_file=None)
     index = SignatureIndex(eps=LearnedConfig().eps)
     for name, signature in source_signatures.items():
@@ -119,15 +120,20 @@ def evaluate(
         ranked = index.rank(signatures[target], "p2l", settings.p2l_measure, p2l_params)
         return {r.source_id: r.score for r in ranked}
 
-    def leave_family_out(on: list[str], pool: list[str], config: LearnedConfig) -> dict[str, dict]:
-        rows = {}
+    def scores_leaving_family_out(
+        on: list[str], pool: list[str], config: LearnedConfig
+    ) -> dict[str, dict[str, float]]:
+        scores = {}
         for fam in sorted({family[t] for t in on}):
             ranker = LearnedRanker(index, [evidence[t] for t in pool if family[t] != fam], config)
             for t in (t for t in on if family[t] == fam):
-                scores = ranker.rank(signatures[t], sources).scores if ranker.active else (
+                scores[t] = ranker.rank(signatures[t], sources).scores if ranker.active else (
                     p2l_scores(t))  # fmt: skip
-                rows[t] = pick_metrics(scores, stats[t])
-        return rows
+        return scores
+
+    def leave_family_out(on: list[str], pool: list[str], config: LearnedConfig) -> dict[str, dict]:
+        scored = scores_leaving_family_out(on, pool, config)
+        return {t: pick_metrics(scores, stats[t]) for t, scores in scored.items()}
 
     def mean_regret(rows: dict[str, dict]) -> float:
         return float(np.mean([r["regret"] for r in rows.values()]))
@@ -140,7 +146,8 @@ def evaluate(
     ]
     chosen = CANDIDATES[min(dev_scores)[1]]
 
-    learned = leave_family_out(names, names, chosen)
+    learned_scores = scores_leaving_family_out(names, names, chosen)
+    learned = {t: pick_metrics(scores, stats[t]) for t, scores in learned_scores.items()}
     base = leave_family_out(names, names, replace(chosen, features=BASE_FEATURES))
     rows = {
         "learned (chosen on dev), leave-one-family-out": learned,
@@ -169,7 +176,7 @@ def evaluate(
         "coverage": coverage,
         "gain": gain,
     }
-    return rows, report_block
+    return rows, report_block, learned_scores
 
 
 def _learning_curve(

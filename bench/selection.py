@@ -69,6 +69,7 @@ from bench.selection_metrics import (
     noise_floor_metrics,
     pick_metrics,
     random_metrics,
+    second_stage,
     seed_sd,
     summarise,
 )
@@ -88,6 +89,8 @@ CONFIG_KEYS = ("reference", "measure", "lambda")
 VECTORISED = ("kl", "js", "cosine")
 NESTED = "nested leave-one-family-out"
 HEADLINE = f"p2l, {NESTED}"
+SHORTLIST = 3  # the two-stage cost the learned ranker is held to (bench.two_stage's choice)
+SECOND_STAGES = ("logme", "knn")
 RANDOM = "random (expected)"
 NOISE_FLOOR = "noise floor (best on seed 0, scored on other seeds)"
 # Each row's regret is compared, paired, with these rows' (JSON key -> row name).
@@ -179,11 +182,12 @@ def choose(rows_by_config: dict[tuple, list[dict]]) -> tuple:
 
 def learned_ranker(
     targets: list[Target], sources: list[str], stats: dict[str, dict[str, CellStats]], quick: bool
-) -> tuple[dict[str, dict[str, dict]], dict[str, Any]]:
+) -> tuple[dict[str, dict[str, dict]], dict[str, Any], dict[str, dict[str, float]]]:
     """The learned ranker's rows (bench.learned: chosen on the development targets, judged
-    leave one family out) under the bundled reference, and the rest of its report."""
+    leave one family out) under the bundled reference, the rest of its report, and its
+    scores per target."""
     if quick:
-        return {}, {}
+        return {}, {}, {}
     reference = load_candidate(CHOSEN_REFERENCE)
     signatures = {t.name: signature_of_array(reference, *t.train, t.class_names) for t in targets}
     source_signatures = {
@@ -287,8 +291,19 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
     # in every split and kind, over the targets it covers.
     if not quick:
         learned.write_bundled_evidence(targets, stats)
-    learned_rows, learned_report = learned_ranker(targets, sources, stats, quick)
+    learned_rows, learned_report, learned_scores = learned_ranker(targets, sources, stats, quick)
     per_target.update(learned_rows)
+    # Second stages at the two-stage cost (one pass through each of the first stage's top
+    # SHORTLIST): what `refine` does after P2L or after the learned ranker.
+    first_stages = {"p2l nested": {t: p2l(*nested_choices[t])(t) for t in names}}
+    if learned_scores:
+        first_stages["learned (chosen on dev)"] = learned_scores
+    for first, scored in first_stages.items():
+        for peer in SECOND_STAGES:
+            per_target[f"{first}, then {peer} on its top {SHORTLIST}, leave-one-family-out"] = {
+                t: pick_metrics(second_stage(scores, peers[t][peer], SHORTLIST), stats[t])
+                for t, scores in scored.items()
+            }
 
     noise_rows = {t: noise_floor_metrics(stats[t]) for t in names}
     judged = {
@@ -334,6 +349,10 @@ def run(quick: bool, workers: int) -> dict[str, Any]:
             "forward_passes": 1,
             "what": "P2L's one pass through the reference; the learned model reads only "
             "signatures and the past targets' results",
+        },
+        f"a second stage on the top {SHORTLIST}": {
+            "forward_passes": 1 + SHORTLIST,
+            "what": f"the first stage's one pass, then one through each of its top {SHORTLIST}",
         },
         "logme, leep, nce, knn (together)": {
             "forward_passes": n_sources,

@@ -39,6 +39,18 @@ BOOTSTRAP_LEVEL = 0.90
 BOOTSTRAP_SEED = 0
 
 
+def second_stage(
+    first: Mapping[str, float], second: Mapping[str, float], top: int
+) -> dict[str, float]:
+    """Scores (higher first) of ``first``'s ranking with its top ``top`` re-ordered by
+    ``second``, as the service's ``refine`` orders them: the shortlist by the second-stage
+    score, then the rest in the first stage's order."""
+    ranked = sorted(first, key=lambda s: -first[s])
+    shortlist = sorted(ranked[:top], key=lambda s: -second[s])
+    order = shortlist + ranked[top:]
+    return {s: float(len(order) - i) for i, s in enumerate(order)}
+
+
 def pick_metrics(scores: dict[str, float], stats: dict[str, CellStats]) -> dict:
     """Quality of the ranking ``scores`` (higher first) on one target."""
     names = [s for s in stats if s != SCRATCH]

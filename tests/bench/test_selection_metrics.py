@@ -15,6 +15,7 @@ from bench.selection_metrics import (
     near_ties,
     noise_floor_metrics,
     paired_difference,
+    second_stage,
     seed_sd,
 )
 
@@ -180,3 +181,10 @@ def test_near_ties_count_sources_within_one_seed_sd_of_the_best() -> None:
     assert near_ties(stats) == 2
     assert near_ties({**stats, "twin": cell(0.79, 0.79, 0.79)}) == 3
     assert near_ties(table(only=cell(0.5))) == 1
+
+
+def test_a_second_stage_reorders_the_shortlist_only() -> None:
+    first = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.5}
+    second = {"a": 0.1, "b": 0.3, "c": 0.2, "d": 9.0, "e": 8.0}  # d, e: not shortlisted
+    scores = second_stage(first, second, top=3)
+    assert sorted(scores, key=lambda s: -scores[s]) == ["b", "c", "a", "d", "e"]

@@ -216,6 +216,11 @@ def test_console_upload_rank_finetune_and_report(
         assert top_href == f"/console/sources/{top_id}"
         expect(source).to_have_value(top_id)
         assert source.locator("option:checked").inner_text().startswith(f"#1 {top_name}")
+        # How well the zoo covers the target, and the expected gain of the top 3.
+        expect(page.locator("#rank-coverage")).to_contain_text("The zoo covers this target")
+        header = [c.inner_text() for c in ranking.locator("thead th").all()]
+        gains = ranking.locator("tbody tr td").nth(header.index("Expected gain over scratch"))
+        expect(gains).to_contain_text(re.compile(r"^[+-]\d+\.\d points \["))
 
         # Fine-tune the ranking's top source, tiny: manual schedule, 2 epochs, and the
         # from-scratch baseline (2 epochs more) for its curve.
@@ -342,6 +347,14 @@ def test_console_upload_rank_finetune_and_report(
             ).to_have_count(2)
         expect(side).to_contain_text("Test accuracy")
         expect(side).to_contain_text(top_name)
+
+        # Ranked by the learned ranker: what it learned from, and P2L's rank beside its own.
+        page.goto(f"{service.url}/console/datasets/{dataset_id}")
+        page.get_by_label("Method").select_option("learned")
+        page.get_by_role("button", name="Rank sources").click()
+        expect(page.locator("#rank-status")).to_contain_text("ranked by learned", timeout=30_000)
+        expect(page.locator("#rank-coverage")).to_contain_text(re.compile(r"Learned from \d+ past"))
+        expect(ranking.locator("thead")).to_contain_text("P2L rank")
 
         page.goto(f"{service.url}/")
         expect(sources).to_contain_text("garments-finetuned", timeout=30_000)

@@ -883,6 +883,8 @@
       : "";
     $("rank-status").textContent =
       `${prefix}${ranking.results.length} source(s) ranked by ${ranking.method} (${ranking.measure}, lambda ${ranking.params.lambda})${took}.${second}`;
+    showCoverage(ranking);
+    const learned = ranking.learned && ranking.learned.used;
     const nodes = [];
     if (!ranking.results.length) nodes.push(h("p", { class: "muted" }, "No source could be ranked."));
     else {
@@ -895,7 +897,9 @@
           { label: `${refine.method} score`, value: (r) => (r.refine_score === null || r.refine_score === undefined ? dash : num(r.refine_score)), num: true },
           { label: "P2L rank", value: (r) => r.first_stage_rank || dash, num: true },
         ] : []),
+        ...(learned && !refine ? [{ label: "P2L rank", value: (r) => r.p2l_rank || dash, num: true }] : []),
         { label: refine ? "P2L score" : "Score", value: (r) => num(r.score), num: true },
+        { label: "Expected gain over scratch", value: (r) => gainText(r.gain) },
         { label: "Distance", value: (r) => num(r.distance), num: true },
         { label: "Similarity", value: (r) => num(r.similarity), num: true },
         { label: "Size term", value: (r) => num(r.size_term), num: true },
@@ -912,6 +916,36 @@
       showImage($("ranking-chart"), `/v1/rankings/${ranking.id}/plot.png`, $("ranking-caption")),
       fillSourceChoices(ranking),
     ]);
+  }
+
+  /** An expected gain over training from scratch, in accuracy points with its interval. */
+  function gainText(gain) {
+    if (!gain) return dash;
+    const points = (x) => `${x >= 0 ? "+" : ""}${(100 * x).toFixed(1)}`;
+    return `${points(gain.expected)} points [${points(gain.low)}, ${points(gain.high)}]`;
+  }
+
+  /** How well the zoo covers the target, what a learned ranking learned from; where the
+   * zoo does not cover the target, the baseline is ticked, as "best" would turn it on. */
+  function showCoverage(ranking) {
+    const nodes = [];
+    const learned = ranking.learned;
+    if (learned) {
+      nodes.push(learned.used
+        ? h("p", {}, `Learned from ${learned.targets} past target(s) (${learned.jobs} of this service's fine-tunes, ${learned.bundled_targets} from the bundled benchmark); ${learned.without_record} source(s) without a record scored from distance and size.`)
+        : notice("P2L's ranking kept", [learned.fallback]));
+    }
+    if (learned && learned.bundled_pending) nodes.push(h("p", { class: "muted" }, learned.bundled_pending));
+    const coverage = ranking.coverage;
+    if (coverage && coverage.covered === true) {
+      nodes.push(h("p", {}, `The zoo covers this target: its nearest source is closer than ${pct(1 - coverage.percentile)} of ${coverage.past_targets} past targets' nearest sources were.`));
+    } else if (coverage && coverage.covered === false) {
+      nodes.push(notice("The zoo does not cover this target well", [coverage.recommendation]));
+      $("ft-baseline").checked = true;
+    } else if (coverage) {
+      nodes.push(h("p", { class: "muted" }, `Coverage not judged: ${coverage.past_targets} past target(s) to judge it against.`));
+    }
+    fill($("rank-coverage"), nodes);
   }
 
   /** What the fine-tune form asks for, as POST /v1/finetunes takes it. */

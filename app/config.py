@@ -177,9 +177,9 @@ class Settings(BaseSettings):
     learned_evidence_wait_seconds: float = Field(
         15.0,
         ge=0,
-        description="How long a ranking waits for the bundled benchmark's targets to be "
-        "signed under a new reference network (done once, in the background, from start-up) "
-        "before it goes on without them and says so in learned.bundled_pending.",
+        description="Rankings in this many seconds after the bundled benchmark's targets began "
+        "to be signed (once per install, in the background, from start-up) wait for them; "
+        "later ones go on without them until they are, and say so in learned.bundled_pending.",
     )
     calibration_auto_refit_targets: int = Field(
         10,

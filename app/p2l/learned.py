@@ -13,9 +13,11 @@ Features of a (target, source) pair, none of which needs a forward pass through 
   signature space (Jensen-Shannon), falling back to ``record`` where none of them tried it
   (a source no past target tried counts as an average one).
 
-The ranking model is a ridge regression of each source's standardised accuracy on a target
-(z-score among the sources tried there) on the features centred within the target, so that
-only differences between a target's sources are learned. Rows of a past target never see a
+The ranking model (gradient-boosted trees, or ridge) learns how far below a target's best
+each source tried there came (in standard deviations of their accuracies, capped) from the
+features standardised within the target over every source some past target tried, so that
+only differences between a target's sources are learned, and a source's features do not
+depend on which others were tried beside it or are ranked with it. Rows of a past target never see a
 record made on a target of its own group (a benchmark family; each dataset of the service is
 its own group): otherwise a near-twin would hand over its answer. A source with no record
 yet is scored by the same kind of model fitted on the distances and the size alone.
@@ -137,6 +139,8 @@ class LearnedRanker:
                         for e in self.evidence]  # fmt: skip
         # The sources some usable past target tried: each is looked up for every source ranked.
         self.recorded: set[str] = set().union(*self.zscores)
+        # Features are standardised over these: a fixed set, however many sources are ranked.
+        self.pool = [source for source in index.source_ids() if source in self.recorded]
         self.targets_index = SignatureIndex(eps=config.eps)
         for i, item in enumerate(self.evidence):
             self.targets_index.add(str(i), item.signature)
@@ -213,16 +217,35 @@ class LearnedRanker:
         return max(known, key=records.__getitem__) if known else None
 
     @staticmethod
-    def _matrix(columns: dict[str, np.ndarray], names: tuple[str, ...], centre: bool) -> np.ndarray:
-        """Features as rows; ``centre``: standardised within the target (each column's mean
-        and spread over its candidates), so that targets whose distances span different
-        scales teach the same thing."""
-        matrix = np.stack([columns[n] for n in names], axis=1)
-        if not centre:
-            return matrix
-        spread = np.maximum(matrix.std(axis=0, keepdims=True), 1e-9)
-        standardised: np.ndarray = (matrix - matrix.mean(axis=0, keepdims=True)) / spread
-        return standardised
+    def _matrix(columns: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+        """The features ``names`` as columns, one row per source."""
+        return np.stack([columns[n] for n in names], axis=1)
+
+    def _scaled(
+        self,
+        signature: DatasetSignature,
+        sources: list[str],
+        exclude_group: str | None = None,
+        nearest: float | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[tuple[str, ...], np.ndarray]]:
+        """``sources``' uncentred features, and their ranking and base matrices standardised
+        with the mean and spread of the same features over ``pool`` (every source some past
+        target tried), not over ``sources``: a source's score does not depend on which others
+        are ranked beside it, nor a past target's rows on how few sources it tried."""
+        # Standardised so that targets whose distances span different scales teach the same;
+        # a pool source deleted since the fit no longer counts.
+        pool = [source for source in self.pool if source in self.index]
+        everything = list(dict.fromkeys([*pool, *sources]))
+        columns = self.features(signature, everything, exclude_group, nearest)
+        rows = {source: i for i, source in enumerate(everything)}
+        picked = [rows[source] for source in sources]
+        matrices = {}
+        for names in {self.config.features, BASE_FEATURES}:
+            matrix = self._matrix(columns, names)
+            reference = matrix[: len(pool)] if pool else matrix
+            spread = np.maximum(reference.std(axis=0, keepdims=True), 1e-9)
+            matrices[names] = (matrix[picked] - reference.mean(axis=0, keepdims=True)) / spread
+        return {name: column[picked] for name, column in columns.items()}, matrices
 
     # --- fitting ----------------------------------------------------------------------
 
@@ -235,9 +258,9 @@ class LearnedRanker:
         groups: list[str] = []
         for item, z in zip(self.evidence, self.zscores, strict=True):
             sources = list(z)
-            columns = self.features(item.signature, sources, exclude_group=item.group)
-            ranking_rows.append(self._matrix(columns, self.config.features, centre=True))
-            base_rows.append(self._matrix(columns, BASE_FEATURES, centre=True))
+            columns, matrices = self._scaled(item.signature, sources, item.group)
+            ranking_rows.append(matrices[self.config.features])
+            base_rows.append(matrices[BASE_FEATURES])
             closeness = _closeness_to_best({s: item.accuracy[s] for s in sources})
             labels.extend(closeness[s] for s in sources)
             if item.scratch is not None:
@@ -265,7 +288,7 @@ class LearnedRanker:
         return Ridge(alpha=self.config.alpha)
 
     def _gain_matrix(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        matrix = self._matrix(columns, self.config.features, centre=False)
+        matrix = self._matrix(columns, self.config.features)
         return np.hstack([matrix, columns["nearest"][:, None]])
 
     # --- answers ----------------------------------------------------------------------
@@ -273,9 +296,9 @@ class LearnedRanker:
     def rank(self, signature: DatasetSignature, sources: list[str]) -> LearnedRanking:
         """Learned scores of ``sources`` for a target (higher first)."""
         assert self.model is not None and self.base is not None, "not active: rank with P2L"
-        columns = self.features(signature, sources)
-        full = self.model.predict(self._matrix(columns, self.config.features, centre=True))
-        base = self.base.predict(self._matrix(columns, BASE_FEATURES, centre=True))
+        _, matrices = self._scaled(signature, sources)
+        full = self.model.predict(matrices[self.config.features])
+        base = self.base.predict(matrices[BASE_FEATURES])
         without = [s for s in sources if s not in self.recorded]
         missing = set(without)
         scores = {s: float(base[i] if s in missing else full[i]) for i, s in enumerate(sources)}

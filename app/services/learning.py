@@ -17,18 +17,19 @@ saying so.
 """
 
 import hashlib
-import io
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -107,10 +108,19 @@ def _bundled_entries() -> list[dict[str, Any]]:
 
 
 def _cache_key(reference: ReferenceNetwork) -> str:
-    """Where the store keeps the bundled targets' signatures under ``reference`` (the
-    evidence file's digest in the name: a new benchmark signs afresh)."""
+    """Where the store keeps the bundled targets' signatures under ``reference`` (the format
+    and the evidence file's digest in the name: a new benchmark signs afresh)."""
     evidence = hashlib.sha256(BUNDLED_EVIDENCE.read_bytes()).hexdigest()[:16]
-    return f"{CACHE_PREFIX}/bundled-{reference.weights_sha256[:16]}-{evidence}.npz"
+    return f"{CACHE_PREFIX}/bundled-v1-{reference.weights_sha256[:16]}-{evidence}.safetensors"
+
+
+def _bundled_reference_sha256() -> str | None:
+    """The reference network the bundled sources were signed under (None: no bundled zoo)."""
+    manifest = BUNDLED_DIR / "manifest.json"
+    if not manifest.exists():
+        return None
+    digest: str = json.loads(manifest.read_text())["reference"]["weights_sha256"]
+    return digest
 
 
 def _sign_bundled(reference: ReferenceNetwork) -> list[SignedTarget]:
@@ -126,20 +136,20 @@ def _sign_bundled(reference: ReferenceNetwork) -> list[SignedTarget]:
 
 
 def _read_cached(store: ArtifactStore, key: str) -> list[SignedTarget] | None:
-    """The signatures another process (or an earlier run) stored, or None."""
-    path = store.path(key)
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as data:
-            kept = {name: DatasetSignature.from_bytes(data[name].tobytes()) for name in data.files}
-    except (OSError, ValueError, KeyError) as exc:  # torn or foreign: sign afresh
-        logger.warning("ignoring the cached bundled signatures %s: %s", key, exc)
-        return None
+    """The signatures another process (or an earlier run) stored, or None: then they are
+    signed afresh and the entry rewritten (a torn, foreign or unreadable one included)."""
     entries = _bundled_entries()
-    if any(entry["name"] not in kept for entry in entries):
+    try:
+        path = store.path(key)
+        if not path.is_file():
+            return None
+        data = load_arrays(path.read_bytes())
+        return [
+            (entry, DatasetSignature.from_bytes(data[entry["name"]].tobytes())) for entry in entries
+        ]
+    except Exception as exc:  # whatever it holds, signing afresh is always right
+        logger.warning("ignoring the stored bundled signatures %s: %s", key, exc)
         return None
-    return [(entry, kept[entry["name"]]) for entry in entries]
 
 
 @dataclass
@@ -153,8 +163,8 @@ class _Signing:
 
 
 def _run_signing(signing: _Signing, reference: ReferenceNetwork, store: ArtifactStore) -> None:
-    key = _cache_key(reference)
     try:
+        key = _cache_key(reference)
         signed = _read_cached(store, key)
         if signed is None:
             started = time.perf_counter()
@@ -163,6 +173,7 @@ def _run_signing(signing: _Signing, reference: ReferenceNetwork, store: Artifact
                 "signed the %d bundled evidence targets under %s in %.1f s",
                 len(signed), reference.architecture, time.perf_counter() - started,
             )  # fmt: skip
+            signing.signed = signed  # usable now, whether or not the store keeps them
             _write_cached(store, key, signed)
         signing.signed = signed
     except Exception as exc:  # rankings say so and go on without them; a restart retries
@@ -174,26 +185,28 @@ def _run_signing(signing: _Signing, reference: ReferenceNetwork, store: Artifact
 
 def _write_cached(store: ArtifactStore, key: str, signed: list[SignedTarget]) -> None:
     """Keep the signatures for the next process (one that cannot is only slower to start)."""
-    buffer = io.BytesIO()
-    arrays: dict[str, np.ndarray] = {
-        str(entry["name"]): np.frombuffer(signature.to_bytes(), np.uint8)
-        for entry, signature in signed
-    }
-    np.savez(buffer, allow_pickle=False, **arrays)
+    data = save_arrays(
+        {entry["name"]: np.frombuffer(sig.to_bytes(), np.uint8) for entry, sig in signed}
+    )
     try:
-        store.write_file(key, buffer.getvalue())
-    except OSError as exc:
+        store.write_file(key, data)
+    except Exception as exc:  # a full disk, an object store away: the signatures still serve
         logger.warning("could not keep the bundled signatures in the store: %s", exc)
+
+
+def _finished(signed: list[SignedTarget]) -> _Signing:
+    signing = _Signing(signed=signed)
+    signing.done.set()
+    return signing
 
 
 def start_signing(reference: ReferenceNetwork, store: ArtifactStore) -> _Signing:
     """Sign the bundled evidence targets under ``reference`` in a background thread, once per
-    process (reading them from the store where a process kept them): the service starts
-    this at start-up, as a ResNet-18 reference takes minutes on CPU for their 4,095 images."""
-    if not BUNDLED_EVIDENCE.exists():
-        nothing = _Signing(signed=[])
-        nothing.done.set()
-        return nothing
+    process (reading them from the store where a process kept them); the service starts
+    this at start-up. Under any reference network but the bundled one there is nothing to
+    sign: the bundled sources' signatures, hence their records, belong to the bundled one."""
+    if not BUNDLED_EVIDENCE.exists() or reference.weights_sha256 != _bundled_reference_sha256():
+        return _finished([])
     with _lock:
         signing = _signings.get(reference.weights_sha256)
         if signing is None:
@@ -210,11 +223,12 @@ def start_signing(reference: ReferenceNetwork, store: ArtifactStore) -> _Signing
 def signed_bundled(
     reference: ReferenceNetwork, store: ArtifactStore, wait_seconds: float
 ) -> tuple[list[SignedTarget], str | None]:
-    """The bundled targets with their signatures under ``reference``, waiting at most
-    ``wait_seconds`` for them; while they are still being signed (or when signing failed),
-    none, and why."""
+    """The bundled targets with their signatures under ``reference``; while they are still
+    being signed (waiting for them up to ``wait_seconds`` after signing started, once), or
+    when signing failed, none, and why."""
     signing = start_signing(reference, store)
-    if signing.done.wait(wait_seconds) and signing.signed is not None:
+    signing.done.wait(max(0.0, signing.started + wait_seconds - time.monotonic()))
+    if signing.signed is not None:
         return signing.signed, None
     if signing.error is not None:
         return [], (
@@ -338,7 +352,7 @@ def learned_state(ctx: Context) -> LearnedState:
     with _lock:
         if key in _rankers:
             _rankers.move_to_end(key)
-            return _rankers[key]
+            return replace(_rankers[key], bundled_pending=pending)  # as it stands now
     jobs = job_evidence(session, reference.weights_sha256, project_id, until) if until else []
     config = LearnedConfig(min_targets=ctx.settings.learned_min_targets)
     ranker = LearnedRanker(ctx.index, [*bundled_evidence(session, bundled), *jobs], config)

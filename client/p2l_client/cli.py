@@ -276,11 +276,16 @@ def show_ranking(r: dict[str, Any]) -> None:
     table(r["results"], columns)
     learned = r.get("learned")
     if learned:
+        bundled = learned["bundled_targets"]
         out.print(
-            f"learned from {learned['targets']} past targets ({learned['jobs']} fine-tunes)"
+            f"learned from {learned['targets']} past targets: {bundled} of the bundled "
+            f"benchmark, {learned['targets'] - bundled} of this service "
+            f"({learned['jobs']} fine-tunes)"
             if learned["used"]
             else f"kept P2L's ranking: {learned['fallback']}"
         )
+        if learned["used"] and learned.get("bundled_pending"):
+            out.print(learned["bundled_pending"], style="yellow")
     coverage = r.get("coverage")
     if coverage and coverage.get("covered") is False:
         out.print(f"coverage: {coverage['recommendation']}", style="yellow")

@@ -9,6 +9,7 @@ tested in this venv (client/ on sys.path): pagination, errors, API keys, event s
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -259,6 +260,16 @@ def test_cli_ranks_in_two_stages(cli: Cli, flow: Flow) -> None:
     assert [r["refine_score"] is not None for r in ranking["results"][:3]] == [  # type: ignore[index]
         True, True, False,
     ]  # fmt: skip
+
+
+@pytest.mark.system
+def test_cli_ranks_with_the_learned_ranker(cli: Cli, flow: Flow) -> None:
+    human = cli.run("rank", flow.upload["id"], "--top-k", "3", "--method", "learned")
+    assert human.returncode == 0, human.stderr
+    assert "p2l_rank" in human.stdout
+    assert re.search(r"learned from (\d+) past targets: \1 of the bundled benchmark, 0 of this "
+                     r"service \(0 fine-tunes\)", human.stdout), human.stdout  # fmt: skip
+    assert "expected gain of " in human.stdout
 
 
 @pytest.mark.system

@@ -884,7 +884,9 @@
     $("rank-status").textContent =
       `${prefix}${ranking.results.length} source(s) ranked by ${ranking.method} (${ranking.measure}, lambda ${ranking.params.lambda})${took}.${second}`;
     showCoverage(ranking);
-    const learned = ranking.learned && ranking.learned.used;
+    // The first stage is P2L's, or the learned ranker's; each result keeps P2L's rank then.
+    const firstStage = ranking.method === "learned" ? "Learned" : "P2L";
+    const p2lRanks = ranking.results.some((r) => r.p2l_rank);
     const nodes = [];
     if (!ranking.results.length) nodes.push(h("p", { class: "muted" }, "No source could be ranked."));
     else {
@@ -895,10 +897,10 @@
         { label: "Source", value: (r) => sourceLink(r.source_id, r.name || short(r.source_id)) },
         ...(refine ? [
           { label: `${refine.method} score`, value: (r) => (r.refine_score === null || r.refine_score === undefined ? dash : num(r.refine_score)), num: true },
-          { label: "P2L rank", value: (r) => r.first_stage_rank || dash, num: true },
+          { label: `${firstStage} rank`, value: (r) => r.first_stage_rank || dash, num: true },
         ] : []),
-        ...(learned && !refine ? [{ label: "P2L rank", value: (r) => r.p2l_rank || dash, num: true }] : []),
-        { label: refine ? "P2L score" : "Score", value: (r) => num(r.score), num: true },
+        ...(p2lRanks ? [{ label: "P2L rank", value: (r) => r.p2l_rank || dash, num: true }] : []),
+        { label: refine ? `${firstStage} score` : "Score", value: (r) => num(r.score), num: true },
         { label: "Expected gain over scratch", value: (r) => gainText(r.gain) },
         { label: "Distance", value: (r) => num(r.distance), num: true },
         { label: "Similarity", value: (r) => num(r.similarity), num: true },
@@ -932,7 +934,7 @@
     const learned = ranking.learned;
     if (learned) {
       nodes.push(learned.used
-        ? h("p", {}, `Learned from ${learned.targets} past target(s) (${learned.jobs} of this service's fine-tunes, ${learned.bundled_targets} from the bundled benchmark); ${learned.without_record} source(s) without a record scored from distance and size.`)
+        ? h("p", {}, `Learned from ${learned.targets} past target(s): ${learned.bundled_targets} of the bundled benchmark, ${learned.targets - learned.bundled_targets} of this service (${learned.jobs} fine-tunes); ${learned.without_record} source(s) without a record scored from distance and size.`)
         : notice("P2L's ranking kept", [learned.fallback]));
     }
     if (learned && learned.bundled_pending) nodes.push(h("p", { class: "muted" }, learned.bundled_pending));

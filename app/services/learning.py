@@ -10,10 +10,11 @@ and lambda. Each dataset is its own group; a bundled target's group is its famil
 
 A fitted ranker is kept per (reference network, calibration, project, zoo version): fitting
 takes milliseconds, but the bundled targets' signatures take one forward pass each. Those
-are signed once per reference network in a background thread the service starts at
-start-up, and kept in the store (``evidence-cache/``) for the next process; a ranking waits
-for them at most ``P2L_LEARNED_EVIDENCE_WAIT_SECONDS`` and otherwise goes on without them,
-saying so.
+are signed (under the bundled reference network only: the bundled sources' records belong
+to it) in a background thread the service starts at start-up, and kept in the store
+(``evidence-cache/``) for the next process; rankings wait for them only in the first
+``P2L_LEARNED_EVIDENCE_WAIT_SECONDS`` after signing began, and otherwise go on without
+them, saying so.
 """
 
 import hashlib

@@ -35,7 +35,8 @@ from app.config import Settings
 from app.p2l.learned import BASE_FEATURES, FEATURES, EvidenceTarget, LearnedConfig, LearnedRanker
 from app.p2l.scoring import ScoringParams, SignatureIndex
 from app.p2l.signature import DatasetSignature
-from app.zoo.bundled import BUNDLED_DIR
+from app.services.learning import ship_bundled_signatures
+from app.zoo.bundled import BUNDLED_DIR, load_active_reference
 from bench.ground_truth import (
     SCRATCH,
     CellStats,
@@ -325,6 +326,8 @@ def write_bundled_evidence(targets: list[Target], stats: dict[str, dict[str, Cel
         "targets": entries,
     }
     (BUNDLED_DIR / "evidence.json").write_text(json.dumps(document, indent=1) + "\n")
+    # Their signatures under the service's bundled reference, shipped beside them.
+    ship_bundled_signatures(load_active_reference(Settings(_env_file=None)))
 
 
 def report_lines(block: dict[str, Any]) -> list[str]:

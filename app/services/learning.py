@@ -10,8 +10,9 @@ and lambda. Each dataset is its own group; a bundled target's group is its famil
 
 A fitted ranker is kept per (reference network, calibration, project, zoo version): fitting
 takes milliseconds, but the bundled targets' signatures take one forward pass each. Those
-are signed (under the bundled reference network only: the bundled sources' records belong
-to it) in a background thread the service starts at start-up, and kept in the store
+are shipped for the bundled reference network (the only one they serve: the bundled
+sources' records belong to it); where that file is missing or stale they are signed in a
+background thread the service starts at start-up, and kept in the store
 (``evidence-cache/``) for the next process; rankings wait for them only in the first
 ``P2L_LEARNED_EVIDENCE_WAIT_SECONDS`` after signing began, and otherwise go on without
 them, saying so.
@@ -25,6 +26,7 @@ import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,9 @@ from app.store import ArtifactStore
 logger = logging.getLogger("p2l.learning")
 
 BUNDLED_EVIDENCE = BUNDLED_DIR / "evidence.json"
+# Their signatures under the bundled reference, shipped (python -m bench.selection writes
+# them): a fresh install reads them instead of signing at start-up.
+BUNDLED_SIGNATURES = BUNDLED_DIR / "evidence_signatures.safetensors"
 CACHE_PREFIX = "evidence-cache"
 GAIN_TOP = 3  # results whose expected gain a ranking gives
 _KEPT_RANKERS = 16
@@ -136,21 +141,47 @@ def _sign_bundled(reference: ReferenceNetwork) -> list[SignedTarget]:
     return signed
 
 
-def _read_cached(store: ArtifactStore, key: str) -> list[SignedTarget] | None:
-    """The signatures another process (or an earlier run) stored, or None: then they are
-    signed afresh and the entry rewritten (a torn, foreign or unreadable one included)."""
-    entries = _bundled_entries()
+def _read_signatures(path: Path, reference: ReferenceNetwork) -> list[SignedTarget] | None:
+    """The bundled targets' signatures kept in ``path`` (shipped, or stored by a process
+    before), or None: then they are signed afresh (a torn, foreign or stale file included)."""
     try:
-        path = store.path(key)
         if not path.is_file():
             return None
         data = load_arrays(path.read_bytes())
-        return [
-            (entry, DatasetSignature.from_bytes(data[entry["name"]].tobytes())) for entry in entries
+        signed = [
+            (entry, DatasetSignature.from_bytes(data[entry["name"]].tobytes()))
+            for entry in _bundled_entries()
         ]
     except Exception as exc:  # whatever it holds, signing afresh is always right
-        logger.warning("ignoring the stored bundled signatures %s: %s", key, exc)
+        logger.warning("ignoring the bundled signatures in %s: %s", path, exc)
         return None
+    if any(sig.reference_sha256 != reference.weights_sha256 for _, sig in signed):
+        return None
+    return signed
+
+
+def _read_stored(
+    store: ArtifactStore, key: str, reference: ReferenceNetwork
+) -> list[SignedTarget] | None:
+    """The signatures a process kept in the store, or None (an object store away included)."""
+    try:
+        path = store.path(key)
+    except Exception as exc:
+        logger.warning("could not read the stored bundled signatures: %s", exc)
+        return None
+    return _read_signatures(path, reference)
+
+
+def _signatures_bytes(signed: list[SignedTarget]) -> bytes:
+    return save_arrays(
+        {entry["name"]: np.frombuffer(sig.to_bytes(), np.uint8) for entry, sig in signed}
+    )
+
+
+def ship_bundled_signatures(reference: ReferenceNetwork) -> None:
+    """Sign the bundled targets under the bundled reference and write them beside the
+    evidence (``BUNDLED_SIGNATURES``), for a fresh install to read."""
+    BUNDLED_SIGNATURES.write_bytes(_signatures_bytes(_sign_bundled(reference)))
 
 
 @dataclass
@@ -166,7 +197,7 @@ class _Signing:
 def _run_signing(signing: _Signing, reference: ReferenceNetwork, store: ArtifactStore) -> None:
     try:
         key = _cache_key(reference)
-        signed = _read_cached(store, key)
+        signed = _read_stored(store, key, reference)
         if signed is None:
             started = time.perf_counter()
             signed = _sign_bundled(reference)
@@ -186,11 +217,8 @@ def _run_signing(signing: _Signing, reference: ReferenceNetwork, store: Artifact
 
 def _write_cached(store: ArtifactStore, key: str, signed: list[SignedTarget]) -> None:
     """Keep the signatures for the next process (one that cannot is only slower to start)."""
-    data = save_arrays(
-        {entry["name"]: np.frombuffer(sig.to_bytes(), np.uint8) for entry, sig in signed}
-    )
     try:
-        store.write_file(key, data)
+        store.write_file(key, _signatures_bytes(signed))
     except Exception as exc:  # a full disk, an object store away: the signatures still serve
         logger.warning("could not keep the bundled signatures in the store: %s", exc)
 
@@ -202,14 +230,17 @@ def _finished(signed: list[SignedTarget]) -> _Signing:
 
 
 def start_signing(reference: ReferenceNetwork, store: ArtifactStore) -> _Signing:
-    """Sign the bundled evidence targets under ``reference`` in a background thread, once per
-    process (reading them from the store where a process kept them); the service starts
-    this at start-up. Under any reference network but the bundled one there is nothing to
-    sign: the bundled sources' signatures, hence their records, belong to the bundled one."""
+    """The bundled evidence targets' signatures under ``reference``: the shipped ones, or
+    else signed in a background thread, once per process (read from the store where a
+    process kept them); the service starts this at start-up. Under any reference network but
+    the bundled one there is nothing to sign: the bundled sources' signatures, hence their
+    records, belong to the bundled one."""
     if not BUNDLED_EVIDENCE.exists() or reference.weights_sha256 != _bundled_reference_sha256():
         return _finished([])
     with _lock:
         signing = _signings.get(reference.weights_sha256)
+        if signing is None and (shipped := _read_signatures(BUNDLED_SIGNATURES, reference)):
+            signing = _signings[reference.weights_sha256] = _finished(shipped)
         if signing is None:
             signing = _signings[reference.weights_sha256] = _Signing()
             threading.Thread(

@@ -154,9 +154,33 @@ def test_learned_takes_a_second_stage_and_a_subset_of_the_zoo(client: TestClient
 
 
 @pytest.fixture
-def unsigned() -> Iterator[ReferenceNetwork]:
-    """The bundled reference network, as a fresh process sees it: nothing signed yet."""
-    reference = load_active_reference(Settings(_env_file=None))
+def bundled_reference() -> ReferenceNetwork:
+    return load_active_reference(Settings(_env_file=None))
+
+
+def test_a_fresh_install_reads_the_shipped_signatures_at_once(
+    bundled_reference: ReferenceNetwork, tmp_path: Path
+) -> None:
+    """The bundled targets' signatures under the bundled reference ship with the service
+    (and match its evidence file): nothing is signed at start-up, nothing waits."""
+    shipped = learning._read_signatures(learning.BUNDLED_SIGNATURES, bundled_reference)
+    assert shipped is not None
+    expected = json.loads(learning.BUNDLED_EVIDENCE.read_text())["targets"]
+    assert [entry["name"] for entry, _ in shipped] == [e["name"] for e in expected]
+    store = LocalArtifactStore(tmp_path / "data")
+    signed, pending = learning.signed_bundled(bundled_reference, store, wait_seconds=0)
+    assert pending is None and len(signed) == len(expected)
+    assert store.keys_under(learning.CACHE_PREFIX) == set()  # read, not signed and stored
+
+
+@pytest.fixture
+def unsigned(
+    bundled_reference: ReferenceNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ReferenceNetwork]:
+    """The bundled reference network, as a fresh process sees it where the shipped
+    signatures are missing: nothing signed yet."""
+    reference = bundled_reference
+    monkeypatch.setattr(learning, "BUNDLED_SIGNATURES", tmp_path / "not-shipped.safetensors")
     kept = learning._signings.pop(reference.weights_sha256, None)
     yield reference
     learning._signings.pop(reference.weights_sha256, None)
@@ -185,6 +209,7 @@ def test_the_bundled_targets_are_signed_in_the_background_once_and_kept(
     # The next process reads them from the store instead of signing them again.
     (kept,) = store.keys_under(learning.CACHE_PREFIX)
     learning._signings.pop(unsigned.weights_sha256)
+    sign = learning._sign_bundled
     monkeypatch.setattr(learning, "_sign_bundled", lambda reference: 1 / 0)
     read, pending = learning.signed_bundled(unsigned, store, wait_seconds=300)
     assert pending is None
@@ -198,7 +223,7 @@ def test_the_bundled_targets_are_signed_in_the_background_once_and_kept(
     learning._signings.pop(unsigned.weights_sha256)
     signed, pending = learning.signed_bundled(unsigned, store, wait_seconds=300)
     assert signed == [] and pending is not None and "ZeroDivisionError" in pending
-    monkeypatch.undo()
+    monkeypatch.setattr(learning, "_sign_bundled", sign)
     learning._signings.pop(unsigned.weights_sha256)
     signed, pending = learning.signed_bundled(unsigned, store, wait_seconds=300)
     assert pending is None and len(signed) == len(expected)

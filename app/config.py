@@ -177,9 +177,10 @@ class Settings(BaseSettings):
     learned_evidence_wait_seconds: float = Field(
         15.0,
         ge=0,
-        description="Rankings in this many seconds after the bundled benchmark's targets began "
-        "to be signed (once per install, in the background, from start-up) wait for them; "
-        "later ones go on without them until they are, and say so in learned.bundled_pending.",
+        description="Where the bundled benchmark's targets' shipped signatures are missing, "
+        "they are signed in the background from start-up: rankings in this many seconds after "
+        "that began wait for them; later ones go on without them until they are, and say so "
+        "in learned.bundled_pending.",
     )
     calibration_auto_refit_targets: int = Field(
         10,

@@ -186,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_decode_budget(settings.decode_memory_bytes, settings.decode_wait_seconds)
         state = build_state(settings)
         app.state.service = state
-        # In the background: under a new reference network this takes minutes on CPU.
+        # The bundled targets' shipped signatures, or (missing or stale) signed in the background.
         start_signing(state.reference, state.store)
         if settings.start_worker:
             state.runner = make_runner(settings, state.sessions)

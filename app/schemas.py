@@ -405,8 +405,9 @@ class LearnedOut(BaseModel):
     )
     bundled_pending: str | None = Field(
         None,
-        description="Why the bundled benchmark's targets are not among the evidence yet (they "
-        "are signed once per reference network, in the background, from start-up).",
+        description="Why the bundled benchmark's targets are not among the evidence yet (where "
+        "their shipped signatures are missing, they are signed in the background from "
+        "start-up).",
     )
     fallback: str | None = Field(description="Why P2L's scores were kept, when they were.")
 

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,7 @@ def _cache_key(reference: ReferenceNetwork) -> str:
     return f"{CACHE_PREFIX}/bundled-v1-{reference.weights_sha256[:16]}-{evidence}.safetensors"
 
 
+@cache  # shipped with the code: read once, not on every ranking
 def _bundled_reference_sha256() -> str | None:
     """The reference network the bundled sources were signed under (None: no bundled zoo)."""
     manifest = BUNDLED_DIR / "manifest.json"
@@ -197,17 +199,17 @@ class _Signing:
 def _run_signing(signing: _Signing, reference: ReferenceNetwork, store: ArtifactStore) -> None:
     try:
         key = _cache_key(reference)
-        signed = _read_stored(store, key, reference)
-        if signed is None:
+        stored = _read_stored(store, key, reference)
+        if stored is None:
             started = time.perf_counter()
-            signed = _sign_bundled(reference)
+            signing.signed = _sign_bundled(reference)
             logger.info(
                 "signed the %d bundled evidence targets under %s in %.1f s",
-                len(signed), reference.architecture, time.perf_counter() - started,
+                len(signing.signed), reference.architecture, time.perf_counter() - started,
             )  # fmt: skip
-            signing.signed = signed  # usable now, whether or not the store keeps them
-            _write_cached(store, key, signed)
-        signing.signed = signed
+            _write_cached(store, key, signing.signed)  # usable already, kept or not
+        else:
+            signing.signed = stored
     except Exception as exc:  # rankings say so and go on without them; a restart retries
         logger.exception("signing the bundled evidence targets failed")
         signing.error = f"{type(exc).__name__}: {exc}"

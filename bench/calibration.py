@@ -3,9 +3,9 @@ buys on targets the refit never saw.
 
     python -m bench.calibration       # every bundled target, under a minute on 2 CPUs
 
-Evidence comes from issue 6's ground truth (bench/results/selection.json: every bundled
-source fine-tuned on every bundled target, scored on test splits nothing else saw), in
-three amounts a service could have collected per target:
+Evidence comes from the selection benchmark's ground truth (bench/results/selection.json:
+every bundled source fine-tuned on every bundled target, scored on test splits nothing else
+saw), in three amounts a service could have collected per target:
 
 - ``every source``: all of the zoo's sources fine-tuned (the most a zoo owner could run);
 - ``P2L top 3``: the three sources the bundled defaults rank first (a user comparing the
@@ -15,8 +15,8 @@ three amounts a service could have collected per target:
 Each target is left out in turn: the service's own refit (``app.p2l.calibration``: the
 grid, the regret table, ``fit``) runs on the other targets' evidence, and the parameters
 it chooses rank the whole zoo for the left-out target; regret: the best source's test
-accuracy minus the pick's. Against: the bundled defaults (chosen by issue 6 on all 29
-targets, so in-sample here) and issue 6's nested leave-one-family-out figure. The service's
+accuracy minus the pick's. Against: the bundled defaults (chosen by the selection benchmark
+on all its targets, so in-sample here) and its nested leave-one-family-out figure. The service's
 refit is guarded (it switches only when refitting wins leave one target out on the evidence
 it has); the plain refit is shown beside it. A learning curve shows the regret as the
 number of targets with evidence grows (random subsets).
@@ -49,9 +49,15 @@ from bench.service_ranking import DEFAULTS, BundledRanker
 
 RESULTS = Path(__file__).parent / "results"
 SELECTION = RESULTS / "selection.json"
-CURVE_TARGETS = (1, 2, 4, 8, 16, 28)
 CURVE_DRAWS = 200
 SEED = 0
+
+
+def curve_sizes(targets: int) -> list[int]:
+    """How many targets have evidence at each point of the learning curve: powers of two,
+    then every target but the left-out one."""
+    sizes = [k for k in (1, 2, 4, 8, 16, 32, 64) if k < targets - 1]
+    return [*sizes, targets - 1]
 
 
 def full_zoo_regrets(
@@ -109,7 +115,7 @@ def run() -> dict[str, Any]:
             (held, rng.choice(everyone[everyone != held], size=k, replace=False))
             for held in rng.integers(len(names), size=CURVE_DRAWS)
         ]
-        for k in CURVE_TARGETS
+        for k in curve_sizes(len(names))
     }
     result: dict[str, Any] = {"scenarios": {}, "candidates": len(candidates)}
     result["defaults_curve"] = {
@@ -144,7 +150,7 @@ def run() -> dict[str, Any]:
             "guarded_curve": guarded_curve,
         }
     # A service whose defaults were chosen elsewhere: start from the development targets'
-    # choice (issue 6's fixed split) and refit on the report targets' evidence alone.
+    # choice (the benchmark's fixed split) and refit on the report targets' evidence alone.
     chosen = json.loads(SELECTION.read_text())["chosen"]["development_targets"]
     start = RankingParams(chosen["measure"], chosen["lambda"])
     reported = [n for n in names if roles[n] == "report"]
@@ -156,6 +162,7 @@ def run() -> dict[str, Any]:
     result["from_development_choice"] = {
         "start": f"{start.measure}/{start.lam:g}",
         "start_regret": float(np.mean([start_full[n][0] for n in reported])),
+        "report_targets": len(reported),
     }
     for label, tried in scenarios.items():
         evidence = [
@@ -220,14 +227,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"{summary['all targets'][method]:.3f} |"
         )
     out += [
-        f"| issue 6's nested leave-one-family-out P2L | {nested['nested_report_targets']:.3f} | "
-        f"{nested['nested_all_targets']:.3f} |",
+        "| the selection benchmark's nested leave-one-family-out P2L | "
+        f"{nested['nested_report_targets']:.3f} | {nested['nested_all_targets']:.3f} |",
         "",
         "Starting from parameters chosen elsewhere (the development targets' choice, "
         f"{result['from_development_choice']['start']}: mean regret "
         f"{result['from_development_choice']['start_regret']:.3f} on the report targets), "
-        "each report target under parameters refitted on the other 18 report targets' "
-        "evidence: "
+        f"each report target under parameters refitted on the other "
+        f"{result['from_development_choice']['report_targets'] - 1} report targets' evidence: "
         + "; ".join(
             f"{label}: refit {v['refit']:.3f}, guarded refit {v['guarded refit']:.3f}"
             for label, v in result["from_development_choice"].items()
@@ -250,7 +257,7 @@ def markdown(result: dict[str, Any]) -> str:
         + " |",
         "| ---: | ---: | " + " | ".join("---:" for _ in result["scenarios"]) + " |",
     ]
-    for k in CURVE_TARGETS:
+    for k in result["defaults_curve"]:
         out.append(f"| {k} | {result['defaults_curve'][k]:.3f} | " + " | ".join(
             f"{s['curve'][k]:.3f} / {s['guarded_curve'][k]:.3f}"
             for s in result["scenarios"].values()) + " |")  # fmt: skip

@@ -157,7 +157,12 @@ def evaluate(
 
     curve = _learning_curve(report, names, family, evidence, chosen, index, sources, stats,
                             p2l_scores)  # fmt: skip
-    coverage = _coverage(names, dev, family, kind, evidence, index, chosen, stats)
+    # The best source's gain over training from scratch, per target.
+    over_scratch = {
+        t: max(c.mean for s, c in stats[t].items() if s != SCRATCH) - stats[t][SCRATCH].mean
+        for t in names
+    }
+    coverage = _coverage(names, dev, kind, family, evidence, index, chosen, over_scratch)
     gain = _gain(names, family, evidence, index, chosen, stats, sources, signatures)
     report_block = {
         "protocol": __doc__,
@@ -177,6 +182,7 @@ def evaluate(
         "coverage": coverage,
         "gain": gain,
     }
+    report_block["by_kind"] = by_kind(report_block, kind, over_scratch, report)
     return rows, report_block, learned_scores
 
 
@@ -224,12 +230,12 @@ def _learning_curve(
 def _coverage(
     names: list[str],
     dev: list[str],
-    family: dict[str, str],
     kind: dict[str, str],
+    family: dict[str, str],
     evidence: dict[str, EvidenceTarget],
     index: SignatureIndex,
     config: LearnedConfig,
-    stats: dict[str, dict[str, CellStats]],
+    over_scratch: dict[str, float],
 ) -> dict[str, Any]:
     percentiles = {}
     for t in names:
@@ -241,11 +247,7 @@ def _coverage(
         assert coverage is not None
         percentiles[t] = coverage.percentile
     unseen = {t: kind[t] == "unseen_family" for t in names}
-    small = {
-        t: max(c.mean for s, c in stats[t].items() if s != SCRATCH) - stats[t][SCRATCH].mean
-        < SMALL_GAIN
-        for t in names
-    }
+    small = {t: over_scratch[t] < SMALL_GAIN for t in names}
 
     def hit_rate(on: list[str], quantile: float, truth: dict[str, bool]) -> float:
         return float(np.mean([(percentiles[t] > quantile) == truth[t] for t in on]))
@@ -330,6 +332,38 @@ def write_bundled_evidence(targets: list[Target], stats: dict[str, dict[str, Cel
     ship_bundled_signatures(load_active_reference(Settings(_env_file=None)))
 
 
+KINDS = ("in_family", "shifted", "unseen_family")
+
+
+def by_kind(
+    block: dict[str, Any], kind: dict[str, str], gain_over_scratch: dict[str, float], on: list[str]
+) -> dict[str, dict[str, float]]:
+    """The coverage flag's hit rates and the expected gain's errors per kind of target (and
+    over all of ``on``), from the block's per-target flags and gains."""
+    flagged, gains = block["coverage"]["flagged"], block["gain"]["per_target"]
+    out = {}
+    for group in (*KINDS, "all"):
+        targets = [t for t in on if group in ("all", kind[t])]
+        scored = [gains[t] for t in targets if t in gains]
+        errors = np.array([g["expected"] - g["measured"] for g in scored])
+        out[group] = {
+            "targets": len(targets),
+            "flagged": float(np.mean([flagged[t] for t in targets])),
+            "hit_rate_unseen_family": float(
+                np.mean([flagged[t] == (kind[t] == "unseen_family") for t in targets])
+            ),
+            "hit_rate_small_gain": float(
+                np.mean([flagged[t] == (gain_over_scratch[t] < SMALL_GAIN) for t in targets])
+            ),
+            "gain_mean_absolute_error": float(np.mean(np.abs(errors))),
+            "gain_mean_error": float(np.mean(errors)),
+            "gain_interval_coverage": float(
+                np.mean([g["low"] <= g["measured"] <= g["high"] for g in scored])
+            ),
+        }
+    return out
+
+
 def report_lines(block: dict[str, Any]) -> list[str]:
     """The learning curve, the coverage flag and the expected gain, as markdown."""
     lines = [
@@ -359,11 +393,30 @@ def report_lines(block: dict[str, Any]) -> list[str]:
         f"({coverage['always_covered_hit_rate_unseen_family']:.2f} by saying 'covered' always).",
         f"- Flag right about a small gain over scratch (< {SMALL_GAIN}): "
         f"{coverage['hit_rate_small_gain']['report']:.2f} of report targets.",
-        f"- Expected gain of the learned pick over scratch: mean absolute error "
+        f"- Expected gain of the learned pick over scratch, all targets: mean absolute error "
         f"{gain['mean_absolute_error']:.3f}, mean error {gain['mean_error']:+.3f}; the measured "
         f"gain inside the 90% interval on {gain['interval_coverage']:.2f} of targets.",
         "",
     ]
+    if "by_kind" in block:
+        lines += [
+            "Per kind of target (report targets): the share flagged 'not covered', how often "
+            "the flag is right about the kind (unseen family or not) and about a small gain "
+            f"over scratch (< {SMALL_GAIN}), and the learned pick's expected gain against the "
+            "measured one.",
+            "",
+            "| kind | targets | flagged | flag right: kind | flag right: small gain | "
+            "gain: mean abs. error | gain: mean error | inside the 90% interval |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for group, row in block["by_kind"].items():
+            lines.append(
+                f"| {group.replace('_', ' ')} | {row['targets']} | {row['flagged']:.2f} | "
+                f"{row['hit_rate_unseen_family']:.2f} | {row['hit_rate_small_gain']:.2f} | "
+                f"{row['gain_mean_absolute_error']:.3f} | {row['gain_mean_error']:+.3f} | "
+                f"{row['gain_interval_coverage']:.2f} |"
+            )
+        lines.append("")
     return lines
 
 

@@ -188,3 +188,33 @@ def test_a_second_stage_reorders_the_shortlist_only() -> None:
     second = {"a": 0.1, "b": 0.3, "c": 0.2, "d": 9.0, "e": 8.0}  # d, e: not shortlisted
     scores = second_stage(first, second, top=3)
     assert sorted(scores, key=lambda s: -scores[s]) == ["b", "c", "a", "d", "e"]
+
+
+def test_the_coverage_flag_and_expected_gain_are_scored_per_kind_of_target() -> None:
+    from bench.learned import by_kind
+
+    kind = {"a": "in_family", "b": "shifted", "c": "unseen_family", "d": "unseen_family"}
+    block = {
+        "coverage": {"flagged": {"a": False, "b": True, "c": True, "d": False}},
+        "gain": {
+            "per_target": {  # "d" has no scratch evidence: no expected gain
+                "a": {"expected": 0.10, "low": 0.0, "high": 0.2, "measured": 0.15},
+                "b": {"expected": 0.05, "low": 0.0, "high": 0.1, "measured": 0.20},
+                "c": {"expected": 0.02, "low": -0.1, "high": 0.1, "measured": 0.00},
+            }
+        },
+    }
+    over_scratch = {"a": 0.20, "b": 0.01, "c": 0.30, "d": 0.20}
+    scored = by_kind(block, kind, over_scratch, on=["a", "b", "c", "d"])
+
+    assert scored["in_family"]["targets"] == 1 and scored["in_family"]["flagged"] == 0.0
+    # "b" is flagged but shifted: wrong about the kind, right about its small gain.
+    assert scored["shifted"]["hit_rate_unseen_family"] == 0.0
+    assert scored["shifted"]["hit_rate_small_gain"] == 1.0
+    # "c" flagged (right about the kind, wrong about the gain); "d" not (the reverse).
+    assert scored["unseen_family"]["hit_rate_unseen_family"] == 0.5
+    assert scored["unseen_family"]["hit_rate_small_gain"] == 0.5
+    assert scored["unseen_family"]["gain_mean_error"] == pytest.approx(0.02)
+    assert scored["all"]["gain_mean_absolute_error"] == pytest.approx((0.05 + 0.15 + 0.02) / 3)
+    assert scored["all"]["gain_interval_coverage"] == pytest.approx(2 / 3)
+    assert scored["all"]["targets"] == 4

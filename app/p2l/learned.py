@@ -36,15 +36,17 @@ Model, features and constants were chosen on the benchmark's development targets
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.linear_model import Ridge
-from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from app.measures import Measure
 from app.p2l.scoring import SignatureIndex
 from app.p2l.signature import DatasetSignature
+
+if TYPE_CHECKING:  # imported where a ranker is fitted: at module level it cost every start 0.7 s
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
 
 DISTANCE_MEASURES: tuple[Measure, ...] = ("kl", "js", "cosine")
 FEATURES = (*DISTANCE_MEASURES, "log_size", "record", "near_record")
@@ -267,6 +269,9 @@ class LearnedRanker:
                 gain_rows.append(self._gain_matrix(columns))
                 gains.extend(item.accuracy[s] - item.scratch for s in sources)
                 groups.extend([item.group] * len(sources))
+        from sklearn.linear_model import Ridge
+        from sklearn.model_selection import GroupKFold, cross_val_predict
+
         y = np.array(labels)
         self.model = self._ranking_model().fit(np.vstack(ranking_rows), y)
         self.base = Ridge(alpha=self.config.alpha).fit(np.vstack(base_rows), y)
@@ -280,7 +285,10 @@ class LearnedRanker:
             )  # fmt: skip
             self.gain_residuals = np.quantile(y_gain - predicted, [0.05, 0.95])
 
-    def _ranking_model(self) -> Ridge | HistGradientBoostingRegressor:
+    def _ranking_model(self) -> "Ridge | HistGradientBoostingRegressor":
+        from sklearn.ensemble import HistGradientBoostingRegressor
+        from sklearn.linear_model import Ridge
+
         if self.config.model == "boosted":
             return HistGradientBoostingRegressor(
                 max_iter=100, max_depth=3, learning_rate=0.05, random_state=0

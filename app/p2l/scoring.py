@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import linprog
 
 from app.measures import MEASURES, METHODS, Measure, Method
 from app.p2l.signature import DatasetSignature
@@ -57,6 +56,8 @@ def emd(
     weights_a: np.ndarray, points_a: np.ndarray, weights_b: np.ndarray, points_b: np.ndarray
 ) -> float:
     """Earth mover's distance between two weighted point sets (Euclidean ground distance)."""
+    from scipy.optimize import linprog  # here: only emd needs it, and it costs a start 0.7 s
+
     wa, wb = weights_a / weights_a.sum(), weights_b / weights_b.sum()
     cost = np.linalg.norm(points_a[:, None, :] - points_b[None, :, :], axis=-1)
     na, nb = len(wa), len(wb)

@@ -1,21 +1,31 @@
 """Pictures of rankings and of the zoo in feature space (PNG bytes, matplotlib Agg)."""
 
+import functools
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure  # pyplot-free: safe in a threaded server
 
 from app.p2l.scoring import to_distribution
 
-# Every text drawn here is a user's (source, dataset and class names), never math: a name
-# with two $ must be drawn as written, not parsed as mathtext (a parse error, a 500). Set
-# once for the process (matplotlib draws nothing else in it), not per figure: rc_context is
-# not thread-safe.
-matplotlib.rcParams["text.parse_math"] = False
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+@functools.cache
+def _figure_class() -> "type[Figure]":
+    """matplotlib's pyplot-free Figure (safe in a threaded server), imported with the first
+    picture: at module level it cost every start of the service 0.6 s."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    # Every text drawn here is a user's (source, dataset and class names), never math: a
+    # name with two $ must be drawn as written, not parsed as mathtext (a parse error, a
+    # 500). Set for the process (matplotlib draws nothing else in it), not per figure:
+    # rc_context is not thread-safe.
+    matplotlib.rcParams["text.parse_math"] = False
+    return Figure
 
 
 def ranking_plot(title: str, results: Sequence[dict[str, Any]], method: str) -> bytes:
@@ -26,7 +36,7 @@ def ranking_plot(title: str, results: Sequence[dict[str, Any]], method: str) -> 
     size_part = np.array([r["size_term"] for r in rows])
     score = np.array([r["score"] for r in rows])
     y = np.arange(len(rows))
-    fig = Figure(figsize=(8, 1.2 + 0.38 * len(rows)), dpi=110)
+    fig = _figure_class()(figsize=(8, 1.2 + 0.38 * len(rows)), dpi=110)
     ax = fig.subplots()
     ax.barh(y - 0.18, distance_part, height=0.36, color="#d95f02", label="-distance")
     ax.barh(y + 0.18, size_part, height=0.36, color="#1b9e77", label="lambda * log(n)")
@@ -72,7 +82,7 @@ def zoo_map(
     kl = lambda a, b: np.sum(a * np.log(a / b), axis=-1)  # noqa: E731
     js = 0.5 * kl(p[:, None, :], mix) + 0.5 * kl(p[None, :, :], mix)
     xy = classical_mds(np.sqrt(np.clip(js, 0, None))) if len(labels) > 1 else np.zeros((1, 2))
-    fig = Figure(figsize=(7, 6), dpi=110)
+    fig = _figure_class()(figsize=(7, 6), dpi=110)
     ax = fig.subplots()
     count = len(names)
     marker_sizes = 30 + 25 * np.log10(np.maximum(np.asarray(sizes, dtype=float), 1))
@@ -95,7 +105,7 @@ def zoo_map(
 
 
 def place_labels(
-    fig: Figure,
+    fig: "Figure",
     ax: Any,
     xy: np.ndarray,
     labels: Sequence[str],
@@ -109,6 +119,8 @@ def place_labels(
     quadratic, and such a map is a cloud anyway).
 
     Returns each label's box (x0, y0, x1, y1) in display pixels (for tests)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(fig)
     canvas.draw()  # fixes the layout and the legend's place
     renderer = canvas.get_renderer()
@@ -177,7 +189,7 @@ def _overlaps(box: tuple[float, float, float, float], boxes: np.ndarray) -> np.n
     )
 
 
-def _png(fig: Figure) -> bytes:
+def _png(fig: "Figure") -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -195,7 +207,7 @@ def confusion_plot(
     shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     n = len(class_names)
     side = min(max(4.5, 1.2 + 0.55 * n), 16.0)
-    fig = Figure(figsize=(side + 1.2, side), dpi=110)
+    fig = _figure_class()(figsize=(side + 1.2, side), dpi=110)
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")

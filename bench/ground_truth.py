@@ -53,6 +53,10 @@ PROTOCOL: dict[str, Any] = {
 }
 CELLS = Path(__file__).parent / "results" / "selection_cells.jsonl"
 
+# What a target is to the zoo: from a source's family, a shifted version of one, or from a
+# family no source saw (``Target.kind``).
+KINDS = ("in_family", "shifted", "unseen_family")
+
 
 @dataclass
 class Target:

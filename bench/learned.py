@@ -38,6 +38,7 @@ from app.p2l.signature import DatasetSignature
 from app.services.learning import ship_bundled_signatures
 from app.zoo.bundled import BUNDLED_DIR, load_active_reference
 from bench.ground_truth import (
+    KINDS,
     SCRATCH,
     CellStats,
     Target,
@@ -162,7 +163,7 @@ def evaluate(
         t: max(c.mean for s, c in stats[t].items() if s != SCRATCH) - stats[t][SCRATCH].mean
         for t in names
     }
-    coverage = _coverage(names, dev, kind, family, evidence, index, chosen, over_scratch)
+    coverage = _coverage(names, dev, family, kind, evidence, index, chosen, over_scratch)
     gain = _gain(names, family, evidence, index, chosen, stats, sources, signatures)
     report_block = {
         "protocol": __doc__,
@@ -230,8 +231,8 @@ def _learning_curve(
 def _coverage(
     names: list[str],
     dev: list[str],
-    kind: dict[str, str],
     family: dict[str, str],
+    kind: dict[str, str],
     evidence: dict[str, EvidenceTarget],
     index: SignatureIndex,
     config: LearnedConfig,
@@ -332,9 +333,6 @@ def write_bundled_evidence(targets: list[Target], stats: dict[str, dict[str, Cel
     ship_bundled_signatures(load_active_reference(Settings(_env_file=None)))
 
 
-KINDS = ("in_family", "shifted", "unseen_family")
-
-
 def by_kind(
     block: dict[str, Any], kind: dict[str, str], gain_over_scratch: dict[str, float], on: list[str]
 ) -> dict[str, dict[str, float]]:
@@ -345,6 +343,8 @@ def by_kind(
     for group in (*KINDS, "all"):
         targets = [t for t in on if group in ("all", kind[t])]
         scored = [gains[t] for t in targets if t in gains]
+        if not scored:  # no target of this kind (--quick), or none with scratch evidence
+            continue
         errors = np.array([g["expected"] - g["measured"] for g in scored])
         out[group] = {
             "targets": len(targets),
@@ -397,26 +397,23 @@ def report_lines(block: dict[str, Any]) -> list[str]:
         f"{gain['mean_absolute_error']:.3f}, mean error {gain['mean_error']:+.3f}; the measured "
         f"gain inside the 90% interval on {gain['interval_coverage']:.2f} of targets.",
         "",
+        "Per kind of target (report targets): the share flagged 'not covered', how often the "
+        "flag is right about the kind (unseen family or not) and about a small gain over "
+        f"scratch (< {SMALL_GAIN}), and the learned pick's expected gain against the measured "
+        "one.",
+        "",
+        "| kind | targets | flagged | flag right: kind | flag right: small gain | "
+        "gain: mean abs. error | gain: mean error | inside the 90% interval |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    if "by_kind" in block:
-        lines += [
-            "Per kind of target (report targets): the share flagged 'not covered', how often "
-            "the flag is right about the kind (unseen family or not) and about a small gain "
-            f"over scratch (< {SMALL_GAIN}), and the learned pick's expected gain against the "
-            "measured one.",
-            "",
-            "| kind | targets | flagged | flag right: kind | flag right: small gain | "
-            "gain: mean abs. error | gain: mean error | inside the 90% interval |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for group, row in block["by_kind"].items():
-            lines.append(
-                f"| {group.replace('_', ' ')} | {row['targets']} | {row['flagged']:.2f} | "
-                f"{row['hit_rate_unseen_family']:.2f} | {row['hit_rate_small_gain']:.2f} | "
-                f"{row['gain_mean_absolute_error']:.3f} | {row['gain_mean_error']:+.3f} | "
-                f"{row['gain_interval_coverage']:.2f} |"
-            )
-        lines.append("")
+    for group, row in block["by_kind"].items():
+        lines.append(
+            f"| {group.replace('_', ' ')} | {row['targets']} | {row['flagged']:.2f} | "
+            f"{row['hit_rate_unseen_family']:.2f} | {row['hit_rate_small_gain']:.2f} | "
+            f"{row['gain_mean_absolute_error']:.3f} | {row['gain_mean_error']:+.3f} | "
+            f"{row['gain_interval_coverage']:.2f} |"
+        )
+    lines.append("")
     return lines
 
 

@@ -47,6 +47,7 @@ from app.zoo.bundled import BUNDLED_DIR, manifest
 from bench import learned
 from bench.ground_truth import (
     CELLS,
+    KINDS,
     MAX_SEEDS,
     PROTOCOL,
     SCRATCH,
@@ -84,7 +85,6 @@ QUICK_SOURCES = (
     "fashion_54k", "scripts_9k", "clipart_1700", "papirus_2800", "wesnoth_units_2600", "mixed_17k",
 )  # fmt: skip
 QUICK_TARGETS = ("fashion", "fashion_inverted", "unseen_scripts", "oxygen")
-KINDS = ("in_family", "shifted", "unseen_family")
 CONFIG_KEYS = ("reference", "measure", "lambda")
 VECTORISED = ("kl", "js", "cosine")
 NESTED = "nested leave-one-family-out"
